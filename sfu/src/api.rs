@@ -1,0 +1,92 @@
+//! The command/event interface between signaling and the SFU.
+//!
+//! Signaling never touches RTP: it sends [`SfuCommand`]s and receives [`SfuEvent`]s. Both are
+//! plain serializable data, so the in-process channel used today can become a network link to a
+//! separate SFU process without changing either side.
+
+use protocol::{ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, RoomId,
+    SubscribeTrack, TrackSource};
+use serde::{Deserialize, Serialize};
+
+/// A request from signaling to the SFU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum SfuCommand {
+    /// Creates the participant's transport. Its media can flow after its first offer.
+    AddParticipant {
+        participant: ParticipantId,
+        room: RoomId,
+    },
+    /// The participant's SDP offer; answered by [`SfuEvent::Answer`] or [`SfuEvent::Refused`].
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+        publish: Vec<PublishTrack>,
+        subscribe: Vec<SubscribeTrack>,
+    },
+    /// A trickled remote ICE candidate.
+    RemoteCandidate {
+        participant: ParticipantId,
+        candidate: String,
+    },
+    /// Stops or resumes forwarding one of the participant's own publications.
+    SetMuted {
+        participant: ParticipantId,
+        publication: PublicationId,
+        muted: bool,
+    },
+    /// Tears the participant's transport down, with its publications and subscriptions.
+    RemoveParticipant { participant: ParticipantId },
+}
+
+impl SfuCommand {
+    /// The participant the command is about.
+    pub fn participant(&self) -> ParticipantId {
+        match self {
+            SfuCommand::AddParticipant { participant, .. }
+            | SfuCommand::Offer { participant, .. }
+            | SfuCommand::RemoteCandidate { participant, .. }
+            | SfuCommand::SetMuted { participant, .. }
+            | SfuCommand::RemoveParticipant { participant } => *participant,
+        }
+    }
+}
+
+/// A publication as the SFU announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicationAnnouncement {
+    pub id: PublicationId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+}
+
+/// Something the SFU tells signaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SfuEvent {
+    /// The SDP answer to the participant's last offer.
+    Answer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    /// A command about this participant was refused; nothing changed.
+    Refused {
+        participant: ParticipantId,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The participant started sending a new track.
+    PublicationAdded {
+        participant: ParticipantId,
+        publication: PublicationAnnouncement,
+    },
+    /// The participant stopped sending a track (m-line stopped or participant removed).
+    PublicationRemoved {
+        participant: ParticipantId,
+        publication: PublicationId,
+    },
+    /// ICE and DTLS completed: media can flow.
+    MediaConnected { participant: ParticipantId },
+    /// The transport stopped receiving consent (no STUN from the client) and was closed.
+    MediaDisconnected { participant: ParticipantId },
+}

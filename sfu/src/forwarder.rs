@@ -1,0 +1,194 @@
+//! Per-subscription rewriting of sequence numbers and timestamps.
+//!
+//! A subscriber sees one continuous RTP stream on its outgoing SSRC, whatever happens at the
+//! source: the publisher restarts (new SSRC), the subscription is moved to another publication,
+//! or packets before the first keyframe are withheld. The forwarder keeps an offset for the
+//! sequence number and the timestamp and re-bases both when the source changes.
+
+use std::time::Instant;
+
+/// The rewritten position of one packet in the outgoing stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Extended outgoing sequence number (its rollover counter starts at 0).
+    pub seq_no: u64,
+    pub timestamp: u32,
+}
+
+/// Why the forwarder held a packet back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Video starts only on a keyframe; the caller should ask the publisher for one.
+    AwaitingKeyframe,
+    /// The packet belongs to the source before the last switch, or precedes the re-base point.
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    ssrc: u32,
+    /// Incoming extended sequence number that maps to `seq_base_out`.
+    seq_base_in: u64,
+    seq_base_out: u64,
+    ts_offset: u32,
+}
+
+/// Rewrites one publication's packets for one subscriber.
+#[derive(Debug)]
+pub struct Forwarder {
+    clock_rate: u32,
+    is_video: bool,
+    source: Option<Source>,
+    /// The source replaced by the last automatic switch: its late packets are stale, so that
+    /// reordering around a switch cannot flip the stream back.
+    retired_ssrc: Option<u32>,
+    awaiting_keyframe: bool,
+    /// Highest outgoing sequence number written so far.
+    last_seq_out: Option<u64>,
+    last_ts_out: u32,
+    last_sent_at: Option<Instant>,
+}
+
+impl Forwarder {
+    /// `initial_seq` is where the outgoing sequence starts; it must be below 2^16 so the
+    /// receiver's SRTP rollover counter starts at 0.
+    pub fn new(clock_rate: u32, is_video: bool, initial_seq: u16) -> Self {
+        Self {
+            clock_rate,
+            is_video,
+            source: None,
+            retired_ssrc: None,
+            awaiting_keyframe: is_video,
+            last_seq_out: initial_seq.checked_sub(1).map(u64::from),
+            last_ts_out: u32::from(initial_seq).wrapping_mul(2_654_435_761),
+            last_sent_at: None,
+        }
+    }
+
+    /// Forgets the current source: the next packet re-bases the stream, and video waits for
+    /// a keyframe. Used when the subscription is moved to another publication.
+    pub fn reset_source(&mut self) {
+        self.source = None;
+        self.retired_ssrc = None;
+        self.awaiting_keyframe = self.is_video;
+    }
+
+    /// Whether the forwarder is withholding video until a keyframe arrives.
+    pub fn awaiting_keyframe(&self) -> bool {
+        self.awaiting_keyframe
+    }
+
+    /// Decides where an incoming packet goes in the outgoing stream.
+    ///
+    /// `seq_no` is the incoming extended sequence number, `timestamp` the incoming RTP time.
+    pub fn rewrite(
+        &mut self,
+        now: Instant,
+        ssrc: u32,
+        seq_no: u64,
+        timestamp: u32,
+        keyframe: bool,
+    ) -> Result<Rewritten, Hold> {
+        let same_source = self.source.is_some_and(|s| s.ssrc == ssrc);
+        if !same_source && self.retired_ssrc == Some(ssrc) {
+            return Err(Hold::Stale);
+        }
+        if !same_source {
+            if self.awaiting_keyframe && !keyframe {
+                return Err(Hold::AwaitingKeyframe);
+            }
+            self.rebase(now, ssrc, seq_no, timestamp);
+        } else if self.awaiting_keyframe {
+            if !keyframe {
+                return Err(Hold::AwaitingKeyframe);
+            }
+            // The same source resumed after a hold: re-base so the gap does not show.
+            self.rebase(now, ssrc, seq_no, timestamp);
+        }
+        self.awaiting_keyframe = false;
+
+        let Some(source) = self.source else {
+            return Err(Hold::Stale);
+        };
+        if seq_no < source.seq_base_in {
+            return Err(Hold::Stale);
+        }
+        let seq_out = source.seq_base_out + (seq_no - source.seq_base_in);
+        let ts_out = timestamp.wrapping_add(source.ts_offset);
+        if self.last_seq_out.is_none_or(|last| seq_out > last) {
+            self.last_seq_out = Some(seq_out);
+            self.last_ts_out = ts_out;
+            self.last_sent_at = Some(now);
+        }
+        Ok(Rewritten {
+            seq_no: seq_out,
+            timestamp: ts_out,
+        })
+    }
+
+    fn rebase(&mut self, now: Instant, ssrc: u32, seq_no: u64, timestamp: u32) {
+        let seq_base_out = self.last_seq_out.map_or(0, |s| s + 1);
+        // Advance the outgoing clock by the wall time since the last packet, so that the
+        // receiver's jitter buffer sees a plausible timeline across the switch.
+        let elapsed_ticks = self.last_sent_at.map_or(0, |at| {
+            let elapsed = now.saturating_duration_since(at);
+            (elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000) as u32
+        });
+        let ts_base_out = self.last_ts_out.wrapping_add(elapsed_ticks.max(1));
+        if let Some(old) = self.source.filter(|old| old.ssrc != ssrc) {
+            self.retired_ssrc = Some(old.ssrc);
+        }
+        self.source = Some(Source {
+            ssrc,
+            seq_base_in: seq_no,
+            seq_base_out,
+            ts_offset: ts_base_out.wrapping_sub(timestamp),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn video_waits_for_a_keyframe_then_is_contiguous() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, true, 100);
+        assert_eq!(f.rewrite(t0, 1, 5000, 9000, false), Err(Hold::AwaitingKeyframe));
+        let a = f.rewrite(t0, 1, 5001, 9000, true).expect("keyframe passes");
+        let b = f.rewrite(t0, 1, 5002, 12000, false).expect("then deltas pass");
+        assert_eq!(a.seq_no, 100);
+        assert_eq!(b.seq_no, 101);
+        assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 3000);
+    }
+
+    #[test]
+    fn switching_source_keeps_the_stream_continuous() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(48_000, false, 10);
+        let a = f.rewrite(t0, 1, 70_000, 1_000_000, false).expect("audio needs no keyframe");
+        let _ = f.rewrite(t0, 1, 70_001, 1_000_960, false).expect("next");
+        // A new source with unrelated numbering, 20 ms later.
+        let t1 = t0 + Duration::from_millis(20);
+        let c = f.rewrite(t1, 2, 3, 77, false).expect("new source");
+        assert_eq!(c.seq_no, a.seq_no + 2);
+        assert_eq!(c.timestamp.wrapping_sub(a.timestamp), 960 + 960);
+        // A late packet from the old source is stale.
+        assert_eq!(f.rewrite(t1, 1, 70_002, 1_001_920, false), Err(Hold::Stale));
+        // Reordered packets of the new source before its base are stale too.
+        assert_eq!(f.rewrite(t1, 2, 2, 0, false), Err(Hold::Stale));
+    }
+
+    #[test]
+    fn retransmissions_keep_their_position() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, true, 0);
+        let first = f.rewrite(t0, 1, 10, 0, true).expect("keyframe");
+        let _ = f.rewrite(t0, 1, 12, 0, false).expect("skip one");
+        let late = f.rewrite(t0, 1, 11, 0, false).expect("the missing one arrives");
+        assert_eq!(late.seq_no, first.seq_no + 1);
+    }
+}

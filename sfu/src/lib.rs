@@ -1,0 +1,17 @@
+//! The selective forwarding unit.
+//!
+//! [`engine`] is the sans-IO media core: it takes time as an argument, performs no I/O and is
+//! tested in virtual time. [`driver`] is the thin I/O layer that owns the one UDP socket and
+//! the clock. Signaling talks to either through [`api`]'s commands and events.
+
+pub mod api;
+pub mod codec;
+pub mod driver;
+pub mod engine;
+pub mod forwarder;
+pub mod stats;
+
+pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};
+pub use driver::{SfuConfig, SfuHandle};
+pub use engine::{Engine, EngineConfig};
+pub use stats::EngineStats;

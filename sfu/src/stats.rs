@@ -1,0 +1,42 @@
+//! Counters the engine keeps. They are plain integers: the engine runs on one thread, and the
+//! driver publishes a copy for metrics.
+
+use serde::Serialize;
+
+/// What the engine has seen and done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// RTP packets received from publishers (after SRTP).
+    pub rtp_in: u64,
+    /// RTP packets written to subscribers.
+    pub rtp_forwarded: u64,
+    /// Datagrams larger than [`crate::engine::MAX_DATAGRAM`].
+    pub dropped_oversize: u64,
+    /// Datagrams that are none of STUN, DTLS, RTP or RTCP, or that a transport refused.
+    pub dropped_malformed: u64,
+    /// Datagrams from an address no transport knows, that were not a valid STUN request for
+    /// one.
+    pub dropped_unknown_source: u64,
+    /// RTP with an SSRC the sender's transport has not negotiated.
+    pub dropped_unknown_ssrc: u64,
+    /// Packets of a muted publication.
+    pub dropped_muted: u64,
+    /// Packets whose payload type the subscriber did not negotiate.
+    pub dropped_unmapped_pt: u64,
+    /// Packets from before a source switch.
+    pub dropped_stale: u64,
+    /// Video packets withheld from a subscriber until a keyframe.
+    pub held_awaiting_keyframe: u64,
+    /// Keyframe requests (PLI/FIR) received from subscribers.
+    pub keyframe_requests_received: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests_sent: u64,
+    /// Keyframe requests folded into one already sent within the interval.
+    pub keyframe_requests_throttled: u64,
+    /// Subscriptions refused: another room, oneself, or a kind or codec mismatch.
+    pub refused_subscriptions: u64,
+}

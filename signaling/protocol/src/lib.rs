@@ -1,0 +1,349 @@
+//! Wire types shared by every part of the product: the browser client, the load-test bots,
+//! the signaling server and the SFU.
+//!
+//! This crate is a leaf: it depends on serde only, so that clients can use it without pulling
+//! in the media engine. The JSON shapes are documented in `docs/protocol.md`; that document and
+//! these types change together.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version a client and server must share. A client that joins with another
+/// version is refused with [`ErrorCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest WebSocket text message the server accepts, in bytes. An SDP offer for a room with
+/// a few dozen publications fits comfortably; anything bigger is refused before parsing.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Largest number of m-lines accepted in one offer.
+pub const MAX_MEDIA_SECTIONS: usize = 128;
+
+macro_rules! numeric_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+numeric_id!(
+    /// A participant: one signaling session and its one WebRTC transport.
+    ParticipantId,
+    "PA"
+);
+numeric_id!(
+    /// A publication: one track a participant sends to the SFU.
+    PublicationId,
+    "PU"
+);
+
+/// A room's name, as chosen by whoever created it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomId(pub String);
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// Where a published track comes from, so that clients can lay it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    #[default]
+    Microphone,
+    Camera,
+    Screen,
+}
+
+/// A publication as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicationInfo {
+    pub id: PublicationId,
+    pub participant_id: ParticipantId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub muted: bool,
+}
+
+/// A participant as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub name: String,
+    pub publications: Vec<PublicationInfo>,
+}
+
+/// Metadata for a track the client sends, keyed by the m-line's mid in the same offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishTrack {
+    pub mid: String,
+    #[serde(default)]
+    pub source: TrackSource,
+}
+
+/// A receive-only m-line in the client's offer that should carry another participant's
+/// publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeTrack {
+    pub mid: String,
+    pub publication_id: PublicationId,
+}
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on a socket.
+    Join {
+        protocol_version: u32,
+        room: RoomId,
+        name: String,
+    },
+    /// An SDP offer. The client always offers and the server always answers, so there is
+    /// never glare. `publish` labels the client's send m-lines, `subscribe` maps its
+    /// receive-only m-lines to publications.
+    Offer {
+        sdp: String,
+        #[serde(default)]
+        publish: Vec<PublishTrack>,
+        #[serde(default)]
+        subscribe: Vec<SubscribeTrack>,
+    },
+    /// A trickled ICE candidate (`candidate:` line as in the browser's `RTCIceCandidate`).
+    /// An empty string means end of candidates.
+    Candidate { candidate: String },
+    /// The client muted or unmuted one of its own publications.
+    SetMuted {
+        publication_id: PublicationId,
+        muted: bool,
+    },
+    /// Application keepalive; answered with [`ServerMessage::Pong`].
+    Ping,
+    /// The participant leaves; the server closes the socket after telling the others.
+    Leave,
+}
+
+/// Why a participant left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It said goodbye.
+    Left,
+    /// Its signaling socket closed or its media stopped and it did not come back in time.
+    TimedOut,
+    /// The server removed it (shutdown, or a protocol violation).
+    Removed,
+}
+
+/// Messages the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    /// Answer to [`ClientMessage::Join`]: who I am and who is already here.
+    Joined {
+        protocol_version: u32,
+        room: RoomId,
+        participant_id: ParticipantId,
+        participants: Vec<ParticipantInfo>,
+    },
+    /// Answer to [`ClientMessage::Offer`].
+    Answer { sdp: String },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
+    /// A participant published a track; subscribe to it by offering a receive-only m-line.
+    PublicationAdded {
+        publication: PublicationInfo,
+    },
+    /// A publication ended; its receive m-line can be reused or stopped.
+    PublicationRemoved {
+        publication_id: PublicationId,
+        participant_id: ParticipantId,
+    },
+    MuteChanged {
+        publication_id: PublicationId,
+        participant_id: ParticipantId,
+        muted: bool,
+    },
+    /// The media transport of this participant is connected (ICE and DTLS done).
+    MediaConnected,
+    Pong,
+    /// A request was refused. The connection stays open unless the code says otherwise.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Stable error codes. Clients switch on these; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or JSON of the wrong shape.
+    BadMessage,
+    /// A message type this server does not know.
+    UnknownType,
+    /// Over [`MAX_MESSAGE_BYTES`]. The socket is closed.
+    MessageTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// The client speaks another protocol version. The socket is closed.
+    VersionMismatch,
+    /// A request that needs a joined session arrived first.
+    NotJoined,
+    /// A second join on the same socket.
+    AlreadyJoined,
+    /// The room name or display name is empty or too long.
+    InvalidName,
+    /// The room has reached its participant limit.
+    RoomFull,
+    /// The SDP offer could not be parsed or negotiated.
+    BadSdp,
+    /// A candidate line could not be parsed.
+    BadCandidate,
+    /// The publication named does not exist in this room or is not this participant's.
+    UnknownPublication,
+    /// Too many messages in too short a time.
+    RateLimited,
+    /// The media server could not serve the request.
+    MediaUnavailable,
+}
+
+impl ErrorCode {
+    /// Whether the server closes the socket after sending this error.
+    pub fn is_fatal(self) -> bool {
+        matches!(self, ErrorCode::MessageTooLarge | ErrorCode::VersionMismatch)
+    }
+}
+
+/// Every client message type, for telling "unknown type" apart from "bad shape".
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "candidate",
+    "set_muted",
+    "ping",
+    "leave",
+];
+
+/// Why a client message was refused, before any state was touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Decodes one client text message, classifying failures into stable codes.
+pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError {
+            code: ErrorCode::MessageTooLarge,
+            message: format!("message is {} bytes; the limit is {MAX_MESSAGE_BYTES}", text.len()),
+        });
+    }
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(message) => Ok(message),
+        Err(err) => {
+            // Tell an unknown type apart from a known type with a bad shape, so that an old
+            // server talking to a new client says something useful.
+            let kind = serde_json::from_str::<TypeOnly>(text).ok().map(|t| t.kind);
+            match kind {
+                Some(kind) if !CLIENT_MESSAGE_TYPES.contains(&kind.as_str()) => Err(DecodeError {
+                    code: ErrorCode::UnknownType,
+                    message: format!("unknown message type {kind:?}"),
+                }),
+                _ => Err(DecodeError {
+                    code: ErrorCode::BadMessage,
+                    message: format!("malformed message: {err}"),
+                }),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_round_trips() {
+        let text = r#"{"type":"join","protocol_version":1,"room":"r1","name":"Hà Nội"}"#;
+        let message = decode_client_message(text).expect("valid join");
+        assert_eq!(
+            message,
+            ClientMessage::Join {
+                protocol_version: 1,
+                room: RoomId("r1".into()),
+                name: "Hà Nội".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_told_apart_from_bad_shape() {
+        let unknown = decode_client_message(r#"{"type":"teleport"}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownType);
+        let bad = decode_client_message(r#"{"type":"join","room":5}"#).unwrap_err();
+        assert_eq!(bad.code, ErrorCode::BadMessage);
+        let not_json = decode_client_message("\u{0}garbage").unwrap_err();
+        assert_eq!(not_json.code, ErrorCode::BadMessage);
+        let extra = decode_client_message(r#"{"type":"ping","admin":true}"#).unwrap_err();
+        assert_eq!(extra.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn oversized_is_refused_before_parsing() {
+        let text = format!(r#"{{"type":"ping","x":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        let err = decode_client_message(&text).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MessageTooLarge);
+        assert!(err.code.is_fatal());
+    }
+
+    #[test]
+    fn deep_nesting_is_a_bad_message_not_a_crash() {
+        let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = decode_client_message(&text[..MAX_MESSAGE_BYTES.min(text.len())]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn server_messages_are_tagged() {
+        let text = serde_json::to_string(&ServerMessage::Error {
+            code: ErrorCode::BadSdp,
+            message: "no fingerprint".into(),
+        })
+        .expect("serializable");
+        assert_eq!(text, r#"{"type":"error","code":"bad_sdp","message":"no fingerprint"}"#);
+    }
+}
