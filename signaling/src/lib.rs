@@ -1,1 +1,247 @@
+//! The server people talk to: HTTPS and WebSocket signaling, with the SFU in-process.
+//!
+//! [`start`] brings up everything a meeting needs (storage, the SFU thread, the room hub and
+//! the HTTPS listener) and returns the bound addresses, which is what the binary and the
+//! integration tests both use.
 
+pub mod db;
+pub mod hub;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
+use tower_http::services::ServeDir;
+
+use crate::db::Store;
+use crate::hub::HubHandle;
+use crate::session::SessionLimits;
+
+/// Largest WebSocket message the transport reads at all. Messages between
+/// [`protocol::MAX_MESSAGE_BYTES`] and this are refused with a typed error; bigger ones close
+/// the socket with status 1009.
+pub const WS_TRANSPORT_LIMIT: usize = 4 * protocol::MAX_MESSAGE_BYTES;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS and WSS listener.
+    pub http_addr: SocketAddr,
+    /// The one UDP port for all media.
+    pub media_addr: SocketAddr,
+    /// The media address put in ICE candidates, when it differs from `media_addr` (NAT).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Holds the database and the generated certificate.
+    pub data_dir: PathBuf,
+    /// Defaults to an SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// A certificate and key (PEM) to use instead of the self-signed one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra host names for the self-signed certificate.
+    pub tls_names: Vec<String>,
+    /// The web client's files.
+    pub web_client_dir: PathBuf,
+    pub session_limits: SessionLimits,
+    pub max_participants_per_room: usize,
+    pub keyframe_request_interval: Duration,
+}
+
+impl Config {
+    /// Loopback defaults: HTTPS on 8443, media on UDP 10000, state under `./data`.
+    pub fn new() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            media_addr: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            advertise_addr: None,
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
+            web_client_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web-client")),
+            session_limits: SessionLimits::default(),
+            max_participants_per_room: 1_000,
+            keyframe_request_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating the data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] db::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("loading the TLS certificate: {0}")]
+    TlsConfig(std::io::Error),
+    #[error(transparent)]
+    Sfu(#[from] sfu::driver::StartError),
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// Shared by every request handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    hub: HubHandle,
+    limits: SessionLimits,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    /// The certificate served, PEM: clients in tests pin it.
+    pub cert_pem: Vec<u8>,
+    pub store: Store,
+    pub sfu: sfu::SfuHandle,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The `wss://` URL of the signaling socket.
+    pub fn ws_url(&self) -> String {
+        format!("wss://{}/ws", self.http_addr)
+    }
+
+    /// Stops accepting connections and waits for the listener to end.
+    pub async fn shutdown(self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        let _ = self.task.await;
+    }
+
+    /// Waits until the listener ends (it ends only on error or shutdown).
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(err) => Err(std::io::Error::other(err)),
+        }
+    }
+}
+
+/// The HTTP routes.
+pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ws", get(websocket))
+        .fallback_service(ServeDir::new(web_client_dir))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Whether a browser's Origin names this server. Non-browser clients send no Origin.
+fn origin_allowed(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("https://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers) {
+        return (StatusCode::FORBIDDEN, "foreign origin").into_response();
+    }
+    upgrade
+        .max_message_size(WS_TRANSPORT_LIMIT)
+        .max_frame_size(WS_TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| session::run(socket, state.hub, state.limits))
+}
+
+/// Starts the whole server.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+    let database_url = config.database_url.clone().unwrap_or_else(|| {
+        format!("sqlite://{}", config.data_dir.join("meet.db").display())
+    });
+    let store = Store::open(&database_url).await?;
+
+    let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
+    sfu_config.advertise = config.advertise_addr;
+    sfu_config.keyframe_request_interval = config.keyframe_request_interval;
+    let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
+    let hub = hub::spawn(
+        sfu.clone(),
+        sfu_events,
+        store.clone(),
+        config.max_participants_per_room,
+    );
+
+    let configured = config
+        .tls_cert
+        .as_deref()
+        .zip(config.tls_key.as_deref());
+    let pem = tls::load_or_generate(configured, &config.data_dir, &config.tls_names)?;
+    let tls_config = RustlsConfig::from_pem(pem.cert.clone(), pem.key.clone())
+        .await
+        .map_err(StartError::TlsConfig)?;
+
+    let listener = std::net::TcpListener::bind(config.http_addr)
+        .map_err(|e| StartError::Bind(config.http_addr, e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Bind(config.http_addr, e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.http_addr, e))?;
+    let handle = axum_server::Handle::new();
+    let state = AppState {
+        hub,
+        limits: config.session_limits,
+    };
+    let router = app(state, config.web_client_dir.clone());
+    let server = axum_server::from_tcp_rustls(listener, tls_config)
+        .map_err(|e| StartError::Bind(http_addr, e))?
+        .handle(handle.clone());
+    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    tracing::info!(%http_addr, media = %sfu.local_addr(), "server started");
+    Ok(RunningServer {
+        http_addr,
+        media_addr: sfu.local_addr(),
+        cert_pem: pem.cert,
+        store,
+        sfu,
+        handle,
+        task,
+    })
+}
+
+/// Installs the process-wide rustls crypto provider. Every binary and test calls this first:
+/// with more than one provider compiled in, rustls cannot pick one by itself.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

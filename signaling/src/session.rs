@@ -1,0 +1,281 @@
+//! One WebSocket session: decodes client messages, refuses bad ones with a typed error, keeps
+//! the connection alive, and hands joined participants' requests to the hub.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    ClientMessage, ErrorCode, LeaveReason, ParticipantId, ServerMessage, PROTOCOL_VERSION,
+    decode_client_message,
+};
+use tokio::sync::mpsc;
+
+use crate::hub::{HubHandle, OUTBOUND_QUEUE, Outbound};
+
+/// Limits of one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// How often the server pings an idle client.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long is considered gone.
+    pub heartbeat_timeout: Duration,
+    /// Sustained messages per second allowed from one socket.
+    pub messages_per_second: f64,
+    /// Burst of messages allowed above the sustained rate.
+    pub message_burst: f64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            messages_per_second: 20.0,
+            message_burst: 60.0,
+        }
+    }
+}
+
+/// Longest room or display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// A token bucket: cheap, and fair to bursts such as trickled candidates.
+#[derive(Debug)]
+struct RateLimiter {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            rate,
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn error_text(code: ErrorCode, message: impl Into<String>) -> Utf8Bytes {
+    let message = ServerMessage::Error {
+        code,
+        message: message.into(),
+    };
+    serde_json::to_string(&message)
+        .unwrap_or_else(|_| "{}".to_string())
+        .into()
+}
+
+fn valid_name(name: &str) -> bool {
+    let trimmed = name.trim();
+    !trimmed.is_empty()
+        && trimmed.chars().count() <= MAX_NAME_CHARS
+        && !trimmed.chars().any(char::is_control)
+}
+
+/// What the session should do after a client message.
+enum Next {
+    Continue,
+    Close(LeaveReason),
+}
+
+struct Session {
+    hub: HubHandle,
+    participant: Option<ParticipantId>,
+    outbound_tx: mpsc::Sender<Outbound>,
+}
+
+/// Runs one session until the socket closes or the participant leaves.
+pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits) {
+    let (mut sink, mut stream) = socket.split();
+    let (outbound_tx, mut outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let mut session = Session {
+        hub,
+        participant: None,
+        outbound_tx,
+    };
+    let mut limiter = RateLimiter::new(limits.messages_per_second, limits.message_burst);
+    let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let reason = loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        // Oversized frames and protocol violations end up here; say why.
+                        tracing::debug!(%err, "websocket receive failed");
+                        let text = error_text(ErrorCode::MessageTooLarge, err.to_string());
+                        let _ = sink.send(Message::Text(text)).await;
+                        let _ = sink.send(Message::Close(Some(CloseFrame {
+                            code: 1009,
+                            reason: "message too large or malformed".into(),
+                        }))).await;
+                        break LeaveReason::TimedOut;
+                    }
+                    None => break LeaveReason::TimedOut,
+                };
+                last_heard = Instant::now();
+                match message {
+                    Message::Text(text) => {
+                        if !limiter.allow(Instant::now()) {
+                            let text = error_text(ErrorCode::RateLimited, "too many messages; slow down");
+                            if sink.send(Message::Text(text)).await.is_err() {
+                                break LeaveReason::TimedOut;
+                            }
+                            continue;
+                        }
+                        match session.handle_text(text.as_str()).await {
+                            Ok(Next::Continue) => {}
+                            Ok(Next::Close(reason)) => break reason,
+                            Err((code, message)) => {
+                                let fatal = code.is_fatal();
+                                let text = error_text(code, message);
+                                if sink.send(Message::Text(text)).await.is_err() || fatal {
+                                    let _ = sink.send(Message::Close(None)).await;
+                                    break LeaveReason::Removed;
+                                }
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let text = error_text(
+                            ErrorCode::BinaryNotSupported,
+                            "binary messages are not part of the protocol",
+                        );
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            break LeaveReason::TimedOut;
+                        }
+                    }
+                    Message::Close(_) => break LeaveReason::TimedOut,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            outbound = outbound_rx.recv() => match outbound {
+                Some(Outbound::Text(text)) => {
+                    if sink.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await.is_err() {
+                        break LeaveReason::TimedOut;
+                    }
+                }
+                Some(Outbound::Close(text)) => {
+                    let _ = sink.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await;
+                    let _ = sink.send(Message::Close(None)).await;
+                    // The hub removed this participant already.
+                    session.participant = None;
+                    break LeaveReason::Removed;
+                }
+                None => break LeaveReason::Removed,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > limits.heartbeat_timeout {
+                    tracing::debug!(participant = ?session.participant, "client went silent");
+                    break LeaveReason::TimedOut;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break LeaveReason::TimedOut;
+                }
+            }
+        }
+    };
+    if let Some(participant) = session.participant {
+        session.hub.leave(participant, reason);
+    }
+}
+
+impl Session {
+    async fn handle_text(&mut self, text: &str) -> Result<Next, (ErrorCode, String)> {
+        let message = decode_client_message(text).map_err(|e| (e.code, e.message))?;
+        match (message, self.participant) {
+            (ClientMessage::Ping, _) => {
+                let pong = serde_json::to_string(&ServerMessage::Pong)
+                    .unwrap_or_else(|_| "{}".to_string());
+                let _ = self.outbound_tx.try_send(Outbound::Text(pong.into()));
+                Ok(Next::Continue)
+            }
+            (
+                ClientMessage::Join {
+                    protocol_version,
+                    room,
+                    name,
+                },
+                None,
+            ) => {
+                if protocol_version != PROTOCOL_VERSION {
+                    return Err((
+                        ErrorCode::VersionMismatch,
+                        format!(
+                            "this server speaks protocol version {PROTOCOL_VERSION}, \
+                             not {protocol_version}"
+                        ),
+                    ));
+                }
+                if !valid_name(&room.0) || !valid_name(&name) {
+                    return Err((
+                        ErrorCode::InvalidName,
+                        format!(
+                            "room and display names must be 1 to {MAX_NAME_CHARS} printable \
+                             characters"
+                        ),
+                    ));
+                }
+                let room = protocol::RoomId(room.0.trim().to_string());
+                let id = self
+                    .hub
+                    .join(room, name.trim().to_string(), self.outbound_tx.clone())
+                    .await?;
+                self.participant = Some(id);
+                Ok(Next::Continue)
+            }
+            (ClientMessage::Join { .. }, Some(_)) => Err((
+                ErrorCode::AlreadyJoined,
+                "this socket has already joined a room".into(),
+            )),
+            (ClientMessage::Leave, Some(_)) => Ok(Next::Close(LeaveReason::Left)),
+            (ClientMessage::Leave, None) => Ok(Next::Close(LeaveReason::Left)),
+            (_, None) => Err((ErrorCode::NotJoined, "join a room first".into())),
+            (message, Some(participant)) => {
+                self.hub.message(participant, message);
+                Ok(Next::Continue)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_refuses() {
+        let mut limiter = RateLimiter::new(10.0, 5.0);
+        let now = Instant::now();
+        let allowed = (0..20).filter(|_| limiter.allow(now)).count();
+        assert_eq!(allowed, 5);
+        assert!(limiter.allow(now + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("Xã Tân Lập"));
+        assert!(!valid_name("   "));
+        assert!(!valid_name("a\u{0}b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}
