@@ -4,8 +4,10 @@
 //! plain serializable data, so the in-process channel used today can become a network link to a
 //! separate SFU process without changing either side.
 
-use protocol::{ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, RoomId,
-    SubscribeTrack, TrackSource};
+use protocol::{
+    ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, RoomId, SubscribeTrack,
+    TrackSource,
+};
 use serde::{Deserialize, Serialize};
 
 /// A request from signaling to the SFU.

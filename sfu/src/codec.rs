@@ -94,7 +94,9 @@ fn vp9_is_keyframe(payload: &[u8]) -> bool {
         };
         offset += if pid & 0x80 != 0 { 2 } else { 1 };
     }
-    payload.get(offset).is_some_and(|layers| (layers >> 1) & 0x07 == 0)
+    payload
+        .get(offset)
+        .is_some_and(|layers| (layers >> 1) & 0x07 == 0)
 }
 
 /// H.264 (RFC 6184): an IDR slice or an SPS, alone, in a STAP-A, or starting an FU-A.
@@ -154,7 +156,10 @@ mod tests {
         assert!(!is_keyframe(VideoCodec::Vp8, &[0x00, 0x00]));
         // Truncated descriptors never panic.
         for len in 0..7 {
-            let _ = is_keyframe(VideoCodec::Vp8, &[0x90, 0xe0, 0x80, 0x01, 0x00, 0x00, 0x00][..len]);
+            let _ = is_keyframe(
+                VideoCodec::Vp8,
+                &[0x90, 0xe0, 0x80, 0x01, 0x00, 0x00, 0x00][..len],
+            );
         }
     }
 
@@ -163,7 +168,10 @@ mod tests {
         assert!(is_keyframe(VideoCodec::H264, &[0x65]));
         assert!(!is_keyframe(VideoCodec::H264, &[0x41]));
         // STAP-A holding an SPS.
-        assert!(is_keyframe(VideoCodec::H264, &[0x18, 0x00, 0x02, 0x67, 0x42]));
+        assert!(is_keyframe(
+            VideoCodec::H264,
+            &[0x18, 0x00, 0x02, 0x67, 0x42]
+        ));
         // STAP-A whose size runs past the end.
         assert!(!is_keyframe(VideoCodec::H264, &[0x18, 0xff, 0xff, 0x67]));
         // FU-A start of an IDR, and a continuation.

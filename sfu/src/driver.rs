@@ -93,7 +93,9 @@ impl SfuHandle {
 }
 
 /// Binds the media socket and starts the SFU thread. Events arrive on the returned receiver.
-pub fn spawn(config: SfuConfig) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), StartError> {
+pub fn spawn(
+    config: SfuConfig,
+) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), StartError> {
     let socket = bind_socket(config.bind)?;
     let local_addr = socket.local_addr()?;
     let advertised_addr = config.advertise.unwrap_or(local_addr);

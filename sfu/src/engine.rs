@@ -685,8 +685,7 @@ impl Engine {
         let Some(participant) = self.participants.get(&id) else {
             return;
         };
-        let published: Vec<PublicationId> =
-            participant.published.iter().map(|(_, p)| *p).collect();
+        let published: Vec<PublicationId> = participant.published.iter().map(|(_, p)| *p).collect();
         let subscribed: Vec<Mid> = participant.subscriptions.keys().copied().collect();
         for publication in published {
             self.remove_publication(publication);
@@ -729,7 +728,11 @@ impl Engine {
         // Browsers without media permission hide their address behind an mDNS name. The
         // server cannot resolve it and does not need to: the client's STUN checks reveal the
         // address as a peer-reflexive candidate.
-        if line.split_whitespace().nth(4).is_some_and(|a| a.ends_with(".local")) {
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|a| a.ends_with(".local"))
+        {
             return Ok(());
         }
         let candidate = Candidate::from_sdp_string(line)
@@ -907,8 +910,8 @@ impl Engine {
             Some((_, p)) => *p,
             None => {
                 let mid = publisher.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
-                let Some(&(_, publication)) = mid
-                    .and_then(|mid| publisher.published.iter().find(|(m, _)| *m == mid))
+                let Some(&(_, publication)) =
+                    mid.and_then(|mid| publisher.published.iter().find(|(m, _)| *m == mid))
                 else {
                     self.stats.dropped_unknown_ssrc += 1;
                     return;

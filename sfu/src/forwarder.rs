@@ -157,9 +157,14 @@ mod tests {
     fn video_waits_for_a_keyframe_then_is_contiguous() {
         let t0 = Instant::now();
         let mut f = Forwarder::new(90_000, true, 100);
-        assert_eq!(f.rewrite(t0, 1, 5000, 9000, false), Err(Hold::AwaitingKeyframe));
+        assert_eq!(
+            f.rewrite(t0, 1, 5000, 9000, false),
+            Err(Hold::AwaitingKeyframe)
+        );
         let a = f.rewrite(t0, 1, 5001, 9000, true).expect("keyframe passes");
-        let b = f.rewrite(t0, 1, 5002, 12000, false).expect("then deltas pass");
+        let b = f
+            .rewrite(t0, 1, 5002, 12000, false)
+            .expect("then deltas pass");
         assert_eq!(a.seq_no, 100);
         assert_eq!(b.seq_no, 101);
         assert_eq!(b.timestamp.wrapping_sub(a.timestamp), 3000);
@@ -169,7 +174,9 @@ mod tests {
     fn switching_source_keeps_the_stream_continuous() {
         let t0 = Instant::now();
         let mut f = Forwarder::new(48_000, false, 10);
-        let a = f.rewrite(t0, 1, 70_000, 1_000_000, false).expect("audio needs no keyframe");
+        let a = f
+            .rewrite(t0, 1, 70_000, 1_000_000, false)
+            .expect("audio needs no keyframe");
         let _ = f.rewrite(t0, 1, 70_001, 1_000_960, false).expect("next");
         // A new source with unrelated numbering, 20 ms later.
         let t1 = t0 + Duration::from_millis(20);
@@ -188,7 +195,9 @@ mod tests {
         let mut f = Forwarder::new(90_000, true, 0);
         let first = f.rewrite(t0, 1, 10, 0, true).expect("keyframe");
         let _ = f.rewrite(t0, 1, 12, 0, false).expect("skip one");
-        let late = f.rewrite(t0, 1, 11, 0, false).expect("the missing one arrives");
+        let late = f
+            .rewrite(t0, 1, 11, 0, false)
+            .expect("the missing one arrives");
         assert_eq!(late.seq_no, first.seq_no + 1);
     }
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use protocol::{
-    ClientMessage, ErrorCode, LeaveReason, ParticipantId, ParticipantInfo, PublicationId,
-    PublicationInfo, RoomId, ServerMessage, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo,
+    PublicationId, PublicationInfo, RoomId, ServerMessage,
 };
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
@@ -286,11 +286,7 @@ impl Hub {
         let Some(member) = self.members.get_mut(&participant) else {
             return;
         };
-        let Some(info) = member
-            .publications
-            .iter_mut()
-            .find(|p| p.id == publication)
-        else {
+        let Some(info) = member.publications.iter_mut().find(|p| p.id == publication) else {
             let error = encode(&ServerMessage::Error {
                 code: ErrorCode::UnknownPublication,
                 message: format!("{publication} is not one of your publications"),
@@ -382,8 +378,7 @@ impl Hub {
         let Some(member) = self.members.remove(&participant) else {
             return;
         };
-        self.sfu
-            .send(SfuCommand::RemoveParticipant { participant });
+        self.sfu.send(SfuCommand::RemoveParticipant { participant });
         if let Some(message) = close {
             let error = encode(&ServerMessage::Error {
                 code: ErrorCode::MediaUnavailable,

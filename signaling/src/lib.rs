@@ -185,9 +185,10 @@ async fn websocket(
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-    let database_url = config.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}", config.data_dir.join("meet.db").display())
-    });
+    let database_url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("meet.db").display()));
     let store = Store::open(&database_url).await?;
 
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
@@ -201,10 +202,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.max_participants_per_room,
     );
 
-    let configured = config
-        .tls_cert
-        .as_deref()
-        .zip(config.tls_key.as_deref());
+    let configured = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
     let pem = tls::load_or_generate(configured, &config.data_dir, &config.tls_names)?;
     let tls_config = RustlsConfig::from_pem(pem.cert.clone(), pem.key.clone())
         .await

@@ -65,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
         config.web_client_dir = dir;
     }
     config.max_participants_per_room = args.max_participants_per_room;
-    let server = signaling::start(config).await.context("starting the server")?;
+    let server = signaling::start(config)
+        .await
+        .context("starting the server")?;
     tracing::info!(
         "open https://{} (media on udp {})",
         server.http_addr,

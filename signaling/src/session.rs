@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    ClientMessage, ErrorCode, LeaveReason, ParticipantId, ServerMessage, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ServerMessage,
     decode_client_message,
 };
 use tokio::sync::mpsc;

@@ -171,7 +171,9 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
     },
     /// Answer to [`ClientMessage::Offer`].
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     ParticipantJoined {
         participant: ParticipantInfo,
     },
@@ -197,7 +199,10 @@ pub enum ServerMessage {
     MediaConnected,
     Pong,
     /// A request was refused. The connection stays open unless the code says otherwise.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Stable error codes. Clients switch on these; the message is for people.
@@ -237,19 +242,16 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether the server closes the socket after sending this error.
     pub fn is_fatal(self) -> bool {
-        matches!(self, ErrorCode::MessageTooLarge | ErrorCode::VersionMismatch)
+        matches!(
+            self,
+            ErrorCode::MessageTooLarge | ErrorCode::VersionMismatch
+        )
     }
 }
 
 /// Every client message type, for telling "unknown type" apart from "bad shape".
-pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
-    "join",
-    "offer",
-    "candidate",
-    "set_muted",
-    "ping",
-    "leave",
-];
+pub const CLIENT_MESSAGE_TYPES: &[&str] =
+    &["join", "offer", "candidate", "set_muted", "ping", "leave"];
 
 /// Why a client message was refused, before any state was touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +265,10 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
     if text.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError {
             code: ErrorCode::MessageTooLarge,
-            message: format!("message is {} bytes; the limit is {MAX_MESSAGE_BYTES}", text.len()),
+            message: format!(
+                "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                text.len()
+            ),
         });
     }
     match serde_json::from_str::<ClientMessage>(text) {
@@ -324,7 +329,10 @@ mod tests {
 
     #[test]
     fn oversized_is_refused_before_parsing() {
-        let text = format!(r#"{{"type":"ping","x":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        let text = format!(
+            r#"{{"type":"ping","x":"{}"}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
         let err = decode_client_message(&text).unwrap_err();
         assert_eq!(err.code, ErrorCode::MessageTooLarge);
         assert!(err.code.is_fatal());
@@ -344,6 +352,9 @@ mod tests {
             message: "no fingerprint".into(),
         })
         .expect("serializable");
-        assert_eq!(text, r#"{"type":"error","code":"bad_sdp","message":"no fingerprint"}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"error","code":"bad_sdp","message":"no fingerprint"}"#
+        );
     }
 }

@@ -1,0 +1,284 @@
+//! Media-core scenarios in virtual time: several simulated endpoints, a lossy link, late
+//! joiners and keyframe throttling. No sockets; seconds of media run in milliseconds.
+
+mod sim;
+
+use std::time::Duration;
+
+use protocol::MediaKind;
+use sim::{Link, Sim};
+
+/// Checks that endpoint `receiver` hears `sender`'s tone and sees `sender`'s video tag.
+fn assert_receives(sim: &Sim, receiver: usize, sender: usize) {
+    let sender_config = sim.endpoints[sender].endpoint.config().clone();
+    let publications = sim.publications_of(sender);
+    assert_eq!(
+        publications.len(),
+        2,
+        "sender {sender} publishes audio and video"
+    );
+    let rx = &sim.endpoints[receiver].endpoint;
+    for publication in publications {
+        let stats = rx
+            .stats()
+            .get(&publication.id)
+            .unwrap_or_else(|| panic!("{receiver} has no stats for {}", publication.id));
+        match publication.kind {
+            MediaKind::Audio => {
+                assert!(
+                    stats.audio_frames_decoded >= 50,
+                    "{receiver} decoded {} Opus frames from {sender}",
+                    stats.audio_frames_decoded
+                );
+                let heard = rx
+                    .dominant_frequency(publication.id)
+                    .expect("enough audio to analyse");
+                assert!(
+                    (heard - sender_config.tone_hz).abs() <= 10.0,
+                    "{receiver} heard {heard} Hz from {sender}, who sends {} Hz",
+                    sender_config.tone_hz
+                );
+            }
+            MediaKind::Video => {
+                assert!(
+                    stats.video_frames >= 10,
+                    "{receiver} got {} video frames from {sender}",
+                    stats.video_frames
+                );
+                assert_eq!(stats.video_tag, Some(sender_config.video_tag));
+            }
+        }
+    }
+}
+
+#[test]
+fn three_endpoints_each_receive_the_other_two() {
+    let mut sim = Sim::new();
+    for _ in 0..3 {
+        sim.join("r", |_| {});
+    }
+    sim.run_for(Duration::from_secs(3));
+    for receiver in 0..3 {
+        for sender in 0..3 {
+            if receiver != sender {
+                assert_receives(&sim, receiver, sender);
+            }
+        }
+        assert!(
+            sim.endpoints[receiver].errors.is_empty(),
+            "{:?}",
+            sim.endpoints[receiver].errors
+        );
+    }
+    let (rooms, participants, publications, subscriptions) = sim.engine.census();
+    assert_eq!(
+        (rooms, participants, publications, subscriptions),
+        (1, 3, 6, 12)
+    );
+}
+
+#[test]
+fn rooms_are_isolated() {
+    let mut sim = Sim::new();
+    let a = sim.join("a", |_| {});
+    let b = sim.join("b", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    // The simulation offers every publication to everyone; the engine must refuse the
+    // cross-room subscriptions and forward nothing.
+    for (receiver, sender) in [(a, b), (b, a)] {
+        for publication in sim.publications_of(sender) {
+            let frames = sim.endpoints[receiver]
+                .endpoint
+                .stats()
+                .get(&publication.id)
+                .map_or(0, |s| s.frames);
+            assert_eq!(frames, 0, "media crossed rooms");
+        }
+    }
+    assert!(sim.engine.stats().refused_subscriptions >= 4);
+}
+
+#[test]
+fn loss_on_a_link_is_repaired_by_nack() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.video_fps = 30;
+        c.video_frame_bytes = 3_000;
+    });
+    let subscriber = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(1));
+    let link = Link {
+        loss_up: 0.0,
+        loss_down: 0.05,
+        delay: Duration::from_millis(20),
+    };
+    sim.set_link(subscriber, link);
+    sim.set_link(
+        publisher,
+        Link {
+            loss_up: 0.05,
+            loss_down: 0.0,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let video = sim
+        .publications_of(publisher)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Video)
+        .expect("video publication");
+    let sent_before = sim.endpoints[publisher].endpoint.sent().video_frames;
+    let received_before = sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames;
+    sim.run_for(Duration::from_secs(5));
+    // Let retransmissions of the last frames land.
+    sim.set_link(subscriber, Link::default());
+    sim.set_link(publisher, Link::default());
+    sim.run_for(Duration::from_millis(500));
+    let sent = sim.endpoints[publisher].endpoint.sent().video_frames - sent_before;
+    let received =
+        sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames - received_before;
+    // Each 3 kB frame spans three packets: with 5% loss on both hops and no repair, about a
+    // quarter of the frames would be incomplete.
+    assert!(
+        received as f64 >= sent as f64 * 0.97,
+        "received {received} of {sent} frames through 5% loss each way"
+    );
+}
+
+#[test]
+fn late_joiner_gets_a_keyframe_within_one_second() {
+    let mut sim = Sim::new();
+    // The publisher sends a keyframe only at the start and when asked.
+    let publisher = sim.join("r", |c| c.keyframe_interval = None);
+    sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(4));
+    let late = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    let video = sim
+        .publications_of(publisher)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Video)
+        .expect("video publication");
+    let stats = &sim.endpoints[late].endpoint.stats()[&video.id];
+    let first_keyframe = stats
+        .first_keyframe_at
+        .expect("the late joiner got a keyframe");
+    let answered = sim.endpoints[late].answered_at[0];
+    let waited = first_keyframe.duration_since(answered);
+    assert!(
+        waited <= Duration::from_secs(1),
+        "late joiner waited {waited:?} of virtual time for a keyframe"
+    );
+    // The first frame it shows is that keyframe, never a delta frame.
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+}
+
+#[test]
+fn keyframe_requests_reach_the_publisher_at_most_once_per_second() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| c.keyframe_interval = None);
+    sim.run_for(Duration::from_millis(500));
+    // A join storm: every joiner asks for a keyframe as it subscribes.
+    for _ in 0..30 {
+        sim.join("r", |c| {
+            c.publish_audio = false;
+            c.publish_video = false;
+        });
+        sim.run_for(Duration::from_millis(20));
+    }
+    let before = sim.endpoints[publisher]
+        .endpoint
+        .sent()
+        .keyframe_requests_received;
+    let start = sim.now;
+    sim.run_for(Duration::from_secs(3));
+    let received = sim.endpoints[publisher]
+        .endpoint
+        .sent()
+        .keyframe_requests_received;
+    let elapsed = sim.now.duration_since(start).as_secs_f64();
+    let storm_window = 0.6 + elapsed;
+    let allowed = storm_window.ceil() as u64 + 1;
+    assert!(
+        received <= allowed,
+        "publisher got {received} keyframe requests in {storm_window:.1} s"
+    );
+    assert!(received - before <= elapsed.ceil() as u64 + 1);
+    assert!(sim.engine.stats().keyframe_requests_throttled > 0);
+    // Every joiner still got video.
+    let video = sim
+        .publications_of(publisher)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Video)
+        .expect("video publication");
+    for e in &sim.endpoints[1..] {
+        assert!(e.endpoint.stats()[&video.id].keyframes >= 1);
+    }
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
+    let mut sim = Sim::new();
+    let a = sim.join("r", |_| {});
+    let b = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(1));
+    let audio = sim
+        .publications_of(a)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Audio)
+        .expect("audio");
+    let before = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
+    let stranger = "127.0.9.9:5000".parse().expect("address");
+    let known = sim.endpoints[a].endpoint.local_addr();
+    let stats_before = sim.engine.stats().clone();
+    // Random bytes from an unknown address; a truncated STUN header; an oversized datagram.
+    sim.inject(stranger, &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    sim.inject(stranger, &[0x00, 0x01, 0x00, 0x50, 0x21, 0x12, 0xa4, 0x42]);
+    sim.inject(stranger, &[0x80; 2000]);
+    // RTP-looking garbage with a bad version, and with an SSRC the sender never negotiated,
+    // from the address of a connected participant.
+    sim.inject(known, &[0x40, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]);
+    let mut fake_rtp = vec![0x80, 0x60, 0, 1, 0, 0, 0, 1, 0x0b, 0xad, 0xf0, 0x0d];
+    fake_rtp.extend_from_slice(&[0u8; 40]);
+    sim.inject(known, &fake_rtp);
+    // Truncated RTP headers of every length.
+    for len in 0..12 {
+        sim.inject(known, &fake_rtp[..len]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    let stats = sim.engine.stats();
+    let refused = |s: &sfu::EngineStats| s.dropped_unknown_source + s.dropped_malformed;
+    assert!(refused(stats) >= refused(&stats_before) + 2);
+    assert!(stats.dropped_oversize > stats_before.dropped_oversize);
+    assert!(stats.dropped_unknown_ssrc > stats_before.dropped_unknown_ssrc);
+    let after = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
+    assert!(
+        after >= before + 40,
+        "audio kept flowing: {before} -> {after}"
+    );
+}
+
+#[test]
+fn a_departure_removes_its_publications_and_the_rest_continue() {
+    let mut sim = Sim::new();
+    let a = sim.join("r", |_| {});
+    let b = sim.join("r", |_| {});
+    let c = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(1));
+    sim.leave(c);
+    sim.run_for(Duration::from_secs(1));
+    let (_, participants, publications, subscriptions) = sim.engine.census();
+    assert_eq!((participants, publications, subscriptions), (2, 4, 4));
+    let audio = sim
+        .publications_of(a)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Audio)
+        .expect("audio");
+    let before = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
+    sim.run_for(Duration::from_secs(1));
+    let after = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
+    assert!(after >= before + 40);
+    assert!(sim.events.iter().any(|e| matches!(
+        e,
+        sfu::SfuEvent::PublicationRemoved { participant, .. } if *participant == sim.endpoints[c].participant
+    )));
+}

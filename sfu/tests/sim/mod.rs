@@ -1,0 +1,376 @@
+//! A virtual-time world for the media engine: simulated endpoints (the load tester's sans-IO
+//! str0m clients) talk to one [`Engine`] over a fake network with per-link loss and delay.
+//! No sockets, no sleeping: time is a variable that jumps to the next deadline.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use loadtest::endpoint::{Endpoint, EndpointConfig};
+use protocol::{ClientMessage, ParticipantId, PublicationInfo, RoomId};
+use sfu::{Engine, EngineConfig, SfuCommand, SfuEvent};
+
+/// The server's media address in the simulation.
+pub const SERVER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)),
+    3478,
+);
+
+/// Loss and delay of one endpoint's link, each way.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Link {
+    /// Fraction of endpoint → server datagrams lost.
+    pub loss_up: f64,
+    /// Fraction of server → endpoint datagrams lost.
+    pub loss_down: f64,
+    pub delay: Duration,
+}
+
+pub struct SimEndpoint {
+    pub endpoint: Endpoint,
+    pub participant: ParticipantId,
+    pub link: Link,
+    pub joined_at: Instant,
+    /// When the answer carrying each subscription arrived.
+    pub answered_at: Vec<Instant>,
+    pub errors: Vec<String>,
+    pub alive: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub engine: Engine,
+    pub endpoints: Vec<SimEndpoint>,
+    pub publications: Vec<PublicationInfo>,
+    pub events: Vec<SfuEvent>,
+    /// Real (not virtual) time spent inside the engine: the server's CPU cost.
+    pub engine_busy: Duration,
+    network: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    rng: u64,
+    next_participant: u64,
+}
+
+impl Sim {
+    pub fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    pub fn with_config(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        let mut config = EngineConfig::new(SERVER);
+        adjust(&mut config);
+        Self {
+            now: Instant::now(),
+            engine: Engine::new(config).expect("engine starts"),
+            endpoints: Vec::new(),
+            publications: Vec::new(),
+            events: Vec::new(),
+            engine_busy: Duration::ZERO,
+            network: BinaryHeap::new(),
+            seq: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            next_participant: 1,
+        }
+    }
+
+    /// A deterministic pseudo-random number in [0, 1).
+    fn random(&mut self) -> f64 {
+        // xorshift64*: repeatable runs, no dependency.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Adds an endpoint to `room`; it offers once its join is processed. Returns its index.
+    pub fn join(&mut self, room: &str, adjust: impl FnOnce(&mut EndpointConfig)) -> usize {
+        let index = self.endpoints.len();
+        let addr = SocketAddr::from(([127, 0, 1, (index % 250) as u8 + 1], 40_000 + index as u16));
+        let mut config = EndpointConfig::new(addr);
+        config.tone_hz = 300.0 + 100.0 * index as f32;
+        config.video_tag = 1000 + index as u64;
+        adjust(&mut config);
+        let endpoint = Endpoint::new(self.now, config).expect("endpoint");
+        let participant = ParticipantId(self.next_participant);
+        self.next_participant += 1;
+        self.engine.handle_command(
+            self.now,
+            SfuCommand::AddParticipant {
+                participant,
+                room: RoomId(room.into()),
+            },
+        );
+        let mut sim_endpoint = SimEndpoint {
+            endpoint,
+            participant,
+            link: Link::default(),
+            joined_at: self.now,
+            answered_at: Vec::new(),
+            errors: Vec::new(),
+            alive: true,
+        };
+        // A joiner subscribes to everything already published in the room.
+        for publication in &self.publications {
+            sim_endpoint.endpoint.subscribe(publication.clone());
+        }
+        self.endpoints.push(sim_endpoint);
+        self.pump();
+        index
+    }
+
+    /// Removes an endpoint as signaling would on leave.
+    pub fn leave(&mut self, index: usize) {
+        let participant = self.endpoints[index].participant;
+        self.endpoints[index].alive = false;
+        self.engine
+            .handle_command(self.now, SfuCommand::RemoveParticipant { participant });
+        self.pump();
+    }
+
+    pub fn set_link(&mut self, index: usize, link: Link) {
+        self.endpoints[index].link = link;
+    }
+
+    /// Runs the world for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            let mut next = self.engine.poll_timeout().min(end);
+            for e in self.endpoints.iter().filter(|e| e.alive) {
+                next = next.min(e.endpoint.poll_timeout());
+            }
+            if let Some(Reverse(packet)) = self.network.peek() {
+                next = next.min(packet.at);
+            }
+            // Time never goes backwards, and a busy instant still advances a little so a
+            // component that keeps asking for "now" cannot stall the world.
+            self.now = next.max(self.now);
+            while let Some(Reverse(packet)) = self.network.peek() {
+                if packet.at > self.now {
+                    break;
+                }
+                let Some(Reverse(packet)) = self.network.pop() else {
+                    break;
+                };
+                self.deliver(packet);
+            }
+            if self.engine.poll_timeout() <= self.now {
+                let started = Instant::now();
+                self.engine.handle_timeout(self.now);
+                self.engine_busy += started.elapsed();
+            }
+            for e in self.endpoints.iter_mut().filter(|e| e.alive) {
+                if e.endpoint.poll_timeout() <= self.now
+                    && let Err(err) = e.endpoint.handle_timeout(self.now)
+                {
+                    e.errors.push(err.to_string());
+                }
+            }
+            self.pump();
+            if next == self.now {
+                self.now += Duration::from_micros(100);
+            }
+        }
+    }
+
+    fn deliver(&mut self, packet: InFlight) {
+        if packet.destination == SERVER {
+            let started = Instant::now();
+            self.engine.handle_datagram(
+                self.now,
+                packet.source,
+                packet.destination,
+                &packet.contents,
+            );
+            self.engine_busy += started.elapsed();
+        } else if let Some(e) = self
+            .endpoints
+            .iter_mut()
+            .find(|e| e.alive && e.endpoint.local_addr() == packet.destination)
+            && let Err(err) = e.endpoint.handle_datagram(
+                self.now,
+                packet.source,
+                packet.destination,
+                &packet.contents,
+            )
+        {
+            e.errors.push(err.to_string());
+        }
+    }
+
+    /// Injects a raw datagram into the server, as if it came from `source`.
+    pub fn inject(&mut self, source: SocketAddr, contents: &[u8]) {
+        self.engine
+            .handle_datagram(self.now, source, SERVER, contents);
+        self.pump();
+    }
+
+    /// Moves queued datagrams onto the network, feeds engine events back to the endpoints,
+    /// and sends offers that are due.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.engine.poll_transmit() {
+                progressed = true;
+                let link = self
+                    .endpoints
+                    .iter()
+                    .find(|e| e.endpoint.local_addr() == t.destination)
+                    .map(|e| e.link)
+                    .unwrap_or_default();
+                if self.random() < link.loss_down {
+                    continue;
+                }
+                self.send(t.source, t.destination, t.contents.to_vec(), link.delay);
+            }
+            for i in 0..self.endpoints.len() {
+                if !self.endpoints[i].alive {
+                    continue;
+                }
+                while let Some(d) = self.endpoints[i].endpoint.poll_transmit() {
+                    progressed = true;
+                    let link = self.endpoints[i].link;
+                    if self.random() < link.loss_up {
+                        continue;
+                    }
+                    self.send(d.source, d.destination, d.contents, link.delay);
+                }
+                let e = &mut self.endpoints[i];
+                if !e.endpoint.offer_in_flight()
+                    && e.endpoint.has_pending_changes()
+                    && let Some(ClientMessage::Offer {
+                        sdp,
+                        publish,
+                        subscribe,
+                    }) = e.endpoint.create_offer()
+                {
+                    progressed = true;
+                    let participant = e.participant;
+                    let candidates = e.endpoint.local_candidates();
+                    self.engine.handle_command(
+                        self.now,
+                        SfuCommand::Offer {
+                            participant,
+                            sdp,
+                            publish,
+                            subscribe,
+                        },
+                    );
+                    for c in candidates {
+                        if let ClientMessage::Candidate { candidate } = c {
+                            self.engine.handle_command(
+                                self.now,
+                                SfuCommand::RemoteCandidate {
+                                    participant,
+                                    candidate,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            while let Some(event) = self.engine.poll_event() {
+                progressed = true;
+                self.handle_event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+        delay: Duration,
+    ) {
+        self.seq += 1;
+        self.network.push(Reverse(InFlight {
+            at: self.now + delay,
+            seq: self.seq,
+            source,
+            destination,
+            contents,
+        }));
+    }
+
+    fn handle_event(&mut self, event: SfuEvent) {
+        let now = self.now;
+        match &event {
+            SfuEvent::Answer { participant, sdp } => {
+                if let Some(e) = self.by_participant(*participant) {
+                    e.answered_at.push(now);
+                    if let Err(err) = e.endpoint.handle_answer(now, sdp) {
+                        e.errors.push(err.to_string());
+                    }
+                }
+            }
+            SfuEvent::Refused {
+                participant,
+                message,
+                ..
+            } => {
+                if let Some(e) = self.by_participant(*participant) {
+                    e.errors.push(message.clone());
+                    e.endpoint.offer_refused();
+                }
+            }
+            SfuEvent::PublicationAdded {
+                participant,
+                publication,
+            } => {
+                let info = PublicationInfo {
+                    id: publication.id,
+                    participant_id: *participant,
+                    kind: publication.kind,
+                    source: publication.source,
+                    muted: false,
+                };
+                self.publications.push(info.clone());
+                for e in self.endpoints.iter_mut().filter(|e| e.alive) {
+                    if e.participant != *participant {
+                        e.endpoint.subscribe(info.clone());
+                    }
+                }
+            }
+            SfuEvent::PublicationRemoved { publication, .. } => {
+                self.publications.retain(|p| p.id != *publication);
+                for e in self.endpoints.iter_mut().filter(|e| e.alive) {
+                    e.endpoint.unsubscribe(*publication);
+                }
+            }
+            SfuEvent::MediaConnected { .. } | SfuEvent::MediaDisconnected { .. } => {}
+        }
+        self.events.push(event);
+    }
+
+    fn by_participant(&mut self, participant: ParticipantId) -> Option<&mut SimEndpoint> {
+        self.endpoints
+            .iter_mut()
+            .find(|e| e.participant == participant && e.alive)
+    }
+
+    /// The publications of one endpoint, by kind.
+    pub fn publications_of(&self, index: usize) -> Vec<PublicationInfo> {
+        let participant = self.endpoints[index].participant;
+        self.publications
+            .iter()
+            .filter(|p| p.participant_id == participant)
+            .cloned()
+            .collect()
+    }
+}
