@@ -9,6 +9,31 @@
 //! Every test that uses it must install a rustls crypto provider first (see
 //! [`install_crypto_provider`]): webrtc-rs enables rustls's `ring` feature next to the
 //! workspace's `aws-lc-rs`, which leaves the process default ambiguous.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use meet_testkit::{ClientOptions, WebrtcRsClient};
+//!
+//! # async fn example(url: String, cert_pem: Vec<u8>) -> anyhow::Result<()> {
+//! meet_testkit::install_crypto_provider();
+//! let alice = WebrtcRsClient::join(ClientOptions::new(&url, "room", "alice", cert_pem.clone(), 440.0, 1)).await?;
+//! let bob = WebrtcRsClient::join(ClientOptions::new(&url, "room", "bob", cert_pem, 880.0, 2)).await?;
+//! let a = alice.participant_id();
+//! bob.wait_for(Duration::from_secs(15), |s| {
+//!     s.received.get(&a).is_some_and(|m| {
+//!         m.dominant_frequency_hz.is_some_and(|f| (f - 440.0).abs() <= 15.0)
+//!             && m.video_tag == Some(1)
+//!     })
+//! })
+//! .await?;
+//! bob.leave().await?;
+//! alice.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The client needs a multi-threaded tokio runtime (webrtc-rs drives each connection from a
+//! background task), binds its one UDP socket to 127.0.0.1, and keeps mDNS off.
 
 mod media;
 mod peer;
@@ -27,12 +52,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use crate::media::VIDEO_FRAME_BYTES;
-pub use crate::signaling::tls_config_trusting;
-pub use crate::state::{
-    PublicationMedia, ReceivedMedia, Roster, RosterEvent, SentMedia, Snapshot,
-};
 use crate::session::{Command, Parts, Session};
+pub use crate::signaling::tls_config_trusting;
 use crate::state::Shared;
+pub use crate::state::{PublicationMedia, ReceivedMedia, Roster, RosterEvent, SentMedia, Snapshot};
 
 /// How long `join` waits for `joined` and then for the first answer.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,9 +231,7 @@ impl WebrtcRsClient {
                 return Ok(snapshot);
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "condition not met within {timeout:?}; last snapshot: {snapshot:#?}"
-                );
+                anyhow::bail!("condition not met within {timeout:?}; last snapshot: {snapshot:#?}");
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
@@ -227,7 +248,11 @@ impl WebrtcRsClient {
     }
 
     /// Tells the server a publication of this client is muted or not.
-    pub async fn set_muted(&self, publication_id: PublicationId, muted: bool) -> anyhow::Result<()> {
+    pub async fn set_muted(
+        &self,
+        publication_id: PublicationId,
+        muted: bool,
+    ) -> anyhow::Result<()> {
         self.send(ClientMessage::SetMuted {
             publication_id,
             muted,

@@ -15,8 +15,9 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
-use webrtc::rtp_transceiver::RtpTransceiver;
+use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
 use crate::peer::{self, PeerEvent};
 use crate::signaling::{self, Incoming, Socket};
@@ -39,6 +40,38 @@ pub(crate) enum Command {
 struct Published {
     transceiver: Arc<dyn RtpTransceiver>,
     source: TrackSource,
+}
+
+/// The local tracks and their senders, waiting for the first answer.
+struct PendingMedia {
+    audio: Arc<TrackLocalStaticSample>,
+    audio_sender: Arc<dyn RtpSender>,
+    video: Arc<TrackLocalStaticSample>,
+    video_sender: Arc<dyn RtpSender>,
+    tone_hz: f32,
+    video_tag: u64,
+}
+
+impl PendingMedia {
+    /// Spawns the send tasks; they stay idle until the connection is up.
+    fn start(self, connected: &watch::Sender<bool>, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(crate::media::send_audio(
+                self.audio,
+                self.audio_sender,
+                connected.subscribe(),
+                self.tone_hz,
+                Arc::clone(shared),
+            )),
+            tokio::spawn(crate::media::send_video(
+                self.video,
+                self.video_sender,
+                connected.subscribe(),
+                self.video_tag,
+                Arc::clone(shared),
+            )),
+        ]
+    }
 }
 
 /// What one turn of the loop decided.
@@ -67,7 +100,8 @@ pub(crate) struct Session {
     join_error: Option<String>,
     connected: watch::Sender<bool>,
     media_tasks: Vec<JoinHandle<()>>,
-    pending_media: Option<Box<dyn FnOnce(&watch::Sender<bool>) -> Vec<JoinHandle<()>> + Send>>,
+    /// The send tasks, started once the first answer is applied.
+    pending_media: Option<PendingMedia>,
     keepalive: tokio::time::Interval,
     end_of_candidates_sent: bool,
 }
@@ -125,26 +159,14 @@ impl Session {
             .await?
             .context("video transceiver has no sender")?;
 
-        let media_shared = Arc::clone(&shared);
-        let pending_media: Box<dyn FnOnce(&watch::Sender<bool>) -> Vec<JoinHandle<()>> + Send> =
-            Box::new(move |connected: &watch::Sender<bool>| {
-                vec![
-                    tokio::spawn(crate::media::send_audio(
-                        audio,
-                        audio_sender,
-                        connected.subscribe(),
-                        tone_hz,
-                        Arc::clone(&media_shared),
-                    )),
-                    tokio::spawn(crate::media::send_video(
-                        video,
-                        video_sender,
-                        connected.subscribe(),
-                        video_tag,
-                        media_shared,
-                    )),
-                ]
-            });
+        let pending_media = PendingMedia {
+            audio,
+            audio_sender,
+            video,
+            video_sender,
+            tone_hz,
+            video_tag,
+        };
 
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -347,7 +369,10 @@ impl Session {
                             .publications
                             .insert(publication.id, publication.clone());
                     }
-                    state.roster.participants.insert(participant.id, participant);
+                    state
+                        .roster
+                        .participants
+                        .insert(participant.id, participant);
                 }
                 for publication in publications {
                     self.add_subscription(&publication).await?;
@@ -392,9 +417,14 @@ impl Session {
                             .roster
                             .events
                             .push(RosterEvent::PublicationAdded(publication.clone()));
-                        if let Some(participant) =
-                            state.roster.participants.get_mut(&publication.participant_id)
-                            && !participant.publications.iter().any(|p| p.id == publication.id)
+                        if let Some(participant) = state
+                            .roster
+                            .participants
+                            .get_mut(&publication.participant_id)
+                            && !participant
+                                .publications
+                                .iter()
+                                .any(|p| p.id == publication.id)
                         {
                             participant.publications.push(publication.clone());
                         }
@@ -419,8 +449,7 @@ impl Session {
                             participant_id,
                         });
                     }
-                    if let Some(participant) = state.roster.participants.get_mut(&participant_id)
-                    {
+                    if let Some(participant) = state.roster.participants.get_mut(&participant_id) {
                         participant.publications.retain(|p| p.id != publication_id);
                     }
                 }
@@ -500,16 +529,15 @@ impl Session {
         }
         self.answers += 1;
         self.shared.lock().negotiations = self.answers;
-        if let Some(start) = self.pending_media.take() {
-            self.media_tasks = start(&self.connected);
+        if let Some(media) = self.pending_media.take() {
+            self.media_tasks = media.start(&self.connected, &self.shared);
         }
         self.negotiate_if_needed().await
     }
 
     /// Adds a receive-only transceiver for another participant's publication.
     async fn add_subscription(&mut self, publication: &PublicationInfo) -> anyhow::Result<()> {
-        if publication.participant_id == self.me
-            || self.subscriptions.contains_key(&publication.id)
+        if publication.participant_id == self.me || self.subscriptions.contains_key(&publication.id)
         {
             return Ok(());
         }

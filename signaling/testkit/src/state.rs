@@ -45,8 +45,10 @@ pub struct PublicationMedia {
     pub publication_id: PublicationId,
     pub sender: ParticipantId,
     pub kind: MediaKind,
-    /// RTP packets received.
+    /// RTP packets received that carried media (padding-only packets excluded).
     pub packets: u64,
+    /// Padding-only RTP packets received (bandwidth probes).
+    pub padding_packets: u64,
     /// RTP payload bytes received.
     pub bytes: u64,
     /// Opus frames decoded (audio only).
@@ -170,6 +172,7 @@ pub struct Snapshot {
 pub(crate) struct RxPublication {
     pub(crate) info: PublicationInfo,
     pub(crate) packets: u64,
+    pub(crate) padding_packets: u64,
     pub(crate) bytes: u64,
     pub(crate) tone: Option<ToneAnalyzer>,
     pub(crate) opus_decode_errors: u64,
@@ -188,6 +191,7 @@ impl RxPublication {
         Self {
             info,
             packets: 0,
+            padding_packets: 0,
             bytes: 0,
             tone,
             opus_decode_errors: 0,
@@ -200,13 +204,14 @@ impl RxPublication {
 
     /// Accounts for one received RTP packet.
     pub(crate) fn push(&mut self, packet: &rtc::rtp::Packet) {
+        if packet.payload.is_empty() {
+            self.padding_packets += 1;
+            return;
+        }
         self.packets += 1;
         self.bytes += packet.payload.len() as u64;
         match self.info.kind {
             MediaKind::Audio => {
-                if packet.payload.is_empty() {
-                    return;
-                }
                 let decoded = self
                     .tone
                     .as_mut()
@@ -235,6 +240,7 @@ impl RxPublication {
             sender: self.info.participant_id,
             kind: self.info.kind,
             packets: self.packets,
+            padding_packets: self.padding_packets,
             bytes: self.bytes,
             opus_frames_decoded: self.tone.as_ref().map_or(0, |t| t.frames_decoded()),
             opus_decode_errors: self.opus_decode_errors,
@@ -306,7 +312,9 @@ impl Shared {
     /// Locks the state. A panic elsewhere while holding it leaves counters, not invariants,
     /// so a poisoned lock is still usable.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Accounts for an RTP packet that arrived on a receive transceiver.
