@@ -1,0 +1,251 @@
+//! Starts the real server on loopback for integration tests, and connects clients to it.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use loadtest::bot::{Bot, BotOptions, BotSnapshot};
+use protocol::{MediaKind, ParticipantId, ServerMessage};
+use signaling::{Config, RunningServer};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
+pub const TONE_TOLERANCE_HZ: f32 = 15.0;
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub data_dir: tempdir::TempDir,
+}
+
+pub mod tempdir {
+    /// A directory removed on drop.
+    pub struct TempDir(pub std::path::PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "meet-test-{tag}-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&path).expect("temp dir");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+pub fn init() {
+    signaling::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a server on 127.0.0.1 with free ports, adjusting its config first.
+pub async fn start(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    init();
+    let data_dir = tempdir::TempDir::new(tag);
+    let mut config = Config::new();
+    config.http_addr = "127.0.0.1:0".parse().expect("addr");
+    config.media_addr = "127.0.0.1:0".parse().expect("addr");
+    config.data_dir = data_dir.0.clone();
+    adjust(&mut config);
+    let server = signaling::start(config).await.expect("server starts");
+    TestServer { server, data_dir }
+}
+
+impl TestServer {
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        loadtest::bot::tls_config_trusting_pem(&self.server.cert_pem).expect("pinned cert")
+    }
+
+    /// A str0m bot publishing a tone of `tone_hz` and video tagged `tag`.
+    pub async fn bot(&self, room: &str, name: &str, tone_hz: f32, tag: u64) -> Bot {
+        let mut options = BotOptions::new(self.server.ws_url(), room, name, self.tls());
+        options.endpoint.tone_hz = tone_hz;
+        options.endpoint.video_tag = tag;
+        options.endpoint.keyframe_interval = Some(Duration::from_secs(2));
+        Bot::connect(options).await.expect("bot joins")
+    }
+
+    pub fn webrtc_rs_options(
+        &self,
+        room: &str,
+        name: &str,
+        tone_hz: f32,
+        tag: u64,
+    ) -> meet_testkit::ClientOptions {
+        meet_testkit::ClientOptions::new(
+            self.server.ws_url(),
+            room,
+            name,
+            self.server.cert_pem.clone(),
+            tone_hz,
+            tag,
+        )
+    }
+
+    /// A raw WebSocket connection, for sending bad input.
+    pub async fn raw(&self) -> RawClient {
+        let connector = Connector::Rustls(self.tls());
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            self.server.ws_url(),
+            None,
+            false,
+            Some(connector),
+        )
+        .await
+        .expect("websocket connects");
+        RawClient { ws }
+    }
+}
+
+/// Whether a bot hears `sender`'s tone and sees its video tag.
+pub fn bot_receives(bot: &Bot, sender: ParticipantId, tone_hz: f32, tag: u64) -> bool {
+    let snapshot = bot.snapshot();
+    let frequencies = bot.dominant_frequencies();
+    let mut audio_ok = false;
+    let mut video_ok = false;
+    for (id, stats) in &snapshot.received {
+        if stats.participant_id != sender {
+            continue;
+        }
+        match stats.kind {
+            MediaKind::Audio => {
+                audio_ok = stats.audio_frames_decoded >= 25
+                    && frequencies
+                        .get(id)
+                        .is_some_and(|f| (f - tone_hz).abs() <= TONE_TOLERANCE_HZ);
+            }
+            MediaKind::Video => {
+                video_ok = stats.video_frames >= 5 && stats.video_tag == Some(tag);
+            }
+        }
+    }
+    audio_ok && video_ok
+}
+
+/// Waits until `condition` holds, polling every 50 ms; panics with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Audio frames a bot decoded from `sender` so far.
+pub fn bot_audio_frames(snapshot: &BotSnapshot, sender: ParticipantId) -> u64 {
+    snapshot
+        .received
+        .values()
+        .filter(|s| s.participant_id == sender && s.kind == MediaKind::Audio)
+        .map(|s| s.audio_frames_decoded)
+        .sum()
+}
+
+/// Whether the webrtc-rs client hears and sees `sender`.
+pub fn client_receives(
+    snapshot: &meet_testkit::Snapshot,
+    sender: ParticipantId,
+    tone_hz: f32,
+    tag: u64,
+) -> bool {
+    snapshot.received.get(&sender).is_some_and(|media| {
+        media.opus_frames_decoded >= 25
+            && media
+                .dominant_frequency_hz
+                .is_some_and(|f| (f - tone_hz).abs() <= TONE_TOLERANCE_HZ)
+            && media.video_frames >= 5
+            && media.video_tag == Some(tag)
+    })
+}
+
+pub struct RawClient {
+    pub ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// What a raw client saw next.
+#[derive(Debug)]
+pub enum Received {
+    Message(ServerMessage),
+    Closed(Option<u16>),
+}
+
+impl RawClient {
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        let _ = self.ws.send(Message::Text(text.into().into())).await;
+    }
+
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        let _ = self.ws.send(Message::Binary(data.into())).await;
+    }
+
+    /// The next server message or close, skipping pings.
+    pub async fn next(&mut self) -> Received {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("the server answers within 10 s");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let message: ServerMessage =
+                        serde_json::from_str(text.as_str()).expect("server sends valid messages");
+                    return Received::Message(message);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Received::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Closed(None),
+            }
+        }
+    }
+
+    /// The next message, which must be an error; returns its code.
+    pub async fn expect_error(&mut self) -> protocol::ErrorCode {
+        loop {
+            match self.next().await {
+                Received::Message(ServerMessage::Error { code, .. }) => return code,
+                Received::Message(ServerMessage::Pong) => continue,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str, name: &str) -> ParticipantId {
+        self.send_text(format!(
+            r#"{{"type":"join","protocol_version":1,"room":"{room}","name":"{name}"}}"#
+        ))
+        .await;
+        loop {
+            if let Received::Message(ServerMessage::Joined { participant_id, .. }) =
+                self.next().await
+            {
+                return participant_id;
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! A meeting on the real server over loopback: str0m bots and an independent webrtc-rs client
+//! join one room and each proves it hears and sees every other participant.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{MEDIA_TIMEOUT, bot_audio_frames, bot_receives, client_receives, eventually};
+use meet_testkit::WebrtcRsClient;
+use protocol::LeaveReason;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bots_and_a_webrtc_rs_client_receive_each_other() {
+    let t = common::start("meeting", |_| {}).await;
+    let alice = t.bot("council", "Alice (str0m)", 440.0, 0xA1).await;
+    let bob = t.bot("council", "Bob (str0m)", 660.0, 0xB0).await;
+    let carol =
+        WebrtcRsClient::join(t.webrtc_rs_options("council", "Carol (webrtc-rs)", 880.0, 0xCA))
+            .await
+            .expect("webrtc-rs client joins");
+    let (a, b, c) = (
+        alice.participant_id(),
+        bob.participant_id(),
+        carol.participant_id(),
+    );
+
+    eventually(MEDIA_TIMEOUT, "alice hears and sees bob and carol", || {
+        bot_receives(&alice, b, 660.0, 0xB0) && bot_receives(&alice, c, 880.0, 0xCA)
+    })
+    .await;
+    eventually(MEDIA_TIMEOUT, "bob hears and sees alice and carol", || {
+        bot_receives(&bob, a, 440.0, 0xA1) && bot_receives(&bob, c, 880.0, 0xCA)
+    })
+    .await;
+    let seen = carol
+        .wait_for(MEDIA_TIMEOUT, |s| {
+            client_receives(s, a, 440.0, 0xA1) && client_receives(s, b, 660.0, 0xB0)
+        })
+        .await
+        .expect("carol hears and sees alice and bob");
+    assert!(seen.server_errors.is_empty(), "{:?}", seen.server_errors);
+    assert!(alice.snapshot().errors.is_empty());
+
+    let stats = t
+        .server
+        .store
+        .attendance(&protocol::RoomId("council".into()))
+        .await
+        .expect("attendance");
+    assert_eq!(stats.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leave_and_rejoin() {
+    let t = common::start("rejoin", |_| {}).await;
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let bob = t.bot("r", "bob", 660.0, 2).await;
+    let (a, b) = (alice.participant_id(), bob.participant_id());
+    eventually(MEDIA_TIMEOUT, "alice receives bob", || {
+        bot_receives(&alice, b, 660.0, 2)
+    })
+    .await;
+
+    bob.leave().await;
+    eventually(MEDIA_TIMEOUT, "alice is told bob left", || {
+        alice
+            .snapshot()
+            .roster
+            .left
+            .contains(&(b, LeaveReason::Left))
+    })
+    .await;
+
+    // Bob comes back as a new participant and media flows both ways again.
+    let bob = t.bot("r", "bob", 770.0, 3).await;
+    let b2 = bob.participant_id();
+    assert_ne!(b, b2);
+    eventually(MEDIA_TIMEOUT, "alice receives the rejoined bob", || {
+        bot_receives(&alice, b2, 770.0, 3)
+    })
+    .await;
+    eventually(MEDIA_TIMEOUT, "the rejoined bob receives alice", || {
+        bot_receives(&bob, a, 440.0, 1)
+    })
+    .await;
+    let rows = t
+        .server
+        .store
+        .attendance(&protocol::RoomId("r".into()))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1].leave_reason.as_deref(), Some("left"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_participant_is_removed_and_the_others_are_told() {
+    let t = common::start("vanish", |_| {}).await;
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let bob = t.bot("r", "bob", 660.0, 2).await;
+    let carol = t.bot("r", "carol", 880.0, 3).await;
+    let (a, b, c) = (
+        alice.participant_id(),
+        bob.participant_id(),
+        carol.participant_id(),
+    );
+    eventually(MEDIA_TIMEOUT, "alice receives carol", || {
+        bot_receives(&alice, c, 880.0, 3)
+    })
+    .await;
+
+    // Carol's process dies: no leave, the TCP connection and UDP socket just go away.
+    carol.abort().await;
+    eventually(
+        MEDIA_TIMEOUT,
+        "alice and bob are told carol timed out",
+        || {
+            alice
+                .snapshot()
+                .roster
+                .left
+                .contains(&(c, LeaveReason::TimedOut))
+                && bob
+                    .snapshot()
+                    .roster
+                    .left
+                    .contains(&(c, LeaveReason::TimedOut))
+        },
+    )
+    .await;
+    // The others keep their media.
+    let before = bot_audio_frames(&alice.snapshot(), b);
+    eventually(MEDIA_TIMEOUT, "alice keeps hearing bob", || {
+        bot_audio_frames(&alice.snapshot(), b) >= before + 25
+    })
+    .await;
+    let _ = a;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_client_is_removed_after_the_heartbeat_timeout() {
+    let t = common::start("silent", |c| {
+        c.session_limits.heartbeat_interval = Duration::from_millis(200);
+        c.session_limits.heartbeat_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    // A client that joins and then goes silent: its TCP connection stays open, but it neither
+    // reads nor answers pings (a frozen machine, or a cable pulled behind a NAT).
+    let mut frozen = t.raw().await;
+    let f = frozen.join("r", "frozen").await;
+    eventually(MEDIA_TIMEOUT, "alice sees the frozen client join", || {
+        alice.snapshot().roster.joined.contains(&f)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "alice is told the frozen client timed out",
+        || {
+            alice
+                .snapshot()
+                .roster
+                .left
+                .contains(&(f, LeaveReason::TimedOut))
+        },
+    )
+    .await;
+    drop(frozen);
+}
