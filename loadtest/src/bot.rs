@@ -1,0 +1,988 @@
+//! A simulated participant over real sockets: the signaling WebSocket (TLS), one UDP socket on
+//! loopback and an [`Endpoint`] driven by one tokio task.
+//!
+//! [`Bot::connect`] joins a room and returns once the server accepted the join. From then on the
+//! task answers every server message: it subscribes to every publication of every other
+//! participant (unless told not to), keeps the roster of who is in the room, and records the
+//! errors the server sent. A [`Bot`] handle reads a snapshot of all that, sends a goodbye with
+//! [`Bot::leave`], or vanishes without one with [`Bot::abort`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::pending;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    ClientMessage, ErrorCode, LeaveReason, MediaKind, PROTOCOL_VERSION, ParticipantId,
+    ParticipantInfo, PublicationId, PublicationInfo, RoomId, ServerMessage,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use thiserror::Error;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::endpoint::{Endpoint, EndpointConfig, EndpointError, ReceivedStats, SentStats};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Server messages kept in a bot's event log; older ones are dropped.
+const MAX_EVENTS: usize = 10_000;
+
+/// Local failures kept; older ones are dropped.
+const MAX_FAILURES: usize = 100;
+
+/// Datagrams read in one go after the socket woke the task, before timers get a look in.
+const RECV_BATCH: usize = 64;
+
+/// Largest datagram the bot reads; str0m keeps its datagrams well under this.
+const RECV_BUFFER: usize = 2_048;
+
+/// How long [`Bot::leave`] waits for the server to close the socket after the goodbye.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before an offer the server refused is offered again.
+const OFFER_RETRY: Duration = Duration::from_secs(1);
+
+/// How often [`Bot::wait_until`] looks at the state.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Error)]
+pub enum BotError {
+    #[error("websocket: {0}")]
+    WebSocket(Box<tungstenite::Error>),
+    #[error("udp: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("certificate PEM: {0}")]
+    Pem(String),
+    #[error("endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the server refused the join: {code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("the condition did not hold in time; last state: {0:#?}")]
+    WaitTimeout(Box<BotSnapshot>),
+    #[error("the signaling connection closed")]
+    Closed,
+    #[error("unexpected message before joining: {0}")]
+    Protocol(String),
+}
+
+impl From<tungstenite::Error> for BotError {
+    fn from(err: tungstenite::Error) -> Self {
+        BotError::WebSocket(Box::new(err))
+    }
+}
+
+/// How to connect one bot.
+#[derive(Debug, Clone)]
+pub struct BotOptions {
+    /// `wss://HOST:PORT/ws`.
+    pub url: String,
+    pub room: String,
+    pub name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// What the bot sends. `local_addr` is where its UDP socket binds (port 0 picks one) and
+    /// is replaced by the bound address.
+    pub endpoint: EndpointConfig,
+    /// Subscribe to every publication of every other participant.
+    pub auto_subscribe: bool,
+    /// Limit for the WebSocket connect and for the join answer, each.
+    pub join_timeout: Duration,
+    /// Send an application `ping` this often.
+    pub ping_interval: Option<Duration>,
+}
+
+impl BotOptions {
+    /// Options for a bot that publishes audio and video from `127.0.0.1:0`.
+    pub fn new(
+        url: impl Into<String>,
+        room: impl Into<String>,
+        name: impl Into<String>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            room: room.into(),
+            name: name.into(),
+            tls,
+            endpoint: EndpointConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+            auto_subscribe: true,
+            join_timeout: Duration::from_secs(10),
+            ping_interval: None,
+        }
+    }
+}
+
+/// A mute change the server announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MuteChange {
+    pub publication_id: PublicationId,
+    pub participant_id: ParticipantId,
+    pub muted: bool,
+}
+
+/// Who is in the room, as this bot was told.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Roster {
+    /// Everyone else in the room now, with their current publications and mute states.
+    pub participants: BTreeMap<ParticipantId, ParticipantInfo>,
+    /// This bot's own publications, if the server announces them to their owner.
+    pub own_publications: Vec<PublicationInfo>,
+    /// Participants who joined after this bot, in order.
+    pub joined: Vec<ParticipantId>,
+    /// Participants who left, with the reason given, in order.
+    pub left: Vec<(ParticipantId, LeaveReason)>,
+    /// Publications announced after the join, in order (own ones included).
+    pub publications_added: Vec<PublicationId>,
+    pub publications_removed: Vec<PublicationId>,
+    pub mute_changes: Vec<MuteChange>,
+}
+
+impl Roster {
+    /// A publication of another participant present now.
+    pub fn publication(&self, id: PublicationId) -> Option<&PublicationInfo> {
+        self.publications().find(|p| p.id == id)
+    }
+
+    /// Every publication of the other participants present now.
+    pub fn publications(&self) -> impl Iterator<Item = &PublicationInfo> {
+        self.participants
+            .values()
+            .flat_map(|p| p.publications.iter())
+    }
+
+    fn add_publication(&mut self, publication: PublicationInfo) {
+        // A publication announced before its owner (which a server should not do) still
+        // lands in the roster, under a nameless entry that the join fills in.
+        let participant = self
+            .participants
+            .entry(publication.participant_id)
+            .or_insert_with(|| ParticipantInfo {
+                id: publication.participant_id,
+                name: String::new(),
+                publications: Vec::new(),
+            });
+        if !participant
+            .publications
+            .iter()
+            .any(|p| p.id == publication.id)
+        {
+            participant.publications.push(publication);
+        }
+    }
+
+    fn add_participant(&mut self, participant: ParticipantInfo) {
+        let id = participant.id;
+        let name = participant.name.clone();
+        for publication in participant.publications {
+            self.add_publication(publication);
+        }
+        let entry = self
+            .participants
+            .entry(id)
+            .or_insert_with(|| ParticipantInfo {
+                id,
+                name: String::new(),
+                publications: Vec::new(),
+            });
+        entry.name = name;
+    }
+}
+
+/// A bot's state at one moment.
+#[derive(Debug, Clone)]
+pub struct BotSnapshot {
+    pub participant_id: ParticipantId,
+    pub room: RoomId,
+    pub local_addr: SocketAddr,
+    /// When [`Bot::connect`] started.
+    pub started_at: Instant,
+    /// When the server's `joined` arrived.
+    pub joined_at: Instant,
+    /// When ICE and DTLS completed on the bot's side.
+    pub ice_connected_at: Option<Instant>,
+    /// When the server said `media_connected`.
+    pub media_connected_at: Option<Instant>,
+    /// Whether ICE and DTLS are up now.
+    pub connected: bool,
+    pub roster: Roster,
+    /// The `error` messages the server sent.
+    pub errors: Vec<(ErrorCode, String)>,
+    pub received: HashMap<PublicationId, ReceivedStats>,
+    pub sent: SentStats,
+    pub pongs: u64,
+    /// Server messages other than answers and pongs, in order (the latest ones).
+    pub events: Vec<ServerMessage>,
+    /// Whether the bot's task still runs.
+    pub running: bool,
+    /// Why the signaling connection ended, once it did.
+    pub closed: Option<String>,
+    /// Local problems: an answer that did not apply, an unreadable server message.
+    pub failures: Vec<String>,
+}
+
+/// State shared by the task and the handle. The lock is never held across an await.
+#[derive(Debug)]
+struct Shared {
+    endpoint: Endpoint,
+    participant_id: ParticipantId,
+    room: RoomId,
+    local_addr: SocketAddr,
+    started_at: Instant,
+    joined_at: Instant,
+    media_connected_at: Option<Instant>,
+    roster: Roster,
+    errors: Vec<(ErrorCode, String)>,
+    pongs: u64,
+    events: VecDeque<ServerMessage>,
+    running: bool,
+    closed: Option<String>,
+    failures: VecDeque<String>,
+    auto_subscribe: bool,
+    /// No offer goes out before this (a refused offer backs off).
+    next_offer_at: Instant,
+}
+
+impl Shared {
+    fn snapshot(&self) -> BotSnapshot {
+        BotSnapshot {
+            participant_id: self.participant_id,
+            room: self.room.clone(),
+            local_addr: self.local_addr,
+            started_at: self.started_at,
+            joined_at: self.joined_at,
+            ice_connected_at: self.endpoint.connected_at(),
+            media_connected_at: self.media_connected_at,
+            connected: self.endpoint.is_connected(),
+            roster: self.roster.clone(),
+            errors: self.errors.clone(),
+            received: self.endpoint.stats().clone(),
+            sent: self.endpoint.sent().clone(),
+            pongs: self.pongs,
+            events: self.events.iter().cloned().collect(),
+            running: self.running,
+            closed: self.closed.clone(),
+            failures: self.failures.iter().cloned().collect(),
+        }
+    }
+
+    fn fail(&mut self, failure: String) {
+        if self.failures.len() >= MAX_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(failure);
+    }
+
+    fn log(&mut self, message: &ServerMessage) {
+        if matches!(message, ServerMessage::Answer { .. } | ServerMessage::Pong) {
+            return;
+        }
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(message.clone());
+    }
+
+    fn subscribe(&mut self, publication: &PublicationInfo) {
+        if self.auto_subscribe && publication.participant_id != self.participant_id {
+            self.endpoint.subscribe(publication.clone());
+        }
+    }
+
+    fn handle_server_message(&mut self, now: Instant, message: ServerMessage) {
+        self.log(&message);
+        match message {
+            ServerMessage::Joined { .. } => self.fail("a second joined message".into()),
+            ServerMessage::Answer { sdp } => {
+                if let Err(err) = self.endpoint.handle_answer(now, &sdp) {
+                    self.fail(format!("answer: {err}"));
+                }
+            }
+            ServerMessage::ParticipantJoined { participant } => {
+                if participant.id == self.participant_id {
+                    return;
+                }
+                self.roster.joined.push(participant.id);
+                for publication in &participant.publications {
+                    self.subscribe(publication);
+                }
+                self.roster.add_participant(participant);
+            }
+            ServerMessage::ParticipantLeft {
+                participant_id,
+                reason,
+            } => {
+                self.roster.left.push((participant_id, reason));
+                if let Some(participant) = self.roster.participants.remove(&participant_id) {
+                    for publication in participant.publications {
+                        self.endpoint.unsubscribe(publication.id);
+                    }
+                }
+            }
+            ServerMessage::PublicationAdded { publication } => {
+                self.roster.publications_added.push(publication.id);
+                if publication.participant_id == self.participant_id {
+                    if !self
+                        .roster
+                        .own_publications
+                        .iter()
+                        .any(|p| p.id == publication.id)
+                    {
+                        self.roster.own_publications.push(publication);
+                    }
+                    return;
+                }
+                self.subscribe(&publication);
+                self.roster.add_publication(publication);
+            }
+            ServerMessage::PublicationRemoved {
+                publication_id,
+                participant_id,
+            } => {
+                self.roster.publications_removed.push(publication_id);
+                self.roster
+                    .own_publications
+                    .retain(|p| p.id != publication_id);
+                if let Some(participant) = self.roster.participants.get_mut(&participant_id) {
+                    participant.publications.retain(|p| p.id != publication_id);
+                }
+                self.endpoint.unsubscribe(publication_id);
+            }
+            ServerMessage::MuteChanged {
+                publication_id,
+                participant_id,
+                muted,
+            } => {
+                self.roster.mute_changes.push(MuteChange {
+                    publication_id,
+                    participant_id,
+                    muted,
+                });
+                let publications = self
+                    .roster
+                    .participants
+                    .get_mut(&participant_id)
+                    .map(|p| &mut p.publications)
+                    .into_iter()
+                    .flatten()
+                    .chain(self.roster.own_publications.iter_mut());
+                for publication in publications {
+                    if publication.id == publication_id {
+                        publication.muted = muted;
+                    }
+                }
+            }
+            ServerMessage::MediaConnected => {
+                self.media_connected_at.get_or_insert(now);
+            }
+            ServerMessage::Pong => self.pongs += 1,
+            ServerMessage::Error { code, message } => {
+                self.errors.push((code, message));
+                // An offer the server could not take is answered by an error instead of an
+                // answer; without rolling back, no further offer could ever go out.
+                let offer_refused = matches!(
+                    code,
+                    ErrorCode::BadSdp | ErrorCode::MediaUnavailable | ErrorCode::NotJoined
+                );
+                if offer_refused && self.endpoint.offer_in_flight() {
+                    self.endpoint.offer_refused();
+                    self.next_offer_at = now + OFFER_RETRY;
+                }
+            }
+        }
+    }
+
+    fn handle_text(&mut self, now: Instant, text: &str) {
+        match serde_json::from_str::<ServerMessage>(text) {
+            Ok(message) => self.handle_server_message(now, message),
+            Err(err) => self.fail(format!("unreadable server message: {err}")),
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic while holding the lock leaves counters, not invariants, half-updated: reading
+    // them is still better than propagating the panic into every caller.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug)]
+enum Command {
+    Send(ClientMessage),
+    SetMuted { kind: MediaKind, muted: bool },
+    Leave,
+}
+
+/// A connected bot. Dropping it stops the bot as abruptly as [`Bot::abort`].
+#[derive(Debug)]
+pub struct Bot {
+    participant_id: ParticipantId,
+    room: RoomId,
+    local_addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    commands: mpsc::UnboundedSender<Command>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Bot {
+    /// Opens the WebSocket, joins, binds the UDP socket and starts the bot's task. Fails with
+    /// [`BotError::Refused`] when the server answers the join with an error.
+    pub async fn connect(options: BotOptions) -> Result<Bot, BotError> {
+        let started_at = Instant::now();
+        let connector = Connector::Rustls(options.tls.clone());
+        let (mut ws, _response) = tokio::time::timeout(
+            options.join_timeout,
+            tokio_tungstenite::connect_async_tls_with_config(
+                options.url.as_str(),
+                None,
+                true,
+                Some(connector),
+            ),
+        )
+        .await
+        .map_err(|_| BotError::Timeout("websocket connect"))??;
+
+        send(
+            &mut ws,
+            &ClientMessage::Join {
+                protocol_version: PROTOCOL_VERSION,
+                room: RoomId(options.room.clone()),
+                name: options.name.clone(),
+            },
+        )
+        .await?;
+        let (joined, early) = tokio::time::timeout(options.join_timeout, wait_joined(&mut ws))
+            .await
+            .map_err(|_| BotError::Timeout("join"))??;
+        let joined_at = Instant::now();
+        let ServerMessage::Joined {
+            participant_id,
+            room,
+            participants,
+            ..
+        } = joined
+        else {
+            return Err(BotError::Protocol(
+                "wait_joined returned another message".into(),
+            ));
+        };
+
+        let socket = UdpSocket::bind(options.endpoint.local_addr).await?;
+        let local_addr = socket.local_addr()?;
+        let config = EndpointConfig {
+            local_addr,
+            ..options.endpoint.clone()
+        };
+        let endpoint = Endpoint::new(Instant::now(), config)?;
+
+        let mut shared = Shared {
+            endpoint,
+            participant_id,
+            room: room.clone(),
+            local_addr,
+            started_at,
+            joined_at,
+            media_connected_at: None,
+            roster: Roster::default(),
+            errors: Vec::new(),
+            pongs: 0,
+            events: VecDeque::new(),
+            running: true,
+            closed: None,
+            failures: VecDeque::new(),
+            auto_subscribe: options.auto_subscribe,
+            next_offer_at: joined_at,
+        };
+        for participant in participants {
+            if participant.id == participant_id {
+                continue;
+            }
+            for publication in &participant.publications {
+                shared.subscribe(publication);
+            }
+            shared.roster.add_participant(participant);
+        }
+        for message in early {
+            shared.handle_server_message(joined_at, message);
+        }
+
+        let shared = Arc::new(Mutex::new(shared));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            ws,
+            socket,
+            shared: shared.clone(),
+            local_addr,
+            candidates_sent: false,
+            out: Vec::new(),
+        };
+        let task = tokio::spawn(driver.run(command_rx, options.ping_interval));
+        Ok(Bot {
+            participant_id,
+            room,
+            local_addr,
+            shared,
+            commands,
+            task: Some(task),
+        })
+    }
+
+    pub fn participant_id(&self) -> ParticipantId {
+        self.participant_id
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// The bot's UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn snapshot(&self) -> BotSnapshot {
+        lock(&self.shared).snapshot()
+    }
+
+    /// Whether the bot's task still runs (its signaling connection is open).
+    pub fn is_running(&self) -> bool {
+        lock(&self.shared).running
+    }
+
+    /// The tone heard on one received audio publication. Runs a spectral scan.
+    pub fn dominant_frequency(&self, publication: PublicationId) -> Option<f32> {
+        lock(&self.shared).endpoint.dominant_frequency(publication)
+    }
+
+    /// The tone heard on every received audio publication. Runs a spectral scan for each.
+    pub fn dominant_frequencies(&self) -> HashMap<PublicationId, f32> {
+        let shared = lock(&self.shared);
+        shared
+            .endpoint
+            .stats()
+            .keys()
+            .filter_map(|id| Some((*id, shared.endpoint.dominant_frequency(*id)?)))
+            .collect()
+    }
+
+    /// Sends any client message as is (for protocol tests).
+    pub fn send(&self, message: ClientMessage) -> Result<(), BotError> {
+        self.commands
+            .send(Command::Send(message))
+            .map_err(|_| BotError::Closed)
+    }
+
+    /// Stops or resumes sending one kind of media and, when the server announced the bot's
+    /// own publication of that kind, tells it with `set_muted`.
+    pub fn set_muted(&self, kind: MediaKind, muted: bool) -> Result<(), BotError> {
+        self.commands
+            .send(Command::SetMuted { kind, muted })
+            .map_err(|_| BotError::Closed)
+    }
+
+    /// Waits until `condition` holds for a snapshot, checking every 10 ms.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&BotSnapshot) -> bool,
+    ) -> Result<BotSnapshot, BotError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let snapshot = self.snapshot();
+            if condition(&snapshot) {
+                return Ok(snapshot);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BotError::WaitTimeout(Box::new(snapshot)));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    /// Says goodbye: sends `leave`, closes the media transport cleanly, waits (up to 5 s) for
+    /// the server to close the socket, and returns the final state.
+    pub async fn leave(mut self) -> BotSnapshot {
+        if let Some(mut task) = self.task.take() {
+            // The task ends by itself once the server closed the socket (or gave up waiting),
+            // after recording why; only a task stuck beyond that is aborted.
+            if self.commands.send(Command::Leave).is_ok() {
+                let limit = LEAVE_TIMEOUT + Duration::from_secs(1);
+                if tokio::time::timeout(limit, &mut task).await.is_err() {
+                    task.abort();
+                    let _ = task.await;
+                }
+            } else {
+                let _ = task.await;
+            }
+        }
+        self.snapshot()
+    }
+
+    /// Vanishes without a goodbye: the task stops, the WebSocket's TCP connection is dropped
+    /// without a close frame and the UDP socket closes, like a crashed or unplugged client.
+    pub async fn abort(mut self) -> BotSnapshot {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Awaiting the aborted task guarantees its sockets are closed on return.
+            let _ = task.await;
+        }
+        let mut shared = lock(&self.shared);
+        shared.running = false;
+        shared.closed.get_or_insert_with(|| "aborted".into());
+        shared.snapshot()
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), BotError> {
+    let text = serde_json::to_string(message)?;
+    ws.send(Message::text(text)).await?;
+    Ok(())
+}
+
+/// Reads until `joined`; keeps anything else that arrives first to handle afterwards.
+async fn wait_joined(ws: &mut Ws) -> Result<(ServerMessage, Vec<ServerMessage>), BotError> {
+    let mut early = Vec::new();
+    loop {
+        let Some(message) = ws.next().await else {
+            return Err(BotError::Closed);
+        };
+        match message? {
+            Message::Text(text) => match serde_json::from_str::<ServerMessage>(text.as_str())? {
+                joined @ ServerMessage::Joined { .. } => return Ok((joined, early)),
+                ServerMessage::Error { code, message } => {
+                    return Err(BotError::Refused { code, message });
+                }
+                other => early.push(other),
+            },
+            Message::Close(_) => return Err(BotError::Closed),
+            _ => {}
+        }
+    }
+}
+
+/// The bot's task: owns the sockets and moves data between them and the endpoint.
+struct Driver {
+    ws: Ws,
+    socket: UdpSocket,
+    shared: Arc<Mutex<Shared>>,
+    local_addr: SocketAddr,
+    candidates_sent: bool,
+    /// Datagrams taken from the endpoint, sent outside the lock.
+    out: Vec<crate::endpoint::Datagram>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        ping_interval: Option<Duration>,
+    ) {
+        let result = self.run_loop(&mut commands, ping_interval).await;
+        let mut shared = lock(&self.shared);
+        shared.running = false;
+        let reason = match result {
+            Ok(reason) => reason,
+            Err(err) => err.to_string(),
+        };
+        shared.closed.get_or_insert(reason);
+    }
+
+    /// Runs until the signaling connection ends; returns why.
+    async fn run_loop(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        ping_interval: Option<Duration>,
+    ) -> Result<String, BotError> {
+        let mut ping = ping_interval.map(|every| {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
+        let mut buf = vec![0u8; RECV_BUFFER];
+        self.flush().await?;
+        loop {
+            let deadline = {
+                let shared = lock(&self.shared);
+                let mut deadline = shared.endpoint.poll_timeout();
+                if shared.endpoint.has_pending_changes() && !shared.endpoint.offer_in_flight() {
+                    deadline = deadline.min(shared.next_offer_at);
+                }
+                deadline
+            };
+            let ping_tick = async {
+                match ping.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => match command {
+                    // The handle is gone; Drop aborts the task as well.
+                    None => return Ok("the bot handle was dropped".into()),
+                    Some(Command::Send(message)) => send(&mut self.ws, &message).await?,
+                    Some(Command::SetMuted { kind, muted }) => self.set_muted(kind, muted).await?,
+                    Some(Command::Leave) => return Ok(self.leave().await),
+                },
+                message = self.ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        lock(&self.shared).handle_text(Instant::now(), text.as_str());
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        return Ok(format!("the server closed the socket: {frame:?}"));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Err(err.into()),
+                    None => return Ok("the server dropped the connection".into()),
+                },
+                received = self.socket.recv_from(&mut buf) => {
+                    if let Ok((len, source)) = received {
+                        self.receive(&mut buf, len, source);
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    let mut shared = lock(&self.shared);
+                    if let Err(err) = shared.endpoint.handle_timeout(Instant::now()) {
+                        shared.fail(format!("endpoint: {err}"));
+                    }
+                }
+                () = ping_tick => send(&mut self.ws, &ClientMessage::Ping {}).await?,
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Feeds one received datagram and whatever else is already queued on the socket.
+    fn receive(&mut self, buf: &mut [u8], len: usize, source: SocketAddr) {
+        let now = Instant::now();
+        let mut shared = lock(&self.shared);
+        let mut next = Some((len, source));
+        let mut batch = 0;
+        while let Some((len, source)) = next {
+            let data = buf.get(..len).unwrap_or_default();
+            if let Err(err) = shared
+                .endpoint
+                .handle_datagram(now, source, self.local_addr, data)
+            {
+                shared.fail(format!("endpoint: {err}"));
+            }
+            batch += 1;
+            next = if batch < RECV_BATCH {
+                self.socket.try_recv_from(buf).ok()
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Sends what the endpoint queued: datagrams, then a new offer (and the candidates after
+    /// the first one).
+    async fn flush(&mut self) -> Result<(), BotError> {
+        let mut signaling = Vec::new();
+        {
+            let mut shared = lock(&self.shared);
+            let now = Instant::now();
+            if now >= shared.next_offer_at
+                && let Some(offer) = shared.endpoint.create_offer()
+            {
+                signaling.push(offer);
+                if !self.candidates_sent {
+                    self.candidates_sent = true;
+                    signaling.extend(shared.endpoint.local_candidates());
+                }
+            }
+            while let Some(datagram) = shared.endpoint.poll_transmit() {
+                self.out.push(datagram);
+            }
+        }
+        for datagram in self.out.drain(..) {
+            match self
+                .socket
+                .try_send_to(&datagram.contents, datagram.destination)
+            {
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                    // Loss is part of UDP; a send that still fails is dropped like one.
+                    let _ = self
+                        .socket
+                        .send_to(&datagram.contents, datagram.destination)
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        for message in &signaling {
+            send(&mut self.ws, message).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_muted(&mut self, kind: MediaKind, muted: bool) -> Result<(), BotError> {
+        let publication = {
+            let mut shared = lock(&self.shared);
+            shared.endpoint.set_paused(kind, muted);
+            shared
+                .roster
+                .own_publications
+                .iter()
+                .find(|p| p.kind == kind)
+                .map(|p| p.id)
+        };
+        if let Some(publication_id) = publication {
+            send(
+                &mut self.ws,
+                &ClientMessage::SetMuted {
+                    publication_id,
+                    muted,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Says goodbye and waits for the server to close; returns why the connection ended.
+    async fn leave(&mut self) -> String {
+        if let Err(err) = send(&mut self.ws, &ClientMessage::Leave {}).await {
+            return format!("leave could not be sent: {err}");
+        }
+        {
+            let mut shared = lock(&self.shared);
+            if let Err(err) = shared.endpoint.close(Instant::now()) {
+                shared.fail(format!("endpoint close: {err}"));
+            }
+        }
+        // The close queued an RTCP BYE and a DTLS close_notify; the offer part of flush is
+        // inert because the endpoint no longer offers once closed.
+        let _ = self.flush().await;
+        let wait = async {
+            while let Some(message) = self.ws.next().await {
+                match message {
+                    Ok(Message::Text(text)) => {
+                        lock(&self.shared).handle_text(Instant::now(), text.as_str());
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let reason = match tokio::time::timeout(LEAVE_TIMEOUT, wait).await {
+            Ok(()) => "left".to_string(),
+            Err(_) => "left; the server did not close the socket in time".to_string(),
+        };
+        let _ = self.ws.close(None).await;
+        reason
+    }
+}
+
+/// A TLS client config that trusts exactly the certificate(s) in `cert_pem` (the server's
+/// self-signed certificate), whatever name or validity period they carry.
+pub fn tls_config_trusting_pem(cert_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, BotError> {
+    let pinned = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| BotError::Pem(err.to_string()))?;
+    if pinned.is_empty() {
+        return Err(BotError::Pem("no certificate in the PEM data".into()));
+    }
+    client_config(Some(pinned))
+}
+
+/// A TLS client config that accepts any server certificate, for load tests against one's own
+/// server. Handshake signatures are still checked.
+pub fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
+    client_config(None).expect("the aws-lc-rs provider supports rustls' default protocol versions")
+}
+
+fn client_config(
+    pinned: Option<Vec<CertificateDer<'static>>>,
+) -> Result<Arc<rustls::ClientConfig>, BotError> {
+    // The provider is named explicitly so that whatever is (or is not) installed as the
+    // process default does not matter.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = PinnedVerifier {
+        pinned,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts a server certificate that is byte-for-byte one of the pinned ones (or any, when
+/// nothing is pinned) and verifies the handshake signatures made with it.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pinned: Option<Vec<CertificateDer<'static>>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.pinned {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(pinned) if pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Some(_) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

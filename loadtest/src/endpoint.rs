@@ -269,6 +269,8 @@ pub struct Endpoint {
     ice_state: IceConnectionState,
     ice_disconnected_at: Option<Instant>,
     failure: Option<String>,
+    /// [`Endpoint::close`] was called: no more offers or media.
+    closing: bool,
     ignored_datagrams: u64,
     unrouted_frames: u64,
 }
@@ -307,6 +309,7 @@ impl Endpoint {
             ice_state: IceConnectionState::New,
             ice_disconnected_at: None,
             failure: None,
+            closing: false,
             ignored_datagrams: 0,
             unrouted_frames: 0,
             config,
@@ -418,19 +421,21 @@ impl Endpoint {
 
     /// Whether [`Endpoint::create_offer`] has something to offer once no offer is in flight.
     pub fn has_pending_changes(&self) -> bool {
-        let publish = !self.publish_offered && (self.config.publish_audio || self.config.publish_video);
-        publish
-            || self.subscriptions.values().any(|s| {
-                matches!(s.state, SubState::Wanted | SubState::Stop(_))
-                    || (s.stop_when_answered && matches!(s.state, SubState::Active(_)))
-            })
+        let publish =
+            !self.publish_offered && (self.config.publish_audio || self.config.publish_video);
+        !self.closing
+            && (publish
+                || self
+                    .subscriptions
+                    .values()
+                    .any(|s| matches!(s.state, SubState::Wanted | SubState::Stop(_))))
     }
 
     /// The next offer, when there are changes to negotiate and no offer is in flight. The
     /// message lists every send m-line in `publish` and every live receive m-line in
     /// `subscribe`, so the server can reconcile the whole session from each offer.
     pub fn create_offer(&mut self) -> Option<ClientMessage> {
-        if self.pending.is_some() || !self.rtc.is_alive() {
+        if self.pending.is_some() || self.closing || !self.rtc.is_alive() {
             return None;
         }
         let mut api = self.rtc.sdp_api();
@@ -471,11 +476,9 @@ impl Endpoint {
                     active: false,
                     paused: false,
                     source: VideoSource::new(self.config.video_tag, self.config.video_frame_bytes),
-                    interval: if fps == 0 {
-                        IDLE_TIMEOUT
-                    } else {
-                        Duration::from_nanos(1_000_000_000 / fps)
-                    },
+                    interval: 1_000_000_000_u64
+                        .checked_div(fps)
+                        .map_or(IDLE_TIMEOUT, Duration::from_nanos),
                     fps,
                     next_at: None,
                     slot: 0,
@@ -712,7 +715,7 @@ impl Endpoint {
             return self.now + IDLE_TIMEOUT;
         }
         let mut timeout = self.rtc_timeout;
-        if self.connected_at.is_some() {
+        if self.connected_at.is_some() && !self.closing {
             if let Some(audio) = &self.audio
                 && audio.active
                 && audio.pt.is_some()
@@ -733,6 +736,7 @@ impl Endpoint {
     /// Starts a clean shutdown (RTCP BYE, DTLS close_notify); drain transmits afterwards.
     pub fn close(&mut self, now: Instant) -> Result<(), EndpointError> {
         self.advance(now);
+        self.closing = true;
         if let Err(err) = self.rtc.close() {
             return Err(self.fail(err));
         }
@@ -914,9 +918,7 @@ impl Endpoint {
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Connected => {
-                if self.connected_at.is_none() {
-                    self.connected_at = Some(self.now);
-                }
+                self.connected_at.get_or_insert(self.now);
             }
             Event::IceConnectionStateChange(state) => {
                 self.ice_state = state;
@@ -992,8 +994,9 @@ impl Endpoint {
                 let needs_keyframe =
                     !keyframe && (!data.contiguous || stats.first_keyframe_at.is_none());
                 let due = receiver.is_some_and(|r| {
-                    r.last_keyframe_request
-                        .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_REQUEST_INTERVAL)
+                    r.last_keyframe_request.is_none_or(|at| {
+                        now.saturating_duration_since(at) >= KEYFRAME_REQUEST_INTERVAL
+                    })
                 });
                 if needs_keyframe && due {
                     self.send_keyframe_request(publication);
@@ -1003,9 +1006,12 @@ impl Endpoint {
     }
 
     fn send_due_media(&mut self) {
-        if self.connected_at.is_none() || !self.rtc.is_connected() {
+        if self.connected_at.is_none() || self.closing {
             return;
         }
+        // While the transport is down the schedule still advances (nothing is written), so
+        // that the next media timeout is always in the future.
+        let connected = self.rtc.is_connected();
         let now = self.now;
         if let Some(audio) = &mut self.audio
             && audio.active
@@ -1014,7 +1020,7 @@ impl Endpoint {
             let mut next = *audio.next_at.get_or_insert(now);
             let mut sent = 0;
             while next <= now && sent < MAX_CATCH_UP {
-                if !audio.paused {
+                if connected && !audio.paused {
                     match audio.source.next_packet() {
                         Ok(packet) => {
                             let len = packet.len() as u64;
@@ -1055,7 +1061,7 @@ impl Endpoint {
             let mut next = *video.next_at.get_or_insert(now);
             let mut sent = 0;
             while next <= now && sent < MAX_CATCH_UP {
-                if !video.paused {
+                if connected && !video.paused {
                     let periodic = match (self.config.keyframe_interval, video.last_keyframe_at) {
                         (_, None) => true,
                         (Some(interval), Some(at)) => now.saturating_duration_since(at) >= interval,
@@ -1111,4 +1117,549 @@ fn find_pt(rtc: &mut Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
         .payload_params()
         .find(|p| p.spec().codec == codec)
         .map(|p| p.pt())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Endpoints connected through a tiny str0m forwarder (ICE-lite, frame mode) over a fake
+    //! network in virtual time: no sockets, no sleeps.
+
+    use super::*;
+    use crate::reference_sfu::ReferenceSfu;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// One-way latency of the fake network.
+    const LATENCY: Duration = Duration::from_millis(5);
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// The forwarder's address for endpoint `i`.
+    fn sfu_addr(i: usize) -> SocketAddr {
+        addr(20_000 + u16::try_from(i).expect("few endpoints"))
+    }
+
+    fn participant(i: usize) -> ParticipantId {
+        ParticipantId(i as u64 + 1)
+    }
+
+    /// Endpoints, the forwarder and a fixed-latency network in virtual time.
+    struct Sim {
+        now: Instant,
+        endpoints: Vec<Endpoint>,
+        sfu: ReferenceSfu,
+        network: VecDeque<(Instant, Datagram)>,
+        /// Publications the forwarder announced, in order.
+        publications: Vec<PublicationInfo>,
+        /// Endpoints whose first offer went out (their candidates were trickled).
+        negotiated: Vec<usize>,
+        /// Drop every datagram (a network partition).
+        blackhole: bool,
+        /// Loop iterations run so far, to catch a driver spinning without time passing.
+        steps: u64,
+    }
+
+    impl Sim {
+        fn new(configs: Vec<EndpointConfig>) -> Self {
+            let now = Instant::now();
+            let mut sfu = ReferenceSfu::new();
+            let mut endpoints = Vec::new();
+            for (i, mut config) in configs.into_iter().enumerate() {
+                config.local_addr = addr(10_000 + u16::try_from(i).expect("few endpoints"));
+                endpoints.push(Endpoint::new(now, config).expect("endpoint"));
+                sfu.add_participant(now, participant(i), sfu_addr(i))
+                    .expect("transport");
+            }
+            Self {
+                now,
+                endpoints,
+                sfu,
+                network: VecDeque::new(),
+                publications: Vec::new(),
+                negotiated: Vec::new(),
+                blackhole: false,
+                steps: 0,
+            }
+        }
+
+        /// Sends an offer message to the forwarder as the signaling server would.
+        fn offer(&mut self, i: usize, offer: ClientMessage) -> (String, Vec<PublicationInfo>) {
+            let ClientMessage::Offer {
+                sdp,
+                publish,
+                subscribe,
+            } = offer
+            else {
+                panic!("expected an offer, got {offer:?}");
+            };
+            let (answer, added) = self
+                .sfu
+                .handle_offer(self.now, participant(i), &sdp, &publish, &subscribe)
+                .expect("the endpoint's offer is acceptable");
+            self.publications.extend(added.iter().cloned());
+            (answer, added)
+        }
+
+        /// Runs one offer/answer exchange for endpoint `i`, if it has something to offer.
+        fn negotiate(&mut self, i: usize) -> Vec<PublicationInfo> {
+            let Some(offer) = self.endpoints[i].create_offer() else {
+                return Vec::new();
+            };
+            let first = !self.negotiated.contains(&i);
+            let (answer, added) = self.offer(i, offer);
+            self.endpoints[i]
+                .handle_answer(self.now, &answer)
+                .expect("the forwarder's answer is accepted");
+            if first {
+                self.negotiated.push(i);
+                for message in self.endpoints[i].local_candidates() {
+                    let ClientMessage::Candidate { candidate } = message else {
+                        panic!("a candidate message");
+                    };
+                    self.sfu
+                        .handle_candidate(participant(i), &candidate)
+                        .expect("a valid candidate");
+                }
+            }
+            self.flush();
+            added
+        }
+
+        fn publications_of(&self, i: usize) -> Vec<PublicationInfo> {
+            self.publications
+                .iter()
+                .filter(|p| p.participant_id == participant(i))
+                .cloned()
+                .collect()
+        }
+
+        fn publication(&self, i: usize, kind: MediaKind) -> PublicationId {
+            self.publications_of(i)
+                .into_iter()
+                .find(|p| p.kind == kind)
+                .expect("endpoint publishes this kind")
+                .id
+        }
+
+        /// Subscribes endpoint `subscriber` to everything `publisher` publishes.
+        fn subscribe_all(&mut self, subscriber: usize, publisher: usize) {
+            for publication in self.publications_of(publisher) {
+                self.endpoints[subscriber].subscribe(publication);
+            }
+        }
+
+        fn flush(&mut self) {
+            let at = self.now + LATENCY;
+            for endpoint in &mut self.endpoints {
+                while let Some(datagram) = endpoint.poll_transmit() {
+                    if !self.blackhole {
+                        self.network.push_back((at, datagram));
+                    }
+                }
+            }
+            while let Some(datagram) = self.sfu.poll_transmit() {
+                if !self.blackhole {
+                    self.network.push_back((at, datagram));
+                }
+            }
+        }
+
+        fn run_for(&mut self, duration: Duration) {
+            let end = self.now + duration;
+            for _ in 0..2_000_000 {
+                let mut next = self.sfu.poll_timeout().unwrap_or(end);
+                for endpoint in &self.endpoints {
+                    next = next.min(endpoint.poll_timeout());
+                }
+                if let Some((at, _)) = self.network.front() {
+                    next = next.min(*at);
+                }
+                if next > end {
+                    self.now = end;
+                    return;
+                }
+                self.now = next.max(self.now);
+                self.steps += 1;
+                let now = self.now;
+                while self.network.front().is_some_and(|(at, _)| *at <= now) {
+                    let Some((_, datagram)) = self.network.pop_front() else {
+                        break;
+                    };
+                    match self
+                        .endpoints
+                        .iter_mut()
+                        .find(|e| e.local_addr() == datagram.destination)
+                    {
+                        Some(endpoint) => endpoint
+                            .handle_datagram(
+                                now,
+                                datagram.source,
+                                datagram.destination,
+                                &datagram.contents,
+                            )
+                            .expect("endpoint accepts the datagram"),
+                        None => self.sfu.handle_datagram(
+                            now,
+                            datagram.source,
+                            datagram.destination,
+                            &datagram.contents,
+                        ),
+                    }
+                }
+                for endpoint in &mut self.endpoints {
+                    if endpoint.poll_timeout() <= now {
+                        endpoint.handle_timeout(now).expect("endpoint timeout");
+                    }
+                }
+                self.sfu.handle_timeout(now);
+                self.flush();
+            }
+            panic!("the simulation did not reach its end time");
+        }
+    }
+
+    fn config(tone_hz: f32, video_tag: u64) -> EndpointConfig {
+        EndpointConfig {
+            tone_hz,
+            video_tag,
+            ..EndpointConfig::new(addr(0))
+        }
+    }
+
+    /// Two endpoints publish and subscribe to each other.
+    fn two_way() -> Sim {
+        let mut sim = Sim::new(vec![config(440.0, 0xA), config(880.0, 0xB)]);
+        assert_eq!(sim.negotiate(0).len(), 2, "audio and video published");
+        assert_eq!(sim.negotiate(1).len(), 2);
+        sim.subscribe_all(0, 1);
+        sim.subscribe_all(1, 0);
+        sim.negotiate(0);
+        sim.negotiate(1);
+        sim
+    }
+
+    #[test]
+    fn two_endpoints_hear_and_see_each_other() {
+        let mut sim = two_way();
+        let start = sim.now;
+        sim.run_for(Duration::from_secs(2));
+
+        for (me, other, hz, tag) in [(0, 1, 880.0, 0xB), (1, 0, 440.0, 0xA)] {
+            let endpoint = &sim.endpoints[me];
+            let connected = endpoint.connected_at().expect("connected");
+            assert!(
+                connected - start < Duration::from_millis(200),
+                "slow connect"
+            );
+            assert!(endpoint.is_connected());
+
+            let audio = sim.publication(other, MediaKind::Audio);
+            let stats = &endpoint.stats()[&audio];
+            assert_eq!(stats.participant_id, ParticipantId(other as u64 + 1));
+            assert!(stats.audio_frames_decoded >= 80, "{stats:?}");
+            assert_eq!(stats.audio_decode_errors, 0);
+            let heard = endpoint.dominant_frequency(audio).expect("enough audio");
+            assert!((heard - hz).abs() <= 10.0, "heard {heard} Hz, want {hz}");
+
+            let video = sim.publication(other, MediaKind::Video);
+            let stats = &endpoint.stats()[&video];
+            assert_eq!(stats.video_tag, Some(tag));
+            assert!(stats.video_frames >= 25, "{stats:?}");
+            assert!(stats.keyframes >= 1);
+            assert_eq!(stats.untagged_frames, 0);
+            assert_eq!(stats.tag_changes, 0);
+            let first_key = stats.first_keyframe_at.expect("a keyframe");
+            assert!(first_key - connected < Duration::from_millis(200));
+            assert!(stats.rtp_packets >= stats.frames);
+
+            let sent = endpoint.sent();
+            // 50 packets a second from connection, give or take the edges.
+            assert!((90..=101).contains(&sent.audio_packets), "{sent:?}");
+            assert!((27..=31).contains(&sent.video_frames), "{sent:?}");
+            assert_eq!(sent.write_errors, 0);
+        }
+    }
+
+    #[test]
+    fn offers_are_serialised_and_list_the_whole_session() {
+        let mut sim = Sim::new(vec![config(440.0, 1), config(660.0, 2)]);
+        sim.negotiate(1);
+        let others = sim.publications_of(1);
+
+        let endpoint = &mut sim.endpoints[0];
+        let Some(ClientMessage::Offer {
+            sdp,
+            publish,
+            subscribe,
+        }) = endpoint.create_offer()
+        else {
+            panic!("the first offer publishes");
+        };
+        assert_eq!(publish.len(), 2);
+        assert_eq!(publish[0].source, TrackSource::Microphone);
+        assert_eq!(publish[1].source, TrackSource::Camera);
+        assert!(subscribe.is_empty());
+        assert!(sdp.contains("a=sendonly"));
+        assert!(
+            sdp.contains("a=candidate:"),
+            "the offer carries the host candidate"
+        );
+
+        // A change while the offer is in flight waits for the answer.
+        endpoint.subscribe(others[0].clone());
+        assert!(endpoint.offer_in_flight());
+        assert!(endpoint.has_pending_changes());
+        assert!(endpoint.create_offer().is_none());
+
+        let (answer, _) = sim.offer(
+            0,
+            ClientMessage::Offer {
+                sdp,
+                publish,
+                subscribe,
+            },
+        );
+        let endpoint = &mut sim.endpoints[0];
+        endpoint.handle_answer(sim.now, &answer).expect("answer");
+        assert!(
+            endpoint.handle_answer(sim.now, &answer).is_err(),
+            "no offer in flight"
+        );
+
+        endpoint.subscribe(others[1].clone());
+        let Some(ClientMessage::Offer {
+            sdp,
+            publish,
+            subscribe,
+        }) = endpoint.create_offer()
+        else {
+            panic!("the queued subscriptions are offered");
+        };
+        assert_eq!(publish.len(), 2, "publications are listed again");
+        let ids: Vec<_> = subscribe.iter().map(|s| s.publication_id).collect();
+        assert_eq!(ids, vec![others[0].id, others[1].id]);
+        assert_eq!(sdp.matches("a=recvonly").count(), 2);
+        assert!(endpoint.create_offer().is_none());
+    }
+
+    #[test]
+    fn candidates_are_browser_style_lines() {
+        let endpoint = Endpoint::new(Instant::now(), config(440.0, 1)).expect("endpoint");
+        let candidates = endpoint.local_candidates();
+        let ClientMessage::Candidate { candidate } = &candidates[0] else {
+            panic!("a candidate message");
+        };
+        assert!(candidate.starts_with("candidate:"), "{candidate}");
+        assert!(candidate.contains("127.0.0.1"));
+        assert!(candidate.contains("typ host"));
+        let parsed = Candidate::from_sdp_string(candidate).expect("parses back");
+        assert_eq!(parsed.addr(), endpoint.local_addr());
+        assert_eq!(
+            candidates[1],
+            ClientMessage::Candidate {
+                candidate: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn unsubscribing_stops_the_media() {
+        let mut sim = two_way();
+        sim.run_for(Duration::from_secs(1));
+        let video = sim.publication(0, MediaKind::Video);
+        let audio = sim.publication(0, MediaKind::Audio);
+        assert!(sim.endpoints[1].stats()[&video].video_frames > 0);
+
+        sim.endpoints[1].unsubscribe(video);
+        let Some(ClientMessage::Offer { sdp, subscribe, .. }) = sim.endpoints[1].create_offer()
+        else {
+            panic!("the stop is offered");
+        };
+        assert!(subscribe.iter().all(|s| s.publication_id != video));
+        assert!(subscribe.iter().any(|s| s.publication_id == audio));
+        assert!(sdp.contains("m=video 0 "), "the stopped m-line has port 0");
+        let (answer, _) = sim.offer(
+            1,
+            ClientMessage::Offer {
+                sdp,
+                publish: Vec::new(),
+                subscribe,
+            },
+        );
+        sim.endpoints[1]
+            .handle_answer(sim.now, &answer)
+            .expect("answer");
+        sim.flush();
+
+        sim.run_for(Duration::from_millis(100));
+        let frames = sim.endpoints[1].stats()[&video].video_frames;
+        let audio_frames = sim.endpoints[1].stats()[&audio].frames;
+        sim.run_for(Duration::from_secs(1));
+        let stats = &sim.endpoints[1].stats()[&video];
+        assert_eq!(stats.video_frames, frames, "no video after unsubscribing");
+        assert!(!stats.subscribed);
+        assert!(sim.endpoints[1].stats()[&audio].frames > audio_frames + 40);
+        assert_eq!(sim.endpoints[1].subscriptions().count(), 1);
+    }
+
+    #[test]
+    fn keyframe_requests_reach_the_publisher() {
+        let mut sim = Sim::new(vec![
+            EndpointConfig {
+                keyframe_interval: None,
+                ..config(440.0, 7)
+            },
+            EndpointConfig {
+                publish_audio: false,
+                publish_video: false,
+                ..config(0.0, 0)
+            },
+        ]);
+        sim.negotiate(0);
+        sim.subscribe_all(1, 0);
+        sim.negotiate(1);
+        sim.run_for(Duration::from_secs(1));
+        let video = sim.publication(0, MediaKind::Video);
+        let before = sim.endpoints[1].stats()[&video].keyframes;
+        assert!(before >= 1);
+        assert!(sim.endpoints[1].request_keyframe(video).expect("request"));
+        sim.flush();
+        sim.run_for(Duration::from_millis(200));
+        assert!(sim.endpoints[0].sent().keyframe_requests_received >= 1);
+        assert_eq!(sim.endpoints[1].stats()[&video].keyframes, before + 1);
+        assert_eq!(sim.endpoints[1].stats()[&video].keyframe_requests_sent, 1);
+    }
+
+    #[test]
+    fn a_late_subscriber_asks_for_a_keyframe() {
+        let mut sim = Sim::new(vec![
+            EndpointConfig {
+                keyframe_interval: None,
+                ..config(440.0, 9)
+            },
+            config(550.0, 10),
+            EndpointConfig {
+                publish_audio: false,
+                publish_video: false,
+                ..config(0.0, 0)
+            },
+        ]);
+        sim.negotiate(0);
+        sim.subscribe_all(1, 0);
+        sim.negotiate(1);
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(
+            sim.endpoints[0].sent().keyframes,
+            1,
+            "only the first keyframe"
+        );
+
+        let start = sim.now;
+        sim.subscribe_all(2, 0);
+        sim.negotiate(2);
+        sim.run_for(Duration::from_secs(1));
+        let video = sim.publication(0, MediaKind::Video);
+        let stats = &sim.endpoints[2].stats()[&video];
+        let first = stats
+            .first_keyframe_at
+            .expect("the late joiner got a keyframe");
+        assert!(
+            first - start < Duration::from_millis(400),
+            "{:?}",
+            first - start
+        );
+        assert_eq!(stats.video_tag, Some(9));
+        assert!(sim.endpoints[0].sent().keyframe_requests_received >= 1);
+    }
+
+    #[test]
+    fn a_refused_offer_is_rolled_back_and_offered_again() {
+        let mut sim = Sim::new(vec![config(440.0, 1)]);
+        let endpoint = &mut sim.endpoints[0];
+        assert!(endpoint.create_offer().is_some());
+        endpoint.offer_refused();
+        assert!(!endpoint.offer_in_flight());
+        assert!(endpoint.has_pending_changes());
+
+        let Some(ClientMessage::Offer { publish, .. }) = endpoint.create_offer() else {
+            panic!("offered again");
+        };
+        assert_eq!(publish.len(), 2);
+        let err = endpoint
+            .handle_answer(sim.now, "not sdp")
+            .expect_err("garbage answer");
+        assert!(matches!(err, EndpointError::BadAnswer(_)), "{err}");
+        assert!(sim.negotiate(0).len() == 2, "a third offer succeeds");
+        assert!(!sim.endpoints[0].has_pending_changes());
+    }
+
+    #[test]
+    fn garbage_datagrams_are_ignored() {
+        let mut sim = two_way();
+        sim.run_for(Duration::from_millis(500));
+        let endpoint = &mut sim.endpoints[0];
+        let local = endpoint.local_addr();
+        endpoint
+            .handle_datagram(sim.now, addr(9), local, &[])
+            .expect("empty datagram ignored");
+        endpoint
+            .handle_datagram(sim.now, addr(9), local, &[0xff; 40])
+            .expect("unknown datagram ignored");
+        endpoint
+            .handle_datagram(sim.now, addr(9), local, &[0x80; 60])
+            .expect("bogus RTP ignored");
+        assert!(endpoint.is_alive());
+        sim.run_for(Duration::from_millis(500));
+        assert!(sim.endpoints[0].is_connected());
+    }
+
+    #[test]
+    fn a_partition_is_noticed_without_spinning() {
+        let mut sim = two_way();
+        sim.run_for(Duration::from_secs(1));
+        let sent = sim.endpoints[0].sent().audio_packets;
+        sim.blackhole = true;
+        sim.network.clear();
+        let steps = sim.steps;
+        let start = sim.now;
+        sim.run_for(Duration::from_secs(60));
+        // Media timers (50 + 15 a second per endpoint) dominate; a spinning driver would run
+        // orders of magnitude more steps.
+        let per_second = (sim.steps - steps) / 60;
+        eprintln!(
+            "disc at {:?} steps/s {per_second}",
+            sim.endpoints[0].ice_disconnected_at().map(|t| t - start)
+        );
+        assert!(per_second < 400, "{per_second} steps a second");
+        let endpoint = &sim.endpoints[0];
+        assert!(
+            endpoint.ice_disconnected_at().is_some(),
+            "{:?}",
+            endpoint.ice_state()
+        );
+        assert!(!endpoint.is_connected());
+        assert!(
+            endpoint.sent().audio_packets < sent + 60 * 50,
+            "nothing is written while disconnected"
+        );
+    }
+
+    #[test]
+    fn close_ends_the_endpoint() {
+        let mut sim = two_way();
+        sim.run_for(Duration::from_millis(500));
+        let publication = sim.publication(1, MediaKind::Audio);
+        sim.endpoints[0].unsubscribe(publication);
+        sim.endpoints[0].close(sim.now).expect("close");
+        assert!(!sim.endpoints[0].has_pending_changes());
+        assert!(
+            sim.endpoints[0].create_offer().is_none(),
+            "no offer after close"
+        );
+        sim.flush();
+        sim.run_for(Duration::from_millis(500));
+        assert!(!sim.endpoints[0].is_alive());
+        assert!(sim.endpoints[0].poll_timeout() > sim.now);
+    }
 }

@@ -29,7 +29,9 @@ pub struct ToneSource {
 
 impl std::fmt::Debug for ToneSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToneSource").field("step", &self.step).finish()
+        f.debug_struct("ToneSource")
+            .field("step", &self.step)
+            .finish()
     }
 }
 

@@ -278,7 +278,7 @@ impl Hub {
                 muted,
             } => self.set_muted(participant, publication_id, muted),
             // The session answers these itself.
-            ClientMessage::Join { .. } | ClientMessage::Ping | ClientMessage::Leave => {}
+            ClientMessage::Join { .. } | ClientMessage::Ping {} | ClientMessage::Leave {} => {}
         }
     }
 

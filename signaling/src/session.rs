@@ -203,7 +203,7 @@ impl Session {
     async fn handle_text(&mut self, text: &str) -> Result<Next, (ErrorCode, String)> {
         let message = decode_client_message(text).map_err(|e| (e.code, e.message))?;
         match (message, self.participant) {
-            (ClientMessage::Ping, _) => {
+            (ClientMessage::Ping {}, _) => {
                 let pong = serde_json::to_string(&ServerMessage::Pong)
                     .unwrap_or_else(|_| "{}".to_string());
                 let _ = self.outbound_tx.try_send(Outbound::Text(pong.into()));
@@ -247,8 +247,7 @@ impl Session {
                 ErrorCode::AlreadyJoined,
                 "this socket has already joined a room".into(),
             )),
-            (ClientMessage::Leave, Some(_)) => Ok(Next::Close(LeaveReason::Left)),
-            (ClientMessage::Leave, None) => Ok(Next::Close(LeaveReason::Left)),
+            (ClientMessage::Leave {}, _) => Ok(Next::Close(LeaveReason::Left)),
             (_, None) => Err((ErrorCode::NotJoined, "join a room first".into())),
             (message, Some(participant)) => {
                 self.hub.message(participant, message);

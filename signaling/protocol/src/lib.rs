@@ -141,10 +141,11 @@ pub enum ClientMessage {
         publication_id: PublicationId,
         muted: bool,
     },
-    /// Application keepalive; answered with [`ServerMessage::Pong`].
-    Ping,
+    /// Application keepalive; answered with [`ServerMessage::Pong`]. (Braced, like `Leave`,
+    /// so that unknown fields are refused for it too.)
+    Ping {},
     /// The participant leaves; the server closes the socket after telling the others.
-    Leave,
+    Leave {},
 }
 
 /// Why a participant left a room.

@@ -256,7 +256,7 @@ impl Session {
             }
             command = self.commands.recv() => self.on_command(command).await,
             _ = self.keepalive.tick() => {
-                self.send(&ClientMessage::Ping).await?;
+                self.send(&ClientMessage::Ping {}).await?;
                 Ok(Flow::Continue)
             }
         }
@@ -291,7 +291,7 @@ impl Session {
 
     /// Says goodbye and waits, briefly, for the server to close the socket.
     async fn leave(&mut self) -> anyhow::Result<()> {
-        self.send(&ClientMessage::Leave).await?;
+        self.send(&ClientMessage::Leave {}).await?;
         let drain = async {
             loop {
                 match signaling::recv(&mut self.socket).await {

@@ -517,13 +517,13 @@ impl Core {
                 Ok(())
             }
             (ClientMessage::SetMuted { .. }, Some(_)) => Ok(()),
-            (ClientMessage::Ping, Some(id)) => {
+            (ClientMessage::Ping {}, Some(id)) => {
                 if let Some(p) = self.participants.get(&id) {
                     self.send(p.conn, ServerMessage::Pong);
                 }
                 Ok(())
             }
-            (ClientMessage::Leave, Some(id)) => {
+            (ClientMessage::Leave {}, Some(id)) => {
                 self.remove_participant(id, LeaveReason::Left);
                 // Dropping the sender makes the writer close the socket.
                 self.conns.remove(&conn);
