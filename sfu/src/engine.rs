@@ -1020,14 +1020,10 @@ impl Engine {
         }
     }
 
-    /// Lets every transport written to in this pass send what was queued.
+    /// Lets every transport written to in this pass send what was queued. Draining is enough:
+    /// after a write the pacer asks for a timeout at "now", which the drain loop feeds back.
     fn flush_touched(&mut self, now: Instant) {
         while let Some(id) = self.touched.pop() {
-            if let Some(p) = self.participants.get_mut(&id)
-                && let Err(err) = p.rtc.handle_input(Input::Timeout(now))
-            {
-                tracing::debug!(participant = %id, %err, "timeout input failed");
-            }
             self.drain(id, now);
         }
     }

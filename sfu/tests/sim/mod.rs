@@ -55,7 +55,7 @@ pub struct Sim {
     pub endpoints: Vec<SimEndpoint>,
     pub publications: Vec<PublicationInfo>,
     pub events: Vec<SfuEvent>,
-    /// Real (not virtual) time spent inside the engine: the server's CPU cost.
+    /// CPU time this thread spent inside the engine: the server's cost.
     pub engine_busy: Duration,
     network: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
@@ -167,7 +167,7 @@ impl Sim {
                 self.deliver(packet);
             }
             if self.engine.poll_timeout() <= self.now {
-                let started = Instant::now();
+                let started = cpu_time::ThreadTime::now();
                 self.engine.handle_timeout(self.now);
                 self.engine_busy += started.elapsed();
             }
@@ -187,7 +187,7 @@ impl Sim {
 
     fn deliver(&mut self, packet: InFlight) {
         if packet.destination == SERVER {
-            let started = Instant::now();
+            let started = cpu_time::ThreadTime::now();
             self.engine.handle_datagram(
                 self.now,
                 packet.source,
