@@ -30,6 +30,9 @@ use crate::stats::EngineStats;
 /// an MTU for.
 pub const MAX_DATAGRAM: usize = 1500;
 
+/// Source addresses remembered per participant.
+const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -149,6 +152,7 @@ pub struct Engine {
     events: VecDeque<SfuEvent>,
     found: Vec<Found>,
     touched: Vec<ParticipantId>,
+    scratch_ids: Vec<ParticipantId>,
     stats: EngineStats,
 }
 
@@ -174,6 +178,7 @@ impl Engine {
             events: VecDeque::new(),
             found: Vec::new(),
             touched: Vec::new(),
+            scratch_ids: Vec::new(),
             stats: EngineStats::default(),
         })
     }
@@ -224,13 +229,14 @@ impl Engine {
     /// Advances every participant whose timer is due, and sends keyframe requests that were
     /// held back by the throttle.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ParticipantId> = self
-            .participants
-            .iter()
-            .filter(|(_, p)| p.next_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        let mut due = std::mem::take(&mut self.scratch_ids);
+        due.extend(
+            self.participants
+                .iter()
+                .filter(|(_, p)| p.next_timeout <= now)
+                .map(|(id, _)| *id),
+        );
+        for &id in &due {
             if let Some(p) = self.participants.get_mut(&id)
                 && let Err(err) = p.rtc.handle_input(Input::Timeout(now))
             {
@@ -238,6 +244,8 @@ impl Engine {
             }
             self.drain(id, now);
         }
+        due.clear();
+        self.scratch_ids = due;
         let pending: Vec<PublicationId> = self
             .publications
             .iter()
@@ -331,6 +339,14 @@ impl Engine {
         // The STUN message integrity is checked by str0m when the input is handled; binding
         // the address only routes later datagrams to the same transport, which checks them.
         if !participant.addrs.contains(&source) {
+            // A peer changes address rarely (NAT rebinding, network switch). Bound the list so
+            // that spoofed sources cannot grow it, forgetting the oldest address first.
+            if participant.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+                let oldest = participant.addrs.remove(0);
+                if self.by_addr.get(&oldest) == Some(&id) {
+                    self.by_addr.remove(&oldest);
+                }
+            }
             participant.addrs.push(source);
         }
         self.by_addr.insert(source, id);
