@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,9 @@ pub const SERVER: SocketAddr = SocketAddr::new(
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)),
     3478,
 );
+
+/// The smallest step of virtual time.
+const MIN_STEP: Duration = Duration::from_millis(1);
 
 /// Loss and delay of one endpoint's link, each way.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,6 +58,8 @@ pub struct Sim {
     pub endpoints: Vec<SimEndpoint>,
     pub publications: Vec<PublicationInfo>,
     pub events: Vec<SfuEvent>,
+    /// Endpoint index by address, for delivering datagrams.
+    by_addr: HashMap<SocketAddr, usize>,
     /// CPU time this thread spent inside the engine: the server's cost.
     pub engine_busy: Duration,
     network: BinaryHeap<Reverse<InFlight>>,
@@ -77,6 +82,7 @@ impl Sim {
             endpoints: Vec::new(),
             publications: Vec::new(),
             events: Vec::new(),
+            by_addr: HashMap::new(),
             engine_busy: Duration::ZERO,
             network: BinaryHeap::new(),
             seq: 0,
@@ -125,6 +131,7 @@ impl Sim {
         for publication in &self.publications {
             sim_endpoint.endpoint.subscribe(publication.clone());
         }
+        self.by_addr.insert(addr, index);
         self.endpoints.push(sim_endpoint);
         self.pump();
         index
@@ -154,9 +161,10 @@ impl Sim {
             if let Some(Reverse(packet)) = self.network.peek() {
                 next = next.min(packet.at);
             }
-            // Time never goes backwards, and a busy instant still advances a little so a
-            // component that keeps asking for "now" cannot stall the world.
-            self.now = next.max(self.now);
+            // Time moves in steps of at least a millisecond, like a real server's event loop
+            // that handles whatever is due in one pass. Without the floor, a thousand endpoints
+            // with their own timer phases make the number of steps grow with their count.
+            self.now = next.max(self.now + MIN_STEP).min(end);
             while let Some(Reverse(packet)) = self.network.peek() {
                 if packet.at > self.now {
                     break;
@@ -179,9 +187,6 @@ impl Sim {
                 }
             }
             self.pump();
-            if next == self.now {
-                self.now += Duration::from_micros(100);
-            }
         }
     }
 
@@ -195,10 +200,8 @@ impl Sim {
                 &packet.contents,
             );
             self.engine_busy += started.elapsed();
-        } else if let Some(e) = self
-            .endpoints
-            .iter_mut()
-            .find(|e| e.alive && e.endpoint.local_addr() == packet.destination)
+        } else if let Some(&index) = self.by_addr.get(&packet.destination)
+            && let Some(e) = self.endpoints.get_mut(index).filter(|e| e.alive)
             && let Err(err) = e.endpoint.handle_datagram(
                 self.now,
                 packet.source,
@@ -225,10 +228,9 @@ impl Sim {
             while let Some(t) = self.engine.poll_transmit() {
                 progressed = true;
                 let link = self
-                    .endpoints
-                    .iter()
-                    .find(|e| e.endpoint.local_addr() == t.destination)
-                    .map(|e| e.link)
+                    .by_addr
+                    .get(&t.destination)
+                    .map(|&i| self.endpoints[i].link)
                     .unwrap_or_default();
                 if self.random() < link.loss_down {
                     continue;
