@@ -1,0 +1,692 @@
+// Being in a meeting: the signaling socket, the peer connection, the room's roster, and
+// coming back by itself after a network blip.
+//
+// Protocol (docs/protocol.md): the client always offers, one offer at a time; each offer
+// lists every sendonly m-line in `publish` and every receiving m-line in `subscribe`.
+// A reconnection is a fresh join (new socket, new peer connection); the local tracks stay.
+//
+// Events (EventTarget): `state` (this.state changed), `change` (roster, tracks, mute state or
+// quality changed: re-render), `notice` ({ detail: { key, vars } } for a passing message).
+
+import { StatsSampler, classify, combine } from './quality.js';
+
+export const PROTOCOL_VERSION = 1;
+
+const PING_MS = 5000; // application ping; the server answers `pong`
+const SILENCE_MS = 16000; // nothing heard from the server for this long: the socket is dead
+const OPEN_TIMEOUT_MS = 8000;
+const JOIN_TIMEOUT_MS = 8000;
+const MEDIA_TIMEOUT_MS = 15000; // an offer sent but no media connection after this long
+const DISCONNECTED_GRACE_MS = 4000; // ICE 'disconnected' tolerated this long
+const STATS_MS = 2000;
+const MAX_MEDIA_FAILURES = 3; // sessions in a row whose media never connected
+const RECONNECT_WINDOW_MS = 60000;
+
+const SEND_ENCODINGS = {
+  microphone: [{}],
+  camera: [{ maxBitrate: 600_000, maxFramerate: 24 }],
+  screen: [{ maxBitrate: 1_200_000, maxFramerate: 15 }],
+};
+
+/** A failed attempt to enter the room. `kind`: 'unreachable' (no socket) or 'refused'. */
+export class JoinError extends Error {
+  constructor(kind, code = null, detail = '') {
+    super(`${kind}${code ? `: ${code}` : ''}${detail ? ` (${detail})` : ''}`);
+    this.kind = kind;
+    this.code = code;
+  }
+}
+
+/** The i18n key explaining a refusal code. */
+export function refusalKey(code) {
+  switch (code) {
+    case 'version_mismatch':
+      return 'error.versionMismatch';
+    case 'media_unavailable':
+      return 'error.roomClosed';
+    case 'room_full':
+      return 'error.roomFull';
+    case 'invalid_name':
+      return 'error.invalidName';
+    default:
+      return 'error.server';
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class Meeting extends EventTarget {
+  /**
+   * @param {object} o
+   * @param {string} o.room
+   * @param {string} o.name
+   * @param {import('./media.js').LocalMedia} o.local
+   * @param {string} o.url          the `wss://…/ws` address
+   * @param {number} [o.protocolVersion]
+   * @param {number} [o.reconnectWindowMs]
+   */
+  constructor(o) {
+    super();
+    this.room = o.room;
+    this.name = o.name;
+    this.local = o.local;
+    this.url = o.url;
+    this.protocolVersion = o.protocolVersion ?? PROTOCOL_VERSION;
+    this.reconnectWindowMs = o.reconnectWindowMs ?? RECONNECT_WINDOW_MS;
+
+    /** 'connecting' | 'joined' | 'reconnecting' | 'ended' | 'left' */
+    this.state = 'connecting';
+    /** Why the meeting ended: an i18n key and its variables. */
+    this.endReason = null;
+    this.me = null;
+    /** participant id -> { id, name, pubs: Map<publication id, PublicationInfo> } */
+    this.participants = new Map();
+    /** publication id -> the MediaStreamTrack receiving it */
+    this.remoteTracks = new Map();
+    /** source -> our own publication id */
+    this.ownPubs = new Map();
+    /** participant id (or 'self') -> { level, lossPercent, jitterMs, rttMs } */
+    this.quality = new Map();
+    /** publication id -> latest inbound-rtp numbers */
+    this.streamStats = new Map();
+
+    this.s = null; // the current session (socket + peer connection)
+    this.mediaFailures = 0;
+    this.statsTimer = null;
+  }
+
+  // ---- public API -----------------------------------------------------------------------
+
+  /** First join: resolves once in the room, rejects with a JoinError. */
+  async join() {
+    try {
+      await this.attempt();
+      if (this.state !== 'connecting') throw new JoinError('unreachable', null, 'left while joining');
+    } catch (err) {
+      if (this.s) this.dispose(this.s);
+      this.state = 'ended';
+      throw err;
+    }
+    this.statsTimer = setInterval(() => this.sampleStats(), STATS_MS);
+    this.entered();
+  }
+
+  /** The room is entered (again); a loss noticed meanwhile is handled now. */
+  entered() {
+    this.setState('joined');
+    const s = this.s;
+    if (s.deadWhy) this.lost(s, s.deadWhy);
+  }
+
+  /** Says goodbye and releases the connection. */
+  leave() {
+    if (this.state === 'left' || this.state === 'ended') return;
+    const s = this.s;
+    if (s && s.ws && s.ws.readyState === WebSocket.OPEN) {
+      try {
+        s.ws.send(JSON.stringify({ type: 'leave' }));
+      } catch {
+        // The socket is going anyway.
+      }
+    }
+    this.finish('left', null);
+  }
+
+  /** Turns the microphone on or off; returns an i18n error key when it could not start. */
+  async setMicOn(on) {
+    this.local.setMicOn(on);
+    const error = on && !this.local.microphone ? await this.local.acquire() : null;
+    this.syncSenders();
+    this.sendMuted('microphone', !(this.local.micOn && this.local.microphone));
+    this.changed();
+    return error;
+  }
+
+  /** Turns the camera on or off; returns an i18n error key when it could not start. */
+  async setCamOn(on) {
+    const error = await this.local.setCamOn(on);
+    this.syncSenders();
+    this.sendMuted('camera', !(this.local.camOn && this.local.camera));
+    this.changed();
+    return error;
+  }
+
+  /** Starts presenting; returns an i18n error key on failure (none when the user cancels). */
+  async startScreen() {
+    let track;
+    try {
+      track = await this.local.startScreen();
+    } catch (err) {
+      return err && err.name === 'NotAllowedError' ? null : 'error.shareFailed';
+    }
+    // Ended from the browser's own "stop sharing" bar.
+    track.addEventListener('ended', () => this.stopScreen());
+    this.syncSenders();
+    this.changed();
+    return null;
+  }
+
+  stopScreen() {
+    if (!this.local.screen) return;
+    this.local.stopScreen();
+    this.syncSenders();
+    this.changed();
+  }
+
+  /**
+   * Brings the sending m-lines in line with the local tracks: a new track is published, a
+   * stopped screen share unpublished; a camera turned off stays published without a track
+   * (and muted), so turning it on again needs no renegotiation.
+   */
+  syncSenders() {
+    const s = this.s;
+    if (!s || !s.pc || s.disposed) return;
+    for (const source of ['microphone', 'camera', 'screen']) {
+      const track = this.local[source];
+      const tr = s.send[source];
+      if (track) {
+        if (!tr || tr.direction !== 'sendonly') this.publish(s, source, track);
+        else if (tr.sender.track !== track) replace(tr, track);
+      } else if (tr && tr.direction === 'sendonly') {
+        if (source === 'screen') this.unpublish(s, source);
+        else replace(tr, null);
+      }
+    }
+  }
+
+  // ---- one session: socket + peer connection ---------------------------------------------
+
+  /** Opens a socket, joins, builds the peer connection and sends the first offer. */
+  async attempt() {
+    const s = {
+      ws: null,
+      pc: null,
+      send: {}, // source -> sending transceiver
+      subs: new Map(), // publication id -> receiving transceiver
+      free: { audio: [], video: [] }, // receiving transceivers no longer bound
+      negotiating: false,
+      again: false,
+      offered: false,
+      queued: [], // candidates waiting for the first offer
+      endSent: false,
+      lastHeard: Date.now(),
+      fatal: null, // a fatal error code the server sent before closing
+      timers: new Set(),
+      disposed: false,
+      connected: false,
+      sampler: new StatsSampler(),
+    };
+    this.s = s;
+
+    const ws = new WebSocket(this.url);
+    s.ws = ws;
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new JoinError('unreachable', null, 'timeout'));
+        ws.close();
+      }, OPEN_TIMEOUT_MS);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      ws.onclose = () => {
+        clearTimeout(timer);
+        reject(new JoinError('unreachable'));
+      };
+    });
+
+    ws.send(JSON.stringify({
+      type: 'join',
+      protocol_version: this.protocolVersion,
+      room: this.room,
+      name: this.name,
+    }));
+    const joined = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new JoinError('unreachable', null, 'no answer to join'));
+        ws.close();
+      }, JOIN_TIMEOUT_MS);
+      ws.onmessage = (event) => {
+        const message = parse(event.data);
+        if (!message) return;
+        if (message.type === 'joined') {
+          clearTimeout(timer);
+          resolve(message);
+        } else if (message.type === 'error') {
+          clearTimeout(timer);
+          reject(new JoinError('refused', message.code, message.message));
+          ws.close();
+        }
+      };
+      ws.onclose = () => {
+        clearTimeout(timer);
+        reject(new JoinError('unreachable', null, 'closed before joined'));
+      };
+    });
+
+    // In the room. Handlers go in before anything awaits, so no message is missed.
+    ws.onmessage = (event) => this.onMessage(s, parse(event.data));
+    ws.onclose = () => this.lost(s, 'socket');
+    this.me = joined.participant_id;
+    this.participants = new Map();
+    this.remoteTracks = new Map();
+    this.ownPubs = new Map();
+    this.quality = new Map();
+    this.streamStats = new Map();
+
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    s.pc = pc;
+    pc.onicecandidate = (event) => this.onCandidate(s, event.candidate);
+    pc.onconnectionstatechange = () => this.onConnectionState(s);
+
+    for (const source of ['microphone', 'camera', 'screen']) {
+      const track = this.local[source];
+      if (track) this.publish(s, source, track);
+    }
+    for (const p of joined.participants) {
+      this.addParticipant(p);
+      for (const pub of p.publications) this.subscribe(s, pub);
+    }
+    this.every(s, PING_MS, () => {
+      if (Date.now() - s.lastHeard > SILENCE_MS) {
+        this.lost(s, 'socket');
+        return;
+      }
+      this.send(s, { type: 'ping' });
+    });
+    this.changed();
+    this.negotiate(s);
+  }
+
+  send(s, message) {
+    if (s.disposed || s.ws.readyState !== WebSocket.OPEN) return;
+    s.ws.send(JSON.stringify(message));
+  }
+
+  every(s, ms, fn) {
+    const id = setInterval(fn, ms);
+    s.timers.add(() => clearInterval(id));
+  }
+
+  after(s, ms, fn) {
+    const id = setTimeout(fn, ms);
+    const cancel = () => clearTimeout(id);
+    s.timers.add(cancel);
+    return cancel;
+  }
+
+  dispose(s) {
+    if (s.disposed) return;
+    s.disposed = true;
+    for (const cancel of s.timers) cancel();
+    s.timers.clear();
+    if (s.ws) {
+      s.ws.onclose = s.ws.onmessage = s.ws.onopen = null;
+      if (s.ws.readyState <= WebSocket.OPEN) s.ws.close();
+    }
+    if (s.pc) {
+      s.pc.onicecandidate = s.pc.onconnectionstatechange = null;
+      s.pc.close();
+    }
+  }
+
+  onMessage(s, m) {
+    if (!m || s.disposed) return;
+    s.lastHeard = Date.now();
+    switch (m.type) {
+      case 'answer':
+        this.onAnswer(s, m.sdp);
+        break;
+      case 'participant_joined':
+        this.addParticipant(m.participant);
+        for (const pub of m.participant.publications) this.subscribe(s, pub);
+        this.notice('call.joinedToast', { name: m.participant.name });
+        this.changed();
+        break;
+      case 'participant_left': {
+        const p = this.participants.get(m.participant_id);
+        if (!p) break;
+        for (const id of p.pubs.keys()) this.unsubscribe(s, id);
+        this.participants.delete(m.participant_id);
+        this.quality.delete(m.participant_id);
+        this.notice('call.leftToast', { name: p.name });
+        this.changed();
+        break;
+      }
+      case 'publication_added': {
+        const pub = m.publication;
+        if (pub.participant_id === this.me) {
+          this.ownPubs.set(pub.source, pub.id);
+          // Mute state chosen before the server knew the publication.
+          if (pub.source === 'microphone' && !this.local.micOn) this.sendMuted('microphone', true);
+          if (pub.source === 'camera' && !(this.local.camOn && this.local.camera)) this.sendMuted('camera', true);
+        } else {
+          const p = this.addParticipant({ id: pub.participant_id, name: '', publications: [] });
+          p.pubs.set(pub.id, pub);
+          this.subscribe(s, pub);
+        }
+        this.changed();
+        break;
+      }
+      case 'publication_removed': {
+        if (m.participant_id === this.me) {
+          for (const [source, id] of this.ownPubs) if (id === m.publication_id) this.ownPubs.delete(source);
+        } else {
+          this.participants.get(m.participant_id)?.pubs.delete(m.publication_id);
+          this.unsubscribe(s, m.publication_id);
+        }
+        this.changed();
+        break;
+      }
+      case 'mute_changed': {
+        const pub = this.participants.get(m.participant_id)?.pubs.get(m.publication_id);
+        if (pub) pub.muted = m.muted;
+        this.changed();
+        break;
+      }
+      case 'error':
+        this.onError(s, m);
+        break;
+      case 'media_connected':
+      case 'pong':
+      case 'joined':
+      default:
+        break;
+    }
+  }
+
+  onError(s, m) {
+    console.warn('server refused a request:', m.code, m.message);
+    if (['media_unavailable', 'version_mismatch', 'message_too_large'].includes(m.code)) {
+      // The server closes the socket after these: remember why.
+      s.fatal = m.code;
+    }
+    if (s.negotiating && ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code)) {
+      s.negotiating = false;
+      s.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      if (s.again) this.negotiate(s);
+    }
+  }
+
+  addParticipant(info) {
+    let p = this.participants.get(info.id);
+    if (!p) {
+      p = { id: info.id, name: info.name, pubs: new Map() };
+      this.participants.set(info.id, p);
+    } else if (info.name) {
+      p.name = info.name;
+    }
+    for (const pub of info.publications) p.pubs.set(pub.id, pub);
+    return p;
+  }
+
+  // ---- media negotiation ---------------------------------------------------------------
+
+  /** Sends a track on a sendonly m-line, reusing this source's previous one. */
+  publish(s, source, track) {
+    let tr = s.send[source];
+    if (tr) {
+      replace(tr, track);
+      tr.direction = 'sendonly';
+    } else {
+      tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: SEND_ENCODINGS[source] });
+      s.send[source] = tr;
+    }
+    this.negotiate(s);
+  }
+
+  unpublish(s, source) {
+    const tr = s.send[source];
+    if (!tr) return;
+    replace(tr, null);
+    tr.direction = 'inactive';
+    this.ownPubs.delete(source);
+    this.negotiate(s);
+  }
+
+  /** Receives another participant's publication on a recvonly m-line. */
+  subscribe(s, pub) {
+    if (pub.participant_id === this.me || s.subs.has(pub.id)) return;
+    let tr = s.free[pub.kind].pop();
+    if (tr) {
+      tr.direction = 'recvonly';
+    } else {
+      tr = s.pc.addTransceiver(pub.kind, { direction: 'recvonly' });
+    }
+    s.subs.set(pub.id, tr);
+    this.remoteTracks.set(pub.id, tr.receiver.track);
+    this.negotiate(s);
+  }
+
+  unsubscribe(s, publicationId) {
+    const tr = s.subs.get(publicationId);
+    if (!tr) return;
+    s.subs.delete(publicationId);
+    this.remoteTracks.delete(publicationId);
+    this.streamStats.delete(publicationId);
+    tr.direction = 'inactive';
+    s.free[tr.receiver.track.kind].push(tr);
+    this.negotiate(s);
+  }
+
+  /** Offers the complete current set of m-lines; at most one offer is in flight. */
+  async negotiate(s) {
+    if (s.disposed) return;
+    if (s.negotiating) {
+      s.again = true;
+      return;
+    }
+    // An offer without m-lines carries no fingerprint: wait for something to send or receive.
+    if (s.pc.getTransceivers().length === 0) return;
+    s.negotiating = true;
+    s.again = false;
+    try {
+      await s.pc.setLocalDescription();
+      if (s.disposed) return;
+      const publish = [];
+      for (const [source, tr] of Object.entries(s.send)) {
+        if (tr.mid !== null && tr.direction === 'sendonly') publish.push({ mid: tr.mid, source });
+      }
+      const subscribe = [];
+      for (const [publicationId, tr] of s.subs) {
+        if (tr.mid !== null) subscribe.push({ mid: tr.mid, publication_id: publicationId });
+      }
+      this.send(s, { type: 'offer', sdp: s.pc.localDescription.sdp, publish, subscribe });
+      if (!s.offered) {
+        s.offered = true;
+        for (const candidate of s.queued) this.send(s, { type: 'candidate', candidate });
+        s.queued = [];
+        this.after(s, MEDIA_TIMEOUT_MS, () => {
+          if (!s.connected) this.lost(s, 'media');
+        });
+      }
+    } catch (err) {
+      if (s.disposed) return;
+      console.warn('could not create an offer:', err);
+      s.negotiating = false;
+      this.lost(s, 'media');
+    }
+  }
+
+  async onAnswer(s, sdp) {
+    if (!s.negotiating) return;
+    try {
+      await s.pc.setRemoteDescription({ type: 'answer', sdp });
+    } catch (err) {
+      if (s.disposed) return;
+      console.warn('could not apply the answer:', err);
+      this.lost(s, 'media');
+      return;
+    }
+    if (s.disposed) return;
+    s.negotiating = false;
+    if (s.again) this.negotiate(s);
+  }
+
+  onCandidate(s, candidate) {
+    if (s.disposed) return;
+    // null (or an empty candidate) ends gathering: say so once.
+    const line = candidate && candidate.candidate ? candidate.candidate : '';
+    if (!line) {
+      if (s.endSent) return;
+      s.endSent = true;
+    }
+    if (s.offered) this.send(s, { type: 'candidate', candidate: line });
+    else s.queued.push(line);
+  }
+
+  onConnectionState(s) {
+    if (s.disposed) return;
+    const state = s.pc.connectionState;
+    if (state === 'connected') {
+      s.connected = true;
+      this.mediaFailures = 0;
+      s.cancelGrace?.();
+      s.cancelGrace = null;
+    } else if (state === 'failed') {
+      this.lost(s, 'media');
+    } else if (state === 'disconnected' && !s.cancelGrace) {
+      s.cancelGrace = this.after(s, DISCONNECTED_GRACE_MS, () => {
+        s.cancelGrace = null;
+        if (s.pc.connectionState !== 'connected') this.lost(s, 'media');
+      });
+    }
+  }
+
+  sendMuted(source, muted) {
+    const id = this.ownPubs.get(source);
+    if (id !== undefined && this.s) this.send(this.s, { type: 'set_muted', publication_id: id, muted });
+  }
+
+  // ---- losing the connection and coming back ---------------------------------------------
+
+  /** The session is gone (socket closed or silent, media failed): rejoin. */
+  lost(s, why) {
+    if (s !== this.s || s.disposed) return;
+    if (this.state !== 'joined') {
+      // Still entering the room: handled once it is entered (see `entered`).
+      s.deadWhy = s.deadWhy || why;
+      return;
+    }
+    const fatal = s.fatal;
+    if (why === 'media' && !s.connected) this.mediaFailures += 1;
+    this.dispose(s);
+    console.info(`connection lost (${why}${fatal ? `, server said ${fatal}` : ''}); rejoining`);
+    if (fatal === 'version_mismatch') {
+      this.finish('ended', { key: 'error.versionMismatch' });
+      return;
+    }
+    if (this.mediaFailures >= MAX_MEDIA_FAILURES) {
+      this.finish('ended', { key: 'error.mediaFailed' });
+      return;
+    }
+    this.reconnect(fatal);
+  }
+
+  async reconnect(fatal) {
+    this.setState('reconnecting');
+    // Keep names on screen, drop the dead tracks.
+    this.remoteTracks = new Map();
+    this.streamStats = new Map();
+    this.quality = new Map();
+    this.changed();
+    const deadline = Date.now() + this.reconnectWindowMs;
+    let delay = 300;
+    for (;;) {
+      if (this.state !== 'reconnecting') return;
+      try {
+        await this.attempt();
+        if (this.state !== 'reconnecting') {
+          this.dispose(this.s);
+          return;
+        }
+        this.entered();
+        return;
+      } catch (err) {
+        if (this.s) this.dispose(this.s);
+        if (this.state !== 'reconnecting') return;
+        if (err instanceof JoinError && err.kind === 'refused') {
+          this.finish('ended', { key: refusalKey(err.code), vars: { code: err.code } });
+          return;
+        }
+        if (Date.now() + delay > deadline) {
+          // The server said it ended our session and will not take us back: the room is closed.
+          this.finish('ended', { key: fatal === 'media_unavailable' ? 'error.roomClosed' : 'error.connectionLost' });
+          return;
+        }
+      }
+      await sleep(delay);
+      delay = Math.min(delay * 2, 4000);
+    }
+  }
+
+  finish(state, reason) {
+    clearInterval(this.statsTimer);
+    if (this.s) this.dispose(this.s);
+    this.endReason = reason;
+    this.local.stopScreen();
+    this.setState(state);
+  }
+
+  // ---- statistics --------------------------------------------------------------------------
+
+  async sampleStats() {
+    const s = this.s;
+    if (!s || s.disposed || !s.pc || this.state !== 'joined') return;
+    let sample;
+    try {
+      sample = await s.sampler.sample(s.pc);
+    } catch {
+      return;
+    }
+    if (s !== this.s || s.disposed) return;
+    const byParticipant = new Map();
+    for (const [publicationId, tr] of s.subs) {
+      const stats = tr.mid !== null ? sample.inbound.get(tr.mid) : undefined;
+      if (!stats) continue;
+      this.streamStats.set(publicationId, stats);
+      for (const p of this.participants.values()) {
+        if (p.pubs.has(publicationId)) {
+          if (!byParticipant.has(p.id)) byParticipant.set(p.id, []);
+          byParticipant.get(p.id).push(stats);
+        }
+      }
+    }
+    for (const p of this.participants.values()) {
+      const measured = combine(byParticipant.get(p.id) || [], sample.rttMs);
+      this.quality.set(p.id, { level: classify(measured), ...measured });
+    }
+    const own = { lossPercent: sample.outboundLossPercent, jitterMs: null, rttMs: sample.rttMs };
+    this.quality.set('self', { level: s.connected ? classify(own) : 'unknown', ...own });
+    this.changed();
+  }
+
+  // ---- events ----------------------------------------------------------------------------
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new Event('state'));
+  }
+
+  changed() {
+    this.dispatchEvent(new Event('change'));
+  }
+
+  notice(key, vars) {
+    this.dispatchEvent(new CustomEvent('notice', { detail: { key, vars } }));
+  }
+}
+
+function replace(transceiver, track) {
+  transceiver.sender.replaceTrack(track).catch((err) => console.warn('replacing a track failed:', err));
+}
+
+function parse(data) {
+  try {
+    return JSON.parse(data);
+  } catch {
+    console.warn('ignoring an unparsable server message');
+    return null;
+  }
+}

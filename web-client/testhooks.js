@@ -1,0 +1,209 @@
+// Test hooks. Loaded only when the page's URL has `?test=1` or `?synthetic=1`; nothing here
+// runs for people using the client.
+//
+// URL parameters:
+//   synthetic=1       camera = canvas painted one solid colour, microphone = a sine tone,
+//                     screen share = canvas of another colour (no devices, no permission)
+//   color=R,G,B       camera colour (default 255,0,0)
+//   tone=HZ           microphone tone (default 440)
+//   screen=R,G,B      screen-share colour (default 255,255,0)
+//   protocol=N        join with this protocol version (to provoke `version_mismatch`)
+//   ws=URL            signaling address instead of wss://<this host>/ws
+//   reconnect_s=N     give up reconnecting after N seconds
+//
+// `window.meetTest` (see the bottom) reads what each remote tile shows and plays: the centre
+// pixel of its video, the dominant frequency of its audio, and its receive statistics.
+
+export function install(params, { setTrackSource, app }) {
+  const overrides = {};
+  if (params.has('protocol')) overrides.protocolVersion = Number(params.get('protocol'));
+  if (params.has('ws')) overrides.signalingUrl = params.get('ws');
+  if (params.has('reconnect_s')) overrides.reconnectWindowMs = 1000 * Number(params.get('reconnect_s'));
+  if (params.get('synthetic') === '1') setTrackSource(syntheticSource(params));
+
+  // Every message the page sends, for assertions about candidates and offers.
+  const sent = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function recordingSend(data) {
+    try {
+      const m = JSON.parse(data);
+      sent.push(m.type === 'offer' ? { type: 'offer', publish: m.publish, subscribe: m.subscribe } : m);
+    } catch {
+      sent.push({ type: '?' });
+    }
+    return send.call(this, data);
+  };
+
+  // Every time the "Reconnecting…" banner appears (it may be up only briefly).
+  const bannerShown = [];
+  const banner = document.getElementById('banner');
+  new MutationObserver(() => {
+    if (!banner.hidden) bannerShown.push(banner.innerText.trim());
+  }).observe(banner, { attributes: true, attributeFilter: ['hidden'] });
+
+  window.meetTest = {
+    sent,
+    bannerShown,
+    /** 'lobby', or the meeting's state. */
+    state: () => app.meeting?.state ?? 'lobby',
+    /** The lobby's current message key, if any. */
+    lobbyMessage: () => {
+      const box = document.getElementById('lobby-message');
+      return box.hidden ? null : box.dataset.key;
+    },
+    /** What this page receives from everyone else. */
+    probe: () => probe(app),
+    /** Drops the signaling socket as a network blip would. */
+    dropConnection: () => app.meeting?.s?.ws?.close(),
+  };
+  return overrides;
+}
+
+function parseColour(text, fallback) {
+  const parts = String(text || fallback).split(',').map(Number);
+  return parts.length === 3 && parts.every((n) => n >= 0 && n <= 255) ? parts : fallback.split(',').map(Number);
+}
+
+function syntheticSource(params) {
+  const colour = parseColour(params.get('color'), '255,0,0');
+  const screenColour = parseColour(params.get('screen'), '255,255,0');
+  const tone = Number(params.get('tone') || 440);
+  let audio = null;
+
+  const toneTrack = () => {
+    audio ||= new AudioContext();
+    const oscillator = audio.createOscillator();
+    oscillator.frequency.value = tone;
+    const gain = audio.createGain();
+    gain.gain.value = 0.3;
+    const out = audio.createMediaStreamDestination();
+    oscillator.connect(gain).connect(out);
+    oscillator.start();
+    const [track] = out.stream.getAudioTracks();
+    const stop = track.stop.bind(track);
+    track.stop = () => {
+      oscillator.stop();
+      stop();
+    };
+    return track;
+  };
+
+  const colourTrack = ([r, g, b], width, height) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = width;
+    canvas.height = height;
+    const g2d = canvas.getContext('2d');
+    const paint = () => {
+      g2d.fillStyle = `rgb(${r},${g},${b})`;
+      g2d.fillRect(0, 0, width, height);
+    };
+    paint();
+    const [track] = canvas.captureStream(15).getVideoTracks();
+    const timer = setInterval(paint, 66); // a canvas stream emits frames only when painted
+    const stop = track.stop.bind(track);
+    track.stop = () => {
+      clearInterval(timer);
+      stop();
+    };
+    return track;
+  };
+
+  return {
+    async userMedia({ audio: wantAudio, video: wantVideo }) {
+      const tracks = [];
+      if (wantAudio) tracks.push(toneTrack());
+      if (wantVideo) tracks.push(colourTrack(colour, 320, 180));
+      return new MediaStream(tracks);
+    },
+    async displayMedia() {
+      return new MediaStream([colourTrack(screenColour, 640, 360)]);
+    },
+    canShareScreen: () => true,
+    async devices() {
+      return [
+        { kind: 'audioinput', deviceId: 'synthetic-tone', label: `tone ${tone} Hz` },
+        { kind: 'videoinput', deviceId: 'synthetic-colour', label: `colour ${colour.join(',')}` },
+      ];
+    },
+  };
+}
+
+// ---- receiving-side diagnostics ----------------------------------------------------------------
+
+let listener = null;
+const analysers = new WeakMap(); // MediaStreamTrack -> AnalyserNode
+const pixel = document.createElement('canvas');
+pixel.width = pixel.height = 1;
+const pixelContext = pixel.getContext('2d', { willReadFrequently: true });
+
+/** The centre pixel of a playing video, [r, g, b], or null before the first frame. */
+function centreColour(video) {
+  if (!video || video.videoWidth === 0 || video.readyState < 2) return null;
+  const w = video.videoWidth;
+  const h = video.videoHeight;
+  pixelContext.drawImage(video, w / 2 - 2, h / 2 - 2, 4, 4, 0, 0, 1, 1);
+  return [...pixelContext.getImageData(0, 0, 1, 1).data.slice(0, 3)];
+}
+
+/**
+ * The strongest frequency between 100 Hz and 4 kHz of a remote audio track, with its level
+ * in dB. Chromium feeds a remote track to WebAudio only while it also plays in a media
+ * element: the tile's <audio> does that.
+ */
+function dominantTone(track) {
+  if (!track || track.readyState !== 'live') return null;
+  listener ||= new AudioContext();
+  let analyser = analysers.get(track);
+  if (!analyser) {
+    analyser = listener.createAnalyser();
+    analyser.fftSize = 8192;
+    analyser.smoothingTimeConstant = 0;
+    listener.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+    const silent = listener.createGain();
+    silent.gain.value = 0;
+    analyser.connect(silent).connect(listener.destination);
+    analysers.set(track, analyser);
+  }
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(bins);
+  const hzPerBin = listener.sampleRate / analyser.fftSize;
+  let best = -Infinity;
+  let at = 0;
+  for (let i = Math.ceil(100 / hzPerBin); i < Math.min(bins.length, 4000 / hzPerBin); i++) {
+    if (bins[i] > best) {
+      best = bins[i];
+      at = i;
+    }
+  }
+  return { hz: Math.round(at * hzPerBin), db: Number.isFinite(best) ? Math.round(best) : -999 };
+}
+
+function probe(app) {
+  const m = app.meeting;
+  if (!m) return { state: 'lobby', me: null, remotes: [] };
+  const remotes = [];
+  for (const p of m.participants.values()) {
+    const pubs = [...p.pubs.values()];
+    const cam = pubs.find((x) => x.source === 'camera');
+    const mic = pubs.find((x) => x.source === 'microphone');
+    const screen = pubs.find((x) => x.source === 'screen');
+    const tile = document.querySelector(`.tile[data-key="p${p.id}"]`);
+    const screenTile = screen ? document.querySelector(`.tile[data-key="s${screen.id}"]`) : null;
+    const audioTrack = tile?.querySelector('audio')?.srcObject?.getAudioTracks()[0];
+    remotes.push({
+      id: p.id,
+      name: p.name,
+      tileName: tile?.querySelector('.name')?.textContent ?? null,
+      micMuted: mic ? mic.muted : null,
+      camMuted: cam ? cam.muted : null,
+      micIcon: tile ? tile.dataset.mic === 'off' : null,
+      quality: tile?.querySelector('.quality')?.dataset.level ?? null,
+      colour: centreColour(tile?.querySelector('video')),
+      tone: dominantTone(audioTrack),
+      screenColour: centreColour(screenTile?.querySelector('video')),
+      videoStats: cam ? m.streamStats.get(cam.id) ?? null : null,
+      audioStats: mic ? m.streamStats.get(mic.id) ?? null : null,
+    });
+  }
+  return { state: m.state, me: m.me, remotes };
+}

@@ -1,0 +1,203 @@
+// Shared pieces of the browser tests: the real server binary, headless Chromium with the
+// flags from shared/guide/browser-testing.md, pages that join with synthetic media, and
+// polling helpers (no fixed sleeps: every wait is for a condition).
+
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..');
+export const artifacts = path.join(here, 'artifacts');
+
+const SERVER_BIN = process.env.MEET_SERVER_BIN || path.join(repoRoot, 'target', 'debug', 'meet-server');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+
+/** Builds the server once if it is missing (CI builds it before running the suite). */
+function ensureServerBinary() {
+  if (fs.existsSync(SERVER_BIN)) return;
+  const build = spawnSync('cargo', ['build', '-p', 'signaling', '--bin', 'meet-server'], {
+    cwd: repoRoot,
+    stdio: 'inherit',
+  });
+  if (build.status !== 0 || !fs.existsSync(SERVER_BIN)) {
+    throw new Error(`could not build ${SERVER_BIN}`);
+  }
+}
+
+/**
+ * Starts `meet-server` on loopback with an ephemeral HTTPS port (read back from its log) and
+ * an ephemeral UDP port, serving this checkout's web-client/.
+ */
+export async function startServer() {
+  ensureServerBinary();
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
+  const child = spawn(SERVER_BIN, [
+    '--http-addr', '127.0.0.1:0',
+    '--media-addr', '127.0.0.1:0',
+    '--data-dir', dataDir,
+    '--web-client-dir', path.join(repoRoot, 'web-client'),
+  ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
+  let log = '';
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30_000);
+    const onData = (chunk) => {
+      log += chunk;
+      const match = /server started http_addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
+      if (match) {
+        clearTimeout(timer);
+        resolve(`https://${match[1]}/`);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited (${code}):\n${log}`));
+    });
+  });
+  child.stdout.on('data', (chunk) => { log += chunk; });
+  child.stderr.on('data', (chunk) => { log += chunk; });
+  return {
+    url,
+    log: () => log,
+    async stop(signal = 'SIGINT') {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Headless Chromium as browser-testing.md says. `fakeUi: false` leaves out
+ * --use-fake-ui-for-media-stream, so camera and microphone requests are denied.
+ * Playwright gives every launch a fresh temporary --user-data-dir.
+ */
+export async function launchBrowser({ fakeUi = true } = {}) {
+  const args = [
+    '--headless=new', '--no-sandbox', '--disable-gpu',
+    '--use-fake-device-for-media-stream',
+    ...(fakeUi ? ['--use-fake-ui-for-media-stream'] : []),
+    '--autoplay-policy=no-user-gesture-required',
+    '--allow-loopback-in-peer-connection',
+    '--ignore-certificate-errors', // the server's certificate is self-signed: tests only
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--no-first-run', '--disable-quic', '--disable-default-apps', '--disable-extensions',
+  ];
+  return chromium.launch({ executablePath: CHROMIUM, ignoreDefaultArgs: ['--headless'], args });
+}
+
+/**
+ * A page in its own browser context (own storage, like another computer), with every
+ * console error and page error collected. `expectedErrors` are patterns of console errors
+ * the test provokes on purpose.
+ */
+export async function openPage(browser, url, { expectedErrors = [], label = '' } = {}) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (message) => {
+    if (message.type() !== 'error') return;
+    const text = message.text();
+    if (expectedErrors.some((pattern) => pattern.test(text))) return;
+    const where = message.location()?.url;
+    errors.push(`${label} console: ${text}${where ? ` (${where})` : ''}`);
+  });
+  page.on('pageerror', (error) => errors.push(`${label} page error: ${error.message}`));
+  await page.goto(url);
+  // The join button is enabled once the client's script has started.
+  await page.locator('#join-button:not([disabled])').waitFor({ timeout: 15_000 });
+  return { page, context, errors, label };
+}
+
+/** Opens the client with synthetic media (one colour, one tone) and joins `room` as `name`. */
+export async function join(browser, server, { room, name, colour, tone, params = {} }) {
+  const query = new URLSearchParams({ room, ...params });
+  if (colour) {
+    query.set('synthetic', '1');
+    query.set('color', colour.join(','));
+    query.set('tone', String(tone));
+  } else {
+    query.set('test', '1');
+  }
+  const p = await openPage(browser, `${server.url}?${query}`, { label: name });
+  await p.page.fill('#name-input', name);
+  await p.page.click('#join-button');
+  await waitFor(() => p.page.evaluate(() => window.meetTest.state() === 'joined'), {
+    message: `${name} joins ${room}`,
+  });
+  return { ...p, name, colour, tone };
+}
+
+/** Polls `check` (sync or async) until it returns a truthy value; returns that value. */
+export async function waitFor(check, { timeout = 25_000, interval = 200, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = last instanceof Error ? last.message : JSON.stringify(last);
+      throw new Error(`timed out waiting for ${message}; last: ${detail}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+
+export const probe = (p) => p.page.evaluate(() => window.meetTest.probe());
+
+/** Within 48 per channel: colours survive VP8 and YUV conversion approximately. */
+export function sameColour(seen, expected, tolerance = 48) {
+  return Array.isArray(seen) && seen.every((v, i) => Math.abs(v - expected[i]) <= tolerance);
+}
+
+/** The tone is audible (above -60 dB) and within ±20 Hz. */
+export function hears(tone, expectedHz) {
+  return !!tone && tone.db > -60 && Math.abs(tone.hz - expectedHz) <= 20;
+}
+
+/** No tone near `hz` stands out above the silence floor. */
+export function silent(tone, hz) {
+  return !tone || tone.db < -80 || Math.abs(tone.hz - hz) > 20;
+}
+
+/**
+ * Waits until `receiver` sees and hears each of `senders` (by name), returning its probe.
+ */
+export async function waitUntilReceives(receiver, senders) {
+  return waitFor(async () => {
+    const result = await probe(receiver);
+    const ok = senders.every((s) => {
+      const remote = result.remotes.find((r) => r.name === s.name);
+      return remote && remote.tileName === s.name
+        && sameColour(remote.colour, s.colour) && hears(remote.tone, s.tone);
+    });
+    return ok ? result : null;
+  }, { message: `${receiver.name} to see and hear ${senders.map((s) => s.name).join(', ')}` })
+    .catch(async (err) => {
+      const result = await probe(receiver).catch(() => null);
+      err.message += `\nprobe: ${JSON.stringify(result?.remotes?.map((r) => ({
+        name: r.name, colour: r.colour, tone: r.tone, video: r.videoStats?.framesDecoded,
+      })))}`;
+      throw err;
+    });
+}
+
+export async function closeAll(pages) {
+  await Promise.all(pages.map((p) => p.context.close().catch(() => {})));
+}
+
+/** Every console error and page error of these pages. */
+export const errorsOf = (pages) => pages.flatMap((p) => p.errors);
