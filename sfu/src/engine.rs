@@ -30,6 +30,9 @@ use crate::stats::EngineStats;
 /// an MTU for.
 pub const MAX_DATAGRAM: usize = 1500;
 
+/// How often each transport reports its statistics (NACK counts, loss, RTT).
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Source addresses remembered per participant.
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
 
@@ -91,6 +94,8 @@ struct Subscription {
     forwarder: Forwarder,
     /// Publisher payload type to this subscriber's payload type.
     pt_map: Vec<(Pt, Pt)>,
+    /// NACKs counted from this subscription's egress statistics so far.
+    nacks_seen: u64,
 }
 
 /// What the engine knows of one published stream's codec, by payload type.
@@ -131,6 +136,8 @@ struct Room {
 enum Found {
     Rtp(RtpPacket),
     KeyframeRequest(Mid, KeyframeRequestKind),
+    /// Cumulative NACKs received on one of this participant's send m-lines.
+    Nacks(Mid, u64),
     Connected,
     Disconnected,
 }
@@ -410,6 +417,7 @@ impl Engine {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.dtls_cert.clone())
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         let candidate = Candidate::host(self.config.candidate_addr, "udp").map_err(|err| {
             (
@@ -668,6 +676,7 @@ impl Engine {
                 tx_ssrc,
                 forwarder: Forwarder::new(clock_rate, is_video, initial_seq),
                 pt_map: Vec::new(),
+                nacks_seen: 0,
             });
         subscription.publication = Some(publication_id);
         subscription.pt_map = pt_map;
@@ -880,6 +889,9 @@ impl Engine {
                     Event::KeyframeRequest(req) => {
                         found.push(Found::KeyframeRequest(req.mid, req.kind));
                     }
+                    Event::MediaEgressStats(stats) => {
+                        found.push(Found::Nacks(stats.mid, stats.nacks));
+                    }
                     Event::Connected => found.push(Found::Connected),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         found.push(Found::Disconnected);
@@ -909,6 +921,16 @@ impl Engine {
                         .and_then(|s| s.publication);
                     if let Some(publication) = publication {
                         self.request_keyframe(publication, now);
+                    }
+                }
+                Found::Nacks(mid, total) => {
+                    if let Some(sub) = self
+                        .participants
+                        .get_mut(&id)
+                        .and_then(|p| p.subscriptions.get_mut(&mid))
+                    {
+                        self.stats.nacks_received += total.saturating_sub(sub.nacks_seen);
+                        sub.nacks_seen = sub.nacks_seen.max(total);
                     }
                 }
                 Found::Connected => {

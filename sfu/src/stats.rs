@@ -37,6 +37,8 @@ pub struct EngineStats {
     pub keyframe_requests_sent: u64,
     /// Keyframe requests folded into one already sent within the interval.
     pub keyframe_requests_throttled: u64,
+    /// NACK feedback received from subscribers (answered from the retransmission buffer).
+    pub nacks_received: u64,
     /// Subscriptions refused: another room, oneself, or a kind or codec mismatch.
     pub refused_subscriptions: u64,
 }

@@ -136,6 +136,7 @@ fn loss_on_a_link_is_repaired_by_nack() {
     let sent = sim.endpoints[publisher].endpoint.sent().video_frames - sent_before;
     let received =
         sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames - received_before;
+    assert!(sim.engine.stats().nacks_received > 0);
     // Each 3 kB frame spans three packets: with 5% loss on both hops and no repair, about a
     // quarter of the frames would be incomplete.
     assert!(

@@ -6,6 +6,7 @@
 
 pub mod db;
 pub mod hub;
+pub mod metrics;
 pub mod session;
 pub mod tls;
 
@@ -103,6 +104,8 @@ pub enum StartError {
 pub struct AppState {
     hub: HubHandle,
     limits: SessionLimits,
+    sfu: sfu::SfuHandle,
+    metrics: metrics::Metrics,
 }
 
 /// A running server.
@@ -143,6 +146,7 @@ impl RunningServer {
 pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/ws", get(websocket))
         .fallback_service(ServeDir::new(web_client_dir))
         .with_state(state)
@@ -150,6 +154,11 @@ pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.sfu);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Whether a browser's Origin names this server. Non-browser clients send no Origin.
@@ -220,6 +229,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let state = AppState {
         hub,
         limits: config.session_limits,
+        sfu: sfu.clone(),
+        metrics: metrics::Metrics::new(),
     };
     let router = app(state, config.web_client_dir.clone());
     let server = axum_server::from_tcp_rustls(listener, tls_config)

@@ -167,3 +167,48 @@ async fn a_silent_client_is_removed_after_the_heartbeat_timeout() {
     .await;
     drop(frozen);
 }
+
+/// Reads one sample of the Prometheus text, e.g. `meet_participants`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_and_metrics_describe_the_meeting() {
+    let t = common::start("metrics", |_| {}).await;
+    let (status, body) = t.https_get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let bob = t.bot("r", "bob", 660.0, 2).await;
+    let (a, b) = (alice.participant_id(), bob.participant_id());
+    eventually(MEDIA_TIMEOUT, "alice and bob exchange media", || {
+        bot_receives(&alice, b, 660.0, 2) && bot_receives(&bob, a, 440.0, 1)
+    })
+    .await;
+    // The SFU publishes its counters once a second; poll until they show the meeting.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = t.https_get("/metrics").await.1;
+        if sample(&metrics, "meet_subscriptions") == Some(4.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sample(&metrics, "meet_rooms"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "meet_participants"), Some(2.0));
+    assert_eq!(sample(&metrics, "meet_publications"), Some(4.0));
+    assert_eq!(sample(&metrics, "meet_subscriptions"), Some(4.0));
+    let forwarded = sample(&metrics, "meet_rtp_packets_total{direction=\"forwarded\"}");
+    assert!(forwarded.is_some_and(|v| v > 50.0), "{metrics}");
+    assert!(sample(&metrics, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+    assert!(
+        sample(&metrics, "process_cpu_seconds_total").is_some(),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meet_dropped_packets_total{reason=\"malformed\"}"));
+}

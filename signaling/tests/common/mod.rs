@@ -78,13 +78,21 @@ impl TestServer {
         loadtest::bot::tls_config_trusting_pem(&self.server.cert_pem).expect("pinned cert")
     }
 
-    /// A str0m bot publishing a tone of `tone_hz` and video tagged `tag`.
-    pub async fn bot(&self, room: &str, name: &str, tone_hz: f32, tag: u64) -> Bot {
+    /// Options for a str0m bot publishing a tone of `tone_hz` and video tagged `tag`, pinning
+    /// this server's certificate.
+    pub fn bot_options(&self, room: &str, name: &str, tone_hz: f32, tag: u64) -> BotOptions {
         let mut options = BotOptions::new(self.server.ws_url(), room, name, self.tls());
         options.endpoint.tone_hz = tone_hz;
         options.endpoint.video_tag = tag;
         options.endpoint.keyframe_interval = Some(Duration::from_secs(2));
-        Bot::connect(options).await.expect("bot joins")
+        options
+    }
+
+    /// A str0m bot publishing a tone of `tone_hz` and video tagged `tag`.
+    pub async fn bot(&self, room: &str, name: &str, tone_hz: f32, tag: u64) -> Bot {
+        Bot::connect(self.bot_options(room, name, tone_hz, tag))
+            .await
+            .expect("bot joins")
     }
 
     pub fn webrtc_rs_options(
@@ -102,6 +110,33 @@ impl TestServer {
             tone_hz,
             tag,
         )
+    }
+
+    /// A plain HTTPS GET; returns the status code and the body.
+    pub async fn https_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connector = tokio_rustls::TlsConnector::from(self.tls());
+        let tcp = tokio::net::TcpStream::connect(self.server.http_addr)
+            .await
+            .expect("tcp connects");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.expect("request");
+        let mut response = Vec::new();
+        let _ = tls.read_to_end(&mut response).await;
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// A raw WebSocket connection, for sending bad input.
