@@ -25,23 +25,29 @@ const KEYFRAME_INTERVAL_FRAMES: u64 = 2 * VIDEO_FPS as u64;
 /// Size of each synthetic VP8 frame: a little over one MTU, so frames span two packets.
 pub const VIDEO_FRAME_BYTES: usize = 1_500;
 
-/// Waits until the peer connection is connected, then the payload type the sender negotiated.
-async fn negotiated_payload_type(
+/// Waits until the peer connection is connected, then returns the payload type the sender
+/// negotiated (`fallback_pt` if it cannot tell) and the track's SSRC. `None` when the
+/// connection ended first or the track has no SSRC (reported as a client error).
+async fn sending_parameters(
+    track: &TrackLocalStaticSample,
     sender: &Arc<dyn RtpSender>,
     connected: &mut watch::Receiver<bool>,
-    fallback: u8,
-) -> Option<u8> {
+    fallback_pt: u8,
+    shared: &Shared,
+    kind: &str,
+) -> Option<(u8, u32)> {
     connected.wait_for(|c| *c).await.ok()?;
     let pt = sender
         .get_parameters()
         .await
         .ok()
-        .and_then(|p| p.rtp_parameters.codecs.first().map(|c| c.payload_type));
-    Some(pt.unwrap_or(fallback))
-}
-
-async fn first_ssrc(track: &TrackLocalStaticSample) -> Option<u32> {
-    track.ssrcs().await.first().copied()
+        .and_then(|p| p.rtp_parameters.codecs.first().map(|c| c.payload_type))
+        .unwrap_or(fallback_pt);
+    let Some(ssrc) = track.ssrcs().await.first().copied() else {
+        shared.client_error(format!("{kind} track has no SSRC"));
+        return None;
+    };
+    Some((pt, ssrc))
 }
 
 /// Sends one Opus packet of the tone every 20 ms, from the moment the connection is up.
@@ -52,12 +58,10 @@ pub(crate) async fn send_audio(
     tone_hz: f32,
     shared: Arc<Shared>,
 ) {
-    let Some(pt) = negotiated_payload_type(&sender, &mut connected, crate::peer::OPUS_PT).await
+    let opus = crate::peer::OPUS_PT;
+    let Some((pt, ssrc)) =
+        sending_parameters(&track, &sender, &mut connected, opus, &shared, "audio").await
     else {
-        return;
-    };
-    let Some(ssrc) = first_ssrc(&track).await else {
-        shared.client_error("audio track has no SSRC".into());
         return;
     };
     let mut source = match ToneSource::new(tone_hz) {
@@ -101,12 +105,10 @@ pub(crate) async fn send_video(
     tag: u64,
     shared: Arc<Shared>,
 ) {
-    let Some(pt) = negotiated_payload_type(&sender, &mut connected, crate::peer::VP8_PT).await
+    let vp8 = crate::peer::VP8_PT;
+    let Some((pt, ssrc)) =
+        sending_parameters(&track, &sender, &mut connected, vp8, &shared, "video").await
     else {
-        return;
-    };
-    let Some(ssrc) = first_ssrc(&track).await else {
-        shared.client_error("video track has no SSRC".into());
         return;
     };
     let mut source = VideoSource::new(tag, VIDEO_FRAME_BYTES);

@@ -1,0 +1,129 @@
+//! The independent webrtc-rs client (`meet-testkit`) following a room on the real server:
+//! webrtc-rs to webrtc-rs media through the SFU, publications ending and the renegotiation
+//! that stops their receivers, and participants seen leaving or vanishing.
+
+mod common;
+
+use common::{MEDIA_TIMEOUT, bot_audio_frames, bot_receives, client_receives, eventually};
+use meet_testkit::{RosterEvent, WebrtcRsClient};
+use protocol::{LeaveReason, MediaKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_webrtc_rs_clients_exchange_media_and_see_one_leave() -> anyhow::Result<()> {
+    let t = common::start("webrtc-rs-leave", |_| {}).await;
+    // Alice publishes first; Bob finds her publications in `joined` and subscribes in his
+    // first offer. Alice learns of Bob's through `publication_added` and offers again.
+    let alice = WebrtcRsClient::join(t.webrtc_rs_options("r", "alice", 440.0, 0xA11CE)).await?;
+    alice.wait_for(MEDIA_TIMEOUT, |s| s.media_connected).await?;
+    let bob = WebrtcRsClient::join(t.webrtc_rs_options("r", "bob", 880.0, 0xB0B)).await?;
+    let (a, b) = (alice.participant_id(), bob.participant_id());
+    assert_ne!(a, b);
+
+    let at_bob = bob
+        .wait_for(MEDIA_TIMEOUT, |s| client_receives(s, a, 440.0, 0xA11CE))
+        .await?;
+    let at_alice = alice
+        .wait_for(MEDIA_TIMEOUT, |s| client_receives(s, b, 880.0, 0xB0B))
+        .await?;
+    for (snapshot, other) in [(&at_bob, a), (&at_alice, b)] {
+        assert_eq!(snapshot.subscribed.len(), 2, "{snapshot:#?}");
+        let kinds: Vec<MediaKind> = snapshot
+            .publications
+            .values()
+            .filter(|p| p.sender == other)
+            .map(|p| p.kind)
+            .collect();
+        assert_eq!(kinds.len(), 2, "{snapshot:#?}");
+        assert!(kinds.contains(&MediaKind::Audio) && kinds.contains(&MediaKind::Video));
+        assert!(snapshot.server_errors.is_empty(), "{snapshot:#?}");
+        assert!(snapshot.client_errors.is_empty(), "{snapshot:#?}");
+        assert!(snapshot.media_connected);
+        assert_eq!(snapshot.own_publications.len(), 2);
+    }
+    assert!(at_alice.roster.saw_join(b));
+    let added =
+        |p: &RosterEvent| matches!(p, RosterEvent::PublicationAdded(p) if p.participant_id == b);
+    assert_eq!(
+        at_alice.roster.events.iter().filter(|e| added(e)).count(),
+        2
+    );
+    assert!(at_alice.negotiations >= 2, "{at_alice:#?}");
+    assert_eq!(at_bob.roster.participants.len(), 1);
+    assert_eq!(at_bob.roster.participants[&a].name, "alice");
+
+    // Bob's new video subscription made the SFU ask Alice for a keyframe.
+    alice
+        .wait_for(MEDIA_TIMEOUT, |s| s.sent.keyframe_requests >= 1)
+        .await?;
+
+    // Bob leaves: Alice sees his publications end and the reason, and her offer that stops
+    // the receivers is answered.
+    let negotiations = alice.snapshot().await.negotiations;
+    bob.leave().await?;
+    let after = alice
+        .wait_for(MEDIA_TIMEOUT, |s| {
+            s.roster.left_reason(b) == Some(LeaveReason::Left)
+                && s.subscribed.is_empty()
+                && s.negotiations > negotiations
+        })
+        .await?;
+    assert!(after.roster.participants.is_empty());
+    assert!(after.client_errors.is_empty(), "{after:#?}");
+    assert!(after.server_errors.is_empty(), "{after:#?}");
+    alice.leave().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_participant_is_seen_timed_out_and_media_goes_on() -> anyhow::Result<()> {
+    let t = common::start("webrtc-rs-abort", |_| {}).await;
+    let alice = WebrtcRsClient::join(t.webrtc_rs_options("r", "alice", 500.0, 1)).await?;
+    let bob = t.bot("r", "bob", 700.0, 2).await;
+    let carol = WebrtcRsClient::join(t.webrtc_rs_options("r", "carol", 900.0, 3)).await?;
+    let (a, b, c) = (
+        alice.participant_id(),
+        bob.participant_id(),
+        carol.participant_id(),
+    );
+    alice
+        .wait_for(MEDIA_TIMEOUT, |s| {
+            client_receives(s, b, 700.0, 2) && client_receives(s, c, 900.0, 3)
+        })
+        .await?;
+    eventually(MEDIA_TIMEOUT, "bob receives carol", || {
+        bot_receives(&bob, c, 900.0, 3)
+    })
+    .await;
+
+    // Carol's process dies: no leave, her sockets just go away.
+    carol.abort().await;
+    let s = alice
+        .wait_for(MEDIA_TIMEOUT, |s| {
+            s.roster.left_reason(c) == Some(LeaveReason::TimedOut) && s.subscribed.len() == 2
+        })
+        .await?;
+    assert!(s.client_errors.is_empty(), "{s:#?}");
+    assert!(s.roster.participants.contains_key(&b));
+    eventually(MEDIA_TIMEOUT, "bob is told carol timed out", || {
+        bob.snapshot()
+            .roster
+            .left
+            .contains(&(c, LeaveReason::TimedOut))
+    })
+    .await;
+
+    // Media between the remaining two keeps flowing after the renegotiation.
+    let heard = alice.received().await[&b].audio_packets;
+    alice
+        .wait_for(MEDIA_TIMEOUT, |s| {
+            s.received[&b].audio_packets >= heard + 50
+        })
+        .await?;
+    let heard = bot_audio_frames(&bob.snapshot(), a);
+    eventually(MEDIA_TIMEOUT, "bob keeps hearing alice", || {
+        bot_audio_frames(&bob.snapshot(), a) >= heard + 25
+    })
+    .await;
+    alice.leave().await?;
+    Ok(())
+}
