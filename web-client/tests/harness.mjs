@@ -41,6 +41,9 @@ export async function startServer() {
     '--data-dir', dataDir,
     '--web-client-dir', path.join(repoRoot, 'web-client'),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
+  // Never leave a server behind, whatever happens to this process.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   let log = '';
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30_000);
@@ -58,6 +61,9 @@ export async function startServer() {
       clearTimeout(timer);
       reject(new Error(`server exited (${code}):\n${log}`));
     });
+  }).catch((err) => {
+    child.kill('SIGKILL');
+    throw err;
   });
   child.stdout.on('data', (chunk) => { log += chunk; });
   child.stderr.on('data', (chunk) => { log += chunk; });
@@ -71,6 +77,7 @@ export async function startServer() {
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(timer);
+      process.removeListener('exit', killOnExit);
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
