@@ -148,8 +148,15 @@ pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/ws", get(websocket))
+        // The web client's test suite lives beside it; it is not part of the site.
+        .route("/tests", get(not_found))
+        .route("/tests/{*path}", get(not_found))
         .fallback_service(ServeDir::new(web_client_dir))
         .with_state(state)
+}
+
+async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
 }
 
 async fn healthz() -> &'static str {

@@ -182,6 +182,9 @@ async fn health_and_metrics_describe_the_meeting() {
     let t = common::start("metrics", |_| {}).await;
     let (status, body) = t.https_get("/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
+    // The web client is served, its test suite is not.
+    assert_eq!(t.https_get("/").await.0, 200);
+    assert_eq!(t.https_get("/tests/package.json").await.0, 404);
 
     let alice = t.bot("r", "alice", 440.0, 1).await;
     let bob = t.bot("r", "bob", 660.0, 2).await;
