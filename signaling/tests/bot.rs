@@ -28,7 +28,7 @@ fn frames(snapshot: &BotSnapshot, publication: PublicationId) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_bots_exchange_media_and_one_leaves() {
+async fn two_bots_exchange_media_over_real_sockets() {
     let t = common::start("bot-media", |_| {}).await;
     let alice = t.bot("r", "alice", 440.0, 0xA).await;
     let bob = t.bot("r", "bob", 880.0, 0xB).await;
@@ -83,7 +83,21 @@ async fn two_bots_exchange_media_and_one_leaves() {
     bob.wait_until(MEDIA_TIMEOUT, |s| frames(s, video) >= seen + 15)
         .await
         .expect("bob keeps seeing alice");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_that_leaves_is_reported_left() {
+    let t = common::start("bot-leave", |_| {}).await;
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let bob = t.bot("r", "bob", 660.0, 2).await;
+    let a = alice.participant_id();
+    eventually(MEDIA_TIMEOUT, "bob receives alice", || {
+        bot_receives(&bob, a, 440.0, 1)
+    })
+    .await;
+
+    // Like the web client, the bot sends `leave` and closes its media transport (DTLS
+    // close_notify) at once: however the two race, the room must be told `left`.
     let last = alice.leave().await;
     assert!(!last.running);
     assert_eq!(last.closed.as_deref(), Some("left"));
