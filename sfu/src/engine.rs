@@ -121,6 +121,8 @@ struct Participant {
     next_timeout: Instant,
     connected: bool,
     disconnected_reported: bool,
+    /// The client closed the transport itself.
+    closed_by_peer: bool,
 }
 
 #[derive(Debug, Default)]
@@ -447,6 +449,7 @@ impl Engine {
                 next_timeout: now,
                 connected: false,
                 disconnected_reported: false,
+                closed_by_peer: false,
             },
         );
         Ok(())
@@ -896,6 +899,10 @@ impl Engine {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         found.push(Found::Disconnected);
                     }
+                    // The client closed its connection itself (DTLS close_notify), which it
+                    // does right after saying goodbye. That is a departure, not a timeout:
+                    // signaling learns the reason from the `leave` or the socket closing.
+                    Event::Closed => participant.closed_by_peer = true,
                     _ => {}
                 },
                 Err(err) => {
@@ -948,8 +955,10 @@ impl Engine {
                     {
                         p.disconnected_reported = true;
                         p.next_timeout = now + Duration::from_secs(3600);
-                        self.events
-                            .push_back(SfuEvent::MediaDisconnected { participant: id });
+                        if !p.closed_by_peer {
+                            self.events
+                                .push_back(SfuEvent::MediaDisconnected { participant: id });
+                        }
                     }
                 }
             }
