@@ -27,8 +27,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 
 use crate::media::{
-    AUDIO_FRAME_TICKS, MediaError, ToneAnalyzer, ToneSource, VideoSource, vp8_frame_tag,
-    vp8_is_keyframe,
+    AUDIO_FRAME_TICKS, MediaError, SyntheticCodec, ToneAnalyzer, ToneSource, VideoSource,
+    frame_is_keyframe, frame_tag,
 };
 
 /// Interval between two Opus packets.
@@ -67,6 +67,8 @@ pub struct EndpointConfig {
     pub video_fps: u32,
     /// Approximate size of each video frame in bytes, which sets the video bitrate.
     pub video_frame_bytes: usize,
+    /// The codec the published video imitates.
+    pub video_codec: SyntheticCodec,
     /// Periodic keyframe interval. Keyframes are also sent first and whenever the SFU asks.
     pub keyframe_interval: Option<Duration>,
     /// Decode received Opus to find its tone. Costs CPU per packet; load tests that only count
@@ -85,6 +87,7 @@ impl EndpointConfig {
             publish_video: true,
             video_fps: 15,
             video_frame_bytes: 1_000,
+            video_codec: SyntheticCodec::Vp8,
             keyframe_interval: Some(Duration::from_secs(5)),
             analyze_audio: true,
         }
@@ -505,7 +508,11 @@ impl Endpoint {
                     pt: None,
                     active: false,
                     paused: false,
-                    source: VideoSource::new(self.config.video_tag, self.config.video_frame_bytes),
+                    source: VideoSource::with_codec(
+                        self.config.video_tag,
+                        self.config.video_frame_bytes,
+                        self.config.video_codec,
+                    ),
                     fps,
                     timetable: Timetable::new(
                         1_000_000_000_u64
@@ -657,7 +664,11 @@ impl Endpoint {
             && !video.active
         {
             video.active = true;
-            video.pt = find_pt(&mut self.rtc, video.mid, Codec::Vp8);
+            let codec = match self.config.video_codec {
+                SyntheticCodec::Vp8 => Codec::Vp8,
+                SyntheticCodec::H264 => Codec::H264,
+            };
+            video.pt = find_pt(&mut self.rtc, video.mid, codec);
         }
     }
 
@@ -1005,12 +1016,16 @@ impl Endpoint {
             }
             MediaKind::Video => {
                 stats.video_frames += 1;
-                let keyframe = data.is_keyframe() || vp8_is_keyframe(&data.data);
+                let codec = match data.params.spec().codec {
+                    Codec::H264 => SyntheticCodec::H264,
+                    _ => SyntheticCodec::Vp8,
+                };
+                let keyframe = data.is_keyframe() || frame_is_keyframe(codec, &data.data);
                 if keyframe {
                     stats.keyframes += 1;
                     stats.first_keyframe_at.get_or_insert(now);
                 }
-                match vp8_frame_tag(&data.data) {
+                match frame_tag(&data.data) {
                     Some(tag) => {
                         if stats.video_tag.is_some_and(|old| old != tag) {
                             stats.tag_changes += 1;

@@ -141,26 +141,45 @@ fn goertzel(samples: &[i16], sample_rate: u32, freq: f32) -> f32 {
     s1 * s1 + s2 * s2 - coeff * s1 * s2
 }
 
-/// Magic bytes after the VP8 frame header that mark a synthetic frame.
+/// Magic bytes before the tag in a synthetic frame.
 const TAG_MAGIC: [u8; 4] = *b"MEET";
 
-/// Makes VP8 frames whose headers are valid (so that depacketizers and the SFU's keyframe
-/// detection treat them as VP8) and whose bodies carry the sender's tag. They are not
-/// decodable pictures; the load tester's real-video mode is separate.
+/// The video codec a [`VideoSource`] imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyntheticCodec {
+    #[default]
+    Vp8,
+    H264,
+}
+
+/// Makes video frames whose headers are valid for their codec (so that packetizers,
+/// depacketizers and the SFU's keyframe detection treat them as real video) and whose bodies
+/// carry the sender's tag. They are not decodable pictures; the load tester's real-video mode
+/// is separate.
+///
+/// The tag and frame number are written as ASCII hex after [`TAG_MAGIC`], so a frame never
+/// contains zero bytes after its header: an H.264 packetizer would otherwise mistake them for
+/// start codes.
 #[derive(Debug)]
 pub struct VideoSource {
     tag: u64,
     frame_number: u64,
     body_len: usize,
+    codec: SyntheticCodec,
 }
 
 impl VideoSource {
-    /// `body_len` pads each frame to roughly that many bytes, to set the bitrate.
+    /// A VP8 source; `body_len` pads each frame to roughly that many bytes, to set the bitrate.
     pub fn new(tag: u64, body_len: usize) -> Self {
+        Self::with_codec(tag, body_len, SyntheticCodec::Vp8)
+    }
+
+    pub fn with_codec(tag: u64, body_len: usize, codec: SyntheticCodec) -> Self {
         Self {
             tag,
             frame_number: 0,
-            body_len: body_len.max(32),
+            body_len: body_len.max(48),
+            codec,
         }
     }
 
@@ -168,21 +187,41 @@ impl VideoSource {
     pub fn next_frame(&mut self, keyframe: bool) -> Vec<u8> {
         self.frame_number += 1;
         let mut frame = Vec::with_capacity(self.body_len + 10);
-        // RFC 6386 section 9.1: a 3-byte frame tag (bit 0 clear means keyframe, show_frame
-        // set, first partition size), then for keyframes a start code and the dimensions.
-        let size: u32 = 16;
-        let tag_bits = (if keyframe { 0 } else { 1 }) | (1 << 4) | (size << 5);
-        frame.extend_from_slice(&tag_bits.to_le_bytes()[..3]);
-        if keyframe {
-            frame.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-            frame.extend_from_slice(&320u16.to_le_bytes());
-            frame.extend_from_slice(&240u16.to_le_bytes());
+        match self.codec {
+            SyntheticCodec::Vp8 => {
+                // RFC 6386 section 9.1: a 3-byte frame tag (bit 0 clear means keyframe,
+                // show_frame set, first partition size), then for keyframes a start code and
+                // the dimensions.
+                let size: u32 = 16;
+                let tag_bits = (if keyframe { 0 } else { 1 }) | (1 << 4) | (size << 5);
+                frame.extend_from_slice(&tag_bits.to_le_bytes()[..3]);
+                if keyframe {
+                    frame.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+                    frame.extend_from_slice(&320u16.to_le_bytes());
+                    frame.extend_from_slice(&240u16.to_le_bytes());
+                }
+            }
+            SyntheticCodec::H264 => {
+                // Annex B: a start code, then an IDR slice (type 5) or a non-IDR slice
+                // (type 1), with nal_ref_idc set.
+                frame.extend_from_slice(&[0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }]);
+            }
         }
         frame.extend_from_slice(&TAG_MAGIC);
-        frame.extend_from_slice(&self.tag.to_be_bytes());
-        frame.extend_from_slice(&self.frame_number.to_be_bytes());
+        frame.extend_from_slice(format!("{:016x}{:016x}", self.tag, self.frame_number).as_bytes());
         frame.resize(self.body_len, 0x5a);
         frame
+    }
+}
+
+/// Whether a depacketized frame of `codec` is a keyframe.
+pub fn frame_is_keyframe(codec: SyntheticCodec, frame: &[u8]) -> bool {
+    match codec {
+        SyntheticCodec::Vp8 => vp8_is_keyframe(frame),
+        // Any NAL unit in the access unit that is an IDR slice or a sequence parameter set.
+        SyntheticCodec::H264 => frame
+            .windows(4)
+            .any(|w| w[..3] == [0, 0, 1] && matches!(w[3] & 0x1f, 5 | 7)),
     }
 }
 
@@ -191,14 +230,16 @@ pub fn vp8_is_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x01 == 0)
 }
 
-/// The sender tag a [`VideoSource`] frame carries.
+/// The sender tag a [`VideoSource`] frame of any codec carries.
+pub fn frame_tag(frame: &[u8]) -> Option<u64> {
+    let start = frame.windows(4).take(64).position(|w| w == TAG_MAGIC)? + 4;
+    let hex = std::str::from_utf8(frame.get(start..start + 16)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The sender tag a VP8 [`VideoSource`] frame carries.
 pub fn vp8_frame_tag(frame: &[u8]) -> Option<u64> {
-    let start = if vp8_is_keyframe(frame) { 10 } else { 3 };
-    let rest = frame.get(start..)?;
-    if rest.get(..4)? != TAG_MAGIC {
-        return None;
-    }
-    Some(u64::from_be_bytes(rest.get(4..12)?.try_into().ok()?))
+    frame_tag(frame)
 }
 
 #[cfg(test)]
@@ -228,5 +269,17 @@ mod tests {
         assert_eq!(vp8_frame_tag(&key), Some(0xfeed));
         assert_eq!(vp8_frame_tag(&delta), Some(0xfeed));
         assert_eq!(key.len(), 200);
+    }
+
+    #[test]
+    fn h264_frames_carry_their_tag_without_start_code_emulation() {
+        let mut source = VideoSource::with_codec(0x1000, 300, SyntheticCodec::H264);
+        let key = source.next_frame(true);
+        let delta = source.next_frame(false);
+        assert!(frame_is_keyframe(SyntheticCodec::H264, &key));
+        assert!(!frame_is_keyframe(SyntheticCodec::H264, &delta));
+        assert_eq!(frame_tag(&key), Some(0x1000));
+        assert_eq!(frame_tag(&delta), Some(0x1000));
+        assert!(!key[5..].contains(&0), "no zero byte after the NAL header");
     }
 }

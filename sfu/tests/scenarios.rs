@@ -283,3 +283,34 @@ fn a_departure_removes_its_publications_and_the_rest_continue() {
         sfu::SfuEvent::PublicationRemoved { participant, .. } if *participant == sim.endpoints[c].participant
     )));
 }
+
+#[test]
+fn h264_passes_through_and_a_late_joiner_starts_on_its_keyframe() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.video_codec = loadtest::media::SyntheticCodec::H264;
+        c.keyframe_interval = None;
+    });
+    sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    let late = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    let tag = sim.endpoints[publisher].endpoint.config().video_tag;
+    let video = sim
+        .publications_of(publisher)
+        .into_iter()
+        .find(|p| p.kind == MediaKind::Video)
+        .expect("video publication");
+    for receiver in [1, late] {
+        let stats = &sim.endpoints[receiver].endpoint.stats()[&video.id];
+        assert!(
+            stats.video_frames >= 10,
+            "{receiver} got {} H.264 frames",
+            stats.video_frames
+        );
+        assert_eq!(stats.video_tag, Some(tag));
+        assert_eq!(stats.untagged_frames, 0);
+        // The SFU recognised the H.264 IDR as a keyframe: the late joiner's first frame is one.
+        assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    }
+}
