@@ -1,0 +1,185 @@
+//! Untrusted input never panics the media core: mangled SDP offers and candidates each end in
+//! an answer or a typed refusal, and random datagrams are dropped.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use loadtest::endpoint::{Endpoint, EndpointConfig};
+use protocol::{ClientMessage, ParticipantId, RoomId};
+use sfu::{Engine, EngineConfig, SfuCommand, SfuEvent};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A real offer from a str0m client that publishes audio and video.
+fn valid_offer() -> String {
+    let addr: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let mut endpoint = Endpoint::new(Instant::now(), EndpointConfig::new(addr)).expect("endpoint");
+    match endpoint.create_offer() {
+        Some(ClientMessage::Offer { sdp, .. }) => sdp,
+        other => panic!("expected an offer, got {other:?}"),
+    }
+}
+
+/// One random mutation of an SDP: drop, duplicate, swap or truncate lines, or corrupt bytes.
+fn mutate(sdp: &str, rng: &mut Rng) -> String {
+    let mut lines: Vec<String> = sdp.lines().map(str::to_string).collect();
+    for _ in 0..1 + rng.below(4) {
+        if lines.is_empty() {
+            break;
+        }
+        let i = rng.below(lines.len());
+        match rng.below(7) {
+            0 => {
+                lines.remove(i);
+            }
+            1 => {
+                let line = lines[i].clone();
+                lines.insert(i, line);
+            }
+            2 => {
+                let j = rng.below(lines.len());
+                lines.swap(i, j);
+            }
+            3 => {
+                let cut = rng.below(lines[i].len() + 1);
+                let boundary = lines[i].floor_char_boundary(cut);
+                lines[i].truncate(boundary);
+            }
+            4 => {
+                // Replace every number on the line with an absurd one.
+                let mangled: String = lines[i]
+                    .split(' ')
+                    .map(|w| {
+                        if w.parse::<i64>().is_ok() {
+                            "4294967296999"
+                        } else {
+                            w
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                lines[i] = mangled;
+            }
+            5 => {
+                let j = rng.below(lines.len());
+                let line = lines[j].clone();
+                for _ in 0..rng.below(50) {
+                    lines.insert(i, line.clone());
+                }
+            }
+            _ => {
+                let mut bytes = lines[i].clone().into_bytes();
+                if !bytes.is_empty() {
+                    let k = rng.below(bytes.len());
+                    bytes[k] = (rng.next() & 0x7f) as u8;
+                }
+                lines[i] = String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+    }
+    lines.join("\r\n") + "\r\n"
+}
+
+#[test]
+fn mangled_offers_are_answered_or_refused_never_a_panic() {
+    let mut engine =
+        Engine::new(EngineConfig::new("127.0.0.1:3478".parse().expect("addr"))).expect("engine");
+    let now = Instant::now();
+    let offer = valid_offer();
+    let mut rng = Rng(0x5eed_cafe_f00d);
+    let (mut answered, mut refused) = (0, 0);
+    for n in 0..400u64 {
+        let participant = ParticipantId(n + 1);
+        engine.handle_command(
+            now,
+            SfuCommand::AddParticipant {
+                participant,
+                room: RoomId("fuzz".into()),
+            },
+        );
+        let sdp = if n == 0 {
+            offer.clone()
+        } else {
+            mutate(&offer, &mut rng)
+        };
+        engine.handle_command(
+            now,
+            SfuCommand::Offer {
+                participant,
+                sdp,
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+            },
+        );
+        let candidate = mutate(
+            "candidate:1 1 udp 2113937151 127.0.0.1 40000 typ host",
+            &mut rng,
+        );
+        engine.handle_command(
+            now,
+            SfuCommand::RemoteCandidate {
+                participant,
+                candidate: candidate.trim().to_string(),
+            },
+        );
+        let mut outcome = None;
+        while let Some(event) = engine.poll_event() {
+            match event {
+                SfuEvent::Answer { participant: p, .. } if p == participant => {
+                    outcome = Some(true);
+                }
+                SfuEvent::Refused { participant: p, .. } if p == participant => {
+                    outcome.get_or_insert(false);
+                }
+                _ => {}
+            }
+        }
+        match outcome {
+            Some(true) => answered += 1,
+            Some(false) => refused += 1,
+            None => panic!("offer {n} got neither an answer nor a refusal"),
+        }
+        engine.handle_command(now, SfuCommand::RemoveParticipant { participant });
+    }
+    // The unmangled offer is answered, and the mutations exercise both outcomes.
+    assert!(
+        answered >= 1 && refused >= 1,
+        "{answered} answered, {refused} refused"
+    );
+    let (rooms, participants, _, _) = engine.census();
+    assert_eq!((rooms, participants), (0, 0));
+}
+
+#[test]
+fn random_datagrams_never_panic() {
+    let mut engine =
+        Engine::new(EngineConfig::new("127.0.0.1:3478".parse().expect("addr"))).expect("engine");
+    let now = Instant::now();
+    let mut rng = Rng(0xfeed_beef);
+    let source: SocketAddr = "127.0.0.1:5555".parse().expect("addr");
+    let destination: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
+    for _ in 0..20_000 {
+        let len = rng.below(1600);
+        let mut data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        // Steer the first byte into each demultiplexing range (STUN, DTLS, RTP/RTCP).
+        if let Some(first) = data.first_mut() {
+            *first = [0x00, 0x01, 0x14, 0x16, 0x17, 0x80, 0x90, 0xbf][rng.below(8)];
+        }
+        engine.handle_datagram(now, source, destination, &data);
+    }
+    assert_eq!(engine.stats().datagrams_in, 20_000);
+    assert!(engine.poll_transmit().is_none(), "garbage was answered");
+}
