@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointError, ReceivedStats, SentStats};
+use crate::wire::{WireStats, WireSummary};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -236,6 +237,26 @@ pub struct BotSnapshot {
     pub failures: Vec<String>,
 }
 
+/// A bot's measurements at one moment (see [`Bot::stats`]).
+#[derive(Debug, Clone)]
+pub struct BotStats {
+    pub participant_id: ParticipantId,
+    pub started_at: Instant,
+    pub joined_at: Instant,
+    pub ice_connected_at: Option<Instant>,
+    pub media_connected_at: Option<Instant>,
+    pub connected: bool,
+    pub running: bool,
+    pub closed: Option<String>,
+    /// How many `error` messages the server sent.
+    pub errors: usize,
+    /// How many local failures were recorded.
+    pub failures: usize,
+    pub received: HashMap<PublicationId, ReceivedStats>,
+    pub sent: SentStats,
+    pub wire: WireSummary,
+}
+
 /// State shared by the task and the handle. The lock is never held across an await.
 #[derive(Debug)]
 struct Shared {
@@ -256,6 +277,8 @@ struct Shared {
     auto_subscribe: bool,
     /// No offer goes out before this (a refused offer backs off).
     next_offer_at: Instant,
+    /// Loss, jitter, RTT and freezes read from the datagrams' clear headers.
+    wire: WireStats,
 }
 
 impl Shared {
@@ -309,6 +332,7 @@ impl Shared {
         match message {
             ServerMessage::Joined { .. } => self.fail("a second joined message".into()),
             ServerMessage::Answer { sdp } => {
+                self.wire.learn_payload_types(&sdp);
                 if let Err(err) = self.endpoint.handle_answer(now, &sdp) {
                     self.fail(format!("answer: {err}"));
                 }
@@ -509,6 +533,7 @@ impl Bot {
             failures: VecDeque::new(),
             auto_subscribe: options.auto_subscribe,
             next_offer_at: joined_at,
+            wire: WireStats::default(),
         };
         for participant in participants {
             if participant.id == participant_id {
@@ -559,6 +584,27 @@ impl Bot {
 
     pub fn snapshot(&self) -> BotSnapshot {
         lock(&self.shared).snapshot()
+    }
+
+    /// The measurements alone, without the roster and event log that [`Bot::snapshot`]
+    /// copies: cheap enough to take from thousands of bots every second.
+    pub fn stats(&self) -> BotStats {
+        let shared = lock(&self.shared);
+        BotStats {
+            participant_id: shared.participant_id,
+            started_at: shared.started_at,
+            joined_at: shared.joined_at,
+            ice_connected_at: shared.endpoint.connected_at(),
+            media_connected_at: shared.media_connected_at,
+            connected: shared.endpoint.is_connected(),
+            running: shared.running,
+            closed: shared.closed.clone(),
+            errors: shared.errors.len(),
+            failures: shared.failures.len(),
+            received: shared.endpoint.stats().clone(),
+            sent: shared.endpoint.sent().clone(),
+            wire: shared.wire.summary(Instant::now()),
+        }
     }
 
     /// Whether the bot's task still runs (its signaling connection is open).
@@ -786,6 +832,7 @@ impl Driver {
         let mut batch = 0;
         while let Some((len, source)) = next {
             let data = buf.get(..len).unwrap_or_default();
+            shared.wire.on_receive(now, data);
             if let Err(err) = shared
                 .endpoint
                 .handle_datagram(now, source, self.local_addr, data)
@@ -818,6 +865,7 @@ impl Driver {
                 }
             }
             while let Some(datagram) = shared.endpoint.poll_transmit() {
+                shared.wire.on_send(now, &datagram.contents);
                 self.out.push(datagram);
             }
         }

@@ -1,7 +1,13 @@
 //! Simulated participants for the SFU: a sans-IO WebRTC client endpoint ([`endpoint`]), a tokio
 //! bot that drives one over real sockets and the signaling WebSocket ([`bot`]), and the
-//! identifiable synthetic media they send ([`media`]).
+//! identifiable synthetic media they send ([`media`]); the load tester's scenarios
+//! ([`scenario`]), the server metrics it scrapes ([`metrics_scrape`]), the reports it writes
+//! ([`report`]) and the passive datagram measurements its bots take ([`wire`]).
 
 pub mod bot;
 pub mod endpoint;
 pub mod media;
+pub mod metrics_scrape;
+pub mod report;
+pub mod scenario;
+pub mod wire;

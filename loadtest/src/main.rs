@@ -1,0 +1,318 @@
+//! `loadtest`: measures what a meeting server can carry, with real WebRTC endpoints joining
+//! through the real signaling protocol. See `loadtest --help`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use loadtest::bot::{insecure_tls_config, tls_config_trusting_pem};
+use loadtest::metrics_scrape::MetricsTarget;
+use loadtest::report::{RunReport, html};
+use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Load tester and capacity benchmark for the meeting server",
+    long_about = "Connects simulated participants (str0m endpoints) to a meeting server through \
+                  its real WebSocket signaling and UDP media port, measures join times, media \
+                  delivery and the server's CPU and memory, and checks SLOs. Exits with status \
+                  1 when an SLO fails. Targets outside loopback and private networks are \
+                  refused unless --allow-remote is given."
+)]
+struct Args {
+    /// The scenario: broadcast (presenters to viewers), meeting (everyone publishes), churn
+    /// (a broadcast whose viewers keep leaving and joining).
+    #[arg(value_enum, default_value = "broadcast")]
+    kind: Kind,
+    /// A TOML scenario file (fields as in the JSON report's `scenario`); flags given on the
+    /// command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    scenario: Option<PathBuf>,
+    /// The server's signaling WebSocket.
+    #[arg(long, default_value = "wss://127.0.0.1:8443/ws")]
+    url: String,
+    /// The server's Prometheus page; derived from --url when absent.
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// Do not scrape server metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Trust exactly this server certificate (PEM). Without it, any certificate is accepted.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Address the endpoints' UDP sockets bind and advertise.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Allow a target outside loopback and private networks.
+    #[arg(long)]
+    allow_remote: bool,
+    #[arg(long)]
+    room: Option<String>,
+    /// Presenters in broadcast and churn (1–3).
+    #[arg(long)]
+    presenters: Option<u32>,
+    /// Viewers in broadcast and churn.
+    #[arg(long)]
+    viewers: Option<u32>,
+    /// Participants in a meeting.
+    #[arg(long)]
+    participants: Option<u32>,
+    /// Joins per second during the ramp.
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Seconds to hold everyone connected after the ramp.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Video bitrate of each publisher, kbit/s.
+    #[arg(long)]
+    video_kbps: Option<u32>,
+    #[arg(long)]
+    video_fps: Option<u32>,
+    /// Viewers replaced per second in churn.
+    #[arg(long)]
+    churn_rate: Option<f64>,
+    /// SLO: highest packet loss, percent (default 0.5).
+    #[arg(long)]
+    slo_loss: Option<f64>,
+    /// SLO: highest p95 join time (socket open to ICE connected), ms.
+    #[arg(long)]
+    slo_join_p95_ms: Option<f64>,
+    /// SLO: highest p95 time to the first video keyframe, ms.
+    #[arg(long)]
+    slo_first_frame_p95_ms: Option<f64>,
+    /// SLO: most endpoints that may fail to join or receive media (default 0).
+    #[arg(long)]
+    slo_max_failed: Option<u64>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the HTML report (inline SVG plots) here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Raise the number of viewers step by step until an SLO fails; report the last pass.
+    #[arg(long)]
+    find_capacity: bool,
+    /// First viewer count of the capacity search.
+    #[arg(long, default_value_t = 50)]
+    start: u32,
+    #[arg(long, default_value_t = 50)]
+    step: u32,
+    /// Largest viewer count the capacity search tries.
+    #[arg(long, default_value_t = 1_000)]
+    max: u32,
+    /// No progress bar (for logs and CI).
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Args {
+    fn scenario(&self) -> Result<Scenario> {
+        let mut scenario = match &self.scenario {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Scenario::from_toml(&text)?
+            }
+            None => Scenario {
+                kind: self.kind,
+                ..Scenario::default()
+            },
+        };
+        let set = |field: &mut u32, value: Option<u32>| {
+            if let Some(value) = value {
+                *field = value;
+            }
+        };
+        set(&mut scenario.presenters, self.presenters);
+        set(&mut scenario.viewers, self.viewers);
+        set(&mut scenario.participants, self.participants);
+        set(&mut scenario.video_kbps, self.video_kbps);
+        set(&mut scenario.video_fps, self.video_fps);
+        if let Some(room) = &self.room {
+            scenario.room.clone_from(room);
+        }
+        if let Some(rate) = self.join_rate {
+            scenario.join_rate = rate;
+        }
+        if let Some(duration) = self.duration {
+            scenario.duration_s = duration;
+        }
+        if let Some(rate) = self.churn_rate {
+            scenario.churn_per_s = rate;
+        }
+        if self.slo_loss.is_some() {
+            scenario.slo.loss_pct = self.slo_loss;
+        }
+        if self.slo_join_p95_ms.is_some() {
+            scenario.slo.join_p95_ms = self.slo_join_p95_ms;
+        }
+        if self.slo_first_frame_p95_ms.is_some() {
+            scenario.slo.first_frame_p95_ms = self.slo_first_frame_p95_ms;
+        }
+        if let Some(max) = self.slo_max_failed {
+            scenario.slo.max_failed = max;
+        }
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    fn target(&self) -> Result<Target> {
+        let tls = match &self.ca_cert {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                tls_config_trusting_pem(&pem)?
+            }
+            None => insecure_tls_config(),
+        };
+        let Some(rest) = self.url.strip_prefix("wss://") else {
+            bail!("--url must be wss://HOST:PORT/PATH");
+        };
+        let metrics = if self.no_metrics {
+            None
+        } else {
+            let url = match &self.metrics_url {
+                Some(url) => url.clone(),
+                None => {
+                    let authority = rest.split('/').next().unwrap_or_default();
+                    format!("https://{authority}/metrics")
+                }
+            };
+            Some(MetricsTarget::new(&url, tls.clone())?)
+        };
+        Ok(Target {
+            ws_url: self.url.clone(),
+            metrics,
+            tls,
+            bind: self.bind,
+        })
+    }
+}
+
+fn progress_bar(quiet: bool) -> (Option<ProgressFn>, Option<ProgressBar>) {
+    if quiet {
+        return (None, None);
+    }
+    let bar = ProgressBar::new(0);
+    let style =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} joined {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let shown = bar.clone();
+    let update: ProgressFn = Arc::new(move |live: &Live| {
+        shown.set_length(live.target);
+        shown.set_position(live.joined);
+        shown.set_message(format!(
+            "{} | {} failed | {} connected | {:.1} Mbit/s | loss {:.2}%",
+            live.phase, live.failed, live.connected, live.rx_mbps, live.loss_pct
+        ));
+    });
+    (Some(update), Some(bar))
+}
+
+fn write_reports(args: &Args, report: &RunReport, extra: Option<&serde_json::Value>) -> Result<()> {
+    if let Some(path) = &args.json {
+        let json = match extra {
+            Some(value) => serde_json::to_string_pretty(value)?,
+            None => serde_json::to_string_pretty(report)?,
+        };
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let scenario = args.scenario()?;
+    let target = args.target()?;
+    scenario::check_target(&target.ws_url, args.allow_remote).await?;
+    if let Some(metrics) = &target.metrics {
+        let url = format!("https://{}", metrics.authority);
+        scenario::check_target(&url, args.allow_remote).await?;
+    }
+    let (progress, bar) = progress_bar(args.quiet);
+
+    if args.find_capacity {
+        if scenario.kind == Kind::Meeting {
+            bail!("--find-capacity raises viewers: use broadcast or churn");
+        }
+        let steps = scenario::find_capacity(
+            &scenario, &target, args.start, args.step, args.max, progress,
+        )
+        .await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        for step in &steps {
+            println!(
+                "{} viewers: {}",
+                step.viewers,
+                if step.passed { "pass" } else { "FAIL" }
+            );
+            print!("{}", step.report.summary());
+        }
+        let capacity = steps.iter().filter(|s| s.passed).map(|s| s.viewers).max();
+        match capacity {
+            Some(n) => println!("capacity: {n} viewers (last step passing every SLO)"),
+            None => println!(
+                "capacity: below {} viewers (the first step failed)",
+                args.start
+            ),
+        }
+        let json = serde_json::json!({ "capacity_viewers": capacity, "steps": steps });
+        if let Some(last) = steps.last() {
+            write_reports(&args, &last.report, Some(&json))?;
+        }
+        // The search succeeded when it found a passing step.
+        return Ok(capacity.is_some());
+    }
+
+    let report = scenario::run(&scenario, &target, progress).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print!("{}", report.summary());
+    write_reports(&args, &report, None)?;
+    Ok(report.passed)
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for the whole process (see ARCHITECTURE.md).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Reads the server's Prometheus metrics (`GET /metrics` over HTTPS) during a load test.
+//!
+//! The request is plain HTTP/1.0 over tokio-rustls, so the server answers without chunked
+//! encoding and closes the connection: no HTTP client library is needed for one endpoint. The
+//! TLS config is the bots' own (pinned or insecure), so the scrape trusts the same server.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Largest metrics page read; the server's is a few kilobytes.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ScrapeError {
+    #[error("bad metrics URL {0:?}: expected https://HOST:PORT/PATH")]
+    BadUrl(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("the server answered {0:?}")]
+    Status(String),
+    #[error("the response is not HTTP")]
+    Malformed,
+}
+
+/// Where the metrics are and how to reach them.
+#[derive(Debug, Clone)]
+pub struct MetricsTarget {
+    /// `host:port` to connect to.
+    pub authority: String,
+    pub host: String,
+    pub path: String,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl MetricsTarget {
+    /// Parses `https://HOST:PORT/PATH` (the port defaults to 443, the path to `/metrics`).
+    pub fn new(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ScrapeError> {
+        let bad = || ScrapeError::BadUrl(url.to_string());
+        let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/metrics"),
+        };
+        let (host, authority) = split_authority(authority).ok_or_else(bad)?;
+        Ok(Self {
+            authority,
+            host,
+            path: path.to_string(),
+            tls,
+        })
+    }
+
+    /// Fetches and parses the metrics page once.
+    pub async fn scrape(&self, timeout: Duration) -> Result<Metrics, ScrapeError> {
+        tokio::time::timeout(timeout, self.fetch())
+            .await
+            .map_err(|_| ScrapeError::Timeout)?
+    }
+
+    async fn fetch(&self) -> Result<Metrics, ScrapeError> {
+        let tcp = TcpStream::connect(&self.authority).await?;
+        let name = match self.host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(self.host.clone())
+                .map_err(|_| ScrapeError::BadUrl(self.host.clone()))?,
+        };
+        let mut tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?;
+        let request = format!(
+            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
+            self.path, self.authority
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        // A server that closes without close_notify still delivered the page.
+        let read = (&mut tls).take(MAX_BODY).read_to_end(&mut response).await;
+        if let Err(err) = read
+            && (response.is_empty() || err.kind() != std::io::ErrorKind::UnexpectedEof)
+        {
+            return Err(err.into());
+        }
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").ok_or(ScrapeError::Malformed)?;
+        let status = head.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("200") {
+            return Err(ScrapeError::Status(status.to_string()));
+        }
+        Ok(Metrics::parse(body))
+    }
+}
+
+/// Splits `host:port` or `[v6]:port`; returns the bare host and a connectable authority.
+fn split_authority(authority: &str) -> Option<(String, String)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, port) = rest.split_once(']')?;
+        let port = match port.strip_prefix(':') {
+            Some(p) => p.parse::<u16>().ok()?,
+            None => 443,
+        };
+        return Some((host.to_string(), format!("[{host}]:{port}")));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, 443),
+    };
+    (!host.is_empty()).then(|| (host.to_string(), format!("{host}:{port}")))
+}
+
+/// One scrape: every sample as `(name, labels, value)`.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, String, f64)>,
+}
+
+impl Metrics {
+    /// Parses the Prometheus text format; lines it cannot read are skipped.
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, rest) = match line.find('}') {
+                    Some(end) => (&line[..=end], &line[end + 1..]),
+                    None => line.split_once(' ')?,
+                };
+                let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                Some((name.to_string(), labels.to_string(), value))
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// The sum of every series of `name` whose labels contain `label` (`""` matches all).
+    pub fn sum(&self, name: &str, label: &str) -> Option<f64> {
+        let mut found = false;
+        let total = self
+            .samples
+            .iter()
+            .filter(|(n, labels, _)| n == name && labels.contains(label))
+            .inspect(|_| found = true)
+            .map(|(_, _, v)| v)
+            .sum();
+        found.then_some(total)
+    }
+}
+
+/// The figures a load test follows over time, from one scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ServerSample {
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<f64>,
+    pub participants: Option<f64>,
+    pub subscriptions: Option<f64>,
+    pub rtp_in: Option<f64>,
+    pub rtp_forwarded: Option<f64>,
+    pub dropped: Option<f64>,
+    pub nacks: Option<f64>,
+}
+
+impl ServerSample {
+    pub fn from_metrics(metrics: &Metrics) -> Self {
+        Self {
+            cpu_seconds: metrics.sum("process_cpu_seconds_total", ""),
+            rss_bytes: metrics.sum("process_resident_memory_bytes", ""),
+            participants: metrics.sum("meet_participants", ""),
+            subscriptions: metrics.sum("meet_subscriptions", ""),
+            rtp_in: metrics.sum("meet_rtp_packets_total", "direction=\"in\""),
+            rtp_forwarded: metrics.sum("meet_rtp_packets_total", "direction=\"forwarded\""),
+            dropped: metrics.sum("meet_dropped_packets_total", ""),
+            nacks: metrics.sum("meet_nacks_received_total", ""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let text = "# HELP x y\n# TYPE meet_rtp_packets_total counter\n\
+                    meet_rtp_packets_total{direction=\"in\"} 10\n\
+                    meet_rtp_packets_total{direction=\"forwarded\"} 2000\n\
+                    meet_dropped_packets_total{reason=\"a\"} 1\n\
+                    meet_dropped_packets_total{reason=\"b\"} 2\n\
+                    process_cpu_seconds_total 1.5\nbroken line\n";
+        let metrics = Metrics::parse(text);
+        let sample = ServerSample::from_metrics(&metrics);
+        assert_eq!(sample.rtp_forwarded, Some(2000.0));
+        assert_eq!(sample.rtp_in, Some(10.0));
+        assert_eq!(sample.dropped, Some(3.0));
+        assert_eq!(sample.cpu_seconds, Some(1.5));
+        assert_eq!(sample.rss_bytes, None);
+    }
+
+    #[test]
+    fn parses_urls() {
+        let tls = crate::bot::insecure_tls_config();
+        let target = MetricsTarget::new("https://127.0.0.1:8443", tls.clone()).expect("url");
+        assert_eq!(target.authority, "127.0.0.1:8443");
+        assert_eq!(target.path, "/metrics");
+        let target = MetricsTarget::new("https://[::1]:9/m", tls.clone()).expect("url");
+        assert_eq!((target.host.as_str(), target.path.as_str()), ("::1", "/m"));
+        assert!(MetricsTarget::new("http://127.0.0.1/", tls.clone()).is_err());
+        assert!(MetricsTarget::new("https://:5/", tls).is_err());
+    }
+}

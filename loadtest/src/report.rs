@@ -1,0 +1,664 @@
+//! What a load run found: per-endpoint results, percentiles (hdrhistogram), SLO verdicts, a
+//! text summary, JSON and a self-contained HTML page with inline SVG plots.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::bot::{BotError, BotStats};
+use crate::metrics_scrape::ServerSample;
+use crate::scenario::Scenario;
+use protocol::MediaKind;
+
+/// What an endpoint did in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Presenter,
+    Viewer,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Presenter => "presenter",
+            Role::Viewer => "viewer",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// One endpoint's measurements. Times are from the start of its connect (socket open).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointResult {
+    pub name: String,
+    pub role: Role,
+    pub joined: bool,
+    /// Still connected when the run ended (false for churned-out endpoints).
+    pub stayed: bool,
+    pub error: Option<String>,
+    /// Until the server's `joined` answer.
+    pub signaling_ms: Option<f64>,
+    /// Until ICE and DTLS were connected: the join time.
+    pub join_ms: Option<f64>,
+    pub first_media_ms: Option<f64>,
+    pub first_keyframe_ms: Option<f64>,
+    pub packets_expected: u64,
+    pub packets_received: u64,
+    pub loss_pct: Option<f64>,
+    pub audio_jitter_ms: Option<f64>,
+    pub video_jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub rx_kbps: Option<f64>,
+    pub video_frames: u64,
+    pub freezes: u64,
+    pub freeze_ms: f64,
+    pub server_errors: usize,
+}
+
+fn ms_between(from: Instant, to: Option<Instant>) -> Option<f64> {
+    to.map(|t| t.saturating_duration_since(from).as_secs_f64() * 1_000.0)
+}
+
+impl EndpointResult {
+    /// From a bot's measurements taken at `now`. `stayed` counts a stalled video stream at
+    /// that moment as one more freeze.
+    pub fn from_stats(
+        role: Role,
+        name: &str,
+        stats: &BotStats,
+        now: Instant,
+        stayed: bool,
+    ) -> Self {
+        let start = stats.started_at;
+        let first_media = stats
+            .received
+            .values()
+            .filter_map(|r| r.first_media_at)
+            .min();
+        let first_keyframe = stats
+            .received
+            .values()
+            .filter(|r| r.kind == MediaKind::Video)
+            .filter_map(|r| r.first_keyframe_at)
+            .min();
+        let wire = &stats.wire;
+        let loss_pct = (wire.packets_expected > 0)
+            .then(|| wire.packets_lost() as f64 * 100.0 / wire.packets_expected as f64);
+        let rx_kbps = stats.ice_connected_at.and_then(|at| {
+            let seconds = now.saturating_duration_since(at).as_secs_f64();
+            (seconds > 0.0).then(|| wire.bytes_in as f64 * 8.0 / seconds / 1_000.0)
+        });
+        let stalled = if stayed {
+            wire.stalled_video_streams
+        } else {
+            0
+        };
+        Self {
+            name: name.to_string(),
+            role,
+            joined: true,
+            stayed,
+            error: stats.closed.clone().filter(|_| !stats.running),
+            signaling_ms: ms_between(start, Some(stats.joined_at)),
+            join_ms: ms_between(start, stats.ice_connected_at),
+            first_media_ms: ms_between(start, first_media),
+            first_keyframe_ms: ms_between(start, first_keyframe),
+            packets_expected: wire.packets_expected,
+            packets_received: wire.packets_received,
+            loss_pct,
+            audio_jitter_ms: wire.audio_jitter_ms,
+            video_jitter_ms: wire.video_jitter_ms,
+            rtt_ms: wire.rtt_mean().map(|d| d.as_secs_f64() * 1_000.0),
+            rx_kbps,
+            video_frames: stats.received.values().map(|r| r.video_frames).sum(),
+            freezes: wire.freezes + stalled,
+            freeze_ms: wire.freeze_time.as_secs_f64() * 1_000.0,
+            server_errors: stats.errors,
+        }
+    }
+
+    /// An endpoint that never joined.
+    pub fn failed(role: Role, name: &str, error: &BotError) -> Self {
+        Self {
+            name: name.to_string(),
+            role,
+            joined: false,
+            stayed: false,
+            error: Some(error.to_string()),
+            signaling_ms: None,
+            join_ms: None,
+            first_media_ms: None,
+            first_keyframe_ms: None,
+            packets_expected: 0,
+            packets_received: 0,
+            loss_pct: None,
+            audio_jitter_ms: None,
+            video_jitter_ms: None,
+            rtt_ms: None,
+            rx_kbps: None,
+            video_frames: 0,
+            freezes: 0,
+            freeze_ms: 0.0,
+            server_errors: 0,
+        }
+    }
+
+    /// Whether this endpoint should have received media (it subscribes to someone).
+    fn expects_media(&self, scenario: &Scenario) -> bool {
+        self.stayed && (self.role != Role::Presenter || scenario.presenters > 1)
+    }
+}
+
+/// Percentiles of one measurement over the endpoints that have it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Distribution {
+    pub count: u64,
+    pub min: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Distribution {
+    /// Records values with three significant digits, in thousandths of the unit.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        // Fixed bounds: an auto-resizing histogram clamps `saturating_record` to its first size.
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).ok()?;
+        for value in values {
+            if value.is_finite() && value >= 0.0 {
+                histogram.saturating_record((value * 1_000.0) as u64);
+            }
+        }
+        if histogram.is_empty() {
+            return None;
+        }
+        let unit = |v: u64| v as f64 / 1_000.0;
+        Some(Self {
+            count: histogram.len(),
+            min: unit(histogram.min()),
+            p50: unit(histogram.value_at_quantile(0.50)),
+            p95: unit(histogram.value_at_quantile(0.95)),
+            p99: unit(histogram.value_at_quantile(0.99)),
+            max: unit(histogram.max()),
+            mean: histogram.mean() / 1_000.0,
+        })
+    }
+}
+
+/// One point of the run's timeline (about one a second).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TimelineSample {
+    pub t_s: f64,
+    pub connected: u64,
+    /// Received by all endpoints together, in Mbit/s.
+    pub rx_mbps: f64,
+    /// Packets lost in this interval over packets expected, in percent.
+    pub loss_pct: f64,
+    pub server_cpu_seconds: Option<f64>,
+    pub server_rss_bytes: Option<f64>,
+}
+
+/// Server-side figures from `/metrics` deltas over the hold phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ServerSummary {
+    /// CPU cores in use on average over the hold.
+    pub cpu_cores: Option<f64>,
+    pub forwarded_packets_per_s: Option<f64>,
+    /// Server CPU time divided by packets forwarded, in µs.
+    pub core_us_per_forwarded_packet: Option<f64>,
+    pub rss_baseline_bytes: Option<f64>,
+    pub rss_peak_bytes: Option<f64>,
+    /// Growth of RSS over the baseline, divided by the receiving endpoints.
+    pub rss_per_subscriber_bytes: Option<f64>,
+    pub dropped_packets: Option<f64>,
+    pub nacks: Option<f64>,
+}
+
+impl ServerSummary {
+    pub fn from_samples(
+        samples: &[(f64, ServerSample)],
+        hold_start: Option<ServerSample>,
+        hold_end: Option<ServerSample>,
+        hold_s: f64,
+        subscribers: u64,
+    ) -> Self {
+        let delta = |f: fn(&ServerSample) -> Option<f64>| {
+            Some(f(hold_end.as_ref()?)? - f(hold_start.as_ref()?)?)
+        };
+        let cpu = delta(|s| s.cpu_seconds);
+        let forwarded = delta(|s| s.rtp_forwarded);
+        let baseline = samples.first().and_then(|(_, s)| s.rss_bytes);
+        let peak = samples
+            .iter()
+            .filter_map(|(_, s)| s.rss_bytes)
+            .reduce(f64::max);
+        Self {
+            cpu_cores: cpu.filter(|_| hold_s > 0.0).map(|c| c / hold_s),
+            forwarded_packets_per_s: forwarded.filter(|_| hold_s > 0.0).map(|f| f / hold_s),
+            core_us_per_forwarded_packet: cpu
+                .zip(forwarded)
+                .filter(|(_, f)| *f > 0.0)
+                .map(|(c, f)| c * 1e6 / f),
+            rss_baseline_bytes: baseline,
+            rss_peak_bytes: peak,
+            rss_per_subscriber_bytes: baseline
+                .zip(peak)
+                .filter(|_| subscribers > 0)
+                .map(|(b, p)| (p - b) / subscribers as f64),
+            dropped_packets: delta(|s| s.dropped),
+            nacks: delta(|s| s.nacks),
+        }
+    }
+}
+
+/// One SLO verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SloCheck {
+    pub name: String,
+    pub limit: f64,
+    pub actual: Option<f64>,
+    pub passed: bool,
+}
+
+/// The whole report of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub scenario: Scenario,
+    pub started_unix_s: u64,
+    pub elapsed_s: f64,
+    pub ramp_s: f64,
+    /// Joins per second achieved during the ramp.
+    pub join_rate_achieved: f64,
+    pub endpoints_total: usize,
+    pub endpoints_joined: usize,
+    /// Endpoints that failed to join, or that should have received media and got none.
+    pub endpoints_failed: u64,
+    pub join_ms: Option<Distribution>,
+    pub signaling_ms: Option<Distribution>,
+    pub first_media_ms: Option<Distribution>,
+    pub first_keyframe_ms: Option<Distribution>,
+    pub loss_pct: Option<Distribution>,
+    /// Lost over expected packets, all endpoints together.
+    pub loss_pct_total: Option<f64>,
+    pub audio_jitter_ms: Option<Distribution>,
+    pub video_jitter_ms: Option<Distribution>,
+    pub rtt_ms: Option<Distribution>,
+    pub rx_kbps: Option<Distribution>,
+    pub freezes_total: u64,
+    pub server: ServerSummary,
+    /// The load generator's own CPU time (the whole process).
+    pub generator_cpu_s: Option<f64>,
+    /// Generator CPU per endpoint per second connected, in core-ms.
+    pub generator_core_ms_per_endpoint_s: Option<f64>,
+    pub slo: Vec<SloCheck>,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub timeline: Vec<TimelineSample>,
+    pub server_timeline: Vec<(f64, ServerSample)>,
+    pub endpoints: Vec<EndpointResult>,
+}
+
+impl RunReport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        scenario: Scenario,
+        started_unix_s: u64,
+        elapsed_s: f64,
+        ramp_s: f64,
+        endpoints: Vec<EndpointResult>,
+        failures: Vec<String>,
+        timeline: Vec<TimelineSample>,
+        server_timeline: Vec<(f64, ServerSample)>,
+        server: ServerSummary,
+        generator_cpu_s: Option<f64>,
+    ) -> Self {
+        let joined: Vec<&EndpointResult> = endpoints.iter().filter(|e| e.joined).collect();
+        let dist = |f: fn(&EndpointResult) -> Option<f64>| {
+            Distribution::of(joined.iter().filter_map(|e| f(e)))
+        };
+        let receivers = || joined.iter().filter(|e| e.expects_media(&scenario));
+        let no_media = receivers().filter(|e| e.first_media_ms.is_none()).count() as u64;
+        let endpoints_failed = (endpoints.len() - joined.len()) as u64 + no_media;
+        let expected: u64 = joined.iter().map(|e| e.packets_expected).sum();
+        let received: u64 = joined.iter().map(|e| e.packets_received).sum();
+        let loss_pct_total = (expected > 0)
+            .then(|| expected.saturating_sub(received) as f64 * 100.0 / expected as f64);
+        let join_ms = dist(|e| e.join_ms);
+        let first_keyframe_ms = Distribution::of(receivers().filter_map(|e| e.first_keyframe_ms));
+        let endpoint_seconds: f64 = timeline
+            .windows(2)
+            .map(|w| (w[1].t_s - w[0].t_s) * w[1].connected as f64)
+            .sum();
+
+        let mut slo = vec![SloCheck {
+            name: "failed endpoints".into(),
+            limit: scenario.slo.max_failed as f64,
+            actual: Some(endpoints_failed as f64),
+            passed: endpoints_failed <= scenario.slo.max_failed,
+        }];
+        let mut check = |name: &str, limit: Option<f64>, actual: Option<f64>| {
+            if let Some(limit) = limit {
+                slo.push(SloCheck {
+                    name: name.into(),
+                    limit,
+                    actual,
+                    passed: actual.is_some_and(|a| a <= limit),
+                });
+            }
+        };
+        check(
+            "packet loss %",
+            scenario.slo.loss_pct,
+            loss_pct_total.or(Some(0.0)),
+        );
+        check(
+            "join time p95 ms",
+            scenario.slo.join_p95_ms,
+            join_ms.map(|d| d.p95),
+        );
+        check(
+            "first keyframe p95 ms",
+            scenario.slo.first_frame_p95_ms,
+            first_keyframe_ms.map(|d| d.p95),
+        );
+        let passed = slo.iter().all(|c| c.passed);
+        Self {
+            join_rate_achieved: if ramp_s > 0.0 {
+                endpoints
+                    .iter()
+                    .filter(|e| e.role != Role::Presenter)
+                    .count() as f64
+                    / ramp_s
+            } else {
+                0.0
+            },
+            endpoints_total: endpoints.len(),
+            endpoints_joined: joined.len(),
+            endpoints_failed,
+            join_ms,
+            signaling_ms: dist(|e| e.signaling_ms),
+            first_media_ms: Distribution::of(receivers().filter_map(|e| e.first_media_ms)),
+            first_keyframe_ms,
+            loss_pct: dist(|e| e.loss_pct),
+            loss_pct_total,
+            audio_jitter_ms: dist(|e| e.audio_jitter_ms),
+            video_jitter_ms: dist(|e| e.video_jitter_ms),
+            rtt_ms: dist(|e| e.rtt_ms),
+            rx_kbps: dist(|e| e.rx_kbps),
+            freezes_total: joined.iter().map(|e| e.freezes).sum(),
+            generator_core_ms_per_endpoint_s: generator_cpu_s
+                .filter(|_| endpoint_seconds > 0.0)
+                .map(|cpu| cpu * 1_000.0 / endpoint_seconds),
+            generator_cpu_s,
+            server,
+            slo,
+            passed,
+            failures,
+            scenario,
+            started_unix_s,
+            elapsed_s,
+            ramp_s,
+            timeline,
+            server_timeline,
+            endpoints,
+        }
+    }
+
+    /// A plain-text summary table for the terminal.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let s = &self.scenario;
+        let _ = writeln!(
+            out,
+            "scenario {:?}: {} endpoints ({} joined, {} failed) in {:.1} s, ramp {:.1} s ({:.0} joins/s)",
+            s.kind,
+            self.endpoints_total,
+            self.endpoints_joined,
+            self.endpoints_failed,
+            self.elapsed_s,
+            self.ramp_s,
+            self.join_rate_achieved
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "measure", "count", "p50", "p95", "p99", "max", "mean"
+        );
+        let rows = [
+            ("join time ms", &self.join_ms),
+            ("signaling join ms", &self.signaling_ms),
+            ("first media ms", &self.first_media_ms),
+            ("first keyframe ms", &self.first_keyframe_ms),
+            ("loss %", &self.loss_pct),
+            ("audio jitter ms", &self.audio_jitter_ms),
+            ("video jitter ms", &self.video_jitter_ms),
+            ("rtt ms (ICE)", &self.rtt_ms),
+            ("received kbit/s", &self.rx_kbps),
+        ];
+        for (name, dist) in rows {
+            match dist {
+                Some(d) => {
+                    let _ = writeln!(
+                        out,
+                        "{name:<24} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                        d.count, d.p50, d.p95, d.p99, d.max, d.mean
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{name:<24} {:>7}", "-");
+                }
+            }
+        }
+        let opt =
+            |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v * scale));
+        let _ = writeln!(
+            out,
+            "loss total {}%, freezes {}; server: {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB, {} KiB/subscriber; generator {} core-ms per endpoint-second",
+            opt(self.loss_pct_total, 1.0),
+            self.freezes_total,
+            opt(self.server.cpu_cores, 1.0),
+            opt(self.server.forwarded_packets_per_s, 1.0),
+            opt(self.server.core_us_per_forwarded_packet, 1.0),
+            opt(self.server.rss_peak_bytes, 1.0 / 1_048_576.0),
+            opt(self.server.rss_per_subscriber_bytes, 1.0 / 1_024.0),
+            opt(self.generator_core_ms_per_endpoint_s, 1.0),
+        );
+        for check in &self.slo {
+            let _ = writeln!(
+                out,
+                "SLO {:<24} limit {:>8.2} actual {:>10} {}",
+                check.name,
+                check.limit,
+                opt(check.actual, 1.0),
+                if check.passed { "PASS" } else { "FAIL" }
+            );
+        }
+        for failure in self.failures.iter().take(5) {
+            let _ = writeln!(out, "failure: {failure}");
+        }
+        out
+    }
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const WIDTH: f64 = 640.0;
+const HEIGHT: f64 = 220.0;
+const MARGIN: f64 = 44.0;
+
+/// A line chart of `points` as an inline SVG.
+fn line_chart(title: &str, unit: &str, points: &[(f64, f64)]) -> String {
+    let mut svg = format!(
+        "<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\">",
+        escape(title)
+    );
+    if points.is_empty() {
+        svg.push_str("<text x=\"20\" y=\"40\">no data</text></svg>");
+        return svg;
+    }
+    let x_max = points
+        .iter()
+        .map(|p| p.0)
+        .fold(f64::MIN, f64::max)
+        .max(1e-9);
+    let x_min = points.iter().map(|p| p.0).fold(f64::MAX, f64::min);
+    let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let sx = |x: f64| MARGIN + (x - x_min) / (x_max - x_min).max(1e-9) * (WIDTH - 2.0 * MARGIN);
+    let sy = |y: f64| HEIGHT - MARGIN - y / y_max * (HEIGHT - 2.0 * MARGIN);
+    let path: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+        .collect();
+    let _ = write!(
+        svg,
+        "<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\
+         <line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{b}\" stroke=\"#888\"/>\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\
+         <text x=\"{m}\" y=\"{t}\" font-size=\"11\">{:.2} {}</text>\
+         <text x=\"{m}\" y=\"{xl}\" font-size=\"11\">{:.0} s</text>\
+         <text x=\"{r}\" y=\"{xl}\" font-size=\"11\" text-anchor=\"end\">{:.0} s</text></svg>",
+        path.join(" "),
+        y_max,
+        escape(unit),
+        x_min,
+        x_max,
+        m = MARGIN,
+        b = HEIGHT - MARGIN,
+        r = WIDTH - MARGIN,
+        t = MARGIN - 6.0,
+        xl = HEIGHT - MARGIN + 16.0,
+    );
+    svg
+}
+
+/// A histogram of `values` as an inline SVG bar chart.
+fn histogram_chart(title: &str, unit: &str, values: &[f64]) -> String {
+    let mut svg = format!(
+        "<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\">",
+        escape(title)
+    );
+    if values.is_empty() {
+        svg.push_str("<text x=\"20\" y=\"40\">no data</text></svg>");
+        return svg;
+    }
+    const BUCKETS: usize = 30;
+    let max = values.iter().copied().fold(0.0, f64::max).max(1e-9);
+    let mut counts = [0u64; BUCKETS];
+    for v in values {
+        let i = ((v / max) * (BUCKETS as f64 - 1.0)).round() as usize;
+        counts[i.min(BUCKETS - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let bar = (WIDTH - 2.0 * MARGIN) / BUCKETS as f64;
+    for (i, count) in counts.iter().enumerate() {
+        let h = *count as f64 / top * (HEIGHT - 2.0 * MARGIN);
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#2ca02c\"><title>{count}</title></rect>",
+            MARGIN + i as f64 * bar,
+            HEIGHT - MARGIN - h,
+            bar - 1.0,
+            h
+        );
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\
+         <text x=\"{m}\" y=\"{t}\" font-size=\"11\">{top} endpoints</text>\
+         <text x=\"{m}\" y=\"{xl}\" font-size=\"11\">0</text>\
+         <text x=\"{r}\" y=\"{xl}\" font-size=\"11\" text-anchor=\"end\">{max:.1} {}</text></svg>",
+        escape(unit),
+        m = MARGIN,
+        b = HEIGHT - MARGIN,
+        r = WIDTH - MARGIN,
+        t = MARGIN - 6.0,
+        xl = HEIGHT - MARGIN + 16.0,
+    );
+    svg
+}
+
+/// A self-contained HTML page: the summary, the SLOs and the plots.
+pub fn html(report: &RunReport) -> String {
+    let joins: Vec<f64> = report.endpoints.iter().filter_map(|e| e.join_ms).collect();
+    let bitrate: Vec<(f64, f64)> = report.timeline.iter().map(|s| (s.t_s, s.rx_mbps)).collect();
+    let loss: Vec<(f64, f64)> = report
+        .timeline
+        .iter()
+        .map(|s| (s.t_s, s.loss_pct))
+        .collect();
+    let cpu: Vec<(f64, f64)> = report
+        .server_timeline
+        .windows(2)
+        .filter_map(|w| {
+            let dt = w[1].0 - w[0].0;
+            let dc = w[1].1.cpu_seconds? - w[0].1.cpu_seconds?;
+            (dt > 0.0).then(|| (w[1].0, dc / dt * 100.0))
+        })
+        .collect();
+    let rss: Vec<(f64, f64)> = report
+        .server_timeline
+        .iter()
+        .filter_map(|(t, s)| Some((*t, s.rss_bytes? / 1_048_576.0)))
+        .collect();
+    let mut page = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Load test report</title>\
+         <style>body{font-family:sans-serif;max-width:900px;margin:2em auto}\
+         pre{background:#f4f4f4;padding:1em;overflow-x:auto}.pass{color:#080}.fail{color:#b00}</style>\
+         </head><body><h1>Load test report</h1>",
+    );
+    let verdict = if report.passed {
+        "<p class=\"pass\">All SLOs passed.</p>"
+    } else {
+        "<p class=\"fail\">An SLO failed.</p>"
+    };
+    page.push_str(verdict);
+    let _ = write!(page, "<pre>{}</pre>", escape(&report.summary()));
+    page.push_str(&histogram_chart(
+        "Join time distribution (socket open to ICE connected)",
+        "ms",
+        &joins,
+    ));
+    page.push_str(&line_chart(
+        "Received bitrate, all endpoints",
+        "Mbit/s",
+        &bitrate,
+    ));
+    page.push_str(&line_chart("Packet loss per interval", "%", &loss));
+    page.push_str(&line_chart("Server CPU", "% of one core", &cpu));
+    page.push_str(&line_chart("Server resident memory", "MiB", &rss));
+    page.push_str("</body></html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_values() {
+        let d = Distribution::of((1..=100).map(f64::from)).expect("values");
+        assert_eq!(d.count, 100);
+        assert!((d.p50 - 50.0).abs() < 0.1, "{d:?}");
+        assert!((d.p99 - 99.0).abs() < 0.1, "{d:?}");
+        assert!(Distribution::of([f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn charts_escape_and_survive_empty_data() {
+        assert!(line_chart("a<b", "%", &[]).contains("a&lt;b"));
+        assert!(line_chart("x", "y", &[(0.0, 1.0), (1.0, 2.0)]).contains("polyline"));
+        assert!(histogram_chart("x", "ms", &[0.0, 5.0, 10.0]).contains("rect"));
+    }
+}

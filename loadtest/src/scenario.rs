@@ -1,0 +1,827 @@
+//! Load scenarios: who joins, how fast, for how long, and what counts as success.
+//!
+//! A run connects real bots ([`crate::bot`]) through the real signaling protocol, ramps them up
+//! at a fixed join rate, holds them for a while (replacing some continuously in `churn`), then
+//! measures every endpoint, says goodbye and evaluates the SLOs. The server's own CPU and memory
+//! are scraped from its `/metrics` page all along. Every run is bounded: endpoint count,
+//! duration and join rate have hard caps, and a deadline ends a run whatever happens.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::bot::{Bot, BotError, BotOptions, BotStats};
+use crate::endpoint::EndpointConfig;
+use crate::metrics_scrape::{MetricsTarget, ServerSample};
+use crate::report::{EndpointResult, Role, RunReport, ServerSummary, TimelineSample};
+
+/// Most endpoints one run may connect.
+pub const MAX_ENDPOINTS: u32 = 5_000;
+/// Longest steady phase of one run.
+pub const MAX_DURATION_S: f64 = 1_800.0;
+/// Fastest join rate.
+pub const MAX_JOIN_RATE: f64 = 1_000.0;
+/// How long leaving may take at the end before the remaining bots are dropped.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long presenters get to start sending before viewers join.
+const PRESENTER_WARMUP: Duration = Duration::from_secs(5);
+/// Time allowed beyond the planned ramp and hold before a run is cut short.
+const DEADLINE_SLACK: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+    #[error("scenario file: {0}")]
+    File(String),
+    #[error("target {0} is not on loopback or a private test network (pass --allow-remote)")]
+    RemoteTarget(String),
+    #[error("cannot resolve the target {0}: {1}")]
+    Resolve(String, String),
+    #[error("every presenter failed to join: {0}")]
+    NoPresenter(String),
+}
+
+/// The shape of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// 1–3 presenters send audio and video to viewers who send nothing.
+    Broadcast,
+    /// Every participant publishes and receives everyone else.
+    Meeting,
+    /// A broadcast whose viewers keep leaving and being replaced.
+    Churn,
+}
+
+/// Service level objectives; a run fails when one is missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    /// Highest packet loss over all received streams, in percent.
+    pub loss_pct: Option<f64>,
+    /// Highest 95th percentile of join time (socket open to ICE connected), in ms.
+    pub join_p95_ms: Option<f64>,
+    /// Highest 95th percentile of time to the first video keyframe, in ms.
+    pub first_frame_p95_ms: Option<f64>,
+    /// Most endpoints that may fail to join or to receive media.
+    pub max_failed: u64,
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Self {
+            loss_pct: Some(0.5),
+            join_p95_ms: None,
+            first_frame_p95_ms: None,
+            max_failed: 0,
+        }
+    }
+}
+
+/// A load scenario, from flags or a TOML file with the same field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub kind: Kind,
+    pub room: String,
+    /// Publishers in `broadcast` and `churn` (1–3).
+    pub presenters: u32,
+    /// Receive-only endpoints in `broadcast` and `churn`.
+    pub viewers: u32,
+    /// Endpoints that all publish, in `meeting`.
+    pub participants: u32,
+    /// New endpoints per second during the ramp.
+    pub join_rate: f64,
+    /// Seconds every endpoint stays connected after the last one joined.
+    pub duration_s: f64,
+    /// Each publisher's video bitrate in kbit/s.
+    pub video_kbps: u32,
+    pub video_fps: u32,
+    /// Viewers replaced per second during the hold in `churn`.
+    pub churn_per_s: f64,
+    pub slo: Slo,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            kind: Kind::Broadcast,
+            room: "loadtest".into(),
+            presenters: 1,
+            viewers: 50,
+            participants: 8,
+            join_rate: 100.0,
+            duration_s: 10.0,
+            video_kbps: 1_000,
+            video_fps: 30,
+            churn_per_s: 5.0,
+            slo: Slo::default(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario from TOML; absent fields keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        toml::from_str(text).map_err(|err| ScenarioError::File(err.to_string()))
+    }
+
+    /// Checks the hard caps and the scenario's own consistency.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let invalid = |why: &str| Err(ScenarioError::Invalid(why.to_string()));
+        if !(self.join_rate > 0.0 && self.join_rate <= MAX_JOIN_RATE) {
+            return invalid("join_rate must be in (0, 1000] per second");
+        }
+        if !(self.duration_s >= 0.0 && self.duration_s <= MAX_DURATION_S) {
+            return invalid("duration_s must be in [0, 1800]");
+        }
+        if self.total_endpoints() > MAX_ENDPOINTS {
+            return invalid("more than 5000 endpoints");
+        }
+        if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
+            return invalid("video_kbps must be 1–10000 and video_fps 1–60");
+        }
+        if self.room.is_empty() || self.room.chars().count() > 64 {
+            return invalid("room must be 1–64 characters");
+        }
+        match self.kind {
+            Kind::Broadcast | Kind::Churn if !(1..=3).contains(&self.presenters) => {
+                invalid("a broadcast has 1–3 presenters")
+            }
+            Kind::Meeting if self.participants < 2 => invalid("a meeting needs 2 participants"),
+            Kind::Churn if !(self.churn_per_s > 0.0 && self.churn_per_s <= MAX_JOIN_RATE) => {
+                invalid("churn_per_s must be in (0, 1000]")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Endpoints connected at once at the peak.
+    pub fn total_endpoints(&self) -> u32 {
+        match self.kind {
+            Kind::Meeting => self.participants,
+            Kind::Broadcast | Kind::Churn => self.presenters.saturating_add(self.viewers),
+        }
+    }
+
+    fn endpoint_config(&self, role: Role, index: u32) -> EndpointConfig {
+        let mut config = EndpointConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        // Decoding every received Opus packet would dominate a bot's cost; loss and freezes
+        // are measured from the RTP headers instead.
+        config.analyze_audio = false;
+        let publishes = role != Role::Viewer;
+        config.publish_audio = publishes;
+        config.publish_video = publishes;
+        config.video_fps = self.video_fps;
+        config.video_frame_bytes = (self.video_kbps as usize * 1_000 / 8) / self.video_fps as usize;
+        config.video_tag = u64::from(index) + 1;
+        config.tone_hz = 300.0 + 20.0 * (index % 40) as f32;
+        config
+    }
+}
+
+/// Where the server is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `wss://HOST:PORT/ws`.
+    pub ws_url: String,
+    pub metrics: Option<MetricsTarget>,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The address the bots' UDP sockets bind (and advertise).
+    pub bind: IpAddr,
+}
+
+/// Whether an address is loopback or in a private or benchmarking network.
+pub fn is_local_or_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                // 198.18.0.0/15 is set aside for benchmarking (RFC 2544).
+                || (a == 198 && (b & 0xfe) == 18)
+        }
+        IpAddr::V6(v6) => v6 == Ipv6Addr::LOCALHOST || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Refuses a target that resolves to anything outside loopback and private networks.
+pub async fn check_target(url: &str, allow_remote: bool) -> Result<(), ScenarioError> {
+    if allow_remote {
+        return Ok(());
+    }
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let with_port = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|err| ScenarioError::Resolve(authority.to_string(), err.to_string()))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !is_local_or_private(a.ip())) {
+        return Err(ScenarioError::RemoteTarget(authority.to_string()));
+    }
+    Ok(())
+}
+
+/// What the progress display shows, updated about once a second.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub phase: &'static str,
+    pub elapsed_s: f64,
+    pub target: u64,
+    pub joined: u64,
+    pub failed: u64,
+    pub connected: u64,
+    pub rx_mbps: f64,
+    pub loss_pct: f64,
+}
+
+/// Receives progress updates.
+pub type ProgressFn = Arc<dyn Fn(&Live) + Send + Sync>;
+
+type JoinOutcome = (Role, String, Result<Bot, BotError>);
+
+/// The state of one run in progress.
+struct Run<'a> {
+    scenario: &'a Scenario,
+    target: &'a Target,
+    started: Instant,
+    progress: Option<ProgressFn>,
+    live: Live,
+    joins: JoinSet<JoinOutcome>,
+    bots: VecDeque<(Role, String, Bot)>,
+    results: Vec<EndpointResult>,
+    failures: Vec<String>,
+    next_index: u32,
+    timeline: Vec<TimelineSample>,
+    /// Per-bot (expected, lost, bytes) at the previous sample.
+    previous: HashMap<protocol::ParticipantId, (u64, u64, u64)>,
+    last_sample_at: Instant,
+    server: Arc<Mutex<Vec<(f64, ServerSample)>>>,
+}
+
+/// Runs a scenario to the end and reports it.
+pub async fn run(
+    scenario: &Scenario,
+    target: &Target,
+    progress: Option<ProgressFn>,
+) -> Result<RunReport, ScenarioError> {
+    scenario.validate()?;
+    let started = Instant::now();
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let generator_cpu = cpu_time::ProcessTime::try_now().ok();
+    let server = Arc::new(Mutex::new(Vec::new()));
+    let scraper = target.metrics.clone().map(|metrics| {
+        let server = server.clone();
+        tokio::spawn(scrape_loop(metrics, started, server))
+    });
+    // The first scrape is the baseline for the server's CPU and memory.
+    if target.metrics.is_some() {
+        wait_for(Duration::from_secs(3), || !lock(&server).is_empty()).await;
+    }
+
+    let mut run = Run {
+        scenario,
+        target,
+        started,
+        progress,
+        live: Live {
+            target: u64::from(scenario.total_endpoints()),
+            ..Live::default()
+        },
+        joins: JoinSet::new(),
+        bots: VecDeque::new(),
+        results: Vec::new(),
+        failures: Vec::new(),
+        next_index: 0,
+        timeline: Vec::new(),
+        previous: HashMap::new(),
+        last_sample_at: started,
+        server: server.clone(),
+    };
+    let ramp = Duration::from_secs_f64(f64::from(scenario.total_endpoints()) / scenario.join_rate);
+    let hold = Duration::from_secs_f64(scenario.duration_s);
+    let deadline = started + PRESENTER_WARMUP + ramp + hold + DEADLINE_SLACK;
+
+    let (publishers, receivers) = match scenario.kind {
+        Kind::Meeting => (0, scenario.participants),
+        Kind::Broadcast | Kind::Churn => (scenario.presenters, scenario.viewers),
+    };
+    if publishers > 0 {
+        run.live.phase = "presenters";
+        run.ramp(Role::Presenter, publishers, deadline).await;
+        if !run.bots.iter().any(|(role, ..)| *role == Role::Presenter) {
+            return Err(ScenarioError::NoPresenter(run.failures.join("; ")));
+        }
+        run.wait_presenters_sending().await;
+    }
+    let role = if scenario.kind == Kind::Meeting {
+        Role::Member
+    } else {
+        Role::Viewer
+    };
+    run.live.phase = "ramp";
+    let ramp_started = Instant::now();
+    run.ramp(role, receivers, deadline).await;
+    let ramp_s = ramp_started.elapsed().as_secs_f64();
+
+    run.live.phase = "hold";
+    let hold_started = Instant::now();
+    let hold_sample = run.server_now();
+    run.hold(hold, deadline).await;
+    let hold_ended = Instant::now();
+    let end_sample = run.server_now();
+
+    // Everything is measured at one instant, before anyone leaves, so that no endpoint sees
+    // the others' departures as freezes.
+    let now = Instant::now();
+    let finals: Vec<(Role, String, BotStats)> = run
+        .bots
+        .iter()
+        .map(|(role, name, bot)| (*role, name.clone(), bot.stats()))
+        .collect();
+    for (role, name, stats) in &finals {
+        let result = EndpointResult::from_stats(*role, name, stats, now, true);
+        run.results.push(result);
+    }
+    run.live.phase = "leaving";
+    run.report_progress();
+    run.teardown().await;
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
+    let generator_cpu_s = generator_cpu
+        .and_then(|t| t.try_elapsed().ok())
+        .map(|d| d.as_secs_f64());
+
+    let server_samples = lock(&server).clone();
+    let server_summary = ServerSummary::from_samples(
+        &server_samples,
+        hold_sample,
+        end_sample,
+        (hold_ended - hold_started).as_secs_f64(),
+        u64::from(receivers),
+    );
+    Ok(RunReport::new(
+        scenario.clone(),
+        started_unix_s,
+        started.elapsed().as_secs_f64(),
+        ramp_s,
+        run.results,
+        run.failures,
+        run.timeline,
+        server_samples,
+        server_summary,
+        generator_cpu_s,
+    ))
+}
+
+impl Run<'_> {
+    fn server_now(&self) -> Option<ServerSample> {
+        lock(&self.server).last().map(|(_, s)| *s)
+    }
+
+    fn spawn_join(&mut self, role: Role) {
+        let index = self.next_index;
+        self.next_index += 1;
+        let name = format!("{}-{index}", role.as_str());
+        let mut options = BotOptions::new(
+            self.target.ws_url.clone(),
+            self.scenario.room.clone(),
+            name.clone(),
+            self.target.tls.clone(),
+        );
+        options.endpoint = self.scenario.endpoint_config(role, index);
+        options.endpoint.local_addr = SocketAddr::new(self.target.bind, 0);
+        // Viewers watch the presenters; presenters and members see every other publisher.
+        options.auto_subscribe = true;
+        options.ping_interval = Some(Duration::from_secs(10));
+        self.joins
+            .spawn(async move { (role, name, Bot::connect(options).await) });
+    }
+
+    fn on_joined(&mut self, outcome: Result<JoinOutcome, tokio::task::JoinError>) {
+        match outcome {
+            Ok((role, name, Ok(bot))) => {
+                self.live.joined += 1;
+                self.bots.push_back((role, name, bot));
+            }
+            Ok((role, name, Err(err))) => {
+                self.live.failed += 1;
+                if self.failures.len() < 100 {
+                    self.failures.push(format!("{name}: {err}"));
+                }
+                self.results.push(EndpointResult::failed(role, &name, &err));
+            }
+            Err(err) => {
+                self.live.failed += 1;
+                self.failures.push(format!("join task: {err}"));
+            }
+        }
+    }
+
+    /// Starts `count` joins at the scenario's rate and waits for all of them to finish.
+    async fn ramp(&mut self, role: Role, count: u32, deadline: Instant) {
+        let every = Duration::from_secs_f64(1.0 / self.scenario.join_rate);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sample = sample_interval();
+        let mut started = 0;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        while started < count || !self.joins.is_empty() {
+            tokio::select! {
+                _ = tick.tick(), if started < count => {
+                    self.spawn_join(role);
+                    started += 1;
+                }
+                Some(outcome) = self.joins.join_next() => self.on_joined(outcome),
+                _ = sample.tick() => self.sample(),
+                () = tokio::time::sleep_until(deadline) => {
+                    self.failures.push("the run reached its deadline during the ramp".into());
+                    self.joins.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits (briefly) until every presenter sends video, so viewers' times to first frame do
+    /// not include the presenters' own start-up.
+    async fn wait_presenters_sending(&mut self) {
+        let until = Instant::now() + PRESENTER_WARMUP;
+        while Instant::now() < until {
+            let sending = self
+                .bots
+                .iter()
+                .all(|(_, _, bot)| bot.stats().sent.video_frames > 0);
+            if sending {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Keeps everyone connected for `hold`; in `churn`, replaces viewers meanwhile.
+    async fn hold(&mut self, hold: Duration, deadline: Instant) {
+        let end = tokio::time::Instant::now() + hold;
+        let deadline = tokio::time::Instant::from_std(deadline).min(end);
+        let mut sample = sample_interval();
+        let churn = self.scenario.kind == Kind::Churn;
+        let every = Duration::from_secs_f64(1.0 / self.scenario.churn_per_s.max(0.001));
+        let mut churn_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut leaving = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                _ = sample.tick() => self.sample(),
+                _ = churn_tick.tick(), if churn => {
+                    // The oldest viewer leaves and a new one takes its place.
+                    if let Some(position) = self.bots.iter().position(|(r, ..)| *r == Role::Viewer)
+                        && let Some((role, name, bot)) = self.bots.remove(position)
+                    {
+                        let stats = bot.stats();
+                        let result = EndpointResult::from_stats(role, &name, &stats, Instant::now(), false);
+                        self.results.push(result);
+                        leaving.spawn(async move { bot.leave().await });
+                        self.live.target += 1;
+                        self.spawn_join(Role::Viewer);
+                    }
+                }
+                Some(outcome) = self.joins.join_next() => self.on_joined(outcome),
+                Some(_) = leaving.join_next() => {}
+            }
+        }
+        // Joins still in flight at the end are waited for briefly, then dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(outcome) = self.joins.join_next().await {
+                self.on_joined(outcome);
+            }
+        })
+        .await;
+        self.joins.abort_all();
+        leaving.abort_all();
+    }
+
+    /// Every bot says goodbye at once; those that take too long are dropped.
+    async fn teardown(&mut self) {
+        let mut leaving = JoinSet::new();
+        for (_, _, bot) in self.bots.drain(..) {
+            leaving.spawn(async move { bot.leave().await });
+        }
+        let _ = tokio::time::timeout(TEARDOWN_LIMIT, async {
+            while leaving.join_next().await.is_some() {}
+        })
+        .await;
+        leaving.abort_all();
+    }
+
+    /// One point of the timeline: throughput and loss since the previous one.
+    fn sample(&mut self) {
+        let now = Instant::now();
+        let interval = now
+            .saturating_duration_since(self.last_sample_at)
+            .as_secs_f64();
+        self.last_sample_at = now;
+        let mut connected = 0;
+        let (mut expected, mut lost, mut bytes) = (0u64, 0u64, 0u64);
+        let mut current = HashMap::with_capacity(self.bots.len());
+        for (_, _, bot) in &self.bots {
+            let stats = bot.stats();
+            connected += u64::from(stats.connected);
+            let totals = (
+                stats.wire.packets_expected,
+                stats.wire.packets_lost(),
+                stats.wire.bytes_in,
+            );
+            let before = self
+                .previous
+                .get(&stats.participant_id)
+                .copied()
+                .unwrap_or_default();
+            expected += totals.0.saturating_sub(before.0);
+            lost += totals.1.saturating_sub(before.1);
+            bytes += totals.2.saturating_sub(before.2);
+            current.insert(stats.participant_id, totals);
+        }
+        self.previous = current;
+        let rx_mbps = if interval > 0.0 {
+            bytes as f64 * 8.0 / interval / 1e6
+        } else {
+            0.0
+        };
+        let loss_pct = if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        };
+        let server = self.server_now();
+        self.timeline.push(TimelineSample {
+            t_s: now.duration_since(self.started).as_secs_f64(),
+            connected,
+            rx_mbps,
+            loss_pct,
+            server_cpu_seconds: server.and_then(|s| s.cpu_seconds),
+            server_rss_bytes: server.and_then(|s| s.rss_bytes),
+        });
+        self.live.connected = connected;
+        self.live.rx_mbps = rx_mbps;
+        self.live.loss_pct = loss_pct;
+        self.report_progress();
+    }
+
+    fn report_progress(&mut self) {
+        self.live.elapsed_s = self.started.elapsed().as_secs_f64();
+        if let Some(progress) = &self.progress {
+            progress(&self.live);
+        }
+    }
+}
+
+fn sample_interval() -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+async fn scrape_loop(
+    metrics: MetricsTarget,
+    started: Instant,
+    samples: Arc<Mutex<Vec<(f64, ServerSample)>>>,
+) {
+    let mut interval = sample_interval();
+    loop {
+        interval.tick().await;
+        // A missed scrape leaves a hole in the timeline; the run goes on.
+        if let Ok(page) = metrics.scrape(Duration::from_secs(2)).await {
+            let sample = ServerSample::from_metrics(&page);
+            lock(&samples).push((started.elapsed().as_secs_f64(), sample));
+        }
+    }
+}
+
+async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !condition() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The samples stay readable even if a holder panicked mid-push.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One step of a capacity search.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityStep {
+    pub viewers: u32,
+    pub passed: bool,
+    pub report: RunReport,
+}
+
+/// Raises the number of viewers from `start` by `step` (up to `max`) until an SLO fails.
+/// Returns every step run; the last passing one is the capacity.
+pub async fn find_capacity(
+    base: &Scenario,
+    target: &Target,
+    start: u32,
+    step: u32,
+    max: u32,
+    progress: Option<ProgressFn>,
+) -> Result<Vec<CapacityStep>, ScenarioError> {
+    let mut steps = Vec::new();
+    let mut viewers = start.max(1);
+    while viewers <= max.min(MAX_ENDPOINTS) {
+        let mut scenario = base.clone();
+        scenario.viewers = viewers;
+        scenario.room = format!("{}-{viewers}", base.room);
+        let report = run(&scenario, target, progress.clone()).await?;
+        let passed = report.passed;
+        steps.push(CapacityStep {
+            viewers,
+            passed,
+            report,
+        });
+        if !passed || step == 0 {
+            break;
+        }
+        // The server forgets the previous step's participants before the next one starts.
+        if let Some(metrics) = &target.metrics {
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until {
+                let empty = metrics
+                    .scrape(Duration::from_secs(2))
+                    .await
+                    .ok()
+                    .and_then(|m| m.sum("meet_participants", ""))
+                    .is_none_or(|n| n == 0.0);
+                if empty {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        viewers = viewers.saturating_add(step);
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_consistency_are_checked() {
+        let ok = Scenario::default();
+        assert!(ok.validate().is_ok());
+        for broken in [
+            Scenario {
+                viewers: MAX_ENDPOINTS,
+                ..Scenario::default()
+            },
+            Scenario {
+                presenters: 4,
+                ..Scenario::default()
+            },
+            Scenario {
+                join_rate: 0.0,
+                ..Scenario::default()
+            },
+            Scenario {
+                duration_s: f64::NAN,
+                ..Scenario::default()
+            },
+            Scenario {
+                kind: Kind::Meeting,
+                participants: 1,
+                ..Scenario::default()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn scenario_files_use_the_field_names() {
+        let scenario = Scenario::from_toml(
+            "kind = \"meeting\"\nparticipants = 6\n[slo]\nloss_pct = 1.0\njoin_p95_ms = 300\n",
+        )
+        .expect("valid file");
+        assert_eq!(scenario.kind, Kind::Meeting);
+        assert_eq!(scenario.participants, 6);
+        assert_eq!(scenario.slo.join_p95_ms, Some(300.0));
+        assert!(Scenario::from_toml("viewerz = 3").is_err());
+    }
+
+    #[test]
+    fn only_loopback_and_private_targets_pass() {
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.1",
+            "::1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "fd00::1",
+        ] {
+            assert!(is_local_or_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2001:db8::1", "172.32.0.1", "100.64.0.1"] {
+            assert!(!is_local_or_private(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_targets_are_refused_unless_allowed() {
+        assert!(check_target("wss://127.0.0.1:8443/ws", false).await.is_ok());
+        assert!(check_target("wss://[::1]:8443/ws", false).await.is_ok());
+        assert!(matches!(
+            check_target("wss://1.1.1.1:8443/ws", false).await,
+            Err(ScenarioError::RemoteTarget(_))
+        ));
+        assert!(check_target("wss://1.1.1.1:8443/ws", true).await.is_ok());
+    }
+
+    /// The whole load tester against the real server in this process: 2 presenters and 20
+    /// viewers for 10 s. Only outcomes are asserted, never timings.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_broadcast_against_the_real_server() {
+        signaling::install_crypto_provider();
+        let data_dir = std::env::temp_dir().join(format!(
+            "meet-loadtest-smoke-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut config = signaling::Config::new();
+        config.http_addr = "127.0.0.1:0".parse().expect("addr");
+        config.media_addr = "127.0.0.1:0".parse().expect("addr");
+        config.data_dir = data_dir.clone();
+        let server = signaling::start(config).await.expect("server starts");
+        let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
+        let target = Target {
+            ws_url: server.ws_url(),
+            metrics: Some(
+                MetricsTarget::new(
+                    &format!("https://{}/metrics", server.http_addr),
+                    tls.clone(),
+                )
+                .expect("metrics url"),
+            ),
+            tls,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        check_target(&target.ws_url, false).await.expect("loopback");
+        let scenario = Scenario {
+            presenters: 2,
+            viewers: 20,
+            join_rate: 50.0,
+            duration_s: 10.0,
+            video_kbps: 300,
+            video_fps: 15,
+            slo: Slo {
+                loss_pct: None,
+                ..Slo::default()
+            },
+            ..Scenario::default()
+        };
+        let report = run(&scenario, &target, None).await.expect("run");
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.endpoints.len(), 22);
+        for endpoint in &report.endpoints {
+            assert!(endpoint.joined, "{endpoint:?}");
+            assert!(endpoint.join_ms.is_some(), "{endpoint:?}");
+            assert!(endpoint.first_media_ms.is_some(), "{endpoint:?}");
+            assert!(endpoint.packets_received > 0, "{endpoint:?}");
+        }
+        assert!(report.passed, "{:?}", report.slo);
+        assert!(!report.server_timeline.is_empty());
+        let json = serde_json::to_string(&report).expect("serializes");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
+        assert_eq!(value["endpoints"].as_array().map(Vec::len), Some(22));
+        assert!(value["join_ms"]["p95"].is_number(), "{}", value["join_ms"]);
+        let html = crate::report::html(&report);
+        assert!(html.contains("<svg"));
+    }
+}
