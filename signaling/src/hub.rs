@@ -50,6 +50,8 @@ pub enum HubRequest {
         participant: ParticipantId,
         reason: LeaveReason,
     },
+    /// The server is stopping: close every session with a message saying so.
+    Shutdown { done: oneshot::Sender<()> },
 }
 
 /// A cheap handle to the hub task.
@@ -88,6 +90,15 @@ impl HubHandle {
             participant,
             message,
         });
+    }
+
+    /// Closes every session, telling each client the server is stopping; returns once the
+    /// closing messages are queued.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(HubRequest::Shutdown { done }).is_ok() {
+            let _ = finished.await;
+        }
     }
 
     pub fn leave(&self, participant: ParticipantId, reason: LeaveReason) {
@@ -188,6 +199,17 @@ impl Hub {
                 participant,
                 reason,
             } => self.remove(participant, reason, None),
+            HubRequest::Shutdown { done } => {
+                let ids: Vec<ParticipantId> = self.members.keys().copied().collect();
+                for id in ids {
+                    self.remove(
+                        id,
+                        LeaveReason::Removed,
+                        Some("the server is shutting down"),
+                    );
+                }
+                let _ = done.send(());
+            }
         }
     }
 

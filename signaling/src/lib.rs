@@ -117,6 +117,7 @@ pub struct RunningServer {
     pub cert_pem: Vec<u8>,
     pub store: Store,
     pub sfu: sfu::SfuHandle,
+    hub: HubHandle,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -129,8 +130,27 @@ impl RunningServer {
 
     /// Stops accepting connections and waits for the listener to end.
     pub async fn shutdown(self) {
+        // Tell every client first, so that pages say the meeting ended instead of trying to
+        // reconnect to a server that is going away.
+        self.hub.shutdown().await;
         self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
         let _ = self.task.await;
+    }
+
+    /// Serves until the listener fails or the process is asked to stop (Ctrl-C / SIGINT),
+    /// then shuts down cleanly.
+    pub async fn run_until_signal(mut self) -> std::io::Result<()> {
+        tokio::select! {
+            result = &mut self.task => match result {
+                Ok(result) => result,
+                Err(err) => Err(std::io::Error::other(err)),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                self.shutdown().await;
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the listener ends (it ends only on error or shutdown).
@@ -234,7 +254,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .map_err(|e| StartError::Bind(config.http_addr, e))?;
     let handle = axum_server::Handle::new();
     let state = AppState {
-        hub,
+        hub: hub.clone(),
         limits: config.session_limits,
         sfu: sfu.clone(),
         metrics: metrics::Metrics::new(),
@@ -251,6 +271,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         cert_pem: pem.cert,
         store,
         sfu,
+        hub,
         handle,
         task,
     })

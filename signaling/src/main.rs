@@ -73,9 +73,9 @@ async fn main() -> anyhow::Result<()> {
         server.http_addr,
         server.media_addr
     );
-    tokio::select! {
-        result = server.wait() => result.context("the HTTPS listener failed")?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-    }
+    server
+        .run_until_signal()
+        .await
+        .context("the HTTPS listener failed")?;
     Ok(())
 }

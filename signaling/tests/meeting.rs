@@ -215,3 +215,23 @@ async fn health_and_metrics_describe_the_meeting() {
     );
     assert!(metrics.contains("meet_dropped_packets_total{reason=\"malformed\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_tells_every_client_before_closing() {
+    let t = common::start("shutdown", |_| {}).await;
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let common::TestServer { server, data_dir } = t;
+    server.shutdown().await;
+    eventually(
+        MEDIA_TIMEOUT,
+        "alice is told the server is shutting down",
+        || {
+            let snapshot = alice.snapshot();
+            snapshot.errors.iter().any(|(code, message)| {
+                *code == protocol::ErrorCode::MediaUnavailable && message.contains("shutting down")
+            }) && snapshot.closed.is_some()
+        },
+    )
+    .await;
+    drop(data_dir);
+}
