@@ -13,7 +13,8 @@ use std::time::Duration;
 use sim::Sim;
 
 fn measure(subscribers: usize) -> (f64, u64, Duration) {
-    let mut sim = Sim::new();
+    // Room for the publisher and every subscriber.
+    let mut sim = Sim::with_config(|c| c.max_participants_per_room = subscribers + 1);
     // One publisher: Opus every 20 ms and ~1 Mbps of video (30 fps of 4 kB frames).
     sim.join("bench", |c| {
         c.video_fps = 30;
