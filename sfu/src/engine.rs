@@ -123,6 +123,8 @@ struct Participant {
     disconnected_reported: bool,
     /// The client closed the transport itself.
     closed_by_peer: bool,
+    /// Whether the participant is in the engine's list of transports to drain this pass.
+    queued: bool,
 }
 
 #[derive(Debug, Default)]
@@ -450,6 +452,7 @@ impl Engine {
                 connected: false,
                 disconnected_reported: false,
                 closed_by_peer: false,
+                queued: false,
             },
         );
         Ok(())
@@ -855,7 +858,8 @@ impl Engine {
         };
         stream.request_keyframe(KeyframeRequestKind::Pli);
         self.stats.keyframe_requests_sent += 1;
-        if !self.touched.contains(&owner) {
+        if !publisher.queued {
+            publisher.queued = true;
             self.touched.push(owner);
         }
     }
@@ -1058,7 +1062,10 @@ impl Engine {
                 .nackable(is_video),
             );
             self.stats.rtp_forwarded += 1;
-            if !self.touched.contains(&subscriber_id) {
+            // A flag, not a search of the list: with a thousand subscribers a search per
+            // write would make fan-out quadratic.
+            if !subscriber.queued {
+                subscriber.queued = true;
                 self.touched.push(subscriber_id);
             }
         }
@@ -1071,6 +1078,9 @@ impl Engine {
     /// after a write the pacer asks for a timeout at "now", which the drain loop feeds back.
     fn flush_touched(&mut self, now: Instant) {
         while let Some(id) = self.touched.pop() {
+            if let Some(p) = self.participants.get_mut(&id) {
+                p.queued = false;
+            }
             self.drain(id, now);
         }
     }
