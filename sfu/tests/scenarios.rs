@@ -121,11 +121,7 @@ fn loss_on_a_link_is_repaired_by_nack() {
             delay: Duration::from_millis(20),
         },
     );
-    let video = sim
-        .publications_of(publisher)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Video)
-        .expect("video publication");
+    let video = sim.publication(publisher, MediaKind::Video);
     let sent_before = sim.endpoints[publisher].endpoint.sent().video_frames;
     let received_before = sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames;
     sim.run_for(Duration::from_secs(5));
@@ -154,11 +150,7 @@ fn late_joiner_gets_a_keyframe_within_one_second() {
     sim.run_for(Duration::from_secs(4));
     let late = sim.join("r", |_| {});
     sim.run_for(Duration::from_secs(2));
-    let video = sim
-        .publications_of(publisher)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Video)
-        .expect("video publication");
+    let video = sim.publication(publisher, MediaKind::Video);
     let stats = &sim.endpoints[late].endpoint.stats()[&video.id];
     let first_keyframe = stats
         .first_keyframe_at
@@ -206,11 +198,7 @@ fn keyframe_requests_reach_the_publisher_at_most_once_per_second() {
     assert!(received - before <= elapsed.ceil() as u64 + 1);
     assert!(sim.engine.stats().keyframe_requests_throttled > 0);
     // Every joiner still got video.
-    let video = sim
-        .publications_of(publisher)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Video)
-        .expect("video publication");
+    let video = sim.publication(publisher, MediaKind::Video);
     for e in &sim.endpoints[1..] {
         assert!(e.endpoint.stats()[&video.id].keyframes >= 1);
     }
@@ -222,11 +210,7 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
     let a = sim.join("r", |_| {});
     let b = sim.join("r", |_| {});
     sim.run_for(Duration::from_secs(1));
-    let audio = sim
-        .publications_of(a)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Audio)
-        .expect("audio");
+    let audio = sim.publication(a, MediaKind::Audio);
     let before = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
     let stranger = "127.0.9.9:5000".parse().expect("address");
     let known = sim.endpoints[a].endpoint.local_addr();
@@ -269,11 +253,7 @@ fn a_departure_removes_its_publications_and_the_rest_continue() {
     sim.run_for(Duration::from_secs(1));
     let (_, participants, publications, subscriptions) = sim.engine.census();
     assert_eq!((participants, publications, subscriptions), (2, 4, 4));
-    let audio = sim
-        .publications_of(a)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Audio)
-        .expect("audio");
+    let audio = sim.publication(a, MediaKind::Audio);
     let before = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
     sim.run_for(Duration::from_secs(1));
     let after = sim.endpoints[b].endpoint.stats()[&audio.id].audio_frames_decoded;
@@ -296,11 +276,7 @@ fn h264_passes_through_and_a_late_joiner_starts_on_its_keyframe() {
     let late = sim.join("r", |_| {});
     sim.run_for(Duration::from_secs(2));
     let tag = sim.endpoints[publisher].endpoint.config().video_tag;
-    let video = sim
-        .publications_of(publisher)
-        .into_iter()
-        .find(|p| p.kind == MediaKind::Video)
-        .expect("video publication");
+    let video = sim.publication(publisher, MediaKind::Video);
     for receiver in [1, late] {
         let stats = &sim.endpoints[receiver].endpoint.stats()[&video.id];
         assert!(

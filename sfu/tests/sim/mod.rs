@@ -366,6 +366,14 @@ impl Sim {
             .find(|e| e.participant == participant && e.alive)
     }
 
+    /// The one publication of `kind` of an endpoint.
+    pub fn publication(&self, index: usize, kind: protocol::MediaKind) -> PublicationInfo {
+        self.publications_of(index)
+            .into_iter()
+            .find(|p| p.kind == kind)
+            .unwrap_or_else(|| panic!("endpoint {index} publishes no {kind:?}"))
+    }
+
     /// The publications of one endpoint, by kind.
     pub fn publications_of(&self, index: usize) -> Vec<PublicationInfo> {
         let participant = self.endpoints[index].participant;
