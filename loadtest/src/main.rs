@@ -27,9 +27,10 @@ use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target};
 )]
 struct Args {
     /// The scenario: broadcast (presenters to viewers), meeting (everyone publishes), churn
-    /// (a broadcast whose viewers keep leaving and joining).
-    #[arg(value_enum, default_value = "broadcast")]
-    kind: Kind,
+    /// (a broadcast whose viewers keep leaving and joining). Default: broadcast, or the
+    /// scenario file's.
+    #[arg(value_enum)]
+    kind: Option<Kind>,
     /// A TOML scenario file (fields as in the JSON report's `scenario`); flags given on the
     /// command line override it.
     #[arg(long, value_name = "FILE.toml")]
@@ -119,11 +120,11 @@ impl Args {
                     .with_context(|| format!("reading {}", path.display()))?;
                 Scenario::from_toml(&text)?
             }
-            None => Scenario {
-                kind: self.kind,
-                ..Scenario::default()
-            },
+            None => Scenario::default(),
         };
+        if let Some(kind) = self.kind {
+            scenario.kind = kind;
+        }
         let set = |field: &mut u32, value: Option<u32>| {
             if let Some(value) = value {
                 *field = value;
