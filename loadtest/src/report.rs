@@ -369,12 +369,13 @@ impl RunReport {
         );
         let passed = slo.iter().all(|c| c.passed);
         Self {
+            // The ramp joined the scenario's receivers; churned replacements came later.
             join_rate_achieved: if ramp_s > 0.0 {
-                endpoints
-                    .iter()
-                    .filter(|e| e.role != Role::Presenter)
-                    .count() as f64
-                    / ramp_s
+                let ramped = match scenario.kind {
+                    crate::scenario::Kind::Meeting => scenario.participants,
+                    _ => scenario.viewers,
+                };
+                f64::from(ramped) / ramp_s
             } else {
                 0.0
             },

@@ -30,6 +30,9 @@ pub const MAX_JOIN_RATE: f64 = 1_000.0;
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// How long presenters get to start sending before viewers join.
 const PRESENTER_WARMUP: Duration = Duration::from_secs(5);
+/// Churn stops this long before the end, so that every replacement has had time to connect
+/// and receive media when the run is measured.
+const CHURN_QUIET: Duration = Duration::from_secs(2);
 /// Time allowed beyond the planned ramp and hold before a run is cut short.
 const DEADLINE_SLACK: Duration = Duration::from_secs(60);
 
@@ -490,7 +493,7 @@ impl Run<'_> {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
                 _ = sample.tick() => self.sample(),
-                _ = churn_tick.tick(), if churn => {
+                _ = churn_tick.tick(), if churn && tokio::time::Instant::now() + CHURN_QUIET < end => {
                     // The oldest viewer leaves and a new one takes its place.
                     if let Some(position) = self.bots.iter().position(|(r, ..)| *r == Role::Viewer)
                         && let Some((role, name, bot)) = self.bots.remove(position)
