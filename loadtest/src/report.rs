@@ -601,11 +601,13 @@ pub fn html(report: &RunReport) -> String {
         .collect();
     let cpu: Vec<(f64, f64)> = report
         .server_timeline
-        .windows(2)
+        // Over two scrape intervals: the server refreshes its process figures about as often
+        // as it is scraped, so single intervals alternate between zero and double.
+        .windows(3)
         .filter_map(|w| {
-            let dt = w[1].0 - w[0].0;
-            let dc = w[1].1.cpu_seconds? - w[0].1.cpu_seconds?;
-            (dt > 0.0).then(|| (w[1].0, dc / dt * 100.0))
+            let dt = w[2].0 - w[0].0;
+            let dc = w[2].1.cpu_seconds? - w[0].1.cpu_seconds?;
+            (dt > 0.0).then(|| (w[2].0, dc / dt * 100.0))
         })
         .collect();
     let rss: Vec<(f64, f64)> = report
