@@ -731,6 +731,9 @@ async fn wait_joined(ws: &mut Ws) -> Result<(ServerMessage, Vec<ServerMessage>),
     }
 }
 
+/// How long a bot whose write failed keeps reading the server's last messages.
+const LAST_WORDS_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The bot's task: owns the sockets and moves data between them and the endpoint.
 struct Driver {
     ws: Ws,
@@ -749,6 +752,9 @@ impl Driver {
         ping_interval: Option<Duration>,
     ) {
         let result = self.run_loop(&mut commands, ping_interval).await;
+        if result.is_err() {
+            self.read_last_words().await;
+        }
         let mut shared = lock(&self.shared);
         shared.running = false;
         let reason = match result {
@@ -756,6 +762,21 @@ impl Driver {
             Err(err) => err.to_string(),
         };
         shared.closed.get_or_insert(reason);
+    }
+
+    /// After a failed write, reads what the server sent before it closed: its last message
+    /// usually says why (a shutdown, a removal), and a write racing the close must not lose it.
+    async fn read_last_words(&mut self) {
+        let deadline = tokio::time::Instant::now() + LAST_WORDS_TIMEOUT;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match message {
+                Message::Text(text) => {
+                    lock(&self.shared).handle_text(Instant::now(), text.as_str());
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
     }
 
     /// Runs until the signaling connection ends; returns why.

@@ -175,8 +175,9 @@ pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits) {
                     }
                 }
                 Some(Outbound::Close(text)) => {
-                    let _ = sink.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await;
-                    let _ = sink.send(Message::Close(None)).await;
+                    let sent = sink.send(Message::Text(Utf8Bytes::from(text.as_ref()))).await;
+                    let closed = sink.send(Message::Close(None)).await;
+                    tracing::debug!(?sent, ?closed, "session closed by the server");
                     // The hub removed this participant already.
                     session.participant = None;
                     break LeaveReason::Removed;
@@ -197,7 +198,21 @@ pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits) {
     if let Some(participant) = session.participant {
         session.hub.leave(participant, reason);
     }
+    // Wait (briefly) for the client to answer our close, as RFC 6455 section 7.1.1 asks:
+    // dropping the TCP connection at once can reset it under data the client has not read
+    // yet, losing the message that says why the session ended.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long a closing session waits for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 impl Session {
     async fn handle_text(&mut self, text: &str) -> Result<Next, (ErrorCode, String)> {

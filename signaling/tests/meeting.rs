@@ -222,16 +222,23 @@ async fn shutdown_tells_every_client_before_closing() {
     let alice = t.bot("r", "alice", 440.0, 1).await;
     let common::TestServer { server, data_dir } = t;
     server.shutdown().await;
-    eventually(
-        MEDIA_TIMEOUT,
-        "alice is told the server is shutting down",
-        || {
-            let snapshot = alice.snapshot();
-            snapshot.errors.iter().any(|(code, message)| {
-                *code == protocol::ErrorCode::MediaUnavailable && message.contains("shutting down")
-            }) && snapshot.closed.is_some()
-        },
-    )
-    .await;
+    let told = |snapshot: &loadtest::bot::BotSnapshot| {
+        snapshot.errors.iter().any(|(code, message)| {
+            *code == protocol::ErrorCode::MediaUnavailable && message.contains("shutting down")
+        }) && snapshot.closed.is_some()
+    };
+    let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+    let mut snapshot = alice.snapshot();
+    while !told(&snapshot) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        snapshot = alice.snapshot();
+    }
+    assert!(
+        told(&snapshot),
+        "errors {:?}, closed {:?}, failures {:?}",
+        snapshot.errors,
+        snapshot.closed,
+        snapshot.failures
+    );
     drop(data_dir);
 }
