@@ -6,20 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MEDIA_TIMEOUT, Received, bot_audio_frames, bot_receives, eventually};
+use common::{MEDIA_TIMEOUT, Received, bot_audio_frames, eventually};
 use protocol::{ErrorCode, ServerMessage};
-
-/// Two bots exchanging media, so every test can check nobody else noticed.
-async fn meeting(t: &common::TestServer) -> (loadtest::bot::Bot, loadtest::bot::Bot) {
-    let alice = t.bot("r", "alice", 440.0, 1).await;
-    let bob = t.bot("r", "bob", 660.0, 2).await;
-    let (a, b) = (alice.participant_id(), bob.participant_id());
-    eventually(MEDIA_TIMEOUT, "alice and bob exchange media", || {
-        bot_receives(&alice, b, 660.0, 2) && bot_receives(&bob, a, 440.0, 1)
-    })
-    .await;
-    (alice, bob)
-}
 
 /// Asserts both bots kept receiving each other's audio and saw no error.
 async fn media_kept_flowing(
@@ -55,7 +43,7 @@ fn counts(alice: &loadtest::bot::Bot, bob: &loadtest::bot::Bot) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_messages_get_typed_errors_and_the_socket_stays_usable() {
     let t = common::start("bad-ws", |_| {}).await;
-    let (alice, bob) = meeting(&t).await;
+    let (alice, bob) = t.two_bots_exchanging_media().await;
     let before = counts(&alice, &bob);
 
     let mut raw = t.raw().await;
@@ -150,7 +138,7 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversized_messages_and_version_mismatch_close_the_socket() {
     let t = common::start("bad-size", |_| {}).await;
-    let (alice, bob) = meeting(&t).await;
+    let (alice, bob) = t.two_bots_exchanging_media().await;
     let before = counts(&alice, &bob);
 
     // Over the protocol limit but under the transport limit: a typed error, then close.
@@ -197,7 +185,7 @@ async fn oversized_messages_and_version_mismatch_close_the_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn floods_are_rate_limited_without_disturbing_others() {
     let t = common::start("bad-flood", |_| {}).await;
-    let (alice, bob) = meeting(&t).await;
+    let (alice, bob) = t.two_bots_exchanging_media().await;
     let before = counts(&alice, &bob);
     let mut raw = t.raw().await;
     for _ in 0..200 {
@@ -262,7 +250,7 @@ async fn a_foreign_origin_is_refused_before_the_upgrade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_datagrams_on_the_media_port_are_dropped_silently() {
     let t = common::start("bad-udp", |_| {}).await;
-    let (alice, bob) = meeting(&t).await;
+    let (alice, bob) = t.two_bots_exchanging_media().await;
     let before = counts(&alice, &bob);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await

@@ -186,13 +186,7 @@ async fn health_and_metrics_describe_the_meeting() {
     assert_eq!(t.https_get("/").await.0, 200);
     assert_eq!(t.https_get("/tests/package.json").await.0, 404);
 
-    let alice = t.bot("r", "alice", 440.0, 1).await;
-    let bob = t.bot("r", "bob", 660.0, 2).await;
-    let (a, b) = (alice.participant_id(), bob.participant_id());
-    eventually(MEDIA_TIMEOUT, "alice and bob exchange media", || {
-        bot_receives(&alice, b, 660.0, 2) && bot_receives(&bob, a, 440.0, 1)
-    })
-    .await;
+    let (_alice, _bob) = t.two_bots_exchanging_media().await;
     // The SFU publishes its counters once a second; poll until they show the meeting.
     let mut metrics = String::new();
     for _ in 0..100 {

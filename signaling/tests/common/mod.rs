@@ -112,6 +112,19 @@ impl TestServer {
         )
     }
 
+    /// Alice (440 Hz, tag 1) and Bob (660 Hz, tag 2) in room "r", returned once each hears
+    /// and sees the other: the baseline for checking that nobody else notices something.
+    pub async fn two_bots_exchanging_media(&self) -> (Bot, Bot) {
+        let alice = self.bot("r", "alice", 440.0, 1).await;
+        let bob = self.bot("r", "bob", 660.0, 2).await;
+        let (a, b) = (alice.participant_id(), bob.participant_id());
+        eventually(MEDIA_TIMEOUT, "alice and bob exchange media", || {
+            bot_receives(&alice, b, 660.0, 2) && bot_receives(&bob, a, 440.0, 1)
+        })
+        .await;
+        (alice, bob)
+    }
+
     /// A plain HTTPS GET; returns the status code and the body.
     pub async fn https_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
