@@ -4,6 +4,7 @@
 //! the HTTPS listener) and returns the bound addresses, which is what the binary and the
 //! integration tests both use.
 
+pub mod auth;
 pub mod db;
 pub mod hub;
 pub mod metrics;

@@ -65,6 +65,64 @@ pub enum MediaKind {
     Video,
 }
 
+/// What a participant may do in a room. The server decides every permission from this, never
+/// from what a client claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the meeting: admits, promotes, mutes, removes, locks.
+    Host,
+    /// Publishes, including screen share; seen by everyone.
+    Presenter,
+    /// Publishes microphone and camera; may raise a hand.
+    Participant,
+    /// Only receives; seen individually by hosts only.
+    Viewer,
+}
+
+impl Role {
+    /// The name used on the wire and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Presenter => "presenter",
+            Role::Participant => "participant",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// The inverse of [`Role::as_str`].
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "host" => Some(Role::Host),
+            "presenter" => Some(Role::Presenter),
+            "participant" => Some(Role::Participant),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// A participant's connection quality, from the loss and round-trip time on its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    Good,
+    Fair,
+    Poor,
+}
+
+impl Quality {
+    /// The name used on the wire and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Fair => "fair",
+            Quality::Poor => "poor",
+        }
+    }
+}
+
 /// Where a published track comes from, so that clients can lay it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
