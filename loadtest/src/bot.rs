@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    ClientMessage, ErrorCode, LeaveReason, MediaKind, PROTOCOL_VERSION, ParticipantId,
-    ParticipantInfo, PublicationId, PublicationInfo, RoomId, ServerMessage,
+    ClientMessage, ErrorCode, LeaveReason, LobbyEntry, MediaKind, PROTOCOL_VERSION, ParticipantId,
+    ParticipantInfo, PublicationId, PublicationInfo, Role, RoomCounts, RoomId, RoomStatus,
+    ServerMessage,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -96,6 +97,10 @@ pub struct BotOptions {
     pub url: String,
     pub room: String,
     pub name: String,
+    /// A join link's token; when set, `room` and `name` are ignored (they come from it).
+    pub token: Option<String>,
+    /// Open rooms only: join as `viewer` (or `participant`, the default).
+    pub role: Option<Role>,
     pub tls: Arc<rustls::ClientConfig>,
     /// What the bot sends. `local_addr` is where its UDP socket binds (port 0 picks one) and
     /// is replaced by the bound address.
@@ -120,6 +125,8 @@ impl BotOptions {
             url: url.into(),
             room: room.into(),
             name: name.into(),
+            token: None,
+            role: None,
             tls,
             endpoint: EndpointConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             auto_subscribe: true,
@@ -152,6 +159,29 @@ pub struct Roster {
     pub publications_added: Vec<PublicationId>,
     pub publications_removed: Vec<PublicationId>,
     pub mute_changes: Vec<MuteChange>,
+    /// Messages about other participants' presence or state received after the join
+    /// (joined, left, updated), to measure how signaling grows with room size.
+    pub presence_messages: u64,
+    /// The last aggregate counts, and how many such messages arrived.
+    pub counts: Option<RoomCounts>,
+    pub counts_messages: u64,
+    /// Hosts: who waits in the lobby now.
+    pub lobby: Vec<LobbyEntry>,
+    pub room_state: RoomStatus,
+    /// This bot's role, as the server last said.
+    pub role: Option<Role>,
+}
+
+fn nameless(id: ParticipantId) -> ParticipantInfo {
+    ParticipantInfo {
+        id,
+        name: String::new(),
+        role: Role::Participant,
+        site: None,
+        hand_raised: false,
+        quality: None,
+        publications: Vec::new(),
+    }
 }
 
 impl Roster {
@@ -173,11 +203,7 @@ impl Roster {
         let participant = self
             .participants
             .entry(publication.participant_id)
-            .or_insert_with(|| ParticipantInfo {
-                id: publication.participant_id,
-                name: String::new(),
-                publications: Vec::new(),
-            });
+            .or_insert_with(|| nameless(publication.participant_id));
         if !participant
             .publications
             .iter()
@@ -193,15 +219,12 @@ impl Roster {
         for publication in participant.publications {
             self.add_publication(publication);
         }
-        let entry = self
-            .participants
-            .entry(id)
-            .or_insert_with(|| ParticipantInfo {
-                id,
-                name: String::new(),
-                publications: Vec::new(),
-            });
+        let entry = self.participants.entry(id).or_insert_with(|| nameless(id));
         entry.name = name;
+        entry.role = participant.role;
+        entry.site = participant.site;
+        entry.hand_raised = participant.hand_raised;
+        entry.quality = participant.quality;
     }
 }
 
@@ -338,6 +361,7 @@ impl Shared {
                 }
             }
             ServerMessage::ParticipantJoined { participant } => {
+                self.roster.presence_messages += 1;
                 if participant.id == self.participant_id {
                     return;
                 }
@@ -351,6 +375,7 @@ impl Shared {
                 participant_id,
                 reason,
             } => {
+                self.roster.presence_messages += 1;
                 self.roster.left.push((participant_id, reason));
                 if let Some(participant) = self.roster.participants.remove(&participant_id) {
                     for publication in participant.publications {
@@ -414,6 +439,22 @@ impl Shared {
             ServerMessage::MediaConnected => {
                 self.media_connected_at.get_or_insert(now);
             }
+            ServerMessage::ParticipantUpdated { participant } => {
+                self.roster.presence_messages += 1;
+                if participant.id != self.participant_id {
+                    self.roster.add_participant(participant);
+                }
+            }
+            ServerMessage::RoleChanged { role } => self.roster.role = Some(role),
+            ServerMessage::RoomState { open, locked } => {
+                self.roster.room_state = RoomStatus { open, locked };
+            }
+            ServerMessage::RoomCounts(counts) => {
+                self.roster.counts = Some(counts);
+                self.roster.counts_messages += 1;
+            }
+            ServerMessage::LobbyChanged { waiting } => self.roster.lobby = waiting,
+            ServerMessage::Lobby { .. } => self.fail("a lobby message after admission".into()),
             ServerMessage::Pong => self.pongs += 1,
             ServerMessage::Error { code, message } => {
                 self.errors.push((code, message));
@@ -485,10 +526,23 @@ impl Bot {
 
         send(
             &mut ws,
-            &ClientMessage::Join {
-                protocol_version: PROTOCOL_VERSION,
-                room: RoomId(options.room.clone()),
-                name: options.name.clone(),
+            &match &options.token {
+                Some(token) => ClientMessage::Join {
+                    protocol_version: PROTOCOL_VERSION,
+                    token: Some(token.clone()),
+                    room: None,
+                    name: None,
+                    role: None,
+                    resume: None,
+                },
+                None => ClientMessage::Join {
+                    protocol_version: PROTOCOL_VERSION,
+                    token: None,
+                    room: Some(RoomId(options.room.clone())),
+                    name: Some(options.name.clone()),
+                    role: options.role,
+                    resume: None,
+                },
             },
         )
         .await?;
@@ -500,6 +554,9 @@ impl Bot {
             participant_id,
             room,
             participants,
+            role,
+            room_state,
+            counts,
             ..
         } = joined
         else {
@@ -524,7 +581,12 @@ impl Bot {
             started_at,
             joined_at,
             media_connected_at: None,
-            roster: Roster::default(),
+            roster: Roster {
+                role: Some(role),
+                room_state,
+                counts: Some(counts),
+                ..Roster::default()
+            },
             errors: Vec::new(),
             pongs: 0,
             events: VecDeque::new(),

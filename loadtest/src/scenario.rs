@@ -778,6 +778,7 @@ mod tests {
         config.http_addr = "127.0.0.1:0".parse().expect("addr");
         config.media_addr = "127.0.0.1:0".parse().expect("addr");
         config.data_dir = data_dir.clone();
+        config.open_rooms = true;
         let server = signaling::start(config).await.expect("server starts");
         let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
         let target = Target {

@@ -5,8 +5,8 @@
 //! separate SFU process without changing either side.
 
 use protocol::{
-    ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, RoomId, SubscribeTrack,
-    TrackSource,
+    ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, Quality, RoomId,
+    SubscribeTrack, TrackSource,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,12 @@ pub enum SfuCommand {
     },
     /// Tears the participant's transport down, with its publications and subscriptions.
     RemoveParticipant { participant: ParticipantId },
+    /// Allows or forbids the participant to publish. Forbidding ends its publications at once
+    /// and ignores the send m-lines of its later offers; a viewer is added then forbidden.
+    SetPublishing {
+        participant: ParticipantId,
+        allowed: bool,
+    },
 }
 
 impl SfuCommand {
@@ -49,7 +55,8 @@ impl SfuCommand {
             | SfuCommand::Offer { participant, .. }
             | SfuCommand::RemoteCandidate { participant, .. }
             | SfuCommand::SetMuted { participant, .. }
-            | SfuCommand::RemoveParticipant { participant } => *participant,
+            | SfuCommand::RemoveParticipant { participant }
+            | SfuCommand::SetPublishing { participant, .. } => *participant,
         }
     }
 }
@@ -91,4 +98,10 @@ pub enum SfuEvent {
     MediaConnected { participant: ParticipantId },
     /// The transport stopped receiving consent (no STUN from the client) and was closed.
     MediaDisconnected { participant: ParticipantId },
+    /// The participant's connection quality (loss and round-trip time on its transport)
+    /// crossed a threshold. Sent on change only.
+    QualityChanged {
+        participant: ParticipantId,
+        quality: Quality,
+    },
 }

@@ -125,6 +125,8 @@ struct Participant {
     closed_by_peer: bool,
     /// Whether the participant is in the engine's list of transports to drain this pass.
     queued: bool,
+    /// Whether its send m-lines become publications (false for viewers).
+    may_publish: bool,
 }
 
 #[derive(Debug, Default)]
@@ -390,6 +392,13 @@ impl Engine {
                 self.remove_participant(participant);
                 Ok(())
             }
+            SfuCommand::SetPublishing {
+                participant,
+                allowed,
+            } => {
+                self.set_publishing(participant, allowed);
+                Ok(())
+            }
         };
         if let Err((code, message)) = result {
             self.events.push_back(SfuEvent::Refused {
@@ -453,6 +462,7 @@ impl Engine {
                 disconnected_reported: false,
                 closed_by_peer: false,
                 queued: false,
+                may_publish: true,
             },
         );
         Ok(())
@@ -535,6 +545,7 @@ impl Engine {
         let mut to_unpublish = Vec::new();
         let mut to_bind = Vec::new();
         let mut to_unbind = Vec::new();
+        let mut refused_publications = 0;
         for mid in mids {
             let Some(media) = participant.rtc.media(*mid) else {
                 continue;
@@ -544,6 +555,7 @@ impl Engine {
             let sending = matches!(direction, Direction::SendOnly | Direction::SendRecv);
             let published = participant.published.iter().find(|(m, _)| m == mid);
             match (receiving, published) {
+                (true, None) if !participant.may_publish => refused_publications += 1,
                 (true, None) => {
                     let kind = match media.kind() {
                         str0m::media::MediaKind::Audio => MediaKind::Audio,
@@ -581,6 +593,7 @@ impl Engine {
             }
         }
 
+        self.stats.refused_publications += refused_publications;
         for (mid, kind, source) in to_publish {
             let publication = PublicationId(self.next_publication);
             self.next_publication += 1;
@@ -708,6 +721,20 @@ impl Engine {
             && let Some(p) = self.publications.get_mut(&publication)
         {
             p.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+        }
+    }
+
+    fn set_publishing(&mut self, id: ParticipantId, allowed: bool) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        participant.may_publish = allowed;
+        if allowed {
+            return;
+        }
+        let published: Vec<PublicationId> = participant.published.iter().map(|(_, p)| *p).collect();
+        for publication in published {
+            self.remove_publication(publication);
         }
     }
 

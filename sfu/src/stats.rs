@@ -41,4 +41,6 @@ pub struct EngineStats {
     pub nacks_received: u64,
     /// Subscriptions refused: another room, oneself, or a kind or codec mismatch.
     pub refused_subscriptions: u64,
+    /// Send m-lines of participants not allowed to publish (viewers), ignored.
+    pub refused_publications: u64,
 }

@@ -1,24 +1,34 @@
-//! The rooms and their rosters: one task owns them all, so joins, leaves and SFU events are
-//! applied in one order and never race.
+//! The rooms, their rosters and lobbies: one task owns them all, so joins, admissions, role
+//! changes, leaves and SFU events are applied in one order and never race.
 //!
 //! Sessions send [`HubRequest`]s; the hub answers each participant through its outbound queue
 //! and drives the SFU through [`SfuHandle`]. A message for many participants is serialized
 //! once and shared.
+//!
+//! Who hears about whom follows [`sees`]: everyone sees hosts and presenters, participants see
+//! each other, and viewers are seen individually by hosts only. Everyone else learns how many
+//! viewers there are from [`ServerMessage::RoomCounts`], sent at most once a second per room,
+//! so a viewer joining a room of thousands costs O(hosts) messages, not O(N).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo,
-    PublicationId, PublicationInfo, RoomId, ServerMessage,
+    ClientMessage, ErrorCode, LeaveReason, LobbyEntry, LobbyReason, MediaKind, PROTOCOL_VERSION,
+    ParticipantId, ParticipantInfo, PublicationId, PublicationInfo, Quality, Role, RoomCounts,
+    RoomId, RoomStatus, ServerMessage, TrackSource,
 };
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::Store;
+use crate::db::{Admission, Store};
 
 /// Messages queued for one participant's socket before it is treated as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// How often aggregate counts go out (when they changed) and scheduled rooms are opened.
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a session's socket task is asked to send.
 #[derive(Debug, Clone)]
@@ -32,16 +42,41 @@ pub enum Outbound {
 /// A refusal with a stable code.
 pub type Refusal = (ErrorCode, String);
 
-/// Requests from sessions to the hub.
+/// The scheduled meeting a room belongs to.
+#[derive(Debug, Clone)]
+pub struct MeetingInfo {
+    pub title: String,
+    /// Milliseconds since the Unix epoch.
+    pub starts_at: i64,
+    pub admission: Admission,
+}
+
+/// Someone asking to enter a room, with an identity the session has already checked (from a
+/// verified join token, or an open room's join message).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub room: RoomId,
+    pub name: String,
+    pub role: Role,
+    pub site_id: Option<String>,
+    pub site_name: Option<String>,
+    /// The invitation this identity comes from; `None` in open rooms.
+    pub invitation: Option<String>,
+    /// `None` for open rooms, which are open from the start.
+    pub meeting: Option<MeetingInfo>,
+    /// The secret of an earlier connection of the same invitee, to take it over.
+    pub resume: Option<String>,
+}
+
+/// Requests from sessions and the API to the hub.
 #[derive(Debug)]
 pub enum HubRequest {
     Join {
-        room: RoomId,
-        name: String,
+        arrival: Box<Arrival>,
         outbound: mpsc::Sender<Outbound>,
         reply: oneshot::Sender<Result<ParticipantId, Refusal>>,
     },
-    /// A message from a joined participant (offer, candidate, mute).
+    /// A message from a participant (offer, candidate, mute, host actions).
     Message {
         participant: ParticipantId,
         message: ClientMessage,
@@ -50,6 +85,10 @@ pub enum HubRequest {
         participant: ParticipantId,
         reason: LeaveReason,
     },
+    /// The meeting was cancelled: everyone out, with `room_closed`.
+    CloseRoom { room: RoomId },
+    /// An invitation was revoked: its holder, if present, is removed.
+    RevokeInvitation { invitation: String },
     /// The server is stopping: close every session with a message saying so.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -61,23 +100,22 @@ pub struct HubHandle {
 }
 
 impl HubHandle {
+    /// Enters a room or its lobby. The hub itself sends `lobby` or `joined`.
     pub async fn join(
         &self,
-        room: RoomId,
-        name: String,
+        arrival: Arrival,
         outbound: mpsc::Sender<Outbound>,
     ) -> Result<ParticipantId, Refusal> {
         let (reply, response) = oneshot::channel();
         let unavailable = || {
             (
-                ErrorCode::MediaUnavailable,
+                ErrorCode::RoomClosed,
                 "the server is shutting down".to_string(),
             )
         };
         self.requests
             .send(HubRequest::Join {
-                room,
-                name,
+                arrival: Box::new(arrival),
                 outbound,
                 reply,
             })
@@ -107,14 +145,80 @@ impl HubHandle {
             reason,
         });
     }
+
+    /// Ends a room: everyone in it or its lobby is disconnected with `room_closed`.
+    pub fn close_room(&self, room: &RoomId) {
+        let _ = self
+            .requests
+            .send(HubRequest::CloseRoom { room: room.clone() });
+    }
+
+    /// Removes whoever is present with this invitation.
+    pub fn revoke_invitation(&self, invitation: &str) {
+        let _ = self.requests.send(HubRequest::RevokeInvitation {
+            invitation: invitation.to_string(),
+        });
+    }
+}
+
+/// Whether a participant in role `viewer` hears individually about one in role `subject`.
+pub fn sees(viewer: Role, subject: Role) -> bool {
+    match viewer {
+        Role::Host => true,
+        Role::Presenter | Role::Participant => subject != Role::Viewer,
+        Role::Viewer => matches!(subject, Role::Host | Role::Presenter),
+    }
 }
 
 #[derive(Debug)]
 struct Member {
     room: RoomId,
     name: String,
+    role: Role,
+    site_id: Option<String>,
+    site_name: Option<String>,
+    invitation: Option<String>,
+    hand_raised: bool,
+    quality: Option<Quality>,
     outbound: mpsc::Sender<Outbound>,
     publications: Vec<PublicationInfo>,
+    /// False while waiting in the lobby.
+    admitted: bool,
+    resume: String,
+}
+
+impl Member {
+    fn info(&self, id: ParticipantId) -> ParticipantInfo {
+        ParticipantInfo {
+            id,
+            name: self.name.clone(),
+            role: self.role,
+            site: self.site_name.clone(),
+            hand_raised: self.hand_raised,
+            quality: self.quality,
+            publications: self.publications.clone(),
+        }
+    }
+
+    fn lobby_entry(&self, id: ParticipantId) -> LobbyEntry {
+        LobbyEntry {
+            participant_id: id,
+            name: self.name.clone(),
+            site: self.site_name.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Room {
+    admitted: Vec<ParticipantId>,
+    lobby: Vec<ParticipantId>,
+    status: RoomStatus,
+    title: String,
+    starts_at: Option<i64>,
+    admission: Option<Admission>,
+    counts_sent: RoomCounts,
+    counts_dirty: bool,
 }
 
 #[derive(Debug)]
@@ -122,8 +226,12 @@ struct Hub {
     sfu: SfuHandle,
     store: Store,
     max_participants_per_room: usize,
-    rooms: HashMap<RoomId, Vec<ParticipantId>>,
+    rooms: HashMap<RoomId, Room>,
     members: HashMap<ParticipantId, Member>,
+    /// Who holds each invitation now, so that one invitee is never present twice.
+    by_invitation: HashMap<String, ParticipantId>,
+    /// The owner of every live publication, for checking subscriptions against [`sees`].
+    publication_owner: HashMap<PublicationId, ParticipantId>,
 }
 
 /// Starts the hub task.
@@ -140,6 +248,8 @@ pub fn spawn(
         max_participants_per_room,
         rooms: HashMap::new(),
         members: HashMap::new(),
+        by_invitation: HashMap::new(),
+        publication_owner: HashMap::new(),
     };
     tokio::spawn(hub.run(receiver, sfu_events));
     HubHandle { requests }
@@ -153,12 +263,34 @@ fn encode(message: &ServerMessage) -> Arc<str> {
         .into()
 }
 
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares secrets without an early exit, so timing does not reveal a prefix.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 impl Hub {
     async fn run(
         mut self,
         mut requests: mpsc::UnboundedReceiver<HubRequest>,
         mut sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
     ) {
+        let mut tick = tokio::time::interval(COUNTS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
@@ -171,11 +303,16 @@ impl Hub {
                         tracing::error!("the SFU stopped; closing every session");
                         let ids: Vec<ParticipantId> = self.members.keys().copied().collect();
                         for id in ids {
-                            self.remove(id, LeaveReason::Removed, Some("the media server stopped"));
+                            self.remove(
+                                id,
+                                LeaveReason::Removed,
+                                Some((ErrorCode::MediaUnavailable, "the media server stopped")),
+                            );
                         }
                         return;
                     }
                 },
+                _ = tick.tick() => self.on_tick(),
             }
         }
     }
@@ -183,29 +320,55 @@ impl Hub {
     fn handle_request(&mut self, request: HubRequest) {
         match request {
             HubRequest::Join {
-                room,
-                name,
+                arrival,
                 outbound,
                 reply,
             } => {
-                let result = self.join(room, name, outbound);
+                let result = self.join(*arrival, outbound);
                 let _ = reply.send(result);
             }
             HubRequest::Message {
                 participant,
                 message,
-            } => self.handle_message(participant, message),
+            } => {
+                if let Err((code, message)) = self.handle_message(participant, message) {
+                    self.send(participant, &ServerMessage::Error { code, message });
+                }
+            }
             HubRequest::Leave {
                 participant,
                 reason,
             } => self.remove(participant, reason, None),
+            HubRequest::CloseRoom { room } => {
+                let ids: Vec<ParticipantId> = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.admitted.iter().chain(&r.lobby).copied().collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    self.remove(
+                        id,
+                        LeaveReason::Removed,
+                        Some((ErrorCode::RoomClosed, "the meeting was cancelled")),
+                    );
+                }
+            }
+            HubRequest::RevokeInvitation { invitation } => {
+                if let Some(id) = self.by_invitation.get(&invitation).copied() {
+                    self.remove(
+                        id,
+                        LeaveReason::Removed,
+                        Some((ErrorCode::Removed, "your invitation was withdrawn")),
+                    );
+                }
+            }
             HubRequest::Shutdown { done } => {
                 let ids: Vec<ParticipantId> = self.members.keys().copied().collect();
                 for id in ids {
                     self.remove(
                         id,
                         LeaveReason::Removed,
-                        Some("the server is shutting down"),
+                        Some((ErrorCode::RoomClosed, "the server is shutting down")),
                     );
                 }
                 let _ = done.send(());
@@ -215,73 +378,292 @@ impl Hub {
 
     fn join(
         &mut self,
-        room: RoomId,
-        name: String,
+        arrival: Arrival,
         outbound: mpsc::Sender<Outbound>,
     ) -> Result<ParticipantId, Refusal> {
-        let present = self.rooms.get(&room).map_or(0, Vec::len);
-        if present >= self.max_participants_per_room {
-            return Err((ErrorCode::RoomFull, format!("room {room} is full")));
+        // One invitee, one presence: a second connection takes over only with the secret the
+        // first one was given, so a leaked link cannot push its owner out.
+        if let Some(invitation) = &arrival.invitation
+            && let Some(existing) = self.by_invitation.get(invitation).copied()
+        {
+            let resumable = match (&arrival.resume, self.members.get(&existing)) {
+                (Some(resume), Some(member)) => same_secret(resume, &member.resume),
+                _ => false,
+            };
+            if !resumable {
+                return Err((
+                    ErrorCode::AlreadyConnected,
+                    "this invitation is already in use in the meeting".into(),
+                ));
+            }
+            self.remove(
+                existing,
+                LeaveReason::TimedOut,
+                Some((ErrorCode::AlreadyConnected, "you joined again elsewhere")),
+            );
         }
+        let now = unix_millis();
+        let room = self
+            .rooms
+            .entry(arrival.room.clone())
+            .or_insert_with(|| Room {
+                admitted: Vec::new(),
+                lobby: Vec::new(),
+                status: RoomStatus {
+                    open: arrival.meeting.is_none(),
+                    locked: false,
+                },
+                title: arrival
+                    .meeting
+                    .as_ref()
+                    .map_or_else(|| arrival.room.0.clone(), |m| m.title.clone()),
+                starts_at: arrival.meeting.as_ref().map(|m| m.starts_at),
+                admission: arrival.meeting.as_ref().map(|m| m.admission),
+                counts_sent: RoomCounts::default(),
+                counts_dirty: true,
+            });
+        if room.admitted.len() + room.lobby.len() >= self.max_participants_per_room {
+            if room.admitted.is_empty() && room.lobby.is_empty() {
+                self.rooms.remove(&arrival.room);
+            }
+            return Err((
+                ErrorCode::RoomFull,
+                format!("room {} is full", arrival.room),
+            ));
+        }
+        let scheduled_open = room.admission == Some(Admission::Scheduled)
+            && room.starts_at.is_some_and(|t| now >= t);
         let id = loop {
             let candidate = ParticipantId(rand::random::<u64>() >> 11);
             if !self.members.contains_key(&candidate) {
                 break candidate;
             }
         };
+        let member = Member {
+            room: arrival.room.clone(),
+            name: arrival.name,
+            role: arrival.role,
+            site_id: arrival.site_id,
+            site_name: arrival.site_name,
+            invitation: arrival.invitation,
+            hand_raised: false,
+            quality: None,
+            outbound,
+            publications: Vec::new(),
+            admitted: false,
+            resume: random_secret(),
+        };
+        if let Some(invitation) = &member.invitation {
+            self.by_invitation.insert(invitation.clone(), id);
+        }
+        let role = member.role;
+        self.members.insert(id, member);
+        if scheduled_open {
+            self.open_room(&arrival.room);
+        }
+        let Some(room) = self.rooms.get_mut(&arrival.room) else {
+            return Err((ErrorCode::RoomClosed, "the room is gone".into()));
+        };
+        let waits = role != Role::Host && (!room.status.open || room.status.locked);
+        if waits {
+            room.lobby.push(id);
+            room.counts_dirty = true;
+            let message = encode(&ServerMessage::Lobby {
+                participant_id: id,
+                room: arrival.room.clone(),
+                title: room.title.clone(),
+                starts_at: room.starts_at,
+                reason: if room.status.locked {
+                    LobbyReason::Locked
+                } else {
+                    LobbyReason::NotOpen
+                },
+            });
+            self.send_text(id, message);
+            self.lobby_changed(&arrival.room);
+            tracing::info!(participant = %id, room = %arrival.room, "participant waits in the lobby");
+        } else {
+            self.admit(id)?;
+        }
+        Ok(id)
+    }
+
+    /// Moves a member from the lobby (or the door) into the room and its media.
+    fn admit(&mut self, id: ParticipantId) -> Result<(), Refusal> {
+        let Some(member) = self.members.get_mut(&id) else {
+            return Err((ErrorCode::UnknownParticipant, format!("{id} is not here")));
+        };
+        if member.admitted {
+            return Ok(());
+        }
+        let room_id = member.room.clone();
         if !self.sfu.send(SfuCommand::AddParticipant {
             participant: id,
-            room: room.clone(),
+            room: room_id.clone(),
         }) {
+            self.remove(
+                id,
+                LeaveReason::Removed,
+                Some((
+                    ErrorCode::MediaUnavailable,
+                    "the media server is not running",
+                )),
+            );
             return Err((
                 ErrorCode::MediaUnavailable,
                 "the media server is not running".into(),
             ));
         }
-        let members = self.rooms.entry(room.clone()).or_default();
-        let participants: Vec<ParticipantInfo> = members
+        member.admitted = true;
+        let role = member.role;
+        if role == Role::Viewer {
+            self.sfu.send(SfuCommand::SetPublishing {
+                participant: id,
+                allowed: false,
+            });
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return Ok(());
+        };
+        let was_waiting = room.lobby.contains(&id);
+        room.lobby.retain(|p| *p != id);
+        room.admitted.push(id);
+        room.counts_dirty = true;
+        let participants: Vec<ParticipantInfo> = room
+            .admitted
             .iter()
-            .filter_map(|p| self.members.get(p).map(|m| info(*p, m)))
+            .filter(|p| **p != id)
+            .filter_map(|p| self.members.get(p).map(|m| (p, m)))
+            .filter(|(_, m)| sees(role, m.role))
+            .map(|(p, m)| m.info(*p))
             .collect();
-        members.push(id);
+        let counts = counts_of(room, &self.members);
+        let Some(member) = self.members.get(&id) else {
+            return Ok(());
+        };
         let joined = encode(&ServerMessage::Joined {
             protocol_version: PROTOCOL_VERSION,
-            room: room.clone(),
+            room: room_id.clone(),
+            title: room.title.clone(),
             participant_id: id,
+            role,
             participants,
+            room_state: room.status,
+            counts,
+            resume: member.resume.clone(),
         });
-        let _ = outbound.try_send(Outbound::Text(joined));
-        let member = Member {
-            room: room.clone(),
-            name: name.clone(),
-            outbound,
-            publications: Vec::new(),
-        };
         let announcement = encode(&ServerMessage::ParticipantJoined {
-            participant: info(id, &member),
+            participant: member.info(id),
         });
-        self.members.insert(id, member);
-        self.broadcast(&room, Some(id), &announcement);
-        tracing::info!(participant = %id, room = %room, "participant joined");
+        let record = (
+            member.invitation.clone(),
+            member.name.clone(),
+            member.site_id.clone(),
+        );
+        self.send_text(id, joined);
+        self.broadcast_about(&room_id, role, Some(id), &announcement);
+        if was_waiting {
+            self.lobby_changed(&room_id);
+        }
+        tracing::info!(participant = %id, room = %room_id, role = role.as_str(), "participant joined");
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(err) = store.record_join(&room, id, &name).await {
+            let (invitation, name, site) = record;
+            if let Err(err) = store
+                .record_join(
+                    &room_id,
+                    id,
+                    invitation.as_deref(),
+                    &name,
+                    site.as_deref(),
+                    role,
+                )
+                .await
+            {
                 tracing::warn!(%err, "attendance not recorded");
             }
         });
-        Ok(id)
+        Ok(())
     }
 
-    fn handle_message(&mut self, participant: ParticipantId, message: ClientMessage) {
-        if !self.members.contains_key(&participant) {
+    /// Opens a room: its lobby is admitted and later arrivals enter directly.
+    fn open_room(&mut self, room_id: &RoomId) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.status.open {
             return;
         }
+        room.status.open = true;
+        let status = room.status;
+        let waiting = if status.locked {
+            Vec::new()
+        } else {
+            room.lobby.clone()
+        };
+        self.broadcast_all(
+            room_id,
+            &encode(&ServerMessage::RoomState {
+                open: status.open,
+                locked: status.locked,
+            }),
+        );
+        for id in waiting {
+            let _ = self.admit(id);
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        participant: ParticipantId,
+        message: ClientMessage,
+    ) -> Result<(), Refusal> {
+        let Some(member) = self.members.get(&participant) else {
+            return Ok(());
+        };
+        if !member.admitted {
+            return Err((
+                ErrorCode::NotAdmitted,
+                "wait until a host lets you in".into(),
+            ));
+        }
+        let role = member.role;
+        let room = member.room.clone();
+        let host_only = || {
+            if role == Role::Host {
+                Ok(())
+            } else {
+                Err((ErrorCode::Forbidden, "only a host can do this".to_string()))
+            }
+        };
         match message {
             ClientMessage::Offer {
                 sdp,
                 publish,
                 subscribe,
             } => {
+                if role == Role::Viewer && !publish.is_empty() {
+                    return Err((ErrorCode::Forbidden, "viewers do not publish".into()));
+                }
+                if role == Role::Participant
+                    && publish.iter().any(|p| p.source == TrackSource::Screen)
+                {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        "only hosts and presenters share their screen".into(),
+                    ));
+                }
+                // A subscription to someone this role does not see is left idle, exactly as
+                // one to a publication that just ended.
+                let subscribe = subscribe
+                    .into_iter()
+                    .filter(|s| {
+                        self.publication_owner
+                            .get(&s.publication_id)
+                            .and_then(|owner| self.members.get(owner))
+                            .is_some_and(|owner| owner.room == room && sees(role, owner.role))
+                    })
+                    .collect();
                 self.sfu.send(SfuCommand::Offer {
                     participant,
                     sdp,
@@ -298,29 +680,150 @@ impl Hub {
             ClientMessage::SetMuted {
                 publication_id,
                 muted,
-            } => self.set_muted(participant, publication_id, muted),
+            } => self.set_muted(participant, publication_id, muted)?,
+            ClientMessage::RaiseHand { raised } => self.raise_hand(participant, raised),
+            ClientMessage::Admit { participant_id } => {
+                host_only()?;
+                let waiting = self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|r| r.lobby.contains(&participant_id));
+                if !waiting {
+                    return Err((
+                        ErrorCode::UnknownParticipant,
+                        format!("{participant_id} is not waiting in this room's lobby"),
+                    ));
+                }
+                self.admit(participant_id)?;
+            }
+            ClientMessage::AdmitAll {} => {
+                host_only()?;
+                let waiting = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.lobby.clone())
+                    .unwrap_or_default();
+                for id in waiting {
+                    let _ = self.admit(id);
+                }
+            }
+            ClientMessage::OpenRoom {} => {
+                host_only()?;
+                self.open_room(&room);
+            }
+            ClientMessage::LockRoom { locked } => {
+                host_only()?;
+                if let Some(r) = self.rooms.get_mut(&room)
+                    && r.status.locked != locked
+                {
+                    r.status.locked = locked;
+                    let status = r.status;
+                    self.broadcast_all(
+                        &room,
+                        &encode(&ServerMessage::RoomState {
+                            open: status.open,
+                            locked: status.locked,
+                        }),
+                    );
+                }
+            }
+            ClientMessage::SetRole {
+                participant_id,
+                role: new_role,
+            } => {
+                host_only()?;
+                if participant_id == participant {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        "a host cannot change their own role".into(),
+                    ));
+                }
+                self.target_in_room(participant_id, &room)?;
+                self.set_role(participant_id, new_role);
+            }
+            ClientMessage::MuteParticipant {
+                participant_id,
+                kind,
+            } => {
+                host_only()?;
+                self.target_in_room(participant_id, &room)?;
+                self.mute_kind(participant_id, kind);
+            }
+            ClientMessage::RemoveParticipant { participant_id } => {
+                host_only()?;
+                if participant_id == participant {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        "leave the meeting instead of removing yourself".into(),
+                    ));
+                }
+                let in_room = self
+                    .members
+                    .get(&participant_id)
+                    .is_some_and(|m| m.room == room);
+                if !in_room {
+                    return Err((
+                        ErrorCode::UnknownParticipant,
+                        format!("{participant_id} is not in this room"),
+                    ));
+                }
+                let invitation = self
+                    .members
+                    .get(&participant_id)
+                    .and_then(|m| m.invitation.clone());
+                self.remove(
+                    participant_id,
+                    LeaveReason::Removed,
+                    Some((ErrorCode::Removed, "a host removed you from the meeting")),
+                );
+                if let Some(invitation) = invitation {
+                    // The link must stop working too, or the removed person walks back in.
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = store.revoke_invitation(&invitation).await {
+                            tracing::warn!(%err, "invitation not revoked");
+                        }
+                    });
+                }
+            }
             // The session answers these itself.
             ClientMessage::Join { .. } | ClientMessage::Ping {} | ClientMessage::Leave {} => {}
         }
+        Ok(())
     }
 
-    fn set_muted(&mut self, participant: ParticipantId, publication: PublicationId, muted: bool) {
+    /// Checks that a host's target is admitted in the host's own room.
+    fn target_in_room(&self, target: ParticipantId, room: &RoomId) -> Result<(), Refusal> {
+        match self.members.get(&target) {
+            Some(m) if m.room == *room && m.admitted => Ok(()),
+            _ => Err((
+                ErrorCode::UnknownParticipant,
+                format!("{target} is not in this room"),
+            )),
+        }
+    }
+
+    fn set_muted(
+        &mut self,
+        participant: ParticipantId,
+        publication: PublicationId,
+        muted: bool,
+    ) -> Result<(), Refusal> {
         let Some(member) = self.members.get_mut(&participant) else {
-            return;
+            return Ok(());
         };
         let Some(info) = member.publications.iter_mut().find(|p| p.id == publication) else {
-            let error = encode(&ServerMessage::Error {
-                code: ErrorCode::UnknownPublication,
-                message: format!("{publication} is not one of your publications"),
-            });
-            let _ = member.outbound.try_send(Outbound::Text(error));
-            return;
+            return Err((
+                ErrorCode::UnknownPublication,
+                format!("{publication} is not one of your publications"),
+            ));
         };
         if info.muted == muted {
-            return;
+            return Ok(());
         }
         info.muted = muted;
         let room = member.room.clone();
+        let role = member.role;
         self.sfu.send(SfuCommand::SetMuted {
             participant,
             publication,
@@ -331,7 +834,132 @@ impl Hub {
             participant_id: participant,
             muted,
         });
-        self.broadcast(&room, None, &message);
+        self.broadcast_about(&room, role, None, &message);
+        Ok(())
+    }
+
+    /// A host mutes every publication of one kind of the target; the owner may unmute.
+    fn mute_kind(&mut self, target: ParticipantId, kind: MediaKind) {
+        let publications: Vec<PublicationId> = self
+            .members
+            .get(&target)
+            .map(|m| {
+                m.publications
+                    .iter()
+                    .filter(|p| p.kind == kind && !p.muted)
+                    .map(|p| p.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for publication in publications {
+            let _ = self.set_muted(target, publication, true);
+        }
+    }
+
+    fn raise_hand(&mut self, participant: ParticipantId, raised: bool) {
+        let Some(member) = self.members.get_mut(&participant) else {
+            return;
+        };
+        if member.hand_raised == raised {
+            return;
+        }
+        member.hand_raised = raised;
+        let room = member.room.clone();
+        let role = member.role;
+        let message = encode(&ServerMessage::ParticipantUpdated {
+            participant: member.info(participant),
+        });
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.counts_dirty = true;
+        }
+        self.broadcast_about(&room, role, None, &message);
+    }
+
+    /// Changes a role and what follows from it: publishing rights, and who sees whom.
+    fn set_role(&mut self, target: ParticipantId, new_role: Role) {
+        let Some(member) = self.members.get_mut(&target) else {
+            return;
+        };
+        let old_role = member.role;
+        if old_role == new_role {
+            return;
+        }
+        member.role = new_role;
+        let room_id = member.room.clone();
+        let target_info = member.info(target);
+        let _ = member
+            .outbound
+            .try_send(Outbound::Text(encode(&ServerMessage::RoleChanged {
+                role: new_role,
+            })));
+        if (old_role == Role::Viewer) != (new_role == Role::Viewer) {
+            self.sfu.send(SfuCommand::SetPublishing {
+                participant: target,
+                allowed: new_role != Role::Viewer,
+            });
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        room.counts_dirty = true;
+        let others: Vec<ParticipantId> = room
+            .admitted
+            .iter()
+            .copied()
+            .filter(|p| *p != target)
+            .collect();
+        let joined = encode(&ServerMessage::ParticipantJoined {
+            participant: target_info.clone(),
+        });
+        let updated = encode(&ServerMessage::ParticipantUpdated {
+            participant: target_info,
+        });
+        let left = encode(&ServerMessage::ParticipantLeft {
+            participant_id: target,
+            reason: LeaveReason::Left,
+        });
+        let mut to_target = Vec::new();
+        let mut too_slow = Vec::new();
+        for other in others {
+            let Some(o) = self.members.get(&other) else {
+                continue;
+            };
+            // What the others now see of the target.
+            let message = match (sees(o.role, old_role), sees(o.role, new_role)) {
+                (false, true) => Some(&joined),
+                (true, true) => Some(&updated),
+                (true, false) => Some(&left),
+                (false, false) => None,
+            };
+            if let Some(message) = message
+                && o.outbound
+                    .try_send(Outbound::Text(message.clone()))
+                    .is_err()
+            {
+                too_slow.push(other);
+            }
+            // What the target now sees of the others.
+            match (sees(old_role, o.role), sees(new_role, o.role)) {
+                (false, true) => to_target.push(encode(&ServerMessage::ParticipantJoined {
+                    participant: o.info(other),
+                })),
+                (true, false) => to_target.push(encode(&ServerMessage::ParticipantLeft {
+                    participant_id: other,
+                    reason: LeaveReason::Left,
+                })),
+                _ => {}
+            }
+        }
+        for message in to_target {
+            self.send_text(target, message);
+        }
+        for id in too_slow {
+            self.remove(id, LeaveReason::Removed, None);
+        }
+        if new_role == Role::Host {
+            self.send_lobby_to(target, &room_id);
+        }
+        tracing::info!(participant = %target, from = old_role.as_str(), to = new_role.as_str(), "role changed");
     }
 
     fn handle_sfu_event(&mut self, event: SfuEvent) {
@@ -362,23 +990,30 @@ impl Hub {
                 };
                 member.publications.push(info.clone());
                 let room = member.room.clone();
+                let role = member.role;
+                self.publication_owner.insert(publication.id, participant);
                 let message = encode(&ServerMessage::PublicationAdded { publication: info });
-                self.broadcast(&room, None, &message);
+                // The publisher learns its own ids from this message too.
+                self.send_text(participant, message.clone());
+                self.broadcast_about(&room, role, Some(participant), &message);
             }
             SfuEvent::PublicationRemoved {
                 participant,
                 publication,
             } => {
+                self.publication_owner.remove(&publication);
                 let Some(member) = self.members.get_mut(&participant) else {
                     return;
                 };
                 member.publications.retain(|p| p.id != publication);
                 let room = member.room.clone();
+                let role = member.role;
                 let message = encode(&ServerMessage::PublicationRemoved {
                     publication_id: publication,
                     participant_id: participant,
                 });
-                self.broadcast(&room, None, &message);
+                self.send_text(participant, message.clone());
+                self.broadcast_about(&room, role, Some(participant), &message);
             }
             SfuEvent::MediaConnected { participant } => {
                 self.send(participant, &ServerMessage::MediaConnected);
@@ -388,46 +1023,126 @@ impl Hub {
                 self.remove(
                     participant,
                     LeaveReason::TimedOut,
-                    Some("your media connection timed out"),
+                    Some((
+                        ErrorCode::MediaUnavailable,
+                        "your media connection timed out",
+                    )),
                 );
+            }
+            SfuEvent::QualityChanged {
+                participant,
+                quality,
+            } => {
+                let Some(member) = self.members.get_mut(&participant) else {
+                    return;
+                };
+                if member.quality == Some(quality) {
+                    return;
+                }
+                member.quality = Some(quality);
+                let room = member.room.clone();
+                let role = member.role;
+                let message = encode(&ServerMessage::ParticipantUpdated {
+                    participant: member.info(participant),
+                });
+                self.broadcast_about(&room, role, None, &message);
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = store.record_quality(participant, quality).await {
+                        tracing::warn!(%err, "quality not recorded");
+                    }
+                });
             }
         }
     }
 
-    /// Removes a participant everywhere and tells the room. `close` also closes its socket
-    /// with that message.
-    fn remove(&mut self, participant: ParticipantId, reason: LeaveReason, close: Option<&str>) {
+    /// Sends aggregate counts where they changed, and opens scheduled rooms whose time came.
+    fn on_tick(&mut self) {
+        let now = unix_millis();
+        let due: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                !r.status.open
+                    && r.admission == Some(Admission::Scheduled)
+                    && r.starts_at.is_some_and(|t| now >= t)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for room in due {
+            self.open_room(&room);
+        }
+        let dirty: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.counts_dirty)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for room_id in dirty {
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            room.counts_dirty = false;
+            let counts = counts_of(room, &self.members);
+            if counts == room.counts_sent {
+                continue;
+            }
+            room.counts_sent = counts;
+            self.broadcast_all(&room_id, &encode(&ServerMessage::RoomCounts(counts)));
+        }
+    }
+
+    /// Removes a participant everywhere and tells those who saw it. `close` also closes its
+    /// socket with that error.
+    fn remove(
+        &mut self,
+        participant: ParticipantId,
+        reason: LeaveReason,
+        close: Option<(ErrorCode, &str)>,
+    ) {
         let Some(member) = self.members.remove(&participant) else {
             return;
         };
-        self.sfu.send(SfuCommand::RemoveParticipant { participant });
-        if let Some(message) = close {
+        if let Some(invitation) = &member.invitation
+            && self.by_invitation.get(invitation) == Some(&participant)
+        {
+            self.by_invitation.remove(invitation);
+        }
+        if let Some((code, message)) = close {
             let error = encode(&ServerMessage::Error {
-                code: ErrorCode::MediaUnavailable,
+                code,
                 message: message.to_string(),
             });
             let _ = member.outbound.try_send(Outbound::Close(error));
         }
-        if let Some(members) = self.rooms.get_mut(&member.room) {
-            members.retain(|p| *p != participant);
-            if members.is_empty() {
-                self.rooms.remove(&member.room);
-            }
+        let Some(room) = self.rooms.get_mut(&member.room) else {
+            return;
+        };
+        room.counts_dirty = true;
+        if !member.admitted {
+            room.lobby.retain(|p| *p != participant);
+            self.lobby_changed(&member.room);
+            self.drop_room_if_empty(&member.room);
+            return;
         }
+        room.admitted.retain(|p| *p != participant);
+        self.sfu.send(SfuCommand::RemoveParticipant { participant });
         // The SFU announces removed publications too, but by then the member is gone: tell
         // the room here so that its clients stop their receivers at once.
         for publication in &member.publications {
+            self.publication_owner.remove(&publication.id);
             let message = encode(&ServerMessage::PublicationRemoved {
                 publication_id: publication.id,
                 participant_id: participant,
             });
-            self.broadcast(&member.room, None, &message);
+            self.broadcast_about(&member.room, member.role, None, &message);
         }
         let message = encode(&ServerMessage::ParticipantLeft {
             participant_id: participant,
             reason,
         });
-        self.broadcast(&member.room, None, &message);
+        self.broadcast_about(&member.room, member.role, None, &message);
+        self.drop_room_if_empty(&member.room);
         tracing::info!(participant = %participant, ?reason, "participant left");
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -437,31 +1152,101 @@ impl Hub {
         });
     }
 
+    fn drop_room_if_empty(&mut self, room: &RoomId) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.admitted.is_empty() && r.lobby.is_empty())
+        {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Tells the room's hosts who waits in the lobby.
+    fn lobby_changed(&mut self, room_id: &RoomId) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let hosts: Vec<ParticipantId> = room
+            .admitted
+            .iter()
+            .copied()
+            .filter(|p| self.members.get(p).is_some_and(|m| m.role == Role::Host))
+            .collect();
+        if hosts.is_empty() {
+            return;
+        }
+        let message = self.lobby_message(room);
+        for host in hosts {
+            self.send_text(host, message.clone());
+        }
+    }
+
+    fn send_lobby_to(&mut self, host: ParticipantId, room_id: &RoomId) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let message = self.lobby_message(room);
+        self.send_text(host, message);
+    }
+
+    fn lobby_message(&self, room: &Room) -> Arc<str> {
+        let waiting = room
+            .lobby
+            .iter()
+            .filter_map(|p| self.members.get(p).map(|m| m.lobby_entry(*p)))
+            .collect();
+        encode(&ServerMessage::LobbyChanged { waiting })
+    }
+
     fn send(&mut self, participant: ParticipantId, message: &ServerMessage) {
+        self.send_text(participant, encode(message));
+    }
+
+    fn send_text(&mut self, participant: ParticipantId, message: Arc<str>) {
         let Some(member) = self.members.get(&participant) else {
             return;
         };
-        if member
-            .outbound
-            .try_send(Outbound::Text(encode(message)))
-            .is_err()
-        {
+        if member.outbound.try_send(Outbound::Text(message)).is_err() {
             self.remove(participant, LeaveReason::Removed, None);
         }
     }
 
-    /// Sends one message to every member of a room but `except`. A member whose queue is full
-    /// is too slow to follow the room and is removed rather than slowing everyone down.
-    fn broadcast(&mut self, room: &RoomId, except: Option<ParticipantId>, message: &Arc<str>) {
-        let Some(members) = self.rooms.get(room) else {
+    /// Sends one message about a participant in role `subject` to every admitted member of the
+    /// room who sees that role, but `except`. A member whose queue is full is too slow to
+    /// follow the room and is removed rather than slowing everyone down.
+    fn broadcast_about(
+        &mut self,
+        room: &RoomId,
+        subject: Role,
+        except: Option<ParticipantId>,
+        message: &Arc<str>,
+    ) {
+        self.broadcast_where(room, except, message, |role| sees(role, subject));
+    }
+
+    /// Sends one message to every admitted member of the room.
+    fn broadcast_all(&mut self, room: &RoomId, message: &Arc<str>) {
+        self.broadcast_where(room, None, message, |_| true);
+    }
+
+    fn broadcast_where(
+        &mut self,
+        room: &RoomId,
+        except: Option<ParticipantId>,
+        message: &Arc<str>,
+        wanted: impl Fn(Role) -> bool,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
             return;
         };
         let mut too_slow = Vec::new();
-        for id in members {
+        for id in &r.admitted {
             if Some(*id) == except {
                 continue;
             }
             if let Some(member) = self.members.get(id)
+                && wanted(member.role)
                 && member
                     .outbound
                     .try_send(Outbound::Text(message.clone()))
@@ -476,10 +1261,44 @@ impl Hub {
     }
 }
 
-fn info(id: ParticipantId, member: &Member) -> ParticipantInfo {
-    ParticipantInfo {
-        id,
-        name: member.name.clone(),
-        publications: member.publications.clone(),
+fn counts_of(room: &Room, members: &HashMap<ParticipantId, Member>) -> RoomCounts {
+    let mut counts = RoomCounts {
+        present: room.admitted.len() as u32,
+        lobby: room.lobby.len() as u32,
+        ..RoomCounts::default()
+    };
+    for member in room.admitted.iter().filter_map(|p| members.get(p)) {
+        if member.role == Role::Viewer {
+            counts.viewers += 1;
+        }
+        if member.hand_raised {
+            counts.hands_raised += 1;
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visibility_keeps_viewers_to_hosts() {
+        for subject in [Role::Host, Role::Presenter, Role::Participant, Role::Viewer] {
+            assert!(sees(Role::Host, subject));
+        }
+        assert!(!sees(Role::Participant, Role::Viewer));
+        assert!(!sees(Role::Presenter, Role::Viewer));
+        assert!(!sees(Role::Viewer, Role::Viewer));
+        assert!(!sees(Role::Viewer, Role::Participant));
+        assert!(sees(Role::Viewer, Role::Presenter));
+        assert!(sees(Role::Participant, Role::Participant));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abcd", "abcd"));
+        assert!(!same_secret("abcd", "abce"));
+        assert!(!same_secret("abc", "abcd"));
     }
 }

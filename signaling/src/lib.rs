@@ -55,6 +55,9 @@ pub struct Config {
     pub session_limits: SessionLimits,
     pub max_participants_per_room: usize,
     pub keyframe_request_interval: Duration,
+    /// Lets clients join free-form rooms without an invitation. Off in production: every
+    /// participant then comes with a join token. For development and load tests.
+    pub open_rooms: bool,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             session_limits: SessionLimits::default(),
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
+            open_rooms: false,
         }
     }
 }
@@ -98,6 +102,8 @@ pub enum StartError {
     Sfu(#[from] sfu::driver::StartError),
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
 }
 
 /// Shared by every request handler.
@@ -107,6 +113,7 @@ pub struct AppState {
     limits: SessionLimits,
     sfu: sfu::SfuHandle,
     metrics: metrics::Metrics,
+    gate: session::Gate,
 }
 
 /// A running server.
@@ -118,7 +125,9 @@ pub struct RunningServer {
     pub cert_pem: Vec<u8>,
     pub store: Store,
     pub sfu: sfu::SfuHandle,
-    hub: HubHandle,
+    /// Signs join tokens: tests mint their own links with it.
+    pub tokens: std::sync::Arc<auth::JoinTokens>,
+    pub hub: HubHandle,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -215,7 +224,7 @@ async fn websocket(
     upgrade
         .max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
-        .on_upgrade(move |socket| session::run(socket, state.hub, state.limits))
+        .on_upgrade(move |socket| session::run(socket, state.hub, state.limits, state.gate))
 }
 
 /// Starts the whole server.
@@ -227,6 +236,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("meet.db").display()));
     let store = Store::open(&database_url).await?;
+    let tokens = std::sync::Arc::new(auth::JoinTokens::load_or_generate(
+        &config.data_dir.join("keys"),
+    )?);
 
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
     sfu_config.advertise = config.advertise_addr;
@@ -259,6 +271,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits: config.session_limits,
         sfu: sfu.clone(),
         metrics: metrics::Metrics::new(),
+        gate: session::Gate {
+            tokens: tokens.clone(),
+            store: store.clone(),
+            open_rooms: config.open_rooms,
+        },
     };
     let router = app(state, config.web_client_dir.clone());
     let server = axum_server::from_tcp_rustls(listener, tls_config)
@@ -272,6 +289,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         cert_pem: pem.cert,
         store,
         sfu,
+        tokens,
         hub,
         handle,
         task,

@@ -41,6 +41,10 @@ struct Args {
     /// Most participants in one room.
     #[arg(long, env = "MEET_MAX_PARTICIPANTS", default_value_t = 1000)]
     max_participants_per_room: usize,
+    /// Let clients join free-form rooms without an invitation (development and load tests
+    /// only: anyone who reaches the server can then join).
+    #[arg(long, env = "MEET_OPEN_ROOMS")]
+    open_rooms: bool,
 }
 
 #[tokio::main]
@@ -65,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
         config.web_client_dir = dir;
     }
     config.max_participants_per_room = args.max_participants_per_room;
+    config.open_rooms = args.open_rooms;
+    if config.open_rooms {
+        tracing::warn!("open rooms: anyone who reaches this server can join without an invitation");
+    }
     let server = signaling::start(config)
         .await
         .context("starting the server")?;

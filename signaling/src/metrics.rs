@@ -78,6 +78,7 @@ impl Metrics {
                 .absolute(s.keyframe_requests_throttled);
             counter!("meet_nacks_received_total").absolute(s.nacks_received);
             counter!("meet_refused_subscriptions_total").absolute(s.refused_subscriptions);
+            counter!("meet_refused_publications_total").absolute(s.refused_publications);
         });
         self.handle.render()
     }
@@ -118,5 +119,9 @@ fn describe() {
     describe_counter!(
         "meet_refused_subscriptions_total",
         "Subscriptions refused (another room, oneself, kind or codec mismatch)."
+    );
+    describe_counter!(
+        "meet_refused_publications_total",
+        "Send m-lines ignored because the participant may not publish (viewers)."
     );
 }

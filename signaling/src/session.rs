@@ -11,7 +11,23 @@ use protocol::{
 };
 use tokio::sync::mpsc;
 
-use crate::hub::{HubHandle, OUTBOUND_QUEUE, Outbound};
+use std::sync::Arc;
+
+use protocol::{Role, RoomId};
+
+use crate::auth::JoinTokens;
+use crate::db::Store;
+use crate::hub::{Arrival, HubHandle, MeetingInfo, OUTBOUND_QUEUE, Outbound};
+
+/// What decides who may enter: join tokens, the invitations behind them, and whether rooms
+/// without invitations exist at all.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub tokens: Arc<JoinTokens>,
+    pub store: Store,
+    /// Tokenless joins to free-form rooms (development and load tests only).
+    pub open_rooms: bool,
+}
 
 /// Limits of one session.
 #[derive(Debug, Clone, Copy)]
@@ -97,16 +113,18 @@ enum Next {
 
 struct Session {
     hub: HubHandle,
+    gate: Gate,
     participant: Option<ParticipantId>,
     outbound_tx: mpsc::Sender<Outbound>,
 }
 
 /// Runs one session until the socket closes or the participant leaves.
-pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits) {
+pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate: Gate) {
     let (mut sink, mut stream) = socket.split();
     let (outbound_tx, mut outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mut session = Session {
         hub,
+        gate,
         participant: None,
         outbound_tx,
     };
@@ -227,8 +245,11 @@ impl Session {
             (
                 ClientMessage::Join {
                     protocol_version,
+                    token,
                     room,
                     name,
+                    role,
+                    resume,
                 },
                 None,
             ) => {
@@ -241,20 +262,12 @@ impl Session {
                         ),
                     ));
                 }
-                if !valid_name(&room.0) || !valid_name(&name) {
-                    return Err((
-                        ErrorCode::InvalidName,
-                        format!(
-                            "room and display names must be 1 to {MAX_NAME_CHARS} printable \
-                             characters"
-                        ),
-                    ));
-                }
-                let room = protocol::RoomId(room.0.trim().to_string());
-                let id = self
-                    .hub
-                    .join(room, name.trim().to_string(), self.outbound_tx.clone())
-                    .await?;
+                let mut arrival = match token {
+                    Some(token) => self.admit_token(&token, room.as_ref()).await?,
+                    None => self.open_room_arrival(room, name, role)?,
+                };
+                arrival.resume = resume;
+                let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
                 self.participant = Some(id);
                 Ok(Next::Continue)
             }
@@ -269,6 +282,108 @@ impl Session {
                 Ok(Next::Continue)
             }
         }
+    }
+}
+
+impl Session {
+    /// Checks a join token and the invitation behind it. The identity comes from the token
+    /// and storage, never from the message.
+    async fn admit_token(
+        &self,
+        token: &str,
+        room: Option<&RoomId>,
+    ) -> Result<Arrival, (ErrorCode, String)> {
+        let invalid = |why: &str| (ErrorCode::InvalidToken, why.to_string());
+        let claims = self.gate.tokens.verify(token).map_err(|err| {
+            tracing::debug!(%err, "join token refused");
+            invalid(&err.to_string())
+        })?;
+        if room.is_some_and(|r| r.0 != claims.room) {
+            return Err(invalid("the token is for another meeting"));
+        }
+        let check = self
+            .gate
+            .store
+            .join_check(&claims.sub)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "invitation lookup failed");
+                (
+                    ErrorCode::MediaUnavailable,
+                    "the server could not check your invitation; try again".to_string(),
+                )
+            })?
+            .ok_or_else(|| invalid("the invitation does not exist"))?;
+        if check.meeting_id != claims.room {
+            return Err(invalid("the token is for another meeting"));
+        }
+        if check.cancelled {
+            return Err(invalid("the meeting was cancelled"));
+        }
+        if check.revoked {
+            return Err(invalid("the invitation was withdrawn"));
+        }
+        Ok(Arrival {
+            room: RoomId(check.meeting_id),
+            name: check.name,
+            // Storage is the authority: an organizer may have changed the role since.
+            role: check.role,
+            site_id: check.site_id,
+            site_name: check.site_name,
+            invitation: Some(check.invitation_id),
+            meeting: Some(MeetingInfo {
+                title: check.title,
+                starts_at: check.starts_at,
+                admission: check.admission,
+            }),
+            resume: None,
+        })
+    }
+
+    /// A tokenless join, allowed only on servers started with open rooms.
+    fn open_room_arrival(
+        &self,
+        room: Option<RoomId>,
+        name: Option<String>,
+        role: Option<Role>,
+    ) -> Result<Arrival, (ErrorCode, String)> {
+        if !self.gate.open_rooms {
+            return Err((
+                ErrorCode::TokenRequired,
+                "this server admits invited participants only: open your invitation link".into(),
+            ));
+        }
+        let (Some(room), Some(name)) = (room, name) else {
+            return Err((
+                ErrorCode::InvalidName,
+                "a join without a token names a room and a display name".into(),
+            ));
+        };
+        if !valid_name(&room.0) || !valid_name(&name) {
+            return Err((
+                ErrorCode::InvalidName,
+                format!(
+                    "room and display names must be 1 to {MAX_NAME_CHARS} printable characters"
+                ),
+            ));
+        }
+        let role = role.unwrap_or(Role::Participant);
+        if !matches!(role, Role::Participant | Role::Viewer) {
+            return Err((
+                ErrorCode::Forbidden,
+                "open rooms have participants and viewers only".into(),
+            ));
+        }
+        Ok(Arrival {
+            room: RoomId(room.0.trim().to_string()),
+            name: name.trim().to_string(),
+            role,
+            site_id: None,
+            site_name: None,
+            invitation: None,
+            meeting: None,
+            resume: None,
+        })
     }
 }
 

@@ -59,7 +59,7 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_usable() {
             ErrorCode::NotJoined,
         ),
         (
-            "{\"type\":\"join\",\"protocol_version\":1,\"room\":\"\",\"name\":\"x\"}",
+            "{\"type\":\"join\",\"protocol_version\":2,\"room\":\"\",\"name\":\"x\"}",
             ErrorCode::InvalidName,
         ),
     ];
@@ -76,7 +76,7 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_usable() {
 
     // After all that the same socket joins and works.
     let id = raw.join("r", "mallory").await;
-    raw.send_text("{\"type\":\"join\",\"protocol_version\":1,\"room\":\"r\",\"name\":\"again\"}")
+    raw.send_text("{\"type\":\"join\",\"protocol_version\":2,\"room\":\"r\",\"name\":\"again\"}")
         .await;
     assert_eq!(raw.expect_error().await, ErrorCode::AlreadyJoined);
 

@@ -355,7 +355,9 @@ impl Sim {
                     e.endpoint.unsubscribe(*publication);
                 }
             }
-            SfuEvent::MediaConnected { .. } | SfuEvent::MediaDisconnected { .. } => {}
+            SfuEvent::MediaConnected { .. }
+            | SfuEvent::MediaDisconnected { .. }
+            | SfuEvent::QualityChanged { .. } => {}
         }
         self.events.push(event);
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version a client and server must share. A client that joins with another
 /// version is refused with [`ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest WebSocket text message the server accepts, in bytes. An SDP offer for a room with
 /// a few dozen publications fits comfortably; anything bigger is refused before parsing.
@@ -150,7 +150,53 @@ pub struct PublicationInfo {
 pub struct ParticipantInfo {
     pub id: ParticipantId,
     pub name: String,
+    pub role: Role,
+    /// The name of the site it joined for, when invited as a site.
+    pub site: Option<String>,
+    pub hand_raised: bool,
+    /// Not measured yet when `None`.
+    pub quality: Option<Quality>,
     pub publications: Vec<PublicationInfo>,
+}
+
+/// Whether a room lets people in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomStatus {
+    /// A host opened it (or its scheduled start came): arrivals enter without waiting.
+    pub open: bool,
+    /// While locked, arrivals other than hosts wait in the lobby.
+    pub locked: bool,
+}
+
+/// Aggregates everyone receives instead of one message per viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomCounts {
+    /// Admitted participants, viewers included.
+    pub present: u32,
+    pub viewers: u32,
+    pub lobby: u32,
+    pub hands_raised: u32,
+}
+
+/// Someone waiting in the lobby, as hosts see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LobbyEntry {
+    pub participant_id: ParticipantId,
+    pub name: String,
+    pub site: Option<String>,
+}
+
+/// Why a participant waits in the lobby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LobbyReason {
+    /// No host has opened the room yet (or its scheduled start has not come).
+    NotOpen,
+    /// A host locked the room.
+    Locked,
 }
 
 /// Metadata for a track the client sends, keyed by the m-line's mid in the same offer.
@@ -175,11 +221,22 @@ pub struct SubscribeTrack {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// First message on a socket.
+    /// First message on a socket. With `token`, the room, name and role come from the token;
+    /// without one (servers started with `--open-rooms` only), from `room`, `name` and `role`.
     Join {
         protocol_version: u32,
-        room: RoomId,
-        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Open rooms only: `participant` (the default) or `viewer`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        /// The secret from an earlier `joined`, to take over one's own earlier connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// An SDP offer. The client always offers and the server always answers, so there is
     /// never glare. `publish` labels the client's send m-lines, `subscribe` maps its
@@ -199,6 +256,28 @@ pub enum ClientMessage {
         publication_id: PublicationId,
         muted: bool,
     },
+    /// Raise or lower one's hand.
+    RaiseHand { raised: bool },
+    /// Host: let one lobby member in.
+    Admit { participant_id: ParticipantId },
+    /// Host: let everyone now in the lobby in.
+    AdmitAll {},
+    /// Host: open the room; the lobby is admitted and later arrivals enter directly.
+    OpenRoom {},
+    /// Host: lock or unlock the room.
+    LockRoom { locked: bool },
+    /// Host: change someone else's role.
+    SetRole {
+        participant_id: ParticipantId,
+        role: Role,
+    },
+    /// Host: mute someone's microphone (`audio`) or camera and screen (`video`).
+    MuteParticipant {
+        participant_id: ParticipantId,
+        kind: MediaKind,
+    },
+    /// Host: remove someone, present or waiting; their invitation is revoked.
+    RemoveParticipant { participant_id: ParticipantId },
     /// Application keepalive; answered with [`ServerMessage::Pong`]. (Braced, like `Leave`,
     /// so that unknown fields are refused for it too.)
     Ping {},
@@ -222,12 +301,28 @@ pub enum LeaveReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
-    /// Answer to [`ClientMessage::Join`]: who I am and who is already here.
+    /// Answer to [`ClientMessage::Join`] when the participant must wait for a host or for
+    /// the scheduled start. [`ServerMessage::Joined`] follows on admission.
+    Lobby {
+        participant_id: ParticipantId,
+        room: RoomId,
+        title: String,
+        /// Milliseconds since the Unix epoch.
+        starts_at: Option<i64>,
+        reason: LobbyReason,
+    },
+    /// Admission: who I am and who is already here (those my role sees).
     Joined {
         protocol_version: u32,
         room: RoomId,
+        title: String,
         participant_id: ParticipantId,
+        role: Role,
         participants: Vec<ParticipantInfo>,
+        room_state: RoomStatus,
+        counts: RoomCounts,
+        /// A secret for [`ClientMessage::Join`]'s `resume` after a network blip.
+        resume: String,
     },
     /// Answer to [`ClientMessage::Offer`].
     Answer {
@@ -239,6 +334,25 @@ pub enum ServerMessage {
     ParticipantLeft {
         participant_id: ParticipantId,
         reason: LeaveReason,
+    },
+    /// Role, raised hand or connection quality changed.
+    ParticipantUpdated {
+        participant: ParticipantInfo,
+    },
+    /// A host changed this participant's role.
+    RoleChanged {
+        role: Role,
+    },
+    /// The room was opened, locked or unlocked.
+    RoomState {
+        open: bool,
+        locked: bool,
+    },
+    /// Aggregates, at most once a second per room.
+    RoomCounts(RoomCounts),
+    /// Hosts only: who waits in the lobby.
+    LobbyChanged {
+        waiting: Vec<LobbyEntry>,
     },
     /// A participant published a track; subscribe to it by offering a receive-only m-line.
     PublicationAdded {
@@ -296,6 +410,23 @@ pub enum ErrorCode {
     RateLimited,
     /// The media server could not serve the request.
     MediaUnavailable,
+    /// A join without a token on a server that admits invitees only. The socket is closed.
+    TokenRequired,
+    /// The join token is malformed, badly signed, expired, not yet valid, for another room,
+    /// revoked, or its meeting was cancelled. The socket is closed.
+    InvalidToken,
+    /// The invitee is already present and `resume` does not match. The socket is closed.
+    AlreadyConnected,
+    /// The sender's role does not allow the request.
+    Forbidden,
+    /// A request from someone still waiting in the lobby.
+    NotAdmitted,
+    /// A host request naming someone not in this room.
+    UnknownParticipant,
+    /// A host removed this participant. The socket is closed.
+    Removed,
+    /// The meeting was cancelled or the server is stopping. The socket is closed.
+    RoomClosed,
 }
 
 impl ErrorCode {
@@ -303,14 +434,34 @@ impl ErrorCode {
     pub fn is_fatal(self) -> bool {
         matches!(
             self,
-            ErrorCode::MessageTooLarge | ErrorCode::VersionMismatch
+            ErrorCode::MessageTooLarge
+                | ErrorCode::VersionMismatch
+                | ErrorCode::TokenRequired
+                | ErrorCode::InvalidToken
+                | ErrorCode::AlreadyConnected
+                | ErrorCode::Removed
+                | ErrorCode::RoomClosed
         )
     }
 }
 
 /// Every client message type, for telling "unknown type" apart from "bad shape".
-pub const CLIENT_MESSAGE_TYPES: &[&str] =
-    &["join", "offer", "candidate", "set_muted", "ping", "leave"];
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "candidate",
+    "set_muted",
+    "raise_hand",
+    "admit",
+    "admit_all",
+    "open_room",
+    "lock_room",
+    "set_role",
+    "mute_participant",
+    "remove_participant",
+    "ping",
+    "leave",
+];
 
 /// Why a client message was refused, before any state was touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,15 +513,42 @@ mod tests {
 
     #[test]
     fn join_round_trips() {
-        let text = r#"{"type":"join","protocol_version":1,"room":"r1","name":"Hà Nội"}"#;
+        let text = r#"{"type":"join","protocol_version":2,"room":"r1","name":"Hà Nội"}"#;
         let message = decode_client_message(text).expect("valid join");
         assert_eq!(
             message,
             ClientMessage::Join {
-                protocol_version: 1,
-                room: RoomId("r1".into()),
-                name: "Hà Nội".into()
+                protocol_version: 2,
+                token: None,
+                room: Some(RoomId("r1".into())),
+                name: Some("Hà Nội".into()),
+                role: None,
+                resume: None,
             }
+        );
+        let text = r#"{"type":"join","protocol_version":2,"token":"a.b.c"}"#;
+        assert!(matches!(
+            decode_client_message(text),
+            Ok(ClientMessage::Join {
+                token: Some(_),
+                room: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn counts_are_flat_on_the_wire() {
+        let text = serde_json::to_string(&ServerMessage::RoomCounts(RoomCounts {
+            present: 3,
+            viewers: 2,
+            lobby: 1,
+            hands_raised: 0,
+        }))
+        .expect("serializable");
+        assert_eq!(
+            text,
+            r#"{"type":"room_counts","present":3,"viewers":2,"lobby":1,"hands_raised":0}"#
         );
     }
 

@@ -127,8 +127,11 @@ impl WebrtcRsClient {
             &mut socket,
             &ClientMessage::Join {
                 protocol_version: protocol::PROTOCOL_VERSION,
-                room: RoomId(opts.room.clone()),
-                name: opts.name.clone(),
+                token: None,
+                room: Some(RoomId(opts.room.clone())),
+                name: Some(opts.name.clone()),
+                role: None,
+                resume: None,
             },
         )
         .await?;

@@ -486,6 +486,14 @@ impl Session {
                 self.shared
                     .client_error("a second `joined` arrived on the same socket".into());
             }
+            // This client joins open rooms as a participant: roles, lobby and aggregates do
+            // not change what it sends or receives.
+            ServerMessage::Lobby { .. }
+            | ServerMessage::ParticipantUpdated { .. }
+            | ServerMessage::RoleChanged { .. }
+            | ServerMessage::RoomState { .. }
+            | ServerMessage::RoomCounts(_)
+            | ServerMessage::LobbyChanged { .. } => {}
         }
         Ok(())
     }

@@ -68,6 +68,7 @@ pub async fn start(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
     config.http_addr = "127.0.0.1:0".parse().expect("addr");
     config.media_addr = "127.0.0.1:0".parse().expect("addr");
     config.data_dir = data_dir.0.clone();
+    config.open_rooms = true;
     adjust(&mut config);
     let server = signaling::start(config).await.expect("server starts");
     TestServer { server, data_dir }
@@ -285,7 +286,7 @@ impl RawClient {
 
     pub async fn join(&mut self, room: &str, name: &str) -> ParticipantId {
         self.send_text(format!(
-            r#"{{"type":"join","protocol_version":1,"room":"{room}","name":"{name}"}}"#
+            r#"{{"type":"join","protocol_version":2,"room":"{room}","name":"{name}"}}"#
         ))
         .await;
         loop {
