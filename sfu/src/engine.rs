@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use protocol::{ErrorCode, MediaKind, ParticipantId, PublicationId, RoomId, TrackSource};
+use protocol::{ErrorCode, MediaKind, ParticipantId, PublicationId, Quality, RoomId, TrackSource};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
@@ -127,6 +127,8 @@ struct Participant {
     queued: bool,
     /// Whether its send m-lines become publications (false for viewers).
     may_publish: bool,
+    /// The last quality label told to signaling.
+    quality: Option<Quality>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +148,25 @@ enum Found {
     Nacks(Mid, u64),
     Connected,
     Disconnected,
+    /// The transport's quality label changed.
+    Quality(Quality),
+}
+
+/// Labels a transport from the loss it reports each way and its round-trip time: the
+/// thresholds where calls stay clean (under 2% loss, 300 ms), degrade, or break up.
+pub fn classify_quality(loss: Option<f32>, rtt: Option<Duration>) -> Option<Quality> {
+    if loss.is_none() && rtt.is_none() {
+        return None;
+    }
+    let loss = loss.unwrap_or(0.0);
+    let rtt = rtt.unwrap_or_default();
+    Some(if loss < 0.02 && rtt < Duration::from_millis(300) {
+        Quality::Good
+    } else if loss < 0.08 && rtt < Duration::from_millis(600) {
+        Quality::Fair
+    } else {
+        Quality::Poor
+    })
 }
 
 /// The SFU's media core.
@@ -463,6 +484,7 @@ impl Engine {
                 closed_by_peer: false,
                 queued: false,
                 may_publish: true,
+                quality: None,
             },
         );
         Ok(())
@@ -926,6 +948,18 @@ impl Engine {
                     Event::MediaEgressStats(stats) => {
                         found.push(Found::Nacks(stats.mid, stats.nacks));
                     }
+                    Event::PeerStats(stats) => {
+                        let loss = match (stats.egress_loss_fraction, stats.ingress_loss_fraction) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        if let Some(quality) = classify_quality(loss, stats.rtt)
+                            && participant.quality != Some(quality)
+                        {
+                            participant.quality = Some(quality);
+                            found.push(Found::Quality(quality));
+                        }
+                    }
                     Event::Connected => found.push(Found::Connected),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         found.push(Found::Disconnected);
@@ -970,6 +1004,12 @@ impl Engine {
                         self.stats.nacks_received += total.saturating_sub(sub.nacks_seen);
                         sub.nacks_seen = sub.nacks_seen.max(total);
                     }
+                }
+                Found::Quality(quality) => {
+                    self.events.push_back(SfuEvent::QualityChanged {
+                        participant: id,
+                        quality,
+                    });
                 }
                 Found::Connected => {
                     if let Some(p) = self.participants.get_mut(&id)
@@ -1170,5 +1210,16 @@ mod tests {
         assert_eq!(rtp_ssrc(&rtcp), None);
         assert_eq!(rtp_ssrc(&rtp[..10]), None);
         assert_eq!(rtp_ssrc(&[0x00, 0x01]), None);
+    }
+
+    #[test]
+    fn quality_follows_loss_and_rtt() {
+        let ms = Duration::from_millis;
+        assert_eq!(classify_quality(None, None), None);
+        assert_eq!(classify_quality(Some(0.0), Some(ms(20))), Some(Quality::Good));
+        assert_eq!(classify_quality(Some(0.05), Some(ms(20))), Some(Quality::Fair));
+        assert_eq!(classify_quality(Some(0.0), Some(ms(450))), Some(Quality::Fair));
+        assert_eq!(classify_quality(Some(0.2), None), Some(Quality::Poor));
+        assert_eq!(classify_quality(None, Some(ms(900))), Some(Quality::Poor));
     }
 }

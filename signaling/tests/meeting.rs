@@ -236,3 +236,21 @@ async fn shutdown_tells_every_client_before_closing() {
     );
     drop(data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_quality_reaches_the_roster() {
+    let t = common::start("quality", |_| {}).await;
+    let (alice, bob) = t.two_bots_exchanging_media().await;
+    let b = bob.participant_id();
+    // Loopback loses nothing and answers at once: the SFU's reading of Bob's transport,
+    // from str0m's periodic peer statistics, must say so.
+    eventually(MEDIA_TIMEOUT, "alice sees bob's connection quality", || {
+        alice
+            .snapshot()
+            .roster
+            .participants
+            .get(&b)
+            .is_some_and(|p| p.quality == Some(protocol::Quality::Good))
+    })
+    .await;
+}
