@@ -412,6 +412,13 @@ impl Run<'_> {
         );
         options.endpoint = self.scenario.endpoint_config(role, index);
         options.endpoint.local_addr = SocketAddr::new(self.target.bind, 0);
+        // Viewers join as viewers, so that the server sends them the presenters and counts
+        // rather than every other viewer: the national broadcast's shape.
+        options.role = Some(match role {
+            Role::Viewer => protocol::Role::Viewer,
+            Role::Presenter => protocol::Role::Presenter,
+            _ => protocol::Role::Participant,
+        });
         // Viewers watch the presenters; presenters and members see every other publisher.
         options.auto_subscribe = true;
         options.ping_interval = Some(Duration::from_secs(10));

@@ -368,11 +368,9 @@ impl Session {
             ));
         }
         let role = role.unwrap_or(Role::Participant);
-        if !matches!(role, Role::Participant | Role::Viewer) {
-            return Err((
-                ErrorCode::Forbidden,
-                "open rooms have participants and viewers only".into(),
-            ));
+        // Nobody hosts an open room: there is no invitation to prove the right to.
+        if role == Role::Host {
+            return Err((ErrorCode::Forbidden, "open rooms have no hosts".into()));
         }
         Ok(Arrival {
             room: RoomId(room.0.trim().to_string()),
