@@ -284,6 +284,56 @@ impl RawClient {
         }
     }
 
+    /// The next server message or close if one arrives within `wait`, skipping pings.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        loop {
+            let next = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let message: ServerMessage =
+                        serde_json::from_str(text.as_str()).expect("server sends valid messages");
+                    return Some(Received::Message(message));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Received::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Received::Closed(None)),
+            }
+        }
+    }
+
+    /// Sends a join with a token and returns the first answer: `joined`, `lobby` or an error.
+    pub async fn join_token(&mut self, token: &str) -> ServerMessage {
+        self.send_text(
+            serde_json::json!({"type": "join", "protocol_version": 2, "token": token}).to_string(),
+        )
+        .await;
+        loop {
+            match self.next().await {
+                Received::Message(ServerMessage::Pong) => continue,
+                Received::Message(message) => return message,
+                Received::Closed(code) => panic!("closed ({code:?}) before answering the join"),
+            }
+        }
+    }
+
+    /// Joins an open room in a role; returns the `joined` message.
+    pub async fn join_as(&mut self, room: &str, name: &str, role: &str) -> ServerMessage {
+        self.send_text(
+            serde_json::json!({
+                "type": "join", "protocol_version": 2, "room": room, "name": name, "role": role
+            })
+            .to_string(),
+        )
+        .await;
+        loop {
+            if let Received::Message(message @ ServerMessage::Joined { .. }) = self.next().await {
+                return message;
+            }
+        }
+    }
+
     pub async fn join(&mut self, room: &str, name: &str) -> ParticipantId {
         self.send_text(format!(
             r#"{{"type":"join","protocol_version":2,"room":"{room}","name":"{name}"}}"#
