@@ -309,18 +309,21 @@ function tileSpecs(m) {
       });
     }
   }
-  specs.push({
-    key: 'self',
-    participant: m.me,
-    self: true,
-    source: 'camera',
-    name: m.name,
-    label: t('call.you', { name: m.name }),
-    video: local.camOn ? local.camera : null,
-    micOff: !(local.micOn && local.microphone),
-    hand: m.handRaised,
-    quality: m.quality.get('self'),
-  });
+  // A viewer sends nothing: no tile of its own.
+  if (m.canPublish()) {
+    specs.push({
+      key: 'self',
+      participant: m.me,
+      self: true,
+      source: 'camera',
+      name: m.name,
+      label: t('call.you', { name: m.name }),
+      video: local.camOn ? local.camera : null,
+      micOff: !(local.micOn && local.microphone),
+      hand: m.handRaised,
+      quality: m.quality.get('self'),
+    });
+  }
   if (local.screen) {
     specs.push({
       key: 'self-screen',
@@ -417,7 +420,9 @@ function renderCall() {
   }
   $('layout').classList.toggle('presenting', specs.some((s) => s.stage));
   layoutGrid();
-  $('alone').hidden = m.participants.size > 0 || m.state !== 'joined';
+  const alone = $('alone');
+  alone.hidden = m.participants.size > 0 || m.state !== 'joined';
+  alone.textContent = t(m.canPublish() ? 'call.alone' : 'call.aloneViewer');
 
   const micOn = local.micOn && !!local.microphone;
   const camOn = local.camOn && !!local.camera;

@@ -579,10 +579,15 @@ export class Meeting extends EventTarget {
         this.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
         this.changed();
         break;
-      case 'lobby_changed':
+      case 'lobby_changed': {
+        const before = new Set(this.waiting.map((w) => w.participant_id));
         this.waiting = Array.isArray(m.waiting) ? m.waiting : [];
+        for (const w of this.waiting) {
+          if (!before.has(w.participant_id)) this.notice('call.waitingToast', { name: w.name });
+        }
         this.changed();
         break;
+      }
       case 'participant_joined':
         if (m.participant.id === this.me) break;
         this.addParticipant(m.participant);
