@@ -26,6 +26,8 @@ const ROLE_NOTICES = {
   viewer: 'call.nowViewer',
 };
 
+const HOST_OR_HAND = ['raise_hand', 'admit', 'admit_all', 'open_room', 'lock_room', 'set_role', 'mute_participant', 'remove_participant'];
+
 /** Errors after which the server closes the socket and will not take this session back. */
 const TERMINAL = ['removed', 'room_closed', 'invalid_token', 'already_connected', 'token_required', 'version_mismatch'];
 
@@ -439,7 +441,12 @@ export class Meeting extends EventTarget {
           // Waiting for a host (or the start time): no deadline, but keep the socket alive.
           clearTimeout(timer);
           timer = null;
-          if (!lobbyPing) lobbyPing = setInterval(() => this.send(s, { type: 'ping' }), PING_MS);
+          if (!lobbyPing) {
+            lobbyPing = setInterval(() => {
+              if (Date.now() - s.lastHeard > SILENCE_MS) ws.close(); // dead: onclose rejects
+              else this.send(s, { type: 'ping' });
+            }, PING_MS);
+          }
           this.me = message.participant_id;
           if (message.room) this.room = message.room;
           if (message.title) this.title = message.title;
@@ -507,7 +514,8 @@ export class Meeting extends EventTarget {
 
   send(s, message) {
     if (s.disposed || s.ws.readyState !== WebSocket.OPEN) return;
-    s.lastType = message.type;
+    // Which request a `forbidden` answers (those are the ones the server may refuse so).
+    if (message.type === 'offer' || HOST_OR_HAND.includes(message.type)) s.lastRequest = message.type;
     s.ws.send(JSON.stringify(message));
   }
 
@@ -661,7 +669,7 @@ export class Meeting extends EventTarget {
       this.notice(refusalKey(m.code), { code: m.code });
     }
     // A refused offer (e.g. sent just before a host made us a viewer): roll it back.
-    const offerRefused = s.lastType === 'offer' && m.code === 'forbidden';
+    const offerRefused = s.lastRequest === 'offer' && m.code === 'forbidden';
     if (s.negotiating && (offerRefused || ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code))) {
       s.negotiating = false;
       s.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
