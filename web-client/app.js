@@ -1,9 +1,14 @@
-// The page: lobby (join form, preview, devices) and the call (tile grid, toolbar, banners).
+// The page: lobby (join form, preview, devices), the waiting room (before a host admits us),
+// and the call (tile grid, toolbar, banners, roster panel with the host's controls).
 // State lives in LocalMedia and Meeting; this file renders it. Texts come from i18n.js only.
+//
+// A join link `https://HOST/#join=<token>` enters that meeting at once; the token is taken
+// out of the address bar (so screenshots and copied URLs do not carry it) and kept in memory
+// for reconnections. Without a token the room + name form joins open rooms (development).
 
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { LocalMedia, setTrackSource } from './media.js';
-import { JoinError, Meeting, refusalKey } from './meeting.js';
+import { JoinError, Meeting, refusalKey, tokenClaims } from './meeting.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -15,6 +20,28 @@ const app = { meeting: null, local };
 // Test hooks (synthetic media, diagnostics) load only when the URL asks for them.
 const testing = params.has('test') || params.has('synthetic');
 const overrides = testing ? (await import('./testhooks.js')).install(params, { setTrackSource, app }) : {};
+
+// The join link's token, read once and removed from the address bar.
+const invite = (() => {
+  const match = /(?:^#|&)join=([^&]+)/.exec(location.hash);
+  if (!match) return null;
+  history.replaceState(null, '', location.pathname + location.search);
+  let token;
+  try {
+    token = decodeURIComponent(match[1]);
+  } catch {
+    token = match[1];
+  }
+  return { token, claims: tokenClaims(token) || {} };
+})();
+
+const ROLE_KEYS = {
+  host: 'role.host',
+  presenter: 'role.presenter',
+  participant: 'role.participant',
+  viewer: 'role.viewer',
+};
+const QUALITY_KEYS = { good: 'quality.good', fair: 'quality.fair', poor: 'quality.poor' };
 
 const MAX_NAME = 64;
 const NAME_KEY = 'meet.name';
@@ -109,20 +136,30 @@ $('lobby-cam').addEventListener('click', async () => {
 
 const validName = (s) => s.length > 0 && [...s].length <= MAX_NAME && !/\p{Cc}/u.test(s);
 
-$('join-form').addEventListener('submit', async (e) => {
+$('join-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  if (app.meeting) return;
-  const room = $('room-input').value.trim();
-  const name = $('name-input').value.trim();
-  if (!validName(room) || !validName(name)) {
-    lobbyMessage = { key: 'lobby.invalid' };
-    render();
-    return;
-  }
-  try {
-    localStorage.setItem(NAME_KEY, name);
-  } catch {
-    // Not remembered.
+  startJoin();
+});
+
+async function startJoin() {
+  if (app.meeting || joining) return;
+  let target;
+  if (invite) {
+    target = { token: invite.token };
+  } else {
+    const room = $('room-input').value.trim();
+    const name = $('name-input').value.trim();
+    if (!validName(room) || !validName(name)) {
+      lobbyMessage = { key: 'lobby.invalid' };
+      render();
+      return;
+    }
+    try {
+      localStorage.setItem(NAME_KEY, name);
+    } catch {
+      // Not remembered.
+    }
+    target = { room, name };
   }
   lobbyMessage = null;
   const button = $('join-button');
@@ -131,8 +168,7 @@ $('join-form').addEventListener('submit', async (e) => {
   render();
 
   const meeting = new Meeting({
-    room,
-    name,
+    ...target,
     local,
     url: overrides.signalingUrl || `wss://${location.host}/ws`,
     protocolVersion: overrides.protocolVersion,
@@ -144,12 +180,16 @@ $('join-form').addEventListener('submit', async (e) => {
   meeting.addEventListener('notice', (ev) => toast(t(ev.detail.key, ev.detail.vars)));
   try {
     await meeting.join();
-    const url = new URL(location.href);
-    url.searchParams.set('room', room);
-    history.replaceState(null, '', url);
+    if (!invite) {
+      const url = new URL(location.href);
+      url.searchParams.set('room', target.room);
+      history.replaceState(null, '', url);
+    }
   } catch (err) {
-    app.meeting = null;
-    if (err instanceof JoinError) {
+    if (app.meeting === meeting) app.meeting = null;
+    if (meeting.state === 'left') {
+      lobbyMessage = { key: 'lobby.left', kind: 'info' };
+    } else if (err instanceof JoinError) {
       lobbyMessage = err.kind === 'refused'
         ? { key: refusalKey(err.code), vars: { code: err.code } }
         : { key: 'error.unreachable' };
@@ -162,12 +202,13 @@ $('join-form').addEventListener('submit', async (e) => {
     button.dataset.i18n = 'lobby.join';
     render();
   }
-});
+}
 
 function onMeetingState(meeting) {
   if (meeting !== app.meeting) return;
   if (meeting.state === 'ended' || meeting.state === 'left') {
     app.meeting = null;
+    rosterOpen = false;
     lobbyMessage = meeting.state === 'left'
       ? { key: 'lobby.left', kind: 'info' }
       : meeting.endReason;
@@ -202,6 +243,19 @@ $('share-button').addEventListener('click', async () => {
   }
 });
 $('leave-button').addEventListener('click', () => app.meeting?.leave());
+$('waiting-leave').addEventListener('click', () => app.meeting?.leave());
+$('hand-button').addEventListener('click', () => {
+  const m = app.meeting;
+  if (m) m.raiseHand(!m.handRaised);
+});
+$('roster-button').addEventListener('click', () => {
+  rosterOpen = !rosterOpen;
+  render();
+});
+$('roster-close').addEventListener('click', () => {
+  rosterOpen = false;
+  render();
+});
 window.addEventListener('pagehide', () => app.meeting?.leave());
 
 /** Tile elements by key: 'self', 'p<participant>', 's<publication>' (screens). */
@@ -240,6 +294,7 @@ function tileSpecs(m) {
       video: cam && !cam.muted ? m.remoteTracks.get(cam.id) : null,
       audio: mic ? m.remoteTracks.get(mic.id) : null,
       micOff: !mic || mic.muted,
+      hand: p.hand,
       quality: m.quality.get(p.id),
     });
     for (const screen of pubs.filter((x) => x.source === 'screen')) {
@@ -254,17 +309,21 @@ function tileSpecs(m) {
       });
     }
   }
-  specs.push({
-    key: 'self',
-    participant: m.me,
-    self: true,
-    source: 'camera',
-    name: m.name,
-    label: t('call.you', { name: m.name }),
-    video: local.camOn ? local.camera : null,
-    micOff: !(local.micOn && local.microphone),
-    quality: m.quality.get('self'),
-  });
+  // A viewer sends nothing: no tile of its own.
+  if (m.canPublish()) {
+    specs.push({
+      key: 'self',
+      participant: m.me,
+      self: true,
+      source: 'camera',
+      name: m.name,
+      label: t('call.you', { name: m.name }),
+      video: local.camOn ? local.camera : null,
+      micOff: !(local.micOn && local.microphone),
+      hand: m.handRaised,
+      quality: m.quality.get('self'),
+    });
+  }
   if (local.screen) {
     specs.push({
       key: 'self-screen',
@@ -311,6 +370,8 @@ function renderTile(el, spec) {
   avatar.textContent = initials(spec.name);
   avatar.style.setProperty('--avatar', avatarColour(spec.name));
   el.dataset.mic = spec.micOff ? 'off' : 'on';
+  el.dataset.hand = spec.hand ? 'up' : 'down';
+  el.querySelector('.hand').setAttribute('aria-label', t('tile.handRaised'));
   const quality = el.querySelector('.quality');
   quality.hidden = spec.source === 'screen';
   const q = spec.quality || { level: 'unknown' };
@@ -329,8 +390,11 @@ function renderCall() {
   const m = app.meeting;
   $('meeting-info').hidden = !m;
   if (!m) return;
-  $('room-label').textContent = m.room;
-  $('count-label').textContent = t('call.count', { count: m.participants.size + 1 });
+  $('room-label').textContent = m.title || m.room;
+  const roleLabel = $('role-label');
+  roleLabel.hidden = !m.role;
+  if (m.role) roleLabel.textContent = t(ROLE_KEYS[m.role] || 'role.participant');
+  $('count-label').textContent = t('call.count', { count: number(m.counts?.present ?? m.participants.size + 1) });
   $('banner').hidden = m.state !== 'reconnecting';
 
   const specs = tileSpecs(m);
@@ -356,19 +420,36 @@ function renderCall() {
   }
   $('layout').classList.toggle('presenting', specs.some((s) => s.stage));
   layoutGrid();
-  $('alone').hidden = m.participants.size > 0 || m.state !== 'joined';
+  const alone = $('alone');
+  alone.hidden = m.participants.size > 0 || m.state !== 'joined';
+  alone.textContent = t(m.canPublish() ? 'call.alone' : 'call.aloneViewer');
 
   const micOn = local.micOn && !!local.microphone;
   const camOn = local.camOn && !!local.camera;
   toggleButton($('mic-button'), micOn, 'i-mic', 'i-mic-off', 'toolbar.micMute', 'toolbar.micUnmute');
   toggleButton($('cam-button'), camOn, 'i-cam', 'i-cam-off', 'toolbar.camOff', 'toolbar.camOn');
+  $('mic-button').hidden = !m.canPublish();
+  $('cam-button').hidden = !m.canPublish();
+  const hand = $('hand-button');
+  hand.hidden = !m.canRaiseHand();
+  hand.classList.toggle('active', m.handRaised);
+  hand.setAttribute('aria-pressed', String(m.handRaised));
+  const handLabel = t(m.handRaised ? 'toolbar.lowerHand' : 'toolbar.raiseHand');
+  hand.title = handLabel;
+  hand.setAttribute('aria-label', handLabel);
+  const rosterButton = $('roster-button');
+  rosterButton.classList.toggle('active', rosterOpen);
+  rosterButton.setAttribute('aria-pressed', String(rosterOpen));
+  const waitingCount = m.isHost() ? m.waiting.length : 0;
+  rosterButton.dataset.badge = waitingCount ? String(waitingCount) : '';
   const share = $('share-button');
-  share.hidden = !local.canShareScreen();
+  share.hidden = !local.canShareScreen() || !m.canShareScreen();
   share.classList.toggle('active', !!local.screen);
   const shareLabel = t(local.screen ? 'toolbar.stopShare' : 'toolbar.share');
   share.title = shareLabel;
   share.setAttribute('aria-label', shareLabel);
   share.setAttribute('aria-pressed', String(!!local.screen));
+  renderRoster(m);
 }
 
 const GAP = 10;
@@ -425,15 +506,252 @@ function renderLobby() {
   const button = $('join-button');
   button.textContent = t(button.dataset.i18n);
   button.disabled = joining || !supported();
+  $('open-fields').hidden = !!invite;
+  $('invite-info').hidden = !invite;
+  if (invite) {
+    const role = invite.claims.role;
+    $('invite-name').textContent = t('lobby.invitedAs', { name: invite.claims.name || '?' });
+    $('invite-role').textContent = role ? t('lobby.invitedRole', { role: t(ROLE_KEYS[role] || 'role.participant') }) : '';
+  }
+  // Viewers only watch: no camera or microphone is asked for.
+  $('preview-card').hidden = isViewerLink();
 }
 
+function isViewerLink() {
+  return !!invite && invite.claims.role === 'viewer';
+}
+
+const number = (n) => new Intl.NumberFormat(language()).format(n ?? 0);
+
+function formatTime(ms) {
+  return new Intl.DateTimeFormat(language(), { dateStyle: 'full', timeStyle: 'short' }).format(new Date(ms));
+}
+
+function renderWaiting() {
+  const m = app.meeting;
+  if (!m || m.state !== 'lobby' || !m.lobby) return;
+  $('waiting-title').textContent = m.lobby.title || m.title || m.room;
+  const start = $('waiting-start');
+  start.hidden = typeof m.lobby.startsAt !== 'number';
+  if (!start.hidden) {
+    start.textContent = t('waiting.startsAt', { time: formatTime(m.lobby.startsAt) });
+    start.dataset.startsAt = String(m.lobby.startsAt);
+  }
+  const reason = $('waiting-reason');
+  reason.dataset.reason = m.lobby.reason;
+  reason.textContent = t(m.lobby.reason === 'locked' ? 'waiting.locked' : 'waiting.notOpen');
+}
+
+// ---- roster panel ------------------------------------------------------------------------
+
+let rosterOpen = false;
+
+/** What the roster lists: ourselves first, then everyone this client sees. */
+function rosterEntries(m) {
+  const entries = [{
+    id: m.me,
+    self: true,
+    name: m.name,
+    role: m.role,
+    site: null,
+    hand: m.handRaised,
+    micMuted: !(local.micOn && local.microphone),
+    camMuted: !(local.camOn && local.camera),
+    quality: m.quality.get('self')?.level ?? null,
+  }];
+  for (const p of m.participants.values()) {
+    const pubs = [...p.pubs.values()];
+    const mic = pubs.find((x) => x.source === 'microphone');
+    const cam = pubs.find((x) => x.source === 'camera');
+    const measured = m.quality.get(p.id)?.level;
+    entries.push({
+      id: p.id,
+      self: false,
+      name: p.name,
+      role: p.role,
+      site: p.site,
+      hand: p.hand,
+      micMuted: !mic || !!mic.muted,
+      camMuted: !cam || !!cam.muted,
+      quality: p.serverQuality ?? (measured && measured !== 'unknown' ? measured : null),
+    });
+  }
+  return entries;
+}
+app.rosterEntries = () => (app.meeting ? rosterEntries(app.meeting) : []);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k === 'text') node.textContent = v;
+    else node[k] = v;
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+
+function icon(id, className, label) {
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('class', className);
+  if (label) {
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', label);
+    const title = document.createElementNS('http://www.w3.org/2000/svg', 'title');
+    title.textContent = label;
+    svg.append(title);
+  }
+  const use = document.createElementNS('http://www.w3.org/2000/svg', 'use');
+  use.setAttribute('href', `#${id}`);
+  svg.append(use);
+  return svg;
+}
+
+function actionButton(action, id, key, extra = {}) {
+  return el('button', { type: 'button', className: `chip${extra.danger ? ' danger' : ''}`, dataset: { action, id: String(id) }, text: t(key) });
+}
+
+function personRow(entry, host) {
+  const meta = [entry.role ? t(ROLE_KEYS[entry.role] || 'role.participant') : null, entry.site].filter(Boolean).join(' · ');
+  const status = el('span', { className: 'status' },
+    entry.hand ? icon('i-hand', 'hand-icon', t('tile.handRaised')) : null,
+    entry.micMuted ? icon('i-mic-off', 'off-icon', t('tile.micOff')) : null,
+    entry.camMuted ? icon('i-cam-off', 'off-icon', t('tile.camOff')) : null,
+    el('span', {
+      className: 'quality-dot',
+      dataset: { level: entry.quality || 'unknown' },
+      title: t(QUALITY_KEYS[entry.quality] || 'quality.unknown'),
+    }));
+  const li = el('li', { className: 'person', dataset: { participantId: String(entry.id), role: entry.role || '', hand: entry.hand ? 'up' : 'down' } },
+    el('div', { className: 'person-main' },
+      el('div', { className: 'who' },
+        el('span', { className: 'person-name', text: entry.self ? t('call.you', { name: entry.name }) : entry.name }),
+        meta ? el('span', { className: 'person-meta', text: meta }) : null),
+      status));
+  if (host && !entry.self) {
+    const actions = el('div', { className: 'person-actions' });
+    if (entry.role !== 'presenter') actions.append(actionButton('presenter', entry.id, 'roster.makePresenter'));
+    if (entry.role !== 'participant') actions.append(actionButton('participant', entry.id, 'roster.makeParticipant'));
+    if (entry.role !== 'viewer') actions.append(actionButton('viewer', entry.id, 'roster.makeViewer'));
+    if (!entry.micMuted) actions.append(actionButton('mute-audio', entry.id, 'roster.muteMic'));
+    if (!entry.camMuted) actions.append(actionButton('mute-video', entry.id, 'roster.muteCam'));
+    actions.append(actionButton('remove', entry.id, 'roster.remove', { danger: true }));
+    li.append(actions);
+  }
+  return li;
+}
+
+/** Replaces a list's rows only where what they show changed (keeps buttons under the mouse). */
+function syncList(list, items, key, build) {
+  const lang = language();
+  const existing = new Map([...list.children].map((li) => [li.dataset.key, li]));
+  const wanted = [];
+  for (const item of items) {
+    const k = key(item);
+    const signature = `${lang}|${JSON.stringify(item)}`;
+    let li = existing.get(k);
+    if (!li || li.dataset.signature !== signature) {
+      const fresh = build(item);
+      fresh.dataset.key = k;
+      fresh.dataset.signature = signature;
+      if (li) li.replaceWith(fresh);
+      li = fresh;
+    }
+    existing.delete(k);
+    wanted.push(li);
+  }
+  for (const li of existing.values()) li.remove();
+  wanted.forEach((li, i) => {
+    if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+  });
+}
+
+function renderRoster(m) {
+  const panel = $('roster');
+  panel.hidden = !rosterOpen;
+  if (!rosterOpen) return;
+  const host = m.isHost();
+  const c = m.counts;
+  const parts = c
+    ? [
+      t('roster.countPresent', { n: number(c.present) }),
+      c.viewers ? t('roster.countViewers', { n: number(c.viewers) }) : null,
+      c.lobby ? t('roster.countLobby', { n: number(c.lobby) }) : null,
+      c.hands_raised ? t('roster.countHands', { n: number(c.hands_raised) }) : null,
+    ]
+    : [t('roster.countPresent', { n: number(m.participants.size + 1) })];
+  $('roster-counts').textContent = parts.filter(Boolean).join(' · ');
+
+  $('host-controls').hidden = !host;
+  if (host) {
+    $('open-room-button').hidden = m.roomState.open;
+    const lock = $('lock-room-button');
+    lock.textContent = t(m.roomState.locked ? 'roster.unlockRoom' : 'roster.lockRoom');
+    lock.classList.toggle('active', m.roomState.locked);
+    $('room-status').textContent = t(!m.roomState.open ? 'roster.roomNotOpen' : m.roomState.locked ? 'roster.roomLocked' : 'roster.roomOpen');
+  }
+  $('lobby-section').hidden = !host || m.waiting.length === 0;
+  if (host) {
+    syncList($('lobby-list'), m.waiting, (w) => `w${w.participant_id}`, (w) => el('li', { className: 'person', dataset: { participantId: String(w.participant_id) } },
+      el('div', { className: 'person-main' },
+        el('div', { className: 'who' },
+          el('span', { className: 'person-name', text: w.name }),
+          w.site ? el('span', { className: 'person-meta', text: w.site }) : null),
+        el('span', { className: 'person-actions' }, actionButton('admit', w.participant_id, 'roster.admit')))));
+  }
+  syncList($('people-list'), rosterEntries(m), (e) => `p${e.id}`, (e) => personRow(e, host));
+}
+
+function onRosterAction(event) {
+  const button = event.target.closest('button[data-action]');
+  const m = app.meeting;
+  if (!button || !m) return;
+  const id = Number(button.dataset.id);
+  switch (button.dataset.action) {
+    case 'admit':
+      m.admit(id);
+      break;
+    case 'presenter':
+    case 'participant':
+    case 'viewer':
+      m.setRole(id, button.dataset.action);
+      break;
+    case 'mute-audio':
+      m.muteParticipant(id, 'audio');
+      break;
+    case 'mute-video':
+      m.muteParticipant(id, 'video');
+      break;
+    case 'remove': {
+      const name = m.participants.get(id)?.name ?? '';
+      if (window.confirm(t('roster.confirmRemove', { name }))) m.removeParticipant(id);
+      break;
+    }
+    default:
+      break;
+  }
+}
+$('people-list').addEventListener('click', onRosterAction);
+$('lobby-list').addEventListener('click', onRosterAction);
+$('admit-all-button').addEventListener('click', () => app.meeting?.admitAll());
+$('open-room-button').addEventListener('click', () => app.meeting?.openRoom());
+$('lock-room-button').addEventListener('click', () => {
+  const m = app.meeting;
+  if (m) m.lockRoom(!m.roomState.locked);
+});
+
 function render() {
-  const inCall = !!app.meeting && app.meeting.state !== 'connecting';
-  $('lobby').hidden = inCall;
+  const state = app.meeting?.state;
+  const waiting = state === 'lobby';
+  const inCall = !!app.meeting && state !== 'connecting' && !waiting;
+  $('lobby').hidden = inCall || waiting;
+  $('waiting').hidden = !waiting;
   $('call').hidden = !inCall;
-  document.body.dataset.view = inCall ? 'call' : 'lobby';
+  document.body.dataset.view = inCall ? 'call' : waiting ? 'waiting' : 'lobby';
   renderLobby();
-  renderCall();
+  renderWaiting();
+  if (inCall) renderCall();
+  else $('meeting-info').hidden = true;
 }
 
 let renderQueued = false;
@@ -465,6 +783,12 @@ try {
 if (!supported()) {
   lobbyMessage = { key: 'error.unsupported' };
   render();
+} else if (invite) {
+  // A join link: straight into the meeting (after the camera and microphone are ready, so
+  // they are published from the first offer; a viewer needs neither).
+  render();
+  if (!isViewerLink()) await startPreview();
+  startJoin();
 } else {
   render();
   startPreview();

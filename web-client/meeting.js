@@ -5,12 +5,31 @@
 // lists every sendonly m-line in `publish` and every receiving m-line in `subscribe`.
 // A reconnection is a fresh join (new socket, new peer connection); the local tracks stay.
 //
+// Protocol v2 adds join links (a token instead of room + name), a lobby where a host admits
+// people, roles (a viewer only receives; only hosts and presenters share a screen), raised
+// hands and host actions. Against a server without roles (`joined` has no `role`) everything
+// is allowed, as before.
+//
 // Events (EventTarget): `state` (this.state changed), `change` (roster, tracks, mute state or
 // quality changed: re-render), `notice` ({ detail: { key, vars } } for a passing message).
 
 import { StatsSampler, classify, combine } from './quality.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+
+export const ROLES = ['host', 'presenter', 'participant', 'viewer'];
+
+const ROLE_NOTICES = {
+  host: 'call.nowHost',
+  presenter: 'call.nowPresenter',
+  participant: 'call.nowParticipant',
+  viewer: 'call.nowViewer',
+};
+
+const HOST_OR_HAND = ['raise_hand', 'admit', 'admit_all', 'open_room', 'lock_room', 'set_role', 'mute_participant', 'remove_participant'];
+
+/** Errors after which the server closes the socket and will not take this session back. */
+const TERMINAL = ['removed', 'room_closed', 'invalid_token', 'already_connected', 'token_required', 'version_mismatch'];
 
 const PING_MS = 5000; // application ping; the server answers `pong`
 const SILENCE_MS = 16000; // nothing heard from the server for this long: the socket is dead
@@ -48,6 +67,20 @@ export function refusalKey(code) {
       return 'error.roomFull';
     case 'invalid_name':
       return 'error.invalidName';
+    case 'token_required':
+      return 'error.tokenRequired';
+    case 'invalid_token':
+      return 'error.invalidToken';
+    case 'already_connected':
+      return 'error.alreadyConnected';
+    case 'removed':
+      return 'error.removed';
+    case 'room_closed':
+      return 'error.roomClosed';
+    case 'forbidden':
+      return 'error.forbidden';
+    case 'not_admitted':
+      return 'error.notAdmitted';
     default:
       return 'error.server';
   }
@@ -55,11 +88,29 @@ export function refusalKey(code) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * What a join link's token says about its holder (`name`, `role`, `room`), read without
+ * checking the signature: only for display before the server answers. Null when unreadable.
+ */
+export function tokenClaims(token) {
+  try {
+    const part = String(token).split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
 export class Meeting extends EventTarget {
   /**
    * @param {object} o
-   * @param {string} o.room
-   * @param {string} o.name
+   * @param {string} [o.token]     a join link's token (then room and name come from it)
+   * @param {string} [o.room]
+   * @param {string} [o.name]
+   * @param {string} [o.role]      tokenless joins: 'participant' (default) or 'viewer'
    * @param {import('./media.js').LocalMedia} o.local
    * @param {string} o.url          the `wss://…/ws` address
    * @param {number} [o.protocolVersion]
@@ -67,19 +118,34 @@ export class Meeting extends EventTarget {
    */
   constructor(o) {
     super();
-    this.room = o.room;
-    this.name = o.name;
+    this.token = o.token || null;
+    const claims = this.token ? tokenClaims(this.token) : null;
+    this.room = o.room ?? claims?.room ?? '';
+    this.name = o.name ?? claims?.name ?? '';
+    this.askedRole = o.role || null;
+    /** Our role: 'host' | 'presenter' | 'participant' | 'viewer', or null (server without roles). */
+    this.role = claims?.role ?? o.role ?? null;
+    this.title = '';
+    /** While waiting to be admitted: { title, startsAt, reason }. */
+    this.lobby = null;
+    this.roomState = { open: true, locked: false };
+    this.counts = null;
+    /** Hosts: who waits in the lobby, [{ participant_id, name, site }]. */
+    this.waiting = [];
+    this.handRaised = false;
+    /** The secret that lets an automatic reconnect take over our earlier session. */
+    this.resume = null;
     this.local = o.local;
     this.url = o.url;
     this.protocolVersion = o.protocolVersion ?? PROTOCOL_VERSION;
     this.reconnectWindowMs = o.reconnectWindowMs ?? RECONNECT_WINDOW_MS;
 
-    /** 'connecting' | 'joined' | 'reconnecting' | 'ended' | 'left' */
+    /** 'connecting' | 'lobby' | 'joined' | 'reconnecting' | 'ended' | 'left' */
     this.state = 'connecting';
     /** Why the meeting ended: an i18n key and its variables. */
     this.endReason = null;
     this.me = null;
-    /** participant id -> { id, name, pubs: Map<publication id, PublicationInfo> } */
+    /** participant id -> { id, name, role, site, hand, serverQuality, pubs: Map<publication id, PublicationInfo> } */
     this.participants = new Map();
     /** publication id -> the MediaStreamTrack receiving it */
     this.remoteTracks = new Map();
@@ -101,10 +167,10 @@ export class Meeting extends EventTarget {
   async join() {
     try {
       await this.attempt();
-      if (this.state !== 'connecting') throw new JoinError('unreachable', null, 'left while joining');
+      if (!['connecting', 'lobby'].includes(this.state)) throw new JoinError('unreachable', null, 'left while joining');
     } catch (err) {
       if (this.s) this.dispose(this.s);
-      this.state = 'ended';
+      if (this.state !== 'left') this.state = 'ended';
       throw err;
     }
     this.statsTimer = setInterval(() => this.sampleStats(), STATS_MS);
@@ -182,9 +248,12 @@ export class Meeting extends EventTarget {
     const s = this.s;
     if (!s || !s.pc || s.disposed) return;
     for (const source of ['microphone', 'camera', 'screen']) {
-      const track = this.local[source];
+      const allowed = this.canPublish() && (source !== 'screen' || this.canShareScreen());
+      const track = allowed ? this.local[source] : null;
       const tr = s.send[source];
-      if (track) {
+      if (!allowed) {
+        if (tr && tr.direction === 'sendonly') this.unpublish(s, source);
+      } else if (track) {
         if (!tr || tr.direction !== 'sendonly') this.publish(s, source, track);
         else if (tr.sender.track !== track) replace(tr, track);
       } else if (tr && tr.direction === 'sendonly') {
@@ -192,6 +261,106 @@ export class Meeting extends EventTarget {
         else replace(tr, null);
       }
     }
+  }
+
+  // ---- roles and host actions ------------------------------------------------------------
+
+  /** Whether this role sends media at all (a server without roles: yes). */
+  canPublish() {
+    return this.role !== 'viewer';
+  }
+
+  canShareScreen() {
+    return this.role === null || this.role === 'host' || this.role === 'presenter';
+  }
+
+  canRaiseHand() {
+    return this.role === 'participant' || this.role === 'viewer';
+  }
+
+  isHost() {
+    return this.role === 'host';
+  }
+
+  request(message) {
+    if (this.s && this.state === 'joined') this.send(this.s, message);
+  }
+
+  raiseHand(raised) {
+    if (!this.canRaiseHand()) return;
+    this.handRaised = !!raised;
+    this.request({ type: 'raise_hand', raised: this.handRaised });
+    this.changed();
+  }
+
+  admit(participantId) {
+    this.request({ type: 'admit', participant_id: participantId });
+  }
+
+  admitAll() {
+    this.request({ type: 'admit_all' });
+  }
+
+  openRoom() {
+    this.request({ type: 'open_room' });
+  }
+
+  lockRoom(locked) {
+    this.request({ type: 'lock_room', locked: !!locked });
+  }
+
+  setRole(participantId, role) {
+    this.request({ type: 'set_role', participant_id: participantId, role });
+  }
+
+  /** `kind`: 'audio' (microphone) or 'video' (camera and screen). */
+  muteParticipant(participantId, kind) {
+    this.request({ type: 'mute_participant', participant_id: participantId, kind });
+  }
+
+  removeParticipant(participantId) {
+    this.request({ type: 'remove_participant', participant_id: participantId });
+  }
+
+  /** A host changed our role: stop or start sending accordingly. */
+  async onRoleChanged(role) {
+    const before = this.role;
+    this.role = role;
+    if (!this.canRaiseHand()) this.handRaised = false;
+    if (!this.canShareScreen()) this.local.stopScreen();
+    if (!this.canPublish()) {
+      // The server already ended our publications.
+      this.local.stopAll();
+      this.ownPubs = new Map();
+      this.syncSenders();
+    } else if (before === 'viewer') {
+      this.local.micOn = true;
+      this.local.camOn = true;
+      const error = await this.local.acquire();
+      if (error) this.notice(error);
+      this.syncSenders();
+    } else {
+      this.syncSenders();
+    }
+    this.notice(ROLE_NOTICES[role] || 'call.nowParticipant');
+    this.changed();
+  }
+
+  /** The server (a host) muted one of our publications. */
+  onOwnMuted(publicationId) {
+    const source = [...this.ownPubs].find(([, id]) => id === publicationId)?.[0];
+    if (source === 'microphone' && this.local.micOn) {
+      this.local.setMicOn(false);
+      this.notice('call.mutedByHost');
+    } else if (source === 'camera' && this.local.camOn) {
+      this.local.setCamOn(false);
+      this.syncSenders();
+      this.notice('call.cameraOffByHost');
+    } else if (source === 'screen' && this.local.screen) {
+      this.stopScreen();
+      this.notice('call.cameraOffByHost');
+    }
+    this.changed();
   }
 
   // ---- one session: socket + peer connection ---------------------------------------------
@@ -235,31 +404,63 @@ export class Meeting extends EventTarget {
       };
     });
 
-    ws.send(JSON.stringify({
-      type: 'join',
-      protocol_version: this.protocolVersion,
-      room: this.room,
-      name: this.name,
-    }));
+    const join = { type: 'join', protocol_version: this.protocolVersion };
+    if (this.token) {
+      join.token = this.token;
+    } else {
+      join.room = this.room;
+      join.name = this.name;
+      if (this.askedRole && this.protocolVersion >= 2) join.role = this.askedRole;
+    }
+    if (this.resume) join.resume = this.resume;
+    ws.send(JSON.stringify(join));
     const joined = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      let timer = setTimeout(() => {
         reject(new JoinError('unreachable', null, 'no answer to join'));
         ws.close();
       }, JOIN_TIMEOUT_MS);
+      let lobbyPing = null;
+      const done = () => {
+        clearTimeout(timer);
+        clearInterval(lobbyPing);
+        s.rejectJoin = null;
+      };
+      // Leaving (or giving up) while waiting ends the wait.
+      s.rejectJoin = (err) => {
+        done();
+        reject(err);
+      };
       ws.onmessage = (event) => {
         const message = parse(event.data);
         if (!message) return;
+        s.lastHeard = Date.now();
         if (message.type === 'joined') {
-          clearTimeout(timer);
+          done();
           resolve(message);
-        } else if (message.type === 'error') {
+        } else if (message.type === 'lobby') {
+          // Waiting for a host (or the start time): no deadline, but keep the socket alive.
           clearTimeout(timer);
+          timer = null;
+          if (!lobbyPing) {
+            lobbyPing = setInterval(() => {
+              if (Date.now() - s.lastHeard > SILENCE_MS) ws.close(); // dead: onclose rejects
+              else this.send(s, { type: 'ping' });
+            }, PING_MS);
+          }
+          this.me = message.participant_id;
+          if (message.room) this.room = message.room;
+          if (message.title) this.title = message.title;
+          this.lobby = { title: message.title || '', startsAt: message.starts_at ?? null, reason: message.reason || 'not_open' };
+          this.setState('lobby');
+          this.changed();
+        } else if (message.type === 'error') {
+          done();
           reject(new JoinError('refused', message.code, message.message));
           ws.close();
         }
       };
       ws.onclose = () => {
-        clearTimeout(timer);
+        done();
         reject(new JoinError('unreachable', null, 'closed before joined'));
       };
     });
@@ -268,6 +469,17 @@ export class Meeting extends EventTarget {
     ws.onmessage = (event) => this.onMessage(s, parse(event.data));
     ws.onclose = () => this.lost(s, 'socket');
     this.me = joined.participant_id;
+    this.lobby = null;
+    if (joined.room) this.room = joined.room;
+    if (joined.title) this.title = joined.title;
+    // A server without roles (protocol 1) says nothing: everything is allowed, as before.
+    this.role = joined.role ?? (this.protocolVersion >= 2 ? this.role : null);
+    if (joined.room_state) this.roomState = { open: !!joined.room_state.open, locked: !!joined.room_state.locked };
+    if (joined.counts) this.counts = joined.counts;
+    if (joined.resume) this.resume = joined.resume;
+    if (!this.canRaiseHand()) this.handRaised = false;
+    else if (this.handRaised) this.send(s, { type: 'raise_hand', raised: true });
+    this.waiting = [];
     this.participants = new Map();
     this.remoteTracks = new Map();
     this.ownPubs = new Map();
@@ -279,6 +491,8 @@ export class Meeting extends EventTarget {
     pc.onicecandidate = (event) => this.onCandidate(s, event.candidate);
     pc.onconnectionstatechange = () => this.onConnectionState(s);
 
+    if (!this.canPublish()) this.local.stopAll();
+    if (!this.canShareScreen()) this.local.stopScreen();
     for (const source of ['microphone', 'camera', 'screen']) {
       const track = this.local[source];
       if (track) this.publish(s, source, track);
@@ -300,6 +514,8 @@ export class Meeting extends EventTarget {
 
   send(s, message) {
     if (s.disposed || s.ws.readyState !== WebSocket.OPEN) return;
+    // Which request a `forbidden` answers (those are the ones the server may refuse so).
+    if (message.type === 'offer' || HOST_OR_HAND.includes(message.type)) s.lastRequest = message.type;
     s.ws.send(JSON.stringify(message));
   }
 
@@ -318,6 +534,7 @@ export class Meeting extends EventTarget {
   dispose(s) {
     if (s.disposed) return;
     s.disposed = true;
+    s.rejectJoin?.(new JoinError('unreachable', null, 'closed'));
     for (const cancel of s.timers) cancel();
     s.timers.clear();
     if (s.ws) {
@@ -337,7 +554,50 @@ export class Meeting extends EventTarget {
       case 'answer':
         this.onAnswer(s, m.sdp);
         break;
+      case 'participant_updated': {
+        if (m.participant.id === this.me) {
+          // About ourselves (hosts see everyone): our hand and role as the server has them.
+          if ('hand_raised' in m.participant) this.handRaised = !!m.participant.hand_raised;
+          this.changed();
+          break;
+        }
+        const known = this.participants.get(m.participant.id);
+        const p = this.addParticipant(m.participant);
+        if (known && Array.isArray(m.participant.publications)) {
+          const now = new Set(m.participant.publications.map((pub) => pub.id));
+          for (const id of [...p.pubs.keys()]) {
+            if (!now.has(id)) {
+              p.pubs.delete(id);
+              this.unsubscribe(s, id);
+            }
+          }
+        }
+        for (const pub of m.participant.publications || []) this.subscribe(s, pub);
+        this.changed();
+        break;
+      }
+      case 'role_changed':
+        this.onRoleChanged(m.role);
+        break;
+      case 'room_state':
+        this.roomState = { open: !!m.open, locked: !!m.locked };
+        this.changed();
+        break;
+      case 'room_counts':
+        this.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
+        this.changed();
+        break;
+      case 'lobby_changed': {
+        const before = new Set(this.waiting.map((w) => w.participant_id));
+        this.waiting = Array.isArray(m.waiting) ? m.waiting : [];
+        for (const w of this.waiting) {
+          if (!before.has(w.participant_id)) this.notice('call.waitingToast', { name: w.name });
+        }
+        this.changed();
+        break;
+      }
       case 'participant_joined':
+        if (m.participant.id === this.me) break;
         this.addParticipant(m.participant);
         for (const pub of m.participant.publications) this.subscribe(s, pub);
         this.notice('call.joinedToast', { name: m.participant.name });
@@ -379,6 +639,10 @@ export class Meeting extends EventTarget {
         break;
       }
       case 'mute_changed': {
+        if (m.participant_id === this.me) {
+          if (m.muted) this.onOwnMuted(m.publication_id);
+          break;
+        }
         const pub = this.participants.get(m.participant_id)?.pubs.get(m.publication_id);
         if (pub) pub.muted = m.muted;
         this.changed();
@@ -397,11 +661,16 @@ export class Meeting extends EventTarget {
 
   onError(s, m) {
     console.warn('server refused a request:', m.code, m.message);
-    if (['media_unavailable', 'version_mismatch', 'message_too_large'].includes(m.code)) {
+    if (['media_unavailable', 'message_too_large', ...TERMINAL].includes(m.code)) {
       // The server closes the socket after these: remember why.
       s.fatal = m.code;
     }
-    if (s.negotiating && ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code)) {
+    if (m.code === 'forbidden' || m.code === 'not_admitted' || m.code === 'unknown_participant') {
+      this.notice(refusalKey(m.code), { code: m.code });
+    }
+    // A refused offer (e.g. sent just before a host made us a viewer): roll it back.
+    const offerRefused = s.lastRequest === 'offer' && m.code === 'forbidden';
+    if (s.negotiating && (offerRefused || ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code))) {
       s.negotiating = false;
       s.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
       if (s.again) this.negotiate(s);
@@ -411,12 +680,16 @@ export class Meeting extends EventTarget {
   addParticipant(info) {
     let p = this.participants.get(info.id);
     if (!p) {
-      p = { id: info.id, name: info.name, pubs: new Map() };
+      p = { id: info.id, name: info.name, role: null, site: null, hand: false, serverQuality: null, pubs: new Map() };
       this.participants.set(info.id, p);
     } else if (info.name) {
       p.name = info.name;
     }
-    for (const pub of info.publications) p.pubs.set(pub.id, pub);
+    if ('role' in info) p.role = info.role;
+    if ('site' in info) p.site = info.site;
+    if ('hand_raised' in info) p.hand = !!info.hand_raised;
+    if ('quality' in info) p.serverQuality = info.quality;
+    for (const pub of info.publications || []) p.pubs.set(pub.id, pub);
     return p;
   }
 
@@ -572,8 +845,8 @@ export class Meeting extends EventTarget {
     if (why === 'media' && !s.connected) this.mediaFailures += 1;
     this.dispose(s);
     console.info(`connection lost (${why}${fatal ? `, server said ${fatal}` : ''}); rejoining`);
-    if (fatal === 'version_mismatch') {
-      this.finish('ended', { key: 'error.versionMismatch' });
+    if (TERMINAL.includes(fatal)) {
+      this.finish('ended', { key: refusalKey(fatal), vars: { code: fatal } });
       return;
     }
     if (this.mediaFailures >= MAX_MEDIA_FAILURES) {
@@ -596,7 +869,7 @@ export class Meeting extends EventTarget {
       if (this.state !== 'reconnecting') return;
       try {
         await this.attempt();
-        if (this.state !== 'reconnecting') {
+        if (!['reconnecting', 'lobby'].includes(this.state)) {
           this.dispose(this.s);
           return;
         }
@@ -604,6 +877,7 @@ export class Meeting extends EventTarget {
         return;
       } catch (err) {
         if (this.s) this.dispose(this.s);
+        if (this.state === 'lobby') this.setState('reconnecting');
         if (this.state !== 'reconnecting') return;
         if (err instanceof JoinError && err.kind === 'refused') {
           this.finish('ended', { key: refusalKey(err.code), vars: { code: err.code } });

@@ -12,7 +12,8 @@
 //   reconnect_s=N     give up reconnecting after N seconds
 //
 // `window.meetTest` (see the bottom) reads what each remote tile shows and plays: the centre
-// pixel of its video, the dominant frequency of its audio, and its receive statistics.
+// pixel of its video, the dominant frequency of its audio, and its receive statistics; and
+// the protocol v2 state (role, lobby, room state, counts, roster) with the host's actions.
 
 export function install(params, { setTrackSource, app }) {
   const overrides = {};
@@ -55,6 +56,37 @@ export function install(params, { setTrackSource, app }) {
     probe: () => probe(app),
     /** Drops the signaling socket as a network blip would. */
     dropConnection: () => app.meeting?.s?.ws?.close(),
+
+    // ---- protocol v2 ----
+    /** Our role ('host' | 'presenter' | 'participant' | 'viewer'), or null. */
+    role: () => app.meeting?.role ?? null,
+    /** While waiting to be admitted: { title, startsAt, reason }; else null. */
+    lobby: () => (app.meeting?.state === 'lobby' ? { ...app.meeting.lobby } : null),
+    /** The meeting's title as the server gave it. */
+    title: () => app.meeting?.title ?? null,
+    /** { open, locked } */
+    roomState: () => (app.meeting ? { ...app.meeting.roomState } : null),
+    /** { present, viewers, lobby, hands_raised } from the last `joined` / `room_counts`. */
+    counts: () => (app.meeting?.counts ? { ...app.meeting.counts } : null),
+    /** Ourselves first, then everyone this client sees: { id, self, name, role, site, hand, micMuted, camMuted, quality }. */
+    roster: () => app.rosterEntries?.() ?? [],
+    /** Hosts: who waits in the lobby, [{ participant_id, name, site }]. */
+    waiting: () => (app.meeting ? app.meeting.waiting.map((w) => ({ ...w })) : []),
+    /** Whether our hand is up. */
+    handRaised: () => !!app.meeting?.handRaised,
+    raiseHand: (raised = true) => app.meeting?.raiseHand(raised),
+    /** Host actions, sent as they are (the server decides whether they are allowed). */
+    host: {
+      admit: (id) => app.meeting?.admit(id),
+      admitAll: () => app.meeting?.admitAll(),
+      openRoom: () => app.meeting?.openRoom(),
+      lockRoom: (locked = true) => app.meeting?.lockRoom(locked),
+      setRole: (id, role) => app.meeting?.setRole(id, role),
+      mute: (id, kind) => app.meeting?.muteParticipant(id, kind),
+      remove: (id) => app.meeting?.removeParticipant(id),
+    },
+    /** The local tracks that exist now (a viewer has none). */
+    localTracks: () => ['microphone', 'camera', 'screen'].filter((source) => !!app.local[source]),
   };
   return overrides;
 }

@@ -10,21 +10,24 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  artifacts, closeAll, errorsOf, hears, join, launchBrowser, openPage, probe, sameColour, silent,
-  startServer, waitFor, waitUntilReceives,
+  api, apiLogin, artifacts, closeAll, errorsOf, hears, join, launchBrowser, openLink, openPage, probe,
+  sameColour, serverFeatures, silent, startServer, waitFor, waitUntilReceives,
 } from './harness.mjs';
 
 const RED = [255, 0, 0];
 const GREEN = [0, 255, 0];
 const BLUE = [0, 0, 255];
 const TEST_TIMEOUT = 90_000;
+const ADMIN = { username: 'admin', displayName: 'Admin', password: 'correct horse battery staple' };
 
 describe('web client in Chromium', () => {
   let server;
   let browser;
 
   before(async () => {
-    [server, browser] = await Promise.all([startServer(), launchBrowser()]);
+    // Protocol 2 servers: an administrator, to schedule meetings where screen sharing is allowed.
+    const admin = serverFeatures().adminCli ? ADMIN : null;
+    [server, browser] = await Promise.all([startServer({ admin }), launchBrowser()]);
   }, { timeout: 60_000 });
 
   after(async () => {
@@ -141,24 +144,51 @@ describe('web client in Chromium', () => {
   });
 
   test('a shared screen arrives as its own tile and goes away when sharing stops', { timeout: TEST_TIMEOUT }, async () => {
-    const room = 'screen-share';
-    const alice = await join(browser, server, { room, name: 'Alice', colour: RED, tone: 660, params: { screen: '255,255,0' } });
-    const bob = await join(browser, server, { room, name: 'Bob', colour: GREEN, tone: 440 });
+    let alice;
+    let bob;
+    if (server.legacy) {
+      // Protocol 1: everyone may present.
+      const room = 'screen-share';
+      alice = await join(browser, server, { room, name: 'Alice', colour: RED, tone: 660, params: { screen: '255,255,0' } });
+      bob = await join(browser, server, { room, name: 'Bob', colour: GREEN, tone: 440 });
+    } else {
+      // Protocol 2: only hosts and presenters present. A meeting whose host is Alice.
+      const token = await apiLogin(server, ADMIN);
+      const start = Date.now() + 60 * 60_000;
+      const created = await api(server, 'POST', '/api/meetings', {
+        token,
+        json: { title: 'Screen share', starts_at: start, ends_at: start + 3_600_000, admission: 'host', invitations: [{ role: 'participant', name: 'Bob' }] },
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const hostLink = created.body.invitations.find((i) => i.role === 'host').join_path;
+      const bobLink = created.body.invitations.find((i) => i.name === 'Bob').join_path;
+      alice = await openLink(browser, server, hostLink, { name: 'Admin', colour: RED, tone: 660, params: { screen: '255,255,0' } });
+      await waitFor(() => alice.page.evaluate(() => window.meetTest.state() === 'joined'), { message: 'the host joins' });
+      await alice.page.evaluate(() => window.meetTest.host.openRoom());
+      await waitFor(() => alice.page.evaluate(() => window.meetTest.roomState()?.open), { message: 'the room opens' });
+      bob = await openLink(browser, server, bobLink, { name: 'Bob', colour: GREEN, tone: 440 });
+      await waitFor(() => bob.page.evaluate(() => window.meetTest.state() === 'joined'), { message: 'Bob joins' });
+    }
+    const presenter = alice.name;
     try {
       await waitUntilReceives(bob, [alice]);
       await alice.page.click('#share-button');
       await waitFor(async () => {
-        const a = (await probe(bob)).remotes.find((r) => r.name === 'Alice');
+        const a = (await probe(bob)).remotes.find((r) => r.name === presenter);
         // The camera keeps its colour; the screen is a second, yellow tile.
         return sameColour(a.screenColour, [255, 255, 0]) && sameColour(a.colour, RED);
-      }, { message: "Bob to see Alice's screen" });
+      }, { message: `Bob to see ${presenter}'s screen` });
       assert.equal(await bob.page.locator('#stage .tile[data-source="screen"]').count(), 1);
       const offer = (await alice.page.evaluate(() => window.meetTest.sent)).filter((m) => m.type === 'offer').at(-1);
       assert.deepEqual(offer.publish.map((p) => p.source).sort(), ['camera', 'microphone', 'screen']);
+      if (!server.legacy) {
+        // A participant has no screen-share button.
+        assert.equal(await bob.page.locator('#share-button').isVisible(), false);
+      }
 
       await alice.page.click('#share-button');
       await waitFor(async () => (await bob.page.locator('.tile[data-source="screen"]').count()) === 0, {
-        message: "Alice's screen tile to go away",
+        message: `${presenter}'s screen tile to go away`,
       });
       assert.deepEqual(errorsOf([alice, bob]), []);
     } finally {
@@ -172,12 +202,17 @@ describe('web client in Chromium', () => {
     const bob = await join(browser, server, { room, name: 'Bob', colour: GREEN, tone: 440 });
     try {
       await waitUntilReceives(alice, [bob]);
-      const before = (await probe(alice)).me;
+      const joins = () => alice.page.evaluate(() => window.meetTest.sent.filter((m) => m.type === 'join'));
+      assert.equal((await joins()).length, 1);
       await alice.page.evaluate(() => window.meetTest.dropConnection());
-      await waitFor(async () => {
-        const p = await probe(alice);
-        return p.state === 'joined' && p.me !== before;
-      }, { message: 'Alice to rejoin' });
+      await waitFor(async () => (await probe(alice)).state === 'joined' && (await joins()).length === 2, {
+        message: 'Alice to rejoin',
+      });
+      if (!server.legacy) {
+        // The rejoin presents the secret from `joined`, to take over the earlier session.
+        const [, again] = await joins();
+        assert.ok(typeof again.resume === 'string' && again.resume.length > 0, `resume: ${JSON.stringify(again)}`);
+      }
       // The banner was shown while away (however briefly), and is gone now.
       const shown = await alice.page.evaluate(() => window.meetTest.bannerShown);
       assert.ok(shown.length > 0 && shown[0].startsWith('Reconnecting…'), `banner: ${shown}`);

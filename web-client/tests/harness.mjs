@@ -4,6 +4,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,17 +30,63 @@ function ensureServerBinary() {
 }
 
 /**
+ * What this server binary supports, from its `--help`: `openRooms` (the `--open-rooms` flag of
+ * protocol 2) and `adminCli` (the `admin create` subcommand). A binary without `--open-rooms`
+ * predates protocol 2: pages then join with `?protocol=1` (see `openPage`).
+ */
+let features = null;
+export function serverFeatures() {
+  if (features) return features;
+  ensureServerBinary();
+  const help = spawnSync(SERVER_BIN, ['--help'], { encoding: 'utf8' });
+  const text = `${help.stdout || ''}${help.stderr || ''}`;
+  features = {
+    openRooms: text.includes('--open-rooms'),
+    adminCli: /^\s+admin\b/m.test(text),
+  };
+  return features;
+}
+
+/** Origins of servers that speak protocol 1 (pages opened there get `protocol=1`). */
+const legacyOrigins = new Set();
+
+/**
+ * Creates an administrator account in `dataDir` before the server starts, with the CLI:
+ * `meet-server admin create --username … --display-name … --role admin --password-env …`.
+ */
+export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin', password }) {
+  const result = spawnSync(SERVER_BIN, [
+    'admin', 'create',
+    '--username', username,
+    '--display-name', displayName,
+    '--role', 'admin',
+    '--password-env', 'MEET_ADMIN_PASSWORD',
+    '--data-dir', dataDir,
+  ], { encoding: 'utf8', env: { ...process.env, MEET_ADMIN_PASSWORD: password, NO_COLOR: '1' } });
+  if (result.status !== 0) {
+    throw new Error(`admin create failed (${result.status}):\n${result.stdout}${result.stderr}`);
+  }
+  return { username, displayName, password };
+}
+
+/**
  * Starts `meet-server` on loopback with an ephemeral HTTPS port (read back from its log) and
  * an ephemeral UDP port, serving this checkout's web-client/.
+ *
+ * `openRooms` (default true): pass `--open-rooms`, so that tokenless joins (room + name) work,
+ * where the binary knows the flag. `admin: { username, displayName, password }` creates that
+ * administrator first (needs the `admin create` CLI).
  */
-export async function startServer() {
-  ensureServerBinary();
+export async function startServer({ openRooms = true, admin = null } = {}) {
+  const { openRooms: knowsOpenRooms } = serverFeatures();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
+  const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
   const child = spawn(SERVER_BIN, [
     '--http-addr', '127.0.0.1:0',
     '--media-addr', '127.0.0.1:0',
     '--data-dir', dataDir,
     '--web-client-dir', path.join(repoRoot, 'web-client'),
+    ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
   // Never leave a server behind, whatever happens to this process.
   const killOnExit = () => child.kill('SIGKILL');
@@ -67,8 +114,13 @@ export async function startServer() {
   });
   child.stdout.on('data', (chunk) => { log += chunk; });
   child.stderr.on('data', (chunk) => { log += chunk; });
+  const legacy = !knowsOpenRooms;
+  if (legacy) legacyOrigins.add(new URL(url).origin);
   return {
     url,
+    /** A protocol-1 server (no roles, tokens or organizer API). */
+    legacy,
+    admin: createdAdmin,
     log: () => log,
     async stop(signal = 'SIGINT') {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -107,7 +159,7 @@ export async function launchBrowser({ fakeUi = true } = {}) {
  * console error and page error collected. `expectedErrors` are patterns of console errors
  * the test provokes on purpose.
  */
-export async function openPage(browser, url, { expectedErrors = [], label = '' } = {}) {
+export async function openPage(browser, url, { expectedErrors = [], label = '', waitForJoinButton = true } = {}) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 720 } });
   const page = await context.newPage();
   const errors = [];
@@ -119,10 +171,83 @@ export async function openPage(browser, url, { expectedErrors = [], label = '' }
     errors.push(`${label} console: ${text}${where ? ` (${where})` : ''}`);
   });
   page.on('pageerror', (error) => errors.push(`${label} page error: ${error.message}`));
-  await page.goto(url);
-  // The join button is enabled once the client's script has started.
-  await page.locator('#join-button:not([disabled])').waitFor({ timeout: 15_000 });
+  await page.goto(withProtocol(url));
+  if (waitForJoinButton) {
+    // The join button is enabled once the client's script has started.
+    await page.locator('#join-button:not([disabled])').waitFor({ timeout: 15_000 });
+  }
   return { page, context, errors, label };
+}
+
+/** On a protocol-1 server, the client is told to speak protocol 1 (unless the test chose). */
+function withProtocol(url) {
+  const u = new URL(url);
+  if (legacyOrigins.has(u.origin) && !u.searchParams.has('protocol') && u.pathname.endsWith('/')) {
+    u.searchParams.set('protocol', '1');
+  }
+  return u.toString();
+}
+
+/**
+ * Opens a join link (`join_path` from the API, `/#join=<token>`), with synthetic media when
+ * `colour` is given. The page joins by itself; it is not waited for (it may wait in the lobby).
+ */
+export async function openLink(browser, server, joinPath, { name, colour, tone, params = {}, expectedErrors = [] } = {}) {
+  const query = new URLSearchParams(params);
+  if (colour) {
+    query.set('synthetic', '1');
+    query.set('color', colour.join(','));
+    query.set('tone', String(tone));
+  } else if (!query.has('synthetic')) {
+    query.set('test', '1');
+  }
+  const hash = joinPath.slice(joinPath.indexOf('#'));
+  const p = await openPage(browser, `${server.url}?${query}${hash}`, { label: name, expectedErrors, waitForJoinButton: false });
+  await p.page.waitForFunction(() => !!window.meetTest, null, { timeout: 15_000 });
+  return { ...p, name, colour, tone };
+}
+
+/**
+ * One REST request to the server's API (self-signed certificate accepted). Resolves to
+ * `{ status, body }` (body parsed as JSON when it is JSON).
+ */
+export function api(server, method, apiPath, { token, json, csv } = {}) {
+  const url = new URL(apiPath.replace(/^\/?(api\/)?/, '/api/'), server.url);
+  const headers = {};
+  let payload;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    payload = JSON.stringify(json);
+  } else if (csv !== undefined) {
+    headers['Content-Type'] = 'text/csv';
+    payload = csv;
+  }
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, rejectUnauthorized: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => { text += chunk; });
+      res.on('end', () => {
+        let body = text;
+        try {
+          body = text ? JSON.parse(text) : null;
+        } catch {
+          // Not JSON (the CSV export).
+        }
+        resolve({ status: res.statusCode, body });
+      });
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** Signs in through the API; returns the bearer token. */
+export async function apiLogin(server, { username, password }) {
+  const res = await api(server, 'POST', '/api/login', { json: { username, password } });
+  if (res.status !== 200) throw new Error(`login failed: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body.token;
 }
 
 /** Opens the client with synthetic media (one colour, one tone) and joins `room` as `name`. */

@@ -12,6 +12,7 @@ import { classify, combine } from '../quality.js';
 const client = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const read = (name) => fs.readFileSync(path.join(client, name), 'utf8');
 const scripts = fs.readdirSync(client).filter((f) => f.endsWith('.js') && f !== 'i18n.js');
+const pages = fs.readdirSync(client).filter((f) => f.endsWith('.html'));
 
 test('English and Vietnamese have the same keys, none empty, with the same placeholders', () => {
   const en = Object.keys(STRINGS.en).sort();
@@ -25,9 +26,11 @@ test('English and Vietnamese have the same keys, none empty, with the same place
 
 test('every key the page and scripts use exists', () => {
   const used = new Set();
-  for (const m of read('index.html').matchAll(/data-i18n(?:-title|-placeholder)?="([^"]+)"/g)) used.add(m[1]);
+  for (const page of pages) {
+    for (const m of read(page).matchAll(/data-i18n(?:-title|-placeholder)?="([^"]+)"/g)) used.add(m[1]);
+  }
   for (const file of scripts) {
-    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error)\.[A-Za-z]+)['`]/g)) {
+    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error|role|roster|waiting|org)\.[A-Za-z]+)['`]/g)) {
       used.add(m[1]);
     }
   }
@@ -38,12 +41,15 @@ test('every key the page and scripts use exists', () => {
   assert.ok(used.size > 40, 'the scan found the keys');
 });
 
-test('the page holds no text of its own: all of it comes from i18n.js', () => {
-  const html = read('index.html')
-    .replace(/<!--[\s\S]*?-->/g, '')
-    .replace(/<(svg|script|style)\b[\s\S]*?<\/\1>/g, '')
-    .replace(/<[^>]+>/g, '');
-  assert.equal(html.trim(), '');
+test('the pages hold no text of their own: all of it comes from i18n.js', () => {
+  assert.deepEqual(pages.sort(), ['index.html', 'organizer.html']);
+  for (const page of pages) {
+    const html = read(page)
+      .replace(/<!--[\s\S]*?-->/g, '')
+      .replace(/<(svg|script|style)\b[\s\S]*?<\/\1>/g, '')
+      .replace(/<[^>]+>/g, '');
+    assert.equal(html.trim(), '', page);
+  }
   // Nor do the scripts put literal words on screen.
   for (const file of scripts.filter((f) => f !== 'testhooks.js')) {
     const source = read(file);

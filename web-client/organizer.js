@@ -1,0 +1,719 @@
+// The organizer pages: sign in, meetings (schedule, edit, cancel, invitations and their join
+// links, live attendance, CSV export), and for administrators the site directory (CSV import)
+// and accounts. REST API: docs/api.md. Texts come from i18n.js only.
+//
+// The bearer token lives in sessionStorage (gone when the tab closes) and goes out only in
+// the Authorization header of same-origin requests.
+
+import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = 'meet.orgToken';
+const ATTENDANCE_MS = 5000;
+
+const ROLE_KEYS = {
+  host: 'role.host',
+  presenter: 'role.presenter',
+  participant: 'role.participant',
+  viewer: 'role.viewer',
+};
+const INVITEE_ROLES = ['participant', 'presenter', 'host', 'viewer'];
+const ADMISSION_KEYS = { host: 'org.admissionHost', scheduled: 'org.admissionScheduled' };
+const STATUS_KEYS = { scheduled: 'org.statusScheduled', cancelled: 'org.statusCancelled' };
+const KIND_KEYS = { central: 'org.kindCentral', province: 'org.kindProvince', commune: 'org.kindCommune' };
+const ACCOUNT_ROLE_KEYS = { admin: 'org.accountAdmin', organizer: 'org.accountOrganizer' };
+const QUALITY_KEYS = { good: 'quality.good', fair: 'quality.fair', poor: 'quality.poor' };
+const LEAVE_KEYS = { left: 'org.leaveLeft', timed_out: 'org.leaveTimedOut', removed: 'org.leaveRemoved' };
+const ERROR_KEYS = {
+  unauthorized: 'org.errUnauthorized',
+  forbidden: 'org.errForbidden',
+  not_found: 'org.errNotFound',
+  conflict: 'org.errConflict',
+  bad_request: 'org.errBadRequest',
+  invalid_csv: 'org.errInvalidCsv',
+};
+
+/** Signed-in state: the bearer token and the account. */
+let token = null;
+let account = null;
+/** What the content area shows: { name: 'meetings' | 'new' | 'detail' | 'edit' | 'sites' | 'accounts', id? } */
+let view = { name: 'meetings' };
+/** Stops the running attendance refresh, if any. */
+let stopRefresh = null;
+/** The page's message: { key, vars, detail, kind } (kept as a key so a language switch redraws it). */
+let message = null;
+
+class ApiError extends Error {
+  constructor(status, code, detail, errors) {
+    super(`${status} ${code || ''}: ${detail || ''}`);
+    this.status = status;
+    this.code = code || 'internal';
+    this.detail = detail || '';
+    this.errors = errors || [];
+  }
+}
+
+// ---- REST ----------------------------------------------------------------------------------
+
+async function request(method, path, { json, csv, raw = false } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let body;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  } else if (csv !== undefined) {
+    headers['Content-Type'] = 'text/csv';
+    body = csv;
+  }
+  let res;
+  try {
+    res = await fetch(`/api${path}`, { method, headers, body });
+  } catch {
+    throw new ApiError(0, 'unreachable');
+  }
+  if (!res.ok) {
+    let data = {};
+    try {
+      data = await res.json();
+    } catch {
+      // No JSON body.
+    }
+    if (res.status === 401 && path !== '/login') forgetSession();
+    throw new ApiError(res.status, data.error, data.message, data.errors);
+  }
+  if (raw) return res;
+  if (res.status === 204) return null;
+  return res.json();
+}
+
+const api = {
+  get: (path) => request('GET', path),
+  post: (path, json) => request('POST', path, { json }),
+  patch: (path, json) => request('PATCH', path, { json }),
+  del: (path) => request('DELETE', path),
+};
+
+function errorMessage(err) {
+  if (!(err instanceof ApiError)) {
+    console.error(err);
+    return { key: 'org.errServer', vars: { code: 'internal' } };
+  }
+  if (err.code === 'unreachable') return { key: 'error.unreachable' };
+  return { key: ERROR_KEYS[err.code] || 'org.errServer', vars: { code: err.code }, detail: err.detail };
+}
+
+function showError(err) {
+  message = errorMessage(err);
+  renderMessage();
+}
+
+function showInfo(key, vars) {
+  message = { key, vars, kind: 'info' };
+  renderMessage();
+}
+
+function renderMessage() {
+  const box = $('org-message');
+  box.hidden = !message || !token;
+  if (!message) return;
+  box.replaceChildren(t(message.key, message.vars || {}));
+  if (message.detail) box.append(el('span', { className: 'detail', text: message.detail }));
+  box.dataset.key = message.key;
+  box.classList.toggle('info', message.kind === 'info');
+}
+
+// ---- small DOM helpers -----------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v === undefined || v === null) continue;
+    if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k === 'text') node.textContent = v;
+    else if (k === 'on') for (const [type, fn] of Object.entries(v)) node.addEventListener(type, fn);
+    else if (k === 'attrs') for (const [name, value] of Object.entries(v)) node.setAttribute(name, value);
+    else node[k] = v;
+  }
+  node.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+
+const button = (key, onClick, className = 'secondary', props = {}) => el('button', {
+  type: 'button', className, text: t(key), on: { click: onClick }, ...props,
+});
+
+function field(labelKey, input) {
+  return el('label', { className: 'field' }, el('span', { text: t(labelKey) }), input);
+}
+
+function select(options, value, props = {}) {
+  const s = el('select', props);
+  for (const [v, key] of options) s.append(new Option(t(key), v));
+  if (value !== undefined) s.value = value;
+  return s;
+}
+
+const roleSelect = (value = 'participant', props = {}) => select(INVITEE_ROLES.map((r) => [r, ROLE_KEYS[r]]), value, props);
+
+function formatTime(ms) {
+  if (typeof ms !== 'number') return '–';
+  return new Intl.DateTimeFormat(language(), { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(ms));
+}
+
+/** ms epoch -> the value of a datetime-local input (local time). */
+function toLocalInput(ms) {
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+/** A datetime-local value (local time) -> ms epoch, or NaN. */
+const fromLocalInput = (value) => (value ? new Date(value).getTime() : NaN);
+
+function toast(text) {
+  const node = el('div', { className: 'toast', text });
+  $('toasts').append(node);
+  setTimeout(() => node.remove(), 3000);
+}
+
+function table(headKeys, rows, className = '') {
+  return el('table', { className: `org-table ${className}` },
+    el('thead', {}, el('tr', {}, headKeys.map((k) => el('th', { text: k ? t(k) : '' })))),
+    el('tbody', {}, rows));
+}
+
+// ---- session ---------------------------------------------------------------------------------
+
+function forgetSession() {
+  token = null;
+  account = null;
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Nothing stored.
+  }
+  stopRefresh?.();
+  render();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const username = $('login-username').value.trim();
+  const password = $('login-password').value;
+  const box = $('login-message');
+  if (!username || !password) {
+    box.hidden = false;
+    box.dataset.key = 'org.loginMissing';
+    box.textContent = t('org.loginMissing');
+    return;
+  }
+  $('login-button').disabled = true;
+  try {
+    const answer = await request('POST', '/login', { json: { username, password } });
+    token = answer.token;
+    account = answer.account;
+    try {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    } catch {
+      // Signed in for this page only.
+    }
+    box.hidden = true;
+    $('login-password').value = '';
+    message = null;
+    go({ name: 'meetings' });
+  } catch (err) {
+    const m = err instanceof ApiError && err.status === 401 ? { key: 'org.loginFailed' } : errorMessage(err);
+    box.hidden = false;
+    box.dataset.key = m.key;
+    box.textContent = t(m.key, m.vars || {});
+  } finally {
+    $('login-button').disabled = false;
+  }
+});
+
+$('sign-out').addEventListener('click', async () => {
+  try {
+    await request('POST', '/logout');
+  } catch {
+    // Signed out here regardless.
+  }
+  message = null;
+  forgetSession();
+});
+
+for (const navButton of document.querySelectorAll('#org-nav button')) {
+  navButton.addEventListener('click', () => go({ name: navButton.dataset.view }));
+}
+
+// ---- views -------------------------------------------------------------------------------------
+
+function go(next) {
+  stopRefresh?.();
+  stopRefresh = null;
+  view = next;
+  message = null;
+  render();
+}
+
+function render() {
+  const signedIn = !!token && !!account;
+  $('login-form').hidden = signedIn;
+  $('org-nav').hidden = !signedIn;
+  $('org-user').hidden = !signedIn;
+  $('content').hidden = !signedIn;
+  renderMessage();
+  if (!signedIn) {
+    $('content').replaceChildren();
+    return;
+  }
+  $('user-name').textContent = t('org.signedInAs', {
+    name: account.display_name, role: t(ACCOUNT_ROLE_KEYS[account.role] || 'org.accountOrganizer'),
+  });
+  for (const b of document.querySelectorAll('#org-nav button')) {
+    b.hidden = 'admin' in b.dataset && account.role !== 'admin';
+    const section = { new: 'meetings', detail: 'meetings', edit: 'meetings' }[view.name] || view.name;
+    b.classList.toggle('active', b.dataset.view === section);
+  }
+  document.body.dataset.view = view.name;
+  const content = $('content');
+  const views = { meetings: meetingsView, new: scheduleView, edit: scheduleView, detail: detailView, sites: sitesView, accounts: accountsView };
+  const current = view;
+  content.replaceChildren(el('p', { className: 'note', text: t('org.loading') }));
+  (views[view.name] || meetingsView)()
+    .then((node) => {
+      if (view === current) content.replaceChildren(node);
+    })
+    .catch((err) => {
+      if (view !== current) return;
+      content.replaceChildren();
+      showError(err);
+    });
+}
+
+// Meetings list.
+async function meetingsView() {
+  const meetings = await api.get('/meetings');
+  meetings.sort((a, b) => a.starts_at - b.starts_at);
+  const rows = meetings.map((m) => el('tr', {
+    className: `clickable meeting-row ${m.status}`,
+    dataset: { meetingId: m.id },
+    on: { click: () => go({ name: 'detail', id: m.id }) },
+  },
+  el('td', {}, el('a', { href: '#', text: m.title, on: { click: (e) => e.preventDefault() } })),
+  el('td', { text: formatTime(m.starts_at) }),
+  el('td', { text: formatTime(m.ends_at) }),
+  el('td', { text: t(ADMISSION_KEYS[m.admission] || 'org.admissionHost') }),
+  el('td', { text: t(STATUS_KEYS[m.status] || 'org.statusScheduled') })));
+  return el('div', { className: 'org-view' },
+    el('div', { className: 'view-head' },
+      el('h1', { text: t('org.meetingsHeading') }),
+      button('org.newMeeting', () => go({ name: 'new' }), 'primary', { id: 'new-meeting' })),
+    meetings.length
+      ? table(['org.colTitle', 'org.colStart', 'org.colEnd', 'org.colAdmission', 'org.colStatus'], rows, 'meetings-table')
+      : el('p', { className: 'note', text: t('org.noMeetings') }));
+}
+
+// Schedule a meeting (new) or edit one (view.id).
+async function scheduleView() {
+  const editing = view.name === 'edit';
+  const meeting = editing ? await api.get(`/meetings/${view.id}`) : null;
+  const sites = editing ? [] : await api.get('/sites');
+  const now = Date.now();
+  const defaultStart = Math.ceil((now + 30 * 60_000) / (15 * 60_000)) * 15 * 60_000;
+
+  const title = el('input', { id: 'meeting-title', maxLength: 200, required: true, value: meeting?.title ?? '' });
+  const starts = el('input', { id: 'meeting-start', type: 'datetime-local', required: true, value: toLocalInput(meeting?.starts_at ?? defaultStart) });
+  const ends = el('input', { id: 'meeting-end', type: 'datetime-local', required: true, value: toLocalInput(meeting?.ends_at ?? defaultStart + 60 * 60_000) });
+  const admission = select(Object.entries(ADMISSION_KEYS), meeting?.admission ?? 'host', { id: 'meeting-admission' });
+
+  const form = el('form', { className: 'org-form', id: 'meeting-form', noValidate: true },
+    el('h1', { text: t(editing ? 'org.editHeading' : 'org.scheduleHeading') }),
+    field('org.fieldTitle', title),
+    el('div', { className: 'row' }, field('org.fieldStart', starts), field('org.fieldEnd', ends)),
+    field('org.fieldAdmission', admission),
+    el('p', { className: 'note', text: t('org.admissionHelp') }));
+
+  // Invitees: sites from the directory (searchable, with a role each) and named people.
+  const chosen = new Map(); // site id -> role
+  const people = [];
+  if (!editing) {
+    const search = el('input', { id: 'site-search', type: 'search', placeholder: t('org.searchSites') });
+    const list = el('ul', { className: 'site-picker', id: 'site-picker' });
+    const count = el('span', { className: 'note', id: 'chosen-count' });
+    const drawSites = () => {
+      const q = search.value.trim().toLowerCase();
+      const shown = sites.filter((s) => !q || s.code.toLowerCase().includes(q) || s.name.toLowerCase().includes(q));
+      list.replaceChildren(...shown.map((s) => {
+        const box = el('input', { type: 'checkbox', checked: chosen.has(s.id), dataset: { siteId: s.id, siteCode: s.code } });
+        const role = roleSelect(chosen.get(s.id) || 'participant', { disabled: !chosen.has(s.id), dataset: { siteRole: s.code } });
+        box.addEventListener('change', () => {
+          if (box.checked) chosen.set(s.id, role.value);
+          else chosen.delete(s.id);
+          role.disabled = !box.checked;
+          count.textContent = t('org.chosenCount', { n: chosen.size });
+        });
+        role.addEventListener('change', () => {
+          if (chosen.has(s.id)) chosen.set(s.id, role.value);
+        });
+        return el('li', { dataset: { siteCode: s.code } },
+          el('label', { className: 'site-choice' }, box,
+            el('span', { className: 'site-name', text: s.name }),
+            el('span', { className: 'note', text: `${s.code} · ${t(KIND_KEYS[s.kind] || 'org.kindCommune')}` })),
+          role);
+      }));
+      if (!shown.length) list.append(el('li', { className: 'note', text: t('org.noSites') }));
+      count.textContent = t('org.chosenCount', { n: chosen.size });
+    };
+    search.addEventListener('input', drawSites);
+    drawSites();
+
+    const peopleList = el('div', { className: 'people-inputs', id: 'people-inputs' });
+    const addPerson = () => {
+      const entry = {
+        name: el('input', { maxLength: 64, placeholder: t('org.personName'), className: 'person-name-input' }),
+        role: roleSelect('participant'),
+      };
+      people.push(entry);
+      const row = el('div', { className: 'row' }, entry.name, entry.role, button('org.removeRow', () => {
+        people.splice(people.indexOf(entry), 1);
+        row.remove();
+      }, 'secondary small'));
+      peopleList.append(row);
+      entry.name.focus();
+    };
+    form.append(
+      el('fieldset', { className: 'invitees' },
+        el('legend', { text: t('org.inviteSites') }),
+        el('div', { className: 'row' }, search, count),
+        list),
+      el('fieldset', { className: 'invitees' },
+        el('legend', { text: t('org.invitePeople') }),
+        peopleList,
+        button('org.addPerson', addPerson, 'secondary small', { id: 'add-person' })));
+  }
+
+  const submit = el('button', { type: 'submit', className: 'primary', id: 'meeting-submit', text: t(editing ? 'org.save' : 'org.schedule') });
+  form.append(el('div', { className: 'row actions' },
+    submit,
+    button('org.back', () => go(editing ? { name: 'detail', id: view.id } : { name: 'meetings' }))));
+
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = {
+      title: title.value.trim(),
+      starts_at: fromLocalInput(starts.value),
+      ends_at: fromLocalInput(ends.value),
+      admission: admission.value,
+    };
+    if (!body.title) {
+      showInfo('org.needTitle');
+      return;
+    }
+    if (!Number.isFinite(body.starts_at) || !Number.isFinite(body.ends_at) || body.ends_at <= body.starts_at) {
+      showInfo('org.badTimes');
+      return;
+    }
+    if (!editing) {
+      body.invitations = [
+        ...[...chosen].map(([siteId, role]) => ({ role, site_id: siteId })),
+        ...people.filter((p) => p.name.value.trim()).map((p) => ({ role: p.role.value, name: p.name.value.trim() })),
+      ];
+    }
+    submit.disabled = true;
+    try {
+      const saved = editing ? await api.patch(`/meetings/${view.id}`, body) : await api.post('/meetings', body);
+      go({ name: 'detail', id: saved.id });
+      showInfo(editing ? 'org.saved' : 'org.scheduled');
+    } catch (err) {
+      showError(err);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+// One meeting: its data, invitations with links, attendance.
+async function detailView() {
+  const id = view.id;
+  const [meeting, sites] = await Promise.all([api.get(`/meetings/${id}`), api.get('/sites')]);
+  const cancelled = meeting.status === 'cancelled';
+  const reload = () => go({ name: 'detail', id });
+
+  const head = el('div', { className: 'view-head' },
+    el('div', {},
+      el('h1', { text: meeting.title, id: 'meeting-heading' }),
+      el('p', { className: 'note', id: 'meeting-when', text: t('org.when', { start: formatTime(meeting.starts_at), end: formatTime(meeting.ends_at) }) }),
+      el('p', { className: 'note' },
+        `${t(ADMISSION_KEYS[meeting.admission] || 'org.admissionHost')} · `,
+        el('span', { className: `status ${meeting.status}`, id: 'meeting-status', text: t(STATUS_KEYS[meeting.status] || 'org.statusScheduled') }))),
+    el('div', { className: 'row' },
+      button('org.back', () => go({ name: 'meetings' })),
+      cancelled ? null : button('org.edit', () => go({ name: 'edit', id }), 'secondary', { id: 'edit-meeting' }),
+      cancelled ? null : button('org.cancelMeeting', async () => {
+        if (!window.confirm(t('org.confirmCancel', { title: meeting.title }))) return;
+        try {
+          await api.post(`/meetings/${id}/cancel`);
+          reload();
+          showInfo('org.cancelled');
+        } catch (err) {
+          showError(err);
+        }
+      }, 'danger', { id: 'cancel-meeting' })));
+
+  // Invitations.
+  const rows = meeting.invitations.map((inv) => {
+    const link = inv.join_path ? `${location.origin}${inv.join_path}` : null;
+    const linkInput = link ? el('input', { className: 'link', readOnly: true, value: link, on: { focus: (e) => e.target.select() } }) : null;
+    return el('tr', { className: `invitation${inv.revoked ? ' revoked' : ''}`, dataset: { invitationId: inv.id, role: inv.role, siteCode: inv.site_code || '' } },
+      el('td', { text: inv.name }),
+      el('td', { text: t(ROLE_KEYS[inv.role] || 'role.participant') }),
+      el('td', { className: 'link-cell' }, linkInput || el('span', { className: 'note', text: t(inv.revoked ? 'org.revoked' : 'org.noLink') })),
+      el('td', { className: 'row' },
+        link ? button('org.copy', () => copy(link, linkInput), 'secondary small', { dataset: { copy: inv.id } }) : null,
+        !inv.revoked && !cancelled ? button('org.revoke', async () => {
+          if (!window.confirm(t('org.confirmRevoke', { name: inv.name }))) return;
+          try {
+            await api.del(`/meetings/${id}/invitations/${inv.id}`);
+            reload();
+          } catch (err) {
+            showError(err);
+          }
+        }, 'secondary small', { dataset: { revoke: inv.id } }) : null));
+  });
+
+  // Add an invitation: a site from the directory or a named person.
+  let addForm = null;
+  if (!cancelled) {
+    const siteChoice = el('select', { id: 'add-site' });
+    siteChoice.append(new Option(t('org.personInstead'), ''));
+    for (const s of sites) {
+      const label = `${s.name} (${s.code})`;
+      siteChoice.append(new Option(label, s.id));
+    }
+    const name = el('input', { id: 'add-name', maxLength: 64, placeholder: t('org.personName') });
+    const role = roleSelect('participant', { id: 'add-role' });
+    siteChoice.addEventListener('change', () => {
+      name.disabled = !!siteChoice.value;
+    });
+    addForm = el('form', { className: 'row add-invitation', id: 'add-invitation', noValidate: true },
+      siteChoice, name, role, el('button', { type: 'submit', className: 'secondary', text: t('org.invite') }));
+    addForm.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const invitee = siteChoice.value ? { role: role.value, site_id: siteChoice.value } : { role: role.value, name: name.value.trim() };
+      if (!invitee.site_id && !invitee.name) {
+        showInfo('org.needInvitee');
+        return;
+      }
+      try {
+        await api.post(`/meetings/${id}/invitations`, invitee);
+        reload();
+        showInfo('org.invited');
+      } catch (err) {
+        showError(err);
+      }
+    });
+  }
+
+  // Attendance, refreshed while this view is open.
+  const board = el('div', { id: 'attendance' });
+  const exportButton = button('org.exportCsv', () => exportCsv(id), 'secondary', { id: 'export-csv' });
+  const refresh = async () => {
+    try {
+      const attendance = await api.get(`/meetings/${id}/attendance`);
+      if (view.id === id && view.name === 'detail') board.replaceChildren(attendanceBoard(attendance));
+    } catch (err) {
+      if (view.id === id && view.name === 'detail') showError(err);
+    }
+  };
+  refresh();
+  const timer = setInterval(refresh, ATTENDANCE_MS);
+  stopRefresh = () => clearInterval(timer);
+
+  return el('div', { className: 'org-view' },
+    head,
+    el('section', { className: 'org-section' },
+      el('h2', { text: t('org.invitations') }),
+      rows.length ? table(['org.colName', 'org.colRole', 'org.colLink', ''], rows, 'invitations-table') : el('p', { className: 'note', text: t('org.noInvitations') }),
+      addForm),
+    el('section', { className: 'org-section' },
+      el('div', { className: 'view-head' }, el('h2', { text: t('org.attendance') }), exportButton),
+      board));
+}
+
+function attendanceBoard(a) {
+  const quality = (q) => el('span', { className: 'quality-dot', dataset: { level: q || 'unknown' }, title: t(QUALITY_KEYS[q] || 'quality.unknown') });
+  const present = a.sites.filter((s) => s.present).length;
+  const siteRows = a.sites.map((s) => el('tr', { className: `attendance-site ${s.present ? 'present' : 'absent'}`, dataset: { siteCode: s.code } },
+    el('td', { text: s.code }),
+    el('td', { text: s.name }),
+    el('td', { text: t(s.present ? 'org.present' : 'org.absent') }),
+    el('td', { text: formatTime(s.first_joined_at) }),
+    el('td', { text: formatTime(s.last_left_at) }),
+    el('td', {}, quality(s.quality))));
+  const rows = a.rows.map((r) => el('tr', { className: 'attendance-row', dataset: { participantId: String(r.participant_id) } },
+    el('td', { text: r.name }),
+    el('td', { text: t(ROLE_KEYS[r.role] || 'role.participant') }),
+    el('td', { text: formatTime(r.joined_at) }),
+    el('td', { text: r.left_at ? formatTime(r.left_at) : t('org.stillHere') }),
+    el('td', { text: r.leave_reason ? t(LEAVE_KEYS[r.leave_reason] || 'org.leaveLeft') : '' }),
+    el('td', {}, quality(r.quality))));
+  return el('div', {},
+    el('p', { className: 'note', id: 'attendance-summary', text: t('org.sitesPresent', { present, invited: a.sites.length }) }),
+    a.sites.length
+      ? table(['org.colCode', 'org.colSite', 'org.colPresent', 'org.colFirstJoined', 'org.colLastLeft', 'org.colQuality'], siteRows, 'attendance-sites')
+      : null,
+    rows.length
+      ? table(['org.colName', 'org.colRole', 'org.colJoined', 'org.colLeft', 'org.colReason', 'org.colQuality'], rows, 'attendance-rows')
+      : el('p', { className: 'note', text: t('org.nobodyYet') }));
+}
+
+async function copy(text, input) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    input?.select();
+    document.execCommand?.('copy');
+  }
+  toast(t('org.copied'));
+}
+
+async function exportCsv(id) {
+  try {
+    const res = await request('GET', `/meetings/${id}/attendance.csv`, { raw: true });
+    const blob = await res.blob();
+    const url = URL.createObjectURL(blob);
+    const a = el('a', { href: url, download: `attendance-${id}.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// Sites directory (administrators): list and CSV import.
+async function sitesView() {
+  const sites = await api.get('/sites');
+  const admin = account.role === 'admin';
+  const rows = sites.map((s) => el('tr', { className: 'site-row', dataset: { siteCode: s.code } },
+    el('td', { text: s.code }),
+    el('td', { text: s.name }),
+    el('td', { text: t(KIND_KEYS[s.kind] || 'org.kindCommune') }),
+    el('td', { text: s.parent_code || '' })));
+  const file = el('input', { type: 'file', id: 'sites-file', accept: '.csv,text/csv' });
+  const importButton = el('button', { type: 'submit', className: 'primary', id: 'sites-import', text: t('org.import') });
+  const errors = el('ul', { className: 'csv-errors', id: 'import-errors', hidden: true });
+  const form = el('form', { className: 'org-form import-form', noValidate: true },
+    el('h2', { text: t('org.importHeading') }),
+    el('p', { className: 'note', text: t('org.importHelp') }),
+    el('div', { className: 'row' }, file, importButton),
+    errors);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const chosen = file.files[0];
+    if (!chosen) {
+      showInfo('org.chooseFile');
+      return;
+    }
+    importButton.disabled = true;
+    errors.hidden = true;
+    try {
+      const text = await chosen.text();
+      const result = await request('POST', '/sites/import', { csv: text });
+      go({ name: 'sites' });
+      showInfo('org.importDone', { created: result.created, updated: result.updated });
+    } catch (err) {
+      showError(err);
+      if (err instanceof ApiError && err.errors.length) {
+        errors.replaceChildren(...err.errors.map((x) => el('li', { dataset: { line: String(x.line) }, text: t('org.csvLine', { line: x.line, message: x.message }) })));
+        errors.hidden = false;
+      }
+    } finally {
+      importButton.disabled = false;
+    }
+  });
+  return el('div', { className: 'org-view' },
+    el('div', { className: 'view-head' }, el('h1', { text: t('org.sitesHeading') })),
+    admin ? form : null,
+    sites.length
+      ? table(['org.colCode', 'org.colName', 'org.colKind', 'org.colParent'], rows, 'sites-table')
+      : el('p', { className: 'note', text: t('org.noSites') }));
+}
+
+// Accounts (administrators): list, create, disable.
+async function accountsView() {
+  const accounts = await api.get('/accounts');
+  const rows = accounts.map((a) => el('tr', { className: `account-row${a.disabled ? ' disabled' : ''}`, dataset: { username: a.username } },
+    el('td', { text: a.username }),
+    el('td', { text: a.display_name }),
+    el('td', { text: t(ACCOUNT_ROLE_KEYS[a.role] || 'org.accountOrganizer') }),
+    el('td', { text: t(a.disabled ? 'org.accountDisabled' : 'org.accountActive') }),
+    el('td', {}, a.id === account.id ? null : button(a.disabled ? 'org.enable' : 'org.disable', async () => {
+      try {
+        await api.patch(`/accounts/${a.id}`, { disabled: !a.disabled });
+        go({ name: 'accounts' });
+      } catch (err) {
+        showError(err);
+      }
+    }, 'secondary small'))));
+  const username = el('input', { id: 'new-username', maxLength: 64, autocomplete: 'off' });
+  const displayName = el('input', { id: 'new-display-name', maxLength: 128, autocomplete: 'off' });
+  const password = el('input', { id: 'new-password', type: 'password', autocomplete: 'new-password' });
+  const role = select(Object.entries(ACCOUNT_ROLE_KEYS), 'organizer', { id: 'new-role' });
+  const form = el('form', { className: 'org-form', noValidate: true },
+    el('h2', { text: t('org.newAccount') }),
+    el('div', { className: 'row' }, field('org.username', username), field('org.displayName', displayName)),
+    el('div', { className: 'row' }, field('org.password', password), field('org.accountRole', role)),
+    el('button', { type: 'submit', className: 'primary', text: t('org.create') }));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = { username: username.value.trim(), display_name: displayName.value.trim(), password: password.value, role: role.value };
+    if (!body.username || !body.display_name || !body.password) {
+      showInfo('org.needAccountFields');
+      return;
+    }
+    try {
+      await api.post('/accounts', body);
+      go({ name: 'accounts' });
+      showInfo('org.accountCreated', { name: body.username });
+    } catch (err) {
+      showError(err);
+    }
+  });
+  return el('div', { className: 'org-view' },
+    el('div', { className: 'view-head' }, el('h1', { text: t('org.accountsHeading') })),
+    table(['org.username', 'org.displayName', 'org.accountRole', 'org.colStatus', ''], rows, 'accounts-table'),
+    form);
+}
+
+// ---- start -----------------------------------------------------------------------------------
+
+initLanguage(new URLSearchParams(location.search).get('lang'));
+document.title = t('org.title');
+for (const { code, label } of LANGUAGES) $('lang-select').append(new Option(label, code));
+$('lang-select').value = language();
+$('lang-select').addEventListener('change', (e) => {
+  setLanguage(e.target.value);
+  document.title = t('org.title');
+  $('login-message').hidden = true;
+  if (token) go(view);
+});
+
+try {
+  token = sessionStorage.getItem(TOKEN_KEY);
+} catch {
+  token = null;
+}
+if (token) {
+  try {
+    account = await api.get('/me');
+  } catch {
+    token = null;
+    account = null;
+  }
+}
+render();
+if (!token) $('login-username').focus();
