@@ -15,7 +15,7 @@ use protocol::{
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::Store;
+use crate::store::Store;
 
 /// Messages queued for one participant's socket before it is treated as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -265,7 +265,10 @@ impl Hub {
         tracing::info!(participant = %id, room = %room, "participant joined");
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(err) = store.record_join(&room, id, &name).await {
+            if let Err(err) = store
+                .record_join(&room, id, None, &name, None, protocol::Role::Participant)
+                .await
+            {
                 tracing::warn!(%err, "attendance not recorded");
             }
         });

@@ -4,11 +4,12 @@
 //! the HTTPS listener) and returns the bound addresses, which is what the binary and the
 //! integration tests both use.
 
+pub mod api;
 pub mod auth;
-pub mod db;
 pub mod hub;
 pub mod metrics;
 pub mod session;
+pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -23,9 +24,9 @@ use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tower_http::services::ServeDir;
 
-use crate::db::Store;
 use crate::hub::HubHandle;
 use crate::session::SessionLimits;
+use crate::store::Store;
 
 /// Largest WebSocket message the transport reads at all. Messages between
 /// [`protocol::MAX_MESSAGE_BYTES`] and this are refused with a typed error; bigger ones close
@@ -89,7 +90,9 @@ pub enum StartError {
     #[error("creating the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error(transparent)]
-    Store(#[from] db::StoreError),
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("loading the TLS certificate: {0}")]
@@ -107,6 +110,7 @@ pub struct AppState {
     limits: SessionLimits,
     sfu: sfu::SfuHandle,
     metrics: metrics::Metrics,
+    api: api::ApiState,
 }
 
 /// A running server.
@@ -172,6 +176,7 @@ pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
         // The web client's test suite lives beside it; it is not part of the site.
         .route("/tests", get(not_found))
         .route("/tests/{*path}", get(not_found))
+        .nest("/api", api::router(state.api.clone()))
         .fallback_service(ServeDir::new(web_client_dir))
         .with_state(state)
 }
@@ -227,6 +232,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("meet.db").display()));
     let store = Store::open(&database_url).await?;
+    let tokens = std::sync::Arc::new(auth::JoinTokens::load_or_generate(
+        &config.data_dir.join("keys"),
+    )?);
 
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
     sfu_config.advertise = config.advertise_addr;
@@ -259,6 +267,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits: config.session_limits,
         sfu: sfu.clone(),
         metrics: metrics::Metrics::new(),
+        api: api::ApiState {
+            store: store.clone(),
+            tokens,
+            // The hub does not implement RoomControl yet.
+            rooms: std::sync::Arc::new(api::NoRoomControl),
+        },
     };
     let router = app(state, config.web_client_dir.clone());
     let server = axum_server::from_tcp_rustls(listener, tls_config)
