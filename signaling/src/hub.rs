@@ -22,7 +22,7 @@ use protocol::{
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Admission, Store};
+use crate::store::{Admission, Store};
 
 /// Messages queued for one participant's socket before it is treated as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -158,6 +158,16 @@ impl HubHandle {
         let _ = self.requests.send(HubRequest::RevokeInvitation {
             invitation: invitation.to_string(),
         });
+    }
+}
+
+impl crate::api::RoomControl for HubHandle {
+    fn close_room(&self, room: &RoomId) {
+        HubHandle::close_room(self, room);
+    }
+
+    fn revoke_invitation(&self, invitation_id: &str) {
+        HubHandle::revoke_invitation(self, invitation_id);
     }
 }
 
@@ -564,6 +574,10 @@ impl Hub {
         self.broadcast_about(&room_id, role, Some(id), &announcement);
         if was_waiting {
             self.lobby_changed(&room_id);
+        }
+        if role == Role::Host {
+            // A host arriving after others must learn who already waits.
+            self.send_lobby_to(id, &room_id);
         }
         tracing::info!(participant = %id, room = %room_id, role = role.as_str(), "participant joined");
         let store = self.store.clone();

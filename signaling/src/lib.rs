@@ -4,11 +4,12 @@
 //! the HTTPS listener) and returns the bound addresses, which is what the binary and the
 //! integration tests both use.
 
+pub mod api;
 pub mod auth;
-pub mod db;
 pub mod hub;
 pub mod metrics;
 pub mod session;
+pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -23,9 +24,9 @@ use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tower_http::services::ServeDir;
 
-use crate::db::Store;
 use crate::hub::HubHandle;
 use crate::session::SessionLimits;
+use crate::store::Store;
 
 /// Largest WebSocket message the transport reads at all. Messages between
 /// [`protocol::MAX_MESSAGE_BYTES`] and this are refused with a typed error; bigger ones close
@@ -93,7 +94,9 @@ pub enum StartError {
     #[error("creating the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error(transparent)]
-    Store(#[from] db::StoreError),
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("loading the TLS certificate: {0}")]
@@ -102,8 +105,6 @@ pub enum StartError {
     Sfu(#[from] sfu::driver::StartError),
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    #[error(transparent)]
-    Keys(#[from] auth::KeyError),
 }
 
 /// Shared by every request handler.
@@ -114,6 +115,7 @@ pub struct AppState {
     sfu: sfu::SfuHandle,
     metrics: metrics::Metrics,
     gate: session::Gate,
+    api: api::ApiState,
 }
 
 /// A running server.
@@ -181,6 +183,7 @@ pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
         // The web client's test suite lives beside it; it is not part of the site.
         .route("/tests", get(not_found))
         .route("/tests/{*path}", get(not_found))
+        .nest("/api", api::router(state.api.clone()))
         .fallback_service(ServeDir::new(web_client_dir))
         .with_state(state)
 }
@@ -275,6 +278,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             tokens: tokens.clone(),
             store: store.clone(),
             open_rooms: config.open_rooms,
+        },
+        api: api::ApiState {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            rooms: std::sync::Arc::new(hub.clone()),
         },
     };
     let router = app(state, config.web_client_dir.clone());

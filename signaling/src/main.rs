@@ -4,12 +4,54 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use signaling::store::{AccountRole, NewAccount, Store};
 use tracing_subscriber::EnvFilter;
 
 /// Secure video meetings: signaling (HTTPS/WSS) and the SFU (one UDP port) in one process.
 #[derive(Debug, Parser)]
 #[command(name = "meet-server", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    server: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Administration tasks on the server's storage (run beside or instead of the server).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Creates an account, such as the first administrator.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long, value_enum, default_value = "admin")]
+        role: RoleArg,
+        /// Read the password from this environment variable instead of the standard input.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Admin,
+    Organizer,
+}
+
+/// The server's options. The storage options are global, so that `admin` commands find the
+/// same database as the server: `meet-server admin create --data-dir … --username …`.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// HTTPS and WebSocket listen address.
     #[arg(long, env = "MEET_HTTP_ADDR", default_value = "127.0.0.1:8443")]
@@ -21,10 +63,10 @@ struct Args {
     #[arg(long, env = "MEET_ADVERTISE_ADDR")]
     advertise_addr: Option<SocketAddr>,
     /// Directory for the database and the generated certificate.
-    #[arg(long, env = "MEET_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "MEET_DATA_DIR", default_value = "data", global = true)]
     data_dir: PathBuf,
     /// Database URL; defaults to an SQLite file in the data directory.
-    #[arg(long, env = "MEET_DATABASE_URL")]
+    #[arg(long, env = "MEET_DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// TLS certificate chain (PEM). Without it a self-signed certificate is generated.
     #[arg(long, env = "MEET_TLS_CERT", requires = "tls_key")]
@@ -55,7 +97,65 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.server).await,
+        Some(Command::Admin { command }) => admin(cli.server, command).await,
+    }
+}
+
+/// The storage the server would use with these options.
+async fn open_store(args: &Args) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| signaling::store::default_url(&args.data_dir));
+    Store::open(&url).await.context("opening the database")
+}
+
+async fn admin(args: Args, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Create {
+            username,
+            display_name,
+            role,
+            password_env,
+        } => {
+            let password = match password_env {
+                Some(var) => std::env::var(&var)
+                    .with_context(|| format!("the environment variable {var} is not set"))?,
+                None => {
+                    eprintln!("password for {username} (one line on standard input):");
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let store = open_store(&args).await?;
+            let account = store
+                .create_account(&NewAccount {
+                    username: &username,
+                    display_name: &display_name,
+                    password: &password,
+                    role: match role {
+                        RoleArg::Admin => AccountRole::Admin,
+                        RoleArg::Organizer => AccountRole::Organizer,
+                    },
+                })
+                .await
+                .context("creating the account")?;
+            store.close().await;
+            println!("created account {} ({})", account.username, account.id);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = signaling::Config::new();
     config.http_addr = args.http_addr;
     config.media_addr = args.media_addr;

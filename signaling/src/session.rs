@@ -16,8 +16,8 @@ use std::sync::Arc;
 use protocol::{Role, RoomId};
 
 use crate::auth::JoinTokens;
-use crate::db::Store;
 use crate::hub::{Arrival, HubHandle, MeetingInfo, OUTBOUND_QUEUE, Outbound};
+use crate::store::Store;
 
 /// What decides who may enter: join tokens, the invitations behind them, and whether rooms
 /// without invitations exist at all.

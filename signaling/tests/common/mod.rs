@@ -348,3 +348,111 @@ impl RawClient {
         }
     }
 }
+
+/// A scheduled meeting and a join token for each invitation.
+#[derive(Debug)]
+pub struct Scheduled {
+    pub id: String,
+    pub starts_at: i64,
+    pub invited: Vec<Invited>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Invited {
+    pub invitation_id: String,
+    pub name: String,
+    pub role: protocol::Role,
+    pub token: String,
+}
+
+impl Scheduled {
+    /// The invitation of `name` ("Host" is the organizer's own).
+    pub fn invited(&self, name: &str) -> &Invited {
+        self.invited
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("{name} is not invited"))
+    }
+}
+
+impl TestServer {
+    /// Schedules a meeting that started a minute ago, organized by a new account named
+    /// "Host" (invited as host), inviting named people, and signs a token for each.
+    pub async fn schedule(
+        &self,
+        admission: signaling::store::Admission,
+        invitees: &[(&str, protocol::Role)],
+    ) -> Scheduled {
+        use signaling::store::{AccountRole, Invitee, NewAccount, NewMeeting};
+        let store = &self.server.store;
+        let username = format!("org-{}", signaling::store::new_id());
+        let organizer = store
+            .create_account(&NewAccount {
+                username: &username,
+                display_name: "Host",
+                password: "a long enough password",
+                role: AccountRole::Organizer,
+            })
+            .await
+            .expect("organizer created");
+        let now_ms = signaling::store::unix_ms();
+        let starts_at = now_ms - 60_000;
+        let invitees: Vec<Invitee> = invitees
+            .iter()
+            .map(|(name, role)| Invitee {
+                role: *role,
+                site_id: None,
+                name: Some((*name).to_string()),
+            })
+            .collect();
+        let meeting = store
+            .create_meeting(
+                &organizer,
+                &NewMeeting {
+                    title: "Hội nghị trực tuyến",
+                    starts_at,
+                    ends_at: now_ms + 3_600_000,
+                    admission,
+                },
+                &invitees,
+            )
+            .await
+            .expect("meeting scheduled");
+        let now = signaling::auth::unix_seconds();
+        let invited = store
+            .invitations(&meeting.id)
+            .await
+            .expect("invitations")
+            .into_iter()
+            .map(|i| {
+                let token = self
+                    .server
+                    .tokens
+                    .issue(
+                        &signaling::auth::JoinGrant {
+                            invitation_id: &i.id,
+                            room: &meeting.id,
+                            name: &i.name,
+                            role: i.role,
+                            site: i.site_id.as_deref(),
+                            not_before: now - 60,
+                            expires: now + 3600,
+                        },
+                        now,
+                    )
+                    .expect("signed");
+                Invited {
+                    invitation_id: i.id,
+                    name: i.name,
+                    role: i.role,
+                    token,
+                }
+            })
+            .collect();
+        Scheduled {
+            id: meeting.id,
+            starts_at,
+            invited,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Meetings and their invitations, with join links signed fresh on every read.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use protocol::{Role, RoomId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, ErrorBody, Json, SignedIn};
+use crate::auth::{JoinGrant, unix_seconds};
+use crate::store::MAX_INVITATIONS;
+use crate::store::{Account, Admission, Invitation, Invitee, Meeting, MeetingPatch, NewMeeting};
+
+/// A join link is valid from this long before the start.
+const EARLY_SECONDS: i64 = 24 * 3600;
+/// A join link is valid until this long after the end.
+const LATE_SECONDS: i64 = 3600;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMeeting {
+    pub title: String,
+    /// Milliseconds since the Unix epoch.
+    pub starts_at: i64,
+    pub ends_at: i64,
+    /// `host` (the default) or `scheduled`.
+    #[serde(default)]
+    pub admission: Option<Admission>,
+    #[serde(default)]
+    pub invitations: Vec<Invitee>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeeting {
+    pub title: Option<String>,
+    pub starts_at: Option<i64>,
+    pub ends_at: Option<i64>,
+    pub admission: Option<Admission>,
+}
+
+/// An invitation as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvitationView {
+    pub id: String,
+    pub meeting_id: String,
+    #[schema(value_type = String, example = "participant")]
+    pub role: Role,
+    pub name: String,
+    pub site_id: Option<String>,
+    pub site_code: Option<String>,
+    pub revoked: bool,
+    /// `/#join=<join token>`; absent when the invitation is revoked or the meeting cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_path: Option<String>,
+}
+
+/// A meeting with its invitations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeetingDetail {
+    #[serde(flatten)]
+    pub meeting: Meeting,
+    pub invitations: Vec<InvitationView>,
+}
+
+/// The meeting `id` if `account` may see it. Another organizer's meeting is "not found", so
+/// that meeting ids cannot be probed.
+pub(super) async fn owned_meeting(
+    state: &ApiState,
+    account: &Account,
+    id: &str,
+) -> Result<Meeting, ApiError> {
+    let meeting = state.store.meeting(id).await?.ok_or(ApiError::NotFound)?;
+    if account.is_admin() || meeting.organizer_id == account.id {
+        Ok(meeting)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// The invitation as shown, with a freshly signed link while it can be used.
+fn view(
+    state: &ApiState,
+    meeting: &Meeting,
+    invitation: Invitation,
+) -> Result<InvitationView, ApiError> {
+    let join_path = if invitation.revoked || meeting.is_cancelled() {
+        None
+    } else {
+        let grant = JoinGrant {
+            invitation_id: &invitation.id,
+            room: &meeting.id,
+            name: &invitation.name,
+            role: invitation.role,
+            site: invitation.site_id.as_deref(),
+            not_before: meeting.starts_at.div_euclid(1000) - EARLY_SECONDS,
+            expires: meeting.ends_at.div_euclid(1000) + LATE_SECONDS,
+        };
+        let token = state.tokens.issue(&grant, unix_seconds()).map_err(|err| {
+            tracing::error!(%err, "signing a join token failed");
+            ApiError::Internal
+        })?;
+        Some(format!("/#join={token}"))
+    };
+    Ok(InvitationView {
+        id: invitation.id,
+        meeting_id: invitation.meeting_id,
+        role: invitation.role,
+        name: invitation.name,
+        site_id: invitation.site_id,
+        site_code: invitation.site_code,
+        revoked: invitation.revoked,
+        join_path,
+    })
+}
+
+async fn detail(state: &ApiState, meeting: Meeting) -> Result<MeetingDetail, ApiError> {
+    let invitations = state
+        .store
+        .invitations(&meeting.id)
+        .await?
+        .into_iter()
+        .map(|invitation| view(state, &meeting, invitation))
+        .collect::<Result<_, _>>()?;
+    Ok(MeetingDetail {
+        meeting,
+        invitations,
+    })
+}
+
+/// Meetings: one's own, or all of them for an administrator.
+#[utoipa::path(get, path = "/api/meetings", tag = "meetings", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Meeting>), (status = 401, body = ErrorBody)))]
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+) -> Result<axum::Json<Vec<Meeting>>, ApiError> {
+    let organizer = (!signed.account.is_admin()).then_some(signed.account.id.as_str());
+    Ok(axum::Json(state.store.meetings(organizer).await?))
+}
+
+/// Schedules a meeting; its creator is invited as host.
+#[utoipa::path(post, path = "/api/meetings", tag = "meetings", security(("bearer" = [])),
+    request_body = CreateMeeting,
+    responses(
+        (status = 201, body = MeetingDetail),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ))]
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Json(request): Json<CreateMeeting>,
+) -> Result<(StatusCode, axum::Json<MeetingDetail>), ApiError> {
+    if request.invitations.len() as i64 >= MAX_INVITATIONS {
+        return Err(ApiError::BadRequest(format!(
+            "a meeting has at most {MAX_INVITATIONS} invitations"
+        )));
+    }
+    let meeting = state
+        .store
+        .create_meeting(
+            &signed.account,
+            &NewMeeting {
+                title: &request.title,
+                starts_at: request.starts_at,
+                ends_at: request.ends_at,
+                admission: request.admission.unwrap_or(Admission::Host),
+            },
+            &request.invitations,
+        )
+        .await?;
+    tracing::info!(meeting = %meeting.id, organizer = %signed.account.id, "meeting scheduled");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(detail(&state, meeting).await?),
+    ))
+}
+
+/// One meeting with its invitations and join links.
+#[utoipa::path(get, path = "/api/meetings/{id}", tag = "meetings", security(("bearer" = [])),
+    params(("id" = String, Path, description = "meeting id")),
+    responses((status = 200, body = MeetingDetail), (status = 404, body = ErrorBody)))]
+pub(super) async fn get(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+) -> Result<axum::Json<MeetingDetail>, ApiError> {
+    let meeting = owned_meeting(&state, &signed.account, &id).await?;
+    Ok(axum::Json(detail(&state, meeting).await?))
+}
+
+/// Changes a meeting's title, times or admission.
+#[utoipa::path(patch, path = "/api/meetings/{id}", tag = "meetings", security(("bearer" = [])),
+    params(("id" = String, Path, description = "meeting id")),
+    request_body = UpdateMeeting,
+    responses(
+        (status = 200, body = MeetingDetail),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the meeting is cancelled", body = ErrorBody),
+    ))]
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Json(request): Json<UpdateMeeting>,
+) -> Result<axum::Json<MeetingDetail>, ApiError> {
+    owned_meeting(&state, &signed.account, &id).await?;
+    let meeting = state
+        .store
+        .update_meeting(
+            &id,
+            &MeetingPatch {
+                title: request.title.as_deref(),
+                starts_at: request.starts_at,
+                ends_at: request.ends_at,
+                admission: request.admission,
+            },
+        )
+        .await?;
+    Ok(axum::Json(detail(&state, meeting).await?))
+}
+
+/// Cancels a meeting: everyone in its room is disconnected and every link stops working.
+#[utoipa::path(post, path = "/api/meetings/{id}/cancel", tag = "meetings", security(("bearer" = [])),
+    params(("id" = String, Path, description = "meeting id")),
+    responses((status = 200, body = MeetingDetail), (status = 404, body = ErrorBody)))]
+pub(super) async fn cancel(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+) -> Result<axum::Json<MeetingDetail>, ApiError> {
+    owned_meeting(&state, &signed.account, &id).await?;
+    let meeting = state.store.cancel_meeting(&id).await?;
+    // Stored first, then the room closed: a rejoin in between is refused by the join check.
+    state.rooms.close_room(&RoomId(meeting.id.clone()));
+    tracing::info!(meeting = %meeting.id, by = %signed.account.id, "meeting cancelled");
+    Ok(axum::Json(detail(&state, meeting).await?))
+}
+
+/// Invites one more person or site.
+#[utoipa::path(post, path = "/api/meetings/{id}/invitations", tag = "meetings",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "meeting id")),
+    request_body = Invitee,
+    responses(
+        (status = 201, body = InvitationView),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the meeting is cancelled", body = ErrorBody),
+    ))]
+pub(super) async fn invite(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Json(invitee): Json<Invitee>,
+) -> Result<(StatusCode, axum::Json<InvitationView>), ApiError> {
+    let meeting = owned_meeting(&state, &signed.account, &id).await?;
+    let invitation = state.store.add_invitation(&id, &invitee).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(view(&state, &meeting, invitation)?),
+    ))
+}
+
+/// Revokes an invitation: its link stops working and a present invitee is removed.
+#[utoipa::path(delete, path = "/api/meetings/{id}/invitations/{invitation_id}", tag = "meetings",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "meeting id"),
+        ("invitation_id" = String, Path, description = "invitation id"),
+    ),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(super) async fn uninvite(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path((id, invitation_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    owned_meeting(&state, &signed.account, &id).await?;
+    let invitation = state
+        .store
+        .invitation(&invitation_id)
+        .await?
+        .filter(|i| i.meeting_id == id)
+        .ok_or(ApiError::NotFound)?;
+    state.store.revoke_invitation(&invitation.id).await?;
+    state.rooms.revoke_invitation(&invitation.id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,166 @@
+//! The REST API for organizers and administrators (docs/api.md): accounts, the site
+//! directory, meetings, invitations and attendance. Nested at `/api` by [`crate::app`].
+//!
+//! Handlers stay thin: they check who is asking, call [`Store`], and shape the answer. The API
+//! does not know the room hub; what it needs from live rooms is [`RoomControl`].
+
+mod accounts;
+mod attendance;
+mod bearer;
+mod error;
+mod meetings;
+mod sites;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, patch, post};
+use utoipa::OpenApi;
+
+use crate::auth::JoinTokens;
+use crate::store::Store;
+
+pub use bearer::{Admin, SignedIn};
+pub use error::{ApiError, ErrorBody};
+
+/// Largest JSON body in general.
+pub const JSON_LIMIT: usize = 64 * 1024;
+/// Largest body creating a meeting, which may carry thousands of invitees.
+pub const MEETING_LIMIT: usize = 1024 * 1024;
+/// Largest CSV import.
+pub const CSV_LIMIT: usize = 4 * 1024 * 1024;
+
+/// What the API needs from live rooms; the hub implements it.
+pub trait RoomControl: Send + Sync + std::fmt::Debug {
+    /// Disconnects everyone in the room (`room_closed`): its meeting was cancelled.
+    fn close_room(&self, room: &protocol::RoomId);
+    /// Removes whoever is present with this invitation: it was revoked.
+    fn revoke_invitation(&self, invitation_id: &str);
+}
+
+/// A [`RoomControl`] with no live rooms behind it, until the hub implements the trait.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRoomControl;
+
+impl RoomControl for NoRoomControl {
+    fn close_room(&self, room: &protocol::RoomId) {
+        tracing::debug!(%room, "no live rooms to close");
+    }
+
+    fn revoke_invitation(&self, _invitation_id: &str) {}
+}
+
+/// Shared by every API handler.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pub store: Store,
+    pub tokens: Arc<JoinTokens>,
+    pub rooms: Arc<dyn RoomControl>,
+}
+
+/// A JSON body whose rejections (malformed JSON, unknown fields, a wrong content type) are
+/// answered in the API's error shape instead of axum's plain text.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// The API's routes, to be nested at `/api`.
+pub fn router<S>(state: ApiState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/login", post(accounts::login))
+        .route("/logout", post(accounts::logout))
+        .route("/me", get(accounts::me))
+        .route("/accounts", get(accounts::list).post(accounts::create))
+        .route("/accounts/{id}", patch(accounts::update))
+        .route("/sites", get(sites::list).post(sites::create))
+        .route(
+            "/sites/import",
+            post(sites::import).layer(DefaultBodyLimit::max(CSV_LIMIT)),
+        )
+        .route(
+            "/meetings",
+            get(meetings::list)
+                .post(meetings::create)
+                .layer(DefaultBodyLimit::max(MEETING_LIMIT)),
+        )
+        .route("/meetings/{id}", get(meetings::get).patch(meetings::update))
+        .route("/meetings/{id}/cancel", post(meetings::cancel))
+        .route("/meetings/{id}/invitations", post(meetings::invite))
+        .route(
+            "/meetings/{id}/invitations/{invitation_id}",
+            axum::routing::delete(meetings::uninvite),
+        )
+        .route("/meetings/{id}/attendance", get(attendance::report))
+        .route("/meetings/{id}/attendance.csv", get(attendance::report_csv))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "meet-server API", description = "Accounts, sites, meetings, invitations and attendance (docs/api.md)."),
+    paths(
+        accounts::login,
+        accounts::logout,
+        accounts::me,
+        accounts::list,
+        accounts::create,
+        accounts::update,
+        sites::list,
+        sites::create,
+        sites::import,
+        meetings::list,
+        meetings::create,
+        meetings::get,
+        meetings::update,
+        meetings::cancel,
+        meetings::invite,
+        meetings::uninvite,
+        attendance::report,
+        attendance::report_csv,
+        openapi_json,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// Declares the bearer token scheme that the handlers' `security` refers to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The OpenAPI document, generated from the handlers so that it cannot drift from them.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json() -> impl IntoResponse {
+    match openapi().to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(err) => {
+            tracing::error!(%err, "the OpenAPI document does not serialize");
+            ApiError::Internal.into_response()
+        }
+    }
+}

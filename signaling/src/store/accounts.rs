@@ -1,0 +1,519 @@
+//! Accounts of administrators and organizers, and their logins (bearer tokens).
+//!
+//! Passwords are hashed with argon2id (default parameters) on a blocking thread, because one
+//! hash takes tens of milliseconds of CPU. A login token is 256 random bits; only its SHA-256
+//! is stored, so a copy of the database does not let anyone sign in.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use utoipa::ToSchema;
+
+use super::{Store, StoreError, flag, hex, is_id, is_unique_violation, new_id};
+
+/// How long a login lasts.
+pub const LOGIN_LIFETIME_MS: i64 = 12 * 3600 * 1000;
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountRole {
+    /// Everything, including accounts and the site directory.
+    Admin,
+    /// Schedules and manages their own meetings.
+    Organizer,
+}
+
+impl AccountRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountRole::Admin => "admin",
+            AccountRole::Organizer => "organizer",
+        }
+    }
+
+    fn parse(text: &str) -> AccountRole {
+        // Anything but "admin" gets the lesser rights, so a damaged row never grants more.
+        if text == "admin" {
+            AccountRole::Admin
+        } else {
+            AccountRole::Organizer
+        }
+    }
+}
+
+/// An account as shown to people (never with its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub role: AccountRole,
+    pub disabled: bool,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl Account {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            display_name: row.try_get("display_name")?,
+            role: AccountRole::parse(&row.try_get::<String, _>("role")?),
+            disabled: flag(row.try_get("disabled")?),
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == AccountRole::Admin
+    }
+}
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewAccount<'a> {
+    pub username: &'a str,
+    pub display_name: &'a str,
+    pub password: &'a str,
+    pub role: AccountRole,
+}
+
+/// Changes to an account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch<'a> {
+    pub display_name: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub role: Option<AccountRole>,
+    pub disabled: Option<bool>,
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// The bearer token; shown once, stored only as a hash.
+    pub token: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    pub account: Account,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, username, display_name, role, disabled, created_at";
+
+fn check_username(username: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&username.chars().count())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "a username is 1 to 64 letters, digits, '.', '_', '-' or '@'".into(),
+        ))
+    }
+}
+
+/// A display name: 1 to 64 printable characters, not only spaces.
+pub(crate) fn check_name(name: &str, what: &str) -> Result<(), StoreError> {
+    let count = name.chars().count();
+    if (1..=64).contains(&count) && !name.trim().is_empty() && !name.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{what} must be 1 to 64 printable characters"
+        )))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), StoreError> {
+    if (8..=1024).contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "a password is 8 to 1024 characters".into(),
+        ))
+    }
+}
+
+/// The argon2id hash of `password` (PHC string), computed off the async threads.
+async fn hash_password(password: &str) -> Result<String, StoreError> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .map_err(|e| StoreError::Password(e.to_string()))?;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| StoreError::Password(e.to_string()))
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Whether `password` matches the PHC string `hash`, computed off the async threads.
+async fn verify_password(password: &str, hash: &str) -> Result<bool, StoreError> {
+    let password = password.to_string();
+    let hash = hash.to_string();
+    tokio::task::spawn_blocking(move || {
+        use argon2::PasswordVerifier;
+        let parsed =
+            argon2::PasswordHash::new(&hash).map_err(|e| StoreError::Password(e.to_string()))?;
+        Ok(argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// The stored form of a login token.
+fn token_hash(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+impl Store {
+    /// Creates an account; a taken username is a [`StoreError::Conflict`].
+    pub async fn create_account(&self, new: &NewAccount<'_>) -> Result<Account, StoreError> {
+        check_username(new.username)?;
+        check_name(new.display_name, "a display name")?;
+        check_password(new.password)?;
+        let hash = hash_password(new.password).await?;
+        let account = Account {
+            id: new_id(),
+            username: new.username.to_string(),
+            display_name: new.display_name.to_string(),
+            role: new.role,
+            disabled: false,
+            created_at: super::unix_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO accounts (id, username, display_name, password_hash, role, disabled, \
+             created_at) VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(&account.id)
+        .bind(&account.username)
+        .bind(&account.display_name)
+        .bind(&hash)
+        .bind(account.role.as_str())
+        .bind(account.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                StoreError::Conflict(format!("the username {} is taken", new.username))
+            } else {
+                err.into()
+            }
+        })?;
+        Ok(account)
+    }
+
+    /// Every account, by username.
+    pub async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY username"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(Account::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// One account.
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Account::from_row).transpose()?)
+    }
+
+    /// Changes an account. A new password or disabling the account ends its logins.
+    pub async fn update_account(
+        &self,
+        id: &str,
+        patch: &AccountPatch<'_>,
+    ) -> Result<Account, StoreError> {
+        let current = self.account(id).await?.ok_or(StoreError::NotFound)?;
+        if let Some(name) = patch.display_name {
+            check_name(name, "a display name")?;
+        }
+        let hash = match patch.password {
+            Some(password) => {
+                check_password(password)?;
+                Some(hash_password(password).await?)
+            }
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE accounts SET display_name = $1, role = $2, disabled = $3 WHERE id = $4",
+        )
+        .bind(patch.display_name.unwrap_or(&current.display_name))
+        .bind(patch.role.unwrap_or(current.role).as_str())
+        .bind(i64::from(patch.disabled.unwrap_or(current.disabled)))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(hash) = &hash {
+            sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
+                .bind(hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if hash.is_some() || patch.disabled == Some(true) {
+            sqlx::query("DELETE FROM logins WHERE account_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.account(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Signs in: a new bearer token when the username and password match an enabled account,
+    /// `None` otherwise (whichever of the three was wrong is not told).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        now_ms: i64,
+    ) -> Result<Option<Login>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            // Spend the same time as for a real account, so that response times do not
+            // reveal which usernames exist.
+            let _ = hash_password(password).await;
+            return Ok(None);
+        };
+        let account = Account::from_row(&row)?;
+        let hash: String = row.try_get("password_hash")?;
+        if !verify_password(password, &hash).await? || account.disabled {
+            return Ok(None);
+        }
+        let token = hex(&rand::random::<[u8; 32]>());
+        let expires_at = now_ms + LOGIN_LIFETIME_MS;
+        // Expired logins are swept here, where they are cheap to find and nobody waits long.
+        sqlx::query("DELETE FROM logins WHERE expires_at <= $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO logins (token_hash, account_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash(&token))
+        .bind(&account.id)
+        .bind(now_ms)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(Some(Login {
+            token,
+            expires_at,
+            account,
+        }))
+    }
+
+    /// The enabled account a bearer token signs in, if the token is known and unexpired.
+    pub async fn account_for_token(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<Option<Account>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.id, a.username, a.display_name, a.role, a.disabled, a.created_at \
+             FROM logins l JOIN accounts a ON a.id = l.account_id \
+             WHERE l.token_hash = $1 AND l.expires_at > $2 AND a.disabled = 0",
+        )
+        .bind(token_hash(token))
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Account::from_row).transpose()?)
+    }
+
+    /// Ends a login.
+    pub async fn logout(&self, token: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM logins WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::stores;
+    use crate::store::unix_ms;
+
+    fn alice() -> NewAccount<'static> {
+        NewAccount {
+            username: "alice",
+            display_name: "Alice Nguyễn",
+            password: "correct horse",
+            role: AccountRole::Organizer,
+        }
+    }
+
+    #[tokio::test]
+    async fn accounts_and_logins() {
+        for t in stores().await {
+            let store = &t.store;
+            let account = store.create_account(&alice()).await.expect("created");
+            assert_eq!(account.id.len(), 32);
+            assert!(matches!(
+                store.create_account(&alice()).await,
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store
+                    .create_account(&NewAccount {
+                        username: "bob",
+                        password: "short",
+                        ..alice()
+                    })
+                    .await,
+                Err(StoreError::Invalid(_))
+            ));
+            let now = unix_ms();
+            assert!(
+                store
+                    .login("alice", "wrong password", now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            assert!(
+                store
+                    .login("nobody", "correct horse", now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            let login = store
+                .login("alice", "correct horse", now)
+                .await
+                .expect("query")
+                .expect("signed in");
+            assert_eq!(login.token.len(), 64);
+            assert_eq!(login.expires_at, now + LOGIN_LIFETIME_MS);
+            let found = store
+                .account_for_token(&login.token, now)
+                .await
+                .expect("query");
+            assert_eq!(
+                found.as_ref().map(|a| a.id.as_str()),
+                Some(account.id.as_str())
+            );
+            // Expired, unknown, then logged out.
+            assert!(
+                store
+                    .account_for_token(&login.token, login.expires_at)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            assert!(
+                store
+                    .account_for_token("garbage", now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            store.logout(&login.token).await.expect("logout");
+            assert!(
+                store
+                    .account_for_token(&login.token, now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+
+            // Disabling ends logins and refuses new ones; a new password replaces the old.
+            let login = store
+                .login("alice", "correct horse", now)
+                .await
+                .expect("query")
+                .expect("signed in");
+            let patched = store
+                .update_account(
+                    &account.id,
+                    &AccountPatch {
+                        disabled: Some(true),
+                        role: Some(AccountRole::Admin),
+                        ..AccountPatch::default()
+                    },
+                )
+                .await
+                .expect("patched");
+            assert!(patched.disabled);
+            assert_eq!(patched.role, AccountRole::Admin);
+            assert!(
+                store
+                    .account_for_token(&login.token, now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            assert!(
+                store
+                    .login("alice", "correct horse", now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            store
+                .update_account(
+                    &account.id,
+                    &AccountPatch {
+                        disabled: Some(false),
+                        password: Some("battery staple"),
+                        ..AccountPatch::default()
+                    },
+                )
+                .await
+                .expect("patched");
+            assert!(
+                store
+                    .login("alice", "correct horse", now)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            assert!(
+                store
+                    .login("alice", "battery staple", now)
+                    .await
+                    .expect("query")
+                    .is_some()
+            );
+            assert_eq!(store.accounts().await.expect("list").len(), 1);
+            assert!(matches!(
+                store
+                    .update_account(&new_id(), &AccountPatch::default())
+                    .await,
+                Err(StoreError::NotFound)
+            ));
+            t.finish().await;
+        }
+    }
+}
