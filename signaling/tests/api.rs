@@ -117,6 +117,11 @@ impl Harness {
             .await
             .expect("the router answers");
         let status = response.status();
+        assert_eq!(
+            response.headers().get(header::CACHE_CONTROL),
+            Some(&header::HeaderValue::from_static("no-store")),
+            "every API answer is kept out of caches"
+        );
         let content_type = response
             .headers()
             .get(header::CONTENT_TYPE)
