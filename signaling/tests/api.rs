@@ -365,6 +365,14 @@ async fn bad_json_is_refused_in_the_error_shape() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     );
+    let (status, body) = h
+        .call("GET", "/api/meetings/%FF%FE", Some(&h.lan), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = h
+        .call("GET", "/api/meetings/not-an-id", Some(&h.lan), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = h.call("GET", "/api/nothing-here", None, None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     h.finish().await;

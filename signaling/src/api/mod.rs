@@ -67,6 +67,12 @@ pub struct ApiState {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
+/// Path parameters whose rejections (such as invalid percent-encoding) are answered in the
+/// API's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
 /// The API's routes, to be nested at `/api`.
 pub fn router<S>(state: ApiState) -> Router<S>
 where
