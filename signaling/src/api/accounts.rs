@@ -1,11 +1,11 @@
 //! Login, logout and the accounts of administrators and organizers.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Admin, ApiError, ApiState, ErrorBody, Json, SignedIn};
+use super::{Admin, ApiError, ApiState, ErrorBody, Json, Path, SignedIn};
 use crate::store::{Account, AccountPatch, AccountRole, NewAccount, unix_ms};
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use protocol::{Role, RoomId};
@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::meetings::owned_meeting;
-use super::{ApiError, ApiState, ErrorBody, SignedIn};
+use super::{ApiError, ApiState, ErrorBody, Path, SignedIn};
 use crate::store::AttendanceRow;
 
 /// An invited site's attendance.

@@ -2,7 +2,7 @@
 //! `{"error": "<stable code>", "message": "<for people>"}`.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -122,5 +122,11 @@ impl From<BytesRejection> for ApiError {
         } else {
             ApiError::BadRequest(rejection.body_text())
         }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
     }
 }

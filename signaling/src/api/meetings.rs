@@ -1,12 +1,12 @@
 //! Meetings and their invitations, with join links signed fresh on every read.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use protocol::{Role, RoomId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiState, ErrorBody, Json, SignedIn};
+use super::{ApiError, ApiState, ErrorBody, Json, Path, SignedIn};
 use crate::auth::{JoinGrant, unix_seconds};
 use crate::store::MAX_INVITATIONS;
 use crate::store::{Account, Admission, Invitation, Invitee, Meeting, MeetingPatch, NewMeeting};

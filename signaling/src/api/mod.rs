@@ -67,6 +67,12 @@ pub struct ApiState {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
+/// Path parameters whose rejections (such as invalid percent-encoding) are answered in the
+/// API's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
 /// The API's routes, to be nested at `/api`.
 pub fn router<S>(state: ApiState) -> Router<S>
 where
@@ -101,7 +107,17 @@ where
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Answers carry login tokens, join links and attendance: no cache may keep them.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 #[derive(OpenApi)]

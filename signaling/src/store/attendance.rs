@@ -200,6 +200,45 @@ mod tests {
         }
     }
 
+    /// A database written by the first schema (times in seconds, a rooms table) keeps its
+    /// attendance through the upgrade, in milliseconds.
+    #[tokio::test]
+    async fn the_first_sqlite_schema_is_upgraded() {
+        sqlx::any::install_default_drivers();
+        let dir = std::env::temp_dir().join(format!("meet-upgrade-{}", crate::store::new_id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let url = format!("sqlite://{}/old.db", dir.display());
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("connect");
+        let mut first = sqlx::migrate!("./migrations/sqlite");
+        first.migrations = std::borrow::Cow::Owned(first.migrations[..1].to_vec());
+        first.run(&pool).await.expect("the first migration");
+        sqlx::query("INSERT INTO rooms (name, created_at) VALUES ('old', 1700000000)")
+            .execute(&pool)
+            .await
+            .expect("insert");
+        sqlx::query(
+            "INSERT INTO attendance (room, participant_id, display_name, joined_at, left_at, \
+             leave_reason) VALUES ('old', 'PA1', 'Bà Ba', 1700000000, 1700000060, 'left')",
+        )
+        .execute(&pool)
+        .await
+        .expect("insert");
+        pool.close().await;
+
+        let store = Store::open(&url).await.expect("upgraded");
+        let rows = store.attendance(&RoomId("old".into())).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].display_name, "Bà Ba");
+        assert_eq!(rows[0].joined_at, 1_700_000_000_000);
+        assert_eq!(rows[0].left_at, Some(1_700_000_060_000));
+        assert_eq!(rows[0].role, Role::Participant);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn everything_survives_a_restart() {
         for t in stores().await {

@@ -1,0 +1,721 @@
+//! The REST API (docs/api.md) through `api::router`, request by request with `oneshot`: no
+//! socket, no TLS, an SQLite store in a temporary directory and an in-memory signing key.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use protocol::{LeaveReason, ParticipantId, Quality, Role, RoomId};
+use serde_json::{Value, json};
+use signaling::api::{self, ApiState, RoomControl};
+use signaling::auth::JoinTokens;
+use signaling::store::{AccountRole, NewAccount, NewSite, SiteKind, Store, unix_ms};
+use tower::ServiceExt;
+
+/// Remembers what the API asked of live rooms.
+#[derive(Debug, Default)]
+struct RecordingRooms {
+    closed: Mutex<Vec<String>>,
+    revoked: Mutex<Vec<String>>,
+}
+
+impl RoomControl for RecordingRooms {
+    fn close_room(&self, room: &RoomId) {
+        self.closed
+            .lock()
+            .expect("not poisoned")
+            .push(room.0.clone());
+    }
+
+    fn revoke_invitation(&self, invitation_id: &str) {
+        self.revoked
+            .lock()
+            .expect("not poisoned")
+            .push(invitation_id.to_string());
+    }
+}
+
+struct Harness {
+    app: Router,
+    store: Store,
+    tokens: Arc<JoinTokens>,
+    rooms: Arc<RecordingRooms>,
+    dir: std::path::PathBuf,
+    /// Bearer tokens of an administrator and two organizers.
+    admin: String,
+    lan: String,
+    minh: String,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("meet-api-{}", signaling::store::new_id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let store = Store::open(&format!("sqlite://{}/meet.db", dir.display()))
+            .await
+            .expect("store");
+        let tokens = Arc::new(JoinTokens::ephemeral().expect("key"));
+        let rooms = Arc::new(RecordingRooms::default());
+        let state = ApiState {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            rooms: rooms.clone(),
+        };
+        let app = Router::new().nest("/api", api::router(state));
+        let mut harness = Harness {
+            app,
+            store,
+            tokens,
+            rooms,
+            dir,
+            admin: String::new(),
+            lan: String::new(),
+            minh: String::new(),
+        };
+        for (username, role) in [
+            ("root", AccountRole::Admin),
+            ("lan", AccountRole::Organizer),
+            ("minh", AccountRole::Organizer),
+        ] {
+            harness
+                .store
+                .create_account(&NewAccount {
+                    username,
+                    display_name: &format!("{username} display"),
+                    password: "a long password",
+                    role,
+                })
+                .await
+                .expect("account");
+        }
+        harness.admin = harness.login("root").await;
+        harness.lan = harness.login("lan").await;
+        harness.minh = harness.login("minh").await;
+        harness
+    }
+
+    async fn login(&self, username: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": username, "password": "a long password"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().expect("a token").to_string()
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, String, Vec<u8>) {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        assert_eq!(
+            response.headers().get(header::CACHE_CONTROL),
+            Some(&header::HeaderValue::from_static("no-store")),
+            "every API answer is kept out of caches"
+        );
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+            .to_vec();
+        (status, content_type, body)
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (status, _, body) = self
+            .send(request.body(body.into()).expect("a request"))
+            .await;
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| {
+                panic!(
+                    "{method} {uri} answered JSON, not {:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            })
+        };
+        (status, value)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+        self.raw(method, uri, token, "application/json", body).await
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_required_and_checked() {
+    let h = Harness::new().await;
+    let (status, body) = h.call("GET", "/api/me", None, None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = h.call("GET", "/api/me", Some("garbage"), None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = h
+        .raw("GET", "/api/me", None, "application/json", Body::empty())
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // A login from 13 hours ago has expired.
+    let old = h
+        .store
+        .login("lan", "a long password", unix_ms() - 13 * 3600 * 1000)
+        .await
+        .expect("query")
+        .expect("signed in");
+    let (status, body) = h.call("GET", "/api/me", Some(&old.token), None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let (status, body) = h.call("GET", "/api/me", Some(&h.lan), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["username"], "lan");
+    assert_eq!(body["role"], "organizer");
+    assert!(body.get("password_hash").is_none());
+
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "lan", "password": "wrong password"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let (status, _) = h.call("POST", "/api/logout", Some(&h.lan), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = h.call("GET", "/api/me", Some(&h.lan), None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn organizers_cannot_use_admin_endpoints() {
+    let h = Harness::new().await;
+    let (status, body) = h.call("GET", "/api/accounts", Some(&h.lan), None).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let new_account = json!({"username": "x", "display_name": "X", "password": "a long password", "role": "admin"});
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/accounts",
+            Some(&h.lan),
+            Some(new_account.clone()),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let site = json!({"code": "VN", "name": "Trung ương", "kind": "central"});
+    let (status, body) = h
+        .call("POST", "/api/sites", Some(&h.lan), Some(site.clone()))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/sites/import",
+            Some(&h.lan),
+            "text/csv",
+            "code,name,kind,parent_code\n",
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // The administrator may, and organizers may read the directory.
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/accounts",
+            Some(&h.admin),
+            Some(new_account.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["role"], "admin");
+    let (status, body) = h
+        .call("POST", "/api/accounts", Some(&h.admin), Some(new_account))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = h.call("GET", "/api/accounts", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(4));
+    let (status, body) = h
+        .call("POST", "/api/sites", Some(&h.admin), Some(site))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h.call("GET", "/api/sites", Some(&h.lan), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["code"], "VN");
+    assert_eq!(body[0]["parent_id"], Value::Null);
+
+    // Disabling an organizer ends its sessions at once.
+    let lan_id = h.call("GET", "/api/me", Some(&h.lan), None).await.1["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let (status, body) = h
+        .call(
+            "PATCH",
+            &format!("/api/accounts/{lan_id}"),
+            Some(&h.admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["disabled"], true);
+    let (status, body) = h.call("GET", "/api/me", Some(&h.lan), None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn bad_json_is_refused_in_the_error_shape() {
+    let h = Harness::new().await;
+    let meeting = json!({"title": "T", "starts_at": 1, "ends_at": 2, "colour": "red"});
+    let (status, body) = h
+        .call("POST", "/api/meetings", Some(&h.lan), Some(meeting))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("colour")),
+        "{body}"
+    );
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/meetings",
+            Some(&h.lan),
+            "application/json",
+            "{not json",
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = h.raw("POST", "/api/login", None, "text/plain", "{}").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/meetings",
+            Some(&h.lan),
+            Some(json!({"title": "T", "starts_at": 10, "ends_at": 5})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let huge = "x".repeat(api::JSON_LIMIT + 1);
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": huge, "password": "p"})),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let (status, body) = h
+        .call("GET", "/api/meetings/%FF%FE", Some(&h.lan), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = h
+        .call("GET", "/api/meetings/not-an-id", Some(&h.lan), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h.call("GET", "/api/nothing-here", None, None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn meetings_carry_signed_join_links_until_revoked_or_cancelled() {
+    let h = Harness::new().await;
+    let site = h
+        .store
+        .create_site(&NewSite {
+            code: "HG",
+            name: "Hà Giang",
+            kind: SiteKind::Province,
+            parent_code: None,
+        })
+        .await
+        .expect("site");
+    // Soon, so that the links are valid now (from 24 hours before the start).
+    let starts_at = (unix_ms() / 1000 + 3600) * 1000;
+    let ends_at = starts_at + 2 * 3600 * 1000;
+    let (status, meeting) = h
+        .call(
+            "POST",
+            "/api/meetings",
+            Some(&h.lan),
+            Some(json!({
+                "title": "Giao ban",
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+                "invitations": [
+                    {"role": "participant", "site_id": site.id},
+                    {"role": "viewer", "name": "Ông Tư"},
+                ],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().expect("an id").to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(meeting["admission"], "host");
+    assert_eq!(meeting["status"], "scheduled");
+    let invitations = meeting["invitations"].as_array().expect("invitations");
+    assert_eq!(invitations.len(), 3);
+    let lan = h.call("GET", "/api/me", Some(&h.lan), None).await.1;
+    for invitation in invitations {
+        let path = invitation["join_path"].as_str().expect("a join path");
+        let token = path.strip_prefix("/#join=").expect("a join fragment");
+        let claims = h.tokens.verify(token).expect("the token verifies");
+        assert_eq!(claims.room, id);
+        assert_eq!(claims.sub, invitation["id"].as_str().expect("an id"));
+        assert_eq!(claims.role.as_str(), invitation["role"]);
+        assert_eq!(claims.name, invitation["name"].as_str().expect("a name"));
+        assert_eq!(claims.nbf, starts_at / 1000 - 24 * 3600);
+        assert_eq!(claims.exp, ends_at / 1000 + 3600);
+        match invitation["role"].as_str() {
+            Some("host") => assert_eq!(invitation["name"], lan["display_name"]),
+            Some("participant") => {
+                assert_eq!(claims.site.as_deref(), Some(site.id.as_str()));
+                assert_eq!(invitation["site_code"], "HG");
+                assert_eq!(invitation["name"], "Hà Giang");
+            }
+            Some("viewer") => assert_eq!(claims.site, None),
+            other => panic!("unexpected role {other:?}"),
+        }
+    }
+
+    // Another organizer cannot see, change, cancel or revoke it; an administrator can see it.
+    let uri = format!("/api/meetings/{id}");
+    let (status, body) = h.call("GET", &uri, Some(&h.minh), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call("PATCH", &uri, Some(&h.minh), Some(json!({"title": "mine"})))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call("POST", &format!("{uri}/cancel"), Some(&h.minh), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call("GET", &format!("{uri}/attendance"), Some(&h.minh), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (_, listed) = h.call("GET", "/api/meetings", Some(&h.minh), None).await;
+    assert_eq!(listed, json!([]));
+    let (status, _) = h.call("GET", &uri, Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Revoking one invitation.
+    let viewer = invitations
+        .iter()
+        .find(|i| i["role"] == "viewer")
+        .expect("the viewer");
+    let viewer_id = viewer["id"].as_str().expect("an id");
+    let revoke_uri = format!("{uri}/invitations/{viewer_id}");
+    let (status, body) = h.call("DELETE", &revoke_uri, Some(&h.minh), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert!(h.rooms.revoked.lock().expect("not poisoned").is_empty());
+    let (status, _) = h.call("DELETE", &revoke_uri, Some(&h.lan), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        *h.rooms.revoked.lock().expect("not poisoned"),
+        [viewer_id.to_string()]
+    );
+    let (_, detail) = h.call("GET", &uri, Some(&h.lan), None).await;
+    for invitation in detail["invitations"].as_array().expect("invitations") {
+        let revoked = invitation["id"] == viewer_id;
+        assert_eq!(invitation["revoked"], revoked);
+        assert_eq!(
+            invitation.get("join_path").is_none(),
+            revoked,
+            "{invitation}"
+        );
+    }
+
+    // A new invitation, then a change of title.
+    let (status, added) = h
+        .call(
+            "POST",
+            &format!("{uri}/invitations"),
+            Some(&h.lan),
+            Some(json!({"role": "presenter", "name": "Anh Hùng"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert!(added["join_path"].is_string());
+    let (status, patched) = h
+        .call(
+            "PATCH",
+            &uri,
+            Some(&h.lan),
+            Some(json!({"title": "Giao ban (dời)", "admission": "scheduled"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["title"], "Giao ban (dời)");
+    assert_eq!(patched["admission"], "scheduled");
+
+    // Cancelling closes the room and removes every link.
+    let (status, cancelled) = h
+        .call("POST", &format!("{uri}/cancel"), Some(&h.lan), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(*h.rooms.closed.lock().expect("not poisoned"), [id.as_str()]);
+    for invitation in cancelled["invitations"].as_array().expect("invitations") {
+        assert!(invitation.get("join_path").is_none(), "{invitation}");
+    }
+    let (status, body) = h
+        .call("PATCH", &uri, Some(&h.lan), Some(json!({"title": "again"})))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let check = h
+        .store
+        .join_check(cancelled["invitations"][0]["id"].as_str().expect("an id"))
+        .await
+        .expect("query")
+        .expect("found");
+    assert!(check.cancelled);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn attendance_as_json_and_csv() {
+    let h = Harness::new().await;
+    let site = h
+        .store
+        .create_site(&NewSite {
+            code: "HG",
+            name: "Hà Giang",
+            kind: SiteKind::Province,
+            parent_code: None,
+        })
+        .await
+        .expect("site");
+    let (status, meeting) = h
+        .call(
+            "POST",
+            "/api/meetings",
+            Some(&h.lan),
+            Some(json!({
+                "title": "Giao ban",
+                "starts_at": 1_900_000_000_000_i64,
+                "ends_at": 1_900_003_600_000_i64,
+                "invitations": [{"role": "participant", "site_id": site.id}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().expect("an id").to_string();
+    let invitation = meeting["invitations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["site_id"] == site.id.as_str()))
+        .expect("the site's invitation");
+    let room = RoomId(id.clone());
+    h.store
+        .record_join(
+            &room,
+            ParticipantId(1),
+            invitation["id"].as_str(),
+            "=Hà Giang",
+            Some(&site.id),
+            Role::Participant,
+        )
+        .await
+        .expect("join");
+    h.store
+        .record_quality(ParticipantId(1), Quality::Poor)
+        .await
+        .expect("quality");
+    h.store
+        .record_leave(ParticipantId(1), LeaveReason::Left)
+        .await
+        .expect("leave");
+    h.store
+        .record_join(
+            &room,
+            ParticipantId(2),
+            invitation["id"].as_str(),
+            "Hà Giang",
+            Some(&site.id),
+            Role::Participant,
+        )
+        .await
+        .expect("join");
+
+    let (status, report) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{id}/attendance"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["meeting_id"], id.as_str());
+    let sites = report["sites"].as_array().expect("sites");
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0]["code"], "HG");
+    assert_eq!(sites[0]["invited"], true);
+    assert_eq!(sites[0]["present"], true);
+    assert_eq!(sites[0]["quality"], "poor");
+    assert!(sites[0]["first_joined_at"].is_i64());
+    assert!(sites[0]["last_left_at"].is_i64());
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["leave_reason"], "left");
+    assert_eq!(rows[0]["quality"], "poor");
+    assert_eq!(rows[0]["role"], "participant");
+    assert_eq!(rows[1]["left_at"], Value::Null);
+
+    let request = Request::builder()
+        .uri(format!("/api/meetings/{id}/attendance.csv"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.lan))
+        .body(Body::empty())
+        .expect("a request");
+    let (status, content_type, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let text = String::from_utf8(body).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("participant_id,invitation_id,name,site_id,site_code,role"));
+    // A name that looks like a formula is defused for spreadsheets.
+    assert!(lines[1].contains(",'=Hà Giang,"), "{text}");
+    assert!(lines[1].contains(",HG,participant,"), "{text}");
+    assert!(lines[1].ends_with(",left,poor"), "{text}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn csv_import_through_the_api() {
+    let h = Harness::new().await;
+    let bad = "code,name,kind,parent_code\nHG,Hà Giang,province,VN\nC1,Xã,village,HG\n";
+    let (status, body) = h
+        .raw("POST", "/api/sites/import", Some(&h.admin), "text/csv", bad)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_csv",
+    );
+    assert_eq!(body["errors"][0]["line"], 2);
+    assert_eq!(body["errors"][1]["line"], 3);
+    let (_, sites) = h.call("GET", "/api/sites", Some(&h.admin), None).await;
+    assert_eq!(sites, json!([]));
+    let good = "code,name,kind,parent_code\nHG,Hà Giang,province,VN\nVN,Trung ương,central,\n";
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/sites/import",
+            Some(&h.admin),
+            "text/csv",
+            good,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"created": 2, "updated": 0}));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_path() {
+    let h = Harness::new().await;
+    let (status, document) = h.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        document["openapi"]
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    let expected = [
+        ("/api/login", "post"),
+        ("/api/logout", "post"),
+        ("/api/me", "get"),
+        ("/api/accounts", "get"),
+        ("/api/accounts", "post"),
+        ("/api/accounts/{id}", "patch"),
+        ("/api/sites", "get"),
+        ("/api/sites", "post"),
+        ("/api/sites/import", "post"),
+        ("/api/meetings", "get"),
+        ("/api/meetings", "post"),
+        ("/api/meetings/{id}", "get"),
+        ("/api/meetings/{id}", "patch"),
+        ("/api/meetings/{id}/cancel", "post"),
+        ("/api/meetings/{id}/invitations", "post"),
+        ("/api/meetings/{id}/invitations/{invitation_id}", "delete"),
+        ("/api/meetings/{id}/attendance", "get"),
+        ("/api/meetings/{id}/attendance.csv", "get"),
+        ("/api/openapi.json", "get"),
+    ];
+    for (path, method) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is missing from the OpenAPI document"
+        );
+    }
+    assert_eq!(paths.len(), 15, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert!(document["components"]["schemas"]["MeetingDetail"].is_object());
+    h.finish().await;
+}
