@@ -1216,9 +1216,18 @@ mod tests {
     fn quality_follows_loss_and_rtt() {
         let ms = Duration::from_millis;
         assert_eq!(classify_quality(None, None), None);
-        assert_eq!(classify_quality(Some(0.0), Some(ms(20))), Some(Quality::Good));
-        assert_eq!(classify_quality(Some(0.05), Some(ms(20))), Some(Quality::Fair));
-        assert_eq!(classify_quality(Some(0.0), Some(ms(450))), Some(Quality::Fair));
+        assert_eq!(
+            classify_quality(Some(0.0), Some(ms(20))),
+            Some(Quality::Good)
+        );
+        assert_eq!(
+            classify_quality(Some(0.05), Some(ms(20))),
+            Some(Quality::Fair)
+        );
+        assert_eq!(
+            classify_quality(Some(0.0), Some(ms(450))),
+            Some(Quality::Fair)
+        );
         assert_eq!(classify_quality(Some(0.2), None), Some(Quality::Poor));
         assert_eq!(classify_quality(None, Some(ms(900))), Some(Quality::Poor));
     }
