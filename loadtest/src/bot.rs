@@ -170,6 +170,8 @@ pub struct Roster {
     pub room_state: RoomStatus,
     /// This bot's role, as the server last said.
     pub role: Option<Role>,
+    /// Whether the server says the meeting is being recorded.
+    pub recording: bool,
 }
 
 fn nameless(id: ParticipantId) -> ParticipantInfo {
@@ -454,6 +456,7 @@ impl Shared {
                 self.roster.counts_messages += 1;
             }
             ServerMessage::LobbyChanged { waiting } => self.roster.lobby = waiting,
+            ServerMessage::RecordingState { active, .. } => self.roster.recording = active,
             ServerMessage::Lobby { .. } => self.fail("a lobby message after admission".into()),
             ServerMessage::Pong => self.pongs += 1,
             ServerMessage::Error { code, message } => {

@@ -800,6 +800,13 @@ impl Hub {
                     });
                 }
             }
+            ClientMessage::StartRecording {} | ClientMessage::StopRecording {} => {
+                host_only()?;
+                return Err((
+                    ErrorCode::MediaUnavailable,
+                    "recording is not available on this server yet".into(),
+                ));
+            }
             // The session answers these itself.
             ClientMessage::Join { .. } | ClientMessage::Ping {} | ClientMessage::Leave {} => {}
         }

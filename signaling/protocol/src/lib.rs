@@ -278,6 +278,10 @@ pub enum ClientMessage {
     },
     /// Host: remove someone, present or waiting; their invitation is revoked.
     RemoveParticipant { participant_id: ParticipantId },
+    /// Host: start recording the meeting.
+    StartRecording {},
+    /// Host: stop recording the meeting.
+    StopRecording {},
     /// Application keepalive; answered with [`ServerMessage::Pong`]. (Braced, like `Leave`,
     /// so that unknown fields are refused for it too.)
     Ping {},
@@ -353,6 +357,16 @@ pub enum ServerMessage {
     /// Hosts only: who waits in the lobby.
     LobbyChanged {
         waiting: Vec<LobbyEntry>,
+    },
+    /// Whether the meeting is being recorded; sent to everyone when it starts or stops, and
+    /// in `joined`'s wake to arrivals while a recording runs. `error` says why a recording
+    /// stopped by itself (disk full, write error).
+    RecordingState {
+        active: bool,
+        recording_id: Option<String>,
+        /// Milliseconds since the Unix epoch.
+        started_at: Option<i64>,
+        error: Option<String>,
     },
     /// A participant published a track; subscribe to it by offering a receive-only m-line.
     PublicationAdded {
@@ -459,6 +473,8 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "set_role",
     "mute_participant",
     "remove_participant",
+    "start_recording",
+    "stop_recording",
     "ping",
     "leave",
 ];

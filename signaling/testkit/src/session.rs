@@ -493,7 +493,8 @@ impl Session {
             | ServerMessage::RoleChanged { .. }
             | ServerMessage::RoomState { .. }
             | ServerMessage::RoomCounts(_)
-            | ServerMessage::LobbyChanged { .. } => {}
+            | ServerMessage::LobbyChanged { .. }
+            | ServerMessage::RecordingState { .. } => {}
         }
         Ok(())
     }
