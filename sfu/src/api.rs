@@ -38,7 +38,19 @@ pub enum SfuCommand {
         muted: bool,
     },
     /// Tears the participant's transport down, with its publications and subscriptions.
-    RemoveParticipant { participant: ParticipantId },
+    RemoveParticipant {
+        participant: ParticipantId,
+    },
+    /// Starts recording a room: every publication's packets go to the recording tap (see
+    /// [`crate::recording`]) until [`SfuCommand::StopRecording`]. Video publishers are asked
+    /// for a keyframe so that each video file starts on one.
+    StartRecording {
+        room: RoomId,
+        recording_id: String,
+    },
+    StopRecording {
+        room: RoomId,
+    },
     /// Allows or forbids the participant to publish. Forbidding ends its publications at once
     /// and ignores the send m-lines of its later offers; a viewer is added then forbidden.
     SetPublishing {
@@ -48,16 +60,17 @@ pub enum SfuCommand {
 }
 
 impl SfuCommand {
-    /// The participant the command is about.
-    pub fn participant(&self) -> ParticipantId {
-        match self {
+    /// The participant the command is about; `None` for room-wide commands.
+    pub fn participant(&self) -> Option<ParticipantId> {
+        Some(match self {
+            SfuCommand::StartRecording { .. } | SfuCommand::StopRecording { .. } => return None,
             SfuCommand::AddParticipant { participant, .. }
             | SfuCommand::Offer { participant, .. }
             | SfuCommand::RemoteCandidate { participant, .. }
             | SfuCommand::SetMuted { participant, .. }
             | SfuCommand::RemoveParticipant { participant }
             | SfuCommand::SetPublishing { participant, .. } => *participant,
-        }
+        })
     }
 }
 

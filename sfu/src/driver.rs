@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{SfuCommand, SfuEvent};
 use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::recording::RecordedMedia;
 use crate::stats::EngineStats;
 
 /// Where the SFU listens and what it advertises.
@@ -27,6 +28,9 @@ pub struct SfuConfig {
     pub advertise: Option<SocketAddr>,
     /// Shortest interval between keyframe requests to one publisher.
     pub keyframe_request_interval: Duration,
+    /// Where recorded rooms' media goes (a recorder thread's bounded channel). Without one,
+    /// recording commands are accepted and their media dropped.
+    pub recording_sink: Option<std::sync::mpsc::SyncSender<RecordedMedia>>,
 }
 
 impl SfuConfig {
@@ -35,6 +39,7 @@ impl SfuConfig {
             bind,
             advertise: None,
             keyframe_request_interval: Duration::from_secs(1),
+            recording_sink: None,
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn spawn(
                     command_rx,
                     event_tx,
                     thread_snapshot,
+                    config.recording_sink,
                 )
                 .await;
             });
@@ -169,8 +175,10 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<SfuCommand>,
     events: mpsc::UnboundedSender<SfuEvent>,
     snapshot: Arc<Mutex<SfuSnapshot>>,
+    recording_sink: Option<std::sync::mpsc::SyncSender<RecordedMedia>>,
 ) {
     let mut buf = vec![0u8; 2048];
+    let mut recording_dropped = 0u64;
     let mut next_snapshot = Instant::now();
     loop {
         let deadline = engine
@@ -228,12 +236,23 @@ async fn run(
                 return;
             }
         }
+        while let Some(media) = engine.poll_recorded() {
+            // Never wait on the recorder: a full queue loses recorded media, not live media.
+            if let Some(sink) = &recording_sink
+                && sink.try_send(media).is_err()
+            {
+                recording_dropped += 1;
+            }
+        }
         if now >= next_snapshot {
             next_snapshot = now + Duration::from_secs(1);
             let (rooms, participants, publications, subscriptions) = engine.census();
             if let Ok(mut s) = snapshot.lock() {
                 *s = SfuSnapshot {
-                    stats: engine.stats().clone(),
+                    stats: EngineStats {
+                        recording_dropped,
+                        ..engine.stats().clone()
+                    },
                     rooms,
                     participants,
                     publications,

@@ -24,6 +24,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use crate::api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
+use crate::recording::{RecordedCodec, RecordedMedia};
 use crate::stats::EngineStats;
 
 /// Largest datagram accepted on the media port. Anything bigger is not WebRTC traffic we sent
@@ -84,6 +85,9 @@ struct Publication {
     subscribers: Vec<(ParticipantId, Mid)>,
     last_keyframe_request: Option<Instant>,
     keyframe_request_pending: bool,
+    /// Its room is being recorded: its packets also go to the recording tap.
+    recorded: bool,
+    source: TrackSource,
 }
 
 /// One outbound track to one participant.
@@ -188,6 +192,10 @@ pub struct Engine {
     touched: Vec<ParticipantId>,
     scratch_ids: Vec<ParticipantId>,
     stats: EngineStats,
+    /// Rooms being recorded, with their recording ids.
+    recordings: FxHashMap<RoomId, String>,
+    /// The recording tap's queue (see [`crate::recording`]).
+    recorded: VecDeque<RecordedMedia>,
 }
 
 impl Engine {
@@ -214,6 +222,8 @@ impl Engine {
             touched: Vec::new(),
             scratch_ids: Vec::new(),
             stats: EngineStats::default(),
+            recordings: FxHashMap::default(),
+            recorded: VecDeque::new(),
         })
     }
 
@@ -420,8 +430,16 @@ impl Engine {
                 self.set_publishing(participant, allowed);
                 Ok(())
             }
+            SfuCommand::StartRecording { room, recording_id } => {
+                self.start_recording(now, room, recording_id);
+                Ok(())
+            }
+            SfuCommand::StopRecording { room } => {
+                self.stop_recording(now, &room);
+                Ok(())
+            }
         };
-        if let Err((code, message)) = result {
+        if let (Err((code, message)), Some(participant)) = (result, participant) {
             self.events.push_back(SfuEvent::Refused {
                 participant,
                 code,
@@ -630,8 +648,13 @@ impl Engine {
                     subscribers: Vec::new(),
                     last_keyframe_request: None,
                     keyframe_request_pending: false,
+                    recorded: false,
+                    source,
                 },
             );
+            if self.recordings.contains_key(&room) {
+                self.record_publication(now, publication);
+            }
             if let Some(p) = self.participants.get_mut(&id) {
                 p.published.push((mid, publication));
             }
@@ -746,6 +769,71 @@ impl Engine {
         }
     }
 
+    /// What the recording tap has queued, oldest first.
+    pub fn poll_recorded(&mut self) -> Option<RecordedMedia> {
+        self.recorded.pop_front()
+    }
+
+    fn start_recording(&mut self, now: Instant, room: RoomId, recording_id: String) {
+        if self.recordings.contains_key(&room) {
+            return;
+        }
+        self.recordings.insert(room.clone(), recording_id.clone());
+        self.recorded.push_back(RecordedMedia::Started {
+            room: room.clone(),
+            recording_id,
+            at: now,
+        });
+        let publications: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        for publication in publications {
+            self.record_publication(now, publication);
+        }
+    }
+
+    fn record_publication(&mut self, now: Instant, id: PublicationId) {
+        let Some(publication) = self.publications.get_mut(&id) else {
+            return;
+        };
+        if publication.recorded {
+            return;
+        }
+        publication.recorded = true;
+        let kind = publication.kind;
+        self.recorded.push_back(RecordedMedia::Track {
+            room: publication.room.clone(),
+            publication: id,
+            participant: publication.owner,
+            kind,
+            source: publication.source,
+            at: now,
+        });
+        // A video file must start on a keyframe; waiting for the next periodic one could
+        // lose seconds.
+        if kind == MediaKind::Video {
+            self.request_keyframe(id, now);
+        }
+    }
+
+    fn stop_recording(&mut self, now: Instant, room: &RoomId) {
+        if self.recordings.remove(room).is_none() {
+            return;
+        }
+        for publication in self.publications.values_mut() {
+            if publication.room == *room {
+                publication.recorded = false;
+            }
+        }
+        self.recorded.push_back(RecordedMedia::Stopped {
+            room: room.clone(),
+            at: now,
+        });
+    }
+
     fn set_publishing(&mut self, id: ParticipantId, allowed: bool) {
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
@@ -764,6 +852,11 @@ impl Engine {
         let Some(publication) = self.publications.remove(&publication_id) else {
             return;
         };
+        if publication.recorded {
+            self.recorded.push_back(RecordedMedia::TrackEnded {
+                publication: publication_id,
+            });
+        }
         for (subscriber, mid) in &publication.subscribers {
             if let Some(s) = self.participants.get_mut(subscriber)
                 && let Some(sub) = s.subscriptions.get_mut(mid)
@@ -1073,6 +1166,25 @@ impl Engine {
         }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
         let is_video = publication.kind == MediaKind::Video;
+        if publication.recorded {
+            let codec = match video_codec {
+                None => RecordedCodec::Opus,
+                Some(VideoCodec::Vp8) => RecordedCodec::Vp8,
+                Some(VideoCodec::Vp9) => RecordedCodec::Vp9,
+                Some(VideoCodec::H264) => RecordedCodec::H264,
+                Some(VideoCodec::Av1) => RecordedCodec::Av1,
+            };
+            self.recorded.push_back(RecordedMedia::Packet {
+                publication: publication_id,
+                codec,
+                clock_rate: if is_video { 90_000 } else { 48_000 },
+                seq: *packet.seq_no as u16,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                payload: packet.payload.clone(),
+                at: now,
+            });
+        }
         let ext_vals = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,

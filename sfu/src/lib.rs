@@ -9,6 +9,7 @@ pub mod codec;
 pub mod driver;
 pub mod engine;
 pub mod forwarder;
+pub mod recording;
 pub mod stats;
 
 pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};

@@ -43,4 +43,6 @@ pub struct EngineStats {
     pub refused_subscriptions: u64,
     /// Send m-lines of participants not allowed to publish (viewers), ignored.
     pub refused_publications: u64,
+    /// Recorded packets lost because the recorder fell behind (its queue was full).
+    pub recording_dropped: u64,
 }

@@ -290,3 +290,91 @@ fn h264_passes_through_and_a_late_joiner_starts_on_its_keyframe() {
         assert_eq!(stats.first_media_at, stats.first_keyframe_at);
     }
 }
+
+#[test]
+fn a_recorded_room_feeds_the_recording_tap_and_only_that_room() {
+    use sfu::SfuCommand;
+    use sfu::codec::{VideoCodec, is_keyframe};
+    use sfu::recording::{RecordedCodec, RecordedMedia};
+
+    let mut sim = Sim::new();
+    sim.join("council", |_| {});
+    sim.join("council", |_| {});
+    sim.join("elsewhere", |_| {});
+    sim.run_for(Duration::from_secs(1));
+    let room = protocol::RoomId("council".into());
+    let now = sim.now;
+    sim.engine.handle_command(
+        now,
+        SfuCommand::StartRecording {
+            room: room.clone(),
+            recording_id: "rec1".into(),
+        },
+    );
+    let mut recorded = Vec::new();
+    for _ in 0..20 {
+        sim.run_for(Duration::from_millis(100));
+        while let Some(media) = sim.engine.poll_recorded() {
+            recorded.push(media);
+        }
+    }
+    let now = sim.now;
+    sim.engine
+        .handle_command(now, SfuCommand::StopRecording { room: room.clone() });
+    sim.run_for(Duration::from_millis(500));
+    while let Some(media) = sim.engine.poll_recorded() {
+        recorded.push(media);
+    }
+
+    assert!(
+        matches!(&recorded[0], RecordedMedia::Started { room: r, recording_id, .. } if *r == room && recording_id == "rec1")
+    );
+    assert!(matches!(recorded.last(), Some(RecordedMedia::Stopped { room: r, .. }) if *r == room));
+    let council: Vec<_> = [0, 1]
+        .iter()
+        .flat_map(|i| sim.publications_of(*i))
+        .map(|p| p.id)
+        .collect();
+    let tracks: Vec<_> = recorded
+        .iter()
+        .filter_map(|m| match m {
+            RecordedMedia::Track { publication, .. } => Some(*publication),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tracks.len(), 4, "two participants, audio and video each");
+    assert!(tracks.iter().all(|t| council.contains(t)));
+    let elsewhere: Vec<_> = sim.publications_of(2).into_iter().map(|p| p.id).collect();
+    for publication in &council {
+        let packets: Vec<_> = recorded
+            .iter()
+            .filter_map(|m| match m {
+                RecordedMedia::Packet {
+                    publication: p,
+                    codec,
+                    payload,
+                    ..
+                } if p == publication => Some((*codec, payload.clone())),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            packets.len() > 20,
+            "{publication}: {} packets",
+            packets.len()
+        );
+        if packets[0].0 == RecordedCodec::Vp8 {
+            // The publisher was asked for a keyframe when recording started.
+            assert!(
+                packets
+                    .iter()
+                    .any(|(_, payload)| is_keyframe(VideoCodec::Vp8, payload)),
+                "{publication}: no keyframe recorded"
+            );
+        }
+    }
+    assert!(
+        !recorded.iter().any(|m| matches!(m, RecordedMedia::Packet { publication, .. } if elsewhere.contains(publication))),
+        "another room's media reached the recording"
+    );
+}

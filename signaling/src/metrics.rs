@@ -79,6 +79,7 @@ impl Metrics {
             counter!("meet_nacks_received_total").absolute(s.nacks_received);
             counter!("meet_refused_subscriptions_total").absolute(s.refused_subscriptions);
             counter!("meet_refused_publications_total").absolute(s.refused_publications);
+            counter!("meet_recording_dropped_total").absolute(s.recording_dropped);
         });
         self.handle.render()
     }
@@ -119,6 +120,10 @@ fn describe() {
     describe_counter!(
         "meet_refused_subscriptions_total",
         "Subscriptions refused (another room, oneself, kind or codec mismatch)."
+    );
+    describe_counter!(
+        "meet_recording_dropped_total",
+        "Recorded packets lost because the recorder fell behind."
     );
     describe_counter!(
         "meet_refused_publications_total",
