@@ -383,8 +383,19 @@ impl TestServer {
         admission: signaling::store::Admission,
         invitees: &[(&str, protocol::Role)],
     ) -> Scheduled {
+        schedule_on(&self.server.store, &self.server.tokens, admission, invitees).await
+    }
+}
+
+/// [`TestServer::schedule`] on a given storage and signing key.
+pub async fn schedule_on(
+    store: &signaling::store::Store,
+    tokens: &signaling::auth::JoinTokens,
+    admission: signaling::store::Admission,
+    invitees: &[(&str, protocol::Role)],
+) -> Scheduled {
+    {
         use signaling::store::{AccountRole, Invitee, NewAccount, NewMeeting};
-        let store = &self.server.store;
         let username = format!("org-{}", signaling::store::new_id());
         let organizer = store
             .create_account(&NewAccount {
@@ -425,9 +436,7 @@ impl TestServer {
             .expect("invitations")
             .into_iter()
             .map(|i| {
-                let token = self
-                    .server
-                    .tokens
+                let token = tokens
                     .issue(
                         &signaling::auth::JoinGrant {
                             invitation_id: &i.id,
