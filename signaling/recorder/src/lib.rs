@@ -505,10 +505,10 @@ impl Recording {
         if let Some(mixer) = &mut self.mixer {
             mixer.remove_track(track);
         }
-        if let (Some(duration), Some(start)) = (duration_ms, info_start(&self.manifest, track)) {
-            if let Some(info) = self.manifest.tracks.iter_mut().find(|t| t.track == track) {
-                info.end_offset_ms = Some(start + duration);
-            }
+        if let (Some(duration), Some(start)) = (duration_ms, info_start(&self.manifest, track))
+            && let Some(info) = self.manifest.tracks.iter_mut().find(|t| t.track == track)
+        {
+            info.end_offset_ms = Some(start + duration);
         }
         Ok(())
     }
@@ -523,7 +523,7 @@ impl Recording {
 
     fn flush_inner(&mut self) -> Result<(), RecorderError> {
         self.flushes = self.flushes.wrapping_add(1);
-        let durable = self.flushes % SYNC_EVERY == 0;
+        let durable = self.flushes.is_multiple_of(SYNC_EVERY);
         if let Some(mixer) = &mut self.mixer {
             mixer.advance(self.now_ms.saturating_sub(MIX_DELAY_MS) * 48)?;
             mixer.flush(durable)?;
