@@ -48,6 +48,9 @@ pub(crate) struct Assembler {
     format: VideoFormat,
     pending: VecDeque<Pending>,
     last_emitted: Option<i64>,
+    /// The sequence number of the last packet of the last frame written (or of padding after
+    /// it): a frame that does not follow it means a whole frame was lost in between.
+    last_seq: Option<u16>,
     lost: bool,
     /// The highest RTP timestamp seen, extended, and its 32-bit form.
     last_ts: Option<(i64, u32)>,
@@ -68,6 +71,7 @@ impl Assembler {
             format,
             pending: VecDeque::new(),
             last_emitted: None,
+            last_seq: None,
             lost: false,
             last_ts: None,
         }
@@ -98,6 +102,16 @@ impl Assembler {
         payload: &[u8],
         at_ms: u64,
     ) -> Option<Frame> {
+        if payload.is_empty() {
+            // Padding (bandwidth probing) takes sequence numbers but carries no frame.
+            if self
+                .last_seq
+                .is_some_and(|last| seq == last.wrapping_add(1))
+            {
+                self.last_seq = Some(seq);
+            }
+            return None;
+        }
         let ts = self.extend_ts(rtp_ts);
         if self.last_emitted.is_some_and(|last| ts <= last) {
             // A late packet of a frame already written or given up.
@@ -143,6 +157,17 @@ impl Assembler {
             self.lost = true;
         }
         self.last_emitted = Some(done.ts);
+        let (first_seq, last_seq) = match (done.packets.first(), done.packets.last()) {
+            (Some(first), Some(last)) => (first.seq, last.seq),
+            _ => return None,
+        };
+        if self
+            .last_seq
+            .is_some_and(|last| first_seq != last.wrapping_add(1))
+        {
+            self.lost = true;
+        }
+        self.last_seq = Some(last_seq);
         let after_loss = std::mem::take(&mut self.lost);
         let mut frame = match self.format {
             VideoFormat::Vp8 => build_vp8(&done.packets),
