@@ -656,6 +656,25 @@ mod tests {
     }
 
     #[test]
+    fn padding_between_frames_is_not_a_loss() {
+        let mut a = Assembler::new(VideoFormat::Vp8);
+        assert!(
+            a.push(1, 3000, true, &vp8_packet(true, &[0, 0]), 0)
+                .is_some()
+        );
+        assert!(a.push(2, 3000, false, &[], 0).is_none());
+        let frame = a
+            .push(3, 6000, true, &vp8_packet(true, &[1, 0]), 33)
+            .expect("complete");
+        assert!(!frame.after_loss);
+        // A frame lost with all its packets shows as a gap in sequence numbers.
+        let frame = a
+            .push(5, 12000, true, &vp8_packet(true, &[1, 0]), 99)
+            .expect("complete");
+        assert!(frame.after_loss);
+    }
+
+    #[test]
     fn vp9_keyframe_with_scalability_structure() {
         // I, B, E, V; no P: a keyframe. SS: one layer with resolution, no groups.
         let p = [

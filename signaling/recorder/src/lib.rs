@@ -821,12 +821,33 @@ fn summary(dir: &Path, manifest: &Manifest) -> Result<Summary, RecorderError> {
             add(file, kind)?;
         }
     }
-    add(&manifest.mix.file, FileKind::Mix)?;
+    if dir.join(&manifest.mix.file).exists() {
+        add(&manifest.mix.file, FileKind::Mix)?;
+    }
     Ok(Summary {
         files,
         status: manifest.status.clone(),
         duration_ms: manifest.duration_ms.unwrap_or(0),
     })
+}
+
+/// Finalizes one media file: `Some(duration)` when it plays, `None` when it is missing or
+/// not even its headers reached the disk (then it is removed: there is nothing to play).
+fn finalize_file(dir: &Path, name: &str, kind: FileKind) -> Result<Option<u64>, RecorderError> {
+    let path = dir.join(name);
+    let result = match kind {
+        FileKind::Video => finalize_webm(&path).map(|i| (i.playable, i.duration_ms)),
+        _ => finalize_ogg(&path).map(|i| (i.playable, i.duration_ms)),
+    };
+    match result {
+        Ok((true, duration_ms)) => Ok(Some(duration_ms)),
+        Ok((false, _)) => {
+            fs::remove_file(&path).map_err(|e| RecorderError::io(name, e))?;
+            Ok(None)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RecorderError::io(name, e)),
+    }
 }
 
 /// Makes every file in `dir` playable as far as it got and gives the manifest `status`.
@@ -837,34 +858,35 @@ fn finalize_dir(
 ) -> Result<Summary, RecorderError> {
     let mut duration_ms = 0u64;
     for track in &mut manifest.tracks {
+        let kind = match track.kind {
+            MediaKind::Audio => FileKind::Audio,
+            MediaKind::Video => FileKind::Video,
+        };
         let Some(name) = track.file.clone() else {
-            continue;
-        };
-        let path = dir.join(&name);
-        let (playable, media_ms) = match track.kind {
-            MediaKind::Audio => {
-                let info = finalize_ogg(&path).map_err(|e| RecorderError::io(&name, e))?;
-                (info.playable, info.duration_ms)
-            }
-            MediaKind::Video => {
-                let info = finalize_webm(&path).map_err(|e| RecorderError::io(&name, e))?;
-                (info.playable, info.duration_ms)
+            // A file created just before the process died, whose first media had not yet been
+            // flushed, is not in the manifest; it holds nothing playable.
+            match fs::remove_file(dir.join(track_file(track.track, track.kind))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(RecorderError::io(track_file(track.track, track.kind), e));
+                }
+                _ => continue,
             }
         };
-        if !playable {
-            // Not even the headers reached the disk: there is nothing to play.
-            fs::remove_file(&path).map_err(|e| RecorderError::io(&name, e))?;
-            track.file = None;
-            track.warning = Some("no media reached the disk before the interruption".to_owned());
-            continue;
+        match finalize_file(dir, &name, kind)? {
+            Some(media_ms) => {
+                let end = track.start_offset_ms.unwrap_or(0) + media_ms;
+                track.end_offset_ms = Some(end);
+                duration_ms = duration_ms.max(end);
+            }
+            None => {
+                track.file = None;
+                track.warning =
+                    Some("no media reached the disk before the recording stopped".to_owned());
+            }
         }
-        let end = track.start_offset_ms.unwrap_or(0) + media_ms;
-        track.end_offset_ms = Some(end);
-        duration_ms = duration_ms.max(end);
     }
-    let mix = finalize_ogg(&dir.join(MIX_FILE)).map_err(|e| RecorderError::io(MIX_FILE, e))?;
-    manifest.mix.end_offset_ms = Some(mix.duration_ms);
-    duration_ms = duration_ms.max(mix.duration_ms);
+    manifest.mix.end_offset_ms = finalize_file(dir, &manifest.mix.file, FileKind::Mix)?;
+    duration_ms = duration_ms.max(manifest.mix.end_offset_ms.unwrap_or(0));
     manifest.status = status.to_owned();
     manifest.duration_ms = Some(duration_ms);
     let json = serde_json::to_vec_pretty(manifest)?;
@@ -894,6 +916,12 @@ pub fn recover(dir: &Path) -> Result<Option<Summary>, RecorderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recording_can_move_to_a_recorder_thread() {
+        fn send<T: Send>() {}
+        send::<Recording>();
+    }
 
     #[test]
     fn counters_unwrap() {

@@ -116,6 +116,67 @@ fn meeting_is_recorded_into_playable_files_and_a_mix_of_every_tone() {
 }
 
 #[test]
+fn late_joiner_and_lost_audio_keep_their_place_on_the_timeline() {
+    let dir = test_dir("late");
+    let mut rec = Recording::create(&dir, "rec-4", "room-d", 0).expect("create");
+    let pubs = publishers();
+    pubs[0].add_tracks(&mut rec, 0);
+    pubs[1].add_tracks(&mut rec, 900);
+    let mut packets = pubs[0].packets(0, 3_000);
+    // Every 25th audio packet of the first sender is lost.
+    packets.retain(|p| !(p.track == 11 && p.seq % 25 == 0));
+    packets.extend(pubs[1].packets(1_000, 2_000));
+    packets.sort_by_key(|p| p.at_ms);
+    feed(&mut rec, &packets);
+    let summary = rec.finish(3_000).expect("finish");
+    assert_eq!(summary.status, "completed");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    for t in manifest["tracks"].as_array().expect("tracks") {
+        let (start, end) = if t["participant_id"] == 1 {
+            (0, 3_000)
+        } else {
+            (1_000, 3_000)
+        };
+        assert_eq!(t["start_offset_ms"], start, "{t}");
+        let got = t["end_offset_ms"].as_u64().expect("end");
+        assert!(got.abs_diff(end) <= 60, "{t}");
+    }
+    // Losses are filled, so the file keeps real time.
+    assert_file(&dir.join("track-11.ogg"), "opus", 3.0, 0.1);
+    assert_file(&dir.join("track-21.ogg"), "opus", 2.0, 0.1);
+    assert_file(&dir.join("track-22.webm"), "vp8", 2.0, 0.1);
+
+    let mix = decode_ogg_opus(&dir.join("mix.ogg"));
+    let before = &mix[10_000..40_000];
+    let after = &mix[60_000..130_000];
+    assert!(tone_power(before, 440.0) > 100.0 * tone_power(before, 1_000.0));
+    let off = tone_power(after, 730.0);
+    assert!(tone_power(after, 440.0) > 100.0 * off);
+    assert!(tone_power(after, 1_000.0) > 100.0 * off);
+}
+
+#[test]
+fn killed_before_the_first_flush_leaves_an_empty_interrupted_recording() {
+    let dir = test_dir("killed-early");
+    let mut rec = Recording::create(&dir, "rec-5", "room-e", 0).expect("create");
+    let pubs = publishers();
+    pubs[0].add_tracks(&mut rec, 0);
+    feed(&mut rec, &pubs[0].packets(0, 300));
+    std::mem::forget(rec);
+    let summary = recover(&dir).expect("recover").expect("was recording");
+    assert_eq!(summary.status, "interrupted");
+    assert_eq!(summary.files.len(), 1, "only the manifest: {summary:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["manifest.json"]);
+}
+
+#[test]
 fn killed_recording_is_recovered_as_interrupted() {
     let dir = test_dir("killed");
     let mut rec = Recording::create(&dir, "rec-2", "room-b", 0).expect("create");
