@@ -6,6 +6,15 @@
 //! killed process loses at most about a second; [`recover`] makes such a directory playable and
 //! marks it interrupted. Any write error stops the recording: the caller drops it and tells the
 //! host, and what was flushed before stays recoverable.
+//!
+//! A caller (one thread per recording, or the media thread: a meeting of 10 audio+video
+//! publishers costs about 2% of a core) does:
+//!
+//! 1. on start-up, [`recover`] for every recording directory left by a previous process;
+//! 2. [`Recording::create`], then [`Recording::add_track`] for each publication;
+//! 3. [`Recording::packet`] for every RTP packet, [`Recording::flush`] every ~500 ms, and a
+//!    keyframe request for each track [`Recording::wants_keyframe`] lists;
+//! 4. [`Recording::end_track`] when a publication ends, [`Recording::finish`] at the end.
 
 mod depack;
 mod mix;
@@ -701,7 +710,8 @@ fn audio_write(
             audio.writer.insert(writer)
         }
     };
-    let position = (ts - audio.base_ts) * OPUS_RATE as i64 / clock;
+    // Saturating: timestamps come from the network, and a hostile jump must not overflow.
+    let position = (ts - audio.base_ts).saturating_mul(OPUS_RATE as i64) / clock;
     if position < audio.expected {
         // Overlaps what was written: a duplicate with a new sequence number.
         return Ok(());
@@ -724,7 +734,7 @@ fn audio_write(
     if let Some(mixer) = ctx.mixer.as_deref_mut() {
         mixer.packet(
             ctx.info.track,
-            audio.start_ms * 48 + position as u64,
+            (audio.start_ms * 48).saturating_add(position as u64),
             &payload,
         );
     }
@@ -778,7 +788,7 @@ fn video_packet(
             video.writer.insert(writer)
         }
     };
-    let ms = (frame.ts - video.base_ts).max(0) as u64 * 1000 / clock;
+    let ms = ((frame.ts - video.base_ts).max(0) as u64).saturating_mul(1000) / clock;
     if ms > writer.last_ms() {
         video.frame_ms = ms - writer.last_ms();
     }

@@ -143,7 +143,7 @@ impl Mixer {
 }
 
 fn add(acc: &mut VecDeque<i32>, base: u64, pos: u64, samples: &[i16]) {
-    let end = pos + samples.len() as u64;
+    let end = pos.saturating_add(samples.len() as u64);
     if end <= base {
         return;
     }
