@@ -1,6 +1,15 @@
 //! Real VP8, VP9 and AV1 streams (2 s of ffmpeg's test pattern at 160x120, a keyframe every
 //! 15 frames, in `tests/data/*.ivf`) packetized as a browser would, recorded, and decoded by
-//! ffprobe frame by frame.
+//! ffprobe frame by frame. The fixtures were made with Debian's ffmpeg 5.1:
+//!
+//! ```text
+//! SRC="-f lavfi -i testsrc=size=160x120:rate=30 -t 2 -pix_fmt yuv420p"
+//! ffmpeg $SRC -c:v libvpx -g 15 -deadline realtime -lag-in-frames 0 -b:v 200k vp8.ivf
+//! ffmpeg $SRC -c:v libvpx-vp9 -g 15 -deadline realtime -lag-in-frames 0 -auto-alt-ref 0 \
+//!     -b:v 200k vp9.ivf
+//! ffmpeg $SRC -c:v libaom-av1 -g 15 -cpu-used 8 -usage realtime -lag-in-frames 0 \
+//!     -b:v 200k av1.ivf
+//! ```
 
 mod common;
 
