@@ -922,6 +922,11 @@ async fn recording_files_are_served_with_ranges() {
         .await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, &MIX[50..]);
+    let (status, _, body) = h
+        .get(&format!("{base}/mix.ogg"), Some(&h.lan), Some("bytes=-4"))
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &MIX[MIX.len() - 4..]);
     let (status, headers, _) = h
         .get(
             &format!("{base}/mix.ogg"),
