@@ -243,6 +243,12 @@ $('share-button').addEventListener('click', async () => {
   }
 });
 $('leave-button').addEventListener('click', () => app.meeting?.leave());
+$('record-button').addEventListener('click', () => {
+  const m = app.meeting;
+  if (!m) return;
+  if (m.recording.active) m.stopRecording();
+  else m.startRecording();
+});
 $('waiting-leave').addEventListener('click', () => app.meeting?.leave());
 $('hand-button').addEventListener('click', () => {
   const m = app.meeting;
@@ -437,6 +443,7 @@ function renderCall() {
   const handLabel = t(m.handRaised ? 'toolbar.lowerHand' : 'toolbar.raiseHand');
   hand.title = handLabel;
   hand.setAttribute('aria-label', handLabel);
+  renderRecording(m);
   const rosterButton = $('roster-button');
   rosterButton.classList.toggle('active', rosterOpen);
   rosterButton.setAttribute('aria-pressed', String(rosterOpen));
@@ -450,6 +457,20 @@ function renderCall() {
   share.setAttribute('aria-label', shareLabel);
   share.setAttribute('aria-pressed', String(!!local.screen));
   renderRoster(m);
+}
+
+/** The REC indicator for everyone; the record button for hosts. */
+function renderRecording(m) {
+  const active = m.recording.active;
+  $('rec-indicator').hidden = !active;
+  const record = $('record-button');
+  record.hidden = !m.isHost();
+  record.classList.toggle('active', active);
+  record.setAttribute('aria-pressed', String(active));
+  record.querySelector('use').setAttribute('href', active ? '#i-record-stop' : '#i-record');
+  const label = t(active ? 'rec.stop' : 'rec.start');
+  record.title = label;
+  record.setAttribute('aria-label', label);
 }
 
 const GAP = 10;

@@ -26,7 +26,7 @@ const ROLE_NOTICES = {
   viewer: 'call.nowViewer',
 };
 
-const HOST_OR_HAND = ['raise_hand', 'admit', 'admit_all', 'open_room', 'lock_room', 'set_role', 'mute_participant', 'remove_participant'];
+const HOST_OR_HAND = ['raise_hand', 'admit', 'admit_all', 'open_room', 'lock_room', 'set_role', 'mute_participant', 'remove_participant', 'start_recording', 'stop_recording'];
 
 /** Errors after which the server closes the socket and will not take this session back. */
 const TERMINAL = ['removed', 'room_closed', 'invalid_token', 'already_connected', 'token_required', 'version_mismatch'];
@@ -133,6 +133,8 @@ export class Meeting extends EventTarget {
     /** Hosts: who waits in the lobby, [{ participant_id, name, site }]. */
     this.waiting = [];
     this.handRaised = false;
+    /** Whether the meeting is being recorded, from the last `recording_state`. */
+    this.recording = { active: false, recordingId: null, startedAt: null, error: null };
     /** The secret that lets an automatic reconnect take over our earlier session. */
     this.resume = null;
     this.local = o.local;
@@ -313,6 +315,15 @@ export class Meeting extends EventTarget {
     this.request({ type: 'set_role', participant_id: participantId, role });
   }
 
+  /** Hosts: start or stop recording the meeting (the server refuses anyone else). */
+  startRecording() {
+    this.request({ type: 'start_recording' });
+  }
+
+  stopRecording() {
+    this.request({ type: 'stop_recording' });
+  }
+
   /** `kind`: 'audio' (microphone) or 'video' (camera and screen). */
   muteParticipant(participantId, kind) {
     this.request({ type: 'mute_participant', participant_id: participantId, kind });
@@ -480,6 +491,11 @@ export class Meeting extends EventTarget {
     if (!this.canRaiseHand()) this.handRaised = false;
     else if (this.handRaised) this.send(s, { type: 'raise_hand', raised: true });
     this.waiting = [];
+    // A recording that still runs is announced again right after `joined`; one that stopped
+    // while we were away is not, so forget it now. The announcement of the same recording
+    // then passes without a second notice.
+    s.recordingBefore = this.recording.active ? this.recording.recordingId : null;
+    this.recording = { active: false, recordingId: null, startedAt: null, error: null };
     this.participants = new Map();
     this.remoteTracks = new Map();
     this.ownPubs = new Map();
@@ -648,6 +664,9 @@ export class Meeting extends EventTarget {
         this.changed();
         break;
       }
+      case 'recording_state':
+        this.onRecordingState(s, m);
+        break;
       case 'error':
         this.onError(s, m);
         break;
@@ -657,6 +676,26 @@ export class Meeting extends EventTarget {
       default:
         break;
     }
+  }
+
+  /**
+   * Everyone is told when a recording starts (arrivals too, while one runs) and stops, so that
+   * nobody is recorded without knowing; hosts also learn why a recording stopped by itself.
+   */
+  onRecordingState(s, m) {
+    const resumed = m.active && !!m.recording_id && m.recording_id === s.recordingBefore;
+    s.recordingBefore = null;
+    const was = this.recording.active || resumed;
+    this.recording = {
+      active: !!m.active,
+      recordingId: m.recording_id ?? null,
+      startedAt: m.started_at ?? null,
+      error: m.error ?? null,
+    };
+    if (this.recording.active && !was) this.notice('rec.startedToast');
+    if (!this.recording.active && was) this.notice('rec.stoppedToast');
+    if (!this.recording.active && m.error && this.isHost()) this.notice('rec.failedToast', { error: m.error });
+    this.changed();
   }
 
   onError(s, m) {

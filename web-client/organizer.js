@@ -1,5 +1,5 @@
 // The organizer pages: sign in, meetings (schedule, edit, cancel, invitations and their join
-// links, live attendance, CSV export), and for administrators the site directory (CSV import)
+// links, live attendance, CSV export, recordings and their player), and for administrators the site directory (CSV import)
 // and accounts. REST API: docs/api.md. Texts come from i18n.js only.
 //
 // The bearer token lives in sessionStorage (gone when the tab closes) and goes out only in
@@ -24,6 +24,16 @@ const KIND_KEYS = { central: 'org.kindCentral', province: 'org.kindProvince', co
 const ACCOUNT_ROLE_KEYS = { admin: 'org.accountAdmin', organizer: 'org.accountOrganizer' };
 const QUALITY_KEYS = { good: 'quality.good', fair: 'quality.fair', poor: 'quality.poor' };
 const LEAVE_KEYS = { left: 'org.leaveLeft', timed_out: 'org.leaveTimedOut', removed: 'org.leaveRemoved' };
+const REC_STATUS_KEYS = {
+  recording: 'rec.statusRecording',
+  completed: 'rec.statusCompleted',
+  interrupted: 'rec.statusInterrupted',
+  failed: 'rec.statusFailed',
+};
+/** A video further than this from where the audio says it should be is moved (seconds). */
+const MAX_DRIFT_S = 0.3;
+const RESYNC_MS = 1000;
+const RENEW_MIN_MS = 30_000;
 const ERROR_KEYS = {
   unauthorized: 'org.errUnauthorized',
   forbidden: 'org.errForbidden',
@@ -40,6 +50,8 @@ let account = null;
 let view = { name: 'meetings' };
 /** Stops the running attendance refresh, if any. */
 let stopRefresh = null;
+/** Stops the recording player, if one is open. */
+let stopPlayer = null;
 /** The page's message: { key, vars, detail, kind } (kept as a key so a language switch redraws it). */
 let message = null;
 
@@ -251,6 +263,7 @@ for (const navButton of document.querySelectorAll('#org-nav button')) {
 function go(next) {
   stopRefresh?.();
   stopRefresh = null;
+  stopPlayer?.();
   view = next;
   message = null;
   render();
@@ -528,7 +541,28 @@ async function detailView() {
     }
   };
   refresh();
-  const timer = setInterval(refresh, ATTENDANCE_MS);
+
+  // Recordings: listed once, and again while one is still being written, so that its status
+  // and size follow.
+  const recordings = el('div', { id: 'recordings' });
+  const player = el('div', { id: 'player', className: 'rec-player', hidden: true });
+  let running = false;
+  const loadRecordings = async () => {
+    try {
+      const list = await api.get(`/meetings/${id}/recordings`);
+      if (view.id !== id || view.name !== 'detail') return;
+      running = list.some((r) => r.status === 'recording');
+      recordings.replaceChildren(recordingsTable(list, { reload: loadRecordings, player }));
+    } catch (err) {
+      if (view.id === id && view.name === 'detail') showError(err);
+    }
+  };
+  loadRecordings();
+
+  const timer = setInterval(() => {
+    refresh();
+    if (running) loadRecordings();
+  }, ATTENDANCE_MS);
   stopRefresh = () => clearInterval(timer);
 
   return el('div', { className: 'org-view' },
@@ -539,7 +573,190 @@ async function detailView() {
       addForm),
     el('section', { className: 'org-section' },
       el('div', { className: 'view-head' }, el('h2', { text: t('org.attendance') }), exportButton),
-      board));
+      board),
+    el('section', { className: 'org-section', id: 'recordings-section' },
+      el('h2', { text: t('rec.heading') }),
+      recordings,
+      player));
+}
+
+// ---- recordings --------------------------------------------------------------------------------
+
+function formatDuration(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${Math.floor(total / 3600)}:${pad(Math.floor(total / 60) % 60)}:${pad(total % 60)}`;
+}
+
+function formatBytes(bytes) {
+  const [unit, size] = bytes >= 1e9 ? ['gigabyte', bytes / 1e9] : bytes >= 1e6 ? ['megabyte', bytes / 1e6] : ['kilobyte', bytes / 1e3];
+  return new Intl.NumberFormat(language(), { style: 'unit', unit, maximumFractionDigits: 1 }).format(size);
+}
+
+/** A file URL that a media element or a plain link can fetch: the ticket stands in for the bearer header. */
+const fileUrl = (recordingId, name, ticket, download = false) =>
+  `/api/recordings/${recordingId}/files/${encodeURIComponent(name)}?ticket=${encodeURIComponent(ticket)}${download ? '&download=1' : ''}`;
+
+const newTicket = (recordingId) => api.post(`/recordings/${recordingId}/ticket`);
+
+function recordingsTable(list, { reload, player }) {
+  if (!list.length) return el('p', { className: 'note', text: t('rec.none') });
+  const rows = list.map((r) => {
+    const running = r.status === 'recording';
+    const size = r.bytes || r.files.reduce((sum, f) => sum + f.bytes, 0);
+    const playable = !running && r.files.some((f) => f.kind === 'mix');
+    const fileChoice = el('select', { className: 'rec-file', dataset: { files: r.id } });
+    for (const f of r.files) fileChoice.append(new Option(f.name, f.name));
+    const download = async () => {
+      if (!fileChoice.value) return;
+      try {
+        const { ticket } = await newTicket(r.id);
+        const a = el('a', { href: fileUrl(r.id, fileChoice.value, ticket, true), download: fileChoice.value });
+        document.body.append(a);
+        a.click();
+        a.remove();
+      } catch (err) {
+        showError(err);
+      }
+    };
+    const remove = async () => {
+      if (!window.confirm(t('rec.confirmDelete'))) return;
+      try {
+        await api.del(`/recordings/${r.id}`);
+        if (player.dataset.recordingId === r.id) stopPlayer?.();
+        toast(t('rec.deleted'));
+        reload();
+      } catch (err) {
+        showError(err);
+      }
+    };
+    return el('tr', { className: `recording ${r.status}`, dataset: { recordingId: r.id, status: r.status } },
+      el('td', { text: formatTime(r.started_at) }),
+      el('td', { text: r.ended_at ? formatDuration(r.ended_at - r.started_at) : t('rec.inProgress') }),
+      el('td', {}, el('span', { className: `rec-status ${r.status}`, text: t(REC_STATUS_KEYS[r.status] || 'rec.statusFailed'), title: r.error || '' })),
+      el('td', { text: formatBytes(size) }),
+      el('td', { className: 'row' },
+        playable ? button('rec.play', () => openPlayer(player, r), 'secondary small', { dataset: { play: r.id } }) : null,
+        r.files.length ? fileChoice : null,
+        r.files.length ? button('rec.download', download, 'secondary small', { dataset: { download: r.id } }) : null,
+        running ? null : button('rec.delete', remove, 'danger small', { dataset: { delete: r.id } })));
+  });
+  return table(['rec.colStart', 'rec.colDuration', 'rec.colStatus', 'rec.colSize', ''], rows, 'recordings-table');
+}
+
+/**
+ * Plays a recording: the mixed audio is the clock, and each video track plays muted beside it,
+ * placed by its start offset in the manifest. Videos are nudged back whenever they drift more
+ * than MAX_DRIFT_S from where the audio says they should be, and hidden outside their span.
+ */
+async function openPlayer(player, recording) {
+  stopPlayer?.();
+  let ticket;
+  let manifest = null;
+  try {
+    ({ ticket } = await newTicket(recording.id));
+    const res = await fetch(fileUrl(recording.id, 'manifest.json', ticket));
+    if (res.ok) manifest = await res.json();
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  const mixName = manifest?.mix || 'mix.ogg';
+  const audio = el('audio', { controls: true, preload: 'auto', className: 'rec-audio' });
+  audio.src = fileUrl(recording.id, mixName, ticket);
+  const available = new Set(recording.files.map((f) => f.name));
+  const videos = (manifest?.tracks || [])
+    .filter((tr) => tr.kind === 'video' && available.has(tr.file))
+    .map((tr) => {
+      const video = el('video', { muted: true, playsInline: true, preload: 'auto' });
+      video.muted = true;
+      video.src = fileUrl(recording.id, tr.file, ticket);
+      const box = el('figure', { className: 'rec-video', hidden: true, dataset: { track: String(tr.track ?? '') } },
+        video, el('figcaption', { text: tr.participant || '' }));
+      return {
+        file: tr.file,
+        video,
+        box,
+        start: (tr.start_offset_ms || 0) / 1000,
+        end: typeof tr.end_offset_ms === 'number' ? tr.end_offset_ms / 1000 : null,
+      };
+    });
+
+  const sync = (force) => {
+    const now = audio.currentTime;
+    for (const v of videos) {
+      const local = now - v.start;
+      const length = v.end !== null ? v.end - v.start : v.video.duration;
+      const inside = local >= 0 && (!Number.isFinite(length) || local <= length);
+      v.box.hidden = !inside;
+      if (!inside) {
+        if (!v.video.paused) v.video.pause();
+        continue;
+      }
+      if (v.video.playbackRate !== audio.playbackRate) v.video.playbackRate = audio.playbackRate;
+      if (force || Math.abs(v.video.currentTime - local) > MAX_DRIFT_S) v.video.currentTime = local;
+      if (audio.paused) {
+        if (!v.video.paused) v.video.pause();
+      } else if (v.video.paused) {
+        v.video.play().catch(() => {});
+      }
+    }
+  };
+  const resync = () => sync(true);
+  const follow = () => sync(false);
+  for (const event of ['play', 'pause', 'seeked', 'ratechange']) audio.addEventListener(event, resync);
+  audio.addEventListener('timeupdate', follow);
+  const timer = setInterval(follow, RESYNC_MS);
+
+  // A ticket lasts ten minutes, and media elements fetch ranges as they go: when a fetch is
+  // refused, get a new ticket and carry on from the same place.
+  // At most one renewal in RENEW_MIN_MS: a file that fails for another reason (it is gone)
+  // must not turn into a loop of tickets.
+  let lastRenewal = 0;
+  const renew = async () => {
+    if (Date.now() - lastRenewal < RENEW_MIN_MS) return;
+    lastRenewal = Date.now();
+    try {
+      ({ ticket } = await newTicket(recording.id));
+      const at = audio.currentTime;
+      const playing = !audio.paused;
+      audio.src = fileUrl(recording.id, mixName, ticket);
+      audio.currentTime = at;
+      for (const v of videos) v.video.src = fileUrl(recording.id, v.file, ticket);
+      if (playing) audio.play().catch(() => {});
+      sync(true);
+    } catch (err) {
+      showError(err);
+    }
+  };
+  audio.addEventListener('error', renew);
+  for (const v of videos) v.video.addEventListener('error', renew);
+
+  const close = button('rec.close', () => stopPlayer?.(), 'secondary small', { id: 'player-close' });
+  player.replaceChildren(
+    el('div', { className: 'view-head' },
+      el('h3', { text: t('rec.playerHeading', { start: formatTime(recording.started_at) }) }),
+      close),
+    manifest ? null : el('p', { className: 'note', text: t('rec.noManifest') }),
+    el('div', { className: 'rec-videos' }, videos.map((v) => v.box)),
+    audio);
+  player.dataset.recordingId = recording.id;
+  player.hidden = false;
+  stopPlayer = () => {
+    clearInterval(timer);
+    audio.pause();
+    audio.removeAttribute('src');
+    for (const v of videos) {
+      v.video.pause();
+      v.video.removeAttribute('src');
+    }
+    player.replaceChildren();
+    player.hidden = true;
+    delete player.dataset.recordingId;
+    stopPlayer = null;
+  };
+  // For tests and diagnostics: the player's elements and its sync.
+  player.meetPlayer = { audio, videos, sync };
 }
 
 function attendanceBoard(a) {

@@ -84,7 +84,13 @@ export function install(params, { setTrackSource, app }) {
       setRole: (id, role) => app.meeting?.setRole(id, role),
       mute: (id, kind) => app.meeting?.muteParticipant(id, kind),
       remove: (id) => app.meeting?.removeParticipant(id),
+      startRecording: () => app.meeting?.startRecording(),
+      stopRecording: () => app.meeting?.stopRecording(),
     },
+    /** { active, recordingId, startedAt, error } from the last `recording_state`. */
+    recording: () => (app.meeting ? { ...app.meeting.recording } : null),
+    /** Whether the red REC indicator is on screen. */
+    recIndicator: () => !document.getElementById('rec-indicator').hidden,
     /** The local tracks that exist now (a viewer has none). */
     localTracks: () => ['microphone', 'camera', 'screen'].filter((source) => !!app.local[source]),
   };

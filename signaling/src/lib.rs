@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod hub;
 pub mod metrics;
+pub mod retention;
 pub mod session;
 pub mod store;
 pub mod tls;
@@ -59,6 +60,10 @@ pub struct Config {
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.
     pub open_rooms: bool,
+    /// Where recordings are written; defaults to `recordings` in `data_dir`.
+    pub recordings_dir: Option<PathBuf>,
+    /// Recordings that ended longer ago than this are deleted; 0 keeps them forever.
+    pub recording_retention_days: u32,
 }
 
 impl Config {
@@ -78,7 +83,16 @@ impl Config {
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
             open_rooms: false,
+            recordings_dir: None,
+            recording_retention_days: 90,
         }
+    }
+
+    /// The directory recordings are written to.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recordings_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("recordings"))
     }
 }
 
@@ -93,6 +107,8 @@ impl Default for Config {
 pub enum StartError {
     #[error("creating the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
+    #[error("creating the recordings directory {0}: {1}")]
+    RecordingsDir(PathBuf, std::io::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -130,6 +146,10 @@ pub struct RunningServer {
     /// Signs join tokens: tests mint their own links with it.
     pub tokens: std::sync::Arc<auth::JoinTokens>,
     pub hub: HubHandle,
+    /// Where recordings are written.
+    pub recordings_dir: PathBuf,
+    /// Deletes recordings past the retention period; stopped at shutdown.
+    retention: Option<tokio::task::JoinHandle<()>>,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -145,6 +165,9 @@ impl RunningServer {
         // Tell every client first, so that pages say the meeting ended instead of trying to
         // reconnect to a server that is going away.
         self.hub.shutdown().await;
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
         self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
         let _ = self.task.await;
     }
@@ -239,6 +262,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("meet.db").display()));
     let store = Store::open(&database_url).await?;
+    let recordings_dir = config.recordings_dir();
+    std::fs::create_dir_all(&recordings_dir)
+        .map_err(|e| StartError::RecordingsDir(recordings_dir.clone(), e))?;
+    let retention = retention::spawn(
+        store.clone(),
+        recordings_dir.clone(),
+        config.recording_retention_days,
+    );
     let tokens = std::sync::Arc::new(auth::JoinTokens::load_or_generate(
         &config.data_dir.join("keys"),
     )?);
@@ -279,11 +310,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             store: store.clone(),
             open_rooms: config.open_rooms,
         },
-        api: api::ApiState {
-            store: store.clone(),
-            tokens: tokens.clone(),
-            rooms: std::sync::Arc::new(hub.clone()),
-        },
+        api: api::ApiState::new(
+            store.clone(),
+            tokens.clone(),
+            std::sync::Arc::new(hub.clone()),
+            recordings_dir.clone(),
+        ),
     };
     let router = app(state, config.web_client_dir.clone());
     let server = axum_server::from_tcp_rustls(listener, tls_config)
@@ -299,6 +331,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         sfu,
         tokens,
         hub,
+        recordings_dir,
+        retention,
         handle,
         task,
     })

@@ -87,6 +87,12 @@ struct Args {
     /// only: anyone who reaches the server can then join).
     #[arg(long, env = "MEET_OPEN_ROOMS")]
     open_rooms: bool,
+    /// Directory for recordings; defaults to `recordings` in the data directory.
+    #[arg(long, env = "MEET_RECORDINGS_DIR")]
+    recordings_dir: Option<PathBuf>,
+    /// Delete recordings this many days after they ended (0: keep them until deleted).
+    #[arg(long, env = "MEET_RECORDING_RETENTION_DAYS", default_value_t = 90)]
+    recording_retention_days: u32,
 }
 
 #[tokio::main]
@@ -170,6 +176,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     config.max_participants_per_room = args.max_participants_per_room;
     config.open_rooms = args.open_rooms;
+    config.recordings_dir = args.recordings_dir;
+    config.recording_retention_days = args.recording_retention_days;
     if config.open_rooms {
         tracing::warn!("open rooms: anyone who reaches this server can join without an invitation");
     }

@@ -9,9 +9,11 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use protocol::{LeaveReason, ParticipantId, Quality, Role, RoomId};
 use serde_json::{Value, json};
-use signaling::api::{self, ApiState, RoomControl};
+use signaling::api::{self, ApiState, FileTickets, RoomControl};
 use signaling::auth::JoinTokens;
-use signaling::store::{AccountRole, NewAccount, NewSite, SiteKind, Store, unix_ms};
+use signaling::store::{
+    AccountRole, NewAccount, NewSite, RecordingStatus, SiteKind, Store, new_id, unix_ms,
+};
 use tower::ServiceExt;
 
 /// Remembers what the API asked of live rooms.
@@ -43,6 +45,7 @@ struct Harness {
     tokens: Arc<JoinTokens>,
     rooms: Arc<RecordingRooms>,
     dir: std::path::PathBuf,
+    recordings_dir: std::path::PathBuf,
     /// Bearer tokens of an administrator and two organizers.
     admin: String,
     lan: String,
@@ -51,6 +54,10 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
+        Self::with_tickets(FileTickets::default()).await
+    }
+
+    async fn with_tickets(tickets: FileTickets) -> Self {
         let dir = std::env::temp_dir().join(format!("meet-api-{}", signaling::store::new_id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
         let store = Store::open(&format!("sqlite://{}/meet.db", dir.display()))
@@ -58,11 +65,14 @@ impl Harness {
             .expect("store");
         let tokens = Arc::new(JoinTokens::ephemeral().expect("key"));
         let rooms = Arc::new(RecordingRooms::default());
-        let state = ApiState {
-            store: store.clone(),
-            tokens: tokens.clone(),
-            rooms: rooms.clone(),
-        };
+        let recordings_dir = dir.join("recordings");
+        let mut state = ApiState::new(
+            store.clone(),
+            tokens.clone(),
+            rooms.clone(),
+            recordings_dir.clone(),
+        );
+        state.tickets = tickets;
         let app = Router::new().nest("/api", api::router(state));
         let mut harness = Harness {
             app,
@@ -70,6 +80,7 @@ impl Harness {
             tokens,
             rooms,
             dir,
+            recordings_dir,
             admin: String::new(),
             lan: String::new(),
             minh: String::new(),
@@ -707,6 +718,10 @@ async fn the_openapi_document_lists_every_path() {
         ("/api/meetings/{id}/invitations/{invitation_id}", "delete"),
         ("/api/meetings/{id}/attendance", "get"),
         ("/api/meetings/{id}/attendance.csv", "get"),
+        ("/api/meetings/{id}/recordings", "get"),
+        ("/api/recordings/{id}", "delete"),
+        ("/api/recordings/{id}/ticket", "post"),
+        ("/api/recordings/{id}/files/{name}", "get"),
         ("/api/openapi.json", "get"),
     ];
     for (path, method) in expected {
@@ -715,7 +730,478 @@ async fn the_openapi_document_lists_every_path() {
             "{method} {path} is missing from the OpenAPI document"
         );
     }
-    assert_eq!(paths.len(), 15, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 19, "{:?}", paths.keys().collect::<Vec<_>>());
     assert!(document["components"]["schemas"]["MeetingDetail"].is_object());
+    h.finish().await;
+}
+
+// ---- recordings ----------------------------------------------------------------------------
+
+const MIX: &[u8] = b"OggS fake mixed audio: 0123456789abcdefghijklmnopqrstuvwxyz";
+
+impl Harness {
+    /// A meeting of `token`'s account.
+    async fn meeting(&self, token: &str) -> String {
+        let (status, meeting) = self
+            .call(
+                "POST",
+                "/api/meetings",
+                Some(token),
+                Some(json!({
+                    "title": "Giao ban",
+                    "starts_at": 1_900_000_000_000_i64,
+                    "ends_at": 1_900_003_600_000_i64,
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{meeting}");
+        meeting["id"].as_str().expect("an id").to_string()
+    }
+
+    /// A finished recording of `meeting` with a manifest, a mix, one track of each kind and a
+    /// file that is not a recording's.
+    async fn recording(&self, meeting: &str, ended_at: i64) -> String {
+        let id = new_id();
+        self.store
+            .create_recording(&id, meeting, ended_at - 60_000, Some("inv"))
+            .await
+            .expect("create");
+        self.store
+            .finish_recording(&id, RecordingStatus::Completed, ended_at, None, 1234)
+            .await
+            .expect("finish");
+        let dir = self.recordings_dir.join(&id);
+        std::fs::create_dir_all(&dir).expect("directory");
+        std::fs::write(dir.join("manifest.json"), br#"{"status":"completed"}"#).expect("write");
+        std::fs::write(dir.join("mix.ogg"), MIX).expect("write");
+        std::fs::write(dir.join("track-3.webm"), b"webm").expect("write");
+        std::fs::write(dir.join("track-2.ogg"), b"ogg").expect("write");
+        std::fs::write(dir.join("notes.txt"), b"not served").expect("write");
+        id
+    }
+
+    /// A GET with optional bearer token and Range header; the answer's headers too.
+    async fn get(
+        &self,
+        uri: &str,
+        token: Option<&str>,
+        range: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let mut request = Request::builder().method("GET").uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(range) = range {
+            request = request.header(header::RANGE, range);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("a request"))
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+            .to_vec();
+        (status, headers, body)
+    }
+}
+
+fn header_text(headers: &axum::http::HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn recordings_are_listed_for_their_owner_only() {
+    let h = Harness::new().await;
+    let meeting = h.meeting(&h.lan).await;
+    let id = h.recording(&meeting, 1_900_000_100_000).await;
+    let running = new_id();
+    h.store
+        .create_recording(&running, &meeting, 1_900_000_200_000, None)
+        .await
+        .expect("create");
+
+    let (status, list) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let list = list.as_array().expect("a list");
+    assert_eq!(list.len(), 2);
+    // Newest first; a recording without a directory yet has no files.
+    assert_eq!(list[0]["id"], running.as_str());
+    assert_eq!(list[0]["status"], "recording");
+    assert_eq!(list[0]["ended_at"], Value::Null);
+    assert_eq!(list[0]["files"], json!([]));
+    assert_eq!(list[1]["id"], id.as_str());
+    assert_eq!(list[1]["meeting_id"], meeting.as_str());
+    assert_eq!(list[1]["status"], "completed");
+    assert_eq!(list[1]["bytes"], 1234);
+    assert_eq!(list[1]["error"], Value::Null);
+    assert_eq!(
+        list[1]["files"],
+        json!([
+            {"name": "manifest.json", "kind": "manifest", "bytes": 22},
+            {"name": "mix.ogg", "kind": "mix", "bytes": MIX.len()},
+            {"name": "track-2.ogg", "kind": "audio", "bytes": 3},
+            {"name": "track-3.webm", "kind": "video", "bytes": 4},
+        ])
+    );
+
+    let (status, list) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let (status, body) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            Some(&h.minh),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            None,
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn recording_files_are_served_with_ranges() {
+    let h = Harness::new().await;
+    let meeting = h.meeting(&h.lan).await;
+    let id = h.recording(&meeting, 1_900_000_100_000).await;
+    let base = format!("/api/recordings/{id}/files");
+
+    let (status, headers, body) = h.get(&format!("{base}/mix.ogg"), Some(&h.lan), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, MIX);
+    assert_eq!(header_text(&headers, header::CONTENT_TYPE), "audio/ogg");
+    assert_eq!(header_text(&headers, header::ACCEPT_RANGES), "bytes");
+    assert_eq!(header_text(&headers, header::CACHE_CONTROL), "no-store");
+    assert!(headers.get(header::CONTENT_DISPOSITION).is_none());
+
+    let (status, headers, body) = h
+        .get(&format!("{base}/mix.ogg"), Some(&h.lan), Some("bytes=5-9"))
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &MIX[5..10]);
+    assert_eq!(
+        header_text(&headers, header::CONTENT_RANGE),
+        format!("bytes 5-9/{}", MIX.len())
+    );
+    let (status, _, body) = h
+        .get(&format!("{base}/mix.ogg"), Some(&h.lan), Some("bytes=50-"))
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &MIX[50..]);
+    let (status, _, body) = h
+        .get(&format!("{base}/mix.ogg"), Some(&h.lan), Some("bytes=-4"))
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &MIX[MIX.len() - 4..]);
+    let (status, headers, _) = h
+        .get(
+            &format!("{base}/mix.ogg"),
+            Some(&h.lan),
+            Some("bytes=999-1000"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        header_text(&headers, header::CONTENT_RANGE),
+        format!("bytes */{}", MIX.len())
+    );
+
+    for (name, content_type) in [
+        ("manifest.json", "application/json"),
+        ("track-2.ogg", "audio/ogg"),
+        ("track-3.webm", "video/webm"),
+    ] {
+        let (status, headers, _) = h.get(&format!("{base}/{name}"), Some(&h.admin), None).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert_eq!(header_text(&headers, header::CONTENT_TYPE), content_type);
+    }
+    let (status, headers, body) = h
+        .get(
+            &format!("{base}/track-3.webm?download=1"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"webm");
+    assert_eq!(
+        header_text(&headers, header::CONTENT_DISPOSITION),
+        format!("attachment; filename=\"recording-{id}-track-3.webm\"")
+    );
+
+    // Another organizer, no token, and names or ids that are not a recording's.
+    let (status, _, _) = h.get(&format!("{base}/mix.ogg"), Some(&h.minh), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.get(&format!("{base}/mix.ogg"), None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for name in [
+        "notes.txt",
+        "track-9.ogg",
+        "..",
+        "..%2f..%2fmeet.db",
+        "%2e%2e",
+        "mix.ogg%00",
+        "MIX.OGG",
+    ] {
+        let (status, _, _) = h.get(&format!("{base}/{name}"), Some(&h.lan), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{name}");
+    }
+    let (status, _, _) = h
+        .get(&format!("{base}/../../meet.db"), Some(&h.lan), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let unknown = new_id();
+    for bad in [
+        "..%2fetc",
+        "../etc",
+        &id[..31],
+        &id.to_uppercase(),
+        unknown.as_str(),
+    ] {
+        let (status, _, _) = h
+            .get(
+                &format!("/api/recordings/{bad}/files/mix.ogg"),
+                Some(&h.admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        let (status, body) = h
+            .call(
+                "POST",
+                &format!("/api/recordings/{bad}/ticket"),
+                Some(&h.admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}: {body}");
+        let (status, body) = h
+            .call(
+                "DELETE",
+                &format!("/api/recordings/{bad}"),
+                Some(&h.admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}: {body}");
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn file_tickets_stand_in_for_the_bearer_token() {
+    let h = Harness::new().await;
+    let meeting = h.meeting(&h.lan).await;
+    let id = h.recording(&meeting, 1_900_000_100_000).await;
+    let other = h.recording(&meeting, 1_900_000_200_000).await;
+
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/recordings/{id}/ticket"),
+            Some(&h.minh),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call("POST", &format!("/api/recordings/{id}/ticket"), None, None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/recordings/{id}/ticket"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ticket = body["ticket"].as_str().expect("a ticket").to_string();
+    let expires_at = body["expires_at"].as_i64().expect("an expiry");
+    assert!(expires_at > unix_ms() + 9 * 60_000 && expires_at <= unix_ms() + 10 * 60_000);
+
+    let (status, headers, body) = h
+        .get(
+            &format!("/api/recordings/{id}/files/mix.ogg?ticket={ticket}"),
+            None,
+            Some("bytes=0-3"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &MIX[..4]);
+    assert_eq!(header_text(&headers, header::CONTENT_TYPE), "audio/ogg");
+    // Bound to its recording.
+    let (status, _, _) = h
+        .get(
+            &format!("/api/recordings/{other}/files/mix.ogg?ticket={ticket}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = h
+        .get(
+            &format!(
+                "/api/recordings/{id}/files/mix.ogg?ticket={}",
+                "0".repeat(64)
+            ),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    h.finish().await;
+
+    // Tickets expire.
+    let h = Harness::with_tickets(FileTickets::new(std::time::Duration::from_millis(200))).await;
+    let meeting = h.meeting(&h.lan).await;
+    let id = h.recording(&meeting, 1_900_000_100_000).await;
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/recordings/{id}/ticket"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ticket = body["ticket"].as_str().expect("a ticket").to_string();
+    let uri = format!("/api/recordings/{id}/files/manifest.json?ticket={ticket}");
+    let (status, _, _) = h.get(&uri, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _, _) = h.get(&uri, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn recordings_are_deleted_but_not_while_running() {
+    let h = Harness::new().await;
+    let meeting = h.meeting(&h.lan).await;
+    let id = h.recording(&meeting, 1_900_000_100_000).await;
+    let running = new_id();
+    h.store
+        .create_recording(&running, &meeting, 1_900_000_200_000, None)
+        .await
+        .expect("create");
+
+    let (status, body) = h
+        .call(
+            "DELETE",
+            &format!("/api/recordings/{id}"),
+            Some(&h.minh),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .call(
+            "DELETE",
+            &format!("/api/recordings/{running}"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+
+    let (status, body) = h
+        .call(
+            "DELETE",
+            &format!("/api/recordings/{id}"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(!h.recordings_dir.join(&id).exists());
+    assert_eq!(h.store.recording(&id).await.expect("query"), None);
+    let (status, body) = h
+        .call(
+            "DELETE",
+            &format!("/api/recordings/{id}"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, list) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_only_old_recordings() {
+    let h = Harness::new().await;
+    let meeting = h.meeting(&h.lan).await;
+    let now = unix_ms();
+    let day = 24 * 60 * 60 * 1000;
+    let old = h.recording(&meeting, now - 91 * day).await;
+    let recent = h.recording(&meeting, now - 89 * day).await;
+    let removed = signaling::retention::delete_expired(&h.store, &h.recordings_dir, 90, now)
+        .await
+        .expect("a pass");
+    assert_eq!(removed, 1);
+    assert!(!h.recordings_dir.join(&old).exists());
+    assert!(h.recordings_dir.join(&recent).join("mix.ogg").exists());
+    let (status, list) = h
+        .call(
+            "GET",
+            &format!("/api/meetings/{meeting}/recordings"),
+            Some(&h.lan),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, [recent.as_str()]);
     h.finish().await;
 }

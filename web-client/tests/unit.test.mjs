@@ -30,7 +30,7 @@ test('every key the page and scripts use exists', () => {
     for (const m of read(page).matchAll(/data-i18n(?:-title|-placeholder)?="([^"]+)"/g)) used.add(m[1]);
   }
   for (const file of scripts) {
-    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error|role|roster|waiting|org)\.[A-Za-z]+)['`]/g)) {
+    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error|role|roster|waiting|org|rec)\.[A-Za-z]+)['`]/g)) {
       used.add(m[1]);
     }
   }
@@ -56,6 +56,28 @@ test('the pages hold no text of their own: all of it comes from i18n.js', () => 
     assert.doesNotMatch(source, /\.(textContent|innerText|title|placeholder)\s*=\s*['"`][A-Za-z]/, file);
     assert.doesNotMatch(source, /new Option\(\s*['"`]/, file);
   }
+});
+
+test('recording strings exist in both languages for the meeting page and the organizer pages', () => {
+  // The indicator and the notices are what tell people they are being recorded: they must
+  // never fall back to a key or to the other language.
+  const keys = [
+    'rec.indicator', 'rec.indicatorTitle', 'rec.start', 'rec.stop', 'rec.startedToast',
+    'rec.stoppedToast', 'rec.failedToast', 'rec.heading', 'rec.statusRecording',
+    'rec.statusCompleted', 'rec.statusInterrupted', 'rec.statusFailed', 'rec.play',
+    'rec.download', 'rec.delete', 'rec.confirmDelete',
+  ];
+  for (const key of keys) {
+    for (const lang of ['en', 'vi']) assert.ok(STRINGS[lang][key]?.trim(), `${lang} ${key}`);
+  }
+  assert.notEqual(STRINGS.vi['rec.indicator'], STRINGS.en['rec.indicator']);
+  assert.match(STRINGS.en['rec.failedToast'], /\{error\}/);
+  // Every status the API names has a label in organizer.js.
+  const organizer = read('organizer.js');
+  for (const status of ['recording', 'completed', 'interrupted', 'failed']) {
+    assert.match(organizer, new RegExp(`${status}: 'rec\\.status`), status);
+  }
+  assert.match(read('index.html'), /id="rec-indicator"[^>]*data-i18n="rec\.indicator"/);
 });
 
 test('the language follows a saved choice, then the browser, then English', () => {

@@ -1,5 +1,6 @@
 //! The REST API for organizers and administrators (docs/api.md): accounts, the site
-//! directory, meetings, invitations and attendance. Nested at `/api` by [`crate::app`].
+//! directory, meetings, invitations, attendance and recordings. Nested at `/api` by
+//! [`crate::app`].
 //!
 //! Handlers stay thin: they check who is asking, call [`Store`], and shape the answer. The API
 //! does not know the room hub; what it needs from live rooms is [`RoomControl`].
@@ -9,8 +10,10 @@ mod attendance;
 mod bearer;
 mod error;
 mod meetings;
+mod recordings;
 mod sites;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,6 +28,7 @@ use crate::store::Store;
 
 pub use bearer::{Admin, SignedIn};
 pub use error::{ApiError, ErrorBody};
+pub use recordings::{FileKind, FileTickets, TICKET_LIFETIME, file_kind};
 
 /// Largest JSON body in general.
 pub const JSON_LIMIT: usize = 64 * 1024;
@@ -59,6 +63,28 @@ pub struct ApiState {
     pub store: Store,
     pub tokens: Arc<JoinTokens>,
     pub rooms: Arc<dyn RoomControl>,
+    /// Where recordings are written, one directory per recording id.
+    pub recordings_dir: PathBuf,
+    /// File tickets for media elements, which cannot send a bearer header.
+    pub tickets: FileTickets,
+}
+
+impl ApiState {
+    /// The API's state, with no file tickets issued yet.
+    pub fn new(
+        store: Store,
+        tokens: Arc<JoinTokens>,
+        rooms: Arc<dyn RoomControl>,
+        recordings_dir: PathBuf,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            rooms,
+            recordings_dir,
+            tickets: FileTickets::default(),
+        }
+    }
 }
 
 /// A JSON body whose rejections (malformed JSON, unknown fields, a wrong content type) are
@@ -104,6 +130,13 @@ where
         )
         .route("/meetings/{id}/attendance", get(attendance::report))
         .route("/meetings/{id}/attendance.csv", get(attendance::report_csv))
+        .route("/meetings/{id}/recordings", get(recordings::list))
+        .route(
+            "/recordings/{id}",
+            axum::routing::delete(recordings::delete),
+        )
+        .route("/recordings/{id}/ticket", post(recordings::ticket))
+        .route("/recordings/{id}/files/{name}", get(recordings::file))
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
@@ -122,7 +155,7 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "meet-server API", description = "Accounts, sites, meetings, invitations and attendance (docs/api.md)."),
+    info(title = "meet-server API", description = "Accounts, sites, meetings, invitations, attendance and recordings (docs/api.md)."),
     paths(
         accounts::login,
         accounts::logout,
@@ -142,6 +175,10 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
         meetings::uninvite,
         attendance::report,
         attendance::report_csv,
+        recordings::list,
+        recordings::ticket,
+        recordings::file,
+        recordings::delete,
         openapi_json,
     ),
     components(schemas(ErrorBody)),
@@ -154,11 +191,18 @@ struct BearerScheme;
 
 impl utoipa::Modify for BearerScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        // Recording files also take a file ticket in the query, for media elements.
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("ticket"))),
         );
     }
 }

@@ -9,6 +9,7 @@
 mod accounts;
 mod attendance;
 mod meetings;
+mod recordings;
 mod sites;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +23,7 @@ pub use meetings::{
     Admission, Invitation, Invitee, JoinCheck, MAX_INVITATIONS, Meeting, MeetingPatch,
     MeetingStatus, NewMeeting,
 };
+pub use recordings::{RecordingRow, RecordingStatus};
 pub use sites::{CsvLineError, ImportOutcome, NewSite, Site, SiteKind};
 
 /// Storage errors.
