@@ -22,6 +22,7 @@ use protocol::{
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::recording::{Names, RecordingFinished};
 use crate::store::{Admission, Store};
 
 /// Messages queued for one participant's socket before it is treated as too slow.
@@ -229,6 +230,8 @@ struct Room {
     admission: Option<Admission>,
     counts_sent: RoomCounts,
     counts_dirty: bool,
+    /// The recording running now: its id and start (ms since the epoch).
+    recording: Option<(String, i64)>,
 }
 
 #[derive(Debug)]
@@ -242,7 +245,14 @@ struct Hub {
     by_invitation: HashMap<String, ParticipantId>,
     /// The owner of every live publication, for checking subscriptions against [`sees`].
     publication_owner: HashMap<PublicationId, ParticipantId>,
+    /// Display names for the recorder's manifests.
+    names: Names,
+    /// Recordings still finishing when a shutdown was asked, and whom to tell when they are.
+    shutdown: Option<(Vec<String>, oneshot::Sender<()>, std::time::Instant)>,
 }
+
+/// How long a shutdown waits for recordings to be finalized.
+const SHUTDOWN_RECORDING_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts the hub task.
 pub fn spawn(
@@ -250,6 +260,8 @@ pub fn spawn(
     sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
     store: Store,
     max_participants_per_room: usize,
+    names: Names,
+    recordings: mpsc::UnboundedReceiver<RecordingFinished>,
 ) -> HubHandle {
     let (requests, receiver) = mpsc::unbounded_channel();
     let hub = Hub {
@@ -260,8 +272,10 @@ pub fn spawn(
         members: HashMap::new(),
         by_invitation: HashMap::new(),
         publication_owner: HashMap::new(),
+        names,
+        shutdown: None,
     };
-    tokio::spawn(hub.run(receiver, sfu_events));
+    tokio::spawn(hub.run(receiver, sfu_events, recordings));
     HubHandle { requests }
 }
 
@@ -298,6 +312,7 @@ impl Hub {
         mut self,
         mut requests: mpsc::UnboundedReceiver<HubRequest>,
         mut sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
+        mut recordings: mpsc::UnboundedReceiver<RecordingFinished>,
     ) {
         let mut tick = tokio::time::interval(COUNTS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,6 +337,7 @@ impl Hub {
                         return;
                     }
                 },
+                Some(finished) = recordings.recv() => self.recording_finished(finished),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -373,6 +389,11 @@ impl Hub {
                 }
             }
             HubRequest::Shutdown { done } => {
+                let recording: Vec<String> = self
+                    .rooms
+                    .values()
+                    .filter_map(|r| r.recording.as_ref().map(|(id, _)| id.clone()))
+                    .collect();
                 let ids: Vec<ParticipantId> = self.members.keys().copied().collect();
                 for id in ids {
                     self.remove(
@@ -381,7 +402,13 @@ impl Hub {
                         Some((ErrorCode::RoomClosed, "the server is shutting down")),
                     );
                 }
-                let _ = done.send(());
+                // Emptied rooms stopped their recordings; wait (briefly) until the files
+                // are finalized, so a clean stop never leaves an interrupted recording.
+                if recording.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    self.shutdown = Some((recording, done, std::time::Instant::now()));
+                }
             }
         }
     }
@@ -431,6 +458,7 @@ impl Hub {
                 admission: arrival.meeting.as_ref().map(|m| m.admission),
                 counts_sent: RoomCounts::default(),
                 counts_dirty: true,
+                recording: None,
             });
         if room.admitted.len() + room.lobby.len() >= self.max_participants_per_room {
             if room.admitted.is_empty() && room.lobby.is_empty() {
@@ -570,7 +598,22 @@ impl Hub {
             member.name.clone(),
             member.site_id.clone(),
         );
+        let recording_state = room.recording.as_ref().map(|(recording_id, started_at)| {
+            encode(&ServerMessage::RecordingState {
+                active: true,
+                recording_id: Some(recording_id.clone()),
+                started_at: Some(*started_at),
+                error: None,
+            })
+        });
+        if let Ok(mut names) = self.names.lock() {
+            names.insert(id, member.name.clone());
+        }
         self.send_text(id, joined);
+        if let Some(state) = recording_state {
+            // Everyone present knows the meeting is recorded, arrivals included.
+            self.send_text(id, state);
+        }
         self.broadcast_about(&room_id, role, Some(id), &announcement);
         if was_waiting {
             self.lobby_changed(&room_id);
@@ -800,12 +843,17 @@ impl Hub {
                     });
                 }
             }
-            ClientMessage::StartRecording {} | ClientMessage::StopRecording {} => {
+            ClientMessage::StartRecording {} => {
                 host_only()?;
-                return Err((
-                    ErrorCode::MediaUnavailable,
-                    "recording is not available on this server yet".into(),
-                ));
+                let invitation = self
+                    .members
+                    .get(&participant)
+                    .and_then(|m| m.invitation.clone());
+                self.start_recording(&room, invitation);
+            }
+            ClientMessage::StopRecording {} => {
+                host_only()?;
+                self.stop_recording(&room, None);
             }
             // The session answers these itself.
             ClientMessage::Join { .. } | ClientMessage::Ping {} | ClientMessage::Leave {} => {}
@@ -1079,6 +1127,14 @@ impl Hub {
 
     /// Sends aggregate counts where they changed, and opens scheduled rooms whose time came.
     fn on_tick(&mut self) {
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|(_, _, since)| since.elapsed() > SHUTDOWN_RECORDING_WAIT)
+            && let Some((_, done, _)) = self.shutdown.take()
+        {
+            let _ = done.send(());
+        }
         let now = unix_millis();
         let due: Vec<RoomId> = self
             .rooms
@@ -1124,6 +1180,9 @@ impl Hub {
         let Some(member) = self.members.remove(&participant) else {
             return;
         };
+        if let Ok(mut names) = self.names.lock() {
+            names.remove(&participant);
+        }
         if let Some(invitation) = &member.invitation
             && self.by_invitation.get(invitation) == Some(&participant)
         {
@@ -1179,8 +1238,109 @@ impl Hub {
             .get(room)
             .is_some_and(|r| r.admitted.is_empty() && r.lobby.is_empty())
         {
+            // Nobody is left to record.
+            self.stop_recording(room, None);
             self.rooms.remove(room);
         }
+    }
+
+    fn start_recording(&mut self, room_id: &RoomId, started_by: Option<String>) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.recording.is_some() {
+            return;
+        }
+        let recording_id = crate::store::new_id();
+        let started_at = unix_millis();
+        room.recording = Some((recording_id.clone(), started_at));
+        self.sfu.send(SfuCommand::StartRecording {
+            room: room_id.clone(),
+            recording_id: recording_id.clone(),
+        });
+        let store = self.store.clone();
+        let meeting = room_id.0.clone();
+        let id = recording_id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store
+                .create_recording(&id, &meeting, started_at, started_by.as_deref())
+                .await
+            {
+                tracing::warn!(%err, "recording not registered");
+            }
+        });
+        tracing::info!(room = %room_id, recording = %recording_id, "recording requested");
+        self.broadcast_all(
+            room_id,
+            &encode(&ServerMessage::RecordingState {
+                active: true,
+                recording_id: Some(recording_id),
+                started_at: Some(started_at),
+                error: None,
+            }),
+        );
+    }
+
+    /// Stops the room's recording, if any; `error` says why when it stopped by itself.
+    fn stop_recording(&mut self, room_id: &RoomId, error: Option<String>) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some((recording_id, _)) = room.recording.take() else {
+            return;
+        };
+        self.sfu.send(SfuCommand::StopRecording {
+            room: room_id.clone(),
+        });
+        self.broadcast_all(
+            room_id,
+            &encode(&ServerMessage::RecordingState {
+                active: false,
+                recording_id: Some(recording_id),
+                started_at: None,
+                error,
+            }),
+        );
+    }
+
+    /// The recorder closed a recording: stopped, finished or failed.
+    fn recording_finished(&mut self, finished: RecordingFinished) {
+        let still_running = self.rooms.get(&finished.room).is_some_and(|r| {
+            r.recording
+                .as_ref()
+                .is_some_and(|(id, _)| *id == finished.recording_id)
+        });
+        if still_running {
+            // It stopped by itself: a write failed. The meeting goes on; the hosts learn why.
+            let error = finished
+                .error
+                .clone()
+                .unwrap_or_else(|| "the recording stopped".to_string());
+            self.stop_recording(&finished.room, Some(error));
+        }
+        if let Some((waiting, _, _)) = &mut self.shutdown {
+            waiting.retain(|id| *id != finished.recording_id);
+            if waiting.is_empty()
+                && let Some((_, done, _)) = self.shutdown.take()
+            {
+                let _ = done.send(());
+            }
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store
+                .finish_recording(
+                    &finished.recording_id,
+                    finished.status,
+                    unix_millis(),
+                    finished.error.as_deref(),
+                    finished.bytes,
+                )
+                .await
+            {
+                tracing::warn!(%err, "recording end not registered");
+            }
+        });
     }
 
     /// Tells the room's hosts who waits in the lobby.

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod hub;
 pub mod metrics;
+pub mod recording;
 pub mod retention;
 pub mod session;
 pub mod store;
@@ -253,6 +254,55 @@ async fn websocket(
         .on_upgrade(move |socket| session::run(socket, state.hub, state.limits, state.gate))
 }
 
+/// Finalizes recordings a previous process left open (a crash or `kill -9`): their files
+/// are made playable as far as they got, and they are marked interrupted.
+async fn recover_interrupted_recordings(store: &Store, recordings_dir: &std::path::Path) {
+    let rows = match store.recordings_in_progress().await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(%err, "interrupted recordings not listed");
+            return;
+        }
+    };
+    for row in rows {
+        let dir = recordings_dir.join(&row.id);
+        let recovered = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || recorder::recover(&dir)).await
+        };
+        let (status, ended_at, error) = match recovered {
+            Ok(Ok(Some(summary))) => (
+                store::RecordingStatus::Interrupted,
+                row.started_at + summary.duration_ms as i64,
+                None,
+            ),
+            Ok(Ok(None)) => (
+                store::RecordingStatus::Interrupted,
+                row.started_at,
+                Some("the server stopped before anything was written".to_string()),
+            ),
+            Ok(Err(err)) => (
+                store::RecordingStatus::Failed,
+                row.started_at,
+                Some(format!("recovery failed: {err}")),
+            ),
+            Err(err) => (
+                store::RecordingStatus::Failed,
+                row.started_at,
+                Some(format!("recovery failed: {err}")),
+            ),
+        };
+        let bytes = recording::directory_bytes(&dir);
+        tracing::info!(recording = %row.id, ?status, "interrupted recording finalized");
+        if let Err(err) = store
+            .finish_recording(&row.id, status, ended_at, error.as_deref(), bytes)
+            .await
+        {
+            tracing::warn!(%err, "interrupted recording not finalized");
+        }
+    }
+}
+
 /// Starts the whole server.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&config.data_dir)
@@ -274,15 +324,24 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         &config.data_dir.join("keys"),
     )?);
 
+    recover_interrupted_recordings(&store, &recordings_dir).await;
+    let names = recording::Names::default();
+    let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
+    let recording_sink = recording::spawn(recordings_dir.clone(), names.clone(), finished_tx)
+        .map_err(|e| StartError::RecordingsDir(recordings_dir.clone(), e))?;
+
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
     sfu_config.advertise = config.advertise_addr;
     sfu_config.keyframe_request_interval = config.keyframe_request_interval;
+    sfu_config.recording_sink = Some(recording_sink);
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
     let hub = hub::spawn(
         sfu.clone(),
         sfu_events,
         store.clone(),
         config.max_participants_per_room,
+        names,
+        finished_rx,
     );
 
     let configured = config.tls_cert.as_deref().zip(config.tls_key.as_deref());

@@ -1,0 +1,279 @@
+//! Recording on the real server: a host records a meeting of three publishers; every file
+//! is valid (ffprobe), the mixed audio holds each sender's tone, and a recording cut short by
+//! `kill -9` still plays and is marked interrupted on the next start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{MEDIA_TIMEOUT, bot_receives, eventually};
+use loadtest::bot::{Bot, BotOptions};
+use protocol::{ClientMessage, Role};
+use signaling::store::{Admission, RecordingStatus, Store};
+
+/// ffprobe's view of one file: the codec of its first stream and its duration in seconds.
+fn probe(path: &Path) -> (String, f64) {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-show_format", "-show_streams", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (apt-get install ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe refused {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ffprobe json");
+    let codec = json["streams"][0]["codec_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let duration = json["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (codec, duration)
+}
+
+/// Whether ffprobe is here; under CI it must be.
+fn have_ffprobe() -> bool {
+    let found = Command::new("ffprobe")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI must install ffmpeg");
+        eprintln!("ffprobe not installed: recording files not checked");
+    }
+    found
+}
+
+/// Mono 48 kHz samples of an audio file, decoded by ffmpeg.
+fn decode(path: &Path) -> Vec<f32> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(output.status.success(), "ffmpeg could not decode {}", path.display());
+    output
+        .stdout
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
+}
+
+/// Energy of one frequency in the samples (Goertzel).
+fn power_at(samples: &[f32], hz: f32) -> f32 {
+    let k = 2.0 * (2.0 * std::f32::consts::PI * hz / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for x in samples {
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - k * s1 * s2) / samples.len().max(1) as f32
+}
+
+fn recording_dir(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("recordings").join(id)
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json");
+    serde_json::from_str(&text).expect("manifest is JSON")
+}
+
+async fn recording_id(store: &Store, meeting: &str) -> String {
+    for _ in 0..100 {
+        if let Some(row) = store.recordings(meeting).await.expect("list").first() {
+            return row.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no recording registered for {meeting}");
+}
+
+async fn wait_status(store: &Store, id: &str, status: RecordingStatus) {
+    for _ in 0..200 {
+        if store
+            .recording(id)
+            .await
+            .expect("lookup")
+            .is_some_and(|r| r.status == status)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("recording {id} never became {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
+    let t = common::start("recording", |_| {}).await;
+    let meeting = t
+        .schedule(
+            Admission::Scheduled,
+            &[("Xã A", Role::Participant), ("Xã B", Role::Participant)],
+        )
+        .await;
+    let join = |name: &str, hz: f32, tag: u64| {
+        let mut options = t.bot_options("", "", hz, tag);
+        options.token = Some(meeting.invited(name).token.clone());
+        options.endpoint.analyze_audio = true;
+        Bot::connect(options)
+    };
+    let host = join("Host", 440.0, 1).await.expect("host joins");
+    let a = join("Xã A", 660.0, 2).await.expect("a joins");
+    let b = join("Xã B", 880.0, 3).await.expect("b joins");
+    eventually(MEDIA_TIMEOUT, "the host hears and sees both communes", || {
+        bot_receives(&host, a.participant_id(), 660.0, 2)
+            && bot_receives(&host, b.participant_id(), 880.0, 3)
+    })
+    .await;
+
+    // A participant cannot record.
+    a.send(ClientMessage::StartRecording {}).expect("sent");
+    eventually(MEDIA_TIMEOUT, "the commune is refused", || {
+        a.snapshot()
+            .errors
+            .iter()
+            .any(|(code, _)| *code == protocol::ErrorCode::Forbidden)
+    })
+    .await;
+
+    host.send(ClientMessage::StartRecording {}).expect("sent");
+    eventually(MEDIA_TIMEOUT, "everyone is told the meeting is recorded", || {
+        [&host, &a, &b].iter().all(|bot| bot.snapshot().roster.recording)
+    })
+    .await;
+    let id = recording_id(&t.server.store, &meeting.id).await;
+    // Four seconds of meeting on the record.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    host.send(ClientMessage::StopRecording {}).expect("sent");
+    eventually(MEDIA_TIMEOUT, "everyone is told the recording stopped", || {
+        [&host, &a, &b].iter().all(|bot| !bot.snapshot().roster.recording)
+    })
+    .await;
+    wait_status(&t.server.store, &id, RecordingStatus::Completed).await;
+
+    let dir = recording_dir(&t.data_dir.0, &id);
+    let manifest = manifest(&dir);
+    assert_eq!(manifest["status"], "completed");
+    let tracks = manifest["tracks"].as_array().expect("tracks");
+    assert_eq!(tracks.len(), 6, "three publishers, audio and video each: {manifest}");
+    if !have_ffprobe() {
+        return;
+    }
+    for track in tracks {
+        let file = track["file"].as_str().expect("file name");
+        let (codec, duration) = probe(&dir.join(file));
+        let expected = if track["kind"] == "audio" { "opus" } else { "vp8" };
+        assert_eq!(codec, expected, "{file}");
+        assert!(duration > 2.0, "{file} lasts {duration} s");
+    }
+    let (codec, duration) = probe(&dir.join("mix.ogg"));
+    assert_eq!(codec, "opus");
+    assert!(duration > 3.0, "the mix lasts {duration} s");
+    let mix = decode(&dir.join("mix.ogg"));
+    let noise = power_at(&mix, 1234.0);
+    for hz in [440.0, 660.0, 880.0] {
+        let power = power_at(&mix, hz);
+        assert!(
+            power > 50.0 * noise.max(1e-9),
+            "the mix lacks {hz} Hz: {power} against {noise} off-tone"
+        );
+    }
+}
+
+/// The server binary, started on a data directory; its HTTPS address read from its log.
+struct ServerProcess {
+    child: Child,
+    http_addr: String,
+}
+
+fn start_process(data_dir: &Path) -> ServerProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meet-server"))
+        .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meet-server starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let http_addr = loop {
+        let line = lines
+            .next()
+            .expect("the server logs its start")
+            .expect("readable log");
+        if let Some(rest) = line.split("http_addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ServerProcess { child, http_addr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_cut_by_kill_9_still_plays_and_is_marked_interrupted() {
+    common::init();
+    let data_dir = common::tempdir::TempDir::new("kill9");
+    // The meeting and its links are prepared on the same storage and key the server uses.
+    let url = signaling::store::default_url(&data_dir.0);
+    let store = Store::open(&url).await.expect("store");
+    let tokens = signaling::auth::JoinTokens::load_or_generate(&data_dir.0.join("keys"))
+        .expect("keys");
+    let meeting = common::schedule_on(&store, &tokens, Admission::Scheduled, &[]).await;
+
+    let mut server = start_process(&data_dir.0);
+    let cert = std::fs::read(data_dir.0.join("tls").join("cert.pem")).expect("certificate");
+    let tls = loadtest::bot::tls_config_trusting_pem(&cert).expect("pinned");
+    let mut options = BotOptions::new(format!("wss://{}/ws", server.http_addr), "", "", tls);
+    options.token = Some(meeting.invited("Host").token.clone());
+    options.endpoint.keyframe_interval = Some(Duration::from_secs(2));
+    let host = Bot::connect(options).await.expect("host joins");
+    host.send(ClientMessage::StartRecording {}).expect("sent");
+    eventually(MEDIA_TIMEOUT, "the recording starts", || {
+        host.snapshot().roster.recording
+    })
+    .await;
+    let id = recording_id(&store, &meeting.id).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // SIGKILL: no shutdown, no finalization.
+    server.child.kill().expect("killed");
+    let _ = server.child.wait();
+    drop(host);
+
+    let mut restarted = start_process(&data_dir.0);
+    wait_status(&store, &id, RecordingStatus::Interrupted).await;
+    let dir = recording_dir(&data_dir.0, &id);
+    assert_eq!(manifest(&dir)["status"], "interrupted");
+    if have_ffprobe() {
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).expect("files") {
+            let path = entry.expect("entry").path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if ext == "ogg" || ext == "webm" {
+                let (_, duration) = probe(&path);
+                // Four seconds were recorded; about one may be lost.
+                assert!(duration >= 2.0, "{} plays {duration} s", path.display());
+                files += 1;
+            }
+        }
+        assert_eq!(files, 3, "audio, video and the mix");
+    }
+    restarted.child.kill().expect("stopped");
+    let _ = restarted.child.wait();
+}
