@@ -700,6 +700,14 @@ export class Meeting extends EventTarget {
 
   onError(s, m) {
     console.warn('server refused a request:', m.code, m.message);
+    // A refused recording request (the disk is full, recording is not available) says so to
+    // the host and nothing more: it must not end or poison the session.
+    const recordingRequest = s.lastRequest === 'start_recording' || s.lastRequest === 'stop_recording';
+    if (recordingRequest && !['forbidden', 'not_admitted', 'message_too_large', ...TERMINAL].includes(m.code)) {
+      s.lastRequest = null;
+      this.notice('rec.refusedToast', { message: m.message || m.code });
+      return;
+    }
     if (['media_unavailable', 'message_too_large', ...TERMINAL].includes(m.code)) {
       // The server closes the socket after these: remember why.
       s.fatal = m.code;

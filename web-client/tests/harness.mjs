@@ -43,6 +43,7 @@ export function serverFeatures() {
   features = {
     openRooms: text.includes('--open-rooms'),
     adminCli: /^\s+admin\b/m.test(text),
+    recordings: text.includes('--recordings-dir'),
   };
   return features;
 }
@@ -121,6 +122,8 @@ export async function startServer({ openRooms = true, admin = null } = {}) {
     /** A protocol-1 server (no roles, tokens or organizer API). */
     legacy,
     admin: createdAdmin,
+    /** The server's data directory (its database and `recordings/`). */
+    dataDir,
     log: () => log,
     async stop(signal = 'SIGINT') {
       if (child.exitCode !== null || child.signalCode !== null) return;
