@@ -302,7 +302,9 @@ impl Recorder {
         let dir = self.root.join(&active.id);
         // Close the files as far as they got; the write error may repeat, which changes
         // nothing.
-        let _ = active.recording.finish(since(active.started, Instant::now()));
+        let _ = active
+            .recording
+            .finish(since(active.started, Instant::now()));
         let _ = self.finished.send(RecordingFinished {
             room: room.clone(),
             recording_id: active.id,

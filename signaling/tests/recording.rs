@@ -16,7 +16,14 @@ use signaling::store::{Admission, RecordingStatus, Store};
 /// ffprobe's view of one file: the codec of its first stream and its duration in seconds.
 fn probe(path: &Path) -> (String, f64) {
     let output = Command::new("ffprobe")
-        .args(["-v", "error", "-show_format", "-show_streams", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs (apt-get install ffmpeg)");
@@ -60,7 +67,11 @@ fn decode(path: &Path) -> Vec<f32> {
         .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
         .output()
         .expect("ffmpeg runs");
-    assert!(output.status.success(), "ffmpeg could not decode {}", path.display());
+    assert!(
+        output.status.success(),
+        "ffmpeg could not decode {}",
+        path.display()
+    );
     output
         .stdout
         .chunks_exact(2)
@@ -132,10 +143,14 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
     let host = join("Host", 440.0, 1).await.expect("host joins");
     let a = join("Xã A", 660.0, 2).await.expect("a joins");
     let b = join("Xã B", 880.0, 3).await.expect("b joins");
-    eventually(MEDIA_TIMEOUT, "the host hears and sees both communes", || {
-        bot_receives(&host, a.participant_id(), 660.0, 2)
-            && bot_receives(&host, b.participant_id(), 880.0, 3)
-    })
+    eventually(
+        MEDIA_TIMEOUT,
+        "the host hears and sees both communes",
+        || {
+            bot_receives(&host, a.participant_id(), 660.0, 2)
+                && bot_receives(&host, b.participant_id(), 880.0, 3)
+        },
+    )
     .await;
 
     // A participant cannot record.
@@ -149,17 +164,29 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
     .await;
 
     host.send(ClientMessage::StartRecording {}).expect("sent");
-    eventually(MEDIA_TIMEOUT, "everyone is told the meeting is recorded", || {
-        [&host, &a, &b].iter().all(|bot| bot.snapshot().roster.recording)
-    })
+    eventually(
+        MEDIA_TIMEOUT,
+        "everyone is told the meeting is recorded",
+        || {
+            [&host, &a, &b]
+                .iter()
+                .all(|bot| bot.snapshot().roster.recording)
+        },
+    )
     .await;
     let id = recording_id(&t.server.store, &meeting.id).await;
     // Four seconds of meeting on the record.
     tokio::time::sleep(Duration::from_secs(4)).await;
     host.send(ClientMessage::StopRecording {}).expect("sent");
-    eventually(MEDIA_TIMEOUT, "everyone is told the recording stopped", || {
-        [&host, &a, &b].iter().all(|bot| !bot.snapshot().roster.recording)
-    })
+    eventually(
+        MEDIA_TIMEOUT,
+        "everyone is told the recording stopped",
+        || {
+            [&host, &a, &b]
+                .iter()
+                .all(|bot| !bot.snapshot().roster.recording)
+        },
+    )
     .await;
     wait_status(&t.server.store, &id, RecordingStatus::Completed).await;
 
@@ -167,14 +194,22 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
     let manifest = manifest(&dir);
     assert_eq!(manifest["status"], "completed");
     let tracks = manifest["tracks"].as_array().expect("tracks");
-    assert_eq!(tracks.len(), 6, "three publishers, audio and video each: {manifest}");
+    assert_eq!(
+        tracks.len(),
+        6,
+        "three publishers, audio and video each: {manifest}"
+    );
     if !have_ffprobe() {
         return;
     }
     for track in tracks {
         let file = track["file"].as_str().expect("file name");
         let (codec, duration) = probe(&dir.join(file));
-        let expected = if track["kind"] == "audio" { "opus" } else { "vp8" };
+        let expected = if track["kind"] == "audio" {
+            "opus"
+        } else {
+            "vp8"
+        };
         assert_eq!(codec, expected, "{file}");
         assert!(duration > 2.0, "{file} lasts {duration} s");
     }
@@ -206,19 +241,24 @@ fn start_process(data_dir: &Path) -> ServerProcess {
         .arg(data_dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // The server logs to standard output.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("meet-server starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let mut lines = BufReader::new(stderr).lines();
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
     let http_addr = loop {
         let line = lines
             .next()
             .expect("the server logs its start")
             .expect("readable log");
         if let Some(rest) = line.split("http_addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().to_string();
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
@@ -233,8 +273,8 @@ async fn a_recording_cut_by_kill_9_still_plays_and_is_marked_interrupted() {
     // The meeting and its links are prepared on the same storage and key the server uses.
     let url = signaling::store::default_url(&data_dir.0);
     let store = Store::open(&url).await.expect("store");
-    let tokens = signaling::auth::JoinTokens::load_or_generate(&data_dir.0.join("keys"))
-        .expect("keys");
+    let tokens =
+        signaling::auth::JoinTokens::load_or_generate(&data_dir.0.join("keys")).expect("keys");
     let meeting = common::schedule_on(&store, &tokens, Admission::Scheduled, &[]).await;
 
     let mut server = start_process(&data_dir.0);
@@ -264,7 +304,10 @@ async fn a_recording_cut_by_kill_9_still_plays_and_is_marked_interrupted() {
         let mut files = 0;
         for entry in std::fs::read_dir(&dir).expect("files") {
             let path = entry.expect("entry").path();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or_default();
             if ext == "ogg" || ext == "webm" {
                 let (_, duration) = probe(&path);
                 // Four seconds were recorded; about one may be lost.
