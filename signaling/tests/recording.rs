@@ -320,3 +320,60 @@ async fn a_recording_cut_by_kill_9_still_plays_and_is_marked_interrupted() {
     restarted.child.kill().expect("stopped");
     let _ = restarted.child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_error_stops_the_recording_tells_the_host_and_the_meeting_goes_on() {
+    let t = common::start("recording-error", |_| {}).await;
+    let meeting = t
+        .schedule(Admission::Scheduled, &[("Xã A", Role::Participant)])
+        .await;
+    let join = |name: &str, hz: f32, tag: u64| {
+        let mut options = t.bot_options("", "", hz, tag);
+        options.token = Some(meeting.invited(name).token.clone());
+        Bot::connect(options)
+    };
+    let host = join("Host", 440.0, 1).await.expect("host joins");
+    host.send(ClientMessage::StartRecording {}).expect("sent");
+    eventually(MEDIA_TIMEOUT, "the recording starts", || {
+        host.snapshot().roster.recording
+    })
+    .await;
+    let id = recording_id(&t.server.store, &meeting.id).await;
+    let dir = recording_dir(&t.data_dir.0, &id);
+    eventually(MEDIA_TIMEOUT, "the host's tracks are on disk", || {
+        dir.join("mix.ogg").exists()
+    })
+    .await;
+    // The disk "fails": the recording's directory disappears, so the next write (the
+    // manifest entry for a new publisher's track) fails.
+    std::fs::remove_dir_all(&dir).expect("removed");
+    let a = join("Xã A", 660.0, 2).await.expect("a joins");
+    eventually(
+        MEDIA_TIMEOUT,
+        "the host is told why the recording stopped",
+        || {
+            host.snapshot().events.iter().any(|m| {
+                matches!(
+                    m,
+                    protocol::ServerMessage::RecordingState {
+                        active: false,
+                        error: Some(_),
+                        ..
+                    }
+                )
+            })
+        },
+    )
+    .await;
+    wait_status(&t.server.store, &id, RecordingStatus::Failed).await;
+    // The meeting itself goes on.
+    eventually(
+        MEDIA_TIMEOUT,
+        "host and commune still exchange media",
+        || {
+            bot_receives(&host, a.participant_id(), 660.0, 2)
+                && bot_receives(&a, host.participant_id(), 440.0, 1)
+        },
+    )
+    .await;
+}
