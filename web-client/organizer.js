@@ -339,13 +339,15 @@ async function scheduleView() {
   const starts = el('input', { id: 'meeting-start', type: 'datetime-local', required: true, value: toLocalInput(meeting?.starts_at ?? defaultStart) });
   const ends = el('input', { id: 'meeting-end', type: 'datetime-local', required: true, value: toLocalInput(meeting?.ends_at ?? defaultStart + 60 * 60_000) });
   const admission = select(Object.entries(ADMISSION_KEYS), meeting?.admission ?? 'host', { id: 'meeting-admission' });
+  const autoRecord = el('input', { id: 'meeting-auto-record', type: 'checkbox', checked: meeting?.auto_record ?? false });
 
   const form = el('form', { className: 'org-form', id: 'meeting-form', noValidate: true },
     el('h1', { text: t(editing ? 'org.editHeading' : 'org.scheduleHeading') }),
     field('org.fieldTitle', title),
     el('div', { className: 'row' }, field('org.fieldStart', starts), field('org.fieldEnd', ends)),
     field('org.fieldAdmission', admission),
-    el('p', { className: 'note', text: t('org.admissionHelp') }));
+    el('p', { className: 'note', text: t('org.admissionHelp') }),
+    el('label', { className: 'field checkbox' }, autoRecord, el('span', { text: t('org.fieldAutoRecord') })));
 
   // Invitees: sites from the directory (searchable, with a role each) and named people.
   const chosen = new Map(); // site id -> role
@@ -418,6 +420,7 @@ async function scheduleView() {
       starts_at: fromLocalInput(starts.value),
       ends_at: fromLocalInput(ends.value),
       admission: admission.value,
+      auto_record: autoRecord.checked,
     };
     if (!body.title) {
       showInfo('org.needTitle');

@@ -50,6 +50,8 @@ pub struct MeetingInfo {
     /// Milliseconds since the Unix epoch.
     pub starts_at: i64,
     pub admission: Admission,
+    /// Record from the moment the room opens.
+    pub auto_record: bool,
 }
 
 /// Someone asking to enter a room, with an identity the session has already checked (from a
@@ -232,6 +234,7 @@ struct Room {
     counts_dirty: bool,
     /// The recording running now: its id and start (ms since the epoch).
     recording: Option<(String, i64)>,
+    auto_record: bool,
 }
 
 #[derive(Debug)]
@@ -459,6 +462,7 @@ impl Hub {
                 counts_sent: RoomCounts::default(),
                 counts_dirty: true,
                 recording: None,
+                auto_record: arrival.meeting.as_ref().is_some_and(|m| m.auto_record),
             });
         if room.admitted.len() + room.lobby.len() >= self.max_participants_per_room {
             if room.admitted.is_empty() && room.lobby.is_empty() {
@@ -653,6 +657,7 @@ impl Hub {
         }
         room.status.open = true;
         let status = room.status;
+        let auto_record = room.auto_record;
         let waiting = if status.locked {
             Vec::new()
         } else {
@@ -667,6 +672,9 @@ impl Hub {
         );
         for id in waiting {
             let _ = self.admit(id);
+        }
+        if auto_record {
+            self.start_recording(room_id, None);
         }
     }
 

@@ -335,6 +335,7 @@ impl Session {
                 title: check.title,
                 starts_at: check.starts_at,
                 admission: check.admission,
+                auto_record: check.auto_record,
             }),
             resume: None,
         })

@@ -377,3 +377,33 @@ async fn a_write_error_stops_the_recording_tells_the_host_and_the_meeting_goes_o
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_meeting_set_to_record_itself_records_from_its_opening() {
+    let t = common::start("auto-record", |_| {}).await;
+    let meeting = t.schedule(Admission::Scheduled, &[]).await;
+    t.server
+        .store
+        .update_meeting(
+            &meeting.id,
+            &signaling::store::MeetingPatch {
+                auto_record: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("auto-recording set");
+    let mut options = t.bot_options("", "", 440.0, 1);
+    options.token = Some(meeting.invited("Host").token.clone());
+    let host = Bot::connect(options).await.expect("host joins");
+    eventually(
+        MEDIA_TIMEOUT,
+        "the first arrival is told the meeting is recorded",
+        || host.snapshot().roster.recording,
+    )
+    .await;
+    let id = recording_id(&t.server.store, &meeting.id).await;
+    // The last one out stops the recording, which is then complete.
+    host.leave().await;
+    wait_status(&t.server.store, &id, RecordingStatus::Completed).await;
+}

@@ -26,6 +26,9 @@ pub struct CreateMeeting {
     /// `host` (the default) or `scheduled`.
     #[serde(default)]
     pub admission: Option<Admission>,
+    /// Record from the moment the room opens (default false).
+    #[serde(default)]
+    pub auto_record: bool,
     #[serde(default)]
     pub invitations: Vec<Invitee>,
 }
@@ -37,6 +40,7 @@ pub struct UpdateMeeting {
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
     pub admission: Option<Admission>,
+    pub auto_record: Option<bool>,
 }
 
 /// An invitation as the API shows it.
@@ -166,6 +170,7 @@ pub(super) async fn create(
                 starts_at: request.starts_at,
                 ends_at: request.ends_at,
                 admission: request.admission.unwrap_or(Admission::Host),
+                auto_record: request.auto_record,
             },
             &request.invitations,
         )
@@ -216,6 +221,7 @@ pub(super) async fn update(
                 starts_at: request.starts_at,
                 ends_at: request.ends_at,
                 admission: request.admission,
+                auto_record: request.auto_record,
             },
         )
         .await?;

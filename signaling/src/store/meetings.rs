@@ -63,6 +63,8 @@ pub struct Meeting {
     pub starts_at: i64,
     pub ends_at: i64,
     pub admission: Admission,
+    /// The room records itself from the moment it opens.
+    pub auto_record: bool,
     pub status: MeetingStatus,
     pub organizer_id: String,
     pub created_at: i64,
@@ -77,6 +79,7 @@ impl Meeting {
             starts_at: row.try_get("starts_at")?,
             ends_at: row.try_get("ends_at")?,
             admission: Admission::parse(&row.try_get::<String, _>("admission")?),
+            auto_record: flag(row.try_get("auto_record")?),
             status: if status == "scheduled" {
                 MeetingStatus::Scheduled
             } else {
@@ -99,6 +102,7 @@ pub struct NewMeeting<'a> {
     pub starts_at: i64,
     pub ends_at: i64,
     pub admission: Admission,
+    pub auto_record: bool,
 }
 
 /// Changes to a meeting; `None` leaves a field as it is.
@@ -108,6 +112,7 @@ pub struct MeetingPatch<'a> {
     pub starts_at: Option<i64>,
     pub ends_at: Option<i64>,
     pub admission: Option<Admission>,
+    pub auto_record: Option<bool>,
 }
 
 /// Who is invited: a site (its name is the display name) or a named person.
@@ -161,6 +166,7 @@ pub struct JoinCheck {
     pub starts_at: i64,
     pub ends_at: i64,
     pub admission: Admission,
+    pub auto_record: bool,
     pub cancelled: bool,
     pub revoked: bool,
     pub role: Role,
@@ -170,7 +176,7 @@ pub struct JoinCheck {
 }
 
 const MEETING_COLUMNS: &str =
-    "id, title, starts_at, ends_at, admission, status, organizer_id, created_at";
+    "id, title, starts_at, ends_at, admission, auto_record, status, organizer_id, created_at";
 const INVITATION_SELECT: &str = "SELECT i.id, i.meeting_id, i.role, i.name, i.site_id, \
      s.code AS site_code, i.revoked FROM invitations i LEFT JOIN sites s ON s.id = i.site_id";
 
@@ -229,9 +235,9 @@ impl Store {
         let now = unix_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO meetings (id, title, starts_at, ends_at, admission, status, \
-             organizer_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $7)",
+            "INSERT INTO meetings (id, title, starts_at, ends_at, admission, auto_record, \
+             status, organizer_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $8, 'scheduled', $6, $7, $7)",
         )
         .bind(&id)
         .bind(new.title.trim())
@@ -240,6 +246,7 @@ impl Store {
         .bind(new.admission.as_str())
         .bind(&organizer.id)
         .bind(now)
+        .bind(i64::from(new.auto_record))
         .execute(&mut *tx)
         .await?;
         let creator = (Role::Host, organizer.display_name.clone(), None);
@@ -341,7 +348,7 @@ impl Store {
         check_times(starts_at, ends_at)?;
         sqlx::query(
             "UPDATE meetings SET title = $1, starts_at = $2, ends_at = $3, admission = $4, \
-             updated_at = $5 WHERE id = $6 AND status = 'scheduled'",
+             updated_at = $5, auto_record = $7 WHERE id = $6 AND status = 'scheduled'",
         )
         .bind(title.trim())
         .bind(starts_at)
@@ -349,6 +356,7 @@ impl Store {
         .bind(patch.admission.unwrap_or(current.admission).as_str())
         .bind(unix_ms())
         .bind(id)
+        .bind(i64::from(patch.auto_record.unwrap_or(current.auto_record)))
         .execute(&self.pool)
         .await?;
         self.meeting(id).await?.ok_or(StoreError::NotFound)
@@ -460,7 +468,7 @@ impl Store {
         }
         let row = sqlx::query(
             "SELECT i.id, i.meeting_id, m.title, m.starts_at, m.ends_at, m.admission, \
-             m.status, i.revoked, i.role, i.name, i.site_id, s.name AS site_name \
+             m.auto_record, m.status, i.revoked, i.role, i.name, i.site_id, s.name AS site_name \
              FROM invitations i JOIN meetings m ON m.id = i.meeting_id \
              LEFT JOIN sites s ON s.id = i.site_id WHERE i.id = $1",
         )
@@ -478,6 +486,7 @@ impl Store {
             starts_at: row.try_get("starts_at")?,
             ends_at: row.try_get("ends_at")?,
             admission: Admission::parse(&row.try_get::<String, _>("admission")?),
+            auto_record: flag(row.try_get("auto_record")?),
             cancelled: row.try_get::<String, _>("status")? != "scheduled",
             revoked: flag(row.try_get("revoked")?),
             role: Role::parse(&role).unwrap_or(Role::Viewer),
@@ -526,6 +535,7 @@ mod tests {
                 starts_at: 1_800_000_000_000,
                 ends_at: 1_800_003_600_000,
                 admission: Admission::Scheduled,
+                auto_record: true,
             };
             let invitees = [
                 Invitee {
@@ -617,6 +627,7 @@ mod tests {
             assert_eq!(check.role, Role::Participant);
             assert_eq!(check.site_name.as_deref(), Some("Hà Giang"));
             assert_eq!(check.admission, Admission::Scheduled);
+            assert!(check.auto_record, "auto-recording survives storage");
             assert_eq!(check.starts_at, new.starts_at);
             assert!(!check.cancelled && !check.revoked);
             assert!(store.join_check(&new_id()).await.expect("query").is_none());

@@ -424,6 +424,7 @@ pub async fn schedule_on(
                     starts_at,
                     ends_at: now_ms + 3_600_000,
                     admission,
+                    auto_record: false,
                 },
                 &invitees,
             )
