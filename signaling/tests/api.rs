@@ -249,6 +249,39 @@ async fn a_bearer_token_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn repeated_wrong_passwords_lock_the_username_for_a_while() {
+    let h = Harness::new().await;
+    for _ in 0..signaling::api::throttle::MAX_FAILURES {
+        let (status, body) = h
+            .call(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": "minh", "password": "guess"})),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Even the right password waits now; other accounts do not.
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "MINH", "password": "a long password"})),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+    );
+    h.login("lan").await;
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn organizers_cannot_use_admin_endpoints() {
     let h = Harness::new().await;
     let (status, body) = h.call("GET", "/api/accounts", Some(&h.lan), None).await;

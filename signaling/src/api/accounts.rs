@@ -47,16 +47,26 @@ pub struct UpdateAccount {
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "wrong username or password, or a disabled account", body = ErrorBody),
+        (status = 429, description = "too many failed sign-ins for this username; wait", body = ErrorBody),
     ))]
 pub(super) async fn login(
     State(state): State<ApiState>,
     Json(request): Json<LoginRequest>,
 ) -> Result<axum::Json<LoginResponse>, ApiError> {
-    let login = state
+    let now = unix_ms();
+    state
+        .login_throttle
+        .check(&request.username, now)
+        .map_err(ApiError::TooManyAttempts)?;
+    let Some(login) = state
         .store
-        .login(&request.username, &request.password, unix_ms())
+        .login(&request.username, &request.password, now)
         .await?
-        .ok_or(ApiError::Unauthorized("wrong username or password"))?;
+    else {
+        state.login_throttle.failed(&request.username, now);
+        return Err(ApiError::Unauthorized("wrong username or password"));
+    };
+    state.login_throttle.succeeded(&request.username);
     Ok(axum::Json(LoginResponse {
         token: login.token,
         expires_at: login.expires_at,

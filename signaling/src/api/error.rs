@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound,
     Conflict(String),
     PayloadTooLarge,
+    /// Too many failed sign-ins: the seconds to wait.
+    TooManyAttempts(i64),
     InvalidCsv(Vec<CsvLineError>),
     /// Details are logged, never sent.
     Internal,
@@ -28,7 +30,7 @@ pub enum ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `invalid_csv` or `internal`.
+    /// `payload_too_large`, `too_many_attempts`, `invalid_csv` or `internal`.
     pub error: &'static str,
     pub message: String,
     /// Only for `invalid_csv`: every bad line.
@@ -65,6 +67,12 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "the request body is too large".to_string(),
+                None,
+            ),
+            ApiError::TooManyAttempts(seconds) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!("too many failed sign-ins for this account; try again in {seconds} s"),
                 None,
             ),
             ApiError::InvalidCsv(errors) => (

@@ -12,6 +12,7 @@ mod error;
 mod meetings;
 mod recordings;
 mod sites;
+pub mod throttle;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct ApiState {
     pub recordings_dir: PathBuf,
     /// File tickets for media elements, which cannot send a bearer header.
     pub tickets: FileTickets,
+    /// Failed sign-ins per username.
+    pub login_throttle: throttle::LoginThrottle,
 }
 
 impl ApiState {
@@ -83,6 +86,7 @@ impl ApiState {
             rooms,
             recordings_dir,
             tickets: FileTickets::default(),
+            login_throttle: throttle::LoginThrottle::default(),
         }
     }
 }
