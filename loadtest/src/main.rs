@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loadtest::bot::{insecure_tls_config, tls_config_trusting_pem};
 use loadtest::metrics_scrape::MetricsTarget;
 use loadtest::report::{RunReport, html};
-use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target};
+use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target, TokenPool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +53,12 @@ struct Args {
     /// Allow a target outside loopback and private networks.
     #[arg(long)]
     allow_remote: bool,
+    /// Join tokens or join links, one per line, for a server that admits invitees only
+    /// (without it the bots join an open room: start the server with --open-rooms). The first
+    /// lines go to the presenters (meeting: to every participant), the rest to viewers; each is
+    /// used once.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
     #[arg(long)]
     room: Option<String>,
     /// Presenters in broadcast and churn (1–3).
@@ -163,7 +169,28 @@ impl Args {
         Ok(scenario)
     }
 
-    fn target(&self) -> Result<Target> {
+    fn target(&self, scenario: &Scenario) -> Result<Target> {
+        let tokens = match &self.tokens {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let publishers = match scenario.kind {
+                    Kind::Meeting => scenario.participants,
+                    Kind::Broadcast | Kind::Churn => scenario.presenters,
+                } as usize;
+                let pool = TokenPool::from_lines(&text, publishers);
+                if pool.len() < scenario.total_endpoints() as usize {
+                    bail!(
+                        "{} holds {} tokens for {} endpoints",
+                        path.display(),
+                        pool.len(),
+                        scenario.total_endpoints()
+                    );
+                }
+                Some(Arc::new(Mutex::new(pool)))
+            }
+            None => None,
+        };
         let tls = match &self.ca_cert {
             Some(path) => {
                 let pem =
@@ -192,6 +219,7 @@ impl Args {
             metrics,
             tls,
             bind: self.bind,
+            tokens,
         })
     }
 }
@@ -236,7 +264,7 @@ fn write_reports(args: &Args, report: &RunReport, extra: Option<&serde_json::Val
 
 async fn run(args: Args) -> Result<bool> {
     let scenario = args.scenario()?;
-    let target = args.target()?;
+    let target = args.target(&scenario)?;
     scenario::check_target(&target.ws_url, args.allow_remote).await?;
     if let Some(metrics) = &target.metrics {
         let url = format!("https://{}", metrics.authority);

@@ -198,6 +198,50 @@ pub struct Target {
     pub tls: Arc<rustls::ClientConfig>,
     /// The address the bots' UDP sockets bind (and advertise).
     pub bind: IpAddr,
+    /// Join tokens, for a server that admits invitees only; `None` joins open rooms.
+    pub tokens: Option<Arc<Mutex<TokenPool>>>,
+}
+
+/// Join tokens for a server that admits invitees only (one per invitation, as organizers'
+/// links carry them). Publishers (presenters, meeting members) take from the first lines, the
+/// others from the rest; each token is used once, since one invitation is present once.
+#[derive(Debug, Default)]
+pub struct TokenPool {
+    publishers: VecDeque<String>,
+    others: VecDeque<String>,
+}
+
+impl TokenPool {
+    /// One token or join link (`…#join=TOKEN`) per line; blank lines and `#` comments skipped.
+    /// The first `publishers` are for publishers.
+    pub fn from_lines(text: &str, publishers: usize) -> Self {
+        let mut tokens = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.rsplit_once("#join=").map_or(l, |(_, t)| t).to_string());
+        let publishers = tokens.by_ref().take(publishers).collect();
+        Self {
+            publishers,
+            others: tokens.collect(),
+        }
+    }
+
+    /// How many tokens are left.
+    pub fn len(&self) -> usize {
+        self.publishers.len() + self.others.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take(&mut self, role: Role) -> Option<String> {
+        match role {
+            Role::Viewer => self.others.pop_front(),
+            _ => self.publishers.pop_front(),
+        }
+    }
 }
 
 /// Whether an address is loopback or in a private or benchmarking network.
@@ -410,6 +454,16 @@ impl Run<'_> {
             name.clone(),
             self.target.tls.clone(),
         );
+        if let Some(pool) = &self.target.tokens {
+            let Some(token) = lock(pool).take(role) else {
+                self.joins.spawn(async move {
+                    let error = BotError::Protocol("no join token left for this endpoint".into());
+                    (role, name, Err(error))
+                });
+                return;
+            };
+            options.token = Some(token);
+        }
         options.endpoint = self.scenario.endpoint_config(role, index);
         options.endpoint.local_addr = SocketAddr::new(self.target.bind, 0);
         // Viewers join as viewers, so that the server sends them the presenters and counts
@@ -769,6 +823,137 @@ mod tests {
         assert!(check_target("wss://1.1.1.1:8443/ws", true).await.is_ok());
     }
 
+    #[test]
+    fn tokens_are_split_between_publishers_and_the_rest() {
+        let text =
+            "# links from the organizer page\nhttps://h/#join=p1\n\np2\nv1\nhttps://h/#join=v2\n";
+        let mut pool = TokenPool::from_lines(text, 2);
+        assert_eq!(pool.len(), 4);
+        assert_eq!(pool.take(Role::Viewer).as_deref(), Some("v1"));
+        assert_eq!(pool.take(Role::Presenter).as_deref(), Some("p1"));
+        assert_eq!(pool.take(Role::Member).as_deref(), Some("p2"));
+        assert_eq!(pool.take(Role::Presenter), None);
+        assert_eq!(pool.take(Role::Viewer).as_deref(), Some("v2"));
+        assert!(pool.is_empty());
+    }
+
+    /// With join tokens against a server that admits invitees only: presenters and viewers
+    /// take their invitations' roles, and everyone receives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invited_endpoints_join_a_server_without_open_rooms() {
+        use protocol::Role as Invited;
+        use signaling::store::{AccountRole, Admission, Invitee, NewAccount, NewMeeting};
+        signaling::install_crypto_provider();
+        let data_dir = std::env::temp_dir().join(format!(
+            "meet-loadtest-tokens-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut config = signaling::Config::new();
+        config.http_addr = "127.0.0.1:0".parse().expect("addr");
+        config.media_addr = "127.0.0.1:0".parse().expect("addr");
+        config.data_dir = data_dir.clone();
+        let server = signaling::start(config).await.expect("server starts");
+        let organizer = server
+            .store
+            .create_account(&NewAccount {
+                username: "operator",
+                display_name: "Operator",
+                password: "a long enough password",
+                role: AccountRole::Organizer,
+            })
+            .await
+            .expect("organizer");
+        let now_ms = signaling::store::unix_ms();
+        let invitees: Vec<Invitee> = (0..6)
+            .map(|i| Invitee {
+                role: if i < 2 {
+                    Invited::Presenter
+                } else {
+                    Invited::Viewer
+                },
+                site_id: None,
+                name: Some(format!("Site {i}")),
+            })
+            .collect();
+        let meeting = server
+            .store
+            .create_meeting(
+                &organizer,
+                &NewMeeting {
+                    title: "Load test",
+                    starts_at: now_ms - 60_000,
+                    ends_at: now_ms + 3_600_000,
+                    admission: Admission::Scheduled,
+                    auto_record: false,
+                },
+                &invitees,
+            )
+            .await
+            .expect("meeting");
+        let now = signaling::auth::unix_seconds();
+        let mut invitations = server.store.invitations(&meeting.id).await.expect("list");
+        // The presenters' lines first, as an operator's file would have it.
+        invitations.retain(|i| i.role != Invited::Host);
+        invitations.sort_by_key(|i| i.role != Invited::Presenter);
+        let lines: Vec<String> = invitations
+            .iter()
+            .map(|i| {
+                server
+                    .tokens
+                    .issue(
+                        &signaling::auth::JoinGrant {
+                            invitation_id: &i.id,
+                            room: &meeting.id,
+                            name: &i.name,
+                            role: i.role,
+                            site: None,
+                            not_before: now - 60,
+                            expires: now + 3600,
+                        },
+                        now,
+                    )
+                    .expect("signed")
+            })
+            .collect();
+        let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
+        let target = Target {
+            ws_url: server.ws_url(),
+            metrics: None,
+            tls,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tokens: Some(Arc::new(Mutex::new(TokenPool::from_lines(
+                &lines.join("\n"),
+                2,
+            )))),
+        };
+        // Two presenters, so that each has someone to receive too.
+        let scenario = Scenario {
+            presenters: 2,
+            viewers: 4,
+            join_rate: 20.0,
+            duration_s: 4.0,
+            video_kbps: 200,
+            video_fps: 15,
+            slo: Slo {
+                loss_pct: None,
+                ..Slo::default()
+            },
+            ..Scenario::default()
+        };
+        let report = run(&scenario, &target, None).await.expect("run");
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.endpoints.len(), 6);
+        for endpoint in &report.endpoints {
+            assert!(endpoint.joined, "{endpoint:?}");
+            assert!(endpoint.packets_received > 0, "{endpoint:?}");
+        }
+    }
+
     /// The whole load tester against the real server in this process: 2 presenters and 20
     /// viewers for 10 s. Only outcomes are asserted, never timings.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -799,6 +984,7 @@ mod tests {
             ),
             tls,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tokens: None,
         };
         check_target(&target.ws_url, false).await.expect("loopback");
         let scenario = Scenario {
