@@ -345,8 +345,10 @@ async fn a_write_error_stops_the_recording_tells_the_host_and_the_meeting_goes_o
     })
     .await;
     // The disk "fails": the recording's directory disappears, so the next write (the
-    // manifest entry for a new publisher's track) fails.
-    std::fs::remove_dir_all(&dir).expect("removed");
+    // manifest entry for a new publisher's track) fails. A rename is atomic, where deleting
+    // the files one by one would race the recorder writing into the directory.
+    let moved = dir.with_extension("gone");
+    std::fs::rename(&dir, &moved).expect("moved away");
     let a = join("Xã A", 660.0, 2).await.expect("a joins");
     eventually(
         MEDIA_TIMEOUT,
