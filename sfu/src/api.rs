@@ -41,6 +41,12 @@ pub enum SfuCommand {
     RemoveParticipant {
         participant: ParticipantId,
     },
+    /// Stops forwarding these publications to the participant now, whatever its last offer
+    /// asked (it may no longer see their owners after a role change); its m-lines stay idle.
+    Unsubscribe {
+        participant: ParticipantId,
+        publications: Vec<PublicationId>,
+    },
     /// Starts recording a room: every publication's packets go to the recording tap (see
     /// [`crate::recording`]) until [`SfuCommand::StopRecording`]. Video publishers are asked
     /// for a keyframe so that each video file starts on one.
@@ -69,7 +75,8 @@ impl SfuCommand {
             | SfuCommand::RemoteCandidate { participant, .. }
             | SfuCommand::SetMuted { participant, .. }
             | SfuCommand::RemoveParticipant { participant }
-            | SfuCommand::SetPublishing { participant, .. } => *participant,
+            | SfuCommand::SetPublishing { participant, .. }
+            | SfuCommand::Unsubscribe { participant, .. } => *participant,
         })
     }
 }

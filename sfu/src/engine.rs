@@ -430,6 +430,28 @@ impl Engine {
                 self.set_publishing(participant, allowed);
                 Ok(())
             }
+            SfuCommand::Unsubscribe {
+                participant,
+                publications,
+            } => {
+                let mids: Vec<Mid> = self
+                    .participants
+                    .get(&participant)
+                    .map(|p| {
+                        p.subscriptions
+                            .iter()
+                            .filter(|(_, s)| {
+                                s.publication.is_some_and(|id| publications.contains(&id))
+                            })
+                            .map(|(mid, _)| *mid)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for mid in mids {
+                    self.unbind(participant, mid);
+                }
+                Ok(())
+            }
             SfuCommand::StartRecording { room, recording_id } => {
                 self.start_recording(now, room, recording_id);
                 Ok(())

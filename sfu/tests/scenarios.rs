@@ -378,3 +378,47 @@ fn a_recorded_room_feeds_the_recording_tap_and_only_that_room() {
         "another room's media reached the recording"
     );
 }
+
+#[test]
+fn an_unsubscribe_stops_forwarding_without_a_new_offer() {
+    use sfu::SfuCommand;
+
+    let mut sim = Sim::new();
+    sim.join("r", |_| {});
+    sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    let sent: Vec<_> = sim.publications_of(0).into_iter().map(|p| p.id).collect();
+    let received = |sim: &Sim| -> u64 {
+        let stats = sim.endpoints[1].endpoint.stats();
+        sent.iter()
+            .filter_map(|id| stats.get(id))
+            .map(|s| s.rtp_packets)
+            .sum()
+    };
+    assert!(received(&sim) > 50, "media flows before");
+    // Endpoint 1 keeps its m-lines and sends no new offer, as a client that ignores a role
+    // change would.
+    let now = sim.now;
+    let participant = sim.endpoints[1].participant;
+    sim.engine.handle_command(
+        now,
+        SfuCommand::Unsubscribe {
+            participant,
+            publications: sent.clone(),
+        },
+    );
+    sim.run_for(Duration::from_millis(300));
+    let after_grace = received(&sim);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(received(&sim), after_grace, "nothing more is forwarded");
+    // Endpoint 0 still receives endpoint 1: only that direction stopped.
+    let back: Vec<_> = sim.publications_of(1).into_iter().map(|p| p.id).collect();
+    let stats = sim.endpoints[0].endpoint.stats();
+    let counts: Vec<u64> = back
+        .iter()
+        .filter_map(|id| stats.get(id))
+        .map(|s| s.rtp_packets)
+        .collect();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.iter().all(|c| *c > 50), "{counts:?}");
+}

@@ -997,6 +997,15 @@ impl Hub {
         });
         let mut to_target = Vec::new();
         let mut too_slow = Vec::new();
+        // Forwarding follows visibility at once, not at the clients' next offers: a client
+        // that never renegotiates must not keep media its new role does not see.
+        let target_publications: Vec<PublicationId> = self
+            .members
+            .get(&target)
+            .map(|m| m.publications.iter().map(|p| p.id).collect())
+            .unwrap_or_default();
+        let mut unsubscribe: Vec<(ParticipantId, Vec<PublicationId>)> = Vec::new();
+        let mut hidden_from_target = Vec::new();
         for other in others {
             let Some(o) = self.members.get(&other) else {
                 continue;
@@ -1005,7 +1014,12 @@ impl Hub {
             let message = match (sees(o.role, old_role), sees(o.role, new_role)) {
                 (false, true) => Some(&joined),
                 (true, true) => Some(&updated),
-                (true, false) => Some(&left),
+                (true, false) => {
+                    if !target_publications.is_empty() {
+                        unsubscribe.push((other, target_publications.clone()));
+                    }
+                    Some(&left)
+                }
                 (false, false) => None,
             };
             if let Some(message) = message
@@ -1020,12 +1034,24 @@ impl Hub {
                 (false, true) => to_target.push(encode(&ServerMessage::ParticipantJoined {
                     participant: o.info(other),
                 })),
-                (true, false) => to_target.push(encode(&ServerMessage::ParticipantLeft {
-                    participant_id: other,
-                    reason: LeaveReason::Left,
-                })),
+                (true, false) => {
+                    hidden_from_target.extend(o.publications.iter().map(|p| p.id));
+                    to_target.push(encode(&ServerMessage::ParticipantLeft {
+                        participant_id: other,
+                        reason: LeaveReason::Left,
+                    }));
+                }
                 _ => {}
             }
+        }
+        if !hidden_from_target.is_empty() {
+            unsubscribe.push((target, hidden_from_target));
+        }
+        for (participant, publications) in unsubscribe {
+            self.sfu.send(SfuCommand::Unsubscribe {
+                participant,
+                publications,
+            });
         }
         for message in to_target {
             self.send_text(target, message);
