@@ -394,75 +394,73 @@ pub async fn schedule_on(
     admission: signaling::store::Admission,
     invitees: &[(&str, protocol::Role)],
 ) -> Scheduled {
-    {
-        use signaling::store::{AccountRole, Invitee, NewAccount, NewMeeting};
-        let username = format!("org-{}", signaling::store::new_id());
-        let organizer = store
-            .create_account(&NewAccount {
-                username: &username,
-                display_name: "Host",
-                password: "a long enough password",
-                role: AccountRole::Organizer,
-            })
-            .await
-            .expect("organizer created");
-        let now_ms = signaling::store::unix_ms();
-        let starts_at = now_ms - 60_000;
-        let invitees: Vec<Invitee> = invitees
-            .iter()
-            .map(|(name, role)| Invitee {
-                role: *role,
-                site_id: None,
-                name: Some((*name).to_string()),
-            })
-            .collect();
-        let meeting = store
-            .create_meeting(
-                &organizer,
-                &NewMeeting {
-                    title: "Hội nghị trực tuyến",
-                    starts_at,
-                    ends_at: now_ms + 3_600_000,
-                    admission,
-                    auto_record: false,
-                },
-                &invitees,
-            )
-            .await
-            .expect("meeting scheduled");
-        let now = signaling::auth::unix_seconds();
-        let invited = store
-            .invitations(&meeting.id)
-            .await
-            .expect("invitations")
-            .into_iter()
-            .map(|i| {
-                let token = tokens
-                    .issue(
-                        &signaling::auth::JoinGrant {
-                            invitation_id: &i.id,
-                            room: &meeting.id,
-                            name: &i.name,
-                            role: i.role,
-                            site: i.site_id.as_deref(),
-                            not_before: now - 60,
-                            expires: now + 3600,
-                        },
-                        now,
-                    )
-                    .expect("signed");
-                Invited {
-                    invitation_id: i.id,
-                    name: i.name,
-                    role: i.role,
-                    token,
-                }
-            })
-            .collect();
-        Scheduled {
-            id: meeting.id,
-            starts_at,
-            invited,
-        }
+    use signaling::store::{AccountRole, Invitee, NewAccount, NewMeeting};
+    let username = format!("org-{}", signaling::store::new_id());
+    let organizer = store
+        .create_account(&NewAccount {
+            username: &username,
+            display_name: "Host",
+            password: "a long enough password",
+            role: AccountRole::Organizer,
+        })
+        .await
+        .expect("organizer created");
+    let now_ms = signaling::store::unix_ms();
+    let starts_at = now_ms - 60_000;
+    let invitees: Vec<Invitee> = invitees
+        .iter()
+        .map(|(name, role)| Invitee {
+            role: *role,
+            site_id: None,
+            name: Some((*name).to_string()),
+        })
+        .collect();
+    let meeting = store
+        .create_meeting(
+            &organizer,
+            &NewMeeting {
+                title: "Hội nghị trực tuyến",
+                starts_at,
+                ends_at: now_ms + 3_600_000,
+                admission,
+                auto_record: false,
+            },
+            &invitees,
+        )
+        .await
+        .expect("meeting scheduled");
+    let now = signaling::auth::unix_seconds();
+    let invited = store
+        .invitations(&meeting.id)
+        .await
+        .expect("invitations")
+        .into_iter()
+        .map(|i| {
+            let token = tokens
+                .issue(
+                    &signaling::auth::JoinGrant {
+                        invitation_id: &i.id,
+                        room: &meeting.id,
+                        name: &i.name,
+                        role: i.role,
+                        site: i.site_id.as_deref(),
+                        not_before: now - 60,
+                        expires: now + 3600,
+                    },
+                    now,
+                )
+                .expect("signed");
+            Invited {
+                invitation_id: i.id,
+                name: i.name,
+                role: i.role,
+                token,
+            }
+        })
+        .collect();
+    Scheduled {
+        id: meeting.id,
+        starts_at,
+        invited,
     }
 }
