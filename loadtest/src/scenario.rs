@@ -823,6 +823,28 @@ mod tests {
         assert!(check_target("wss://1.1.1.1:8443/ws", true).await.is_ok());
     }
 
+    /// The real server in this process, on free loopback ports and a fresh data directory.
+    async fn test_server(
+        tag: &str,
+        open_rooms: bool,
+    ) -> (signaling::RunningServer, std::path::PathBuf) {
+        signaling::install_crypto_provider();
+        let data_dir = std::env::temp_dir().join(format!(
+            "meet-loadtest-{tag}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut config = signaling::Config::new();
+        config.http_addr = "127.0.0.1:0".parse().expect("addr");
+        config.media_addr = "127.0.0.1:0".parse().expect("addr");
+        config.data_dir = data_dir.clone();
+        config.open_rooms = open_rooms;
+        let server = signaling::start(config).await.expect("server starts");
+        (server, data_dir)
+    }
+
     #[test]
     fn tokens_are_split_between_publishers_and_the_rest() {
         let text =
@@ -843,19 +865,7 @@ mod tests {
     async fn invited_endpoints_join_a_server_without_open_rooms() {
         use protocol::Role as Invited;
         use signaling::store::{AccountRole, Admission, Invitee, NewAccount, NewMeeting};
-        signaling::install_crypto_provider();
-        let data_dir = std::env::temp_dir().join(format!(
-            "meet-loadtest-tokens-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let mut config = signaling::Config::new();
-        config.http_addr = "127.0.0.1:0".parse().expect("addr");
-        config.media_addr = "127.0.0.1:0".parse().expect("addr");
-        config.data_dir = data_dir.clone();
-        let server = signaling::start(config).await.expect("server starts");
+        let (server, data_dir) = test_server("tokens", false).await;
         let organizer = server
             .store
             .create_account(&NewAccount {
@@ -958,20 +968,7 @@ mod tests {
     /// viewers for 10 s. Only outcomes are asserted, never timings.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_broadcast_against_the_real_server() {
-        signaling::install_crypto_provider();
-        let data_dir = std::env::temp_dir().join(format!(
-            "meet-loadtest-smoke-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let mut config = signaling::Config::new();
-        config.http_addr = "127.0.0.1:0".parse().expect("addr");
-        config.media_addr = "127.0.0.1:0".parse().expect("addr");
-        config.data_dir = data_dir.clone();
-        config.open_rooms = true;
-        let server = signaling::start(config).await.expect("server starts");
+        let (server, data_dir) = test_server("smoke", true).await;
         let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
         let target = Target {
             ws_url: server.ws_url(),

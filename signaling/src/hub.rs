@@ -23,7 +23,7 @@ use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::recording::{Names, RecordingFinished};
-use crate::store::{Admission, Store};
+use crate::store::{Admission, Store, new_id, unix_ms};
 
 /// Messages queued for one participant's socket before it is treated as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -290,24 +290,9 @@ fn encode(message: &ServerMessage) -> Arc<str> {
         .into()
 }
 
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn random_secret() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Compares secrets without an early exit, so timing does not reveal a prefix.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 impl Hub {
@@ -442,7 +427,7 @@ impl Hub {
                 Some((ErrorCode::AlreadyConnected, "you joined again elsewhere")),
             );
         }
-        let now = unix_millis();
+        let now = unix_ms();
         let room = self
             .rooms
             .entry(arrival.room.clone())
@@ -493,7 +478,7 @@ impl Hub {
             outbound,
             publications: Vec::new(),
             admitted: false,
-            resume: random_secret(),
+            resume: new_id(),
         };
         if let Some(invitation) = &member.invitation {
             self.by_invitation.insert(invitation.clone(), id);
@@ -1169,7 +1154,7 @@ impl Hub {
         {
             let _ = done.send(());
         }
-        let now = unix_millis();
+        let now = unix_ms();
         let due: Vec<RoomId> = self
             .rooms
             .iter()
@@ -1285,8 +1270,8 @@ impl Hub {
         if room.recording.is_some() {
             return;
         }
-        let recording_id = crate::store::new_id();
-        let started_at = unix_millis();
+        let recording_id = new_id();
+        let started_at = unix_ms();
         room.recording = Some((recording_id.clone(), started_at));
         self.sfu.send(SfuCommand::StartRecording {
             room: room_id.clone(),
@@ -1366,7 +1351,7 @@ impl Hub {
                 .finish_recording(
                     &finished.recording_id,
                     finished.status,
-                    unix_millis(),
+                    unix_ms(),
                     finished.error.as_deref(),
                     finished.bytes,
                 )

@@ -87,12 +87,6 @@ struct Recorder {
     tracks: HashMap<PublicationId, Track>,
 }
 
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn since(start: Instant, at: Instant) -> u64 {
     at.saturating_duration_since(start).as_millis() as u64
 }
@@ -246,7 +240,7 @@ impl Recorder {
 
     fn start(&mut self, room: RoomId, recording_id: String, at: Instant) {
         let dir = self.root.join(&recording_id);
-        match Recording::create(&dir, &recording_id, &room.0, unix_millis()) {
+        match Recording::create(&dir, &recording_id, &room.0, crate::store::unix_ms()) {
             Ok(recording) => {
                 tracing::info!(%room, recording = %recording_id, "recording started");
                 self.rooms.insert(
