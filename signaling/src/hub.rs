@@ -290,6 +290,16 @@ fn encode(message: &ServerMessage) -> Arc<str> {
         .into()
 }
 
+/// Queues a message; true when the member's queue is full, so it is too slow to follow the
+/// room. A closed queue is not that: its session has ended and its own leave, with the real
+/// reason, is on the way to the hub, which must not overtake it with "removed".
+fn too_slow_for(outbound: &mpsc::Sender<Outbound>, message: &Arc<str>) -> bool {
+    matches!(
+        outbound.try_send(Outbound::Text(message.clone())),
+        Err(mpsc::error::TrySendError::Full(_))
+    )
+}
+
 /// Compares secrets without an early exit, so timing does not reveal a prefix.
 fn same_secret(a: &str, b: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
@@ -1008,9 +1018,7 @@ impl Hub {
                 (false, false) => None,
             };
             if let Some(message) = message
-                && o.outbound
-                    .try_send(Outbound::Text(message.clone()))
-                    .is_err()
+                && too_slow_for(&o.outbound, message)
             {
                 too_slow.push(other);
             }
@@ -1407,7 +1415,7 @@ impl Hub {
         let Some(member) = self.members.get(&participant) else {
             return;
         };
-        if member.outbound.try_send(Outbound::Text(message)).is_err() {
+        if too_slow_for(&member.outbound, &message) {
             self.remove(participant, LeaveReason::Removed, None);
         }
     }
@@ -1447,10 +1455,7 @@ impl Hub {
             }
             if let Some(member) = self.members.get(id)
                 && wanted(member.role)
-                && member
-                    .outbound
-                    .try_send(Outbound::Text(message.clone()))
-                    .is_err()
+                && too_slow_for(&member.outbound, message)
             {
                 too_slow.push(*id);
             }
