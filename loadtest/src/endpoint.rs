@@ -570,10 +570,12 @@ impl Endpoint {
         let audio = self.audio.as_ref().map(|a| PublishTrack {
             mid: a.mid.to_string(),
             source: TrackSource::Microphone,
+            layers: Vec::new(),
         });
         let video = self.video.as_ref().map(|v| PublishTrack {
             mid: v.mid.to_string(),
             source: TrackSource::Camera,
+            layers: Vec::new(),
         });
         audio.into_iter().chain(video).collect()
     }

@@ -20,6 +20,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest number of m-lines accepted in one offer.
 pub const MAX_MEDIA_SECTIONS: usize = 128;
 
+/// Most entries in one [`ClientMessage::VideoSizes`].
+pub const MAX_VIDEO_SIZES: usize = 128;
+
+/// Most simulcast layers declared for one publication.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+
 macro_rules! numeric_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -206,6 +212,30 @@ pub struct PublishTrack {
     pub mid: String,
     #[serde(default)]
     pub source: TrackSource,
+    /// Simulcast layers of this m-line, lowest quality first (empty: one layer). The rids
+    /// are those of the offer's `a=rid` lines; the sizes let the server pick, per
+    /// subscriber, the smallest layer that fills the tile it is shown in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<SimulcastLayer>,
+}
+
+/// One simulcast encoding of a published video.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulcastLayer {
+    pub rid: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The size, in device pixels, at which a client shows one subscribed video. `0 × 0` means
+/// the video is not visible (hidden tile, background tab), so it need not be sent at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSize {
+    pub publication_id: PublicationId,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// A receive-only m-line in the client's offer that should carry another participant's
@@ -256,6 +286,10 @@ pub enum ClientMessage {
         publication_id: PublicationId,
         muted: bool,
     },
+    /// The sizes at which the client shows its subscribed videos (at most
+    /// [`MAX_VIDEO_SIZES`]; publications not listed keep their last size). Sent when a tile
+    /// is resized, hidden or shown.
+    VideoSizes { sizes: Vec<VideoSize> },
     /// Raise or lower one's hand.
     RaiseHand { raised: bool },
     /// Host: let one lobby member in.
@@ -368,6 +402,17 @@ pub enum ServerMessage {
         started_at: Option<i64>,
         error: Option<String>,
     },
+    /// The participant whose voice is loudest now (`None`: nobody speaks). Sent on change,
+    /// to those who see that participant.
+    ActiveSpeaker {
+        participant_id: Option<ParticipantId>,
+    },
+    /// To a publisher: which simulcast layers of one of its publications anyone watches,
+    /// by index in its `layers` (lowest first). The client pauses the others.
+    SimulcastLayers {
+        publication_id: PublicationId,
+        active: Vec<bool>,
+    },
     /// A participant published a track; subscribe to it by offering a receive-only m-line.
     PublicationAdded {
         publication: PublicationInfo,
@@ -465,6 +510,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "offer",
     "candidate",
     "set_muted",
+    "video_sizes",
     "raise_hand",
     "admit",
     "admit_all",

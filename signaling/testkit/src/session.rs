@@ -619,6 +619,7 @@ impl Session {
                 publish.push(PublishTrack {
                     mid,
                     source: published.source,
+                    layers: Vec::new(),
                 });
             }
         }
