@@ -235,6 +235,8 @@ struct Room {
     /// The recording running now: its id and start (ms since the epoch).
     recording: Option<(String, i64)>,
     auto_record: bool,
+    /// The active speaker the SFU last announced.
+    speaker: Option<ParticipantId>,
 }
 
 #[derive(Debug)]
@@ -458,6 +460,7 @@ impl Hub {
                 counts_dirty: true,
                 recording: None,
                 auto_record: arrival.meeting.as_ref().is_some_and(|m| m.auto_record),
+                speaker: None,
             });
         if room.admitted.len() + room.lobby.len() >= self.max_participants_per_room {
             if room.admitted.is_empty() && room.lobby.is_empty() {
@@ -612,6 +615,23 @@ impl Hub {
         if let Some(state) = recording_state {
             // Everyone present knows the meeting is recorded, arrivals included.
             self.send_text(id, state);
+        }
+        // An arrival learns who speaks now, as everyone present did when it changed.
+        let speaker = self
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.speaker)
+            .filter(|s| *s != id)
+            .and_then(|s| self.members.get(&s).map(|m| (s, m.role)));
+        if let Some((speaker, speaker_role)) = speaker
+            && sees(role, speaker_role)
+        {
+            self.send(
+                id,
+                &ServerMessage::ActiveSpeaker {
+                    participant_id: Some(speaker),
+                },
+            );
         }
         self.broadcast_about(&room_id, role, Some(id), &announcement);
         if was_waiting {
@@ -1129,6 +1149,9 @@ impl Hub {
                 self.send(participant, &ServerMessage::MediaConnected);
             }
             SfuEvent::ActiveSpeaker { room, participant } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.speaker = participant;
+                }
                 let message = encode(&ServerMessage::ActiveSpeaker {
                     participant_id: participant,
                 });

@@ -27,6 +27,18 @@ async fn layers_follow_tile_sizes_and_the_loud_voice_is_announced() {
     })
     .await;
 
+    // A late arrival learns the present speaker at once, not at the next change.
+    let mut options = t.bot_options("r", "late", 880.0, 0xC);
+    options.endpoint.publish_audio = false;
+    options.endpoint.publish_video = false;
+    // It only listens for the announcement: a video it watched would keep the top layer on.
+    options.auto_subscribe = false;
+    let late = Bot::connect(options).await.expect("late arrival joins");
+    eventually(MEDIA_TIMEOUT, "the arrival learns who speaks", || {
+        late.snapshot().roster.active_speakers.first() == Some(&Some(p))
+    })
+    .await;
+
     let video = listener
         .snapshot()
         .roster
