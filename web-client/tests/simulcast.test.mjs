@@ -1,0 +1,143 @@
+// Simulcast and the active speaker in real headless Chromium against the real server binary.
+//
+// The synthetic camera is 960×540, so a publisher sends three VP8 layers: 240×135, 480×270
+// and 960×540 (Chromium sends only two of a smaller camera). A receiver's getStats
+// (inbound-rtp frameWidth) tells which layer it gets; the publisher's getParameters and
+// outbound-rtp tell which layers it still sends. Loudness is in the sent audio itself (the
+// synthetic tone's gain), because Chromium computes the RFC 6464 level that the server
+// compares from the audio it sends.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  closeAll, errorsOf, join, launchBrowser, probe, sameColour, startServer, waitFor, waitUntilReceives,
+} from './harness.mjs';
+
+const RED = [255, 0, 0];
+const GREEN = [0, 255, 0];
+const TEST_TIMEOUT = 120_000;
+// Layer switches wait for a keyframe, and keyframe requests reach a publisher at most once a
+// second: generous deadlines, never fixed sleeps.
+const SWITCH = { timeout: 40_000 };
+const QUIET = '0.01';
+const LOUD = 0.5;
+
+describe('simulcast and active speaker in Chromium', () => {
+  let server;
+  let browser;
+
+  before(async () => {
+    [server, browser] = await Promise.all([startServer(), launchBrowser()]);
+  }, { timeout: 60_000 });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  }, { timeout: 30_000 });
+
+  test('a receiver gets the layer that fills its tile; the publisher pauses layers nobody receives', { timeout: TEST_TIMEOUT }, async () => {
+    const room = 'simulcast';
+    const publisher = await join(browser, server, { room, name: 'Publisher', colour: RED, tone: 660 });
+    // The viewer shows no camera and hardly speaks, so its layout stays the plain grid.
+    const viewer = await join(browser, server, { room, name: 'Viewer', colour: GREEN, tone: 440, camera: false, params: { gain: QUIET } });
+    const all = [publisher, viewer];
+    try {
+      const publisherId = (await probe(publisher)).me;
+      const offers = (await publisher.page.evaluate(() => window.meetTest.sent)).filter((m) => m.type === 'offer');
+      assert.deepEqual(offers.at(-1).publish.find((p) => p.source === 'camera').layers, [
+        { rid: 'q', width: 240, height: 135 },
+        { rid: 'h', width: 480, height: 270 },
+        { rid: 'f', width: 960, height: 540 },
+      ]);
+      await waitUntilReceives(viewer, [publisher]);
+
+      // Each wait says, when it times out, what the two pages last measured.
+      let last = null;
+      const explained = (err) => {
+        err.message += `\nlast seen: ${JSON.stringify(last)}`;
+        throw err;
+      };
+      const receives = (width, message) => waitFor(async () => {
+        last = await viewer.page.evaluate((id) => window.meetTest.receivedVideo(id), publisherId);
+        return last?.frameWidth === width;
+      }, { ...SWITCH, message }).catch(explained);
+      const sends = (wanted, message) => waitFor(async () => {
+        last = await publisher.page.evaluate(async () => ({
+          told: window.meetTest.simulcastLayers(),
+          layers: await window.meetTest.sentLayers(),
+        }));
+        return wanted(last);
+      }, { ...SWITCH, message }).catch(explained);
+      const allLayers = ({ layers }) => layers.length === 3 && layers.every((l) => l.active && l.framesEncoded > 0);
+
+      // The tile is about 620×350: only the top layer fills it, and every layer is sent.
+      await receives(960, 'the viewer to receive the 960×540 layer in its large tile');
+      await sends(allLayers, 'the publisher to send all three layers');
+
+      // A thumbnail of 100×56: the lowest layer fills it. Nobody needs the others now, so the
+      // server says so and the publisher pauses them.
+      await viewer.page.evaluate((id) => window.meetTest.resizeTile(id, 100, 56), publisherId);
+      await waitFor(async () => (await viewer.page.evaluate(() => window.meetTest.sent))
+        .some((m) => m.type === 'video_sizes' && m.sizes.some((s) => s.width === 100 && s.height === 56)), {
+        message: 'the viewer to report the thumbnail size',
+      });
+      await receives(240, 'the viewer to switch to the 240×135 layer');
+      await sends(({ told, layers: [q, , f] }) => told?.[0] === true && told?.[2] === false && q.active && !f.active,
+        'simulcast_layers to tell the publisher that nobody receives the top layer, and the publisher to pause it');
+
+      // Large again: the top layer comes back, at both ends.
+      await viewer.page.evaluate((id) => window.meetTest.resizeTile(id, null, null), publisherId);
+      await receives(960, 'the viewer to switch back to the 960×540 layer');
+      await sends((seen) => seen.told?.[2] === true && allLayers(seen), 'the publisher to resume its top layer');
+      const seen = (await probe(viewer)).remotes.find((r) => r.id === publisherId);
+      assert.ok(sameColour(seen.colour, RED), `the viewer still sees red: ${seen.colour}`);
+      assert.deepEqual(errorsOf(all), []);
+    } finally {
+      await closeAll(all);
+    }
+  });
+
+  test('the loudest participant is the active speaker everywhere, highlighted and shown large', { timeout: TEST_TIMEOUT }, async () => {
+    const room = 'speaker';
+    // Cameras off: the test listens; everyone starts with a quiet tone.
+    const people = [];
+    for (const [name, tone] of [['Ana', 440], ['Bình', 550], ['Chi', 660]]) {
+      people.push(await join(browser, server, { room, name, colour: RED, tone, camera: false, params: { gain: QUIET } }));
+    }
+    try {
+      for (const p of people) p.id = (await probe(p)).me;
+      const [ana, binh] = people;
+
+      const speakerEverywhere = async (speaker) => {
+        for (const p of people) {
+          await waitFor(async () => {
+            const state = await p.page.evaluate(() => ({
+              active: window.meetTest.activeSpeaker(),
+              speaking: window.meetTest.speakingTiles(),
+              featured: window.meetTest.featuredTile(),
+            }));
+            // One's own tile is highlighted but never enlarged.
+            const featured = p === speaker ? null : speaker.id;
+            return state.active === speaker.id && state.speaking.length === 1 && state.speaking[0] === speaker.id
+              && state.featured === featured && state;
+          }, { ...SWITCH, message: `${p.name} to show ${speaker.name} as the active speaker` });
+        }
+      };
+
+      await ana.page.evaluate((gain) => window.meetTest.setToneGain(gain), LOUD);
+      await speakerEverywhere(ana);
+      // The speaker's tile is the large one in the others' grids.
+      const sizes = await binh.page.evaluate((id) => [...document.querySelectorAll('#grid .tile')]
+        .map((el) => ({ speaker: el.dataset.participantId === String(id), width: el.getBoundingClientRect().width })), ana.id);
+      const speakerWidth = sizes.find((s) => s.speaker).width;
+      assert.ok(sizes.filter((s) => !s.speaker).every((s) => speakerWidth > 1.5 * s.width), JSON.stringify(sizes));
+
+      await ana.page.evaluate((gain) => window.meetTest.setToneGain(gain), Number(QUIET));
+      await binh.page.evaluate((gain) => window.meetTest.setToneGain(gain), LOUD);
+      await speakerEverywhere(binh);
+      assert.deepEqual(errorsOf(people), []);
+    } finally {
+      await closeAll(people);
+    }
+  });
+});
