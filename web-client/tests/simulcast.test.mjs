@@ -91,6 +91,15 @@ describe('simulcast and active speaker in Chromium', () => {
       await sends((seen) => seen.told?.[2] === true && allLayers(seen), 'the publisher to resume its top layer');
       const seen = (await probe(viewer)).remotes.find((r) => r.id === publisherId);
       assert.ok(sameColour(seen.colour, RED), `the viewer still sees red: ${seen.colour}`);
+
+      // A rejoin is a new session for the server: the page reports its sizes again.
+      await viewer.page.evaluate(() => window.meetTest.dropConnection());
+      await waitFor(async () => {
+        const sent = await viewer.page.evaluate(() => window.meetTest.sent);
+        const rejoin = sent.findLastIndex((m) => m.type === 'join');
+        return rejoin > 0 && sent.slice(rejoin).some((m) => m.type === 'video_sizes' && m.sizes.some((x) => x.width > 300));
+      }, { message: 'the viewer to report its tile size again after rejoining' });
+      await receives(960, 'the rejoined viewer to receive the 960×540 layer');
       assert.deepEqual(errorsOf(all), []);
     } finally {
       await closeAll(all);
