@@ -43,11 +43,15 @@ const MAX_MEDIA_FAILURES = 3; // sessions in a row whose media never connected
 const RECONNECT_WINDOW_MS = 60000;
 const SIZES_BATCH_MS = 250; // tile size changes within this long go out as one `video_sizes`
 
-/** Single-layer sources; the camera's (simulcast) encodings come from `cameraLayers`. */
+/** Single-layer encodings; the camera's simulcast ones come from `cameraLayers`. */
 const SEND_ENCODINGS = {
   microphone: [{}],
+  camera: [{ maxBitrate: 600_000, maxFramerate: 24 }],
   screen: [{ maxBitrate: 1_200_000, maxFramerate: 15 }],
 };
+
+/** The protocol version that knows `layers`, `video_sizes` and `simulcast_layers`. */
+const SIMULCAST_PROTOCOL = 2;
 
 /** A failed attempt to enter the room. `kind`: 'unreachable' (no socket) or 'refused'. */
 export class JoinError extends Error {
@@ -771,7 +775,7 @@ export class Meeting extends EventTarget {
     if (tr) {
       replace(tr, track);
       tr.direction = 'sendonly';
-    } else if (source === 'camera') {
+    } else if (source === 'camera' && this.protocolVersion >= SIMULCAST_PROTOCOL) {
       const { encodings, layers } = cameraLayers(track.getSettings());
       tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: encodings });
       s.layers.camera = layers;
@@ -823,7 +827,7 @@ export class Meeting extends EventTarget {
   }
 
   reportSizesSoon(s) {
-    if (!s || s.disposed || s.sizesQueued) return;
+    if (!s || s.disposed || s.sizesQueued || this.protocolVersion < SIMULCAST_PROTOCOL) return;
     if (sizeReports(this.videoSizes, s.sentSizes, s.offeredSubs).length === 0) return;
     s.sizesQueued = true;
     // A plain timer (not `after`): this runs on every resize and must not pile up cancels.
