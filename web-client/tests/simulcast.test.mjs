@@ -57,10 +57,18 @@ describe('simulcast and active speaker in Chromium', () => {
         err.message += `\nlast seen: ${JSON.stringify(last)}`;
         throw err;
       };
-      const receives = (width, message) => waitFor(async () => {
-        last = await viewer.page.evaluate((id) => window.meetTest.receivedVideo(id), publisherId);
-        return last?.frameWidth === width;
-      }, { ...SWITCH, message }).catch(explained);
+      // A layer is received when frames of its width keep being decoded: two polls in a row
+      // (a server that mixed layers would pass a single look by chance).
+      const receives = (width, message) => {
+        let streak = 0;
+        return waitFor(async () => {
+          const before = last;
+          last = await viewer.page.evaluate((id) => window.meetTest.receivedVideo(id), publisherId);
+          const steady = last?.frameWidth === width && before?.frameWidth === width && last.framesDecoded > before.framesDecoded;
+          streak = steady ? streak + 1 : 0;
+          return streak >= 2;
+        }, { ...SWITCH, message }).catch(explained);
+      };
       const sends = (wanted, message) => waitFor(async () => {
         last = await publisher.page.evaluate(async () => ({
           told: window.meetTest.simulcastLayers(),
@@ -85,7 +93,18 @@ describe('simulcast and active speaker in Chromium', () => {
       await sends(({ told, layers: [q, , f] }) => told?.[0] === true && told?.[2] === false && q.active && !f.active,
         'simulcast_layers to tell the publisher that nobody receives the top layer, and the publisher to pause it');
 
-      // Large again: the top layer comes back, at both ends.
+      // A tile that is not displayed is reported as 0 × 0 (the server then sends it nothing).
+      const display = (value) => viewer.page.evaluate(([id, v]) => {
+        document.querySelector(`.tile[data-key="p${id}"]`).style.display = v;
+      }, [publisherId, value]);
+      await display('none');
+      await waitFor(async () => (await viewer.page.evaluate(() => window.meetTest.sent))
+        .filter((m) => m.type === 'video_sizes').at(-1).sizes.some((x) => x.width === 0 && x.height === 0), {
+        message: 'the viewer to report its hidden tile as 0 × 0',
+      });
+
+      // Shown and large again: the top layer comes back, at both ends.
+      await display('');
       await viewer.page.evaluate((id) => window.meetTest.resizeTile(id, null, null), publisherId);
       await receives(960, 'the viewer to switch back to the 960×540 layer');
       await sends((seen) => seen.told?.[2] === true && allLayers(seen), 'the publisher to resume its top layer');
