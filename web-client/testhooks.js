@@ -102,8 +102,9 @@ export function install(params, { setTrackSource, app }) {
     // ---- simulcast and the active speaker ----
     /** The participant id of the last `active_speaker`, or null. */
     activeSpeaker: () => app.meeting?.activeSpeaker ?? null,
-    /** Participant ids of the tiles marked as speaking, and of the one shown large. */
+    /** Participant ids of the tiles outlined as speaking. */
     speakingTiles: () => [...document.querySelectorAll('.tile.speaking')].map((el) => Number(el.dataset.participantId)),
+    /** The participant id of the tile shown large (the speaker view), or null. */
     featuredTile: () => {
       const el = document.querySelector('.tile.featured');
       return el ? Number(el.dataset.participantId) : null;
