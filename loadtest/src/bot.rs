@@ -172,6 +172,10 @@ pub struct Roster {
     pub role: Option<Role>,
     /// Whether the server says the meeting is being recorded.
     pub recording: bool,
+    /// Active speakers announced, in order (`None`: silence).
+    pub active_speakers: Vec<Option<ParticipantId>>,
+    /// The last `simulcast_layers` for each of this bot's publications.
+    pub simulcast_layers: BTreeMap<PublicationId, Vec<bool>>,
 }
 
 fn nameless(id: ParticipantId) -> ParticipantInfo {
@@ -457,6 +461,23 @@ impl Shared {
             }
             ServerMessage::LobbyChanged { waiting } => self.roster.lobby = waiting,
             ServerMessage::RecordingState { active, .. } => self.roster.recording = active,
+            ServerMessage::ActiveSpeaker { participant_id } => {
+                self.roster.active_speakers.push(participant_id);
+            }
+            ServerMessage::SimulcastLayers {
+                publication_id,
+                active,
+            } => {
+                let own_video = self
+                    .roster
+                    .own_publications
+                    .iter()
+                    .any(|p| p.id == publication_id && p.kind == MediaKind::Video);
+                if own_video {
+                    self.endpoint.set_active_layers(&active);
+                }
+                self.roster.simulcast_layers.insert(publication_id, active);
+            }
             ServerMessage::Lobby { .. } => self.fail("a lobby message after admission".into()),
             ServerMessage::Pong => self.pongs += 1,
             ServerMessage::Error { code, message } => {

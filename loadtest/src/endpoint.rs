@@ -17,19 +17,26 @@ use std::time::{Duration, Instant};
 
 use protocol::{
     ClientMessage, MediaKind, ParticipantId, PublicationId, PublicationInfo, PublishTrack,
-    SubscribeTrack, TrackSource,
+    SimulcastLayer, SubscribeTrack, TrackSource,
 };
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaTime, Mid, Pt};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaData, MediaTime, Mid, Pt, Rid, Simulcast,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 
 use crate::media::{
     AUDIO_FRAME_TICKS, MediaError, SyntheticCodec, ToneAnalyzer, ToneSource, VideoSource,
-    frame_is_keyframe, frame_tag,
+    frame_is_keyframe, frame_tag, layer_tag, split_tag,
 };
+
+/// Rids and declared sizes of simulcast layers, lowest first, as a browser configures them
+/// (`scaleResolutionDownBy` 4, 2, 1 of 1280×720).
+const SIMULCAST_LAYERS: [(&str, u32, u32); 3] =
+    [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
 
 /// Interval between two Opus packets.
 pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
@@ -74,6 +81,11 @@ pub struct EndpointConfig {
     /// Decode received Opus to find its tone. Costs CPU per packet; load tests that only count
     /// packets can turn it off.
     pub analyze_audio: bool,
+    /// Simulcast: the frame size of each layer, lowest first (at most three; the rids are
+    /// `q`, `h`, `f` from the top down). Empty: one layer of `video_frame_bytes`.
+    pub simulcast_frame_bytes: Vec<usize>,
+    /// The audio level (RFC 6464, dBov: 0 loudest, -127 silence) each audio packet carries.
+    pub audio_level: i8,
 }
 
 impl EndpointConfig {
@@ -90,6 +102,8 @@ impl EndpointConfig {
             video_codec: SyntheticCodec::Vp8,
             keyframe_interval: Some(Duration::from_secs(5)),
             analyze_audio: true,
+            simulcast_frame_bytes: Vec::new(),
+            audio_level: -30,
         }
     }
 }
@@ -138,8 +152,12 @@ pub struct ReceivedStats {
     pub audio_decode_errors: u64,
     pub video_frames: u64,
     pub keyframes: u64,
-    /// The tag of the most recent tagged video frame.
+    /// The sender tag of the most recent tagged video frame (without its layer).
     pub video_tag: Option<u64>,
+    /// The simulcast layer of the most recent tagged video frame (0 for plain video), and
+    /// how often it changed.
+    pub video_layer: Option<u8>,
+    pub layer_changes: u64,
     /// Video frames without a tag (not made by [`VideoSource`]).
     pub untagged_frames: u64,
     /// How often the tag changed from one tagged frame to the next.
@@ -167,6 +185,8 @@ impl ReceivedStats {
             video_frames: 0,
             keyframes: 0,
             video_tag: None,
+            video_layer: None,
+            layer_changes: 0,
             untagged_frames: 0,
             tag_changes: 0,
             keyframe_requests_sent: 0,
@@ -271,11 +291,21 @@ struct VideoSender {
     pt: Option<Pt>,
     active: bool,
     paused: bool,
-    source: VideoSource,
     fps: u64,
     timetable: Timetable,
+    /// One plain layer, or the simulcast layers lowest first.
+    layers: Vec<VideoLayer>,
+}
+
+#[derive(Debug)]
+struct VideoLayer {
+    rid: Option<Rid>,
+    source: VideoSource,
+    /// The SFU wants it (`simulcast_layers`); a paused layer sends nothing.
+    wanted: bool,
     last_keyframe_at: Option<Instant>,
     force_keyframe: bool,
+    frames: u64,
 }
 
 /// A WebRTC client endpoint for the SFU. See the module documentation.
@@ -495,32 +525,66 @@ impl Endpoint {
                 });
             }
             if self.config.publish_video {
+                let config = &self.config;
+                let frame_bytes: Vec<usize> = if config.simulcast_frame_bytes.is_empty() {
+                    vec![config.video_frame_bytes]
+                } else {
+                    config
+                        .simulcast_frame_bytes
+                        .iter()
+                        .take(3)
+                        .copied()
+                        .collect()
+                };
+                let simulcast = frame_bytes.len() > 1;
+                let rids: Vec<&str> = SIMULCAST_LAYERS[3 - frame_bytes.len()..]
+                    .iter()
+                    .map(|(rid, _, _)| *rid)
+                    .collect();
+                let layers: Vec<VideoLayer> = frame_bytes
+                    .iter()
+                    .zip(&rids)
+                    .enumerate()
+                    .map(|(index, (bytes, rid))| VideoLayer {
+                        rid: simulcast.then(|| Rid::from(*rid)),
+                        source: VideoSource::with_codec(
+                            layer_tag(config.video_tag, index as u8),
+                            *bytes,
+                            config.video_codec,
+                        ),
+                        wanted: true,
+                        last_keyframe_at: None,
+                        force_keyframe: true,
+                        frames: 0,
+                    })
+                    .collect();
+                let simulcast = simulcast.then(|| {
+                    let mut s = Simulcast::new();
+                    for rid in &rids {
+                        s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                    }
+                    s
+                });
                 let mid = api.add_media(
                     str0m::media::MediaKind::Video,
                     Direction::SendOnly,
                     stream_id,
                     None,
-                    None,
+                    simulcast,
                 );
-                let fps = u64::from(self.config.video_fps);
+                let fps = u64::from(config.video_fps);
                 self.video = Some(VideoSender {
                     mid,
                     pt: None,
                     active: false,
                     paused: false,
-                    source: VideoSource::with_codec(
-                        self.config.video_tag,
-                        self.config.video_frame_bytes,
-                        self.config.video_codec,
-                    ),
                     fps,
                     timetable: Timetable::new(
                         1_000_000_000_u64
                             .checked_div(fps)
                             .map_or(IDLE_TIMEOUT, Duration::from_nanos),
                     ),
-                    last_keyframe_at: None,
-                    force_keyframe: true,
+                    layers,
                 });
             }
             self.publish_offered = true;
@@ -572,10 +636,25 @@ impl Endpoint {
             source: TrackSource::Microphone,
             layers: Vec::new(),
         });
-        let video = self.video.as_ref().map(|v| PublishTrack {
-            mid: v.mid.to_string(),
-            source: TrackSource::Camera,
-            layers: Vec::new(),
+        let video = self.video.as_ref().map(|v| {
+            let n = v.layers.len();
+            let layers = if n > 1 {
+                SIMULCAST_LAYERS[3 - n..]
+                    .iter()
+                    .map(|(rid, width, height)| SimulcastLayer {
+                        rid: (*rid).to_string(),
+                        width: *width,
+                        height: *height,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            PublishTrack {
+                mid: v.mid.to_string(),
+                source: TrackSource::Camera,
+                layers,
+            }
         });
         audio.into_iter().chain(video).collect()
     }
@@ -859,10 +938,42 @@ impl Endpoint {
                 if let Some(video) = &mut self.video {
                     video.paused = paused;
                     // The first frame after unmuting must be decodable on its own.
-                    video.force_keyframe |= !paused;
+                    for layer in &mut video.layers {
+                        layer.force_keyframe |= !paused;
+                    }
                 }
             }
         }
+    }
+
+    /// Follows the SFU's `simulcast_layers`: sends only the layers someone receives. A layer
+    /// that resumes starts on a keyframe.
+    pub fn set_active_layers(&mut self, active: &[bool]) {
+        let Some(video) = &mut self.video else {
+            return;
+        };
+        if video.layers.len() < 2 {
+            return;
+        }
+        for (layer, wanted) in video.layers.iter_mut().zip(active) {
+            if *wanted && !layer.wanted {
+                layer.force_keyframe = true;
+            }
+            layer.wanted = *wanted;
+        }
+    }
+
+    /// Frames sent per layer of the published video, lowest first.
+    pub fn layer_frames(&self) -> Vec<u64> {
+        self.video
+            .as_ref()
+            .map(|v| v.layers.iter().map(|l| l.frames).collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes the audio level the published audio claims from now on.
+    pub fn set_audio_level(&mut self, level: i8) {
+        self.config.audio_level = level.clamp(-127, 0);
     }
 
     /// Sends a PLI for a negotiated video subscription. Returns whether one was sent.
@@ -974,7 +1085,11 @@ impl Endpoint {
                 if let Some(video) = &mut self.video
                     && video.mid == request.mid
                 {
-                    video.force_keyframe = true;
+                    for layer in &mut video.layers {
+                        if request.rid.is_none() || layer.rid == request.rid {
+                            layer.force_keyframe = true;
+                        }
+                    }
                     self.sent.keyframe_requests_received += 1;
                 }
             }
@@ -1027,12 +1142,16 @@ impl Endpoint {
                     stats.keyframes += 1;
                     stats.first_keyframe_at.get_or_insert(now);
                 }
-                match frame_tag(&data.data) {
-                    Some(tag) => {
+                match frame_tag(&data.data).map(split_tag) {
+                    Some((tag, layer)) => {
                         if stats.video_tag.is_some_and(|old| old != tag) {
                             stats.tag_changes += 1;
                         }
+                        if stats.video_layer.is_some_and(|old| old != layer) {
+                            stats.layer_changes += 1;
+                        }
                         stats.video_tag = Some(tag);
+                        stats.video_layer = Some(layer);
                     }
                     None => stats.untagged_frames += 1,
                 }
@@ -1076,7 +1195,14 @@ impl Endpoint {
                         slot * u64::from(AUDIO_FRAME_TICKS),
                         Frequency::FORTY_EIGHT_KHZ,
                     );
-                    if write_frame(&mut self.rtc, audio.mid, pt, now, time, packet) {
+                    let level = self.config.audio_level;
+                    let written = self.rtc.writer(audio.mid).is_some_and(|writer| {
+                        writer
+                            .audio_level(level, level > -127)
+                            .write(pt, now, time, packet)
+                            .is_ok()
+                    });
+                    if written {
                         self.sent.audio_packets += 1;
                         self.sent.audio_bytes += len;
                     } else {
@@ -1093,44 +1219,44 @@ impl Endpoint {
             let due = video.timetable.take_due(now);
             if connected && !video.paused {
                 for slot in due {
-                    let periodic = match (self.config.keyframe_interval, video.last_keyframe_at) {
-                        (_, None) => true,
-                        (Some(interval), Some(at)) => now.saturating_duration_since(at) >= interval,
-                        (None, Some(_)) => false,
-                    };
-                    let keyframe = video.force_keyframe || periodic;
-                    let frame = video.source.next_frame(keyframe);
-                    let len = frame.len() as u64;
                     let time =
                         MediaTime::new(slot * VIDEO_CLOCK_RATE / video.fps, Frequency::NINETY_KHZ);
-                    if write_frame(&mut self.rtc, video.mid, pt, now, time, frame) {
-                        self.sent.video_frames += 1;
-                        self.sent.video_bytes += len;
-                        if keyframe {
-                            self.sent.keyframes += 1;
-                            video.force_keyframe = false;
-                            video.last_keyframe_at = Some(now);
+                    for layer in video.layers.iter_mut().filter(|l| l.wanted) {
+                        let periodic = match (self.config.keyframe_interval, layer.last_keyframe_at)
+                        {
+                            (_, None) => true,
+                            (Some(interval), Some(at)) => {
+                                now.saturating_duration_since(at) >= interval
+                            }
+                            (None, Some(_)) => false,
+                        };
+                        let keyframe = layer.force_keyframe || periodic;
+                        let frame = layer.source.next_frame(keyframe);
+                        let len = frame.len() as u64;
+                        let written = self.rtc.writer(video.mid).is_some_and(|writer| {
+                            let writer = match layer.rid {
+                                Some(rid) => writer.rid(rid),
+                                None => writer,
+                            };
+                            writer.write(pt, now, time, frame).is_ok()
+                        });
+                        if written {
+                            self.sent.video_frames += 1;
+                            self.sent.video_bytes += len;
+                            layer.frames += 1;
+                            if keyframe {
+                                self.sent.keyframes += 1;
+                                layer.force_keyframe = false;
+                                layer.last_keyframe_at = Some(now);
+                            }
+                        } else {
+                            self.sent.write_errors += 1;
                         }
-                    } else {
-                        self.sent.write_errors += 1;
                     }
                 }
             }
         }
     }
-}
-
-/// Writes one frame on a send m-line; false when str0m refused it.
-fn write_frame(
-    rtc: &mut Rtc,
-    mid: Mid,
-    pt: Pt,
-    now: Instant,
-    time: MediaTime,
-    data: Vec<u8>,
-) -> bool {
-    rtc.writer(mid)
-        .is_some_and(|writer| writer.write(pt, now, time, data).is_ok())
 }
 
 fn to_str0m_kind(kind: MediaKind) -> str0m::media::MediaKind {

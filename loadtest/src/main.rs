@@ -81,6 +81,9 @@ struct Args {
     video_kbps: Option<u32>,
     #[arg(long)]
     video_fps: Option<u32>,
+    /// Publishers send one video layer instead of three simulcast layers.
+    #[arg(long)]
+    no_simulcast: bool,
     /// Viewers replaced per second in churn.
     #[arg(long)]
     churn_rate: Option<f64>,
@@ -141,6 +144,9 @@ impl Args {
         set(&mut scenario.participants, self.participants);
         set(&mut scenario.video_kbps, self.video_kbps);
         set(&mut scenario.video_fps, self.video_fps);
+        if self.no_simulcast {
+            scenario.simulcast = false;
+        }
         if let Some(room) = &self.room {
             scenario.room.clone_from(room);
         }

@@ -237,6 +237,20 @@ pub fn frame_tag(frame: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Where a simulcast layer's index sits in a frame tag: layer `n` of the sender tagged `t`
+/// carries `t | n << LAYER_SHIFT`, so layer 0 carries the plain tag.
+pub const LAYER_SHIFT: u32 = 48;
+
+/// The tag of one simulcast layer of the sender tagged `tag`.
+pub fn layer_tag(tag: u64, layer: u8) -> u64 {
+    tag | (u64::from(layer) << LAYER_SHIFT)
+}
+
+/// A frame tag split into the sender's tag and the simulcast layer.
+pub fn split_tag(tag: u64) -> (u64, u8) {
+    (tag & ((1 << LAYER_SHIFT) - 1), (tag >> LAYER_SHIFT) as u8)
+}
+
 /// The sender tag a VP8 [`VideoSource`] frame carries.
 pub fn vp8_frame_tag(frame: &[u8]) -> Option<u64> {
     frame_tag(frame)

@@ -103,8 +103,11 @@ pub struct Scenario {
     pub join_rate: f64,
     /// Seconds every endpoint stays connected after the last one joined.
     pub duration_s: f64,
-    /// Each publisher's video bitrate in kbit/s.
+    /// Each publisher's video bitrate in kbit/s (its top layer's, with simulcast).
     pub video_kbps: u32,
+    /// Publishers send three simulcast layers (1/8, 2/5 and all of `video_kbps`), as the
+    /// web client does; the SFU picks one per viewer.
+    pub simulcast: bool,
     pub video_fps: u32,
     /// Viewers replaced per second during the hold in `churn`.
     pub churn_per_s: f64,
@@ -122,6 +125,7 @@ impl Default for Scenario {
             join_rate: 100.0,
             duration_s: 10.0,
             video_kbps: 1_000,
+            simulcast: true,
             video_fps: 30,
             churn_per_s: 5.0,
             slo: Slo::default(),
@@ -182,7 +186,16 @@ impl Scenario {
         config.publish_audio = publishes;
         config.publish_video = publishes;
         config.video_fps = self.video_fps;
-        config.video_frame_bytes = (self.video_kbps as usize * 1_000 / 8) / self.video_fps as usize;
+        let frame_bytes = |kbps: f64| (kbps * 1_000.0 / 8.0 / f64::from(self.video_fps)) as usize;
+        config.video_frame_bytes = frame_bytes(f64::from(self.video_kbps));
+        if self.simulcast {
+            let top = f64::from(self.video_kbps);
+            config.simulcast_frame_bytes = vec![
+                frame_bytes(top / 8.0),
+                frame_bytes(top * 0.4),
+                frame_bytes(top),
+            ];
+        }
         config.video_tag = u64::from(index) + 1;
         config.tone_hz = 300.0 + 20.0 * (index % 40) as f32;
         config

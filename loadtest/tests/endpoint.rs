@@ -377,6 +377,7 @@ fn a_partition_is_noticed_without_spinning() {
             loss_up: 1.0,
             loss_down: 1.0,
             delay: Duration::ZERO,
+            ..Link::default()
         },
     );
 

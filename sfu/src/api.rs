@@ -6,7 +6,7 @@
 
 use protocol::{
     ErrorCode, MediaKind, ParticipantId, PublicationId, PublishTrack, Quality, RoomId,
-    SubscribeTrack, TrackSource,
+    SubscribeTrack, TrackSource, VideoSize,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,12 @@ pub enum SfuCommand {
         participant: ParticipantId,
         allowed: bool,
     },
+    /// The sizes at which the participant shows its subscribed videos; picks each
+    /// subscription's simulcast layer, and stops hidden ones (`0 × 0`).
+    SetVideoSizes {
+        participant: ParticipantId,
+        sizes: Vec<VideoSize>,
+    },
 }
 
 impl SfuCommand {
@@ -76,6 +82,7 @@ impl SfuCommand {
             | SfuCommand::SetMuted { participant, .. }
             | SfuCommand::RemoveParticipant { participant }
             | SfuCommand::SetPublishing { participant, .. }
+            | SfuCommand::SetVideoSizes { participant, .. }
             | SfuCommand::Unsubscribe { participant, .. } => *participant,
         })
     }
@@ -123,5 +130,17 @@ pub enum SfuEvent {
     QualityChanged {
         participant: ParticipantId,
         quality: Quality,
+    },
+    /// The loudest speaker of a room changed (`None`: its last speaker left).
+    ActiveSpeaker {
+        room: RoomId,
+        participant: Option<ParticipantId>,
+    },
+    /// Which simulcast layers of a publication anyone receives, by index in the layers its
+    /// owner declared (lowest first). Sent on change, at most once a second per publication.
+    SimulcastLayers {
+        participant: ParticipantId,
+        publication: PublicationId,
+        active: Vec<bool>,
     },
 }

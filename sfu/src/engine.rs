@@ -11,20 +11,26 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use protocol::{ErrorCode, MediaKind, ParticipantId, PublicationId, Quality, RoomId, TrackSource};
+use protocol::{
+    ErrorCode, MAX_SIMULCAST_LAYERS, MAX_VIDEO_SIZES, MediaKind, ParticipantId, PublicationId,
+    Quality, RoomId, TrackSource, VideoSize,
+};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use crate::allocator::{self, DEFAULT_LAYER_BITRATES, Demand};
 use crate::api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
 use crate::recording::{RecordedCodec, RecordedMedia};
+use crate::speaker::{self, LevelMeter};
 use crate::stats::EngineStats;
 
 /// Largest datagram accepted on the media port. Anything bigger is not WebRTC traffic we sent
@@ -36,6 +42,31 @@ const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Source addresses remembered per participant.
 const MAX_ADDRS_PER_PARTICIPANT: usize = 4;
+
+/// How often rooms' speakers and loudest audio are re-evaluated.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Ticks between two measures of each layer's bitrate and a reallocation of everyone.
+const TICKS_PER_MEASURE: u32 = 4;
+
+/// The egress estimate a transport starts from, before feedback arrives: enough for the
+/// middle layer of a main video, and quickly corrected either way.
+const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
+
+/// Share of the estimate the allocator hands out: the rest absorbs estimate error, RTCP and
+/// retransmissions.
+const ESTIMATE_SHARE: f64 = 0.9;
+
+/// What one forwarded audio stream is assumed to cost when splitting the estimate.
+const AUDIO_BITRATE: u64 = 50_000;
+
+/// Video sizes remembered per participant (its subscriptions, plus a few reported before
+/// their offer was answered).
+const MAX_SIZES_PER_PARTICIPANT: usize = 2 * MAX_VIDEO_SIZES;
+
+/// The shortest interval between two `SimulcastLayers` events for one publication: a
+/// publisher reconfigures its encoder at most this often.
+const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -52,6 +83,13 @@ pub struct EngineConfig {
     /// subscriber.
     pub rtx_cache_packets: usize,
     pub rtx_cache_age: Duration,
+    /// In a room with more audio publications than this, each subscriber receives only
+    /// this many, the loudest. `None` forwards every audio publication.
+    pub max_audio_streams: Option<usize>,
+    /// Estimate each subscriber's bandwidth (transport-wide congestion control) and send
+    /// each video subscription the simulcast layer that fits. Without it, subscriptions get
+    /// the layer their size asks for.
+    pub bandwidth_estimation: bool,
 }
 
 impl EngineConfig {
@@ -62,6 +100,8 @@ impl EngineConfig {
             max_participants_per_room: 1_000,
             rtx_cache_packets: 256,
             rtx_cache_age: Duration::from_millis(1500),
+            max_audio_streams: Some(5),
+            bandwidth_estimation: true,
         }
     }
 }
@@ -85,9 +125,46 @@ struct Publication {
     subscribers: Vec<(ParticipantId, Mid)>,
     last_keyframe_request: Option<Instant>,
     keyframe_request_pending: bool,
+    /// Layers (bit per index) a keyframe is wanted for, sent with the next request.
+    keyframe_layers: u8,
     /// Its room is being recorded: its packets also go to the recording tap.
     recorded: bool,
     source: TrackSource,
+    /// Simulcast layers, lowest first; a plain stream has one, without a rid.
+    layers: Vec<Layer>,
+    /// Audio: loudness from the packets' audio levels.
+    level: LevelMeter,
+    /// Audio: among its room's loudest, so forwarded.
+    audible: bool,
+    /// Simulcast: the layers last told to the owner as wanted, and when.
+    told_layers: Option<(u8, Instant)>,
+}
+
+/// One simulcast encoding of a publication (or its only stream).
+#[derive(Debug)]
+struct Layer {
+    rid: Option<Rid>,
+    /// Declared size; 0 × 0 when unknown.
+    width: u32,
+    height: u32,
+    /// Payload bytes since the last measure, and the bitrate measured (0: never seen).
+    window_bytes: u64,
+    bitrate: u64,
+    /// Packets arrived within the last second.
+    available: bool,
+}
+
+impl Layer {
+    fn plain() -> Self {
+        Self {
+            rid: None,
+            width: 0,
+            height: 0,
+            window_bytes: 0,
+            bitrate: 0,
+            available: false,
+        }
+    }
 }
 
 /// One outbound track to one participant.
@@ -100,6 +177,13 @@ struct Subscription {
     pt_map: Vec<(Pt, Pt)>,
     /// NACKs counted from this subscription's egress statistics so far.
     nacks_seen: u64,
+    is_video: bool,
+    /// Video: the layer to send (`None`: nothing, hidden or no bandwidth) and the layer sent
+    /// now; they differ until the target layer's next keyframe.
+    target: Option<u8>,
+    current: Option<u8>,
+    /// Video: the highest layer its tile needs, from the last allocation.
+    max_layer: Option<u8>,
 }
 
 /// What the engine knows of one published stream's codec, by payload type.
@@ -117,8 +201,9 @@ struct Participant {
     addrs: Vec<SocketAddr>,
     /// Publications by their receive mid.
     published: Vec<(Mid, PublicationId)>,
-    /// Known incoming SSRCs, so the per-packet lookup avoids str0m's stream table.
-    ssrc_cache: Vec<(Ssrc, PublicationId)>,
+    /// Known incoming SSRCs with their publication and layer, so the per-packet lookup
+    /// avoids str0m's stream table.
+    ssrc_cache: Vec<(Ssrc, PublicationId, u8)>,
     /// Codec of each payload type this participant sends, filled after each offer.
     pt_info: Vec<PtInfo>,
     subscriptions: FxHashMap<Mid, Subscription>,
@@ -133,11 +218,21 @@ struct Participant {
     may_publish: bool,
     /// The last quality label told to signaling.
     quality: Option<Quality>,
+    /// The egress bandwidth estimate (bits per second), once the estimator produced one.
+    estimate: Option<u64>,
+    /// Whether its layers must be allocated again (estimate, sizes or subscriptions changed).
+    reallocate: bool,
+    /// The size each subscribed video is shown at, by publication.
+    video_sizes: FxHashMap<PublicationId, (u32, u32)>,
+    /// The (minimum, desired) bitrates last given to its estimator.
+    bwe_bitrates: (u64, u64),
 }
 
 #[derive(Debug, Default)]
 struct Room {
     participants: Vec<ParticipantId>,
+    /// The participant whose voice is loudest, as last announced.
+    speaker: Option<ParticipantId>,
 }
 
 /// Work found while draining one participant's `Rtc`, handled once the borrow ends.
@@ -150,6 +245,8 @@ enum Found {
     KeyframeRequest(Mid, KeyframeRequestKind),
     /// Cumulative NACKs received on one of this participant's send m-lines.
     Nacks(Mid, u64),
+    /// The egress bandwidth estimate changed.
+    Estimate(u64),
     Connected,
     Disconnected,
     /// The transport's quality label changed.
@@ -196,6 +293,20 @@ pub struct Engine {
     recordings: FxHashMap<RoomId, String>,
     /// The recording tap's queue (see [`crate::recording`]).
     recorded: VecDeque<RecordedMedia>,
+    /// When the next speaker/loudness evaluation is due (from the first input on), and how
+    /// many ticks ran.
+    next_tick: Option<Instant>,
+    ticks: u32,
+    /// Participants whose layers must be allocated at the end of this pass.
+    to_allocate: Vec<ParticipantId>,
+    /// Publications whose set of arriving layers changed.
+    layer_changes: Vec<PublicationId>,
+    /// When the layers' bitrates were last measured.
+    measured_at: Option<Instant>,
+    /// Reused buffers for the allocator.
+    demands: Vec<Demand>,
+    demand_mids: Vec<(Mid, Option<u8>)>,
+    allocation: Vec<Option<u8>>,
 }
 
 impl Engine {
@@ -224,6 +335,14 @@ impl Engine {
             stats: EngineStats::default(),
             recordings: FxHashMap::default(),
             recorded: VecDeque::new(),
+            next_tick: None,
+            ticks: 0,
+            to_allocate: Vec::new(),
+            layer_changes: Vec::new(),
+            measured_at: None,
+            demands: Vec::new(),
+            demand_mids: Vec::new(),
+            allocation: Vec::new(),
         })
     }
 
@@ -266,8 +385,9 @@ impl Engine {
         });
         participants
             .chain(keyframes)
+            .chain(self.next_tick)
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+            .unwrap_or_else(|| Instant::now() + TICK)
     }
 
     /// Advances every participant whose timer is due, and sends keyframe requests that were
@@ -301,8 +421,13 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in pending {
-            self.request_keyframe(id, now);
+            self.request_keyframe(id, 0, now);
         }
+        if self.next_tick.is_none_or(|t| now >= t) {
+            self.next_tick = Some(now + TICK);
+            self.tick(now);
+        }
+        self.allocate_pending();
         self.flush_touched(now);
     }
 
@@ -363,6 +488,9 @@ impl Engine {
             self.stats.dropped_unknown_ssrc += 1;
         }
         self.drain(id, now);
+        if !self.to_allocate.is_empty() || !self.layer_changes.is_empty() {
+            self.allocate_pending();
+        }
         self.flush_touched(now);
     }
 
@@ -460,6 +588,10 @@ impl Engine {
                 self.stop_recording(now, &room);
                 Ok(())
             }
+            SfuCommand::SetVideoSizes { participant, sizes } => {
+                self.set_video_sizes(participant, &sizes);
+                Ok(())
+            }
         };
         if let (Err((code, message)), Some(participant)) = (result, participant) {
             self.events.push_back(SfuEvent::Refused {
@@ -468,6 +600,7 @@ impl Engine {
                 message,
             });
         }
+        self.allocate_pending();
         self.flush_touched(now);
     }
 
@@ -487,12 +620,15 @@ impl Engine {
         if members >= self.config.max_participants_per_room {
             return Err((ErrorCode::RoomFull, format!("room {room} is full")));
         }
-        let mut rtc = Rtc::builder()
+        let mut builder = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.dtls_cert.clone())
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .build(now);
+            .set_stats_interval(Some(STATS_INTERVAL));
+        if self.config.bandwidth_estimation {
+            builder = builder.enable_bwe(Some(INITIAL_ESTIMATE));
+        }
+        let mut rtc = builder.build(now);
         let candidate = Candidate::host(self.config.candidate_addr, "udp").map_err(|err| {
             (
                 ErrorCode::MediaUnavailable,
@@ -525,6 +661,10 @@ impl Engine {
                 queued: false,
                 may_publish: true,
                 quality: None,
+                estimate: None,
+                reallocate: false,
+                video_sizes: FxHashMap::default(),
+                bwe_bitrates: (0, 0),
             },
         );
         Ok(())
@@ -623,15 +763,16 @@ impl Engine {
                         str0m::media::MediaKind::Audio => MediaKind::Audio,
                         str0m::media::MediaKind::Video => MediaKind::Video,
                     };
-                    let source = publish
-                        .iter()
-                        .find(|p| p.mid == mid.to_string())
-                        .map(|p| p.source)
-                        .unwrap_or(match kind {
-                            MediaKind::Audio => TrackSource::Microphone,
-                            MediaKind::Video => TrackSource::Camera,
-                        });
-                    to_publish.push((*mid, kind, source));
+                    let track = publish.iter().find(|p| p.mid == mid.to_string());
+                    let source = track.map(|p| p.source).unwrap_or(match kind {
+                        MediaKind::Audio => TrackSource::Microphone,
+                        MediaKind::Video => TrackSource::Camera,
+                    });
+                    let layers = match (kind, track) {
+                        (MediaKind::Video, Some(track)) => declared_layers(&track.layers),
+                        _ => vec![Layer::plain()],
+                    };
+                    to_publish.push((*mid, kind, source, layers));
                 }
                 (false, Some((_, publication))) => to_unpublish.push(*publication),
                 _ => {}
@@ -656,7 +797,7 @@ impl Engine {
         }
 
         self.stats.refused_publications += refused_publications;
-        for (mid, kind, source) in to_publish {
+        for (mid, kind, source, layers) in to_publish {
             let publication = PublicationId(self.next_publication);
             self.next_publication += 1;
             self.publications.insert(
@@ -670,8 +811,13 @@ impl Engine {
                     subscribers: Vec::new(),
                     last_keyframe_request: None,
                     keyframe_request_pending: false,
+                    keyframe_layers: 0,
                     recorded: false,
                     source,
+                    layers,
+                    level: LevelMeter::default(),
+                    audible: true,
+                    told_layers: None,
                 },
             );
             if self.recordings.contains_key(&room) {
@@ -696,12 +842,12 @@ impl Engine {
             self.unbind(id, mid);
         }
         for (mid, publication) in to_bind {
-            self.bind(now, id, mid, publication);
+            self.bind(id, mid, publication);
         }
     }
 
     /// Points the subscriber's send m-line at a publication of its own room.
-    fn bind(&mut self, now: Instant, id: ParticipantId, mid: Mid, publication_id: PublicationId) {
+    fn bind(&mut self, id: ParticipantId, mid: Mid, publication_id: PublicationId) {
         let Some(publication) = self.publications.get(&publication_id) else {
             // A publication that ended while the offer was in flight: the m-line stays idle.
             return;
@@ -763,17 +909,24 @@ impl Engine {
                 forwarder: Forwarder::new(clock_rate, is_video, initial_seq),
                 pt_map: Vec::new(),
                 nacks_seen: 0,
+                is_video,
+                target: None,
+                current: None,
+                max_layer: None,
             });
         subscription.publication = Some(publication_id);
         subscription.pt_map = pt_map;
         subscription.tx_ssrc = tx_ssrc;
         subscription.forwarder.reset_source();
+        subscription.current = None;
         if let Some(publication) = self.publications.get_mut(&publication_id) {
             publication.subscribers.push((id, mid));
         }
         if is_video {
-            // A late joiner must not wait for the publisher's next periodic keyframe.
-            self.request_keyframe(publication_id, now);
+            // The layer follows from the allocation at the end of this pass; its first packet
+            // asks the publisher for a keyframe, so a late joiner does not wait for the next
+            // periodic one.
+            self.mark_for_allocation(id);
         }
     }
 
@@ -784,10 +937,332 @@ impl Engine {
         let Some(subscription) = subscriber.subscriptions.get_mut(&mid) else {
             return;
         };
+        subscription.target = None;
+        subscription.current = None;
         if let Some(publication) = subscription.publication.take()
             && let Some(p) = self.publications.get_mut(&publication)
         {
             p.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+        }
+        // What it no longer receives frees bandwidth for its other subscriptions.
+        self.mark_for_allocation(id);
+    }
+
+    fn mark_for_allocation(&mut self, id: ParticipantId) {
+        if let Some(p) = self.participants.get_mut(&id)
+            && !p.reallocate
+        {
+            p.reallocate = true;
+            self.to_allocate.push(id);
+        }
+    }
+
+    fn set_video_sizes(&mut self, id: ParticipantId, sizes: &[VideoSize]) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        for size in sizes.iter().take(MAX_VIDEO_SIZES) {
+            // Larger than any screen means "as large as possible", and bounds the arithmetic.
+            let clamp = |v: u32| v.min(16_384);
+            participant
+                .video_sizes
+                .insert(size.publication_id, (clamp(size.width), clamp(size.height)));
+        }
+        if participant.video_sizes.len() > MAX_SIZES_PER_PARTICIPANT {
+            // Forget sizes of publications that ended; a client cannot grow the map further
+            // than the publications that exist.
+            let publications = &self.publications;
+            participant
+                .video_sizes
+                .retain(|p, _| publications.contains_key(p));
+        }
+        self.mark_for_allocation(id);
+    }
+
+    /// Allocates layers for every participant marked since the last pass.
+    fn allocate_pending(&mut self) {
+        while let Some(publication) = self.layer_changes.pop() {
+            let subscribers = self
+                .publications
+                .get(&publication)
+                .map(|p| p.subscribers.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for subscriber in subscribers {
+                self.mark_for_allocation(subscriber);
+            }
+        }
+        let mut pending = std::mem::take(&mut self.to_allocate);
+        for id in pending.drain(..) {
+            self.allocate(id);
+        }
+        self.to_allocate = pending;
+    }
+
+    /// Splits one subscriber's bandwidth estimate across its video subscriptions (see
+    /// [`crate::allocator`]): screen shares first, then the active speaker, then the rest.
+    fn allocate(&mut self, id: ParticipantId) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        participant.reallocate = false;
+        let speaker = self.rooms.get(&participant.room).and_then(|r| r.speaker);
+        let mut entries = std::mem::take(&mut self.demands);
+        let mut mids = std::mem::take(&mut self.demand_mids);
+        let mut allocation = std::mem::take(&mut self.allocation);
+        let mut order: Vec<(u8, usize)> = Vec::new();
+        entries.clear();
+        mids.clear();
+        let mut audio_streams = 0u64;
+        for (mid, sub) in &participant.subscriptions {
+            let Some(publication) = sub.publication.and_then(|p| self.publications.get(&p)) else {
+                continue;
+            };
+            if !sub.is_video {
+                audio_streams += u64::from(publication.audible);
+                continue;
+            }
+            let mut sizes = [(0, 0); MAX_SIMULCAST_LAYERS];
+            let mut bitrates = [0; 3];
+            let n = publication.layers.len().min(MAX_SIMULCAST_LAYERS);
+            let mut available = None;
+            for (i, layer) in publication.layers.iter().take(n).enumerate() {
+                sizes[i] = (layer.width, layer.height);
+                // A layer not measured yet is assumed to cost what browsers send; a plain
+                // stream offers no choice, so it costs what it measures (nothing to probe for).
+                let assumed = if n > 1 {
+                    DEFAULT_LAYER_BITRATES[(3 - n + i).min(2)]
+                } else {
+                    0
+                };
+                bitrates[i] = if layer.bitrate > 0 {
+                    layer.bitrate
+                } else {
+                    assumed
+                };
+                if layer.available {
+                    available = Some(i as u8);
+                }
+            }
+            // Before any layer arrives (and always for a plain stream) every layer counts as
+            // available: the first keyframes are on their way, and the target must be set
+            // when they come.
+            if available.is_none() || n == 1 {
+                available = Some(n.saturating_sub(1) as u8);
+            }
+            let tile = sub
+                .publication
+                .and_then(|p| participant.video_sizes.get(&p))
+                .copied();
+            let wanted = allocator::layer_for_size(&sizes[..n], tile);
+            let priority = if publication.source == TrackSource::Screen {
+                0
+            } else if Some(publication.owner) == speaker {
+                1
+            } else {
+                2
+            };
+            order.push((priority, entries.len()));
+            mids.push((*mid, wanted));
+            entries.push(Demand {
+                bitrates,
+                layers: n as u8,
+                // Only layers that arrive can be sent; a paused one is asked for below.
+                max_layer: wanted.and_then(|w| available.map(|a| a.min(w))),
+                current: sub.current,
+            });
+        }
+        order.sort_by_key(|(priority, _)| *priority);
+        let sorted: Vec<Demand> = order.iter().map(|(_, i)| entries[*i]).collect();
+        let budget = match (self.config.bandwidth_estimation, participant.estimate) {
+            (true, Some(estimate)) => ((estimate as f64 * ESTIMATE_SHARE) as u64)
+                .saturating_sub(audio_streams * AUDIO_BITRATE),
+            _ => u64::MAX,
+        };
+        allocator::allocate(budget, &sorted, &mut allocation);
+        let (mut allocated, mut desired) = (0u64, 0u64);
+        for ((_, index), target) in order.iter().zip(&allocation) {
+            let (mid, wanted) = mids[*index];
+            let demand = &entries[*index];
+            let cost = |layer: Option<u8>| layer.map_or(0, |l| demand.bitrates[usize::from(l)]);
+            allocated += cost(*target);
+            desired += cost(wanted.map(|w| w.min(demand.layers.saturating_sub(1))));
+            let Some(sub) = participant.subscriptions.get_mut(&mid) else {
+                continue;
+            };
+            sub.max_layer = wanted;
+            if sub.target != *target {
+                sub.target = *target;
+                if target.is_none() {
+                    sub.current = None;
+                }
+            }
+        }
+        if self.config.bandwidth_estimation && participant.bwe_bitrates != (allocated, desired) {
+            participant.bwe_bitrates = (allocated, desired);
+            // Probing up to what the tiles want lets a subscriber whose link recovered find
+            // out, even while it only receives a low layer.
+            participant.rtc.bwe().set_bitrate(
+                Bitrate::bps(allocated.min(desired)),
+                Bitrate::bps(desired.max(allocated)),
+            );
+        }
+        self.demands = entries;
+        self.demand_mids = mids;
+        self.allocation = allocation;
+    }
+
+    /// A few times a second: the rooms' active speakers and loudest audio, and once a second
+    /// the layers' bitrates, everyone's allocation and the layers publishers should send.
+    fn tick(&mut self, now: Instant) {
+        self.ticks = self.ticks.wrapping_add(1);
+        self.update_speakers(now);
+        if self.ticks.is_multiple_of(TICKS_PER_MEASURE) {
+            let elapsed = self
+                .measured_at
+                .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+            self.measured_at = Some(now);
+            for (id, publication) in &mut self.publications {
+                let mut changed = false;
+                for layer in &mut publication.layers {
+                    if layer.window_bytes > 0 && elapsed > 0.0 {
+                        let measured = (layer.window_bytes as f64 * 8.0 / elapsed) as u64;
+                        layer.bitrate = if layer.bitrate == 0 {
+                            measured
+                        } else {
+                            (layer.bitrate + measured) / 2
+                        };
+                    } else if layer.available {
+                        // Nothing for a whole second: paused by its publisher, or gone.
+                        layer.available = false;
+                        changed = true;
+                    }
+                    layer.window_bytes = 0;
+                }
+                if changed {
+                    self.layer_changes.push(*id);
+                }
+            }
+            let ids: Vec<ParticipantId> = self
+                .participants
+                .iter()
+                .filter(|(_, p)| p.subscriptions.values().any(|s| s.target.is_some()))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.mark_for_allocation(id);
+            }
+        }
+        self.allocate_pending();
+        self.update_simulcast_layers(now);
+    }
+
+    /// Tells publishers which of their simulcast layers anyone wants: the lowest always,
+    /// the top one while recording, and every layer a subscriber receives, is switching to
+    /// or would receive with more bandwidth.
+    fn update_simulcast_layers(&mut self, now: Instant) {
+        for (id, publication) in &mut self.publications {
+            let n = publication.layers.len().min(MAX_SIMULCAST_LAYERS);
+            if n < 2 {
+                continue;
+            }
+            let mut mask = 1u8;
+            if publication.recorded {
+                mask |= 1 << (n - 1);
+            }
+            for (subscriber, mid) in &publication.subscribers {
+                let Some(sub) = self
+                    .participants
+                    .get(subscriber)
+                    .and_then(|p| p.subscriptions.get(mid))
+                else {
+                    continue;
+                };
+                for layer in [sub.target, sub.current, sub.max_layer]
+                    .into_iter()
+                    .flatten()
+                {
+                    mask |= 1 << layer.min(n as u8 - 1);
+                }
+            }
+            let changed = publication.told_layers.is_none_or(|(told, _)| told != mask);
+            let due = publication
+                .told_layers
+                .is_none_or(|(_, at)| now >= at + LAYERS_EVENT_INTERVAL);
+            if changed && due {
+                publication.told_layers = Some((mask, now));
+                self.events.push_back(SfuEvent::SimulcastLayers {
+                    participant: publication.owner,
+                    publication: *id,
+                    active: (0..n).map(|i| mask & (1 << i) != 0).collect(),
+                });
+            }
+        }
+    }
+
+    /// Re-evaluates each room's active speaker and, in rooms with more audio publications
+    /// than [`EngineConfig::max_audio_streams`], which are loud enough to be forwarded.
+    fn update_speakers(&mut self, now: Instant) {
+        let mut audio: Vec<(PublicationId, ParticipantId, f32)> = Vec::new();
+        let mut resumed: Vec<PublicationId> = Vec::new();
+        for (room_id, room) in &mut self.rooms {
+            audio.clear();
+            for participant in &room.participants {
+                let Some(p) = self.participants.get(participant) else {
+                    continue;
+                };
+                for (_, publication_id) in &p.published {
+                    if let Some(publication) = self.publications.get(publication_id)
+                        && publication.kind == MediaKind::Audio
+                        && !publication.muted
+                    {
+                        audio.push((
+                            *publication_id,
+                            publication.owner,
+                            publication.level.loudness(now),
+                        ));
+                    }
+                }
+            }
+            let speaker = speaker::choose(room.speaker, audio.iter().map(|(_, o, l)| (*o, *l)));
+            if speaker != room.speaker {
+                room.speaker = speaker;
+                self.events.push_back(SfuEvent::ActiveSpeaker {
+                    room: room_id.clone(),
+                    participant: speaker,
+                });
+            }
+            let limit = self.config.max_audio_streams.filter(|k| audio.len() > *k);
+            if limit.is_some() {
+                // Loudest first; ties keep a stable order so the chosen set does not churn.
+                audio.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+            }
+            for (rank, (publication_id, _, _)) in audio.iter().enumerate() {
+                let audible = limit.is_none_or(|k| rank < k);
+                if let Some(publication) = self.publications.get_mut(publication_id)
+                    && publication.audible != audible
+                {
+                    publication.audible = audible;
+                    if audible {
+                        resumed.push(*publication_id);
+                    }
+                }
+            }
+        }
+        // A stream forwarded again restarts contiguous for its subscribers: the skipped
+        // stretch is not loss.
+        for publication_id in resumed {
+            let Some(publication) = self.publications.get(&publication_id) else {
+                continue;
+            };
+            for (subscriber, mid) in &publication.subscribers {
+                if let Some(sub) = self
+                    .participants
+                    .get_mut(subscriber)
+                    .and_then(|p| p.subscriptions.get_mut(mid))
+                {
+                    sub.forwarder.reset_source();
+                }
+            }
         }
     }
 
@@ -826,6 +1301,7 @@ impl Engine {
         }
         publication.recorded = true;
         let kind = publication.kind;
+        let layers = publication.layers.len();
         self.recorded.push_back(RecordedMedia::Track {
             room: publication.room.clone(),
             publication: id,
@@ -837,7 +1313,8 @@ impl Engine {
         // A video file must start on a keyframe; waiting for the next periodic one could
         // lose seconds.
         if kind == MediaKind::Video {
-            self.request_keyframe(id, now);
+            let top = layers.saturating_sub(1).min(7);
+            self.request_keyframe(id, 1 << top, now);
         }
     }
 
@@ -888,7 +1365,7 @@ impl Engine {
         }
         if let Some(owner) = self.participants.get_mut(&publication.owner) {
             owner.published.retain(|(_, p)| *p != publication_id);
-            owner.ssrc_cache.retain(|(_, p)| *p != publication_id);
+            owner.ssrc_cache.retain(|(_, p, _)| *p != publication_id);
         }
         self.events.push_back(SfuEvent::PublicationRemoved {
             participant: publication.owner,
@@ -974,24 +1451,30 @@ impl Engine {
         let unmuted_video = publication.muted && !muted && publication.kind == MediaKind::Video;
         publication.muted = muted;
         if unmuted_video {
-            let subscribers = publication.subscribers.clone();
-            for (subscriber, mid) in subscribers {
+            // Each subscriber restarts on a keyframe of its layer, so nobody decodes deltas
+            // against a picture from before the mute.
+            let mut layers = 0u8;
+            for (subscriber, mid) in &publication.subscribers {
                 if let Some(sub) = self
                     .participants
-                    .get_mut(&subscriber)
-                    .and_then(|s| s.subscriptions.get_mut(&mid))
+                    .get_mut(subscriber)
+                    .and_then(|s| s.subscriptions.get_mut(mid))
                 {
-                    sub.forwarder.reset_source();
+                    sub.current = None;
+                    if let Some(target) = sub.target {
+                        layers |= 1 << target;
+                    }
                 }
             }
-            self.request_keyframe(publication_id, now);
+            self.request_keyframe(publication_id, layers, now);
         }
         Ok(())
     }
 
-    /// Asks the publisher for a keyframe, at most once per interval; a request inside the
-    /// interval is remembered and sent when the interval ends.
-    fn request_keyframe(&mut self, publication_id: PublicationId, now: Instant) {
+    /// Asks the publisher for a keyframe on `layers` (a bit per simulcast layer; 0: only
+    /// those already pending), at most once per interval per publication. A request inside
+    /// the interval is remembered, for every layer asked meanwhile, and sent when it ends.
+    fn request_keyframe(&mut self, publication_id: PublicationId, layers: u8, now: Instant) {
         let interval = self.config.keyframe_request_interval;
         let Some(publication) = self.publications.get_mut(&publication_id) else {
             return;
@@ -999,29 +1482,45 @@ impl Engine {
         if publication.kind != MediaKind::Video {
             return;
         }
+        publication.keyframe_layers |= layers;
+        if publication.keyframe_layers == 0 {
+            publication.keyframe_request_pending = false;
+            return;
+        }
         if publication
             .last_keyframe_request
             .is_some_and(|t| now < t + interval)
         {
-            if !publication.keyframe_request_pending {
-                publication.keyframe_request_pending = true;
-            }
+            publication.keyframe_request_pending = true;
             self.stats.keyframe_requests_throttled += 1;
             return;
         }
+        let wanted = std::mem::take(&mut publication.keyframe_layers);
         publication.keyframe_request_pending = false;
         publication.last_keyframe_request = Some(now);
         let (owner, mid) = (publication.owner, publication.mid);
+        let mut rids: [Option<Option<Rid>>; MAX_SIMULCAST_LAYERS] = [None; MAX_SIMULCAST_LAYERS];
+        for (index, layer) in publication
+            .layers
+            .iter()
+            .enumerate()
+            .take(MAX_SIMULCAST_LAYERS)
+        {
+            if wanted & (1 << index) != 0 {
+                rids[index] = Some(layer.rid);
+            }
+        }
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;
         };
         let mut api = publisher.rtc.direct_api();
-        let Some(stream) = api.stream_rx_by_mid(mid, None) else {
-            // No packet has arrived yet; the first keyframe is on its way anyway.
-            return;
-        };
-        stream.request_keyframe(KeyframeRequestKind::Pli);
-        self.stats.keyframe_requests_sent += 1;
+        for rid in rids.into_iter().flatten() {
+            // A layer without packets yet needs no request: its first keyframe is on its way.
+            if let Some(stream) = api.stream_rx_by_mid(mid, rid) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests_sent += 1;
+            }
+        }
         if !publisher.queued {
             publisher.queued = true;
             self.touched.push(owner);
@@ -1063,6 +1562,9 @@ impl Engine {
                     Event::MediaEgressStats(stats) => {
                         found.push(Found::Nacks(stats.mid, stats.nacks));
                     }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        found.push(Found::Estimate(estimate.as_u64()));
+                    }
                     Event::PeerStats(stats) => {
                         let loss = match (stats.egress_loss_fraction, stats.ingress_loss_fraction) {
                             (Some(a), Some(b)) => Some(a.max(b)),
@@ -1101,13 +1603,13 @@ impl Engine {
                 Found::Rtp(packet) => self.forward(id, now, packet),
                 Found::KeyframeRequest(mid, _kind) => {
                     self.stats.keyframe_requests_received += 1;
-                    let publication = self
+                    let wanted = self
                         .participants
                         .get(&id)
                         .and_then(|p| p.subscriptions.get(&mid))
-                        .and_then(|s| s.publication);
-                    if let Some(publication) = publication {
-                        self.request_keyframe(publication, now);
+                        .and_then(|s| Some((s.publication?, s.current.or(s.target)?)));
+                    if let Some((publication, layer)) = wanted {
+                        self.request_keyframe(publication, 1 << layer, now);
                     }
                 }
                 Found::Nacks(mid, total) => {
@@ -1119,6 +1621,12 @@ impl Engine {
                         self.stats.nacks_received += total.saturating_sub(sub.nacks_seen);
                         sub.nacks_seen = sub.nacks_seen.max(total);
                     }
+                }
+                Found::Estimate(estimate) => {
+                    if let Some(p) = self.participants.get_mut(&id) {
+                        p.estimate = Some(estimate);
+                    }
+                    self.mark_for_allocation(id);
                 }
                 Found::Quality(quality) => {
                     self.events.push_back(SfuEvent::QualityChanged {
@@ -1159,18 +1667,34 @@ impl Engine {
             return;
         };
         let ssrc = packet.header.ssrc;
-        let publication_id = match publisher.ssrc_cache.iter().find(|(s, _)| *s == ssrc) {
-            Some((_, p)) => *p,
+        let (publication_id, layer) = match publisher.ssrc_cache.iter().find(|(s, _, _)| *s == ssrc)
+        {
+            Some(&(_, publication, layer)) => (publication, layer),
             None => {
-                let mid = publisher.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
-                let Some(&(_, publication)) =
-                    mid.and_then(|mid| publisher.published.iter().find(|(m, _)| *m == mid))
+                let stream = publisher
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()));
+                let Some((mid, rid)) = stream else {
+                    self.stats.dropped_unknown_ssrc += 1;
+                    return;
+                };
+                let Some(&(_, publication)) = publisher.published.iter().find(|(m, _)| *m == mid)
                 else {
                     self.stats.dropped_unknown_ssrc += 1;
                     return;
                 };
-                publisher.ssrc_cache.push((ssrc, publication));
-                publication
+                let Some(layer) = self
+                    .publications
+                    .get_mut(&publication)
+                    .and_then(|p| layer_index(&mut p.layers, rid))
+                else {
+                    self.stats.dropped_unknown_ssrc += 1;
+                    return;
+                };
+                publisher.ssrc_cache.push((ssrc, publication, layer));
+                (publication, layer)
             }
         };
         let pt = packet.header.payload_type;
@@ -1179,16 +1703,29 @@ impl Engine {
             .iter()
             .find(|i| i.pt == pt)
             .and_then(|i| i.video);
-        let Some(publication) = self.publications.get(&publication_id) else {
+        let Some(publication) = self.publications.get_mut(&publication_id) else {
             return;
         };
         if publication.muted {
             self.stats.dropped_muted += 1;
             return;
         }
+        if let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            l.window_bytes += packet.payload.len() as u64;
+            if !l.available {
+                // A layer (re)appeared: its subscribers may now receive it.
+                l.available = true;
+                self.layer_changes.push(publication_id);
+            }
+        }
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            publication.level.update(now, level);
+        }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
         let is_video = publication.kind == MediaKind::Video;
-        if publication.recorded {
+        // A simulcast publication is recorded from its top layer only.
+        let top_layer = publication.layers.len().saturating_sub(1) as u8;
+        if publication.recorded && layer == top_layer {
             let codec = match video_codec {
                 None => RecordedCodec::Opus,
                 Some(VideoCodec::Vp8) => RecordedCodec::Vp8,
@@ -1207,13 +1744,17 @@ impl Engine {
                 at: now,
             });
         }
+        if !is_video && !publication.audible {
+            self.stats.dropped_not_loudest += 1;
+            return;
+        }
         let ext_vals = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
             video_orientation: packet.header.ext_vals.video_orientation,
             ..Default::default()
         };
-        let mut wants_keyframe = false;
+        let mut wanted_keyframes = 0u8;
         for &(subscriber_id, mid) in &publication.subscribers {
             let Some(subscriber) = self.participants.get_mut(&subscriber_id) else {
                 continue;
@@ -1221,6 +1762,26 @@ impl Engine {
             let Some(subscription) = subscriber.subscriptions.get_mut(&mid) else {
                 continue;
             };
+            if is_video {
+                match layer_step(subscription.target, subscription.current, layer, keyframe) {
+                    LayerStep::Forward => {}
+                    LayerStep::Switch => {
+                        // Re-base on the keyframe so the outgoing stream stays contiguous.
+                        subscription.forwarder.reset_source();
+                        subscription.current = Some(layer);
+                        self.stats.layer_switches += 1;
+                    }
+                    LayerStep::AwaitKeyframe => {
+                        wanted_keyframes |= 1 << layer;
+                        self.stats.dropped_other_layer += 1;
+                        continue;
+                    }
+                    LayerStep::Skip => {
+                        self.stats.dropped_other_layer += 1;
+                        continue;
+                    }
+                }
+            }
             let Some(&(_, out_pt)) = subscription.pt_map.iter().find(|(p, _)| *p == pt) else {
                 self.stats.dropped_unmapped_pt += 1;
                 continue;
@@ -1234,7 +1795,7 @@ impl Engine {
             ) {
                 Ok(r) => r,
                 Err(Hold::AwaitingKeyframe) => {
-                    wants_keyframe = true;
+                    wanted_keyframes |= 1 << layer;
                     self.stats.held_awaiting_keyframe += 1;
                     continue;
                 }
@@ -1270,8 +1831,8 @@ impl Engine {
                 self.touched.push(subscriber_id);
             }
         }
-        if wants_keyframe {
-            self.request_keyframe(publication_id, now);
+        if wanted_keyframes != 0 {
+            self.request_keyframe(publication_id, wanted_keyframes, now);
         }
     }
 
@@ -1284,6 +1845,89 @@ impl Engine {
             }
             self.drain(id, now);
         }
+    }
+}
+
+/// The layers a publisher declared for a video m-line, bounded and checked; one plain layer
+/// when it declared none.
+fn declared_layers(declared: &[protocol::SimulcastLayer]) -> Vec<Layer> {
+    let mut layers: Vec<Layer> = Vec::new();
+    for layer in declared.iter().take(MAX_SIMULCAST_LAYERS) {
+        let valid = !layer.rid.is_empty()
+            && layer.rid.len() <= 16
+            && layer
+                .rid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let rid = Rid::from(layer.rid.as_str());
+        if !valid || layers.iter().any(|l| l.rid == Some(rid)) {
+            continue;
+        }
+        layers.push(Layer {
+            rid: Some(rid),
+            width: layer.width.min(16_384),
+            height: layer.height.min(16_384),
+            ..Layer::plain()
+        });
+    }
+    if layers.is_empty() {
+        layers.push(Layer::plain());
+    }
+    layers
+}
+
+/// The layer index of a stream with `rid`. A rid the publisher did not declare takes the
+/// plain layer's place or is appended (order of appearance, size unknown), up to the limit.
+fn layer_index(layers: &mut Vec<Layer>, rid: Option<Rid>) -> Option<u8> {
+    let Some(rid) = rid else {
+        return Some(0);
+    };
+    if let Some(index) = layers.iter().position(|l| l.rid == Some(rid)) {
+        return Some(index as u8);
+    }
+    if let [only] = layers.as_mut_slice()
+        && only.rid.is_none()
+    {
+        only.rid = Some(rid);
+        return Some(0);
+    }
+    if layers.len() >= MAX_SIMULCAST_LAYERS {
+        return None;
+    }
+    layers.push(Layer {
+        rid: Some(rid),
+        ..Layer::plain()
+    });
+    Some(layers.len() as u8 - 1)
+}
+
+/// What to do with one packet of `layer` for a subscription that should receive `target`
+/// and receives `current`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerStep {
+    Forward,
+    /// A keyframe of the target layer: switch to it now.
+    Switch,
+    /// The target layer, but not a keyframe: ask for one and keep the current layer.
+    AwaitKeyframe,
+    Skip,
+}
+
+fn layer_step(target: Option<u8>, current: Option<u8>, layer: u8, keyframe: bool) -> LayerStep {
+    let Some(target) = target else {
+        return LayerStep::Skip;
+    };
+    if layer == target && current != Some(target) {
+        return if keyframe {
+            LayerStep::Switch
+        } else {
+            LayerStep::AwaitKeyframe
+        };
+    }
+    if current == Some(layer) {
+        LayerStep::Forward
+    } else {
+        LayerStep::Skip
     }
 }
 

@@ -4,12 +4,14 @@
 //! tested in virtual time. [`driver`] is the thin I/O layer that owns the one UDP socket and
 //! the clock. Signaling talks to either through [`api`]'s commands and events.
 
+pub mod allocator;
 pub mod api;
 pub mod codec;
 pub mod driver;
 pub mod engine;
 pub mod forwarder;
 pub mod recording;
+pub mod speaker;
 pub mod stats;
 
 pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};

@@ -43,6 +43,14 @@ pub struct EngineStats {
     pub refused_subscriptions: u64,
     /// Send m-lines of participants not allowed to publish (viewers), ignored.
     pub refused_publications: u64,
+    /// Video packets of a simulcast layer (or a hidden subscription) not sent to a
+    /// subscriber, which receives another layer or none.
+    pub dropped_other_layer: u64,
+    /// Audio packets not forwarded because their publication was not among the room's
+    /// loudest.
+    pub dropped_not_loudest: u64,
+    /// Simulcast layer switches made for subscribers (on keyframes).
+    pub layer_switches: u64,
     /// Recorded packets lost because the recorder fell behind (its queue was full).
     pub recording_dropped: u64,
 }

@@ -111,6 +111,7 @@ fn loss_on_a_link_is_repaired_by_nack() {
         loss_up: 0.0,
         loss_down: 0.05,
         delay: Duration::from_millis(20),
+        ..Link::default()
     };
     sim.set_link(subscriber, link);
     sim.set_link(
@@ -119,6 +120,7 @@ fn loss_on_a_link_is_repaired_by_nack() {
             loss_up: 0.05,
             loss_down: 0.0,
             delay: Duration::from_millis(20),
+            ..Link::default()
         },
     );
     let video = sim.publication(publisher, MediaKind::Video);

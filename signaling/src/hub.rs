@@ -741,6 +741,20 @@ impl Hub {
                 publication_id,
                 muted,
             } => self.set_muted(participant, publication_id, muted)?,
+            ClientMessage::VideoSizes { sizes } => {
+                if sizes.len() > protocol::MAX_VIDEO_SIZES {
+                    return Err((
+                        ErrorCode::BadMessage,
+                        format!(
+                            "{} video sizes; the limit is {}",
+                            sizes.len(),
+                            protocol::MAX_VIDEO_SIZES
+                        ),
+                    ));
+                }
+                self.sfu
+                    .send(SfuCommand::SetVideoSizes { participant, sizes });
+            }
             ClientMessage::RaiseHand { raised } => self.raise_hand(participant, raised),
             ClientMessage::Admit { participant_id } => {
                 host_only()?;
@@ -1113,6 +1127,33 @@ impl Hub {
             }
             SfuEvent::MediaConnected { participant } => {
                 self.send(participant, &ServerMessage::MediaConnected);
+            }
+            SfuEvent::ActiveSpeaker { room, participant } => {
+                let message = encode(&ServerMessage::ActiveSpeaker {
+                    participant_id: participant,
+                });
+                // Only those who see the speaker learn that it speaks: a viewer in a national
+                // broadcast hears about the presenters, not about every commune.
+                match participant
+                    .and_then(|p| self.members.get(&p))
+                    .map(|m| m.role)
+                {
+                    Some(role) => self.broadcast_about(&room, role, None, &message),
+                    None => self.broadcast_all(&room, &message),
+                }
+            }
+            SfuEvent::SimulcastLayers {
+                participant,
+                publication,
+                active,
+            } => {
+                self.send(
+                    participant,
+                    &ServerMessage::SimulcastLayers {
+                        publication_id: publication,
+                        active,
+                    },
+                );
             }
             SfuEvent::MediaDisconnected { participant } => {
                 tracing::info!(participant = %participant, "media transport timed out");

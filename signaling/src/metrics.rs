@@ -67,6 +67,8 @@ impl Metrics {
                 ("unmapped_payload_type", s.dropped_unmapped_pt),
                 ("stale", s.dropped_stale),
                 ("awaiting_keyframe", s.held_awaiting_keyframe),
+                ("other_layer", s.dropped_other_layer),
+                ("not_loudest", s.dropped_not_loudest),
             ] {
                 counter!("meet_dropped_packets_total", "reason" => reason).absolute(value);
             }
@@ -80,6 +82,7 @@ impl Metrics {
             counter!("meet_refused_subscriptions_total").absolute(s.refused_subscriptions);
             counter!("meet_refused_publications_total").absolute(s.refused_publications);
             counter!("meet_recording_dropped_total").absolute(s.recording_dropped);
+            counter!("meet_layer_switches_total").absolute(s.layer_switches);
         });
         self.handle.render()
     }
@@ -112,6 +115,10 @@ fn describe() {
     describe_counter!(
         "meet_keyframe_requests_total",
         "Keyframe requests from subscribers, sent to publishers, and folded by the throttle."
+    );
+    describe_counter!(
+        "meet_layer_switches_total",
+        "Simulcast layer switches made for subscribers, on keyframes."
     );
     describe_counter!(
         "meet_nacks_received_total",

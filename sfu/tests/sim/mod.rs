@@ -30,6 +30,22 @@ pub struct Link {
     /// Fraction of server → endpoint datagrams lost.
     pub loss_down: f64,
     pub delay: Duration,
+    /// Server → endpoint capacity in bits per second (`None`: unlimited). Datagrams queue
+    /// behind each other at that rate, and are dropped when the queue holds more than
+    /// [`MAX_QUEUE_DELAY`] of traffic, like a router's buffer.
+    pub rate_down: Option<u64>,
+}
+
+/// The longest a bottleneck queue delays a datagram before it drops new ones.
+pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(150);
+
+/// What crossed one endpoint's downlink.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DownlinkCount {
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    /// Dropped by the bottleneck queue (not by random loss).
+    pub queue_drops: u64,
 }
 
 pub struct SimEndpoint {
@@ -41,6 +57,9 @@ pub struct SimEndpoint {
     pub answered_at: Vec<Instant>,
     pub errors: Vec<String>,
     pub alive: bool,
+    /// When the downlink's bottleneck is free again.
+    pub busy_until: Instant,
+    pub downlink: DownlinkCount,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -126,6 +145,8 @@ impl Sim {
             answered_at: Vec::new(),
             errors: Vec::new(),
             alive: true,
+            busy_until: self.now,
+            downlink: DownlinkCount::default(),
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -146,8 +167,38 @@ impl Sim {
         self.pump();
     }
 
+    /// Reports the sizes at which an endpoint shows its subscribed videos, as its client
+    /// would with `video_sizes`.
+    pub fn set_video_sizes(&mut self, index: usize, sizes: &[(protocol::PublicationId, u32, u32)]) {
+        let participant = self.endpoints[index].participant;
+        let sizes = sizes
+            .iter()
+            .map(|&(publication_id, width, height)| protocol::VideoSize {
+                publication_id,
+                width,
+                height,
+            })
+            .collect();
+        self.engine
+            .handle_command(self.now, SfuCommand::SetVideoSizes { participant, sizes });
+        self.pump();
+    }
+
     pub fn set_link(&mut self, index: usize, link: Link) {
         self.endpoints[index].link = link;
+    }
+
+    /// Runs the world in steps of 100 ms until `done` holds or `limit` passed; returns the
+    /// virtual time it took, or `None` if it never held.
+    pub fn run_until(&mut self, limit: Duration, done: impl Fn(&Sim) -> bool) -> Option<Duration> {
+        let start = self.now;
+        while self.now.duration_since(start) < limit {
+            if done(self) {
+                return Some(self.now.duration_since(start));
+            }
+            self.run_for(Duration::from_millis(100));
+        }
+        done(self).then(|| self.now.duration_since(start))
     }
 
     /// Runs the world for `duration` of virtual time.
@@ -227,15 +278,29 @@ impl Sim {
             let mut progressed = false;
             while let Some(t) = self.engine.poll_transmit() {
                 progressed = true;
-                let link = self
-                    .by_addr
-                    .get(&t.destination)
-                    .map(|&i| self.endpoints[i].link)
-                    .unwrap_or_default();
+                let index = self.by_addr.get(&t.destination).copied();
+                let link = index.map(|i| self.endpoints[i].link).unwrap_or_default();
                 if self.random() < link.loss_down {
                     continue;
                 }
-                self.send(t.source, t.destination, t.contents.to_vec(), link.delay);
+                let mut delay = link.delay;
+                if let (Some(i), Some(rate)) = (index, link.rate_down) {
+                    let e = &mut self.endpoints[i];
+                    let start = e.busy_until.max(self.now);
+                    if start.duration_since(self.now) > MAX_QUEUE_DELAY {
+                        e.downlink.queue_drops += 1;
+                        continue;
+                    }
+                    let bits = t.contents.len() as u64 * 8;
+                    e.busy_until = start + Duration::from_nanos(bits * 1_000_000_000 / rate);
+                    delay += e.busy_until.duration_since(self.now);
+                }
+                if let Some(i) = index {
+                    let e = &mut self.endpoints[i];
+                    e.downlink.delivered += 1;
+                    e.downlink.delivered_bytes += t.contents.len() as u64;
+                }
+                self.send(t.source, t.destination, t.contents.to_vec(), delay);
             }
             for i in 0..self.endpoints.len() {
                 if !self.endpoints[i].alive {
@@ -323,12 +388,20 @@ impl Sim {
             }
             SfuEvent::Refused {
                 participant,
+                code,
                 message,
-                ..
             } => {
                 if let Some(e) = self.by_participant(*participant) {
                     e.errors.push(message.clone());
                     e.endpoint.offer_refused();
+                    // Without a transport (room full) every later offer would be refused
+                    // too: the endpoint gives up, as signaling would close its socket.
+                    if matches!(
+                        code,
+                        protocol::ErrorCode::RoomFull | protocol::ErrorCode::NotJoined
+                    ) {
+                        e.alive = false;
+                    }
                 }
             }
             SfuEvent::PublicationAdded {
@@ -355,9 +428,20 @@ impl Sim {
                     e.endpoint.unsubscribe(*publication);
                 }
             }
+            SfuEvent::SimulcastLayers {
+                participant,
+                active,
+                ..
+            } => {
+                let active = active.clone();
+                if let Some(e) = self.by_participant(*participant) {
+                    e.endpoint.set_active_layers(&active);
+                }
+            }
             SfuEvent::MediaConnected { .. }
             | SfuEvent::MediaDisconnected { .. }
-            | SfuEvent::QualityChanged { .. } => {}
+            | SfuEvent::QualityChanged { .. }
+            | SfuEvent::ActiveSpeaker { .. } => {}
         }
         self.events.push(event);
     }

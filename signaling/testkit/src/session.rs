@@ -487,8 +487,10 @@ impl Session {
                     .client_error("a second `joined` arrived on the same socket".into());
             }
             // This client joins open rooms as a participant: roles, lobby and aggregates do
-            // not change what it sends or receives.
+            // not change what it sends or receives, and it publishes one layer.
             ServerMessage::Lobby { .. }
+            | ServerMessage::ActiveSpeaker { .. }
+            | ServerMessage::SimulcastLayers { .. }
             | ServerMessage::ParticipantUpdated { .. }
             | ServerMessage::RoleChanged { .. }
             | ServerMessage::RoomState { .. }

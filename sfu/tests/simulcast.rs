@@ -1,0 +1,278 @@
+//! Simulcast, bandwidth adaptation and active speaker in virtual time: a publisher sends
+//! three layers, subscribers sit behind simulated bottlenecks, and the engine picks what each
+//! receives. No sockets; seconds of media run in milliseconds.
+
+mod sim;
+
+use std::time::Duration;
+
+use protocol::{MediaKind, ParticipantId};
+use sfu::SfuEvent;
+use sim::{Link, Sim};
+
+/// Frame sizes at 15 fps for about 150 kbps, 500 kbps and 1.2 Mbps, lowest first.
+const LAYER_FRAME_BYTES: [usize; 3] = [1_250, 4_150, 10_000];
+
+fn simulcast_publisher(sim: &mut Sim) -> usize {
+    sim.join("r", |c| {
+        c.simulcast_frame_bytes = LAYER_FRAME_BYTES.to_vec();
+        c.keyframe_interval = None;
+    })
+}
+
+fn viewer(sim: &mut Sim) -> usize {
+    sim.join("r", |c| {
+        c.publish_audio = false;
+        c.publish_video = false;
+    })
+}
+
+/// Loss on a downlink's bottleneck between two snapshots, as a fraction.
+fn queue_loss(before: sim::DownlinkCount, after: sim::DownlinkCount) -> f64 {
+    let dropped = after.queue_drops - before.queue_drops;
+    let delivered = after.delivered - before.delivered;
+    dropped as f64 / (dropped + delivered).max(1) as f64
+}
+
+#[test]
+fn a_subscriber_limited_to_300_kbps_gets_the_low_layer_then_the_top_when_the_limit_lifts() {
+    let mut sim = Sim::new();
+    let publisher = simulcast_publisher(&mut sim);
+    let limited = viewer(&mut sim);
+    let free = viewer(&mut sim);
+    sim.set_link(
+        limited,
+        Link {
+            delay: Duration::from_millis(20),
+            rate_down: Some(300_000),
+            ..Link::default()
+        },
+    );
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    // The estimator starts above the link's rate and must find it.
+    sim.run_for(Duration::from_secs(10));
+    let snapshot = sim.endpoints[limited].downlink;
+    let frames_before = sim.endpoints[limited].endpoint.stats()[&video].video_frames;
+    sim.run_for(Duration::from_secs(10));
+    let stats = &sim.endpoints[limited].endpoint.stats()[&video];
+    assert_eq!(
+        stats.video_layer,
+        Some(0),
+        "the limited subscriber is on the low layer"
+    );
+    assert!(
+        stats.video_frames - frames_before >= 140,
+        "the low layer plays: {} frames in 10 s",
+        stats.video_frames - frames_before
+    );
+    let loss = queue_loss(snapshot, sim.endpoints[limited].downlink);
+    assert!(
+        loss < 0.01,
+        "loss at the bottleneck once adapted: {:.2}%",
+        loss * 100.0
+    );
+    // The unconstrained subscriber meanwhile gets the top layer.
+    assert_eq!(
+        sim.endpoints[free].endpoint.stats()[&video].video_layer,
+        Some(2)
+    );
+
+    // The link recovers: probing finds the room and the subscriber climbs back.
+    sim.set_link(
+        limited,
+        Link {
+            delay: Duration::from_millis(20),
+            ..Link::default()
+        },
+    );
+    let took = sim.run_until(Duration::from_secs(30), |sim| {
+        sim.endpoints[limited].endpoint.stats()[&video].video_layer == Some(2)
+    });
+    eprintln!("back on the top layer after {took:?}");
+    assert!(took.is_some(), "back on the top layer once the limit lifts");
+    let stats = &sim.endpoints[limited].endpoint.stats()[&video];
+    assert_eq!(
+        stats.video_tag,
+        Some(sim.endpoints[publisher].endpoint.config().video_tag)
+    );
+    assert!(sim.engine.stats().layer_switches >= 2);
+    assert!(sim.endpoints.iter().all(|e| e.errors.is_empty()));
+}
+
+#[test]
+fn tile_sizes_pick_the_layer_hidden_tiles_get_nothing_and_unwatched_layers_pause() {
+    let mut sim = Sim::new();
+    let publisher = simulcast_publisher(&mut sim);
+    let a = viewer(&mut sim);
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    sim.set_video_sizes(a, &[(video, 300, 170)]);
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(
+        sim.endpoints[a].endpoint.stats()[&video].video_layer,
+        Some(0)
+    );
+    // Nobody needs the upper layers: the publisher was told to pause them, and did.
+    let told = last_layers_event(&sim);
+    assert_eq!(told, Some(vec![true, false, false]));
+    let sent = sim.endpoints[publisher].endpoint.layer_frames();
+    sim.run_for(Duration::from_secs(1));
+    let later = sim.endpoints[publisher].endpoint.layer_frames();
+    assert!(later[0] > sent[0]);
+    assert_eq!(later[1..], sent[1..], "paused layers send nothing");
+
+    // The tile grows: the upper layers resume and the subscriber switches up on a keyframe.
+    sim.set_video_sizes(a, &[(video, 1280, 720)]);
+    let took = sim.run_until(Duration::from_secs(15), |sim| {
+        sim.endpoints[a].endpoint.stats()[&video].video_layer == Some(2)
+    });
+    eprintln!("switched up to the top layer after {took:?}");
+    assert!(took.is_some(), "the subscriber reaches the top layer");
+    let told = last_layers_event(&sim).expect("layers told");
+    assert!(told[0] && told[2], "{told:?}");
+    let stats = &sim.endpoints[a].endpoint.stats()[&video];
+    assert_eq!(
+        stats.discontinuities, 0,
+        "switching never breaks the stream"
+    );
+
+    // The tile is hidden: nothing flows to it, and the upper layers pause again.
+    sim.set_video_sizes(a, &[(video, 0, 0)]);
+    sim.run_for(Duration::from_secs(1));
+    let frames = sim.endpoints[a].endpoint.stats()[&video].video_frames;
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.endpoints[a].endpoint.stats()[&video].video_frames,
+        frames
+    );
+    assert_eq!(last_layers_event(&sim), Some(vec![true, false, false]));
+
+    // Shown again, small: it restarts on a keyframe of the low layer.
+    sim.set_video_sizes(a, &[(video, 320, 180)]);
+    sim.run_for(Duration::from_secs(2));
+    let stats = &sim.endpoints[a].endpoint.stats()[&video];
+    assert!(stats.video_frames > frames + 15);
+    assert_eq!(stats.video_layer, Some(0));
+    assert_eq!(stats.discontinuities, 0);
+}
+
+fn last_layers_event(sim: &Sim) -> Option<Vec<bool>> {
+    sim.events.iter().rev().find_map(|e| match e {
+        SfuEvent::SimulcastLayers { active, .. } => Some(active.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_burst_of_a_thousand_viewers_asks_the_presenter_for_at_most_one_keyframe_a_second() {
+    let burst = 1000;
+    let mut sim = Sim::with_config(|c| c.max_participants_per_room = burst + 1);
+    let presenter = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.keyframe_interval = None;
+        c.video_fps = 10;
+    });
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.endpoints[presenter]
+        .endpoint
+        .sent()
+        .keyframe_requests_received;
+    let start = sim.now;
+    // A thousand joins in one second of virtual time.
+    for _ in 0..100 {
+        for _ in 0..burst / 100 {
+            viewer(&mut sim);
+        }
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(3));
+    let requests = sim.endpoints[presenter]
+        .endpoint
+        .sent()
+        .keyframe_requests_received
+        - before;
+    let elapsed = sim.now.duration_since(start).as_secs_f64();
+    assert!(
+        requests <= elapsed.ceil() as u64,
+        "{requests} keyframe requests reached the presenter in {elapsed:.1} s"
+    );
+    let video = sim.publication(presenter, MediaKind::Video).id;
+    let watching = sim.endpoints[1..]
+        .iter()
+        .filter(|e| {
+            e.endpoint
+                .stats()
+                .get(&video)
+                .is_some_and(|s| s.keyframes >= 1)
+        })
+        .count();
+    assert_eq!(watching, burst, "every viewer started on a keyframe");
+}
+
+#[test]
+fn the_loudest_voice_is_the_active_speaker_and_only_the_loudest_are_forwarded() {
+    let mut sim = Sim::with_config(|c| c.max_audio_streams = Some(3));
+    let levels = [-10, -20, -30, -40, -100];
+    let speakers: Vec<usize> = levels
+        .iter()
+        .map(|level| {
+            sim.join("r", |c| {
+                c.publish_video = false;
+                c.audio_level = *level;
+            })
+        })
+        .collect();
+    let listener = viewer(&mut sim);
+    sim.run_for(Duration::from_secs(3));
+    let participant = |sim: &Sim, i: usize| sim.endpoints[i].participant;
+    assert_eq!(active_speaker(&sim), Some(participant(&sim, speakers[0])));
+
+    let audio: Vec<_> = speakers
+        .iter()
+        .map(|&i| sim.publication(i, MediaKind::Audio).id)
+        .collect();
+    let counts = |sim: &Sim| -> Vec<u64> {
+        audio
+            .iter()
+            .map(|p| sim.endpoints[listener].endpoint.stats()[p].frames)
+            .collect()
+    };
+    let before = counts(&sim);
+    sim.run_for(Duration::from_secs(2));
+    let after = counts(&sim);
+    let flowing: Vec<bool> = before.iter().zip(&after).map(|(b, a)| a > b).collect();
+    assert_eq!(
+        flowing,
+        [true, true, true, false, false],
+        "the three loudest only"
+    );
+
+    // The quietest starts shouting and the loudest stops: the spotlight and the forwarded set
+    // follow, and the newly forwarded stream arrives without a gap.
+    sim.endpoints[speakers[4]].endpoint.set_audio_level(-3);
+    sim.endpoints[speakers[0]].endpoint.set_audio_level(-127);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(active_speaker(&sim), Some(participant(&sim, speakers[4])));
+    let before = counts(&sim);
+    sim.run_for(Duration::from_secs(2));
+    let after = counts(&sim);
+    let flowing: Vec<bool> = before.iter().zip(&after).map(|(b, a)| a > b).collect();
+    assert_eq!(flowing, [false, true, true, false, true]);
+    let stats = &sim.endpoints[listener].endpoint.stats()[&audio[4]];
+    assert_eq!(stats.discontinuities, 0);
+    let heard = sim.endpoints[listener]
+        .endpoint
+        .dominant_frequency(audio[4])
+        .expect("audio to analyse");
+    let sent = sim.endpoints[speakers[4]].endpoint.config().tone_hz;
+    assert!(
+        (heard - sent).abs() <= 10.0,
+        "heard {heard} Hz, sent {sent} Hz"
+    );
+}
+
+fn active_speaker(sim: &Sim) -> Option<ParticipantId> {
+    sim.events.iter().rev().find_map(|e| match e {
+        SfuEvent::ActiveSpeaker { participant, .. } => Some(*participant),
+        _ => None,
+    })?
+}
