@@ -19,6 +19,7 @@ const TEST_TIMEOUT = 120_000;
 // Layer switches wait for a keyframe, and keyframe requests reach a publisher at most once a
 // second: generous deadlines, never fixed sleeps.
 const SWITCH = { timeout: 40_000 };
+const SILENT = '0';
 const QUIET = '0.01';
 const LOUD = 0.5;
 
@@ -125,47 +126,74 @@ describe('simulcast and active speaker in Chromium', () => {
     }
   });
 
-  test('the loudest participant is the active speaker everywhere, highlighted and shown large', { timeout: TEST_TIMEOUT }, async () => {
-    const room = 'speaker';
-    // Cameras off: the test listens; everyone starts with a quiet tone.
-    const people = [];
-    for (const [name, tone] of [['Ana', 440], ['Bình', 550], ['Chi', 660]]) {
-      people.push(await join(browser, server, { room, name, colour: RED, tone, camera: false, params: { gain: QUIET } }));
+  /**
+   * Waits until each of `pages` names `speaker` as the active speaker and outlines its tile,
+   * which is also the large one (at least 1.5 times as wide as any other) except on the
+   * speaker's own page.
+   */
+  const speakerOn = async (pages, speaker) => {
+    for (const p of pages) {
+      let state = null;
+      await waitFor(async () => {
+        state = await p.page.evaluate(() => ({
+          active: window.meetTest.activeSpeaker(),
+          speaking: window.meetTest.speakingTiles(),
+          featured: window.meetTest.featuredTile(),
+          widths: [...document.querySelectorAll('#grid .tile')]
+            .map((el) => [Number(el.dataset.participantId), el.getBoundingClientRect().width]),
+        }));
+        const outlined = state.active === speaker.id && state.speaking.length === 1 && state.speaking[0] === speaker.id;
+        if (p === speaker) return outlined && state.featured === null;
+        const large = state.widths.find(([id]) => id === speaker.id)?.[1] ?? 0;
+        return outlined && state.featured === speaker.id
+          && state.widths.every(([id, width]) => id === speaker.id || large > 1.5 * width);
+      }, { ...SWITCH, message: `${p.name} to show ${speaker.name} (${speaker.id}) as the active speaker` }).catch((err) => {
+        err.message += `\nlast seen: ${JSON.stringify(state)}`;
+        throw err;
+      });
     }
+  };
+
+  /** Up to three participants without cameras (the test listens), their tones silent at first. */
+  const speakers = async (room, count) => {
+    const people = [];
+    for (const [name, tone] of [['Ana', 440], ['Bình', 550], ['Chi', 660]].slice(0, count)) {
+      const p = await join(browser, server, { room, name, colour: RED, tone, camera: false, params: { gain: SILENT } });
+      p.id = (await probe(p)).me;
+      people.push(p);
+    }
+    return people;
+  };
+  const setGain = (p, gain) => p.page.evaluate((g) => window.meetTest.setToneGain(g), gain);
+
+  test('the loudest participant is the active speaker everywhere, highlighted and shown large', { timeout: TEST_TIMEOUT }, async () => {
+    const people = await speakers('speaker', 3);
     try {
-      for (const p of people) p.id = (await probe(p)).me;
-      const [ana, binh] = people;
-
-      const speakerEverywhere = async (speaker) => {
-        for (const p of people) {
-          await waitFor(async () => {
-            const state = await p.page.evaluate(() => ({
-              active: window.meetTest.activeSpeaker(),
-              speaking: window.meetTest.speakingTiles(),
-              featured: window.meetTest.featuredTile(),
-            }));
-            // One's own tile is highlighted but never enlarged.
-            const featured = p === speaker ? null : speaker.id;
-            return state.active === speaker.id && state.speaking.length === 1 && state.speaking[0] === speaker.id
-              && state.featured === featured && state;
-          }, { ...SWITCH, message: `${p.name} to show ${speaker.name} as the active speaker` });
-        }
-      };
-
-      await ana.page.evaluate((gain) => window.meetTest.setToneGain(gain), LOUD);
-      await speakerEverywhere(ana);
-      // The speaker's tile is the large one in the others' grids.
-      const sizes = await binh.page.evaluate((id) => [...document.querySelectorAll('#grid .tile')]
-        .map((el) => ({ speaker: el.dataset.participantId === String(id), width: el.getBoundingClientRect().width })), ana.id);
-      const speakerWidth = sizes.find((s) => s.speaker).width;
-      assert.ok(sizes.filter((s) => !s.speaker).every((s) => speakerWidth > 1.5 * s.width), JSON.stringify(sizes));
-
-      await ana.page.evaluate((gain) => window.meetTest.setToneGain(gain), Number(QUIET));
-      await binh.page.evaluate((gain) => window.meetTest.setToneGain(gain), LOUD);
-      await speakerEverywhere(binh);
+      const [ana, binh, chi] = people;
+      await setGain(ana, LOUD);
+      await Promise.all([binh, chi].map((p) => setGain(p, Number(QUIET))));
+      await speakerOn(people, ana);
+      await setGain(ana, Number(QUIET));
+      await setGain(binh, LOUD);
+      await speakerOn(people, binh);
       assert.deepEqual(errorsOf(people), []);
     } finally {
       await closeAll(people);
+    }
+  });
+
+  test('someone who joins while a participant speaks is told who it is', { timeout: TEST_TIMEOUT }, async () => {
+    const people = await speakers('late-joiner', 2);
+    let late;
+    try {
+      const [ana] = people;
+      await setGain(ana, LOUD);
+      await speakerOn(people, ana);
+      late = await join(browser, server, { room: 'late-joiner', name: 'Đức', colour: RED, tone: 770, camera: false, params: { gain: SILENT } });
+      await speakerOn([late], ana);
+      assert.deepEqual(errorsOf([...people, late]), []);
+    } finally {
+      await closeAll([...people, ...(late ? [late] : [])]);
     }
   });
 });
