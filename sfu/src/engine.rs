@@ -1097,14 +1097,19 @@ impl Engine {
                 }
             }
         }
-        if self.config.bandwidth_estimation && participant.bwe_bitrates != (allocated, desired) {
-            participant.bwe_bitrates = (allocated, desired);
-            // Probing up to what the tiles want lets a subscriber whose link recovered find
-            // out, even while it only receives a low layer.
-            participant.rtc.bwe().set_bitrate(
-                Bitrate::bps(allocated.min(desired)),
-                Bitrate::bps(desired.max(allocated)),
-            );
+        // The estimator probes up to what the tiles want, so a subscriber on a low layer finds
+        // out that its link has room, or recovered. It is not asked to sustain more than the
+        // media with padding: padding every viewer of a large broadcast toward its next layer
+        // would cost the server more than the layers themselves (measured: 400 viewers went
+        // from 0% loss to freezes on this machine).
+        let minimum = allocated;
+        let desired = desired.max(minimum);
+        if self.config.bandwidth_estimation && participant.bwe_bitrates != (minimum, desired) {
+            participant.bwe_bitrates = (minimum, desired);
+            participant
+                .rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
         }
         self.demands = entries;
         self.demand_mids = mids;

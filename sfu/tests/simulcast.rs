@@ -66,6 +66,10 @@ fn a_subscriber_limited_to_300_kbps_gets_the_low_layer_then_the_top_when_the_lim
         stats.video_frames - frames_before
     );
     let loss = queue_loss(snapshot, sim.endpoints[limited].downlink);
+    eprintln!(
+        "loss at the 300 kbps bottleneck once adapted: {:.3}%",
+        loss * 100.0
+    );
     assert!(
         loss < 0.01,
         "loss at the bottleneck once adapted: {:.2}%",
