@@ -9,6 +9,7 @@
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { LocalMedia, setTrackSource } from './media.js';
 import { JoinError, Meeting, refusalKey, tokenClaims } from './meeting.js';
+import { deviceSize } from './simulcast.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -268,8 +269,15 @@ window.addEventListener('pagehide', () => app.meeting?.leave());
 const tiles = new Map();
 
 function clearTiles() {
-  for (const el of tiles.values()) el.remove();
+  for (const el of tiles.values()) removeTile(el);
   tiles.clear();
+}
+
+function removeTile(el) {
+  const video = el.querySelector('video');
+  resizes.unobserve(video);
+  intersections.unobserve(video);
+  el.remove();
 }
 
 function initials(name) {
@@ -297,6 +305,8 @@ function tileSpecs(m) {
       source: 'camera',
       name: p.name,
       label: p.name,
+      videoPublication: cam ? cam.id : null,
+      speaking: p.id === m.activeSpeaker,
       video: cam && !cam.muted ? m.remoteTracks.get(cam.id) : null,
       audio: mic ? m.remoteTracks.get(mic.id) : null,
       micOff: !mic || mic.muted,
@@ -310,6 +320,7 @@ function tileSpecs(m) {
         source: 'screen',
         name: p.name,
         label: t('call.screenOf', { name: p.name }),
+        videoPublication: screen.id,
         video: m.remoteTracks.get(screen.id) || null,
         stage: true,
       });
@@ -324,6 +335,7 @@ function tileSpecs(m) {
       source: 'camera',
       name: m.name,
       label: t('call.you', { name: m.name }),
+      speaking: m.me === m.activeSpeaker,
       video: local.camOn ? local.camera : null,
       micOff: !(local.micOn && local.microphone),
       hand: m.handRaised,
@@ -342,6 +354,9 @@ function tileSpecs(m) {
       stage: true,
     });
   }
+  // Someone else speaking gets a large tile, unless a shared screen takes the stage.
+  const presenting = specs.some((s) => s.stage);
+  for (const spec of specs) spec.featured = !!spec.speaking && !spec.self && !presenting;
   return specs;
 }
 
@@ -364,6 +379,9 @@ function renderTile(el, spec) {
   el.dataset.source = spec.source;
   el.dataset.key = spec.key;
   el.classList.toggle('self', !!spec.self && spec.source === 'camera');
+  el.classList.toggle('speaking', !!spec.speaking);
+  el.classList.toggle('featured', !!spec.featured);
+  el._videoPublication = spec.videoPublication ?? null;
   const video = el.querySelector('video');
   setTrack(video, spec.video);
   const showVideo = !!spec.video && spec.video.readyState === 'live' && (spec.self || !spec.video.muted);
@@ -372,6 +390,9 @@ function renderTile(el, spec) {
   setTrack(audio, spec.audio || null);
   if (speakerId && audio.sinkId !== speakerId) audio.setSinkId?.(speakerId).catch(() => {});
   el.querySelector('.name').textContent = spec.label;
+  const label = el.querySelector('.label');
+  if (spec.speaking) label.title = t('tile.speaking');
+  else label.removeAttribute('title');
   const avatar = el.querySelector('.avatar span');
   avatar.textContent = initials(spec.name);
   avatar.style.setProperty('--avatar', avatarColour(spec.name));
@@ -407,7 +428,7 @@ function renderCall() {
   const wanted = new Set(specs.map((s) => s.key));
   for (const [key, el] of tiles) {
     if (!wanted.has(key)) {
-      el.remove();
+      removeTile(el);
       tiles.delete(key);
     }
   }
@@ -419,13 +440,16 @@ function renderCall() {
     if (!el) {
       el = template.cloneNode(true);
       tiles.set(spec.key, el);
+      watchVideo(el.querySelector('video'));
     }
     renderTile(el, spec);
     const parent = spec.stage ? stage : grid;
     parent.append(el); // keeps order; moving an element to where it is does nothing visible
   }
   $('layout').classList.toggle('presenting', specs.some((s) => s.stage));
+  grid.classList.toggle('speaker-view', specs.some((s) => s.featured));
   layoutGrid();
+  measureVideos();
   const alone = $('alone');
   alone.hidden = m.participants.size > 0 || m.state !== 'joined';
   alone.textContent = t(m.canPublish() ? 'call.alone' : 'call.aloneViewer');
@@ -475,26 +499,66 @@ function renderRecording(m) {
 
 const GAP = 10;
 
-/** Sizes the grid's 16:9 tiles: the column count that makes them largest wins. */
+/**
+ * Sizes the grid's 16:9 tiles: the column count that makes them largest wins. In the speaker
+ * view the featured tile takes 2 × 2 cells, so there are three cells more than tiles.
+ */
 function layoutGrid() {
   const grid = $('grid');
   const n = grid.children.length;
   const width = grid.clientWidth;
   const height = grid.clientHeight;
   if (!n || !width || !height) return;
-  let best = { w: 0, h: 0 };
-  for (let cols = 1; cols <= n; cols++) {
-    const rows = Math.ceil(n / cols);
+  const featured = grid.classList.contains('speaker-view');
+  const cells = featured ? n + 3 : n;
+  const least = featured ? 2 : 1;
+  let best = { w: 0, h: 0, cols: 1 };
+  for (let cols = least; cols <= cells; cols++) {
+    const rows = Math.max(least, Math.ceil(cells / cols));
     let w = (width - GAP * (cols - 1)) / cols;
     let h = (height - GAP * (rows - 1)) / rows;
     if (w / h > 16 / 9) w = (h * 16) / 9;
     else h = (w * 9) / 16;
-    if (w > best.w) best = { w, h };
+    if (w > best.w) best = { w, h, cols };
   }
   grid.style.setProperty('--tile-w', `${Math.floor(best.w)}px`);
   grid.style.setProperty('--tile-h', `${Math.floor(best.h)}px`);
+  grid.style.setProperty('--cols', String(best.cols));
 }
 new ResizeObserver(layoutGrid).observe($('grid'));
+
+// ---- the sizes at which received videos are shown ----------------------------------------
+// The server sends each received video in the smallest simulcast layer that fills its tile,
+// and nothing for a tile nobody sees, so the page reports every remote video's size in
+// device pixels whenever it may have changed (resize, scroll, hidden tab, new tile).
+
+const onScreen = new WeakMap(); // <video> -> whether it intersects the viewport
+const resizes = new ResizeObserver(measureVideos);
+const intersections = new IntersectionObserver((entries) => {
+  for (const entry of entries) onScreen.set(entry.target, entry.isIntersecting);
+  measureVideos();
+});
+document.addEventListener('visibilitychange', measureVideos);
+
+function watchVideo(video) {
+  resizes.observe(video);
+  intersections.observe(video);
+}
+
+function measureVideos() {
+  const m = app.meeting;
+  if (!m) return;
+  const pageVisible = document.visibilityState === 'visible';
+  const sizes = new Map();
+  for (const el of tiles.values()) {
+    if (el._videoPublication === null || el._videoPublication === undefined) continue;
+    const video = el.querySelector('video');
+    // Before its first intersection report a new tile counts as seen: it is in the grid.
+    const visible = pageVisible && el.isConnected && onScreen.get(video) !== false;
+    sizes.set(el._videoPublication, deviceSize(video.getBoundingClientRect(), window.devicePixelRatio || 1, visible));
+  }
+  m.setVideoSizes(sizes);
+}
 
 function toggleButton(button, on, iconOn, iconOff, labelOn, labelOff) {
   button.classList.toggle('off', !on);

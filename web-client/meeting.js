@@ -14,6 +14,7 @@
 // quality changed: re-render), `notice` ({ detail: { key, vars } } for a passing message).
 
 import { StatsSampler, classify, combine } from './quality.js';
+import { cameraLayers, declaredLayers, layerActivity, sizeReports } from './simulcast.js';
 
 export const PROTOCOL_VERSION = 2;
 
@@ -40,12 +41,17 @@ const DISCONNECTED_GRACE_MS = 4000; // ICE 'disconnected' tolerated this long
 const STATS_MS = 2000;
 const MAX_MEDIA_FAILURES = 3; // sessions in a row whose media never connected
 const RECONNECT_WINDOW_MS = 60000;
+const SIZES_BATCH_MS = 250; // tile size changes within this long go out as one `video_sizes`
 
+/** Single-layer encodings; the camera's simulcast ones come from `cameraLayers`. */
 const SEND_ENCODINGS = {
   microphone: [{}],
   camera: [{ maxBitrate: 600_000, maxFramerate: 24 }],
   screen: [{ maxBitrate: 1_200_000, maxFramerate: 15 }],
 };
+
+/** The protocol version that knows `layers`, `video_sizes` and `simulcast_layers`. */
+const SIMULCAST_PROTOCOL = 2;
 
 /** A failed attempt to enter the room. `kind`: 'unreachable' (no socket) or 'refused'. */
 export class JoinError extends Error {
@@ -157,6 +163,12 @@ export class Meeting extends EventTarget {
     this.quality = new Map();
     /** publication id -> latest inbound-rtp numbers */
     this.streamStats = new Map();
+    /** publication id -> { width, height } in device pixels at which the page shows it (0 × 0: hidden) */
+    this.videoSizes = new Map();
+    /** The participant the server hears loudest, or null. */
+    this.activeSpeaker = null;
+    /** Our publication id -> the `active` list of the last `simulcast_layers` about it. */
+    this.simulcastLayers = new Map();
 
     this.s = null; // the current session (socket + peer connection)
     this.mediaFailures = 0;
@@ -395,6 +407,11 @@ export class Meeting extends EventTarget {
       disposed: false,
       connected: false,
       sampler: new StatsSampler(),
+      layers: {}, // source -> the simulcast layers declared in offers ([] for one layer)
+      encodingUpdate: Promise.resolve(), // setParameters calls, one after the other
+      offeredSubs: new Set(), // publication ids of receiving m-lines in the last sent offer
+      sentSizes: new Map(), // publication id -> the size last reported in this session
+      sizesQueued: false,
     };
     this.s = s;
 
@@ -501,6 +518,8 @@ export class Meeting extends EventTarget {
     this.ownPubs = new Map();
     this.quality = new Map();
     this.streamStats = new Map();
+    this.activeSpeaker = null;
+    this.simulcastLayers = new Map();
 
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
     s.pc = pc;
@@ -625,6 +644,7 @@ export class Meeting extends EventTarget {
         for (const id of p.pubs.keys()) this.unsubscribe(s, id);
         this.participants.delete(m.participant_id);
         this.quality.delete(m.participant_id);
+        if (this.activeSpeaker === m.participant_id) this.activeSpeaker = null;
         this.notice('call.leftToast', { name: p.name });
         this.changed();
         break;
@@ -666,6 +686,13 @@ export class Meeting extends EventTarget {
       }
       case 'recording_state':
         this.onRecordingState(s, m);
+        break;
+      case 'active_speaker':
+        this.activeSpeaker = m.participant_id ?? null;
+        this.changed();
+        break;
+      case 'simulcast_layers':
+        this.onSimulcastLayers(s, m);
         break;
       case 'error':
         this.onError(s, m);
@@ -748,11 +775,70 @@ export class Meeting extends EventTarget {
     if (tr) {
       replace(tr, track);
       tr.direction = 'sendonly';
+    } else if (source === 'camera' && this.protocolVersion >= SIMULCAST_PROTOCOL) {
+      const { encodings, layers } = cameraLayers(track.getSettings());
+      tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: encodings });
+      s.layers.camera = layers;
+      if (layers.length > 1) preferVp8(tr);
+      s.send[source] = tr;
     } else {
       tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: SEND_ENCODINGS[source] });
       s.send[source] = tr;
     }
     this.negotiate(s);
+  }
+
+  /**
+   * The server says which layers of one of our publications anyone receives: pause the
+   * others, so that the encoder and the uplink do not spend on video nobody watches.
+   */
+  onSimulcastLayers(s, m) {
+    const source = [...this.ownPubs].find(([, id]) => id === m.publication_id)?.[0];
+    if (!source || !s.send[source] || !s.layers[source]?.length || !Array.isArray(m.active)) return;
+    this.simulcastLayers.set(m.publication_id, m.active);
+    // One setParameters at a time (a second one during the first is refused); each applies
+    // the latest wish, so a burst of messages ends in the last one's state.
+    s.encodingUpdate = s.encodingUpdate.then(() => this.applyLayers(s, source, m.publication_id));
+  }
+
+  async applyLayers(s, source, publicationId) {
+    if (s.disposed || this.ownPubs.get(source) !== publicationId) return;
+    const sender = s.send[source].sender;
+    const params = sender.getParameters();
+    const active = layerActivity(this.simulcastLayers.get(publicationId), params.encodings.length);
+    if (params.encodings.every((e, i) => e.active === active[i])) return;
+    params.encodings.forEach((e, i) => {
+      e.active = active[i];
+    });
+    try {
+      await sender.setParameters(params);
+    } catch (err) {
+      if (!s.disposed) console.warn('could not pause or resume simulcast layers:', err);
+    }
+  }
+
+  /**
+   * The page tells where it shows each received video: publication id -> { width, height }
+   * in device pixels (0 × 0 when hidden). Changes go to the server in one batched message.
+   */
+  setVideoSizes(sizes) {
+    this.videoSizes = sizes;
+    this.reportSizesSoon(this.s);
+  }
+
+  reportSizesSoon(s) {
+    if (!s || s.disposed || s.sizesQueued || this.protocolVersion < SIMULCAST_PROTOCOL) return;
+    if (sizeReports(this.videoSizes, s.sentSizes, s.offeredSubs).length === 0) return;
+    s.sizesQueued = true;
+    // A plain timer (not `after`): this runs on every resize and must not pile up cancels.
+    setTimeout(() => {
+      s.sizesQueued = false;
+      if (s.disposed) return;
+      for (const sizes of sizeReports(this.videoSizes, s.sentSizes, s.offeredSubs)) {
+        this.send(s, { type: 'video_sizes', sizes });
+        for (const { publication_id: id, width, height } of sizes) s.sentSizes.set(id, { width, height });
+      }
+    }, SIZES_BATCH_MS);
   }
 
   unpublish(s, source) {
@@ -782,6 +868,7 @@ export class Meeting extends EventTarget {
     const tr = s.subs.get(publicationId);
     if (!tr) return;
     s.subs.delete(publicationId);
+    s.sentSizes.delete(publicationId);
     this.remoteTracks.delete(publicationId);
     this.streamStats.delete(publicationId);
     tr.direction = 'inactive';
@@ -805,13 +892,18 @@ export class Meeting extends EventTarget {
       if (s.disposed) return;
       const publish = [];
       for (const [source, tr] of Object.entries(s.send)) {
-        if (tr.mid !== null && tr.direction === 'sendonly') publish.push({ mid: tr.mid, source });
+        if (tr.mid === null || tr.direction !== 'sendonly') continue;
+        const layers = this.layersOf(s, source);
+        publish.push(layers.length ? { mid: tr.mid, source, layers } : { mid: tr.mid, source });
       }
       const subscribe = [];
       for (const [publicationId, tr] of s.subs) {
         if (tr.mid !== null) subscribe.push({ mid: tr.mid, publication_id: publicationId });
       }
       this.send(s, { type: 'offer', sdp: s.pc.localDescription.sdp, publish, subscribe });
+      // Sizes are reported only for subscriptions the server has heard of.
+      s.offeredSubs = new Set(subscribe.map((x) => x.publication_id));
+      this.reportSizesSoon(s);
       if (!s.offered) {
         s.offered = true;
         for (const candidate of s.queued) this.send(s, { type: 'candidate', candidate });
@@ -871,6 +963,16 @@ export class Meeting extends EventTarget {
         if (s.pc.connectionState !== 'connected') this.lost(s, 'media');
       });
     }
+  }
+
+  /** The simulcast layers to declare for a sending m-line, sized from its current track. */
+  layersOf(s, source) {
+    const declared = s.layers[source];
+    const settings = s.send[source].sender.track?.getSettings();
+    if (declared?.length && settings?.width && settings?.height) {
+      s.layers[source] = declaredLayers(s.send[source].sender.getParameters().encodings, settings);
+    }
+    return s.layers[source] || [];
   }
 
   sendMuted(source, muted) {
@@ -996,6 +1098,21 @@ export class Meeting extends EventTarget {
 
   notice(key, vars) {
     this.dispatchEvent(new CustomEvent('notice', { detail: { key, vars } }));
+  }
+}
+
+/**
+ * Puts VP8 first for a simulcast camera: the server switches a receiver between layers at
+ * keyframes it recognizes, and VP8 simulcast needs no `scalabilityMode`.
+ */
+function preferVp8(transceiver) {
+  const codecs = RTCRtpReceiver.getCapabilities?.('video')?.codecs;
+  if (!codecs || !transceiver.setCodecPreferences) return;
+  const vp8 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp8');
+  try {
+    transceiver.setCodecPreferences([...vp8, ...codecs.filter((c) => !vp8.includes(c))]);
+  } catch (err) {
+    console.warn('could not prefer VP8:', err);
   }
 }
 

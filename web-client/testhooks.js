@@ -6,6 +6,7 @@
 //                     screen share = canvas of another colour (no devices, no permission)
 //   color=R,G,B       camera colour (default 255,0,0)
 //   tone=HZ           microphone tone (default 440)
+//   gain=G            the tone's amplitude, 0 to 1 (default 0.3); `meetTest.setToneGain` changes it
 //   screen=R,G,B      screen-share colour (default 255,255,0)
 //   protocol=N        join with this protocol version (to provoke `version_mismatch`)
 //   ws=URL            signaling address instead of wss://<this host>/ws
@@ -13,7 +14,9 @@
 //
 // `window.meetTest` (see the bottom) reads what each remote tile shows and plays: the centre
 // pixel of its video, the dominant frequency of its audio, and its receive statistics; and
-// the protocol v2 state (role, lobby, room state, counts, roster) with the host's actions.
+// the protocol v2 state (role, lobby, room state, counts, roster) with the host's actions;
+// and simulcast and the active speaker: the frame size received per participant, the layers
+// sent and paused, tile resizing, the tone's loudness.
 
 export function install(params, { setTrackSource, app }) {
   const overrides = {};
@@ -54,6 +57,8 @@ export function install(params, { setTrackSource, app }) {
     },
     /** What this page receives from everyone else. */
     probe: () => probe(app),
+    /** The current RTCPeerConnection (for getStats and SDP when a test fails). */
+    pc: () => app.meeting?.s?.pc ?? null,
     /** Drops the signaling socket as a network blip would. */
     dropConnection: () => app.meeting?.s?.ws?.close(),
 
@@ -93,8 +98,46 @@ export function install(params, { setTrackSource, app }) {
     recIndicator: () => !document.getElementById('rec-indicator').hidden,
     /** The local tracks that exist now (a viewer has none). */
     localTracks: () => ['microphone', 'camera', 'screen'].filter((source) => !!app.local[source]),
+
+    // ---- simulcast and the active speaker ----
+    /** The participant id of the last `active_speaker`, or null. */
+    activeSpeaker: () => app.meeting?.activeSpeaker ?? null,
+    /** Participant ids of the tiles outlined as speaking. */
+    speakingTiles: () => [...document.querySelectorAll('.tile.speaking')].map((el) => Number(el.dataset.participantId)),
+    /** The participant id of the tile shown large (the speaker view), or null. */
+    featuredTile: () => {
+      const el = document.querySelector('.tile.featured');
+      return el ? Number(el.dataset.participantId) : null;
+    },
+    /** Sets the synthetic tone's amplitude (0 to 1) now: loudness in the sent audio itself. */
+    setToneGain,
+    /** Fresh inbound-rtp numbers of a participant's camera: { frameWidth, frameHeight, framesDecoded }. */
+    receivedVideo: (participantId) => receivedVideo(app, participantId),
+    /** Our camera's encodings and what each sends: [{ rid, active, frameWidth, frameHeight, framesEncoded }]. */
+    sentLayers: () => sentLayers(app),
+    /** The `active` list of the last `simulcast_layers` about our camera, or null. */
+    simulcastLayers: () => {
+      const id = app.meeting?.ownPubs.get('camera');
+      return app.meeting?.simulcastLayers.get(id) ?? null;
+    },
+    /** Gives a participant's camera tile a fixed size in CSS pixels; null gives it back to the grid. */
+    resizeTile: (participantId, width, height) => {
+      const tile = document.querySelector(`.tile[data-key="p${participantId}"]`);
+      if (!tile) return false;
+      tile.style.width = width === null ? '' : `${width}px`;
+      tile.style.height = height === null ? '' : `${height}px`;
+      return true;
+    },
   };
   return overrides;
+}
+
+/** The synthetic tone's amplitude, and the gain nodes of the tones playing now. */
+const toneGain = { value: 0.3, nodes: new Set() };
+
+function setToneGain(value) {
+  toneGain.value = value;
+  for (const node of toneGain.nodes) node.gain.value = value;
 }
 
 function parseColour(text, fallback) {
@@ -106,6 +149,7 @@ function syntheticSource(params) {
   const colour = parseColour(params.get('color'), '255,0,0');
   const screenColour = parseColour(params.get('screen'), '255,255,0');
   const tone = Number(params.get('tone') || 440);
+  if (params.has('gain')) toneGain.value = Number(params.get('gain'));
   let audio = null;
 
   const toneTrack = () => {
@@ -113,7 +157,8 @@ function syntheticSource(params) {
     const oscillator = audio.createOscillator();
     oscillator.frequency.value = tone;
     const gain = audio.createGain();
-    gain.gain.value = 0.3;
+    gain.gain.value = toneGain.value;
+    toneGain.nodes.add(gain);
     const out = audio.createMediaStreamDestination();
     oscillator.connect(gain).connect(out);
     oscillator.start();
@@ -121,6 +166,7 @@ function syntheticSource(params) {
     const stop = track.stop.bind(track);
     track.stop = () => {
       oscillator.stop();
+      toneGain.nodes.delete(gain);
       stop();
     };
     return track;
@@ -150,7 +196,9 @@ function syntheticSource(params) {
     async userMedia({ audio: wantAudio, video: wantVideo }) {
       const tracks = [];
       if (wantAudio) tracks.push(toneTrack());
-      if (wantVideo) tracks.push(colourTrack(colour, 320, 180));
+      // Large enough for three simulcast layers (240×135, 480×270, 960×540): Chromium sends
+      // only two below 960×540.
+      if (wantVideo) tracks.push(colourTrack(colour, 960, 540));
       return new MediaStream(tracks);
     },
     async displayMedia() {
@@ -244,4 +292,39 @@ function probe(app) {
     });
   }
   return { state: m.state, me: m.me, remotes };
+}
+
+// ---- simulcast -------------------------------------------------------------------------------
+
+async function receivedVideo(app, participantId) {
+  const m = app.meeting;
+  const cam = [...(m?.participants.get(participantId)?.pubs.values() ?? [])].find((x) => x.source === 'camera');
+  const transceiver = cam && m.s?.subs.get(cam.id);
+  if (!transceiver) return null;
+  let found = null;
+  (await transceiver.receiver.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp') {
+      found = { frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0, framesDecoded: s.framesDecoded ?? 0 };
+    }
+  });
+  return found;
+}
+
+async function sentLayers(app) {
+  const sender = app.meeting?.s?.send.camera?.sender;
+  if (!sender) return [];
+  const outbound = new Map();
+  (await sender.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp') outbound.set(s.rid ?? '', s);
+  });
+  return sender.getParameters().encodings.map((e) => {
+    const stats = outbound.get(e.rid ?? '') || {};
+    return {
+      rid: e.rid ?? null,
+      active: e.active,
+      frameWidth: stats.frameWidth ?? 0,
+      frameHeight: stats.frameHeight ?? 0,
+      framesEncoded: stats.framesEncoded ?? 0,
+    };
+  });
 }

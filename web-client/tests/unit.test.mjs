@@ -1,5 +1,5 @@
 // Checks of the web client that need no browser: the string tables, that no user-facing text
-// hides outside them, and the connection-quality rules.
+// hides outside them, the connection-quality rules and the simulcast bookkeeping.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { STRINGS, detectLanguage } from '../i18n.js';
 import { classify, combine } from '../quality.js';
+import { MAX_VIDEO_SIZES, cameraLayers, deviceSize, layerActivity, sizeReports } from '../simulcast.js';
 
 const client = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const read = (name) => fs.readFileSync(path.join(client, name), 'utf8');
@@ -109,4 +110,71 @@ test('quality combines only streams that carried packets, weighting loss by pack
   assert.equal(m.jitterMs, 12);
   assert.equal(m.rttMs, 25);
   assert.deepEqual(combine([mutedMic], null), { lossPercent: null, jitterMs: null, rttMs: null });
+});
+
+test('a camera gets three simulcast layers, lowest first, fewer when it is small', () => {
+  const big = cameraLayers({ width: 1280, height: 720 });
+  assert.deepEqual(big.layers, [
+    { rid: 'q', width: 320, height: 180 },
+    { rid: 'h', width: 640, height: 360 },
+    { rid: 'f', width: 1280, height: 720 },
+  ]);
+  assert.deepEqual(big.encodings.map((e) => [e.rid, e.scaleResolutionDownBy]), [['q', 4], ['h', 2], ['f', 1]]);
+  assert.ok(big.encodings.every((e, i) => e.maxFramerate > 0 && (i === 0 || e.maxBitrate > big.encodings[i - 1].maxBitrate)));
+  assert.deepEqual(cameraLayers({ width: 960, height: 540 }).layers.map((l) => l.width), [240, 480, 960]);
+  // Chromium sends two layers of a 640×360 camera: the two larger ones, so that its full size
+  // is among them.
+  assert.deepEqual(cameraLayers({ width: 640, height: 360 }).layers, [
+    { rid: 'h', width: 320, height: 180 },
+    { rid: 'f', width: 640, height: 360 },
+  ]);
+  // Too small for simulcast, or of unknown size: one plain encoding, nothing declared.
+  for (const settings of [{ width: 320, height: 180 }, {}, undefined]) {
+    const single = cameraLayers(settings);
+    assert.deepEqual(single.layers, []);
+    assert.equal(single.encodings.length, 1);
+    assert.equal(single.encodings[0].rid, undefined);
+  }
+});
+
+test('simulcast_layers pauses the layers nobody receives, never all of them', () => {
+  assert.deepEqual(layerActivity([true, false, false], 3), [true, false, false]);
+  assert.deepEqual(layerActivity([true, true, true], 3), [true, true, true]);
+  // Unmentioned layers keep sending; an all-paused wish keeps the lowest.
+  assert.deepEqual(layerActivity([true], 3), [true, true, true]);
+  assert.deepEqual(layerActivity([false, false, false], 3), [true, false, false]);
+  assert.deepEqual(layerActivity([false, true, false, true], 3), [false, true, false]);
+  assert.deepEqual(layerActivity(null, 2), [true, true]);
+});
+
+test('video sizes are device pixels, 0 × 0 when hidden', () => {
+  assert.deepEqual(deviceSize({ width: 320.4, height: 180.2 }, 2, true), { width: 641, height: 360 });
+  assert.deepEqual(deviceSize({ width: 320, height: 180 }, 1, false), { width: 0, height: 0 });
+  assert.deepEqual(deviceSize({ width: 0, height: 0 }, 1, true), { width: 0, height: 0 });
+  assert.deepEqual(deviceSize({ width: 100, height: 0.2 }, 1, true), { width: 0, height: 0 });
+});
+
+test('video_sizes carries only changed sizes of offered subscriptions, in batches of 128', () => {
+  const size = (width, height) => ({ width, height });
+  const current = new Map([[1, size(640, 360)], [2, size(0, 0)], [3, size(100, 56)]]);
+  const eligible = new Set([1, 2]);
+  // Nothing sent yet: everything offered, the not-yet-offered publication 3 waits.
+  assert.deepEqual(sizeReports(current, new Map(), eligible), [[
+    { publication_id: 1, width: 640, height: 360 },
+    { publication_id: 2, width: 0, height: 0 },
+  ]]);
+  // Up to date: nothing to send.
+  const sent = new Map([[1, size(640, 360)], [2, size(0, 0)]]);
+  assert.deepEqual(sizeReports(current, sent, eligible), []);
+  // One tile shrank and another appeared in an offer: only those two.
+  current.set(1, size(200, 112));
+  eligible.add(3);
+  assert.deepEqual(sizeReports(current, sent, eligible), [[
+    { publication_id: 1, width: 200, height: 112 },
+    { publication_id: 3, width: 100, height: 56 },
+  ]]);
+  // A large room is split so that no message exceeds the server's limit.
+  const many = new Map(Array.from({ length: 300 }, (_, i) => [i, size(320, 180)]));
+  const batches = sizeReports(many, new Map(), new Set(many.keys()));
+  assert.deepEqual(batches.map((b) => b.length), [MAX_VIDEO_SIZES, MAX_VIDEO_SIZES, 300 - 2 * MAX_VIDEO_SIZES]);
 });
