@@ -28,6 +28,11 @@ pub struct SfuConfig {
     pub advertise: Option<SocketAddr>,
     /// Shortest interval between keyframe requests to one publisher.
     pub keyframe_request_interval: Duration,
+    /// Most participants in one room.
+    pub max_participants_per_room: usize,
+    /// Estimate each subscriber's bandwidth and fit its simulcast layers to it (see
+    /// [`EngineConfig::bandwidth_estimation`]).
+    pub bandwidth_estimation: bool,
     /// Where recorded rooms' media goes (a recorder thread's bounded channel). Without one,
     /// recording commands are accepted and their media dropped.
     pub recording_sink: Option<std::sync::mpsc::SyncSender<RecordedMedia>>,
@@ -39,6 +44,8 @@ impl SfuConfig {
             bind,
             advertise: None,
             keyframe_request_interval: Duration::from_secs(1),
+            max_participants_per_room: 1_000,
+            bandwidth_estimation: true,
             recording_sink: None,
         }
     }
@@ -106,6 +113,8 @@ pub fn spawn(
     let advertised_addr = config.advertise.unwrap_or(local_addr);
     let mut engine_config = EngineConfig::new(advertised_addr);
     engine_config.keyframe_request_interval = config.keyframe_request_interval;
+    engine_config.max_participants_per_room = config.max_participants_per_room;
+    engine_config.bandwidth_estimation = config.bandwidth_estimation;
     let engine = Engine::new(engine_config)?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::unbounded_channel();

@@ -58,6 +58,9 @@ pub struct Config {
     pub session_limits: SessionLimits,
     pub max_participants_per_room: usize,
     pub keyframe_request_interval: Duration,
+    /// Estimate each subscriber's bandwidth (TWCC) and fit simulcast layers to it; without
+    /// it, each video gets the layer its tile size asks for.
+    pub bandwidth_estimation: bool,
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.
     pub open_rooms: bool,
@@ -83,6 +86,7 @@ impl Config {
             session_limits: SessionLimits::default(),
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
+            bandwidth_estimation: true,
             open_rooms: false,
             recordings_dir: None,
             recording_retention_days: 90,
@@ -333,6 +337,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);
     sfu_config.advertise = config.advertise_addr;
     sfu_config.keyframe_request_interval = config.keyframe_request_interval;
+    sfu_config.max_participants_per_room = config.max_participants_per_room;
+    sfu_config.bandwidth_estimation = config.bandwidth_estimation;
     sfu_config.recording_sink = Some(recording_sink);
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
     let hub = hub::spawn(

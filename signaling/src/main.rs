@@ -87,6 +87,11 @@ struct Args {
     /// only: anyone who reaches the server can then join).
     #[arg(long, env = "MEET_OPEN_ROOMS")]
     open_rooms: bool,
+    /// Do not estimate subscribers' bandwidth: every video gets the simulcast layer its tile
+    /// size asks for (for links known to be ample, and for tests on a loaded machine where
+    /// CPU queueing reads as congestion).
+    #[arg(long, env = "MEET_NO_BANDWIDTH_ESTIMATION")]
+    no_bandwidth_estimation: bool,
     /// Directory for recordings; defaults to `recordings` in the data directory.
     #[arg(long, env = "MEET_RECORDINGS_DIR")]
     recordings_dir: Option<PathBuf>,
@@ -176,6 +181,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     config.max_participants_per_room = args.max_participants_per_room;
     config.open_rooms = args.open_rooms;
+    config.bandwidth_estimation = !args.no_bandwidth_estimation;
     config.recordings_dir = args.recordings_dir;
     config.recording_retention_days = args.recording_retention_days;
     if config.open_rooms {

@@ -76,9 +76,10 @@ export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin'
  *
  * `openRooms` (default true): pass `--open-rooms`, so that tokenless joins (room + name) work,
  * where the binary knows the flag. `admin: { username, displayName, password }` creates that
- * administrator first (needs the `admin create` CLI).
+ * administrator first (needs the `admin create` CLI). `bandwidthEstimation: false` passes
+ * `--no-bandwidth-estimation`: each video then gets the layer its tile asks for.
  */
-export async function startServer({ openRooms = true, admin = null } = {}) {
+export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true } = {}) {
   const { openRooms: knowsOpenRooms } = serverFeatures();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
   const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
@@ -88,6 +89,7 @@ export async function startServer({ openRooms = true, admin = null } = {}) {
     '--data-dir', dataDir,
     '--web-client-dir', path.join(repoRoot, 'web-client'),
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
+    ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
   // Never leave a server behind, whatever happens to this process.
   const killOnExit = () => child.kill('SIGKILL');

@@ -28,7 +28,14 @@ describe('simulcast and active speaker in Chromium', () => {
   let browser;
 
   before(async () => {
-    [server, browser] = await Promise.all([startServer(), launchBrowser()]);
+    // Bandwidth adaptation is proved in virtual time (sfu/tests/simulcast.rs). Here the
+    // machine runs three encoding and decoding Chromium pages on two cores, and the SFU's
+    // delay-based estimator reads that CPU queueing as congestion: it would pick the layer for
+    // the CPU, not for the tile. Without it, the layer follows the tile alone.
+    [server, browser] = await Promise.all([
+      startServer({ bandwidthEstimation: false }),
+      launchBrowser(),
+    ]);
   }, { timeout: 60_000 });
 
   after(async () => {
@@ -77,11 +84,14 @@ describe('simulcast and active speaker in Chromium', () => {
         }));
         return wanted(last);
       }, { ...SWITCH, message }).catch(explained);
-      const allLayers = ({ layers }) => layers.length === 3 && layers.every((l) => l.active && l.framesEncoded > 0);
+      // The server wants the layers someone receives (and always the lowest), so with one
+      // viewer on the top layer the middle one may rest.
+      const topSent = ({ told, layers }) => told?.[0] === true && told?.[2] === true
+        && layers.length === 3 && layers[0].active && layers[2].active && layers[2].framesEncoded > 0;
 
-      // The tile is about 620×350: only the top layer fills it, and every layer is sent.
+      // The tile is about 620×350: only the top layer fills it, and the top layer is sent.
       await receives(960, 'the viewer to receive the 960×540 layer in its large tile');
-      await sends(allLayers, 'the publisher to send all three layers');
+      await sends(topSent, 'the publisher to send its top layer');
 
       // A thumbnail of 100×56: the lowest layer fills it. Nobody needs the others now, so the
       // server says so and the publisher pauses them.
@@ -108,7 +118,7 @@ describe('simulcast and active speaker in Chromium', () => {
       await display('');
       await viewer.page.evaluate((id) => window.meetTest.resizeTile(id, null, null), publisherId);
       await receives(960, 'the viewer to switch back to the 960×540 layer');
-      await sends((seen) => seen.told?.[2] === true && allLayers(seen), 'the publisher to resume its top layer');
+      await sends(topSent, 'the publisher to resume its top layer');
       const seen = (await probe(viewer)).remotes.find((r) => r.id === publisherId);
       assert.ok(sameColour(seen.colour, RED), `the viewer still sees red: ${seen.colour}`);
 
