@@ -33,6 +33,9 @@ pub struct SfuConfig {
     /// Estimate each subscriber's bandwidth and fit its simulcast layers to it (see
     /// [`EngineConfig::bandwidth_estimation`]).
     pub bandwidth_estimation: bool,
+    /// Audio streams each subscriber receives at most in a large room, the loudest (see
+    /// [`EngineConfig::max_audio_streams`]); `None` forwards all.
+    pub max_audio_streams: Option<usize>,
     /// Where recorded rooms' media goes (a recorder thread's bounded channel). Without one,
     /// recording commands are accepted and their media dropped.
     pub recording_sink: Option<std::sync::mpsc::SyncSender<RecordedMedia>>,
@@ -46,6 +49,7 @@ impl SfuConfig {
             keyframe_request_interval: Duration::from_secs(1),
             max_participants_per_room: 1_000,
             bandwidth_estimation: true,
+            max_audio_streams: Some(5),
             recording_sink: None,
         }
     }
@@ -115,6 +119,7 @@ pub fn spawn(
     engine_config.keyframe_request_interval = config.keyframe_request_interval;
     engine_config.max_participants_per_room = config.max_participants_per_room;
     engine_config.bandwidth_estimation = config.bandwidth_estimation;
+    engine_config.max_audio_streams = config.max_audio_streams;
     let engine = Engine::new(engine_config)?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::unbounded_channel();

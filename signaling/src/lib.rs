@@ -61,6 +61,9 @@ pub struct Config {
     /// Estimate each subscriber's bandwidth (TWCC) and fit simulcast layers to it; without
     /// it, each video gets the layer its tile size asks for.
     pub bandwidth_estimation: bool,
+    /// In a room with more microphones than this, each participant receives only this many,
+    /// the loudest; `None` forwards every one.
+    pub max_audio_streams: Option<usize>,
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.
     pub open_rooms: bool,
@@ -87,6 +90,7 @@ impl Config {
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
             bandwidth_estimation: true,
+            max_audio_streams: Some(5),
             open_rooms: false,
             recordings_dir: None,
             recording_retention_days: 90,
@@ -339,6 +343,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     sfu_config.keyframe_request_interval = config.keyframe_request_interval;
     sfu_config.max_participants_per_room = config.max_participants_per_room;
     sfu_config.bandwidth_estimation = config.bandwidth_estimation;
+    sfu_config.max_audio_streams = config.max_audio_streams;
     sfu_config.recording_sink = Some(recording_sink);
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
     let hub = hub::spawn(

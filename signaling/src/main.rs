@@ -92,6 +92,10 @@ struct Args {
     /// CPU queueing reads as congestion).
     #[arg(long, env = "MEET_NO_BANDWIDTH_ESTIMATION")]
     no_bandwidth_estimation: bool,
+    /// In a room with more microphones than this, each participant receives only this many,
+    /// the loudest (0: every microphone).
+    #[arg(long, env = "MEET_MAX_AUDIO_STREAMS", default_value_t = 5)]
+    max_audio_streams: usize,
     /// Directory for recordings; defaults to `recordings` in the data directory.
     #[arg(long, env = "MEET_RECORDINGS_DIR")]
     recordings_dir: Option<PathBuf>,
@@ -182,6 +186,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.max_participants_per_room = args.max_participants_per_room;
     config.open_rooms = args.open_rooms;
     config.bandwidth_estimation = !args.no_bandwidth_estimation;
+    config.max_audio_streams = (args.max_audio_streams > 0).then_some(args.max_audio_streams);
     config.recordings_dir = args.recordings_dir;
     config.recording_retention_days = args.recording_retention_days;
     if config.open_rooms {
