@@ -107,6 +107,8 @@ pub struct BotOptions {
     pub endpoint: EndpointConfig,
     /// Subscribe to every publication of every other participant.
     pub auto_subscribe: bool,
+    /// The public key announced for end-to-end encryption (opaque to the server).
+    pub e2ee_key: Option<String>,
     /// Limit for the WebSocket connect and for the join answer, each.
     pub join_timeout: Duration,
     /// Send an application `ping` this often.
@@ -130,6 +132,7 @@ impl BotOptions {
             tls,
             endpoint: EndpointConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             auto_subscribe: true,
+            e2ee_key: None,
             join_timeout: Duration::from_secs(10),
             ping_interval: None,
         }
@@ -176,6 +179,8 @@ pub struct Roster {
     pub active_speakers: Vec<Option<ParticipantId>>,
     /// The last `simulcast_layers` for each of this bot's publications.
     pub simulcast_layers: BTreeMap<PublicationId, Vec<bool>>,
+    /// Wrapped media keys relayed to this bot, with their senders, in order.
+    pub e2ee_keys: Vec<(ParticipantId, String)>,
 }
 
 fn nameless(id: ParticipantId) -> ParticipantInfo {
@@ -187,6 +192,7 @@ fn nameless(id: ParticipantId) -> ParticipantInfo {
         hand_raised: false,
         quality: None,
         publications: Vec::new(),
+        e2ee_key: None,
     }
 }
 
@@ -231,6 +237,7 @@ impl Roster {
         entry.site = participant.site;
         entry.hand_raised = participant.hand_raised;
         entry.quality = participant.quality;
+        entry.e2ee_key = participant.e2ee_key;
     }
 }
 
@@ -461,6 +468,7 @@ impl Shared {
             }
             ServerMessage::LobbyChanged { waiting } => self.roster.lobby = waiting,
             ServerMessage::RecordingState { active, .. } => self.roster.recording = active,
+            ServerMessage::E2eeKey { from, blob } => self.roster.e2ee_keys.push((from, blob)),
             ServerMessage::ActiveSpeaker { participant_id } => {
                 self.roster.active_speakers.push(participant_id);
             }
@@ -558,6 +566,7 @@ impl Bot {
                     name: None,
                     role: None,
                     resume: None,
+                    e2ee_key: options.e2ee_key.clone(),
                 },
                 None => ClientMessage::Join {
                     protocol_version: PROTOCOL_VERSION,
@@ -566,6 +575,7 @@ impl Bot {
                     name: Some(options.name.clone()),
                     role: options.role,
                     resume: None,
+                    e2ee_key: options.e2ee_key.clone(),
                 },
             },
         )

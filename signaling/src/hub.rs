@@ -69,6 +69,8 @@ pub struct Arrival {
     pub meeting: Option<MeetingInfo>,
     /// The secret of an earlier connection of the same invitee, to take it over.
     pub resume: Option<String>,
+    /// The device's public key for end-to-end encryption, relayed to others as is.
+    pub e2ee_key: Option<String>,
 }
 
 /// Requests from sessions and the API to the hub.
@@ -198,6 +200,7 @@ struct Member {
     /// False while waiting in the lobby.
     admitted: bool,
     resume: String,
+    e2ee_key: Option<String>,
 }
 
 impl Member {
@@ -210,6 +213,7 @@ impl Member {
             hand_raised: self.hand_raised,
             quality: self.quality,
             publications: self.publications.clone(),
+            e2ee_key: self.e2ee_key.clone(),
         }
     }
 
@@ -492,6 +496,7 @@ impl Hub {
             publications: Vec::new(),
             admitted: false,
             resume: new_id(),
+            e2ee_key: arrival.e2ee_key,
         };
         if let Some(invitation) = &member.invitation {
             self.by_invitation.insert(invitation.clone(), id);
@@ -775,6 +780,7 @@ impl Hub {
                 self.sfu
                     .send(SfuCommand::SetVideoSizes { participant, sizes });
             }
+            ClientMessage::E2eeKeys { keys } => self.relay_e2ee_keys(participant, &room, keys)?,
             ClientMessage::RaiseHand { raised } => self.raise_hand(participant, raised),
             ClientMessage::Admit { participant_id } => {
                 host_only()?;
@@ -1090,6 +1096,56 @@ impl Hub {
             self.send_lobby_to(target, &room_id);
         }
         tracing::info!(participant = %target, from = old_role.as_str(), to = new_role.as_str(), "role changed");
+    }
+
+    /// Relays wrapped media keys to their recipients in the sender's room. The server cannot
+    /// read them; it only vouches for who sent them. A recipient who left meanwhile, or who is
+    /// not in this room, is skipped: keys never cross rooms.
+    fn relay_e2ee_keys(
+        &mut self,
+        from: ParticipantId,
+        room: &RoomId,
+        keys: Vec<protocol::E2eeKeyDelivery>,
+    ) -> Result<(), (ErrorCode, String)> {
+        if keys.len() > protocol::MAX_E2EE_DELIVERIES {
+            return Err((
+                ErrorCode::BadMessage,
+                format!(
+                    "{} keys in one message; the limit is {}",
+                    keys.len(),
+                    protocol::MAX_E2EE_DELIVERIES
+                ),
+            ));
+        }
+        if let Some(key) = keys.iter().find(|k| k.blob.len() > protocol::MAX_E2EE_BLOB) {
+            return Err((
+                ErrorCode::BadMessage,
+                format!(
+                    "a key for {} is {} characters; the limit is {}",
+                    key.participant_id,
+                    key.blob.len(),
+                    protocol::MAX_E2EE_BLOB
+                ),
+            ));
+        }
+        for key in keys {
+            let recipient = key.participant_id;
+            let present = recipient != from
+                && self
+                    .members
+                    .get(&recipient)
+                    .is_some_and(|m| m.admitted && m.room == *room);
+            if present {
+                self.send(
+                    recipient,
+                    &ServerMessage::E2eeKey {
+                        from,
+                        blob: key.blob,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     fn handle_sfu_event(&mut self, event: SfuEvent) {

@@ -250,6 +250,7 @@ impl Session {
                     name,
                     role,
                     resume,
+                    e2ee_key,
                 },
                 None,
             ) => {
@@ -267,6 +268,23 @@ impl Session {
                     None => self.open_room_arrival(room, name, role)?,
                 };
                 arrival.resume = resume;
+                if let Some(key) = &e2ee_key {
+                    let well_formed = !key.is_empty()
+                        && key.len() <= protocol::MAX_E2EE_PUBLIC_KEY
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='));
+                    if !well_formed {
+                        return Err((
+                            ErrorCode::BadMessage,
+                            format!(
+                                "e2ee_key must be 1–{} base64url characters",
+                                protocol::MAX_E2EE_PUBLIC_KEY
+                            ),
+                        ));
+                    }
+                }
+                arrival.e2ee_key = e2ee_key;
                 let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
                 self.participant = Some(id);
                 Ok(Next::Continue)
@@ -338,6 +356,7 @@ impl Session {
                 auto_record: check.auto_record,
             }),
             resume: None,
+            e2ee_key: None,
         })
     }
 
@@ -382,6 +401,7 @@ impl Session {
             invitation: None,
             meeting: None,
             resume: None,
+            e2ee_key: None,
         })
     }
 }

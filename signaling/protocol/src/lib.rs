@@ -23,6 +23,15 @@ pub const MAX_MEDIA_SECTIONS: usize = 128;
 /// Most entries in one [`ClientMessage::VideoSizes`].
 pub const MAX_VIDEO_SIZES: usize = 128;
 
+/// Longest end-to-end encryption public key in `join` (a P-256 point, base64url: 87).
+pub const MAX_E2EE_PUBLIC_KEY: usize = 256;
+
+/// Longest wrapped key in one [`E2eeKeyDelivery`].
+pub const MAX_E2EE_BLOB: usize = 2048;
+
+/// Most deliveries in one [`ClientMessage::E2eeKeys`].
+pub const MAX_E2EE_DELIVERIES: usize = 16;
+
 /// Most simulcast layers declared for one publication.
 pub const MAX_SIMULCAST_LAYERS: usize = 3;
 
@@ -163,6 +172,18 @@ pub struct ParticipantInfo {
     /// Not measured yet when `None`.
     pub quality: Option<Quality>,
     pub publications: Vec<PublicationInfo>,
+    /// The public key its client published for end-to-end encryption, to wrap media keys
+    /// to. The server relays it and never uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee_key: Option<String>,
+}
+
+/// One wrapped media key for one recipient: opaque to the server, which only relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2eeKeyDelivery {
+    pub participant_id: ParticipantId,
+    pub blob: String,
 }
 
 /// Whether a room lets people in.
@@ -267,6 +288,10 @@ pub enum ClientMessage {
         /// The secret from an earlier `joined`, to take over one's own earlier connection.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
+        /// This device's public key for end-to-end encryption (base64url, at most
+        /// [`MAX_E2EE_PUBLIC_KEY`] characters), shown to others in `participant.e2ee_key`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        e2ee_key: Option<String>,
     },
     /// An SDP offer. The client always offers and the server always answers, so there is
     /// never glare. `publish` labels the client's send m-lines, `subscribe` maps its
@@ -290,6 +315,10 @@ pub enum ClientMessage {
     /// [`MAX_VIDEO_SIZES`]; publications not listed keep their last size). Sent when a tile
     /// is resized, hidden or shown.
     VideoSizes { sizes: Vec<VideoSize> },
+    /// Media keys wrapped for other participants of the room (at most
+    /// [`MAX_E2EE_DELIVERIES`], each blob at most [`MAX_E2EE_BLOB`] characters). Each is
+    /// relayed to its recipient as [`ServerMessage::E2eeKey`]; the server cannot read them.
+    E2eeKeys { keys: Vec<E2eeKeyDelivery> },
     /// Raise or lower one's hand.
     RaiseHand { raised: bool },
     /// Host: let one lobby member in.
@@ -402,6 +431,11 @@ pub enum ServerMessage {
         started_at: Option<i64>,
         error: Option<String>,
     },
+    /// A media key another participant wrapped for this one; `from` is set by the server.
+    E2eeKey {
+        from: ParticipantId,
+        blob: String,
+    },
     /// The participant whose voice is loudest now (`None`: nobody speaks). Sent on change,
     /// to those who see that participant.
     ActiveSpeaker {
@@ -511,6 +545,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "candidate",
     "set_muted",
     "video_sizes",
+    "e2ee_keys",
     "raise_hand",
     "admit",
     "admit_all",
@@ -586,6 +621,7 @@ mod tests {
                 name: Some("Hà Nội".into()),
                 role: None,
                 resume: None,
+                e2ee_key: None,
             }
         );
         let text = r#"{"type":"join","protocol_version":2,"token":"a.b.c"}"#;

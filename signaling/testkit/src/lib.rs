@@ -132,6 +132,7 @@ impl WebrtcRsClient {
                 name: Some(opts.name.clone()),
                 role: None,
                 resume: None,
+                e2ee_key: None,
             },
         )
         .await?;

@@ -490,6 +490,7 @@ impl Session {
             // not change what it sends or receives, and it publishes one layer.
             ServerMessage::Lobby { .. }
             | ServerMessage::ActiveSpeaker { .. }
+            | ServerMessage::E2eeKey { .. }
             | ServerMessage::SimulcastLayers { .. }
             | ServerMessage::ParticipantUpdated { .. }
             | ServerMessage::RoleChanged { .. }

@@ -252,7 +252,8 @@ impl RawClient {
         let _ = self.ws.send(Message::Binary(data.into())).await;
     }
 
-    /// The next server message or close, skipping pings.
+    /// The next server message or close, skipping pings and `active_speaker`, which arrives
+    /// at any time in rooms where bots claim a speaking level, whatever the test sends.
     pub async fn next(&mut self) -> Received {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
@@ -262,6 +263,9 @@ impl RawClient {
                 Some(Ok(Message::Text(text))) => {
                     let message: ServerMessage =
                         serde_json::from_str(text.as_str()).expect("server sends valid messages");
+                    if matches!(message, ServerMessage::ActiveSpeaker { .. }) {
+                        continue;
+                    }
                     return Received::Message(message);
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -284,7 +288,8 @@ impl RawClient {
         }
     }
 
-    /// The next server message or close if one arrives within `wait`, skipping pings.
+    /// The next server message or close if one arrives within `wait`, skipping pings and
+    /// `active_speaker` (see [`RawClient::next`]).
     pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
         loop {
             let next = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
@@ -292,6 +297,9 @@ impl RawClient {
                 Some(Ok(Message::Text(text))) => {
                     let message: ServerMessage =
                         serde_json::from_str(text.as_str()).expect("server sends valid messages");
+                    if matches!(message, ServerMessage::ActiveSpeaker { .. }) {
+                        continue;
+                    }
                     return Some(Received::Message(message));
                 }
                 Some(Ok(Message::Close(frame))) => {
