@@ -64,6 +64,10 @@ const AUDIO_BITRATE: u64 = 50_000;
 /// their offer was answered).
 const MAX_SIZES_PER_PARTICIPANT: usize = 2 * MAX_VIDEO_SIZES;
 
+/// How long a recording waits for a simulcast publication's top layer (resumed for it at the
+/// publisher) before it settles for the highest layer that arrives.
+const RECORDING_LAYER_GRACE: Duration = Duration::from_secs(3);
+
 /// The shortest interval between two `SimulcastLayers` events for one publication: a
 /// publisher reconfigures its encoder at most this often.
 const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
@@ -129,6 +133,13 @@ struct Publication {
     keyframe_layers: u8,
     /// Its room is being recorded: its packets also go to the recording tap.
     recorded: bool,
+    /// The one layer the recording takes, kept for the whole file since a switch would
+    /// change the resolution and the RTP time base mid-file: the top layer (resumed at the
+    /// publisher for the recording), or the highest arriving if the top does not come within
+    /// [`RECORDING_LAYER_GRACE`] of the start.
+    recorded_layer: Option<u8>,
+    /// When the recording of this publication started.
+    recorded_since: Option<Instant>,
     source: TrackSource,
     /// Simulcast layers, lowest first; a plain stream has one, without a rid.
     layers: Vec<Layer>,
@@ -813,6 +824,8 @@ impl Engine {
                     keyframe_request_pending: false,
                     keyframe_layers: 0,
                     recorded: false,
+                    recorded_layer: None,
+                    recorded_since: None,
                     source,
                     layers,
                     level: LevelMeter::default(),
@@ -1121,6 +1134,7 @@ impl Engine {
     fn tick(&mut self, now: Instant) {
         self.ticks = self.ticks.wrapping_add(1);
         self.update_speakers(now);
+        self.choose_recorded_layers(now);
         if self.ticks.is_multiple_of(TICKS_PER_MEASURE) {
             let elapsed = self
                 .measured_at
@@ -1161,6 +1175,28 @@ impl Engine {
         self.update_simulcast_layers(now);
     }
 
+    /// Picks the layer of recorded simulcast publications that have none yet: the top one as
+    /// soon as it arrives, or after a grace period the highest one arriving.
+    fn choose_recorded_layers(&mut self, now: Instant) {
+        let mut chosen = Vec::new();
+        for (id, publication) in &mut self.publications {
+            if !publication.recorded || publication.recorded_layer.is_some() {
+                continue;
+            }
+            let waited = publication
+                .recorded_since
+                .is_some_and(|since| now >= since + RECORDING_LAYER_GRACE);
+            publication.recorded_layer = recordable_layer(&publication.layers, waited);
+            if let Some(layer) = publication.recorded_layer {
+                chosen.push((*id, layer));
+            }
+        }
+        for (id, layer) in chosen {
+            // The file starts on a keyframe of that layer.
+            self.request_keyframe(id, 1 << layer, now);
+        }
+    }
+
     /// Tells publishers which of their simulcast layers anyone wants: the lowest always,
     /// the top one while recording, and every layer a subscriber receives, is switching to
     /// or would receive with more bandwidth.
@@ -1172,7 +1208,8 @@ impl Engine {
             }
             let mut mask = 1u8;
             if publication.recorded {
-                mask |= 1 << (n - 1);
+                let layer = publication.recorded_layer.map_or(n - 1, usize::from);
+                mask |= 1 << layer.min(n - 1);
             }
             for (subscriber, mid) in &publication.subscribers {
                 let Some(sub) = self
@@ -1305,8 +1342,10 @@ impl Engine {
             return;
         }
         publication.recorded = true;
+        publication.recorded_since = Some(now);
+        publication.recorded_layer = recordable_layer(&publication.layers, false);
         let kind = publication.kind;
-        let layers = publication.layers.len();
+        let layer = publication.recorded_layer;
         self.recorded.push_back(RecordedMedia::Track {
             room: publication.room.clone(),
             publication: id,
@@ -1317,9 +1356,10 @@ impl Engine {
         });
         // A video file must start on a keyframe; waiting for the next periodic one could
         // lose seconds.
-        if kind == MediaKind::Video {
-            let top = layers.saturating_sub(1).min(7);
-            self.request_keyframe(id, 1 << top, now);
+        if kind == MediaKind::Video
+            && let Some(layer) = layer
+        {
+            self.request_keyframe(id, 1 << layer, now);
         }
     }
 
@@ -1330,6 +1370,8 @@ impl Engine {
         for publication in self.publications.values_mut() {
             if publication.room == *room {
                 publication.recorded = false;
+                publication.recorded_layer = None;
+                publication.recorded_since = None;
             }
         }
         self.recorded.push_back(RecordedMedia::Stopped {
@@ -1728,9 +1770,7 @@ impl Engine {
         }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
         let is_video = publication.kind == MediaKind::Video;
-        // A simulcast publication is recorded from its top layer only.
-        let top_layer = publication.layers.len().saturating_sub(1) as u8;
-        if publication.recorded && layer == top_layer {
+        if publication.recorded && publication.recorded_layer == Some(layer) {
             let codec = match video_codec {
                 None => RecordedCodec::Opus,
                 Some(VideoCodec::Vp8) => RecordedCodec::Vp8,
@@ -1879,6 +1919,19 @@ fn declared_layers(declared: &[protocol::SimulcastLayer]) -> Vec<Layer> {
         layers.push(Layer::plain());
     }
     layers
+}
+
+/// The layer a recording takes: a plain stream's only one; for simulcast the top layer once
+/// it arrives, or, when `settle` (the top did not come in time), the highest arriving.
+fn recordable_layer(layers: &[Layer], settle: bool) -> Option<u8> {
+    let top = layers.len().checked_sub(1)?;
+    if top == 0 || layers[top].available {
+        return Some(top as u8);
+    }
+    if !settle {
+        return None;
+    }
+    layers.iter().rposition(|l| l.available).map(|i| i as u8)
 }
 
 /// The layer index of a stream with `rid`. A rid the publisher did not declare takes the

@@ -6,8 +6,11 @@ mod sim;
 
 use std::time::Duration;
 
-use protocol::{MediaKind, ParticipantId};
-use sfu::SfuEvent;
+use loadtest::media::{frame_tag, split_tag};
+use protocol::{MediaKind, ParticipantId, PublicationId, RoomId};
+use sfu::codec::{VideoCodec, is_keyframe};
+use sfu::recording::RecordedMedia;
+use sfu::{SfuCommand, SfuEvent};
 use sim::{Link, Sim};
 
 /// Frame sizes at 15 fps for about 150 kbps, 500 kbps and 1.2 Mbps, lowest first.
@@ -279,4 +282,110 @@ fn active_speaker(sim: &Sim) -> Option<ParticipantId> {
         SfuEvent::ActiveSpeaker { participant, .. } => Some(*participant),
         _ => None,
     })?
+}
+
+/// Records room "r" for `duration` and returns the layers of the video packets recorded for
+/// `video` (each frame fits one packet, so each carries its tag), and whether the first one
+/// was a keyframe.
+fn record(sim: &mut Sim, video: PublicationId, duration: Duration) -> (Vec<u8>, bool) {
+    let room = RoomId("r".into());
+    let now = sim.now;
+    sim.engine.handle_command(
+        now,
+        SfuCommand::StartRecording {
+            room: room.clone(),
+            recording_id: "rec".into(),
+        },
+    );
+    let mut packets = Vec::new();
+    let end = sim.now + duration;
+    while sim.now < end {
+        sim.run_for(Duration::from_millis(100));
+        while let Some(media) = sim.engine.poll_recorded() {
+            if let RecordedMedia::Packet {
+                publication,
+                payload,
+                ..
+            } = media
+                && publication == video
+            {
+                packets.push(payload);
+            }
+        }
+    }
+    let now = sim.now;
+    sim.engine
+        .handle_command(now, SfuCommand::StopRecording { room });
+    let layers = packets
+        .iter()
+        .map(|p| frame_tag(p).map_or(u8::MAX, |t| split_tag(t).1))
+        .collect();
+    let starts_on_keyframe = packets
+        .first()
+        .is_some_and(|p| is_keyframe(VideoCodec::Vp8, p));
+    (layers, starts_on_keyframe)
+}
+
+#[test]
+fn a_recording_resumes_and_keeps_the_top_layer_even_when_nobody_watches_it() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.simulcast_frame_bytes = vec![300, 600, 900];
+        c.keyframe_interval = None;
+    });
+    let a = viewer(&mut sim);
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    sim.set_video_sizes(a, &[(video, 160, 90)]);
+    sim.run_for(Duration::from_secs(3));
+    let paused = sim.endpoints[publisher].endpoint.layer_frames();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.endpoints[publisher].endpoint.layer_frames()[2],
+        paused[2],
+        "nobody watches the top layer: paused"
+    );
+
+    let (layers, starts_on_keyframe) = record(&mut sim, video, Duration::from_secs(4));
+    assert!(
+        layers.len() >= 30,
+        "{} video packets recorded",
+        layers.len()
+    );
+    assert!(layers.iter().all(|l| *l == 2), "top layer only: {layers:?}");
+    assert!(starts_on_keyframe);
+    // The viewer kept its thumbnail layer meanwhile.
+    assert_eq!(
+        sim.endpoints[a].endpoint.stats()[&video].video_layer,
+        Some(0)
+    );
+}
+
+#[test]
+fn a_recording_settles_for_the_highest_layer_that_arrives() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.simulcast_frame_bytes = vec![300, 600, 900];
+        c.keyframe_interval = None;
+    });
+    viewer(&mut sim);
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    sim.run_for(Duration::from_secs(1));
+    // Its uplink cannot carry the top layer: it sends the two others whatever it is told.
+    sim.endpoints[publisher]
+        .endpoint
+        .set_active_layers(&[true, true, false]);
+    sim.endpoints[publisher].ignore_layer_requests = true;
+    sim.run_for(Duration::from_secs(2));
+
+    let (layers, starts_on_keyframe) = record(&mut sim, video, Duration::from_secs(6));
+    assert!(
+        layers.len() >= 30,
+        "{} video packets recorded",
+        layers.len()
+    );
+    assert!(
+        layers.iter().all(|l| *l == 1),
+        "the middle layer only: {layers:?}"
+    );
+    assert!(starts_on_keyframe);
 }

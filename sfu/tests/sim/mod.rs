@@ -60,6 +60,8 @@ pub struct SimEndpoint {
     /// When the downlink's bottleneck is free again.
     pub busy_until: Instant,
     pub downlink: DownlinkCount,
+    /// Ignore `simulcast_layers`, as a browser whose uplink cannot carry a layer keeps it off.
+    pub ignore_layer_requests: bool,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -147,6 +149,7 @@ impl Sim {
             alive: true,
             busy_until: self.now,
             downlink: DownlinkCount::default(),
+            ignore_layer_requests: false,
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -434,7 +437,9 @@ impl Sim {
                 ..
             } => {
                 let active = active.clone();
-                if let Some(e) = self.by_participant(*participant) {
+                if let Some(e) = self.by_participant(*participant)
+                    && !e.ignore_layer_requests
+                {
                     e.endpoint.set_active_layers(&active);
                 }
             }
