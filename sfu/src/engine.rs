@@ -315,8 +315,9 @@ pub struct Engine {
     /// When the layers' bitrates were last measured.
     measured_at: Option<Instant>,
     /// Reused buffers for the allocator.
+    /// Per video subscription: (priority, its mid, the layer its tile wants, its demand).
+    demand_rows: Vec<(u8, Mid, Option<u8>, Demand)>,
     demands: Vec<Demand>,
-    demand_mids: Vec<(Mid, Option<u8>)>,
     allocation: Vec<Option<u8>>,
 }
 
@@ -351,8 +352,8 @@ impl Engine {
             to_allocate: Vec::new(),
             layer_changes: Vec::new(),
             measured_at: None,
+            demand_rows: Vec::new(),
             demands: Vec::new(),
-            demand_mids: Vec::new(),
             allocation: Vec::new(),
         })
     }
@@ -1019,12 +1020,10 @@ impl Engine {
         };
         participant.reallocate = false;
         let speaker = self.rooms.get(&participant.room).and_then(|r| r.speaker);
-        let mut entries = std::mem::take(&mut self.demands);
-        let mut mids = std::mem::take(&mut self.demand_mids);
+        let mut rows = std::mem::take(&mut self.demand_rows);
+        let mut demands = std::mem::take(&mut self.demands);
         let mut allocation = std::mem::take(&mut self.allocation);
-        let mut order: Vec<(u8, usize)> = Vec::new();
-        entries.clear();
-        mids.clear();
+        rows.clear();
         let mut audio_streams = 0u64;
         for (mid, sub) in &participant.subscriptions {
             let Some(publication) = sub.publication.and_then(|p| self.publications.get(&p)) else {
@@ -1037,7 +1036,7 @@ impl Engine {
             let mut sizes = [(0, 0); MAX_SIMULCAST_LAYERS];
             let mut bitrates = [0; 3];
             let n = publication.layers.len().min(MAX_SIMULCAST_LAYERS);
-            let mut available = None;
+            let mut highest_arriving = None;
             for (i, layer) in publication.layers.iter().take(n).enumerate() {
                 sizes[i] = (layer.width, layer.height);
                 // A layer not measured yet is assumed to cost what browsers send; a plain
@@ -1053,15 +1052,18 @@ impl Engine {
                     assumed
                 };
                 if layer.available {
-                    available = Some(i as u8);
+                    highest_arriving = Some(i as u8);
                 }
             }
             // Before any layer arrives (and always for a plain stream) every layer counts as
             // available: the first keyframes are on their way, and the target must be set
             // when they come.
-            if available.is_none() || n == 1 {
-                available = Some(n.saturating_sub(1) as u8);
-            }
+            let top = n.saturating_sub(1) as u8;
+            let available = if n == 1 {
+                top
+            } else {
+                highest_arriving.unwrap_or(top)
+            };
             let tile = sub
                 .publication
                 .and_then(|p| participant.video_sizes.get(&p))
@@ -1074,35 +1076,33 @@ impl Engine {
             } else {
                 2
             };
-            order.push((priority, entries.len()));
-            mids.push((*mid, wanted));
-            entries.push(Demand {
+            let demand = Demand {
                 bitrates,
                 layers: n as u8,
                 // Only layers that arrive can be sent; a paused one is asked for below.
-                max_layer: wanted.and_then(|w| available.map(|a| a.min(w))),
+                max_layer: wanted.map(|w| w.min(available)),
                 current: sub.current,
-            });
+            };
+            rows.push((priority, *mid, wanted, demand));
         }
-        order.sort_by_key(|(priority, _)| *priority);
-        let sorted: Vec<Demand> = order.iter().map(|(_, i)| entries[*i]).collect();
+        rows.sort_by_key(|(priority, ..)| *priority);
+        demands.clear();
+        demands.extend(rows.iter().map(|(.., demand)| *demand));
         let budget = match (self.config.bandwidth_estimation, participant.estimate) {
             (true, Some(estimate)) => ((estimate as f64 * ESTIMATE_SHARE) as u64)
                 .saturating_sub(audio_streams * AUDIO_BITRATE),
             _ => u64::MAX,
         };
-        allocator::allocate(budget, &sorted, &mut allocation);
+        allocator::allocate(budget, &demands, &mut allocation);
         let (mut allocated, mut desired) = (0u64, 0u64);
-        for ((_, index), target) in order.iter().zip(&allocation) {
-            let (mid, wanted) = mids[*index];
-            let demand = &entries[*index];
+        for ((_, mid, wanted, demand), target) in rows.iter().zip(&allocation) {
             let cost = |layer: Option<u8>| layer.map_or(0, |l| demand.bitrates[usize::from(l)]);
             allocated += cost(*target);
             desired += cost(wanted.map(|w| w.min(demand.layers.saturating_sub(1))));
-            let Some(sub) = participant.subscriptions.get_mut(&mid) else {
+            let Some(sub) = participant.subscriptions.get_mut(mid) else {
                 continue;
             };
-            sub.max_layer = wanted;
+            sub.max_layer = *wanted;
             if sub.target != *target {
                 sub.target = *target;
                 if target.is_none() {
@@ -1124,8 +1124,8 @@ impl Engine {
                 .bwe()
                 .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
         }
-        self.demands = entries;
-        self.demand_mids = mids;
+        self.demand_rows = rows;
+        self.demands = demands;
         self.allocation = allocation;
     }
 

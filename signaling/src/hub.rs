@@ -767,16 +767,7 @@ impl Hub {
                 muted,
             } => self.set_muted(participant, publication_id, muted)?,
             ClientMessage::VideoSizes { sizes } => {
-                if sizes.len() > protocol::MAX_VIDEO_SIZES {
-                    return Err((
-                        ErrorCode::BadMessage,
-                        format!(
-                            "{} video sizes; the limit is {}",
-                            sizes.len(),
-                            protocol::MAX_VIDEO_SIZES
-                        ),
-                    ));
-                }
+                within_limit("video sizes", sizes.len(), protocol::MAX_VIDEO_SIZES)?;
                 self.sfu
                     .send(SfuCommand::SetVideoSizes { participant, sizes });
             }
@@ -1107,16 +1098,7 @@ impl Hub {
         room: &RoomId,
         keys: Vec<protocol::E2eeKeyDelivery>,
     ) -> Result<(), (ErrorCode, String)> {
-        if keys.len() > protocol::MAX_E2EE_DELIVERIES {
-            return Err((
-                ErrorCode::BadMessage,
-                format!(
-                    "{} keys in one message; the limit is {}",
-                    keys.len(),
-                    protocol::MAX_E2EE_DELIVERIES
-                ),
-            ));
-        }
+        within_limit("keys", keys.len(), protocol::MAX_E2EE_DELIVERIES)?;
         if let Some(key) = keys.iter().find(|k| k.blob.len() > protocol::MAX_E2EE_BLOB) {
             return Err((
                 ErrorCode::BadMessage,
@@ -1584,6 +1566,17 @@ impl Hub {
             self.remove(id, LeaveReason::Removed, None);
         }
     }
+}
+
+/// Refuses a list longer than the protocol allows, saying which and by how much.
+fn within_limit(what: &str, count: usize, limit: usize) -> Result<(), (ErrorCode, String)> {
+    if count > limit {
+        return Err((
+            ErrorCode::BadMessage,
+            format!("{count} {what} in one message; the limit is {limit}"),
+        ));
+    }
+    Ok(())
 }
 
 fn counts_of(room: &Room, members: &HashMap<ParticipantId, Member>) -> RoomCounts {
