@@ -174,6 +174,7 @@ async function startJoin() {
     url: overrides.signalingUrl || `wss://${location.host}/ws`,
     protocolVersion: overrides.protocolVersion,
     reconnectWindowMs: overrides.reconnectWindowMs,
+    e2ee: overrides.e2ee,
   });
   app.meeting = meeting;
   meeting.addEventListener('change', scheduleRender);
@@ -468,6 +469,7 @@ function renderCall() {
   hand.title = handLabel;
   hand.setAttribute('aria-label', handLabel);
   renderRecording(m);
+  renderEncryption(m);
   const rosterButton = $('roster-button');
   rosterButton.classList.toggle('active', rosterOpen);
   rosterButton.setAttribute('aria-pressed', String(rosterOpen));
@@ -481,6 +483,12 @@ function renderCall() {
   share.setAttribute('aria-label', shareLabel);
   share.setAttribute('aria-pressed', String(!!local.screen));
   renderRoster(m);
+}
+
+/** That the meeting is end-to-end encrypted, and the safety code to compare aloud. */
+function renderEncryption(m) {
+  $('e2ee-indicator').hidden = !m.encrypted;
+  $('safety-code').textContent = m.encrypted && m.safetyCode ? t('e2ee.safetyCode', { code: m.safetyCode }) : '';
 }
 
 /** The REC indicator for everyone; the record button for hosts. */

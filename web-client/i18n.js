@@ -121,6 +121,10 @@ export const STRINGS = {
     'error.removed': 'A host removed you from the meeting.',
     'error.forbidden': 'You are not allowed to do that in this meeting.',
     'error.notAdmitted': 'You have not been admitted to the meeting yet.',
+    'error.encryptionUnsupported': 'This meeting is end-to-end encrypted, and this browser cannot encrypt media. Use a recent Chrome, Edge, Firefox or Safari.',
+    'e2ee.indicator': '🔒 End-to-end encrypted',
+    'e2ee.indicatorTitle': 'Sound and video are encrypted in each browser: the server forwards them and cannot see or hear them. Read the safety code aloud; everyone must see the same one.',
+    'e2ee.safetyCode': 'Safety code {code}',
 
     'org.title': 'Meet — organizers',
     'org.navMeetings': 'Meetings',
@@ -386,6 +390,10 @@ export const STRINGS = {
     'error.removed': 'Chủ trì đã mời bạn ra khỏi cuộc họp.',
     'error.forbidden': 'Bạn không được phép làm việc này trong cuộc họp.',
     'error.notAdmitted': 'Bạn chưa được cho vào cuộc họp.',
+    'error.encryptionUnsupported': 'Cuộc họp này được mã hóa đầu cuối, nhưng trình duyệt này không mã hóa được âm thanh và hình ảnh. Hãy dùng Chrome, Edge, Firefox hoặc Safari bản mới.',
+    'e2ee.indicator': '🔒 Mã hóa đầu cuối',
+    'e2ee.indicatorTitle': 'Âm thanh và hình ảnh được mã hóa ngay trong từng trình duyệt: máy chủ chỉ chuyển tiếp, không thể xem hay nghe. Hãy đọc to mã an toàn; mọi người phải thấy cùng một mã.',
+    'e2ee.safetyCode': 'Mã an toàn {code}',
 
     'org.title': 'Họp trực tuyến — ban tổ chức',
     'org.navMeetings': 'Cuộc họp',

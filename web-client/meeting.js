@@ -13,6 +13,7 @@
 // Events (EventTarget): `state` (this.state changed), `change` (roster, tracks, mute state or
 // quality changed: re-render), `notice` ({ detail: { key, vars } } for a passing message).
 
+import { E2ee, safetyCode } from './e2ee.js';
 import { StatsSampler, classify, combine } from './quality.js';
 import { cameraLayers, declaredLayers, layerActivity, sizeReports } from './simulcast.js';
 
@@ -87,6 +88,8 @@ export function refusalKey(code) {
       return 'error.forbidden';
     case 'not_admitted':
       return 'error.notAdmitted';
+    case 'e2ee_unsupported':
+      return 'error.encryptionUnsupported';
     default:
       return 'error.server';
   }
@@ -121,6 +124,7 @@ export class Meeting extends EventTarget {
    * @param {string} o.url          the `wss://…/ws` address
    * @param {number} [o.protocolVersion]
    * @param {number} [o.reconnectWindowMs]
+   * @param {object} [o.e2ee]  tests: { prefer: 'legacy' } or { keyless: true }
    */
   constructor(o) {
     super();
@@ -169,6 +173,13 @@ export class Meeting extends EventTarget {
     this.activeSpeaker = null;
     /** Our publication id -> the `active` list of the last `simulcast_layers` about it. */
     this.simulcastLayers = new Map();
+    /** Whether the meeting is end-to-end encrypted (the server says so at join). */
+    this.encrypted = false;
+    /** Our end-to-end keys and frame transforms (kept across reconnections). */
+    this.e2ee = null;
+    this.e2eeOptions = o.e2ee || {};
+    /** The safety code of an encrypted meeting, for people to compare aloud. */
+    this.safetyCode = null;
 
     this.s = null; // the current session (socket + peer connection)
     this.mediaFailures = 0;
@@ -349,6 +360,10 @@ export class Meeting extends EventTarget {
   async onRoleChanged(role) {
     const before = this.role;
     this.role = role;
+    if (this.encrypted) {
+      this.e2ee.host = this.isHost();
+      this.updateSafetyCode();
+    }
     if (!this.canRaiseHand()) this.handRaised = false;
     if (!this.canShareScreen()) this.local.stopScreen();
     if (!this.canPublish()) {
@@ -412,6 +427,7 @@ export class Meeting extends EventTarget {
       offeredSubs: new Set(), // publication ids of receiving m-lines in the last sent offer
       sentSizes: new Map(), // publication id -> the size last reported in this session
       sizesQueued: false,
+      decryptors: new Map(), // receiving transceiver -> its decrypting transform's id
     };
     this.s = s;
 
@@ -441,6 +457,20 @@ export class Meeting extends EventTarget {
       if (this.askedRole && this.protocolVersion >= 2) join.role = this.askedRole;
     }
     if (this.resume) join.resume = this.resume;
+    if (!this.e2ee) {
+      const e2ee = new E2ee({
+        ...this.e2eeOptions,
+        // Keys go out while (re)entering the room too, not only once joined.
+        send: (keys) => this.s && this.send(this.s, { type: 'e2ee_keys', keys }),
+        publicKeyOf: (id) => this.participants.get(id)?.e2eeKey || null,
+      });
+      if (e2ee.supported) {
+        await e2ee.init();
+        this.e2ee = e2ee;
+      }
+    }
+    const announced = this.e2ee?.announced();
+    if (announced && this.protocolVersion >= 2) join.e2ee_key = announced;
     ws.send(JSON.stringify(join));
     const joined = await new Promise((resolve, reject) => {
       let timer = setTimeout(() => {
@@ -505,6 +535,12 @@ export class Meeting extends EventTarget {
     if (joined.room_state) this.roomState = { open: !!joined.room_state.open, locked: !!joined.room_state.locked };
     if (joined.counts) this.counts = joined.counts;
     if (joined.resume) this.resume = joined.resume;
+    this.encrypted = !!joined.e2ee;
+    if (this.encrypted && !this.e2ee) {
+      ws.close();
+      throw new JoinError('refused', 'e2ee_unsupported', 'this browser cannot encrypt media end to end');
+    }
+    if (this.encrypted) this.e2ee.newSession({ room: this.room, me: this.me, host: this.isHost() });
     if (!this.canRaiseHand()) this.handRaised = false;
     else if (this.handRaised) this.send(s, { type: 'raise_hand', raised: true });
     this.waiting = [];
@@ -521,7 +557,10 @@ export class Meeting extends EventTarget {
     this.activeSpeaker = null;
     this.simulcastLayers = new Map();
 
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    const config = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+    // The legacy transform needs this for the whole connection; every m-line is then piped.
+    if (this.encrypted && this.e2ee.mode === 'legacy') config.encodedInsertableStreams = true;
+    const pc = new RTCPeerConnection(config);
     s.pc = pc;
     pc.onicecandidate = (event) => this.onCandidate(s, event.candidate);
     pc.onconnectionstatechange = () => this.onConnectionState(s);
@@ -536,6 +575,7 @@ export class Meeting extends EventTarget {
       this.addParticipant(p);
       for (const pub of p.publications) this.subscribe(s, pub);
     }
+    if (this.encrypted) this.updateSafetyCode();
     this.every(s, PING_MS, () => {
       if (Date.now() - s.lastHeard > SILENCE_MS) {
         this.lost(s, 'socket');
@@ -619,6 +659,8 @@ export class Meeting extends EventTarget {
         this.changed();
         break;
       case 'room_counts':
+        // Someone we cannot see left (a viewer): they may have held our key.
+        if (this.counts && m.present < this.counts.present) this.e2ee?.onUnseenLeft();
         this.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
         this.changed();
         break;
@@ -639,11 +681,13 @@ export class Meeting extends EventTarget {
         this.changed();
         break;
       case 'participant_left': {
+        this.e2ee?.onLeft(m.participant_id);
         const p = this.participants.get(m.participant_id);
         if (!p) break;
         for (const id of p.pubs.keys()) this.unsubscribe(s, id);
         this.participants.delete(m.participant_id);
         this.quality.delete(m.participant_id);
+        if (this.encrypted) this.updateSafetyCode();
         if (this.activeSpeaker === m.participant_id) this.activeSpeaker = null;
         this.notice('call.leftToast', { name: p.name });
         this.changed();
@@ -693,6 +737,9 @@ export class Meeting extends EventTarget {
         break;
       case 'simulcast_layers':
         this.onSimulcastLayers(s, m);
+        break;
+      case 'e2ee_key':
+        if (this.encrypted) this.e2ee.onBlob(m.from, m.blob);
         break;
       case 'error':
         this.onError(s, m);
@@ -763,8 +810,23 @@ export class Meeting extends EventTarget {
     if ('site' in info) p.site = info.site;
     if ('hand_raised' in info) p.hand = !!info.hand_raised;
     if ('quality' in info) p.serverQuality = info.quality;
+    if (info.e2ee_key) p.e2eeKey = info.e2ee_key;
     for (const pub of info.publications || []) p.pubs.set(pub.id, pub);
+    if (this.encrypted && p.e2eeKey) this.e2ee.want(p.id, p.e2eeKey);
+    if (this.encrypted && ('role' in info || info.e2ee_key)) this.updateSafetyCode();
     return p;
+  }
+
+  /** Recomputes the safety code from the hosts' and presenters' keys (ours included). */
+  updateSafetyCode() {
+    const entries = [...this.participants.values()].map((p) => ({ id: p.id, role: p.role, key: p.e2eeKey }));
+    entries.push({ id: this.me, role: this.role, key: this.e2ee.announced() });
+    const run = safetyCode(this.room, entries).then((code) => {
+      if (run !== this.safetyRun || code === this.safetyCode) return;
+      this.safetyCode = code;
+      this.changed();
+    });
+    this.safetyRun = run;
   }
 
   // ---- media negotiation ---------------------------------------------------------------
@@ -779,11 +841,15 @@ export class Meeting extends EventTarget {
       const { encodings, layers } = cameraLayers(track.getSettings());
       tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: encodings });
       s.layers.camera = layers;
-      if (layers.length > 1) preferVp8(tr);
+      if (layers.length > 1 || this.encrypted) preferVp8(tr);
       s.send[source] = tr;
+      if (this.encrypted) this.e2ee.attachSender(tr.sender, 'video');
     } else {
       tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: SEND_ENCODINGS[source] });
       s.send[source] = tr;
+      // Encrypted frames keep only VP8's header bytes readable (docs/e2ee.md).
+      if (this.encrypted && track.kind === 'video') preferVp8(tr);
+      if (this.encrypted) this.e2ee.attachSender(tr.sender, track.kind);
     }
     this.negotiate(s);
   }
@@ -858,7 +924,10 @@ export class Meeting extends EventTarget {
       tr.direction = 'recvonly';
     } else {
       tr = s.pc.addTransceiver(pub.kind, { direction: 'recvonly' });
+      if (this.encrypted) s.decryptors.set(tr, this.e2ee.attachReceiver(tr.receiver, pub.kind));
     }
+    // Frames of this publication open only with its owner's keys.
+    if (this.encrypted) this.e2ee.bind(s.decryptors.get(tr), pub.participant_id);
     s.subs.set(pub.id, tr);
     this.remoteTracks.set(pub.id, tr.receiver.track);
     this.negotiate(s);

@@ -8,6 +8,8 @@ const KEY_BITS = 128;
 const SALT_BYTES = 12;
 /** How far a receiver ratchets a sender's key forward by itself within one epoch. */
 export const MAX_RATCHET_STEPS = 256;
+/** Generations of one epoch a ring keeps behind the newest it derived. */
+const KEPT_GENERATIONS = 32;
 /** KID = epoch × GENERATIONS + generation. */
 export const GENERATIONS = 65536;
 
@@ -226,6 +228,10 @@ export class KeyRing {
         if (!this.keys.has(k)) this.keys.set(k, { base, frame: null });
       }
       entry = this.keys.get(kid);
+      // Generations far behind are no longer used by the sender (it moved on for newcomers).
+      for (const known of [...this.keys.keys()]) {
+        if (Math.floor(known / GENERATIONS) === epoch && known < kid - KEPT_GENERATIONS) this.keys.delete(known);
+      }
     }
     if (!entry.frame) entry.frame = deriveFrameKey(entry.base, kid);
     return entry.frame;

@@ -11,6 +11,8 @@
 //   protocol=N        join with this protocol version (to provoke `version_mismatch`)
 //   ws=URL            signaling address instead of wss://<this host>/ws
 //   reconnect_s=N     give up reconnecting after N seconds
+//   e2ee=keyless      in an encrypted meeting, announce no key and ask nobody for theirs
+//   e2ee=legacy       transform frames with createEncodedStreams, not RTCRtpScriptTransform
 //
 // `window.meetTest` (see the bottom) reads what each remote tile shows and plays: the centre
 // pixel of its video, the dominant frequency of its audio, and its receive statistics; and
@@ -24,6 +26,8 @@ export function install(params, { setTrackSource, app }) {
   if (params.has('ws')) overrides.signalingUrl = params.get('ws');
   if (params.has('reconnect_s')) overrides.reconnectWindowMs = 1000 * Number(params.get('reconnect_s'));
   if (params.get('synthetic') === '1') setTrackSource(syntheticSource(params));
+  if (params.get('e2ee') === 'keyless') overrides.e2ee = { keyless: true };
+  if (params.get('e2ee') === 'legacy') overrides.e2ee = { prefer: 'legacy' };
 
   // Every message the page sends, for assertions about candidates and offers.
   const sent = [];
@@ -128,6 +132,38 @@ export function install(params, { setTrackSource, app }) {
       tile.style.height = height === null ? '' : `${height}px`;
       return true;
     },
+
+    // ---- end-to-end encryption ----
+    /** { encrypted, indicator, safetyCode, kid, mode } */
+    encryption: () => {
+      const m = app.meeting;
+      return {
+        encrypted: !!m?.encrypted,
+        indicator: !document.getElementById('e2ee-indicator').hidden,
+        safetyCode: m?.safetyCode ?? null,
+        shownCode: document.getElementById('safety-code').textContent,
+        kid: m?.e2ee?.currentKid() ?? null,
+        mode: m?.e2ee?.mode ?? null,
+      };
+    },
+    /** Per frame transform: [{ role, kind, frames, failed, unsent, kid }]. */
+    e2eeCounts: async () => Object.values((await app.meeting?.e2ee?.counts()) || {}),
+    /** Starts keeping the last encrypted frame received from each participant. */
+    e2eeCapture: () => app.meeting?.e2ee?.capture(),
+    /** The last encrypted frame from a participant: { data: base64, kid }, or null. */
+    e2eeCaptured: async (participantId, kind) => {
+      const frame = await app.meeting?.e2ee?.captured(participantId, kind);
+      if (!frame) return null;
+      let text = '';
+      for (const byte of frame.data) text += String.fromCharCode(byte);
+      return { data: btoa(text), kid: frame.kid };
+    },
+    /** Whether this page's keys for a participant open an encrypted frame (base64). */
+    e2eeTryOpen: (participantId, kind, base64) => app.meeting.e2ee.tryOpen(
+      participantId, kind, Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)),
+    ),
+    /** Corrupts the next `frames` frames this page sends, after sealing. */
+    e2eeTamper: (frames) => app.meeting?.e2ee?.tamper(frames),
   };
   return overrides;
 }

@@ -31,7 +31,7 @@ test('every key the page and scripts use exists', () => {
     for (const m of read(page).matchAll(/data-i18n(?:-title|-placeholder)?="([^"]+)"/g)) used.add(m[1]);
   }
   for (const file of scripts) {
-    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error|role|roster|waiting|org|rec)\.[A-Za-z]+)['`]/g)) {
+    for (const m of read(file).matchAll(/['`]((?:app|lang|lobby|call|toolbar|tile|quality|error|role|roster|waiting|org|rec|e2ee)\.[A-Za-z]+)['`]/g)) {
       used.add(m[1]);
     }
   }

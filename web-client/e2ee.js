@@ -1,0 +1,352 @@
+// End-to-end encryption of a meeting, the page's half (docs/e2ee.md): the device key pair, our
+// sender key (ratcheted when someone new asks for it, replaced when someone leaves), wrapping it
+// for each recipient, unwrapping the keys others send us, and the encoded-transform worker
+// that seals and opens every frame. The server relays the wrapped keys and cannot open them.
+
+import { saveKey } from './keystore.js';
+import {
+  GENERATIONS, deriveFrameKey, fromBase64Url, importBaseKey, ratchet, toBase64Url,
+} from './sframe.js';
+
+/** How long a new epoch's key travels to receivers before we encrypt with it. */
+export const REKEY_DELAY_MS = 1000;
+/** How long receivers keep an epoch after a newer one arrived (frames still in flight). */
+const OLD_EPOCH_MS = 10_000;
+/** The server relays at most this many keys per message. */
+const KEYS_PER_MESSAGE = 16;
+const WRAP_INFO = new TextEncoder().encode('meet e2ee wrap v1');
+
+/** How this browser can transform encoded frames: 'script', 'legacy' or null (it cannot). */
+export function transformSupport(prefer = null) {
+  const script = typeof RTCRtpScriptTransform === 'function';
+  const legacy = typeof RTCRtpSender !== 'undefined' && 'createEncodedStreams' in RTCRtpSender.prototype;
+  if (prefer === 'legacy' && legacy) return 'legacy';
+  if (script) return 'script';
+  return legacy ? 'legacy' : null;
+}
+
+/**
+ * The safety code people compare aloud: 4 groups of 4 digits from the room and the public keys
+ * of the hosts and presenters present, the people everyone sees. A server that substituted one
+ * of those keys for someone gives that person a different code.
+ */
+export async function safetyCode(room, entries) {
+  const lines = entries
+    .filter((e) => e.key && (e.role === 'host' || e.role === 'presenter'))
+    .map((e) => `${e.id}:${e.key}`)
+    .sort();
+  if (lines.length === 0) return null;
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(`meet e2ee safety|${room}|${lines.join('\n')}`)));
+  const groups = [];
+  for (let i = 0; i < 4; i += 1) groups.push(String(((digest[2 * i] << 8) | digest[2 * i + 1]) % 10000).padStart(4, '0'));
+  return groups.join(' ');
+}
+
+export class E2ee {
+  /**
+   * @param {object} o
+   * @param {(keys: {participant_id: any, blob: string}[]) => void} o.send  sends one `e2ee_keys`
+   * @param {(participant: any) => string | null} o.publicKeyOf  a visible participant's key
+   * @param {string | null} [o.prefer]  'legacy' forces createEncodedStreams (tests)
+   * @param {boolean} [o.keyless]  announce no key and ask nobody (tests: a receiver without keys)
+   */
+  constructor(o) {
+    this.sendKeys = o.send;
+    this.publicKeyOf = o.publicKeyOf;
+    this.mode = transformSupport(o.prefer);
+    this.keyless = !!o.keyless;
+    this.room = '';
+    this.me = null;
+    this.host = false;
+    this.publicKey = null;
+    this.privateKey = null;
+    this.worker = null;
+    this.nextTransformId = 1;
+    this.replies = new Map();
+    this.nextReply = 1;
+    /** Our sender key: { epoch, generation, raw } (raw bytes: we wrap them for recipients). */
+    this.current = null;
+    /** A new epoch on its way to receivers, not yet used: { kid, raw }. */
+    this.pending = null;
+    /** participant id -> { pub: string, wrap: CryptoKey } of those we gave our key */
+    this.recipients = new Map();
+    /** public key text -> Promise<CryptoKey> (ECDH-derived wrapping keys) */
+    this.wraps = new Map();
+    /** Participants asked for their key in this session. */
+    this.asked = new Set();
+    this.rekeyTimer = null;
+    /** One key operation at a time: a ratchet must not interleave with a rekey. */
+    this.queue = Promise.resolve();
+  }
+
+  get supported() {
+    return this.mode !== null;
+  }
+
+  /** Makes the device key pair; the private half never leaves WebCrypto. */
+  async init() {
+    const pair = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, false, ['deriveBits']);
+    this.privateKey = pair.privateKey;
+    this.publicKey = toBase64Url(new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey)));
+  }
+
+  /** The key to announce at join (none for a keyless test receiver). */
+  announced() {
+    return this.keyless ? null : this.publicKey;
+  }
+
+  /** A (re)joined session: who we are now; everyone is asked for their key again. */
+  newSession({ room, me, host }) {
+    this.room = String(room);
+    this.me = me;
+    this.host = !!host;
+    this.asked = new Set();
+    if (!this.worker) this.worker = this.startWorker();
+  }
+
+  startWorker() {
+    const worker = new Worker(new URL('./e2ee-worker.js', import.meta.url), { type: 'module' });
+    worker.onmessage = (event) => {
+      const done = this.replies.get(event.data?.reply);
+      if (done) {
+        this.replies.delete(event.data.reply);
+        done(event.data);
+      }
+    };
+    return worker;
+  }
+
+  ask(message, transfer = []) {
+    const reply = this.nextReply++;
+    return new Promise((resolve) => {
+      this.replies.set(reply, resolve);
+      this.worker.postMessage({ ...message, reply }, transfer);
+    });
+  }
+
+  serial(fn) {
+    const run = this.queue.then(fn);
+    this.queue = run.catch((err) => console.warn('end-to-end key handling failed:', err));
+    return run;
+  }
+
+  // ---- frames --------------------------------------------------------------------------
+
+  attach(endpoint, role, kind) {
+    const id = this.nextTransformId++;
+    if (this.mode === 'script') {
+      endpoint.transform = new RTCRtpScriptTransform(this.worker, { role, kind, id });
+    } else {
+      const { readable, writable } = endpoint.createEncodedStreams();
+      this.worker.postMessage({ type: 'streams', readable, writable, role, kind, id }, [readable, writable]);
+    }
+    return id;
+  }
+
+  /** Seals everything this sender sends; until our key exists, its frames are not sent. */
+  attachSender(sender, kind) {
+    this.attach(sender, 'send', kind);
+    this.serial(() => this.ensureKey());
+  }
+
+  /** Opens what this receiver gets; returns its id for `bind`. */
+  attachReceiver(receiver, kind) {
+    return this.attach(receiver, 'recv', kind);
+  }
+
+  /** The receiver `id` now carries a publication of `participant`. */
+  bind(id, participant) {
+    this.worker.postMessage({ type: 'bind', id, participant: String(participant) });
+  }
+
+  // ---- our sender key --------------------------------------------------------------------
+
+  kidOf(key) {
+    return key.epoch * GENERATIONS + key.generation;
+  }
+
+  async ensureKey() {
+    if (this.current) return;
+    await this.use({ epoch: 0, generation: 0, raw: crypto.getRandomValues(new Uint8Array(16)) });
+  }
+
+  /** Starts encrypting with `key` and, on a host's page, keeps it for playback. */
+  async use(key) {
+    this.current = key;
+    const kid = this.kidOf(key);
+    const base = await importBaseKey(key.raw);
+    this.worker.postMessage({ type: 'sending', key: await deriveFrameKey(base, kid) });
+    if (this.host) saveKey(this.room, this.me, kid, base);
+  }
+
+  async wrapKeyFor(pub) {
+    if (!this.wraps.has(pub)) {
+      this.wraps.set(pub, (async () => {
+        const publicKey = await crypto.subtle.importKey('raw', fromBase64Url(pub), { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+        const shared = await crypto.subtle.deriveBits({ name: 'ECDH', public: publicKey }, this.privateKey, 256);
+        const ikm = await crypto.subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
+        return crypto.subtle.deriveKey(
+          { name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(0), info: WRAP_INFO },
+          ikm,
+          { name: 'AES-GCM', length: 128 },
+          false,
+          ['encrypt', 'decrypt'],
+        );
+      })());
+      this.wraps.get(pub).catch(() => this.wraps.delete(pub));
+    }
+    return this.wraps.get(pub);
+  }
+
+  aad(from, to, kid) {
+    return new TextEncoder().encode(`meet e2ee key|${this.room}|${from}|${to}|${kid}`);
+  }
+
+  async wrapFor(recipient, wrap, kid, raw) {
+    const iv = crypto.getRandomValues(new Uint8Array(12));
+    const ct = await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: this.aad(this.me, recipient, kid) }, wrap, raw);
+    return { participant_id: recipient, blob: JSON.stringify({ v: 1, t: 'key', kid, iv: toBase64Url(iv), ct: toBase64Url(new Uint8Array(ct)) }) };
+  }
+
+  flush(keys) {
+    for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) this.sendKeys(keys.slice(i, i + KEYS_PER_MESSAGE));
+  }
+
+  /**
+   * Someone asks for our key. A newcomer gets the next generation, which everyone who holds
+   * this one derives by themselves, so the newcomer cannot read what was sent before.
+   */
+  async onRequest(from, pub) {
+    if (typeof pub !== 'string' || pub.length > 256) return;
+    // A participant we can see is wrapped to with the key the roster shows for them.
+    const key = this.publicKeyOf(from) || pub;
+    await this.ensureKey();
+    const known = this.recipients.get(from);
+    const wrap = await this.wrapKeyFor(key);
+    this.recipients.set(from, { pub: key, wrap });
+    if (!known || known.pub !== key) {
+      const { epoch, generation, raw } = this.current;
+      if (generation + 1 < GENERATIONS) {
+        await this.use({ epoch, generation: generation + 1, raw: await ratchet(await importBaseKey(raw)) });
+      } else {
+        await this.use({ epoch: epoch + 1, generation: 0, raw: crypto.getRandomValues(new Uint8Array(16)) });
+      }
+    }
+    const keys = [await this.wrapFor(from, wrap, this.kidOf(this.current), this.current.raw)];
+    if (this.pending) keys.push(await this.wrapFor(from, wrap, this.pending.kid, this.pending.raw));
+    this.flush(keys);
+  }
+
+  /**
+   * Someone left: a fresh key in the next epoch goes to everyone who remains and is used once
+   * it had time to arrive. The departed never receives it.
+   */
+  rekeySoon() {
+    if (this.rekeyTimer || !this.current) return;
+    // Departures in a burst make one new key.
+    this.rekeyTimer = setTimeout(() => {
+      this.rekeyTimer = null;
+      this.serial(() => this.rekey());
+    }, 100);
+  }
+
+  async rekey() {
+    const epoch = (this.pending ? Math.floor(this.pending.kid / GENERATIONS) : this.current.epoch) + 1;
+    const next = { epoch, generation: 0, raw: crypto.getRandomValues(new Uint8Array(16)) };
+    const kid = this.kidOf(next);
+    this.pending = { kid, raw: next.raw };
+    const keys = [];
+    for (const [recipient, { wrap }] of this.recipients) keys.push(await this.wrapFor(recipient, wrap, kid, next.raw));
+    this.flush(keys);
+    setTimeout(() => this.serial(async () => {
+      if (this.pending?.kid !== kid) return;
+      this.pending = null;
+      await this.use(next);
+    }), REKEY_DELAY_MS);
+  }
+
+  // ---- keys of others --------------------------------------------------------------------
+
+  /** Asks a participant we see for their key, once per session. */
+  want(participant, publicKey) {
+    if (this.keyless || !publicKey || participant === this.me || this.asked.has(participant)) return;
+    this.asked.add(participant);
+    this.flush([{ participant_id: participant, blob: JSON.stringify({ v: 1, t: 'req', pub: this.publicKey }) }]);
+  }
+
+  /** An `e2ee_key` from the server: a request for our key, or a sender's key for us. */
+  onBlob(from, blob) {
+    let m;
+    try {
+      m = JSON.parse(blob);
+    } catch {
+      return;
+    }
+    if (!m || m.v !== 1) return;
+    if (m.t === 'req') this.serial(() => this.onRequest(from, m.pub));
+    else if (m.t === 'key') this.serial(() => this.onKey(from, m));
+  }
+
+  async onKey(from, m) {
+    const pub = this.publicKeyOf(from);
+    if (!pub || this.keyless || !Number.isSafeInteger(m.kid) || m.kid < 0) return;
+    let raw;
+    try {
+      const wrap = await this.wrapKeyFor(pub);
+      raw = await crypto.subtle.decrypt(
+        { name: 'AES-GCM', iv: fromBase64Url(m.iv), additionalData: this.aad(from, this.me, m.kid) },
+        wrap,
+        fromBase64Url(m.ct),
+      );
+    } catch {
+      console.warn('a media key that does not open was ignored');
+      return;
+    }
+    const base = await importBaseKey(new Uint8Array(raw));
+    const participant = String(from);
+    this.worker.postMessage({ type: 'key', participant, kid: m.kid, base });
+    if (this.host) saveKey(this.room, participant, m.kid, base);
+    const epoch = Math.floor(m.kid / GENERATIONS);
+    setTimeout(() => this.worker?.postMessage({ type: 'drop-before', participant, epoch }), OLD_EPOCH_MS);
+  }
+
+  /** A participant left: forget their keys, and replace ours if they had it. */
+  onLeft(participant) {
+    this.worker?.postMessage({ type: 'forget', participant: String(participant) });
+    this.asked.delete(participant);
+    if (this.recipients.delete(participant)) this.rekeySoon();
+  }
+
+  /** Someone we cannot see (a viewer) left: they may have had our key. */
+  onUnseenLeft() {
+    if (this.recipients.size > 0) this.rekeySoon();
+  }
+
+  // ---- what the page and tests read ------------------------------------------------------
+
+  /** Per transform: { role, kind, frames, failed, unsent, kid }. */
+  async counts() {
+    if (!this.worker) return {};
+    return (await this.ask({ type: 'stats' })).counts;
+  }
+
+  currentKid() {
+    return this.current ? this.kidOf(this.current) : null;
+  }
+
+  capture() {
+    this.worker?.postMessage({ type: 'capture-on' });
+  }
+
+  async captured(participant, kind) {
+    return (await this.ask({ type: 'capture', participant: String(participant), kind })).frame;
+  }
+
+  async tryOpen(participant, kind, data) {
+    return (await this.ask({ type: 'try', participant: String(participant), kind, data })).ok;
+  }
+
+  tamper(frames) {
+    this.worker?.postMessage({ type: 'tamper', frames });
+  }
+}
