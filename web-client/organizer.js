@@ -313,7 +313,9 @@ async function meetingsView() {
     dataset: { meetingId: m.id },
     on: { click: () => go({ name: 'detail', id: m.id }) },
   },
-  el('td', {}, el('a', { href: '#', text: m.title, on: { click: (e) => e.preventDefault() } })),
+  el('td', {},
+    el('a', { href: '#', text: m.title, on: { click: (e) => e.preventDefault() } }),
+    meetingBadges(m)),
   el('td', { text: formatTime(m.starts_at) }),
   el('td', { text: formatTime(m.ends_at) }),
   el('td', { text: t(ADMISSION_KEYS[m.admission] || 'org.admissionHost') }),
@@ -325,6 +327,14 @@ async function meetingsView() {
     meetings.length
       ? table(['org.colTitle', 'org.colStart', 'org.colEnd', 'org.colAdmission', 'org.colStatus'], rows, 'meetings-table')
       : el('p', { className: 'note', text: t('org.noMeetings') }));
+}
+
+// A confidential meeting's label, and a lock on one whose media is end-to-end encrypted.
+function meetingBadges(meeting) {
+  return [
+    meeting.confidential ? el('span', { className: 'org-badge confidential-badge', text: t('org.confidentialBadge') }) : null,
+    meeting.e2ee ? el('span', { className: 'org-badge encrypted-badge', title: t('org.encryptedTitle'), text: t('org.encryptedBadge') }) : null,
+  ];
 }
 
 // Schedule a meeting (new) or edit one (view.id).
@@ -340,6 +350,13 @@ async function scheduleView() {
   const ends = el('input', { id: 'meeting-end', type: 'datetime-local', required: true, value: toLocalInput(meeting?.ends_at ?? defaultStart + 60 * 60_000) });
   const admission = select(Object.entries(ADMISSION_KEYS), meeting?.admission ?? 'host', { id: 'meeting-admission' });
   const autoRecord = el('input', { id: 'meeting-auto-record', type: 'checkbox', checked: meeting?.auto_record ?? false });
+  const confidential = el('input', { id: 'meeting-confidential', type: 'checkbox', checked: meeting?.confidential ?? false });
+  const encrypted = el('input', { id: 'meeting-e2ee', type: 'checkbox', checked: meeting?.e2ee ?? false });
+  // A confidential meeting is end-to-end encrypted unless the organizer unchecks it (as the
+  // API does when `e2ee` is left out); unchecking Confidential never turns encryption off.
+  confidential.addEventListener('change', () => {
+    if (confidential.checked) encrypted.checked = true;
+  });
 
   const form = el('form', { className: 'org-form', id: 'meeting-form', noValidate: true },
     el('h1', { text: t(editing ? 'org.editHeading' : 'org.scheduleHeading') }),
@@ -347,7 +364,10 @@ async function scheduleView() {
     el('div', { className: 'row' }, field('org.fieldStart', starts), field('org.fieldEnd', ends)),
     field('org.fieldAdmission', admission),
     el('p', { className: 'note', text: t('org.admissionHelp') }),
-    el('label', { className: 'field checkbox' }, autoRecord, el('span', { text: t('org.fieldAutoRecord') })));
+    el('label', { className: 'field checkbox' }, autoRecord, el('span', { text: t('org.fieldAutoRecord') })),
+    el('label', { className: 'field checkbox' }, confidential, el('span', { text: t('org.fieldConfidential') })),
+    el('label', { className: 'field checkbox' }, encrypted, el('span', { text: t('org.fieldEncrypted') })),
+    el('p', { className: 'note', text: t('org.encryptedHelp') }));
 
   // Invitees: sites from the directory (searchable, with a role each) and named people.
   const chosen = new Map(); // site id -> role
@@ -421,6 +441,8 @@ async function scheduleView() {
       ends_at: fromLocalInput(ends.value),
       admission: admission.value,
       auto_record: autoRecord.checked,
+      confidential: confidential.checked,
+      e2ee: encrypted.checked,
     };
     if (!body.title) {
       showInfo('org.needTitle');
@@ -460,6 +482,7 @@ async function detailView() {
   const head = el('div', { className: 'view-head' },
     el('div', {},
       el('h1', { text: meeting.title, id: 'meeting-heading' }),
+      el('p', { className: 'org-badges', id: 'meeting-badges' }, meetingBadges(meeting)),
       el('p', { className: 'note', id: 'meeting-when', text: t('org.when', { start: formatTime(meeting.starts_at), end: formatTime(meeting.ends_at) }) }),
       el('p', { className: 'note' },
         `${t(ADMISSION_KEYS[meeting.admission] || 'org.admissionHost')} · `,

@@ -911,6 +911,8 @@ mod tests {
                     ends_at: now_ms + 3_600_000,
                     admission: Admission::Scheduled,
                     auto_record: false,
+                    confidential: false,
+                    e2ee: false,
                 },
                 &invitees,
             )

@@ -52,6 +52,8 @@ pub struct MeetingInfo {
     pub admission: Admission,
     /// Record from the moment the room opens.
     pub auto_record: bool,
+    /// Media is end-to-end encrypted.
+    pub e2ee: bool,
 }
 
 /// Someone asking to enter a room, with an identity the session has already checked (from a
@@ -239,6 +241,9 @@ struct Room {
     /// The recording running now: its id and start (ms since the epoch).
     recording: Option<(String, i64)>,
     auto_record: bool,
+    /// Media is end-to-end encrypted. Set by the first arrival and kept until the room empties:
+    /// the people in a room must agree on it, so a change to the meeting waits until then.
+    e2ee: bool,
     /// The active speaker the SFU last announced.
     speaker: Option<ParticipantId>,
 }
@@ -464,6 +469,8 @@ impl Hub {
                 counts_dirty: true,
                 recording: None,
                 auto_record: arrival.meeting.as_ref().is_some_and(|m| m.auto_record),
+                // Open rooms (development, load tests) have no meeting to say so.
+                e2ee: arrival.meeting.as_ref().is_some_and(|m| m.e2ee),
                 speaker: None,
             });
         if room.admitted.len() + room.lobby.len() >= self.max_participants_per_room {
@@ -523,6 +530,7 @@ impl Hub {
                 } else {
                     LobbyReason::NotOpen
                 },
+                e2ee: room.e2ee,
             });
             self.send_text(id, message);
             self.lobby_changed(&arrival.room);
@@ -596,6 +604,7 @@ impl Hub {
             room_state: room.status,
             counts,
             resume: member.resume.clone(),
+            e2ee: room.e2ee,
         });
         let announcement = encode(&ServerMessage::ParticipantJoined {
             participant: member.info(id),

@@ -354,6 +354,7 @@ impl Session {
                 starts_at: check.starts_at,
                 admission: check.admission,
                 auto_record: check.auto_record,
+                e2ee: check.e2ee,
             }),
             resume: None,
             e2ee_key: None,

@@ -580,6 +580,99 @@ async fn meetings_carry_signed_join_links_until_revoked_or_cancelled() {
 }
 
 #[tokio::test]
+async fn confidential_meetings_are_end_to_end_encrypted_unless_told_otherwise() {
+    let h = Harness::new().await;
+    let create = |extra: Value| {
+        let mut body = json!({
+            "title": "Họp mật",
+            "starts_at": 1_900_000_000_000_i64,
+            "ends_at": 1_900_003_600_000_i64,
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        h.call("POST", "/api/meetings", Some(&h.lan), Some(body))
+    };
+    // (request flags, expected confidential, expected e2ee)
+    let cases = [
+        (json!({}), false, false),
+        (json!({"confidential": true}), true, true),
+        (json!({"confidential": true, "e2ee": false}), true, false),
+        (json!({"e2ee": true}), false, true),
+        (json!({"confidential": false, "e2ee": false}), false, false),
+    ];
+    let mut ids = Vec::new();
+    for (flags, confidential, e2ee) in cases {
+        let (status, meeting) = create(flags.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{flags}: {meeting}");
+        assert_eq!(meeting["confidential"], confidential, "{flags}: {meeting}");
+        assert_eq!(meeting["e2ee"], e2ee, "{flags}: {meeting}");
+        let id = meeting["id"].as_str().expect("an id").to_string();
+        // Stored, not just echoed: a fresh read and the join check agree.
+        let (_, read) = h
+            .call("GET", &format!("/api/meetings/{id}"), Some(&h.lan), None)
+            .await;
+        assert_eq!(read["confidential"], confidential, "{flags}: {read}");
+        assert_eq!(read["e2ee"], e2ee, "{flags}: {read}");
+        let invitation = read["invitations"][0]["id"].as_str().expect("an id");
+        let check = h
+            .store
+            .join_check(invitation)
+            .await
+            .expect("query")
+            .expect("found");
+        assert_eq!(check.e2ee, e2ee, "{flags}");
+        ids.push(id);
+    }
+    let (_, listed) = h.call("GET", "/api/meetings", Some(&h.lan), None).await;
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), ids.len());
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["confidential"].is_boolean() && m["e2ee"].is_boolean()),
+        "{listed:?}"
+    );
+
+    // A patch changes what it names and leaves the rest.
+    let uri = format!("/api/meetings/{}", ids[1]);
+    let (status, patched) = h
+        .call("PATCH", &uri, Some(&h.lan), Some(json!({"e2ee": false})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["confidential"], true);
+    assert_eq!(patched["e2ee"], false);
+    let (status, patched) = h
+        .call(
+            "PATCH",
+            &uri,
+            Some(&h.lan),
+            Some(json!({"confidential": false, "e2ee": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["confidential"], false);
+    assert_eq!(patched["e2ee"], true);
+    let (_, read) = h.call("GET", &uri, Some(&h.lan), None).await;
+    assert_eq!(read["confidential"], false);
+    assert_eq!(read["e2ee"], true);
+
+    // Flags are booleans: anything else is refused in the error shape.
+    let (status, body) = create(json!({"e2ee": "yes"})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = h
+        .call(
+            "PATCH",
+            &uri,
+            Some(&h.lan),
+            Some(json!({"confidential": 1})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn attendance_as_json_and_csv() {
     let h = Harness::new().await;
     let site = h
@@ -765,6 +858,19 @@ async fn the_openapi_document_lists_every_path() {
     }
     assert_eq!(paths.len(), 19, "{:?}", paths.keys().collect::<Vec<_>>());
     assert!(document["components"]["schemas"]["MeetingDetail"].is_object());
+    for (schema, field) in [
+        ("CreateMeeting", "confidential"),
+        ("CreateMeeting", "e2ee"),
+        ("UpdateMeeting", "confidential"),
+        ("UpdateMeeting", "e2ee"),
+        ("Meeting", "confidential"),
+        ("Meeting", "e2ee"),
+    ] {
+        assert!(
+            document["components"]["schemas"][schema]["properties"][field].is_object(),
+            "{schema}.{field} is missing from the OpenAPI document"
+        );
+    }
     h.finish().await;
 }
 

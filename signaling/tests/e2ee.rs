@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::eventually;
+use common::{Received, eventually};
 use loadtest::bot::{Bot, BotError};
-use protocol::{ClientMessage, E2eeKeyDelivery, ErrorCode};
+use protocol::{ClientMessage, E2eeKeyDelivery, ErrorCode, Role, ServerMessage};
+use signaling::store::{Admission, MeetingPatch};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -113,4 +114,133 @@ async fn a_malformed_public_key_is_refused_at_the_door() {
             other => panic!("{key:?}: {:?}", other.map(|b| b.participant_id())),
         }
     }
+}
+
+/// The `e2ee` flag of the next `joined` a raw client receives.
+async fn joined_e2ee(client: &mut common::RawClient) -> bool {
+    loop {
+        match client.next().await {
+            Received::Message(ServerMessage::Joined { e2ee, .. }) => return e2ee,
+            Received::Closed(code) => panic!("closed ({code:?}) before joined"),
+            Received::Message(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_and_lobby_say_whether_the_meeting_is_end_to_end_encrypted() {
+    let t = common::start("e2ee-flag", |_| {}).await;
+    for e2ee in [true, false] {
+        let meeting = t
+            .schedule(Admission::Host, &[("Xã A", Role::Participant)])
+            .await;
+        t.server
+            .store
+            .update_meeting(
+                &meeting.id,
+                &MeetingPatch {
+                    e2ee: Some(e2ee),
+                    ..MeetingPatch::default()
+                },
+            )
+            .await
+            .expect("meeting updated");
+        // Waiting for a host: the lobby says it already.
+        let mut a = t.raw().await;
+        let ServerMessage::Lobby {
+            participant_id,
+            e2ee: lobby_e2ee,
+            ..
+        } = a.join_token(&meeting.invited("Xã A").token).await
+        else {
+            panic!("a waits in the lobby");
+        };
+        assert_eq!(lobby_e2ee, e2ee, "lobby of a meeting with e2ee {e2ee}");
+        let mut host = t.raw().await;
+        match host.join_token(&meeting.invited("Host").token).await {
+            ServerMessage::Joined { e2ee: joined, .. } => {
+                assert_eq!(joined, e2ee, "host's joined, e2ee {e2ee}");
+            }
+            other => panic!("the host enters directly, not {other:?}"),
+        }
+        host.send_text(format!(
+            r#"{{"type":"admit","participant_id":{}}}"#,
+            participant_id.0
+        ))
+        .await;
+        assert_eq!(
+            joined_e2ee(&mut a).await,
+            e2ee,
+            "admitted participant's joined, e2ee {e2ee}"
+        );
+    }
+
+    // An open room (development, load tests) has no meeting to ask for encryption.
+    let mut raw = t.raw().await;
+    let ServerMessage::Joined { e2ee, .. } = raw.join_as("open", "dev", "participant").await else {
+        panic!("joined");
+    };
+    assert!(!e2ee, "open rooms are not end-to-end encrypted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_its_encryption_until_it_empties() {
+    let t = common::start("e2ee-fixed", |_| {}).await;
+    let meeting = t
+        .schedule(Admission::Scheduled, &[("Xã A", Role::Participant)])
+        .await;
+    let (store, id) = (&t.server.store, meeting.id.as_str());
+    let set = |e2ee: bool| async move {
+        store
+            .update_meeting(
+                id,
+                &MeetingPatch {
+                    e2ee: Some(e2ee),
+                    ..MeetingPatch::default()
+                },
+            )
+            .await
+    };
+    set(true).await.expect("meeting updated");
+    let mut host = t.raw().await;
+    let ServerMessage::Joined { e2ee: true, .. } =
+        host.join_token(&meeting.invited("Host").token).await
+    else {
+        panic!("the host joins an encrypted room");
+    };
+    // Switched off while the room is open: those who arrive now must still encrypt, or the
+    // people already there could not hear them.
+    set(false).await.expect("meeting updated");
+    let mut a = t.raw().await;
+    let ServerMessage::Joined { e2ee: true, .. } =
+        a.join_token(&meeting.invited("Xã A").token).await
+    else {
+        panic!("a late arrival joins the room as it is");
+    };
+    // Once it empties, the next opening takes the meeting's new setting. The host sees A's
+    // departure, so the hub has handled it before the host leaves too.
+    a.send_text(r#"{"type":"leave"}"#).await;
+    loop {
+        if let Received::Message(ServerMessage::ParticipantLeft { .. }) = host.next().await {
+            break;
+        }
+    }
+    host.send_text(r#"{"type":"leave"}"#).await;
+    while !matches!(host.next().await, Received::Closed(_)) {}
+    let mut again = t.raw().await;
+    let e2ee = loop {
+        match again.join_token(&meeting.invited("Host").token).await {
+            ServerMessage::Joined { e2ee, .. } => break e2ee,
+            ServerMessage::Error {
+                code: ErrorCode::AlreadyConnected,
+                ..
+            } => {
+                // The earlier session's leave has not reached the hub yet.
+                again = t.raw().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the host rejoins, not {other:?}"),
+        }
+    };
+    assert!(!e2ee, "the reopened room follows the meeting");
 }

@@ -7,6 +7,8 @@
 // host opens the creator's link, the site opens its own and waits in the lobby, the host
 // admits it from the roster panel and each sees the other's colour. A tampered link and a
 // tokenless join are refused with their messages, and the attendance board shows the site.
+// Last, confidential meetings: end-to-end encrypted by default (a lock in the list), unless
+// the organizer unchecks it, then or later.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -35,6 +37,13 @@ const BAD_CSV = [
   'BAD2,Orphan,commune,NOWHERE',
   '',
 ].join('\n');
+
+/** The answer to the next `POST /api/meetings` (scheduling), checked for success. */
+async function scheduledResponse(page) {
+  const response = await page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/meetings');
+  assert.equal(response.status(), 201, await response.text());
+  return response;
+}
 
 const features = serverFeatures();
 const skip = !(features.openRooms && features.adminCli)
@@ -109,7 +118,13 @@ describe('organizer pages and join links', { skip }, () => {
       await waitFor(async () => (await op.locator('#site-picker li[data-site-code]').count()) === 1, { message: 'the search to filter the sites' });
       await op.check(`#site-picker li[data-site-code="${SITE.code}"] input[type="checkbox"]`);
       assert.equal(await op.inputValue(`#site-picker li[data-site-code="${SITE.code}"] select`), 'participant');
-      await op.click('#meeting-submit');
+      // Not confidential, not end-to-end encrypted: the defaults.
+      assert.equal(await op.isChecked('#meeting-confidential'), false);
+      assert.equal(await op.isChecked('#meeting-e2ee'), false);
+      const [created] = await Promise.all([scheduledResponse(op), op.click('#meeting-submit')]);
+      const plain = await created.json();
+      assert.equal(plain.confidential, false);
+      assert.equal(plain.e2ee, false);
 
       const hostLinkInput = op.locator('tr.invitation[data-role="host"] input.link');
       await hostLinkInput.waitFor();
@@ -189,6 +204,54 @@ describe('organizer pages and join links', { skip }, () => {
       assert.match(download.suggestedFilename(), /^attendance-.*\.csv$/);
       const csv = fs.readFileSync(await download.path(), 'utf8');
       assert.ok(csv.includes(SITE.code) || csv.includes(SITE.name), csv);
+
+      // ---- a confidential meeting is end-to-end encrypted unless unchecked ----
+      const scheduleConfidential = async (title, { uncheckEncryption }) => {
+        await op.click('#org-nav button[data-view="meetings"]');
+        await op.click('#new-meeting');
+        await op.locator('#meeting-form').waitFor();
+        await op.fill('#meeting-title', title);
+        await op.fill('#meeting-start', startValue);
+        await op.fill('#meeting-end', endValue);
+        await op.check('#meeting-confidential');
+        assert.equal(await op.isChecked('#meeting-e2ee'), true, 'checking Confidential checks end-to-end encryption');
+        if (uncheckEncryption) await op.uncheck('#meeting-e2ee');
+        const [response] = await Promise.all([scheduledResponse(op), op.click('#meeting-submit')]);
+        await op.locator('#meeting-badges').waitFor({ state: 'attached' });
+        return response.json();
+      };
+      const secret = await scheduleConfidential('Security briefing', { uncheckEncryption: false });
+      assert.equal(secret.confidential, true);
+      assert.equal(secret.e2ee, true);
+      await op.locator('#meeting-badges .encrypted-badge').waitFor();
+      const open = await scheduleConfidential('Press briefing', { uncheckEncryption: true });
+      assert.equal(open.confidential, true);
+      assert.equal(open.e2ee, false);
+      assert.equal(await op.locator('#meeting-badges .encrypted-badge').count(), 0);
+      assert.equal(await op.locator('#meeting-badges .confidential-badge').count(), 1);
+
+      // The list puts a lock on the encrypted meeting only.
+      await op.click('#org-nav button[data-view="meetings"]');
+      await op.locator(`tr.meeting-row[data-meeting-id="${secret.id}"]`).waitFor();
+      const locks = await op.locator('tr.meeting-row').evaluateAll((rows) => Object.fromEntries(
+        rows.map((row) => [row.dataset.meetingId, !!row.querySelector('.encrypted-badge')])));
+      assert.deepEqual(locks, { [plain.id]: false, [secret.id]: true, [open.id]: false });
+
+      // Editing shows the stored flags; turning encryption off is saved.
+      await op.click(`tr.meeting-row[data-meeting-id="${secret.id}"]`);
+      await op.click('#edit-meeting');
+      await op.locator('#meeting-form').waitFor();
+      assert.equal(await op.isChecked('#meeting-confidential'), true);
+      assert.equal(await op.isChecked('#meeting-e2ee'), true);
+      await op.uncheck('#meeting-e2ee');
+      const [patched] = await Promise.all([
+        op.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().endsWith(`/api/meetings/${secret.id}`)),
+        op.click('#meeting-submit'),
+      ]);
+      assert.equal(patched.status(), 200);
+      const edited = await patched.json();
+      assert.equal(edited.confidential, true);
+      assert.equal(edited.e2ee, false);
 
       assert.deepEqual(errorsOf(pages), []);
     } finally {

@@ -377,6 +377,10 @@ pub enum ServerMessage {
         /// Milliseconds since the Unix epoch.
         starts_at: Option<i64>,
         reason: LobbyReason,
+        /// The meeting's media is end-to-end encrypted (docs/e2ee.md), so a client can get
+        /// its keys ready while it waits. Absent from older servers: not encrypted.
+        #[serde(default)]
+        e2ee: bool,
     },
     /// Admission: who I am and who is already here (those my role sees).
     Joined {
@@ -390,6 +394,11 @@ pub enum ServerMessage {
         counts: RoomCounts,
         /// A secret for [`ClientMessage::Join`]'s `resume` after a network blip.
         resume: String,
+        /// Every frame is end-to-end encrypted in this room (docs/e2ee.md): the client must
+        /// encrypt what it sends and decrypt what it receives. Fixed while the room is open.
+        /// Absent from older servers: not encrypted.
+        #[serde(default)]
+        e2ee: bool,
     },
     /// Answer to [`ClientMessage::Offer`].
     Answer {
@@ -678,6 +687,45 @@ mod tests {
         let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let err = decode_client_message(&text[..MAX_MESSAGE_BYTES.min(text.len())]).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn e2ee_is_always_sent_and_optional_to_read() {
+        let joined = ServerMessage::Joined {
+            protocol_version: PROTOCOL_VERSION,
+            room: RoomId("r".into()),
+            title: "t".into(),
+            participant_id: ParticipantId(1),
+            role: Role::Participant,
+            participants: Vec::new(),
+            room_state: RoomStatus::default(),
+            counts: RoomCounts::default(),
+            resume: "s".into(),
+            e2ee: false,
+        };
+        let text = serde_json::to_string(&joined).expect("serializable");
+        assert!(text.contains(r#""e2ee":false"#), "{text}");
+        let lobby = ServerMessage::Lobby {
+            participant_id: ParticipantId(1),
+            room: RoomId("r".into()),
+            title: "t".into(),
+            starts_at: None,
+            reason: LobbyReason::NotOpen,
+            e2ee: true,
+        };
+        let text = serde_json::to_string(&lobby).expect("serializable");
+        assert!(text.contains(r#""e2ee":true"#), "{text}");
+        // What a server without end-to-end encryption sends still parses, as not encrypted.
+        let old = r#"{"type":"joined","protocol_version":2,"room":"r","title":"t","participant_id":1,"role":"participant","participants":[],"room_state":{"open":true,"locked":false},"counts":{"present":1,"viewers":0,"lobby":0,"hands_raised":0},"resume":"s"}"#;
+        assert!(matches!(
+            serde_json::from_str::<ServerMessage>(old),
+            Ok(ServerMessage::Joined { e2ee: false, .. })
+        ));
+        let old = r#"{"type":"lobby","participant_id":1,"room":"r","title":"t","starts_at":null,"reason":"locked"}"#;
+        assert!(matches!(
+            serde_json::from_str::<ServerMessage>(old),
+            Ok(ServerMessage::Lobby { e2ee: false, .. })
+        ));
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct CreateMeeting {
     /// Record from the moment the room opens (default false).
     #[serde(default)]
     pub auto_record: bool,
+    /// The meeting is confidential (default false).
+    #[serde(default)]
+    pub confidential: bool,
+    /// End-to-end encrypt the media (default: the value of `confidential`).
+    #[serde(default)]
+    pub e2ee: Option<bool>,
     #[serde(default)]
     pub invitations: Vec<Invitee>,
 }
@@ -41,6 +47,9 @@ pub struct UpdateMeeting {
     pub ends_at: Option<i64>,
     pub admission: Option<Admission>,
     pub auto_record: Option<bool>,
+    pub confidential: Option<bool>,
+    /// A room already open keeps the value it opened with until it empties.
+    pub e2ee: Option<bool>,
 }
 
 /// An invitation as the API shows it.
@@ -171,6 +180,10 @@ pub(super) async fn create(
                 ends_at: request.ends_at,
                 admission: request.admission.unwrap_or(Admission::Host),
                 auto_record: request.auto_record,
+                confidential: request.confidential,
+                // A confidential meeting is end-to-end encrypted unless the organizer says
+                // otherwise (for example, to let a site without a capable browser join).
+                e2ee: request.e2ee.unwrap_or(request.confidential),
             },
             &request.invitations,
         )
@@ -195,7 +208,7 @@ pub(super) async fn get(
     Ok(axum::Json(detail(&state, meeting).await?))
 }
 
-/// Changes a meeting's title, times or admission.
+/// Changes a meeting's title, times, admission, recording or encryption.
 #[utoipa::path(patch, path = "/api/meetings/{id}", tag = "meetings", security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     request_body = UpdateMeeting,
@@ -222,6 +235,8 @@ pub(super) async fn update(
                 ends_at: request.ends_at,
                 admission: request.admission,
                 auto_record: request.auto_record,
+                confidential: request.confidential,
+                e2ee: request.e2ee,
             },
         )
         .await?;

@@ -65,6 +65,11 @@ pub struct Meeting {
     pub admission: Admission,
     /// The room records itself from the moment it opens.
     pub auto_record: bool,
+    /// The organizer marked the meeting confidential.
+    pub confidential: bool,
+    /// Media is end-to-end encrypted: the server forwards and records only ciphertext
+    /// (docs/e2ee.md).
+    pub e2ee: bool,
     pub status: MeetingStatus,
     pub organizer_id: String,
     pub created_at: i64,
@@ -80,6 +85,8 @@ impl Meeting {
             ends_at: row.try_get("ends_at")?,
             admission: Admission::parse(&row.try_get::<String, _>("admission")?),
             auto_record: flag(row.try_get("auto_record")?),
+            confidential: flag(row.try_get("confidential")?),
+            e2ee: flag(row.try_get("e2ee")?),
             status: if status == "scheduled" {
                 MeetingStatus::Scheduled
             } else {
@@ -103,6 +110,8 @@ pub struct NewMeeting<'a> {
     pub ends_at: i64,
     pub admission: Admission,
     pub auto_record: bool,
+    pub confidential: bool,
+    pub e2ee: bool,
 }
 
 /// Changes to a meeting; `None` leaves a field as it is.
@@ -113,6 +122,8 @@ pub struct MeetingPatch<'a> {
     pub ends_at: Option<i64>,
     pub admission: Option<Admission>,
     pub auto_record: Option<bool>,
+    pub confidential: Option<bool>,
+    pub e2ee: Option<bool>,
 }
 
 /// Who is invited: a site (its name is the display name) or a named person.
@@ -167,6 +178,8 @@ pub struct JoinCheck {
     pub ends_at: i64,
     pub admission: Admission,
     pub auto_record: bool,
+    /// Media is end-to-end encrypted; clients are told so in `lobby` and `joined`.
+    pub e2ee: bool,
     pub cancelled: bool,
     pub revoked: bool,
     pub role: Role,
@@ -175,8 +188,8 @@ pub struct JoinCheck {
     pub site_name: Option<String>,
 }
 
-const MEETING_COLUMNS: &str =
-    "id, title, starts_at, ends_at, admission, auto_record, status, organizer_id, created_at";
+const MEETING_COLUMNS: &str = "id, title, starts_at, ends_at, admission, auto_record, \
+     confidential, e2ee, status, organizer_id, created_at";
 const INVITATION_SELECT: &str = "SELECT i.id, i.meeting_id, i.role, i.name, i.site_id, \
      s.code AS site_code, i.revoked FROM invitations i LEFT JOIN sites s ON s.id = i.site_id";
 
@@ -236,8 +249,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO meetings (id, title, starts_at, ends_at, admission, auto_record, \
-             status, organizer_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $8, 'scheduled', $6, $7, $7)",
+             confidential, e2ee, status, organizer_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $8, $9, $10, 'scheduled', $6, $7, $7)",
         )
         .bind(&id)
         .bind(new.title.trim())
@@ -247,6 +260,8 @@ impl Store {
         .bind(&organizer.id)
         .bind(now)
         .bind(i64::from(new.auto_record))
+        .bind(i64::from(new.confidential))
+        .bind(i64::from(new.e2ee))
         .execute(&mut *tx)
         .await?;
         let creator = (Role::Host, organizer.display_name.clone(), None);
@@ -348,7 +363,8 @@ impl Store {
         check_times(starts_at, ends_at)?;
         sqlx::query(
             "UPDATE meetings SET title = $1, starts_at = $2, ends_at = $3, admission = $4, \
-             updated_at = $5, auto_record = $7 WHERE id = $6 AND status = 'scheduled'",
+             updated_at = $5, auto_record = $7, confidential = $8, e2ee = $9 \
+             WHERE id = $6 AND status = 'scheduled'",
         )
         .bind(title.trim())
         .bind(starts_at)
@@ -357,6 +373,10 @@ impl Store {
         .bind(unix_ms())
         .bind(id)
         .bind(i64::from(patch.auto_record.unwrap_or(current.auto_record)))
+        .bind(i64::from(
+            patch.confidential.unwrap_or(current.confidential),
+        ))
+        .bind(i64::from(patch.e2ee.unwrap_or(current.e2ee)))
         .execute(&self.pool)
         .await?;
         self.meeting(id).await?.ok_or(StoreError::NotFound)
@@ -468,7 +488,8 @@ impl Store {
         }
         let row = sqlx::query(
             "SELECT i.id, i.meeting_id, m.title, m.starts_at, m.ends_at, m.admission, \
-             m.auto_record, m.status, i.revoked, i.role, i.name, i.site_id, s.name AS site_name \
+             m.auto_record, m.e2ee, m.status, i.revoked, i.role, i.name, i.site_id, \
+             s.name AS site_name \
              FROM invitations i JOIN meetings m ON m.id = i.meeting_id \
              LEFT JOIN sites s ON s.id = i.site_id WHERE i.id = $1",
         )
@@ -487,6 +508,7 @@ impl Store {
             ends_at: row.try_get("ends_at")?,
             admission: Admission::parse(&row.try_get::<String, _>("admission")?),
             auto_record: flag(row.try_get("auto_record")?),
+            e2ee: flag(row.try_get("e2ee")?),
             cancelled: row.try_get::<String, _>("status")? != "scheduled",
             revoked: flag(row.try_get("revoked")?),
             role: Role::parse(&role).unwrap_or(Role::Viewer),
@@ -536,6 +558,8 @@ mod tests {
                 ends_at: 1_800_003_600_000,
                 admission: Admission::Scheduled,
                 auto_record: true,
+                confidential: true,
+                e2ee: true,
             };
             let invitees = [
                 Invitee {
@@ -556,6 +580,7 @@ mod tests {
             assert_eq!(meeting.title, "Giao ban tháng 12");
             assert_eq!(meeting.status, MeetingStatus::Scheduled);
             assert_eq!(meeting.organizer_id, lan.id);
+            assert!(meeting.confidential && meeting.e2ee);
             let invitations = store.invitations(&meeting.id).await.expect("list");
             assert_eq!(invitations.len(), 3);
             let host = invitations
@@ -628,6 +653,7 @@ mod tests {
             assert_eq!(check.site_name.as_deref(), Some("Hà Giang"));
             assert_eq!(check.admission, Admission::Scheduled);
             assert!(check.auto_record, "auto-recording survives storage");
+            assert!(check.e2ee, "end-to-end encryption reaches the join check");
             assert_eq!(check.starts_at, new.starts_at);
             assert!(!check.cancelled && !check.revoked);
             assert!(store.join_check(&new_id()).await.expect("query").is_none());
@@ -646,6 +672,47 @@ mod tests {
                 .expect("patched");
             assert_eq!(patched.title, "Renamed");
             assert_eq!(patched.admission, Admission::Host);
+            assert!(
+                patched.confidential && patched.e2ee,
+                "a patch leaves the flags it does not name"
+            );
+            let patched = store
+                .update_meeting(
+                    &meeting.id,
+                    &MeetingPatch {
+                        e2ee: Some(false),
+                        ..MeetingPatch::default()
+                    },
+                )
+                .await
+                .expect("patched");
+            assert!(patched.confidential && !patched.e2ee);
+            let reread = store
+                .meeting(&meeting.id)
+                .await
+                .expect("query")
+                .expect("found");
+            assert!(reread.confidential && !reread.e2ee, "the flags are stored");
+            assert!(
+                !store
+                    .join_check(&by_site.id)
+                    .await
+                    .expect("query")
+                    .expect("found")
+                    .e2ee
+            );
+            let patched = store
+                .update_meeting(
+                    &meeting.id,
+                    &MeetingPatch {
+                        confidential: Some(false),
+                        e2ee: Some(true),
+                        ..MeetingPatch::default()
+                    },
+                )
+                .await
+                .expect("patched");
+            assert!(!patched.confidential && patched.e2ee);
             assert!(matches!(
                 store
                     .update_meeting(

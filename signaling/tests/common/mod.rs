@@ -432,6 +432,8 @@ pub async fn schedule_on(
                 ends_at: now_ms + 3_600_000,
                 admission,
                 auto_record: false,
+                confidential: false,
+                e2ee: false,
             },
             &invitees,
         )
