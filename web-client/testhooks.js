@@ -49,6 +49,12 @@ export function install(params, { setTrackSource, app }) {
     if (!banner.hidden) bannerShown.push(banner.innerText.trim());
   }).observe(banner, { attributes: true, attributeFilter: ['hidden'] });
 
+  let lastMeeting = null;
+  const lastE2ee = () => {
+    lastMeeting = app.meeting || lastMeeting;
+    return lastMeeting?.e2ee ?? null;
+  };
+
   window.meetTest = {
     sent,
     bannerShown,
@@ -134,6 +140,7 @@ export function install(params, { setTrackSource, app }) {
     },
 
     // ---- end-to-end encryption ----
+    // These read the meeting last seen, so that a page that left still answers with its keys.
     /** { encrypted, indicator, safetyCode, kid, mode } */
     encryption: () => {
       const m = app.meeting;
@@ -147,23 +154,23 @@ export function install(params, { setTrackSource, app }) {
       };
     },
     /** Per frame transform: [{ role, kind, frames, failed, unsent, kid }]. */
-    e2eeCounts: async () => Object.values((await app.meeting?.e2ee?.counts()) || {}),
+    e2eeCounts: async () => Object.values((await lastE2ee()?.counts()) || {}),
     /** Starts keeping the last encrypted frame received from each participant. */
-    e2eeCapture: () => app.meeting?.e2ee?.capture(),
+    e2eeCapture: () => lastE2ee()?.capture(),
     /** The last encrypted frame from a participant: { data: base64, kid }, or null. */
     e2eeCaptured: async (participantId, kind) => {
-      const frame = await app.meeting?.e2ee?.captured(participantId, kind);
+      const frame = await lastE2ee()?.captured(participantId, kind);
       if (!frame) return null;
       let text = '';
       for (const byte of frame.data) text += String.fromCharCode(byte);
       return { data: btoa(text), kid: frame.kid };
     },
     /** Whether this page's keys for a participant open an encrypted frame (base64). */
-    e2eeTryOpen: (participantId, kind, base64) => app.meeting.e2ee.tryOpen(
+    e2eeTryOpen: (participantId, kind, base64) => lastE2ee().tryOpen(
       participantId, kind, Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)),
     ),
     /** Corrupts the next `frames` frames this page sends, after sealing. */
-    e2eeTamper: (frames) => app.meeting?.e2ee?.tamper(frames),
+    e2eeTamper: (frames) => lastE2ee()?.tamper(frames),
   };
   return overrides;
 }
