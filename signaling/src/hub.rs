@@ -1391,23 +1391,25 @@ impl Hub {
         }
         let recording_id = new_id();
         let started_at = unix_ms();
+        let e2ee = room.e2ee;
         room.recording = Some((recording_id.clone(), started_at));
         self.sfu.send(SfuCommand::StartRecording {
             room: room_id.clone(),
             recording_id: recording_id.clone(),
+            e2ee,
         });
         let store = self.store.clone();
         let meeting = room_id.0.clone();
         let id = recording_id.clone();
         tokio::spawn(async move {
             if let Err(err) = store
-                .create_recording(&id, &meeting, started_at, started_by.as_deref())
+                .create_recording(&id, &meeting, started_at, started_by.as_deref(), e2ee)
                 .await
             {
                 tracing::warn!(%err, "recording not registered");
             }
         });
-        tracing::info!(room = %room_id, recording = %recording_id, "recording requested");
+        tracing::info!(room = %room_id, recording = %recording_id, e2ee, "recording requested");
         self.broadcast_all(
             room_id,
             &encode(&ServerMessage::RecordingState {
