@@ -659,7 +659,10 @@ function recordingsTable(list, { reload, player }) {
     return el('tr', { className: `recording ${r.status}`, dataset: { recordingId: r.id, status: r.status } },
       el('td', { text: formatTime(r.started_at) }),
       el('td', { text: r.ended_at ? formatDuration(r.ended_at - r.started_at) : t('rec.inProgress') }),
-      el('td', {}, el('span', { className: `rec-status ${r.status}`, text: t(REC_STATUS_KEYS[r.status] || 'rec.statusFailed'), title: r.error || '' })),
+      el('td', {},
+        el('span', { className: `rec-status ${r.status}`, text: t(REC_STATUS_KEYS[r.status] || 'rec.statusFailed'), title: r.error || '' }),
+        // Encrypted files play only where the keys are, and have no mix to play here.
+        r.e2ee ? el('span', { className: 'org-badge encrypted-badge', title: t('org.encryptedTitle'), text: t('org.encryptedBadge') }) : null),
       el('td', { text: formatBytes(size) }),
       el('td', { className: 'row' },
         playable ? button('rec.play', () => openPlayer(player, r), 'secondary small', { dataset: { play: r.id } }) : null,

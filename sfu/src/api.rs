@@ -53,6 +53,10 @@ pub enum SfuCommand {
     StartRecording {
         room: RoomId,
         recording_id: String,
+        /// The room's media is end-to-end encrypted. The engine forwards and records frames
+        /// alike either way; it only hands this on to the recorder in
+        /// [`crate::recording::RecordedMedia::Started`], which must then not decode audio.
+        e2ee: bool,
     },
     StopRecording {
         room: RoomId,

@@ -592,8 +592,12 @@ impl Engine {
                 }
                 Ok(())
             }
-            SfuCommand::StartRecording { room, recording_id } => {
-                self.start_recording(now, room, recording_id);
+            SfuCommand::StartRecording {
+                room,
+                recording_id,
+                e2ee,
+            } => {
+                self.start_recording(now, room, recording_id, e2ee);
                 Ok(())
             }
             SfuCommand::StopRecording { room } => {
@@ -1313,7 +1317,7 @@ impl Engine {
         self.recorded.pop_front()
     }
 
-    fn start_recording(&mut self, now: Instant, room: RoomId, recording_id: String) {
+    fn start_recording(&mut self, now: Instant, room: RoomId, recording_id: String, e2ee: bool) {
         if self.recordings.contains_key(&room) {
             return;
         }
@@ -1321,6 +1325,7 @@ impl Engine {
         self.recorded.push_back(RecordedMedia::Started {
             room: room.clone(),
             recording_id,
+            e2ee,
             at: now,
         });
         let publications: Vec<PublicationId> = self

@@ -27,6 +27,8 @@ pub enum RecordedMedia {
     Started {
         room: RoomId,
         recording_id: String,
+        /// The media is end-to-end encrypted: frames are ciphertext past their clear prefix.
+        e2ee: bool,
         at: Instant,
     },
     /// A publication of a recorded room: present when recording started, or published since.

@@ -311,6 +311,7 @@ fn a_recorded_room_feeds_the_recording_tap_and_only_that_room() {
         SfuCommand::StartRecording {
             room: room.clone(),
             recording_id: "rec1".into(),
+            e2ee: true,
         },
     );
     let mut recorded = Vec::new();
@@ -329,7 +330,8 @@ fn a_recorded_room_feeds_the_recording_tap_and_only_that_room() {
     }
 
     assert!(
-        matches!(&recorded[0], RecordedMedia::Started { room: r, recording_id, .. } if *r == room && recording_id == "rec1")
+        matches!(&recorded[0], RecordedMedia::Started { room: r, recording_id, e2ee: true, .. } if *r == room && recording_id == "rec1"),
+        "the recorder learns the recording id and that the media is encrypted"
     );
     assert!(matches!(recorded.last(), Some(RecordedMedia::Stopped { room: r, .. }) if *r == room));
     let council: Vec<_> = [0, 1]

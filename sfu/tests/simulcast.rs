@@ -295,6 +295,7 @@ fn record(sim: &mut Sim, video: PublicationId, duration: Duration) -> (Vec<u8>, 
         SfuCommand::StartRecording {
             room: room.clone(),
             recording_id: "rec".into(),
+            e2ee: false,
         },
     );
     let mut packets = Vec::new();

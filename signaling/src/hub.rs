@@ -32,12 +32,23 @@ pub const OUTBOUND_QUEUE: usize = 1024;
 pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a session's socket task is asked to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Outbound {
     /// A serialized [`ServerMessage`].
     Text(Arc<str>),
     /// Close the socket after sending this last message.
     Close(Arc<str>),
+}
+
+/// The serialized text may carry keys, wrapped keys and secrets, which `Debug` must not show
+/// (see [`protocol::REDACTED_FIELDS`]): only its length is shown.
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outbound::Text(text) => write!(f, "Text(<{} bytes>)", text.len()),
+            Outbound::Close(text) => write!(f, "Close(<{} bytes>)", text.len()),
+        }
+    }
 }
 
 /// A refusal with a stable code.
@@ -58,7 +69,7 @@ pub struct MeetingInfo {
 
 /// Someone asking to enter a room, with an identity the session has already checked (from a
 /// verified join token, or an open room's join message).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Arrival {
     pub room: RoomId,
     pub name: String,
@@ -73,6 +84,23 @@ pub struct Arrival {
     pub resume: Option<String>,
     /// The device's public key for end-to-end encryption, relayed to others as is.
     pub e2ee_key: Option<String>,
+}
+
+/// `Debug` says whether a resume secret and a public key came, never what they are.
+impl std::fmt::Debug for Arrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arrival")
+            .field("room", &self.room)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("site_id", &self.site_id)
+            .field("site_name", &self.site_name)
+            .field("invitation", &self.invitation)
+            .field("meeting", &self.meeting)
+            .field("resume", &self.resume.is_some())
+            .field("e2ee_key", &self.e2ee_key.is_some())
+            .finish()
+    }
 }
 
 /// Requests from sessions and the API to the hub.
@@ -187,7 +215,6 @@ pub fn sees(viewer: Role, subject: Role) -> bool {
     }
 }
 
-#[derive(Debug)]
 struct Member {
     room: RoomId,
     name: String,
@@ -203,6 +230,21 @@ struct Member {
     admitted: bool,
     resume: String,
     e2ee_key: Option<String>,
+}
+
+/// `Debug` leaves out the resume secret and the public key.
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("room", &self.room)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("invitation", &self.invitation)
+            .field("admitted", &self.admitted)
+            .field("publications", &self.publications.len())
+            .field("e2ee_key", &self.e2ee_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Member {
@@ -1391,23 +1433,25 @@ impl Hub {
         }
         let recording_id = new_id();
         let started_at = unix_ms();
+        let e2ee = room.e2ee;
         room.recording = Some((recording_id.clone(), started_at));
         self.sfu.send(SfuCommand::StartRecording {
             room: room_id.clone(),
             recording_id: recording_id.clone(),
+            e2ee,
         });
         let store = self.store.clone();
         let meeting = room_id.0.clone();
         let id = recording_id.clone();
         tokio::spawn(async move {
             if let Err(err) = store
-                .create_recording(&id, &meeting, started_at, started_by.as_deref())
+                .create_recording(&id, &meeting, started_at, started_by.as_deref(), e2ee)
                 .await
             {
                 tracing::warn!(%err, "recording not registered");
             }
         });
-        tracing::info!(room = %room_id, recording = %recording_id, "recording requested");
+        tracing::info!(room = %room_id, recording = %recording_id, e2ee, "recording requested");
         self.broadcast_all(
             room_id,
             &encode(&ServerMessage::RecordingState {
@@ -1620,6 +1664,62 @@ mod tests {
         assert!(!sees(Role::Viewer, Role::Participant));
         assert!(sees(Role::Viewer, Role::Presenter));
         assert!(sees(Role::Participant, Role::Participant));
+    }
+
+    #[test]
+    fn debug_hides_keys_and_secrets() {
+        let arrival = Arrival {
+            room: RoomId("r".into()),
+            name: "Xã A".into(),
+            role: Role::Participant,
+            site_id: None,
+            site_name: None,
+            invitation: Some("inv".into()),
+            meeting: None,
+            resume: Some("RESUME-SECRET".into()),
+            e2ee_key: Some("PUBLIC-KEY".into()),
+        };
+        let text = encode(&ServerMessage::E2eeKey {
+            from: ParticipantId(1),
+            blob: "WRAPPED-BLOB".into(),
+        });
+        let (outbound, _receiver) = mpsc::channel(1);
+        let member = Member {
+            room: arrival.room.clone(),
+            name: arrival.name.clone(),
+            role: arrival.role,
+            site_id: None,
+            site_name: None,
+            invitation: None,
+            hand_raised: false,
+            quality: None,
+            outbound,
+            publications: Vec::new(),
+            admitted: true,
+            resume: "RESUME-SECRET".into(),
+            e2ee_key: Some("PUBLIC-KEY".into()),
+        };
+        let request = HubRequest::Message {
+            participant: ParticipantId(1),
+            message: ClientMessage::E2eeKeys {
+                keys: vec![protocol::E2eeKeyDelivery {
+                    participant_id: ParticipantId(2),
+                    blob: "WRAPPED-BLOB".into(),
+                }],
+            },
+        };
+        for shown in [
+            format!("{arrival:?}"),
+            format!("{:?}", Outbound::Text(text.clone())),
+            format!("{:?}", Outbound::Close(text)),
+            format!("{member:?}"),
+            format!("{request:?}"),
+        ] {
+            for secret in ["RESUME-SECRET", "PUBLIC-KEY", "WRAPPED-BLOB"] {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+            assert!(shown.len() > 10, "{shown}");
+        }
     }
 
     #[test]

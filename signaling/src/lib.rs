@@ -413,3 +413,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Whether an event may reach the log at all, whatever `RUST_LOG` asks. The WebSocket library
+/// traces every message and frame it reads or writes, verbatim or as hex: signaling messages
+/// carry join tokens, resume secrets, end-to-end encryption public keys and wrapped media
+/// keys, none of which may be logged (docs/e2ee.md). Its TRACE events are dropped; its DEBUG
+/// ones (handshakes, close frames) stay. The binary filters its log with this.
+pub fn loggable(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let websocket = target == "tungstenite" || target.starts_with("tungstenite::");
+    !(websocket && *metadata.level() == tracing::Level::TRACE)
+}

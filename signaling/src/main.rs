@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signaling::store::{AccountRole, NewAccount, Store};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{self, EnvFilter, FilterExt};
+use tracing_subscriber::prelude::*;
 
 /// Secure video meetings: signaling (HTTPS/WSS) and the SFU (one UDP port) in one process.
 #[derive(Debug, Parser)]
@@ -107,9 +108,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     signaling::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Whatever RUST_LOG asks, what carries keys and secrets is never logged.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_filter(filter.and(filter::filter_fn(signaling::loggable))),
         )
         .init();
     let cli = Cli::parse();

@@ -133,8 +133,9 @@ impl Recorder {
             RecordedMedia::Started {
                 room,
                 recording_id,
+                e2ee,
                 at,
-            } => self.start(room, recording_id, at),
+            } => self.start(room, recording_id, e2ee, at),
             RecordedMedia::Track {
                 room,
                 publication,
@@ -238,11 +239,18 @@ impl Recorder {
         }
     }
 
-    fn start(&mut self, room: RoomId, recording_id: String, at: Instant) {
+    fn start(&mut self, room: RoomId, recording_id: String, e2ee: bool, at: Instant) {
         let dir = self.root.join(&recording_id);
-        match Recording::create(&dir, &recording_id, &room.0, crate::store::unix_ms()) {
+        let started_at = crate::store::unix_ms();
+        // An encrypted meeting's frames are written as received; its audio cannot be mixed.
+        let created = if e2ee {
+            Recording::create_e2ee(&dir, &recording_id, &room.0, started_at)
+        } else {
+            Recording::create(&dir, &recording_id, &room.0, started_at)
+        };
+        match created {
             Ok(recording) => {
-                tracing::info!(%room, recording = %recording_id, "recording started");
+                tracing::info!(%room, recording = %recording_id, e2ee, "recording started");
                 self.rooms.insert(
                     room,
                     Active {

@@ -126,7 +126,7 @@ mod tests {
                 (&missing_dir, now - 300 * DAY_MS, Some(now - 299 * DAY_MS)),
             ] {
                 store
-                    .create_recording(id, "room", started, None)
+                    .create_recording(id, "room", started, None, false)
                     .await
                     .expect("create");
                 if let Some(ended) = ended {

@@ -902,7 +902,7 @@ impl Harness {
     async fn recording(&self, meeting: &str, ended_at: i64) -> String {
         let id = new_id();
         self.store
-            .create_recording(&id, meeting, ended_at - 60_000, Some("inv"))
+            .create_recording(&id, meeting, ended_at - 60_000, Some("inv"), false)
             .await
             .expect("create");
         self.store
@@ -966,7 +966,7 @@ async fn recordings_are_listed_for_their_owner_only() {
     let id = h.recording(&meeting, 1_900_000_100_000).await;
     let running = new_id();
     h.store
-        .create_recording(&running, &meeting, 1_900_000_200_000, None)
+        .create_recording(&running, &meeting, 1_900_000_200_000, None, true)
         .await
         .expect("create");
 
@@ -986,6 +986,8 @@ async fn recordings_are_listed_for_their_owner_only() {
     assert_eq!(list[0]["status"], "recording");
     assert_eq!(list[0]["ended_at"], Value::Null);
     assert_eq!(list[0]["files"], json!([]));
+    assert_eq!(list[0]["e2ee"], true, "an encrypted recording says so");
+    assert_eq!(list[1]["e2ee"], false);
     assert_eq!(list[1]["id"], id.as_str());
     assert_eq!(list[1]["meeting_id"], meeting.as_str());
     assert_eq!(list[1]["status"], "completed");
@@ -1256,7 +1258,7 @@ async fn recordings_are_deleted_but_not_while_running() {
     let id = h.recording(&meeting, 1_900_000_100_000).await;
     let running = new_id();
     h.store
-        .create_recording(&running, &meeting, 1_900_000_200_000, None)
+        .create_recording(&running, &meeting, 1_900_000_200_000, None, false)
         .await
         .expect("create");
 

@@ -1,13 +1,17 @@
 //! Key distribution for end-to-end encryption through the real server: each client announces
 //! a public key at join, and wrapped media keys are relayed to named participants of the same
-//! room as opaque blobs, with the sender set by the server. The server never reads them.
+//! room as opaque blobs, with the sender set by the server. The server never reads them, and
+//! never logs them, even at TRACE. `joined` and `lobby` say whether a meeting is encrypted.
 
 mod common;
 
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Received, eventually};
-use loadtest::bot::{Bot, BotError};
+use loadtest::bot::{Bot, BotError, BotOptions};
 use protocol::{ClientMessage, E2eeKeyDelivery, ErrorCode, Role, ServerMessage};
 use signaling::store::{Admission, MeetingPatch};
 
@@ -243,4 +247,222 @@ async fn a_room_keeps_its_encryption_until_it_empties() {
         }
     };
     assert!(!e2ee, "the reopened room follows the meeting");
+}
+
+/// The server binary, logging at TRACE, with everything it writes (standard output and error)
+/// collected.
+struct LoggingServer {
+    child: Child,
+    http_addr: String,
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LoggingServer {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meet-server"))
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "trace")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meet-server starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let outputs: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout piped")),
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ];
+        for mut output in outputs {
+            let log = log.clone();
+            // Drained continuously, so the server never blocks on a full pipe.
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n) = output.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut log) = log.lock() {
+                        log.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            }));
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        let http_addr = loop {
+            let found = log.lock().ok().and_then(|log| {
+                log.lines()
+                    .filter(|line| line.contains("server started"))
+                    .find_map(|line| line.split("http_addr=").nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string)
+            });
+            if let Some(addr) = found {
+                break addr;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never said where it listens"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            http_addr,
+            log,
+            readers,
+        }
+    }
+
+    /// Everything logged so far.
+    fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
+
+    /// Stops the server and returns its whole log.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A public key of the right shape that appears nowhere else: `tag`, then filler.
+fn distinctive_key(tag: &str) -> String {
+    let mut key = format!("{tag}{}", "Qx7_".repeat(30));
+    key.truncate(87);
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_wrapped_keys_never_reach_the_log_even_at_trace() {
+    common::init();
+    let data_dir = common::tempdir::TempDir::new("e2ee-log");
+    // An encrypted meeting, prepared on the storage and signing key the server will use.
+    let url = signaling::store::default_url(&data_dir.0);
+    let store = signaling::store::Store::open(&url).await.expect("store");
+    let tokens =
+        signaling::auth::JoinTokens::load_or_generate(&data_dir.0.join("keys")).expect("keys");
+    let meeting = common::schedule_on(
+        &store,
+        &tokens,
+        Admission::Scheduled,
+        &[("Xã A", Role::Participant)],
+    )
+    .await;
+    store
+        .update_meeting(
+            &meeting.id,
+            &MeetingPatch {
+                e2ee: Some(true),
+                ..MeetingPatch::default()
+            },
+        )
+        .await
+        .expect("encrypted");
+    store.close().await;
+
+    let server = LoggingServer::start(&data_dir.0);
+    let cert = std::fs::read(data_dir.0.join("tls").join("cert.pem")).expect("certificate");
+    let tls = loadtest::bot::tls_config_trusting_pem(&cert).expect("pinned");
+    let join = |invitee: &str, key: &str| {
+        let mut options = BotOptions::new(
+            format!("wss://{}/ws", server.http_addr),
+            "",
+            "",
+            tls.clone(),
+        );
+        options.token = Some(meeting.invited(invitee).token.clone());
+        options.e2ee_key = Some(key.to_string());
+        // Audio only keeps the media engine's trace small; the signaling path is the same.
+        options.endpoint.publish_video = false;
+        Bot::connect(options)
+    };
+    let (alice_key, bob_key) = (
+        distinctive_key("AliceDeviceKey"),
+        distinctive_key("BobDeviceKey"),
+    );
+    let alice = join("Host", &alice_key).await.expect("alice joins");
+    let bob = join("Xã A", &bob_key).await.expect("bob joins");
+    let (a, b) = (alice.participant_id(), bob.participant_id());
+    eventually(WAIT, "public keys are announced", || {
+        let key_of = |bot: &Bot, who| {
+            bot.snapshot()
+                .roster
+                .participants
+                .get(&who)
+                .and_then(|p| p.e2ee_key.clone())
+        };
+        key_of(&alice, b).as_deref() == Some(bob_key.as_str())
+            && key_of(&bob, a).as_deref() == Some(alice_key.as_str())
+    })
+    .await;
+
+    // A key request and a wrapped key, shaped as the browsers send them (docs/e2ee.md), each
+    // with a marker that appears nowhere else.
+    let request = format!(r#"{{"v":1,"t":"req","pub":"{bob_key}","nonce":"ReqMarkerFromBob42"}}"#);
+    let wrapped = r#"{"v":1,"t":"key","kid":65536,"iv":"IvMarkerAlice7","ct":"CiphertextMarkerAliceToBob99"}"#;
+    bob.send(ClientMessage::E2eeKeys {
+        keys: vec![E2eeKeyDelivery {
+            participant_id: a,
+            blob: request.clone(),
+        }],
+    })
+    .expect("sent");
+    alice
+        .send(ClientMessage::E2eeKeys {
+            keys: vec![E2eeKeyDelivery {
+                participant_id: b,
+                blob: wrapped.to_string(),
+            }],
+        })
+        .expect("sent");
+    eventually(WAIT, "each receives the other's blob", || {
+        alice.snapshot().roster.e2ee_keys == vec![(b, request.clone())]
+            && bob.snapshot().roster.e2ee_keys == vec![(a, wrapped.to_string())]
+    })
+    .await;
+    alice.leave().await;
+    bob.leave().await;
+    // Both departures are logged after everything above was handled.
+    eventually(WAIT, "both departures are logged", || {
+        server.log().matches("participant left").count() >= 2
+    })
+    .await;
+    let log = server.stop();
+
+    // The capture works: TRACE lines, and the joins of both, are there.
+    assert!(log.contains(" TRACE "), "the server logged at TRACE");
+    for id in [a, b] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("participant joined")
+                    && l.contains(&format!("participant={id}"))),
+            "{id}'s join is logged"
+        );
+    }
+    let secrets = [
+        ("alice's public key", alice_key.as_str()),
+        ("bob's public key", bob_key.as_str()),
+        ("the key request", "ReqMarkerFromBob42"),
+        ("the wrapped key's iv", "IvMarkerAlice7"),
+        ("the wrapped key", "CiphertextMarkerAliceToBob99"),
+        ("alice's join token", meeting.invited("Host").token.as_str()),
+        ("bob's join token", meeting.invited("Xã A").token.as_str()),
+    ];
+    for (what, secret) in secrets {
+        // Verbatim, or as the hex of a WebSocket frame's payload.
+        assert!(!log.contains(secret), "{what} is in the log");
+        assert!(!log.contains(&hex(secret)), "{what} is in the log, as hex");
+    }
 }

@@ -1,6 +1,7 @@
 //! Recording on the real server: a host records a meeting of three publishers; every file
 //! is valid (ffprobe), the mixed audio holds each sender's tone, and a recording cut short by
-//! `kill -9` still plays and is marked interrupted on the next start.
+//! `kill -9` still plays and is marked interrupted on the next start. An end-to-end encrypted
+//! meeting is recorded as received, without a mix.
 
 mod common;
 
@@ -408,4 +409,64 @@ async fn a_meeting_set_to_record_itself_records_from_its_opening() {
     // The last one out stops the recording, which is then complete.
     host.leave().await;
     wait_status(&t.server.store, &id, RecordingStatus::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encrypted_meeting_is_recorded_as_received_without_a_mix() {
+    let t = common::start("e2ee-record", |_| {}).await;
+    let meeting = t.schedule(Admission::Scheduled, &[]).await;
+    t.server
+        .store
+        .update_meeting(
+            &meeting.id,
+            &signaling::store::MeetingPatch {
+                auto_record: Some(true),
+                e2ee: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("encryption and auto-recording set");
+    let mut options = t.bot_options("", "", 440.0, 1);
+    options.token = Some(meeting.invited("Host").token.clone());
+    let host = Bot::connect(options).await.expect("host joins");
+    let id = recording_id(&t.server.store, &meeting.id).await;
+    let dir = recording_dir(&t.data_dir.0, &id);
+    // The bot's frames are not encrypted, but the recorder cannot tell and must not care: it
+    // writes what arrives. Both tracks get a file once their first frame is written, and it
+    // grows as the recorder flushes.
+    let written = |min_bytes: u64| {
+        std::fs::read_to_string(dir.join("manifest.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|m| m["tracks"].as_array().cloned())
+            .is_some_and(|tracks| {
+                tracks.len() == 2
+                    && tracks.iter().all(|t| {
+                        t["file"].as_str().is_some_and(|file| {
+                            std::fs::metadata(dir.join(file)).is_ok_and(|m| m.len() >= min_bytes)
+                        })
+                    })
+            })
+    };
+    eventually(MEDIA_TIMEOUT, "both tracks are written", || written(2_000)).await;
+    host.leave().await;
+    wait_status(&t.server.store, &id, RecordingStatus::Completed).await;
+
+    let manifest = manifest(&dir);
+    assert_eq!(manifest["e2ee"], true, "{manifest}");
+    assert!(manifest["mix"].is_null(), "{manifest}");
+    assert!(!dir.join("mix.ogg").exists(), "no mixed audio is made");
+    assert!(
+        written(2_000),
+        "the finished files keep what was written: {manifest}"
+    );
+    let row = t
+        .server
+        .store
+        .recording(&id)
+        .await
+        .expect("lookup")
+        .expect("row");
+    assert!(row.e2ee, "the recording's row says it is encrypted");
 }

@@ -159,8 +159,9 @@ pub struct PublicationInfo {
     pub muted: bool,
 }
 
-/// A participant as other participants see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A participant as other participants see it. Its `Debug` hides `e2ee_key` (see
+/// [`REDACTED_FIELDS`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantInfo {
     pub id: ParticipantId,
@@ -178,13 +179,76 @@ pub struct ParticipantInfo {
     pub e2ee_key: Option<String>,
 }
 
-/// One wrapped media key for one recipient: opaque to the server, which only relays it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One wrapped media key for one recipient: opaque to the server, which only relays it. Its
+/// `Debug` hides the blob.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct E2eeKeyDelivery {
     pub participant_id: ParticipantId,
     pub blob: String,
 }
+
+/// Fields whose values `Debug` never shows, wherever they appear in a message: join tokens and
+/// `resume` secrets (which let their holder in), end-to-end encryption public keys and wrapped
+/// media keys. A log, a panic message or a test failure may print a message; none may print
+/// these (docs/e2ee.md). Only their length is shown.
+pub const REDACTED_FIELDS: &[&str] = &["token", "resume", "e2ee_key", "blob"];
+
+/// Writes `value` for `Debug` as its wire JSON (fields sorted by name), prefixed by `name` and
+/// a message's `type`, with the values of [`REDACTED_FIELDS`] replaced by their length. The
+/// wire form is used because it names every field the way the protocol document does, and a
+/// field added later is covered by its name.
+fn debug_redacted<T: Serialize>(name: &str, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn redact(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (field, value) in fields.iter_mut() {
+                    if REDACTED_FIELDS.contains(&field.as_str()) && !value.is_null() {
+                        let chars = value.as_str().map_or(0, |s| s.chars().count());
+                        *value = serde_json::Value::String(format!("<redacted: {chars} chars>"));
+                    } else {
+                        redact(value);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    match serde_json::to_value(value) {
+        Ok(mut json) => {
+            redact(&mut json);
+            match json
+                .as_object_mut()
+                .and_then(|fields| fields.remove("type"))
+            {
+                Some(serde_json::Value::String(kind)) => write!(f, "{name}::{kind} {json}"),
+                _ => write!(f, "{name} {json}"),
+            }
+        }
+        // These types always serialize; were one not to, nothing of it is shown.
+        Err(_) => write!(f, "{name} {{..}}"),
+    }
+}
+
+macro_rules! redacted_debug {
+    ($($name:ident),+) => {
+        $(
+            impl fmt::Debug for $name {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    debug_redacted(stringify!($name), self, f)
+                }
+            }
+        )+
+    };
+}
+
+redacted_debug!(
+    ParticipantInfo,
+    E2eeKeyDelivery,
+    ClientMessage,
+    ServerMessage
+);
 
 /// Whether a room lets people in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -268,8 +332,9 @@ pub struct SubscribeTrack {
     pub publication_id: PublicationId,
 }
 
-/// Messages a client sends to the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Messages a client sends to the server. Its `Debug` hides secrets and keys (see
+/// [`REDACTED_FIELDS`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// First message on a socket. With `token`, the room, name and role come from the token;
@@ -364,8 +429,9 @@ pub enum LeaveReason {
     Removed,
 }
 
-/// Messages the server sends to a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Messages the server sends to a client. Its `Debug` hides secrets and keys (see
+/// [`REDACTED_FIELDS`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
     /// Answer to [`ClientMessage::Join`] when the participant must wait for a host or for
@@ -726,6 +792,81 @@ mod tests {
             serde_json::from_str::<ServerMessage>(old),
             Ok(ServerMessage::Lobby { e2ee: false, .. })
         ));
+    }
+
+    #[test]
+    fn debug_never_shows_keys_blobs_tokens_or_resume_secrets() {
+        let secrets = [
+            "TOKEN-SECRET",
+            "RESUME-SECRET",
+            "PUBLIC-KEY",
+            "WRAPPED-BLOB",
+        ];
+        let messages: Vec<Box<dyn fmt::Debug>> = vec![
+            Box::new(ClientMessage::Join {
+                protocol_version: PROTOCOL_VERSION,
+                token: Some("TOKEN-SECRET".into()),
+                room: None,
+                name: None,
+                role: None,
+                resume: Some("RESUME-SECRET".into()),
+                e2ee_key: Some("PUBLIC-KEY".into()),
+            }),
+            Box::new(ClientMessage::E2eeKeys {
+                keys: vec![E2eeKeyDelivery {
+                    participant_id: ParticipantId(7),
+                    blob: "WRAPPED-BLOB".into(),
+                }],
+            }),
+            Box::new(ServerMessage::E2eeKey {
+                from: ParticipantId(7),
+                blob: "WRAPPED-BLOB".into(),
+            }),
+            Box::new(ServerMessage::Joined {
+                protocol_version: PROTOCOL_VERSION,
+                room: RoomId("r".into()),
+                title: "t".into(),
+                participant_id: ParticipantId(1),
+                role: Role::Host,
+                participants: vec![ParticipantInfo {
+                    id: ParticipantId(7),
+                    name: "Xã A".into(),
+                    role: Role::Participant,
+                    site: None,
+                    hand_raised: false,
+                    quality: None,
+                    publications: Vec::new(),
+                    e2ee_key: Some("PUBLIC-KEY".into()),
+                }],
+                room_state: RoomStatus::default(),
+                counts: RoomCounts::default(),
+                resume: "RESUME-SECRET".into(),
+                e2ee: true,
+            }),
+        ];
+        for message in &messages {
+            let shown = format!("{message:?}");
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+            assert!(shown.contains("<redacted: "), "{shown}");
+        }
+        // Everything else is still there to debug with.
+        let shown = format!("{:?}", messages[3]);
+        for visible in ["ServerMessage::joined {", "Xã A", r#""e2ee":true"#] {
+            assert!(shown.contains(visible), "{visible} missing from {shown}");
+        }
+        let shown = format!(
+            "{:?}",
+            E2eeKeyDelivery {
+                participant_id: ParticipantId(7),
+                blob: "WRAPPED-BLOB".into(),
+            }
+        );
+        assert_eq!(
+            shown,
+            r#"E2eeKeyDelivery {"blob":"<redacted: 12 chars>","participant_id":7}"#
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! 3. [`Recording::packet`] for every RTP packet, [`Recording::flush`] every ~500 ms, and a
 //!    keyframe request for each track [`Recording::wants_keyframe`] lists;
 //! 4. [`Recording::end_track`] when a publication ends, [`Recording::finish`] at the end.
+//!
+//! An end-to-end encrypted meeting ([`Recording::create_e2ee`], docs/e2ee.md) is recorded as
+//! received: each file holds the encrypted frames byte for byte, there is no mix (the audio
+//! cannot be decoded), and only the clear prefix of a frame is ever read: VP8's frame tag and
+//! keyframe header (its first 10 bytes), Opus's TOC byte. The manifest says `"e2ee": true`.
 
 mod depack;
 mod mix;
@@ -32,7 +37,10 @@ use serde::{Deserialize, Serialize};
 
 use depack::{Assembler, VideoFormat};
 use mix::Mixer;
-use oggopus::{OPUS_RATE, OggOpusWriter, finalize_ogg, packet_samples};
+use oggopus::{
+    MAX_PACKET_SAMPLES, OPUS_RATE, OggOpusWriter, encrypted_packet_samples, finalize_ogg,
+    packet_samples,
+};
 pub use storage::{FsStorage, Sink, Storage};
 use webm::{VideoTrackHeader, WebmWriter, finalize_webm};
 
@@ -165,8 +173,14 @@ struct Manifest {
     started_at_unix_ms: i64,
     status: String,
     duration_ms: Option<u64>,
+    /// The media is end-to-end encrypted: the files hold the frames as received, and only a
+    /// key holder's player can decode them. Absent from older manifests: not encrypted.
+    #[serde(default)]
+    e2ee: bool,
     tracks: Vec<ManifestTrack>,
-    mix: ManifestMix,
+    /// `None` (`null`) when the recording is end-to-end encrypted: the server cannot decode
+    /// the audio to mix it.
+    mix: Option<ManifestMix>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +241,11 @@ struct AudioTrack {
     /// Granule position (48 kHz samples from the track's start) the next packet should have.
     expected: i64,
     last_toc: u8,
+    /// The packets are end-to-end encrypted past their TOC byte.
+    e2ee: bool,
+    /// After an encrypted packet whose length could not be read, the latest position its
+    /// audio may reach: a gap up to there may be its own audio and is not filled.
+    uncertain_until: i64,
 }
 
 struct VideoTrack {
@@ -291,6 +310,24 @@ impl Recording {
         )
     }
 
+    /// [`Recording::create`] for an end-to-end encrypted meeting: frames are written as
+    /// received (encrypted) and no mix is made.
+    pub fn create_e2ee(
+        dir: &Path,
+        recording_id: &str,
+        room: &str,
+        started_at_unix_ms: i64,
+    ) -> Result<Self, RecorderError> {
+        Self::create_inner(
+            dir,
+            recording_id,
+            room,
+            started_at_unix_ms,
+            Arc::new(FsStorage),
+            true,
+        )
+    }
+
     /// [`Recording::create`] writing through `storage` (tests inject failing writers here).
     pub fn create_with_storage(
         dir: &Path,
@@ -298,6 +335,17 @@ impl Recording {
         room: &str,
         started_at_unix_ms: i64,
         storage: Arc<dyn Storage>,
+    ) -> Result<Self, RecorderError> {
+        Self::create_inner(dir, recording_id, room, started_at_unix_ms, storage, false)
+    }
+
+    fn create_inner(
+        dir: &Path,
+        recording_id: &str,
+        room: &str,
+        started_at_unix_ms: i64,
+        storage: Arc<dyn Storage>,
+        e2ee: bool,
     ) -> Result<Self, RecorderError> {
         fs::create_dir_all(dir).map_err(|e| RecorderError::io(dir.display().to_string(), e))?;
         if dir.join(MANIFEST).exists() {
@@ -309,24 +357,30 @@ impl Recording {
             started_at_unix_ms,
             status: STATUS_RECORDING.to_owned(),
             duration_ms: None,
+            e2ee,
             tracks: Vec::new(),
-            mix: ManifestMix {
+            // Mixing decodes every track, which ciphertext does not allow.
+            mix: (!e2ee).then(|| ManifestMix {
                 file: MIX_FILE.to_owned(),
                 start_offset_ms: 0,
                 end_offset_ms: None,
-            },
+            }),
         };
         write_manifest(&*storage, dir, &manifest)?;
-        let sink = storage
-            .create(&dir.join(MIX_FILE))
-            .map_err(|e| RecorderError::io(MIX_FILE, e))?;
-        let mixer = Mixer::new(sink)?;
+        let mixer = if e2ee {
+            None
+        } else {
+            let sink = storage
+                .create(&dir.join(MIX_FILE))
+                .map_err(|e| RecorderError::io(MIX_FILE, e))?;
+            Some(Mixer::new(sink)?)
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             storage,
             manifest,
             tracks: HashMap::new(),
-            mixer: Some(mixer),
+            mixer,
             now_ms: 0,
             failed: false,
             flushes: 0,
@@ -357,10 +411,20 @@ impl Recording {
                         start_ms: 0,
                         expected: 0,
                         last_toc: 0,
+                        e2ee: self.manifest.e2ee,
+                        uncertain_until: 0,
                     })),
                     None,
                 )
             }
+            (MediaKind::Video, Codec::Vp9 | Codec::Av1) if self.manifest.e2ee => (
+                Track::Inactive,
+                Some(format!(
+                    "{:?} is not recorded in an end-to-end encrypted meeting, which sends VP8: \
+                     its frame headers would be read from ciphertext",
+                    info.codec
+                )),
+            ),
             (MediaKind::Video, Codec::Vp8 | Codec::Vp9 | Codec::Av1) => {
                 let format = match info.codec {
                     Codec::Vp9 => VideoFormat::Vp9,
@@ -577,9 +641,11 @@ impl Recording {
             mixer.advance(self.now_ms * 48)?;
             mixer.finish()?;
         }
-        let mix =
-            finalize_ogg(&self.dir.join(MIX_FILE)).map_err(|e| RecorderError::io(MIX_FILE, e))?;
-        self.manifest.mix.end_offset_ms = Some(mix.duration_ms);
+        if let Some(mix) = &mut self.manifest.mix {
+            let info = finalize_ogg(&self.dir.join(&mix.file))
+                .map_err(|e| RecorderError::io(MIX_FILE, e))?;
+            mix.end_offset_ms = Some(info.duration_ms);
+        }
         self.manifest.status = STATUS_COMPLETED.to_owned();
         self.manifest.duration_ms = Some(self.now_ms);
         write_manifest(&*self.storage, &self.dir, &self.manifest)?;
@@ -692,7 +758,12 @@ fn audio_write(
     payload: Vec<u8>,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), RecorderError> {
-    let Some(samples) = packet_samples(&payload) else {
+    let counted = if audio.e2ee {
+        encrypted_packet_samples(&payload)
+    } else {
+        packet_samples(&payload).map(|samples| (samples, true))
+    };
+    let Some((samples, exact)) = counted else {
         return Ok(());
     };
     let clock = i64::from(ctx.info.clock_rate);
@@ -718,6 +789,9 @@ fn audio_write(
     }
     let gap = position - audio.expected;
     if gap > 0 && gap <= MAX_FILL {
+        // The previous packet may have been longer than it could be counted (encrypted): the
+        // gap is filled only past the longest it can be, never over its own audio.
+        audio.expected = audio.expected.max(audio.uncertain_until.min(position));
         // A TOC byte alone is a frame of zero bytes, which a decoder conceals (RFC 6716
         // section 3.2.1): the file keeps its timing through losses and silences.
         let filler = audio.last_toc & 0xfc;
@@ -730,6 +804,11 @@ fn audio_write(
         }
     }
     audio.expected = position + samples as i64;
+    audio.uncertain_until = if exact {
+        0
+    } else {
+        position + MAX_PACKET_SAMPLES as i64
+    };
     audio.last_toc = payload[0];
     if let Some(mixer) = ctx.mixer.as_deref_mut() {
         mixer.packet(
@@ -831,8 +910,10 @@ fn summary(dir: &Path, manifest: &Manifest) -> Result<Summary, RecorderError> {
             add(file, kind)?;
         }
     }
-    if dir.join(&manifest.mix.file).exists() {
-        add(&manifest.mix.file, FileKind::Mix)?;
+    if let Some(mix) = &manifest.mix
+        && dir.join(&mix.file).exists()
+    {
+        add(&mix.file, FileKind::Mix)?;
     }
     Ok(Summary {
         files,
@@ -895,8 +976,10 @@ fn finalize_dir(
             }
         }
     }
-    manifest.mix.end_offset_ms = finalize_file(dir, &manifest.mix.file, FileKind::Mix)?;
-    duration_ms = duration_ms.max(manifest.mix.end_offset_ms.unwrap_or(0));
+    if let Some(mix) = &mut manifest.mix {
+        mix.end_offset_ms = finalize_file(dir, &mix.file, FileKind::Mix)?;
+        duration_ms = duration_ms.max(mix.end_offset_ms.unwrap_or(0));
+    }
     manifest.status = status.to_owned();
     manifest.duration_ms = Some(duration_ms);
     let json = serde_json::to_vec_pretty(manifest)?;

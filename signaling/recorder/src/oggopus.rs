@@ -99,10 +99,11 @@ impl OggOpusWriter {
     }
 }
 
-/// Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1), or
-/// `None` for a malformed packet.
-pub(crate) fn packet_samples(packet: &[u8]) -> Option<u64> {
-    let toc = *packet.first()?;
+/// The longest an Opus packet can be, in 48 kHz samples (120 ms, RFC 6716 section 3.2.5).
+pub(crate) const MAX_PACKET_SAMPLES: u64 = 5_760;
+
+/// Samples (at 48 kHz) in one frame of a packet with this TOC byte (RFC 6716 section 3.1).
+fn frame_samples(toc: u8) -> u64 {
     let config = toc >> 3;
     // Frame sizes in units of 2.5 ms (120 samples).
     let units: u64 = match config {
@@ -110,14 +111,34 @@ pub(crate) fn packet_samples(packet: &[u8]) -> Option<u64> {
         12..=15 => [4, 8][usize::from(config % 2)],
         _ => [1, 2, 4, 8][usize::from(config % 4)],
     };
+    units * 120
+}
+
+/// Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1), or
+/// `None` for a malformed packet.
+pub(crate) fn packet_samples(packet: &[u8]) -> Option<u64> {
+    let toc = *packet.first()?;
     let frames: u64 = match toc & 0x03 {
         0 => 1,
         1 | 2 => 2,
         _ => u64::from(*packet.get(1)? & 0x3f),
     };
-    let samples = units * 120 * frames;
+    let samples = frame_samples(toc) * frames;
     // RFC 6716 caps a packet at 120 ms.
-    (frames > 0 && samples <= 5_760).then_some(samples)
+    (frames > 0 && samples <= MAX_PACKET_SAMPLES).then_some(samples)
+}
+
+/// Samples (at 48 kHz) in an end-to-end encrypted Opus packet, whose TOC byte alone is in the
+/// clear (docs/e2ee.md), and whether that count is exact. A code 3 packet keeps its frame count
+/// in its second byte, which is ciphertext here and must not be read as a count: it is counted
+/// as one frame, the least it can hold, and reported inexact. `None` for an empty packet.
+pub(crate) fn encrypted_packet_samples(packet: &[u8]) -> Option<(u64, bool)> {
+    let toc = *packet.first()?;
+    Some(match toc & 0x03 {
+        0 => (frame_samples(toc), true),
+        1 | 2 => (frame_samples(toc) * 2, true),
+        _ => (frame_samples(toc), false),
+    })
 }
 
 /// What a finalized Ogg/Opus file holds.
@@ -201,5 +222,23 @@ mod tests {
         assert_eq!(packet_samples(&[(30 << 3) | 3, 3]), Some(1440));
         assert_eq!(packet_samples(&[]), None);
         assert_eq!(packet_samples(&[(31 << 3) | 3, 0]), None);
+    }
+
+    #[test]
+    fn encrypted_packets_are_counted_from_the_toc_alone() {
+        // The byte after the TOC is ciphertext: a zero there must not make the packet
+        // malformed, nor any other value a frame count.
+        for second in [0u8, 3, 0x3f, 0xff] {
+            assert_eq!(
+                encrypted_packet_samples(&[(30 << 3) | 3, second, 1, 2]),
+                Some((480, false))
+            );
+            assert_eq!(encrypted_packet_samples(&[0xfc, second]), Some((960, true)));
+            assert_eq!(
+                encrypted_packet_samples(&[(1 << 3) | 1, second]),
+                Some((1920, true))
+            );
+        }
+        assert_eq!(encrypted_packet_samples(&[]), None);
     }
 }

@@ -158,6 +158,10 @@ pub struct RecordingView {
     pub error: Option<String>,
     /// Size of its files when it ended (0 while recording).
     pub bytes: i64,
+    /// The meeting was end-to-end encrypted: the track files hold the media as it was
+    /// received, encrypted, which only a browser holding the keys can play, and there is no
+    /// mix.
+    pub e2ee: bool,
     /// What its directory holds now: the manifest, the mix, then the tracks by name.
     pub files: Vec<RecordingFile>,
 }
@@ -226,6 +230,7 @@ async fn view(state: &ApiState, row: RecordingRow) -> Result<RecordingView, ApiE
         status: row.status,
         error: row.error,
         bytes: row.bytes,
+        e2ee: row.e2ee,
         files,
     })
 }

@@ -64,6 +64,8 @@ pub struct RecordingRow {
     pub error: Option<String>,
     /// Size of its files when it ended.
     pub bytes: i64,
+    /// The meeting was end-to-end encrypted: the files hold ciphertext and there is no mix.
+    pub e2ee: bool,
 }
 
 /// A query on the recordings table with every column of [`RecordingRow`]; a macro, so that
@@ -71,7 +73,8 @@ pub struct RecordingRow {
 macro_rules! select {
     ($rest:literal) => {
         concat!(
-            "SELECT id, meeting_id, started_at, ended_at, status, error, bytes FROM recordings ",
+            "SELECT id, meeting_id, started_at, ended_at, status, error, bytes, e2ee \
+             FROM recordings ",
             $rest
         )
     };
@@ -90,29 +93,32 @@ impl RecordingRow {
             status: RecordingStatus::parse(&status).unwrap_or(RecordingStatus::Failed),
             error: row.try_get("error")?,
             bytes: row.try_get("bytes")?,
+            e2ee: super::flag(row.try_get("e2ee")?),
         })
     }
 }
 
 impl Store {
     /// Notes that a recording of `meeting_id` started; `started_by` is the host's invitation
-    /// (none in open rooms).
+    /// (none in open rooms); `e2ee` that the media it holds is end-to-end encrypted.
     pub async fn create_recording(
         &self,
         id: &str,
         meeting_id: &str,
         started_at: i64,
         started_by: Option<&str>,
+        e2ee: bool,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO recordings (id, meeting_id, started_at, status, bytes, started_by) \
-             VALUES ($1, $2, $3, $4, 0, $5)",
+            "INSERT INTO recordings (id, meeting_id, started_at, status, bytes, started_by, \
+             e2ee) VALUES ($1, $2, $3, $4, 0, $5, $6)",
         )
         .bind(id)
         .bind(meeting_id)
         .bind(started_at)
         .bind(RecordingStatus::Recording.as_str())
         .bind(started_by)
+        .bind(i64::from(e2ee))
         .execute(&self.pool)
         .await
         .map_err(|err| {
@@ -235,19 +241,21 @@ mod tests {
             let second = new_id();
             let elsewhere = new_id();
             store
-                .create_recording(&first, "room-a", 1_000, Some("inv1"))
+                .create_recording(&first, "room-a", 1_000, Some("inv1"), false)
                 .await
                 .expect("create");
             store
-                .create_recording(&second, "room-a", 2_000, None)
+                .create_recording(&second, "room-a", 2_000, None, true)
                 .await
                 .expect("create");
             store
-                .create_recording(&elsewhere, "room-b", 1_500, None)
+                .create_recording(&elsewhere, "room-b", 1_500, None, false)
                 .await
                 .expect("create");
             assert!(matches!(
-                store.create_recording(&first, "room-a", 3_000, None).await,
+                store
+                    .create_recording(&first, "room-a", 3_000, None, false)
+                    .await,
                 Err(StoreError::Conflict(_))
             ));
 
@@ -262,8 +270,11 @@ mod tests {
                     status: RecordingStatus::Recording,
                     error: None,
                     bytes: 0,
+                    e2ee: false,
                 }
             );
+            let encrypted = store.recording(&second).await.expect("query").expect("row");
+            assert!(encrypted.e2ee, "an encrypted recording is stored as one");
             let running: Vec<String> = store
                 .recordings_in_progress()
                 .await
