@@ -753,7 +753,14 @@ async function openPlayer(player, recording) {
   if (session.closed) return;
 
   if (recording.e2ee === true || manifest?.e2ee === true) {
-    await openEncrypted(player, recording, manifest, { session, heading, ticket });
+    try {
+      await openEncrypted(player, recording, manifest, { session, heading, ticket });
+    } catch (err) {
+      // Bad files are reported per track inside; anything reaching here is a fault of ours,
+      // shown rather than left as an unhandled rejection of the Play button.
+      close();
+      showError(err);
+    }
     return;
   }
   const available = new Set(recording.files.map((f) => f.name));
