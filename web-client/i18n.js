@@ -279,6 +279,14 @@ export const STRINGS = {
     'rec.playerHeading': 'Recording of {start}',
     'rec.close': 'Close player',
     'rec.noManifest': 'This recording has no manifest: only the mixed audio plays.',
+    'rec.encryptedDecrypting': 'This recording is end-to-end encrypted. It is being decrypted in this browser…',
+    'rec.encryptedProgress': 'Decrypted {done} of {total} files',
+    'rec.encryptedDecrypted': 'This recording is end-to-end encrypted: it was decrypted in this browser, with the keys kept here.',
+    'rec.encryptedNoKeys': 'This recording is end-to-end encrypted. Only the browser of a host who attended can play it.',
+    'rec.encryptedNoManifest': 'This recording is end-to-end encrypted and its manifest cannot be read, so it cannot be decrypted.',
+    'rec.encryptedFailedFrames': 'Frames that could not be decrypted and were skipped: {count}.',
+    'rec.encryptedNotDecrypted': 'Not decrypted in this browser (no key): {names}.',
+    'rec.encryptedDamaged': 'The file {file} is damaged and was not played: {detail}',
   },
 
   vi: {
@@ -554,6 +562,14 @@ export const STRINGS = {
     'rec.playerHeading': 'Bản ghi lúc {start}',
     'rec.close': 'Đóng trình phát',
     'rec.noManifest': 'Bản ghi này không có tệp mô tả: chỉ phát được âm thanh tổng hợp.',
+    'rec.encryptedDecrypting': 'Bản ghi này được mã hóa đầu cuối. Đang giải mã trong trình duyệt này…',
+    'rec.encryptedProgress': 'Đã giải mã {done}/{total} tệp',
+    'rec.encryptedDecrypted': 'Bản ghi này được mã hóa đầu cuối: đã được giải mã trong trình duyệt này bằng khóa lưu tại đây.',
+    'rec.encryptedNoKeys': 'Bản ghi này được mã hóa đầu cuối. Chỉ trình duyệt của chủ trì đã tham dự mới phát được.',
+    'rec.encryptedNoManifest': 'Bản ghi này được mã hóa đầu cuối và không đọc được tệp mô tả, nên không thể giải mã.',
+    'rec.encryptedFailedFrames': 'Số khung hình không giải mã được và đã bị bỏ qua: {count}.',
+    'rec.encryptedNotDecrypted': 'Không giải mã được trong trình duyệt này (không có khóa): {names}.',
+    'rec.encryptedDamaged': 'Tệp {file} bị hỏng và không được phát: {detail}',
   },
 };
 

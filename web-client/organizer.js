@@ -5,7 +5,9 @@
 // The bearer token lives in sessionStorage (gone when the tab closes) and goes out only in
 // the Authorization header of same-origin requests.
 
+import { decryptRecording } from './e2ee-playback.js';
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
+import { keyRingsFor } from './keystore.js';
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'meet.orgToken';
@@ -630,7 +632,7 @@ function recordingsTable(list, { reload, player }) {
   const rows = list.map((r) => {
     const running = r.status === 'recording';
     const size = r.bytes || r.files.reduce((sum, f) => sum + f.bytes, 0);
-    const playable = !running && r.files.some((f) => f.kind === 'mix');
+    const playable = isPlayable(r);
     const fileChoice = el('select', { className: 'rec-file', dataset: { files: r.id } });
     for (const f of r.files) fileChoice.append(new Option(f.name, f.name));
     const download = async () => {
@@ -674,118 +676,321 @@ function recordingsTable(list, { reload, player }) {
 }
 
 /**
- * Plays a recording: the mixed audio is the clock, and each video track plays muted beside it,
- * placed by its start offset in the manifest. Videos are nudged back whenever they drift more
- * than MAX_DRIFT_S from where the audio says they should be, and hidden outside their span.
+ * Whether a recording has something to play: the mixed audio, or a manifest and some of its
+ * tracks' files (an end-to-end encrypted recording has no mix). Whether it is encrypted, the
+ * player learns from the list's `e2ee` where the server gives it, else from the manifest.
+ */
+function isPlayable(r) {
+  if (r.status === 'recording') return false;
+  const kinds = new Set(r.files.map((f) => f.kind));
+  return kinds.has('mix') || (kinds.has('manifest') && (kinds.has('audio') || kinds.has('video')));
+}
+
+/**
+ * The mixed audio a manifest names, and where it starts (seconds): the recorder writes
+ * `mix: { file, start_offset_ms }`, older manifests a bare file name. Without a manifest the
+ * mix is `mix.ogg`; an encrypted recording's manifest has none (`mix` absent or null).
+ */
+function mixOf(manifest) {
+  const mix = manifest ? manifest.mix : 'mix.ogg';
+  if (typeof mix === 'string' && mix) return { file: mix, start: 0 };
+  if (mix && typeof mix.file === 'string' && mix.file) {
+    return { file: mix.file, start: (Number(mix.start_offset_ms) || 0) / 1000 };
+  }
+  return null;
+}
+
+/**
+ * What plays: a clock, with the controls, and the tracks that follow it by their offsets
+ * (seconds on the recording's timeline). The mixed audio is the clock where there is one, and
+ * only the videos follow (the mix holds every voice). Without it, the audio track that starts
+ * first is the clock and every other track, audio and video, follows; with no audio at all,
+ * the video that starts first. `has(file)`: whether that file can be played. Null when
+ * nothing can.
+ */
+function playPlan(manifest, has, { mix = true } = {}) {
+  const spans = (Array.isArray(manifest?.tracks) ? manifest.tracks : [])
+    .filter((tr) => tr && (tr.kind === 'audio' || tr.kind === 'video') && typeof tr.file === 'string' && has(tr.file))
+    .map((tr) => ({
+      file: tr.file,
+      kind: tr.kind,
+      track: tr.track,
+      participant: String(tr.participant || ''),
+      start: (Number(tr.start_offset_ms) || 0) / 1000,
+      end: typeof tr.end_offset_ms === 'number' ? tr.end_offset_ms / 1000 : null,
+    }));
+  const mixed = mix ? mixOf(manifest) : null;
+  if (mixed && has(mixed.file)) {
+    return {
+      clock: { ...mixed, kind: 'audio', track: null, participant: '', end: null },
+      followers: spans.filter((s) => s.kind === 'video'),
+    };
+  }
+  const audio = spans.filter((s) => s.kind === 'audio');
+  const candidates = audio.length ? audio : spans;
+  if (!candidates.length) return null;
+  const clock = candidates.reduce((first, s) => (s.start < first.start ? s : first));
+  return { clock, followers: spans.filter((s) => s !== clock) };
+}
+
+/**
+ * Plays a recording (see playPlan for what plays): the clock plays with controls, and every
+ * other track beside it, placed by its start offset in the manifest. Followers are nudged back
+ * whenever they drift more than MAX_DRIFT_S from where the clock says they should be, and
+ * videos are hidden outside their span. An end-to-end encrypted recording is first decrypted
+ * in this browser, with the keys the meeting page kept (openEncrypted).
  */
 async function openPlayer(player, recording) {
   stopPlayer?.();
+  // Everything the player holds (timers, media, object URLs) is released through `session`,
+  // whether it is closed while playing or while a file is still being fetched or decrypted.
+  const session = { closed: false, cleanups: [] };
+  const close = () => {
+    if (session.closed) return;
+    session.closed = true;
+    for (const cleanup of session.cleanups.splice(0)) cleanup();
+    player.replaceChildren();
+    player.hidden = true;
+    delete player.dataset.recordingId;
+    delete player.meetPlayer;
+    if (stopPlayer === close) stopPlayer = null;
+  };
+  stopPlayer = close;
+  player.dataset.recordingId = recording.id;
+  const heading = el('div', { className: 'view-head' },
+    el('h3', { text: t('rec.playerHeading', { start: formatTime(recording.started_at) }) }),
+    button('rec.close', close, 'secondary small', { id: 'player-close' }));
+
   let ticket;
   let manifest = null;
   try {
     ({ ticket } = await newTicket(recording.id));
     const res = await fetch(fileUrl(recording.id, 'manifest.json', ticket));
-    if (res.ok) manifest = await res.json();
+    if (res.ok) {
+      // A manifest that does not parse is as good as none: it is untrusted input.
+      manifest = await res.json().catch(() => null);
+      if (!manifest || typeof manifest !== 'object' || Array.isArray(manifest)) manifest = null;
+    }
   } catch (err) {
+    close();
     showError(err);
     return;
   }
-  const mixName = manifest?.mix || 'mix.ogg';
-  const audio = el('audio', { controls: true, preload: 'auto', className: 'rec-audio' });
-  audio.src = fileUrl(recording.id, mixName, ticket);
+  if (session.closed) return;
+
+  if (recording.e2ee === true || manifest?.e2ee === true) {
+    try {
+      await openEncrypted(player, recording, manifest, { session, heading, ticket });
+    } catch (err) {
+      // Bad files are reported per track inside; anything reaching here is a fault of ours,
+      // shown rather than left as an unhandled rejection of the Play button.
+      close();
+      showError(err);
+    }
+    return;
+  }
   const available = new Set(recording.files.map((f) => f.name));
-  const videos = (manifest?.tracks || [])
-    .filter((tr) => tr.kind === 'video' && available.has(tr.file))
-    .map((tr) => {
-      const video = el('video', { muted: true, playsInline: true, preload: 'auto' });
-      video.muted = true;
-      video.src = fileUrl(recording.id, tr.file, ticket);
-      const box = el('figure', { className: 'rec-video', hidden: true, dataset: { track: String(tr.track ?? '') } },
-        video, el('figcaption', { text: tr.participant || '' }));
-      return {
-        file: tr.file,
-        video,
-        box,
-        start: (tr.start_offset_ms || 0) / 1000,
-        end: typeof tr.end_offset_ms === 'number' ? tr.end_offset_ms / 1000 : null,
-      };
-    });
+  // Without a usable plan, the mix is tried as before: its element then says what is wrong.
+  const plan = playPlan(manifest, (name) => available.has(name))
+    || { clock: { file: 'mix.ogg', kind: 'audio', track: null, participant: '', start: 0, end: null }, followers: [] };
+  mountPlayer(player, {
+    session,
+    heading,
+    plan,
+    notes: manifest ? [] : [el('p', { className: 'note', text: t('rec.noManifest') })],
+    srcOf: (file) => fileUrl(recording.id, file, ticket),
+    renew: async () => {
+      ({ ticket } = await newTicket(recording.id));
+    },
+  });
+}
+
+/**
+ * An end-to-end encrypted recording: the server holds only what each sender encrypted, so
+ * this browser fetches every track's file, decrypts it with the sender keys its meeting page
+ * kept in IndexedDB (keystore.js) and plays the results from memory. Without keys (another
+ * browser, or a host who was not there) it says so and plays nothing.
+ */
+async function openEncrypted(player, recording, manifest, { session, heading, ticket: firstTicket }) {
+  const status = el('p', { className: 'note rec-e2ee', text: t('rec.encryptedDecrypting') });
+  const progress = el('p', { className: 'note rec-e2ee-progress' });
+  player.replaceChildren(heading, status, progress);
+  player.hidden = false;
+  const refuse = (key) => {
+    status.textContent = t(key);
+    status.classList.add('rec-warning');
+    progress.remove();
+  };
+  if (!manifest) {
+    refuse('rec.encryptedNoManifest');
+    return;
+  }
+  const rings = await keyRingsFor(manifest.room);
+  if (session.closed) return;
+  if (!rings.size) {
+    refuse('rec.encryptedNoKeys');
+    return;
+  }
+  let ticket = firstTicket;
+  const fetchFile = async (name) => {
+    let res = await fetch(fileUrl(recording.id, name, ticket));
+    if (!res.ok) {
+      // The ticket lasts ten minutes, and decrypting the files before may have taken longer.
+      ({ ticket } = await newTicket(recording.id));
+      res = await fetch(fileUrl(recording.id, name, ticket));
+    }
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return res.arrayBuffer();
+  };
+  const results = await decryptRecording(manifest, fetchFile, rings, {
+    onTrack: (done, total) => {
+      progress.textContent = t('rec.encryptedProgress', { done, total });
+    },
+  });
+  if (session.closed) return;
+
+  const urls = new Map();
+  for (const r of results) if (r.blob) urls.set(r.track.file, URL.createObjectURL(r.blob));
+  session.cleanups.push(() => {
+    for (const url of urls.values()) URL.revokeObjectURL(url);
+  });
+  const warning = (key, vars) => el('p', { className: 'note rec-warning', text: t(key, vars) });
+  const damaged = results.filter((r) => r.error === 'damaged' || r.error === 'fetch')
+    .map((r) => warning('rec.encryptedDamaged', { file: r.track.file, detail: r.detail }));
+  const unkeyed = [...new Set(results.filter((r) => r.error === 'no-key' || r.error === 'undecryptable')
+    .map((r) => String(r.track.participant || r.track.participant_id)))];
+  const failed = results.reduce((n, r) => n + r.failed, 0);
+  // For tests and diagnostics: what each file gave.
+  const decrypted = results.map((r) => ({ file: r.track.file, frames: r.frames, failed: r.failed, skipped: r.skipped, error: r.error }));
+
+  const plan = playPlan(manifest, (name) => urls.has(name), { mix: false });
+  if (!plan) {
+    if (unkeyed.length || !damaged.length) refuse('rec.encryptedNoKeys');
+    else status.remove();
+    progress.remove();
+    player.append(...damaged);
+    player.meetPlayer = { decrypted };
+    return;
+  }
+  const notes = [el('p', { className: 'note rec-e2ee', text: t('rec.encryptedDecrypted') })];
+  if (failed) notes.push(warning('rec.encryptedFailedFrames', { count: failed }));
+  if (unkeyed.length) notes.push(warning('rec.encryptedNotDecrypted', { names: unkeyed.join(', ') }));
+  notes.push(...damaged);
+  mountPlayer(player, { session, heading, plan, notes, srcOf: (file) => urls.get(file), renew: null });
+  player.meetPlayer.decrypted = decrypted;
+}
+
+/**
+ * Builds the player for `plan` and keeps its followers with the clock. `srcOf(file)` is the
+ * address of a file; `renew` (for ticketed addresses) gets a new ticket when a fetch fails.
+ */
+function mountPlayer(player, { session, heading, plan, notes, srcOf, renew }) {
+  const clockSpan = plan.clock;
+  const figure = (media, span, hidden) => el('figure', { className: 'rec-video', hidden, dataset: { track: String(span.track ?? '') } },
+    media, el('figcaption', { text: span.participant }));
+  const clock = el(clockSpan.kind, { controls: true, preload: 'auto', className: clockSpan.kind === 'audio' ? 'rec-audio' : '' });
+  if (clockSpan.kind === 'video') clock.playsInline = true;
+  clock.src = srcOf(clockSpan.file);
+  const clockBox = clockSpan.kind === 'video' ? figure(clock, clockSpan, false) : null;
+  const followers = plan.followers.map((span) => {
+    const media = el(span.kind, { preload: 'auto' });
+    if (span.kind === 'video') {
+      // Videos carry no sound of their own; voices come from the audio tracks.
+      media.muted = true;
+      media.playsInline = true;
+    }
+    media.src = srcOf(span.file);
+    return {
+      file: span.file,
+      kind: span.kind,
+      media,
+      video: span.kind === 'video' ? media : null,
+      box: span.kind === 'video' ? figure(media, span, true) : null,
+      start: span.start,
+      end: span.end,
+    };
+  });
+  const videos = followers.filter((f) => f.kind === 'video');
+  const audios = followers.filter((f) => f.kind === 'audio');
 
   const sync = (force) => {
-    const now = audio.currentTime;
-    for (const v of videos) {
-      const local = now - v.start;
-      const length = v.end !== null ? v.end - v.start : v.video.duration;
+    const now = clock.currentTime + clockSpan.start;
+    for (const f of followers) {
+      const local = now - f.start;
+      const length = f.end !== null ? f.end - f.start : f.media.duration;
       const inside = local >= 0 && (!Number.isFinite(length) || local <= length);
-      v.box.hidden = !inside;
+      if (f.box) f.box.hidden = !inside;
       if (!inside) {
-        if (!v.video.paused) v.video.pause();
+        if (!f.media.paused) f.media.pause();
         continue;
       }
-      if (v.video.playbackRate !== audio.playbackRate) v.video.playbackRate = audio.playbackRate;
-      if (force || Math.abs(v.video.currentTime - local) > MAX_DRIFT_S) v.video.currentTime = local;
-      if (audio.paused) {
-        if (!v.video.paused) v.video.pause();
-      } else if (v.video.paused) {
-        v.video.play().catch(() => {});
+      if (f.media.playbackRate !== clock.playbackRate) f.media.playbackRate = clock.playbackRate;
+      if (force || Math.abs(f.media.currentTime - local) > MAX_DRIFT_S) f.media.currentTime = local;
+      if (clock.paused) {
+        if (!f.media.paused) f.media.pause();
+      } else if (f.media.paused) {
+        f.media.play().catch(() => {});
       }
     }
   };
   const resync = () => sync(true);
   const follow = () => sync(false);
-  for (const event of ['play', 'pause', 'seeked', 'ratechange']) audio.addEventListener(event, resync);
-  audio.addEventListener('timeupdate', follow);
+  // The clock's controls set the volume of every voice.
+  const volume = () => {
+    for (const a of audios) {
+      a.media.volume = clock.volume;
+      a.media.muted = clock.muted;
+    }
+  };
+  for (const event of ['play', 'pause', 'seeked', 'ratechange']) clock.addEventListener(event, resync);
+  clock.addEventListener('timeupdate', follow);
+  clock.addEventListener('volumechange', volume);
+  volume();
   const timer = setInterval(follow, RESYNC_MS);
 
-  // A ticket lasts ten minutes, and media elements fetch ranges as they go: when a fetch is
-  // refused, get a new ticket and carry on from the same place.
-  // At most one renewal in RENEW_MIN_MS: a file that fails for another reason (it is gone)
-  // must not turn into a loop of tickets.
-  let lastRenewal = 0;
-  const renew = async () => {
-    if (Date.now() - lastRenewal < RENEW_MIN_MS) return;
-    lastRenewal = Date.now();
-    try {
-      ({ ticket } = await newTicket(recording.id));
-      const at = audio.currentTime;
-      const playing = !audio.paused;
-      audio.src = fileUrl(recording.id, mixName, ticket);
-      audio.currentTime = at;
-      for (const v of videos) v.video.src = fileUrl(recording.id, v.file, ticket);
-      if (playing) audio.play().catch(() => {});
-      sync(true);
-    } catch (err) {
-      showError(err);
-    }
-  };
-  audio.addEventListener('error', renew);
-  for (const v of videos) v.video.addEventListener('error', renew);
+  if (renew) {
+    // A ticket lasts ten minutes, and media elements fetch ranges as they go: when a fetch is
+    // refused, get a new ticket and carry on from the same place.
+    // At most one renewal in RENEW_MIN_MS: a file that fails for another reason (it is gone)
+    // must not turn into a loop of tickets.
+    let lastRenewal = 0;
+    const renewAll = async () => {
+      if (Date.now() - lastRenewal < RENEW_MIN_MS) return;
+      lastRenewal = Date.now();
+      try {
+        await renew();
+        if (session.closed) return;
+        const at = clock.currentTime;
+        const playing = !clock.paused;
+        clock.src = srcOf(clockSpan.file);
+        clock.currentTime = at;
+        for (const f of followers) f.media.src = srcOf(f.file);
+        if (playing) clock.play().catch(() => {});
+        sync(true);
+      } catch (err) {
+        showError(err);
+      }
+    };
+    clock.addEventListener('error', renewAll);
+    for (const f of followers) f.media.addEventListener('error', renewAll);
+  }
 
-  const close = button('rec.close', () => stopPlayer?.(), 'secondary small', { id: 'player-close' });
   player.replaceChildren(
-    el('div', { className: 'view-head' },
-      el('h3', { text: t('rec.playerHeading', { start: formatTime(recording.started_at) }) }),
-      close),
-    manifest ? null : el('p', { className: 'note', text: t('rec.noManifest') }),
-    el('div', { className: 'rec-videos' }, videos.map((v) => v.box)),
-    audio);
-  player.dataset.recordingId = recording.id;
+    heading,
+    ...notes,
+    el('div', { className: 'rec-videos' }, clockBox, videos.map((v) => v.box)),
+    clockSpan.kind === 'audio' ? clock : null,
+    audios.map((a) => a.media));
   player.hidden = false;
-  stopPlayer = () => {
+  session.cleanups.push(() => {
     clearInterval(timer);
-    audio.pause();
-    audio.removeAttribute('src');
-    for (const v of videos) {
-      v.video.pause();
-      v.video.removeAttribute('src');
+    for (const media of [clock, ...followers.map((f) => f.media)]) {
+      media.pause();
+      media.removeAttribute('src');
     }
-    player.replaceChildren();
-    player.hidden = true;
-    delete player.dataset.recordingId;
-    stopPlayer = null;
-  };
+  });
   // For tests and diagnostics: the player's elements and its sync.
-  player.meetPlayer = { audio, videos, sync };
+  player.meetPlayer = { audio: clock, clock, videos, audios, sync };
 }
 
 function attendanceBoard(a) {

@@ -53,7 +53,8 @@ function writeRecording(dir, { meetingId, recordingId }) {
       { track: 2, participant_id: 7, participant: 'Lào Cai', kind: 'video', source: 'camera', codec: 'VP8', file: 'track-2.webm', start_offset_ms: 1000, end_offset_ms: 3000 },
       { track: 3, participant_id: 8, participant: 'Hà Giang', kind: 'video', source: 'camera', codec: 'VP8', file: 'track-3.webm', start_offset_ms: 0, end_offset_ms: 4000 },
     ],
-    mix: 'mix.ogg',
+    // As the recorder writes it (an object; the player also reads a bare file name).
+    mix: { file: 'mix.ogg', start_offset_ms: 0, end_offset_ms: 4000 },
   };
   fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
 }
