@@ -663,7 +663,7 @@ function recordingsTable(list, { reload, player }) {
       el('td', { text: r.ended_at ? formatDuration(r.ended_at - r.started_at) : t('rec.inProgress') }),
       el('td', {},
         el('span', { className: `rec-status ${r.status}`, text: t(REC_STATUS_KEYS[r.status] || 'rec.statusFailed'), title: r.error || '' }),
-        // Encrypted files play only where the keys are, and have no mix to play here.
+        // An encrypted recording plays only in a browser that kept its keys.
         r.e2ee ? el('span', { className: 'org-badge encrypted-badge', title: t('org.encryptedTitle'), text: t('org.encryptedBadge') }) : null),
       el('td', { text: formatBytes(size) }),
       el('td', { className: 'row' },
