@@ -713,7 +713,9 @@ async fn scrape_loop(
 }
 
 /// A fresh media key and KID for one run: generation 0 of a random epoch, as a sender that
-/// just picked a new key would use.
+/// just picked a new key would use. Every endpoint seals with it, each counting from CTR 0, so
+/// nonces repeat across senders: acceptable for a throwaway key protecting synthetic media,
+/// and the cost per frame is the same as with the web client's one key per sender.
 fn random_media_key() -> Result<(u64, BaseKey), ScenarioError> {
     let mut key = [0; sframe::BASE_KEY_LEN];
     let mut epoch = [0; 2];
