@@ -107,7 +107,8 @@ pub struct BotOptions {
     pub endpoint: EndpointConfig,
     /// Subscribe to every publication of every other participant.
     pub auto_subscribe: bool,
-    /// The public key announced for end-to-end encryption (opaque to the server).
+    /// The device public key announced at join for the end-to-end key relay (opaque to the
+    /// server). Not the media key: that one is `endpoint.e2ee`.
     pub e2ee_key: Option<String>,
     /// Limit for the WebSocket connect and for the join answer, each.
     pub join_timeout: Duration,

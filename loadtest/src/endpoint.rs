@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
@@ -32,6 +33,7 @@ use crate::media::{
     AUDIO_FRAME_TICKS, MediaError, SyntheticCodec, ToneAnalyzer, ToneSource, VideoSource,
     frame_is_keyframe, frame_tag, layer_tag, split_tag,
 };
+use crate::sframe::{BaseKey, MediaFormat, Opener, Sealer, SframeError, TAG_LEN};
 
 /// Rids and declared sizes of simulcast layers, lowest first, as a browser configures them
 /// (`scaleResolutionDownBy` 4, 2, 1 of 1280×720).
@@ -86,6 +88,60 @@ pub struct EndpointConfig {
     pub simulcast_frame_bytes: Vec<usize>,
     /// The audio level (RFC 6464, dBov: 0 loudest, -127 silence) each audio packet carries.
     pub audio_level: i8,
+    /// End-to-end encryption of the media (`docs/e2ee.md`); `None` sends and expects plain
+    /// frames.
+    pub e2ee: Option<E2eeConfig>,
+}
+
+/// How an endpoint encrypts what it publishes and decrypts what it receives, in the SFrame
+/// format the web client uses in an encrypted meeting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct E2eeConfig {
+    /// The media key and its KID (`epoch × 65536 + generation`). Published frames are sealed
+    /// with it; received frames are opened with it, or with a later generation of its epoch
+    /// derived forward. `None`: a receiver that joined without the key, which receives the
+    /// packets and can decode none of them (it cannot publish).
+    pub key: Option<(u64, BaseKey)>,
+    /// Corrupt one byte of every Nth sealed frame (0: never), so that tests can check that
+    /// receivers drop frames that do not authenticate.
+    pub tamper_every: u64,
+}
+
+impl E2eeConfig {
+    /// Encrypts and decrypts with `key` under `kid`.
+    pub fn with_key(kid: u64, key: BaseKey) -> Self {
+        Self {
+            key: Some((kid, key)),
+            tamper_every: 0,
+        }
+    }
+
+    /// Expects encrypted media without holding the key.
+    pub fn keyless() -> Self {
+        Self {
+            key: None,
+            tamper_every: 0,
+        }
+    }
+
+    /// A key ring for one sender, holding this config's key.
+    fn opener(&self) -> Opener {
+        let mut opener = Opener::new();
+        if let Some((kid, key)) = &self.key {
+            opener.add_key(*kid, key);
+        }
+        opener
+    }
+}
+
+impl std::fmt::Debug for E2eeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log or a panic message.
+        f.debug_struct("E2eeConfig")
+            .field("kid", &self.key.as_ref().map(|(kid, _)| *kid))
+            .field("tamper_every", &self.tamper_every)
+            .finish()
+    }
 }
 
 impl EndpointConfig {
@@ -104,6 +160,7 @@ impl EndpointConfig {
             analyze_audio: true,
             simulcast_frame_bytes: Vec::new(),
             audio_level: -30,
+            e2ee: None,
         }
     }
 }
@@ -120,6 +177,10 @@ pub enum EndpointError {
     UnexpectedAnswer,
     #[error("the local address cannot be a host candidate: {0}")]
     BadLocalAddr(String),
+    #[error("end-to-end encryption: {0}")]
+    E2ee(&'static str),
+    #[error("end-to-end encryption: {0}")]
+    Sframe(#[from] SframeError),
 }
 
 /// One datagram to send.
@@ -148,8 +209,14 @@ pub struct ReceivedStats {
     pub bytes: u64,
     /// Frames that did not follow on from the previous one (a gap in sequence numbers).
     pub discontinuities: u64,
+    /// End-to-end encryption: frames that authenticated and were decrypted, and frames that
+    /// did not (no key for their KID, a forged or damaged frame), which were dropped before
+    /// any decoding or inspection.
+    pub frames_decrypted: u64,
+    pub decrypt_failures: u64,
     pub audio_frames_decoded: u64,
     pub audio_decode_errors: u64,
+    /// Video frames handed on to be decoded (with end-to-end encryption, only decrypted ones).
     pub video_frames: u64,
     pub keyframes: u64,
     /// The sender tag of the most recent tagged video frame (without its layer).
@@ -180,6 +247,8 @@ impl ReceivedStats {
             frames: 0,
             bytes: 0,
             discontinuities: 0,
+            frames_decrypted: 0,
+            decrypt_failures: 0,
             audio_frames_decoded: 0,
             audio_decode_errors: 0,
             video_frames: 0,
@@ -207,8 +276,13 @@ pub struct SentStats {
     pub keyframes: u64,
     /// PLI/FIR received from the SFU for the published video.
     pub keyframe_requests_received: u64,
-    /// Writes str0m refused, or Opus encodes that failed.
+    /// Writes str0m refused, Opus encodes that failed, or frames that could not be sealed
+    /// (never sent in clear instead).
     pub write_errors: u64,
+    /// End-to-end encryption: frames sealed (audio and video), and how many of them were
+    /// deliberately corrupted ([`E2eeConfig::tamper_every`]).
+    pub frames_sealed: u64,
+    pub frames_tampered: u64,
 }
 
 /// Where one subscription stands in the offer/answer exchange.
@@ -239,6 +313,50 @@ struct Subscription {
 struct Receiver {
     analyzer: Option<ToneAnalyzer>,
     last_keyframe_request: Option<Instant>,
+    /// A frame was dropped because it did not decrypt: the decoder missed it, so the next
+    /// video frame that is not a keyframe cannot be shown.
+    decoder_gap: bool,
+}
+
+/// The sending half of end-to-end encryption.
+#[derive(Debug)]
+struct SendCrypto {
+    /// One counter for all streams, so no nonce repeats under the key.
+    sealer: Sealer,
+    tamper_every: u64,
+}
+
+impl SendCrypto {
+    /// Seals `frame` in place (plain media passes through). False when the frame could not be
+    /// sealed and must not be sent at all.
+    fn seal(
+        crypto: &mut Option<Self>,
+        format: MediaFormat,
+        frame: &mut Vec<u8>,
+        sent: &mut SentStats,
+    ) -> bool {
+        let Some(crypto) = crypto else {
+            return true;
+        };
+        if crypto
+            .sealer
+            .seal(format.clear_prefix_len(frame), frame)
+            .is_err()
+        {
+            return false;
+        }
+        sent.frames_sealed += 1;
+        if crypto.tamper_every > 0 && sent.frames_sealed.is_multiple_of(crypto.tamper_every) {
+            // The last ciphertext byte (of the tag, for a frame without a body): the clear
+            // prefix stays intact, so the SFU forwards the frame as it would any other.
+            let at = frame.len().saturating_sub(TAG_LEN + 1);
+            if let Some(byte) = frame.get_mut(at) {
+                *byte ^= 0x01;
+                sent.frames_tampered += 1;
+            }
+        }
+        true
+    }
 }
 
 /// When a periodic media source sends next. A source that fell behind schedule sends at most
@@ -327,6 +445,10 @@ pub struct Endpoint {
     pending: Option<SdpPendingOffer>,
     stats: HashMap<PublicationId, ReceivedStats>,
     receivers: HashMap<PublicationId, Receiver>,
+    /// End-to-end encryption: the sealer of what this endpoint publishes, and a key ring per
+    /// sending participant (a publication is opened only with its owner's ring).
+    send_crypto: Option<SendCrypto>,
+    openers: HashMap<ParticipantId, Opener>,
     sent: SentStats,
     transmits: VecDeque<Datagram>,
     connected_at: Option<Instant>,
@@ -353,6 +475,25 @@ impl Endpoint {
         } else {
             None
         };
+        let publishes = config.publish_audio || config.publish_video;
+        let send_crypto = match &config.e2ee {
+            None => None,
+            Some(e2ee) if publishes => {
+                if config.publish_video && config.video_codec != SyntheticCodec::Vp8 {
+                    return Err(EndpointError::E2ee(
+                        "encrypted meetings send VP8 video only (docs/e2ee.md)",
+                    ));
+                }
+                let Some((kid, key)) = &e2ee.key else {
+                    return Err(EndpointError::E2ee("a publisher needs the media key"));
+                };
+                Some(SendCrypto {
+                    sealer: Sealer::new(key, *kid)?,
+                    tamper_every: e2ee.tamper_every,
+                })
+            }
+            Some(_) => None,
+        };
         Ok(Self {
             rtc,
             candidate,
@@ -367,6 +508,8 @@ impl Endpoint {
             pending: None,
             stats: HashMap::new(),
             receivers: HashMap::new(),
+            send_crypto,
+            openers: HashMap::new(),
             sent: SentStats::default(),
             transmits: VecDeque::new(),
             connected_at: None,
@@ -435,7 +578,13 @@ impl Endpoint {
         self.receivers.entry(id).or_insert(Receiver {
             analyzer,
             last_keyframe_request: None,
+            decoder_gap: false,
         });
+        if let Some(e2ee) = &self.config.e2ee {
+            self.openers
+                .entry(publication.participant_id)
+                .or_insert_with(|| e2ee.opener());
+        }
         self.subscriptions.insert(
             id,
             Subscription {
@@ -1097,8 +1246,9 @@ impl Endpoint {
         }
     }
 
-    /// The per-frame receive path: no logging, no allocation beyond the decoder's.
-    fn handle_media(&mut self, data: MediaData) {
+    /// The per-frame receive path: no logging, no allocation beyond the decoder's (an
+    /// encrypted frame is opened in its own buffer).
+    fn handle_media(&mut self, mut data: MediaData) {
         let Some(&publication) = self.mid_to_publication.get(&data.mid) else {
             self.unrouted_frames += 1;
             return;
@@ -1121,11 +1271,47 @@ impl Endpoint {
         if !data.contiguous {
             stats.discontinuities += 1;
         }
-        let receiver = self.receivers.get_mut(&publication);
+        let mut receiver = self.receivers.get_mut(&publication);
+        // Everything past this point sees the frame as a decoder would: `frame` is the
+        // plaintext, which an encrypted frame is opened into in its own buffer.
+        let mut frame_len = data.data.len();
+        if self.config.e2ee.is_some() {
+            let format = match stats.kind {
+                MediaKind::Audio => MediaFormat::Opus,
+                MediaKind::Video => MediaFormat::Vp8,
+            };
+            // str0m hands over each frame in a buffer of its own; were it ever shared, the
+            // frame would be opened in a copy rather than in someone else's bytes.
+            if Arc::get_mut(&mut data.data).is_none() {
+                data.data = Arc::from(&data.data[..]);
+            }
+            let opened = match (
+                self.openers.get_mut(&stats.participant_id),
+                Arc::get_mut(&mut data.data),
+            ) {
+                (Some(opener), Some(buffer)) => opener.open(format, buffer).ok(),
+                _ => None,
+            };
+            let Some(opened) = opened else {
+                // Nothing of a frame that failed is decoded or even looked at.
+                stats.decrypt_failures += 1;
+                if let Some(receiver) = receiver {
+                    receiver.decoder_gap = true;
+                }
+                return;
+            };
+            stats.frames_decrypted += 1;
+            frame_len = opened.len;
+        }
+        let frame = &data.data[..frame_len];
+        // A frame dropped before this one leaves a hole the decoder sees as lost packets.
+        let decoder_gap = receiver
+            .as_mut()
+            .is_some_and(|r| std::mem::take(&mut r.decoder_gap));
         match stats.kind {
             MediaKind::Audio => {
                 if let Some(analyzer) = receiver.and_then(|r| r.analyzer.as_mut()) {
-                    match analyzer.push_packet(&data.data) {
+                    match analyzer.push_packet(frame) {
                         Ok(()) => stats.audio_frames_decoded += 1,
                         Err(_) => stats.audio_decode_errors += 1,
                     }
@@ -1137,12 +1323,12 @@ impl Endpoint {
                     Codec::H264 => SyntheticCodec::H264,
                     _ => SyntheticCodec::Vp8,
                 };
-                let keyframe = data.is_keyframe() || frame_is_keyframe(codec, &data.data);
+                let keyframe = data.is_keyframe() || frame_is_keyframe(codec, frame);
                 if keyframe {
                     stats.keyframes += 1;
                     stats.first_keyframe_at.get_or_insert(now);
                 }
-                match frame_tag(&data.data).map(split_tag) {
+                match frame_tag(frame).map(split_tag) {
                     Some((tag, layer)) => {
                         if stats.video_tag.is_some_and(|old| old != tag) {
                             stats.tag_changes += 1;
@@ -1157,8 +1343,8 @@ impl Endpoint {
                 }
                 // A decoder that lost packets, or never saw a keyframe, cannot show the
                 // following frames: ask for a keyframe as a browser would, at a bounded rate.
-                let needs_keyframe =
-                    !keyframe && (!data.contiguous || stats.first_keyframe_at.is_none());
+                let needs_keyframe = !keyframe
+                    && (!data.contiguous || decoder_gap || stats.first_keyframe_at.is_none());
                 let due = receiver.is_some_and(|r| {
                     r.last_keyframe_request.is_none_or(|at| {
                         now.saturating_duration_since(at) >= KEYFRAME_REQUEST_INTERVAL
@@ -1186,10 +1372,19 @@ impl Endpoint {
             let due = audio.timetable.take_due(now);
             if connected && !audio.paused {
                 for slot in due {
-                    let Ok(packet) = audio.source.next_packet() else {
+                    let Ok(mut packet) = audio.source.next_packet() else {
                         self.sent.write_errors += 1;
                         continue;
                     };
+                    if !SendCrypto::seal(
+                        &mut self.send_crypto,
+                        MediaFormat::Opus,
+                        &mut packet,
+                        &mut self.sent,
+                    ) {
+                        self.sent.write_errors += 1;
+                        continue;
+                    }
                     let len = packet.len() as u64;
                     let time = MediaTime::new(
                         slot * u64::from(AUDIO_FRAME_TICKS),
@@ -1231,7 +1426,16 @@ impl Endpoint {
                             (None, Some(_)) => false,
                         };
                         let keyframe = layer.force_keyframe || periodic;
-                        let frame = layer.source.next_frame(keyframe);
+                        let mut frame = layer.source.next_frame(keyframe);
+                        if !SendCrypto::seal(
+                            &mut self.send_crypto,
+                            MediaFormat::Vp8,
+                            &mut frame,
+                            &mut self.sent,
+                        ) {
+                            self.sent.write_errors += 1;
+                            continue;
+                        }
                         let len = frame.len() as u64;
                         let written = self.rtc.writer(video.mid).is_some_and(|writer| {
                             let writer = match layer.rid {
@@ -1393,6 +1597,68 @@ mod tests {
             panic!("offered a third time");
         };
         assert_eq!(publish.len(), 2, "the publications were rolled back too");
+    }
+
+    #[test]
+    fn encrypted_publishing_needs_the_key_and_vp8() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 10_000));
+        let mut config = EndpointConfig::new(addr);
+        config.e2ee = Some(E2eeConfig::keyless());
+        let err = Endpoint::new(Instant::now(), config.clone()).expect_err("cannot publish");
+        assert!(matches!(err, EndpointError::E2ee(_)), "{err}");
+
+        config.publish_audio = false;
+        config.publish_video = false;
+        assert!(Endpoint::new(Instant::now(), config.clone()).is_ok());
+
+        config.publish_video = true;
+        config.video_codec = SyntheticCodec::H264;
+        config.e2ee = Some(E2eeConfig::with_key(1, [7; 16]));
+        let err = Endpoint::new(Instant::now(), config.clone()).expect_err("VP8 only");
+        assert!(matches!(err, EndpointError::E2ee(_)), "{err}");
+
+        config.video_codec = SyntheticCodec::Vp8;
+        assert!(Endpoint::new(Instant::now(), config.clone()).is_ok());
+        // The key never shows in a debug print.
+        let printed = format!("{config:?}");
+        assert!(printed.contains("kid: Some(1)"), "{printed}");
+        assert!(!printed.contains("[7, 7"), "{printed}");
+    }
+
+    #[test]
+    fn tampering_corrupts_the_nth_sealed_frame_past_its_clear_prefix() {
+        let mut crypto = Some(SendCrypto {
+            sealer: Sealer::new(&[1; 16], 0).expect("key"),
+            tamper_every: 3,
+        });
+        let mut sent = SentStats::default();
+        let mut opener = Opener::new();
+        opener.add_key(0, &[1; 16]);
+        for n in 1..=6u64 {
+            let plain = vec![0x11, 0x02, 0x00, 9, 9, 9, 9, 9];
+            let mut frame = plain.clone();
+            assert!(SendCrypto::seal(
+                &mut crypto,
+                MediaFormat::Vp8,
+                &mut frame,
+                &mut sent
+            ));
+            assert_eq!(frame[..3], plain[..3], "the clear prefix is intact");
+            let opened = opener.open(MediaFormat::Vp8, &mut frame);
+            assert_eq!(opened.is_err(), n.is_multiple_of(3), "frame {n}");
+        }
+        assert_eq!((sent.frames_sealed, sent.frames_tampered), (6, 2));
+
+        // Plain media passes through untouched.
+        let mut frame = vec![0x78, 1, 2];
+        assert!(SendCrypto::seal(
+            &mut None,
+            MediaFormat::Opus,
+            &mut frame,
+            &mut sent
+        ));
+        assert_eq!(frame, [0x78, 1, 2]);
+        assert_eq!(sent.frames_sealed, 6);
     }
 
     #[test]

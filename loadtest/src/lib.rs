@@ -2,7 +2,8 @@
 //! bot that drives one over real sockets and the signaling WebSocket ([`bot`]), and the
 //! identifiable synthetic media they send ([`media`]); the load tester's scenarios
 //! ([`scenario`]), the server metrics it scrapes ([`metrics_scrape`]), the reports it writes
-//! ([`report`]) and the passive datagram measurements its bots take ([`wire`]).
+//! ([`report`]), the passive datagram measurements its bots take ([`wire`]) and the SFrame
+//! end-to-end media encryption they can apply ([`sframe`]).
 
 pub mod bot;
 pub mod endpoint;
@@ -10,4 +11,5 @@ pub mod media;
 pub mod metrics_scrape;
 pub mod report;
 pub mod scenario;
+pub mod sframe;
 pub mod wire;

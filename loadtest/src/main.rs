@@ -84,6 +84,12 @@ struct Args {
     /// Publishers send one video layer instead of three simulcast layers.
     #[arg(long)]
     no_simulcast: bool,
+    /// End-to-end encryption: every frame is sealed in the SFrame format (AES-128-GCM, as the
+    /// web client does in an encrypted meeting) with a random key shared by the run's
+    /// endpoints, and opened by each receiver. The report counts frames decrypted and
+    /// decryption failures.
+    #[arg(long)]
+    e2ee: bool,
     /// Viewers replaced per second in churn.
     #[arg(long)]
     churn_rate: Option<f64>,
@@ -146,6 +152,9 @@ impl Args {
         set(&mut scenario.video_fps, self.video_fps);
         if self.no_simulcast {
             scenario.simulcast = false;
+        }
+        if self.e2ee {
+            scenario.e2ee = true;
         }
         if let Some(room) = &self.room {
             scenario.room.clone_from(room);

@@ -5,6 +5,8 @@ use std::f32::consts::TAU;
 
 use thiserror::Error;
 
+use crate::sframe::MAX_OVERHEAD;
+
 /// Audio sample rate used for every synthetic Opus stream.
 pub const SAMPLE_RATE: u32 = 48_000;
 /// Samples in one 20 ms Opus frame at [`SAMPLE_RATE`].
@@ -49,14 +51,17 @@ impl ToneSource {
         })
     }
 
-    /// The next 20 ms of tone as one Opus packet.
+    /// The next 20 ms of tone as one Opus packet, with room to be sealed in place (SFrame)
+    /// without growing.
     pub fn next_packet(&mut self) -> Result<Vec<u8>, MediaError> {
         for sample in &mut self.pcm {
             *sample = (self.phase.sin() * 8_000.0) as i16;
             self.phase = (self.phase + self.step) % TAU;
         }
         let len = self.encoder.encode(&self.pcm, &mut self.out)?;
-        Ok(self.out[..len].to_vec())
+        let mut packet = Vec::with_capacity(len + MAX_OVERHEAD);
+        packet.extend_from_slice(&self.out[..len]);
+        Ok(packet)
     }
 }
 
@@ -183,10 +188,11 @@ impl VideoSource {
         }
     }
 
-    /// The next frame; a keyframe when asked.
+    /// The next frame; a keyframe when asked. It has room to be sealed in place (SFrame)
+    /// without growing.
     pub fn next_frame(&mut self, keyframe: bool) -> Vec<u8> {
         self.frame_number += 1;
-        let mut frame = Vec::with_capacity(self.body_len + 10);
+        let mut frame = Vec::with_capacity(self.body_len + 10 + MAX_OVERHEAD);
         match self.codec {
             SyntheticCodec::Vp8 => {
                 // RFC 6386 section 9.1: a 3-byte frame tag (bit 0 clear means keyframe,

@@ -57,6 +57,12 @@ pub struct EndpointResult {
     pub freezes: u64,
     pub freeze_ms: f64,
     pub server_errors: usize,
+    /// End-to-end encryption: received frames that decrypted, and frames dropped because
+    /// they did not (all publications together).
+    pub frames_decrypted: u64,
+    pub decrypt_failures: u64,
+    /// End-to-end encryption: frames this endpoint sealed and sent.
+    pub frames_sealed: u64,
 }
 
 fn ms_between(from: Instant, to: Option<Instant>) -> Option<f64> {
@@ -118,6 +124,9 @@ impl EndpointResult {
             freezes: wire.freezes + stalled,
             freeze_ms: wire.freeze_time.as_secs_f64() * 1_000.0,
             server_errors: stats.errors,
+            frames_decrypted: stats.received.values().map(|r| r.frames_decrypted).sum(),
+            decrypt_failures: stats.received.values().map(|r| r.decrypt_failures).sum(),
+            frames_sealed: stats.sent.frames_sealed,
         }
     }
 
@@ -144,6 +153,9 @@ impl EndpointResult {
             freezes: 0,
             freeze_ms: 0.0,
             server_errors: 0,
+            frames_decrypted: 0,
+            decrypt_failures: 0,
+            frames_sealed: 0,
         }
     }
 
@@ -291,6 +303,11 @@ pub struct RunReport {
     pub rtt_ms: Option<Distribution>,
     pub rx_kbps: Option<Distribution>,
     pub freezes_total: u64,
+    /// End-to-end encryption, all endpoints together: frames sealed, frames that decrypted
+    /// and frames dropped because they did not.
+    pub frames_sealed_total: u64,
+    pub frames_decrypted_total: u64,
+    pub decrypt_failures_total: u64,
     pub server: ServerSummary,
     /// The load generator's own CPU time (the whole process).
     pub generator_cpu_s: Option<f64>,
@@ -323,7 +340,10 @@ impl RunReport {
             Distribution::of(joined.iter().filter_map(|e| f(e)))
         };
         let receivers = || joined.iter().filter(|e| e.expects_media(&scenario));
-        let no_media = receivers().filter(|e| e.first_media_ms.is_none()).count() as u64;
+        // In an encrypted run, media that never decrypted is no media.
+        let no_media = receivers()
+            .filter(|e| e.first_media_ms.is_none() || (scenario.e2ee && e.frames_decrypted == 0))
+            .count() as u64;
         let endpoints_failed = (endpoints.len() - joined.len()) as u64 + no_media;
         let expected: u64 = joined.iter().map(|e| e.packets_expected).sum();
         let received: u64 = joined.iter().map(|e| e.packets_received).sum();
@@ -393,6 +413,9 @@ impl RunReport {
             rtt_ms: dist(|e| e.rtt_ms),
             rx_kbps: dist(|e| e.rx_kbps),
             freezes_total: joined.iter().map(|e| e.freezes).sum(),
+            frames_sealed_total: joined.iter().map(|e| e.frames_sealed).sum(),
+            frames_decrypted_total: joined.iter().map(|e| e.frames_decrypted).sum(),
+            decrypt_failures_total: joined.iter().map(|e| e.decrypt_failures).sum(),
             generator_core_ms_per_endpoint_s: generator_cpu_s
                 .filter(|_| endpoint_seconds > 0.0)
                 .map(|cpu| cpu * 1_000.0 / endpoint_seconds),
@@ -470,6 +493,13 @@ impl RunReport {
             opt(self.server.rss_per_subscriber_bytes, 1.0 / 1_024.0),
             opt(self.generator_core_ms_per_endpoint_s, 1.0),
         );
+        if s.e2ee {
+            let _ = writeln!(
+                out,
+                "end-to-end encryption: {} frames sealed, {} decrypted, {} failed to decrypt",
+                self.frames_sealed_total, self.frames_decrypted_total, self.decrypt_failures_total
+            );
+        }
         for check in &self.slo {
             let _ = writeln!(
                 out,

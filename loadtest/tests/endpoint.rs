@@ -9,7 +9,8 @@ mod sim;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::endpoint::{Endpoint, EndpointConfig, EndpointError};
+use loadtest::endpoint::{E2eeConfig, Endpoint, EndpointConfig, EndpointError};
+use loadtest::sframe;
 use protocol::{ClientMessage, MediaKind, ParticipantId, PublicationId, RoomId, TrackSource};
 use sfu::{SfuCommand, SfuEvent};
 use sim::{Link, Sim};
@@ -436,4 +437,132 @@ fn close_ends_the_endpoint() {
     assert!(!endpoint.is_alive());
     assert!(endpoint.poll_timeout() > sim.now);
     assert_no_errors(&sim);
+}
+
+/// End-to-end encryption through the real engine: the SFU forwards sealed frames (it finds
+/// keyframes and switches layers by the clear VP8 prefix), key holders decrypt and decode
+/// every genuine frame, nothing else decodes anything, and corrupted frames are dropped.
+#[test]
+fn encrypted_media_is_decoded_by_key_holders_only() {
+    const KEY: sframe::BaseKey = *b"a 16-byte secret";
+    const TAMPER_EVERY: u64 = 4;
+    let kid = sframe::kid(7, 0);
+    let mut sim = Sim::new();
+    let receive_only = |c: &mut EndpointConfig| {
+        c.publish_audio = false;
+        c.publish_video = false;
+    };
+    // Publishes with generation 0 of the key and corrupts every fourth frame it seals.
+    let tamperer = sim.join("r", |c| {
+        c.e2ee = Some(E2eeConfig {
+            tamper_every: TAMPER_EVERY,
+            ..E2eeConfig::with_key(kid, KEY)
+        });
+    });
+    // Publishes three simulcast layers with generation 1, which holders of generation 0
+    // derive forward; it holds no generation 0, and cannot go back to it.
+    let ratcheted = sim.join("r", |c| {
+        c.e2ee = Some(E2eeConfig::with_key(kid + 1, sframe::ratchet(&KEY)));
+        c.simulcast_frame_bytes = vec![300, 800, 2_000];
+    });
+    let keyed = sim.join("r", |c| {
+        receive_only(c);
+        c.e2ee = Some(E2eeConfig::with_key(kid, KEY));
+    });
+    let keyless = sim.join("r", |c| {
+        receive_only(c);
+        c.e2ee = Some(E2eeConfig::keyless());
+    });
+    // Not in E2EE mode: it sees the frames as the SFU does.
+    let outsider = sim.join("r", receive_only);
+    sim.run_for(Duration::from_secs(3));
+    assert_no_errors(&sim);
+
+    let stats = |me: usize, other: usize, kind: MediaKind| {
+        sim.endpoints[me].endpoint.stats()[&publication(&sim, other, kind)].clone()
+    };
+    let kinds = [MediaKind::Audio, MediaKind::Video];
+
+    // The tamperer sealed everything it sent and corrupted exactly every fourth frame.
+    let sent = sim.endpoints[tamperer].endpoint.sent().clone();
+    assert_eq!(sent.write_errors, 0);
+    assert_eq!(sent.frames_sealed, sent.audio_packets + sent.video_frames);
+    assert_eq!(sent.frames_tampered, sent.frames_sealed / TAMPER_EVERY);
+    assert!(sent.frames_tampered > 0, "{sent:?}");
+
+    // The key holder: every frame either decrypted and was decoded, or failed and was not.
+    // Only the tamperer's corrupted frames failed.
+    let mut failures = 0;
+    for kind in kinds {
+        let from_tamperer = stats(keyed, tamperer, kind);
+        assert_eq!(
+            from_tamperer.frames_decrypted + from_tamperer.decrypt_failures,
+            from_tamperer.frames,
+            "{from_tamperer:?}"
+        );
+        assert!(from_tamperer.frames_decrypted > 0, "{from_tamperer:?}");
+        failures += from_tamperer.decrypt_failures;
+        let decoded = match kind {
+            MediaKind::Audio => from_tamperer.audio_frames_decoded,
+            MediaKind::Video => from_tamperer.video_frames,
+        };
+        assert_eq!(decoded, from_tamperer.frames_decrypted, "{from_tamperer:?}");
+
+        let from_ratcheted = stats(keyed, ratcheted, kind);
+        assert_eq!(from_ratcheted.decrypt_failures, 0, "{from_ratcheted:?}");
+        assert_eq!(from_ratcheted.frames_decrypted, from_ratcheted.frames);
+        assert!(from_ratcheted.frames > 0, "{from_ratcheted:?}");
+    }
+    assert!(
+        failures > 0 && failures <= sent.frames_tampered,
+        "{failures} failures, {} tampered",
+        sent.frames_tampered
+    );
+    let keyed_endpoint = &sim.endpoints[keyed].endpoint;
+    for (other, hz, tag) in [(tamperer, 300.0, 1000), (ratcheted, 400.0, 1001)] {
+        let heard = keyed_endpoint
+            .dominant_frequency(publication(&sim, other, MediaKind::Audio))
+            .expect("enough audio");
+        assert!((heard - hz).abs() <= 10.0, "heard {heard} Hz, want {hz}");
+        let video = stats(keyed, other, MediaKind::Video);
+        assert_eq!(video.video_tag, Some(tag), "{video:?}");
+        assert_eq!((video.untagged_frames, video.tag_changes), (0, 0));
+        assert_eq!(
+            video.first_keyframe_at, video.first_media_at,
+            "the SFU starts the video on a keyframe it found in the clear prefix"
+        );
+    }
+    let top = stats(keyed, ratcheted, MediaKind::Video);
+    assert_eq!(top.video_layer, Some(2), "{top:?}");
+
+    // Without the key, or with only a later generation, packets arrive and nothing decodes.
+    for (me, other) in [
+        (keyless, tamperer),
+        (keyless, ratcheted),
+        (ratcheted, tamperer),
+    ] {
+        for kind in kinds {
+            let s = stats(me, other, kind);
+            assert!(s.rtp_packets > 0 && s.frames > 0, "{s:?}");
+            assert_eq!(s.frames_decrypted, 0, "{s:?}");
+            assert_eq!(s.decrypt_failures, s.frames, "{s:?}");
+            assert_eq!(s.audio_frames_decoded + s.video_frames + s.keyframes, 0);
+        }
+    }
+    // The tamperer, holding generation 0, derives the later generation forward.
+    for kind in kinds {
+        let s = stats(tamperer, ratcheted, kind);
+        assert_eq!((s.frames_decrypted, s.decrypt_failures), (s.frames, 0));
+    }
+
+    // What the SFU forwards is ciphertext past the clear prefix: no tag is readable, yet the
+    // keyframes are found.
+    for other in [tamperer, ratcheted] {
+        let s = stats(outsider, other, MediaKind::Video);
+        assert!(s.video_frames > 0, "{s:?}");
+        assert_eq!(s.untagged_frames, s.video_frames, "{s:?}");
+        assert_eq!(s.video_tag, None);
+        assert!(s.keyframes > 0, "{s:?}");
+        assert_eq!((s.frames_decrypted, s.decrypt_failures), (0, 0));
+    }
 }
