@@ -602,10 +602,13 @@ impl Bot {
 
         let socket = UdpSocket::bind(options.endpoint.local_addr).await?;
         let local_addr = socket.local_addr()?;
-        let config = EndpointConfig {
+        let mut config = EndpointConfig {
             local_addr,
             ..options.endpoint.clone()
         };
+        if let Some(e2ee) = &mut config.e2ee {
+            e2ee.sender = Some(participant_id);
+        }
         let endpoint = Endpoint::new(Instant::now(), config)?;
 
         let mut shared = Shared {

@@ -105,6 +105,10 @@ pub struct E2eeConfig {
     /// Corrupt one byte of every Nth sealed frame (0: never), so that tests can check that
     /// receivers drop frames that do not authenticate.
     pub tamper_every: u64,
+    /// The participant this endpoint publishes as, once joined. Bots of a run share one key,
+    /// so each sender seals under its own KID (`sender_kid`): the KID enters the derivation of
+    /// the frame key and salt, so no two senders ever use the same key and nonce.
+    pub sender: Option<ParticipantId>,
 }
 
 impl E2eeConfig {
@@ -113,6 +117,7 @@ impl E2eeConfig {
         Self {
             key: Some((kid, key)),
             tamper_every: 0,
+            sender: None,
         }
     }
 
@@ -121,14 +126,27 @@ impl E2eeConfig {
         Self {
             key: None,
             tamper_every: 0,
+            sender: None,
         }
     }
 
-    /// A key ring for one sender, holding this config's key.
-    fn opener(&self) -> Opener {
+    /// The KID `participant` seals under: the run's epoch mixed with the participant's id, in
+    /// the same generation.
+    pub fn sender_kid(kid: u64, participant: ParticipantId) -> u64 {
+        let (epoch, generation) = crate::sframe::split_kid(kid);
+        let id = participant.0;
+        // Truncations on purpose: the epoch field is 32 bits wide.
+        let mixed = (epoch as u32) ^ (id as u32) ^ ((id >> 32) as u32);
+        crate::sframe::kid(mixed, generation)
+    }
+
+    /// A key ring for `sender`, holding this config's key under the sender's KID (and under
+    /// the shared KID, for endpoints that seal without knowing who they are).
+    fn opener(&self, sender: ParticipantId) -> Opener {
         let mut opener = Opener::new();
         if let Some((kid, key)) = &self.key {
             opener.add_key(*kid, key);
+            opener.add_key(Self::sender_kid(*kid, sender), key);
         }
         opener
     }
@@ -140,6 +158,7 @@ impl std::fmt::Debug for E2eeConfig {
         f.debug_struct("E2eeConfig")
             .field("kid", &self.key.as_ref().map(|(kid, _)| *kid))
             .field("tamper_every", &self.tamper_every)
+            .field("sender", &self.sender)
             .finish()
     }
 }
@@ -487,8 +506,11 @@ impl Endpoint {
                 let Some((kid, key)) = &e2ee.key else {
                     return Err(EndpointError::E2ee("a publisher needs the media key"));
                 };
+                let kid = e2ee
+                    .sender
+                    .map_or(*kid, |sender| E2eeConfig::sender_kid(*kid, sender));
                 Some(SendCrypto {
-                    sealer: Sealer::new(key, *kid)?,
+                    sealer: Sealer::new(key, kid)?,
                     tamper_every: e2ee.tamper_every,
                 })
             }
@@ -583,7 +605,7 @@ impl Endpoint {
         if let Some(e2ee) = &self.config.e2ee {
             self.openers
                 .entry(publication.participant_id)
-                .or_insert_with(|| e2ee.opener());
+                .or_insert_with(|| e2ee.opener(publication.participant_id));
         }
         self.subscriptions.insert(
             id,
