@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { mapOggPackets, mapWebmFrames } from '../containers.js';
+import { mapOggPackets, mapWebmFrames, oggCrc } from '../containers.js';
 import { deriveFrameKey, importBaseKey, seal } from '../sframe.js';
 
 const has = (tool) => spawnSync(tool, ['-version'], { stdio: 'ignore' }).status === 0;
@@ -147,20 +147,6 @@ export function recorderWebm(frames, { width = 160, height = 90 } = {}) {
   return Buffer.concat(parts);
 }
 
-let oggTable = null;
-function oggCrc(bytes) {
-  if (!oggTable) {
-    oggTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n += 1) {
-      let c = n << 24;
-      for (let k = 0; k < 8; k += 1) c = c & 0x80000000 ? (c << 1) ^ 0x04c11db7 : c << 1;
-      oggTable[n] = c >>> 0;
-    }
-  }
-  let crc = 0;
-  for (const b of bytes) crc = (oggTable[((crc >>> 24) ^ b) & 0xff] ^ (crc << 8)) >>> 0;
-  return crc;
-}
 
 /** One Ogg page holding whole packets. */
 export function oggPage({ serial, sequence, granule, flags = 0, packets, lacingOverride = null }) {

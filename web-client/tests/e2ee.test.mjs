@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, apiLogin, closeAll, errorsOf, launchBrowser, openLink, probe, sameColour, serverFeatures, startServer,
+  api, apiLogin, closeAll, errorsOf, launchBrowser, openLink, probe, sameColour, serverFeatures, signInOrganizer, startServer,
   waitFor, waitUntilReceives,
 } from './harness.mjs';
 
@@ -199,10 +199,7 @@ describe('end-to-end encrypted meeting', { skip }, () => {
       const org = { page: await alice.context.newPage(), errors: [], label: 'organizer' };
       org.page.on('pageerror', (error) => org.errors.push(`organizer page error: ${error.message}`));
       await org.page.goto(`${server.url}organizer.html`);
-      await org.page.fill('#login-username', ADMIN.username);
-      await org.page.fill('#login-password', ADMIN.password);
-      await org.page.click('#login-button');
-      await org.page.locator(`.meeting-row[data-meeting-id="${created.body.id}"]`).click();
+      await signInOrganizer(org.page, ADMIN, created.body.id);
       await waitFor(async () => (await org.page.locator(`button[data-play="${recordingId}"]`).count()) === 1
         || (await org.page.reload().then(() => org.page.locator(`.meeting-row[data-meeting-id="${created.body.id}"]`).click()).then(() => false)),
       { message: 'the finished recording to be listed' });

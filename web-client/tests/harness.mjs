@@ -248,6 +248,17 @@ export function api(server, method, apiPath, { token, json, csv } = {}) {
   });
 }
 
+/**
+ * Signs `page` (on organizer.html) in as `account`; with `meetingId`, then opens that meeting's
+ * page, where its recordings are.
+ */
+export async function signInOrganizer(page, account, meetingId = null) {
+  await page.fill('#login-username', account.username);
+  await page.fill('#login-password', account.password);
+  await page.click('#login-button');
+  if (meetingId) await page.locator(`.meeting-row[data-meeting-id="${meetingId}"]`).click();
+}
+
 /** Signs in through the API; returns the bearer token. */
 export async function apiLogin(server, { username, password }) {
   const res = await api(server, 'POST', '/api/login', { json: { username, password } });

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
-  closeAll, errorsOf, launchBrowser, openLink, openPage, probe, serverFeatures, startServer, waitFor,
+  closeAll, errorsOf, launchBrowser, openLink, openPage, probe, serverFeatures, signInOrganizer, startServer, waitFor,
   waitUntilReceives,
 } from './harness.mjs';
 
@@ -76,9 +76,7 @@ describe('organizer pages and join links', { skip }, () => {
       });
       pages.push(org);
       const op = org.page;
-      await op.fill('#login-username', ADMIN.username);
-      await op.fill('#login-password', ADMIN.password);
-      await op.click('#login-button');
+      await signInOrganizer(op, ADMIN);
       await op.locator('#new-meeting').waitFor();
       assert.equal(await op.evaluate(() => !!sessionStorage.getItem('meet.orgToken')), true);
 

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { mapOggPackets } from '../containers.js';
 import {
-  apiLogin, api, closeAll, errorsOf, launchBrowser, openPage, sameColour, serverFeatures, startServer, waitFor,
+  apiLogin, api, closeAll, signInOrganizer, errorsOf, launchBrowser, openPage, sameColour, serverFeatures, startServer, waitFor,
 } from './harness.mjs';
 import {
   colourWebm, encryptedRecorderFile, ffmpegMissing, frameKeyFor, framesOf, toneOgg,
@@ -83,10 +83,7 @@ function insertRow(dataDir, { id, meetingId, startedAt, endedAt }) {
 async function openRecordings(browser, server, meetingId, label, requests = null) {
   const org = await openPage(browser, `${server.url}organizer.html`, { label, waitForJoinButton: false });
   if (requests) org.page.on('request', (r) => requests.push(new URL(r.url()).pathname));
-  await org.page.fill('#login-username', ADMIN.username);
-  await org.page.fill('#login-password', ADMIN.password);
-  await org.page.click('#login-button');
-  await org.page.locator(`.meeting-row[data-meeting-id="${meetingId}"]`).click();
+  await signInOrganizer(org.page, ADMIN, meetingId);
   return org;
 }
 

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, apiLogin, closeAll, errorsOf, launchBrowser, openLink, openPage, serverFeatures, startServer, waitFor,
+  api, apiLogin, closeAll, signInOrganizer, errorsOf, launchBrowser, openLink, openPage, serverFeatures, startServer, waitFor,
 } from './harness.mjs';
 
 const ADMIN = { username: 'admin', displayName: 'Admin', password: 'correct horse battery staple' };
@@ -156,10 +156,7 @@ describe('recordings on the organizer pages', { skip }, () => {
       const org = await openPage(browser, `${server.url}organizer.html`, { label: 'organizer', waitForJoinButton: false });
       pages.push(org);
       const op = org.page;
-      await op.fill('#login-username', ADMIN.username);
-      await op.fill('#login-password', ADMIN.password);
-      await op.click('#login-button');
-      await op.locator(`.meeting-row[data-meeting-id="${meetingId}"]`).click();
+      await signInOrganizer(op, ADMIN, meetingId);
       await op.locator(`tr.recording[data-recording-id="${done}"]`).waitFor();
       assert.equal(await op.locator('tr.recording').count(), 2);
       assert.equal(await op.locator(`tr.recording[data-recording-id="${cut}"] .rec-status`).textContent(), 'Interrupted');
