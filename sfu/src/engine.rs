@@ -29,6 +29,7 @@ use crate::allocator::{self, DEFAULT_LAYER_BITRATES, Demand};
 use crate::api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
+use crate::gop::{CachedPacket, GopCache, GopLimits};
 use crate::recording::{RecordedCodec, RecordedMedia};
 use crate::speaker::{self, LevelMeter};
 use crate::stats::EngineStats;
@@ -94,6 +95,19 @@ pub struct EngineConfig {
     /// each video subscription the simulcast layer that fits. Without it, subscriptions get
     /// the layer their size asks for.
     pub bandwidth_estimation: bool,
+    /// Fast start: keep each video layer's packets since its last keyframe (a GOP cache, see
+    /// [`crate::gop`]) and start a new video subscription with them at once, rather than
+    /// waiting for the publisher's next keyframe (which the keyframe request throttle may
+    /// delay by a second). Without a usable cache a subscription waits and asks for a
+    /// keyframe, as it always does with this off.
+    pub fast_start: bool,
+    /// The GOP cache's bounds per layer: packets from the keyframe on, and the keyframe's
+    /// age. Beyond either the cache is dropped until the next keyframe. The packet bound also
+    /// bounds memory: at most this many payloads (of at most [`MAX_DATAGRAM`] bytes) per
+    /// layer, shared with the forwarding path; the age bound keeps a replay short enough for
+    /// a new subscriber's link to take at once.
+    pub fast_start_max_packets: usize,
+    pub fast_start_max_age: Duration,
 }
 
 impl EngineConfig {
@@ -106,6 +120,16 @@ impl EngineConfig {
             rtx_cache_age: Duration::from_millis(1500),
             max_audio_streams: Some(5),
             bandwidth_estimation: true,
+            fast_start: true,
+            fast_start_max_packets: 512,
+            fast_start_max_age: Duration::from_secs(2),
+        }
+    }
+
+    fn gop_limits(&self) -> GopLimits {
+        GopLimits {
+            max_packets: self.fast_start_max_packets,
+            max_age: self.fast_start_max_age,
         }
     }
 }
@@ -163,6 +187,8 @@ struct Layer {
     bitrate: u64,
     /// Packets arrived within the last second.
     available: bool,
+    /// Video with fast start: the packets since the layer's last keyframe.
+    gop: GopCache,
 }
 
 impl Layer {
@@ -174,6 +200,7 @@ impl Layer {
             window_bytes: 0,
             bitrate: 0,
             available: false,
+            gop: GopCache::default(),
         }
     }
 }
@@ -1496,6 +1523,13 @@ impl Engine {
                 format!("{publication_id} is not a publication of {id}"),
             ))?;
         let unmuted_video = publication.muted && !muted && publication.kind == MediaKind::Video;
+        if muted && !publication.muted {
+            // Muted packets are dropped before the cache, and the publisher's encoder goes on:
+            // after the mute, the cached frames no longer lead to the live ones.
+            for layer in &mut publication.layers {
+                layer.gop.clear();
+            }
+        }
         publication.muted = muted;
         if unmuted_video {
             // Each subscriber restarts on a keyframe of its layer, so nobody decodes deltas
@@ -1688,6 +1722,7 @@ impl Engine {
                         p.connected = true;
                         self.events
                             .push_back(SfuEvent::MediaConnected { participant: id });
+                        self.fast_start_waiting(id, now);
                     }
                 }
                 Found::Disconnected => {
@@ -1770,6 +1805,25 @@ impl Engine {
         }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
         let is_video = publication.kind == MediaKind::Video;
+        let fast_start = is_video && self.config.fast_start;
+        let limits = self.config.gop_limits();
+        if fast_start && let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            l.gop.push(
+                limits,
+                *ssrc,
+                CachedPacket {
+                    seq_no: *packet.seq_no,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    pt,
+                    video_orientation: packet.header.ext_vals.video_orientation,
+                    payload: packet.payload.clone(),
+                    arrival: packet.timestamp,
+                },
+                keyframe,
+                now,
+            );
+        }
         if publication.recorded && publication.recorded_layer == Some(layer) {
             let codec = match video_codec {
                 None => RecordedCodec::Opus,
@@ -1817,6 +1871,38 @@ impl Engine {
                         self.stats.layer_switches += 1;
                     }
                     LayerStep::AwaitKeyframe => {
+                        // A subscription that receives nothing yet starts from the cached
+                        // keyframe, which holds this packet too, instead of waiting.
+                        let gop = publication.layers.get(usize::from(layer)).map(|l| &l.gop);
+                        if fast_start
+                            && subscription.current.is_none()
+                            && let Some(gop) = gop.filter(|g| g.ready(limits, now))
+                        {
+                            if !subscriber.connected {
+                                // It starts when its transport connects, from what the cache
+                                // holds then (see `fast_start_waiting`): replayed now, the
+                                // packets would wait behind the handshake and grow stale.
+                                self.stats.dropped_other_layer += 1;
+                                continue;
+                            }
+                            if let Some(written) = fast_start_from(
+                                now,
+                                subscription,
+                                &mut subscriber.rtc,
+                                gop,
+                                limits,
+                                layer,
+                            ) {
+                                self.stats.fast_starts += 1;
+                                self.stats.fast_start_packets += written;
+                                self.stats.rtp_forwarded += written;
+                                if !subscriber.queued {
+                                    subscriber.queued = true;
+                                    self.touched.push(subscriber_id);
+                                }
+                                continue;
+                            }
+                        }
                         wanted_keyframes |= 1 << layer;
                         self.stats.dropped_other_layer += 1;
                         continue;
@@ -1881,6 +1967,52 @@ impl Engine {
         }
     }
 
+    /// Starts, from the GOP caches, the video subscriptions of a participant whose transport
+    /// just connected and that receive nothing yet.
+    fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
+        if !self.config.fast_start {
+            return;
+        }
+        let limits = self.config.gop_limits();
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let mut started = false;
+        for subscription in participant.subscriptions.values_mut() {
+            let (true, Some(publication), Some(target), None) = (
+                subscription.is_video,
+                subscription.publication,
+                subscription.target,
+                subscription.current,
+            ) else {
+                continue;
+            };
+            let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
+                continue;
+            };
+            let Some(layer) = publication.layers.get(usize::from(target)) else {
+                continue;
+            };
+            if let Some(written) = fast_start_from(
+                now,
+                subscription,
+                &mut participant.rtc,
+                &layer.gop,
+                limits,
+                target,
+            ) {
+                self.stats.fast_starts += 1;
+                self.stats.fast_start_packets += written;
+                self.stats.rtp_forwarded += written;
+                started = true;
+            }
+        }
+        if started && !participant.queued {
+            participant.queued = true;
+            self.touched.push(id);
+        }
+    }
+
     /// Lets every transport written to in this pass send what was queued. Draining is enough:
     /// after a write the pacer asks for a timeout at "now", which the drain loop feeds back.
     fn flush_touched(&mut self, now: Instant) {
@@ -1891,6 +2023,78 @@ impl Engine {
             self.drain(id, now);
         }
     }
+}
+
+/// Starts a video subscription on `layer`'s cached GOP: writes the cached packets, from the
+/// keyframe on, to the subscriber's stream (see [`Forwarder::begin_replay`] for their sequence
+/// numbers and timestamps) and makes `layer` the current one, so that live packets follow.
+/// Returns the packets written, or `None`, having written nothing, when the cache cannot start
+/// it: no complete GOP within the limits, a payload type the subscriber did not negotiate, or
+/// no outgoing stream.
+///
+/// Per packet this is a reference count on the shared payload and a write into the stream's
+/// queue, as for live forwarding; nothing is copied.
+fn fast_start_from(
+    now: Instant,
+    subscription: &mut Subscription,
+    rtc: &mut Rtc,
+    gop: &GopCache,
+    limits: GopLimits,
+    layer: u8,
+) -> Option<u64> {
+    let plan = gop.plan(limits, now)?;
+    let pt_map = &subscription.pt_map;
+    let out_pt = |pt: Pt| pt_map.iter().find(|(p, _)| *p == pt).map(|(_, out)| *out);
+    if gop.packets().any(|p| out_pt(p.pt).is_none()) {
+        return None;
+    }
+    let tx_ssrc = subscription.tx_ssrc?;
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx(&tx_ssrc)?;
+    let forwarder = &mut subscription.forwarder;
+    forwarder.reset_source();
+    let start = forwarder.begin_replay(
+        now,
+        plan.ssrc,
+        plan.first_seq,
+        plan.last_timestamp,
+        plan.frames,
+    );
+    let mut frame = 0u32;
+    let mut previous: Option<u32> = None;
+    let mut written = 0;
+    for packet in gop.packets() {
+        if previous.is_some_and(|ts| ts != packet.timestamp) {
+            frame += 1;
+        }
+        previous = Some(packet.timestamp);
+        let (Some(pt), Ok(rewritten)) = (
+            out_pt(packet.pt),
+            forwarder.rewrite_replayed(now, start, packet.seq_no, frame),
+        ) else {
+            continue;
+        };
+        // The wallclock of every replayed packet is that of the newest cached one, which is
+        // where the compressed frames sit on the live timeline: sender reports stay true.
+        stream.write_rtp(
+            RtpWrite::new(
+                pt,
+                rewritten.seq_no.into(),
+                rewritten.timestamp,
+                plan.last_arrival,
+                packet.payload.clone(),
+            )
+            .marker(packet.marker)
+            .ext_vals(ExtensionValues {
+                video_orientation: packet.video_orientation,
+                ..Default::default()
+            })
+            .nackable(true),
+        );
+        written += 1;
+    }
+    subscription.current = Some(layer);
+    Some(written)
 }
 
 /// The layers a publisher declared for a video m-line, bounded and checked; one plain layer
