@@ -101,12 +101,16 @@ pub struct EngineConfig {
     /// delay by a second). Without a usable cache a subscription waits and asks for a
     /// keyframe, as it always does with this off.
     pub fast_start: bool,
-    /// The GOP cache's bounds per layer: packets from the keyframe on, and the keyframe's
-    /// age. Beyond either the cache is dropped until the next keyframe. The packet bound also
-    /// bounds memory: at most this many payloads (of at most [`MAX_DATAGRAM`] bytes) per
-    /// layer, shared with the forwarding path; the age bound keeps a replay short enough for
-    /// a new subscriber's link to take at once.
+    /// The GOP cache's bounds per layer: packets and payload bytes from the keyframe on, and
+    /// the keyframe's age. Beyond any of them the layer's cache is dropped until its next
+    /// keyframe (a subscription then starts from a lower layer's cache, or waits). The packet
+    /// bound also sizes the slots allocated per layer; the payloads are shared with the
+    /// forwarding path. A replay is written at once, so the byte bound is the burst a new
+    /// subscriber's link must take (paced by the bandwidth estimator's pacer when it runs, at
+    /// line rate otherwise): 64 KiB is half a second of a 1 Mbit/s layer, and well within a
+    /// receiver's socket buffer. The age bound keeps the replayed picture recent.
     pub fast_start_max_packets: usize,
+    pub fast_start_max_bytes: usize,
     pub fast_start_max_age: Duration,
 }
 
@@ -122,13 +126,30 @@ impl EngineConfig {
             bandwidth_estimation: true,
             fast_start: true,
             fast_start_max_packets: 512,
+            fast_start_max_bytes: 64 * 1024,
             fast_start_max_age: Duration::from_secs(2),
+        }
+    }
+
+    /// The highest layer a subscription to `target` may be fast-started on. Before its first
+    /// bandwidth estimate a subscriber's link is unknown (the allocator then aims at the layer
+    /// its tile wants), and a layer, once started, is left only on another keyframe: a
+    /// replayed top layer would flood a thin link for seconds. So a new subscriber starts on
+    /// the lowest layer, whose GOP is small, and the allocator raises it once the estimate
+    /// arrives, as it would any subscription. Without bandwidth estimation the operator
+    /// vouches for the links: the target itself.
+    fn fast_start_ceiling(&self, estimate: Option<u64>, target: u8) -> u8 {
+        if self.bandwidth_estimation && estimate.is_none() {
+            0
+        } else {
+            target
         }
     }
 
     fn gop_limits(&self) -> GopLimits {
         GopLimits {
             max_packets: self.fast_start_max_packets,
+            max_bytes: self.fast_start_max_bytes,
             max_age: self.fast_start_max_age,
         }
     }
@@ -1861,6 +1882,45 @@ impl Engine {
             let Some(subscription) = subscriber.subscriptions.get_mut(&mid) else {
                 continue;
             };
+            // A video subscription that receives nothing yet starts from a cached keyframe
+            // (which holds this packet too, when it is of that layer) instead of waiting for
+            // the target layer's next one; a live keyframe of the target starts it as always.
+            if fast_start
+                && subscription.current.is_none()
+                && let Some(target) = subscription.target
+                && layer <= target
+                && !(layer == target && keyframe)
+                && let Some(start) = fast_start_layer(
+                    &publication.layers,
+                    self.config.fast_start_ceiling(subscriber.estimate, target),
+                    limits,
+                    now,
+                )
+            {
+                if !subscriber.connected {
+                    // It starts when its transport connects, from what the caches hold then
+                    // (see `fast_start_waiting`): replayed now, the packets would wait behind
+                    // the handshake and grow stale.
+                    self.stats.dropped_other_layer += 1;
+                    continue;
+                }
+                let gop = &publication.layers[usize::from(start)].gop;
+                if let Some(written) =
+                    fast_start_from(now, subscription, &mut subscriber.rtc, gop, limits, start)
+                {
+                    self.stats.fast_starts += 1;
+                    self.stats.fast_start_packets += written;
+                    self.stats.rtp_forwarded += written;
+                    if !subscriber.queued {
+                        subscriber.queued = true;
+                        self.touched.push(subscriber_id);
+                    }
+                    // Replayed if it was of `start`; of another layer otherwise. A start below
+                    // the target moves up on the target's next keyframe, asked for by its
+                    // next packet.
+                    continue;
+                }
+            }
             if is_video {
                 match layer_step(subscription.target, subscription.current, layer, keyframe) {
                     LayerStep::Forward => {}
@@ -1871,38 +1931,6 @@ impl Engine {
                         self.stats.layer_switches += 1;
                     }
                     LayerStep::AwaitKeyframe => {
-                        // A subscription that receives nothing yet starts from the cached
-                        // keyframe, which holds this packet too, instead of waiting.
-                        let gop = publication.layers.get(usize::from(layer)).map(|l| &l.gop);
-                        if fast_start
-                            && subscription.current.is_none()
-                            && let Some(gop) = gop.filter(|g| g.ready(limits, now))
-                        {
-                            if !subscriber.connected {
-                                // It starts when its transport connects, from what the cache
-                                // holds then (see `fast_start_waiting`): replayed now, the
-                                // packets would wait behind the handshake and grow stale.
-                                self.stats.dropped_other_layer += 1;
-                                continue;
-                            }
-                            if let Some(written) = fast_start_from(
-                                now,
-                                subscription,
-                                &mut subscriber.rtc,
-                                gop,
-                                limits,
-                                layer,
-                            ) {
-                                self.stats.fast_starts += 1;
-                                self.stats.fast_start_packets += written;
-                                self.stats.rtp_forwarded += written;
-                                if !subscriber.queued {
-                                    subscriber.queued = true;
-                                    self.touched.push(subscriber_id);
-                                }
-                                continue;
-                            }
-                        }
                         wanted_keyframes |= 1 << layer;
                         self.stats.dropped_other_layer += 1;
                         continue;
@@ -1990,17 +2018,14 @@ impl Engine {
             let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
                 continue;
             };
-            let Some(layer) = publication.layers.get(usize::from(target)) else {
+            let highest = self.config.fast_start_ceiling(participant.estimate, target);
+            let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
                 continue;
             };
-            if let Some(written) = fast_start_from(
-                now,
-                subscription,
-                &mut participant.rtc,
-                &layer.gop,
-                limits,
-                target,
-            ) {
+            let gop = &publication.layers[usize::from(start)].gop;
+            if let Some(written) =
+                fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
+            {
                 self.stats.fast_starts += 1;
                 self.stats.fast_start_packets += written;
                 self.stats.rtp_forwarded += written;
@@ -2023,6 +2048,20 @@ impl Engine {
             self.drain(id, now);
         }
     }
+}
+
+/// The layer a video subscription that receives nothing yet can start from now: the highest
+/// layer up to `highest` (its target, or lower, see [`EngineConfig::fast_start_ceiling`]) whose
+/// cache holds a complete GOP within the bounds. A layer below the target is a smaller GOP: a
+/// thumbnail at once, then the target on its next keyframe, rather than nothing until then.
+/// Only layers that arrive count: a paused layer's cache would start a picture that does not
+/// move.
+fn fast_start_layer(layers: &[Layer], highest: u8, limits: GopLimits, now: Instant) -> Option<u8> {
+    let top = usize::from(highest).min(layers.len().checked_sub(1)?);
+    (0..=top)
+        .rev()
+        .find(|&i| layers[i].available && layers[i].gop.ready(limits, now))
+        .map(|i| i as u8)
 }
 
 /// Starts a video subscription on `layer`'s cached GOP: writes the cached packets, from the

@@ -13,9 +13,9 @@
 //! slots are allocated once, at the layer's first keyframe, and reused: the per-packet work is
 //! a slot write and a reference count increment on the shared payload.
 //!
-//! The cache is bounded in packets and in age. A GOP that outgrows either is dropped until the
-//! next keyframe, and subscribers fall back to waiting for a keyframe (and asking for one
-//! through the throttle), as without fast start.
+//! The cache is bounded in packets, in payload bytes and in age. A GOP that outgrows any bound
+//! is dropped until the next keyframe; a subscriber then starts from a lower simulcast layer's
+//! cache, or waits for a keyframe (asking for one through the throttle) as without fast start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,10 @@ pub struct ReplayPlan {
 pub struct GopLimits {
     /// Packets from the keyframe on; also the number of slots allocated per layer.
     pub max_packets: usize,
+    /// Payload bytes from the keyframe on. A replay is written to the subscriber at once: this
+    /// bounds the burst its link and socket buffer must absorb (unpaced without bandwidth
+    /// estimation) and how long the pacer holds live packets behind it.
+    pub max_bytes: usize,
     /// Age of the keyframe beyond which the cache is dropped: replaying a longer GOP would
     /// cost the subscriber's link more than a keyframe wait saves.
     pub max_age: Duration,
@@ -143,6 +147,9 @@ impl GopCache {
             }
         }
         window.len = window.len.max(offset + 1);
+        if window.bytes > limits.max_bytes {
+            self.clear();
+        }
     }
 
     fn restart(&mut self, limits: GopLimits, ssrc: u32, keyframe: &CachedPacket, now: Instant) {
@@ -225,6 +232,7 @@ mod tests {
 
     const LIMITS: GopLimits = GopLimits {
         max_packets: 8,
+        max_bytes: 1_000,
         max_age: Duration::from_secs(2),
     };
 
@@ -318,6 +326,24 @@ mod tests {
         let late = t1 + Duration::from_millis(2001);
         assert!(!cache.ready(LIMITS, late), "too old to replay");
         cache.push(LIMITS, 1, packet(111, 9, late), false, late);
+        assert_eq!(cache.size(), (0, 0));
+    }
+
+    #[test]
+    fn a_gop_beyond_the_byte_budget_is_dropped() {
+        let t0 = Instant::now();
+        let limits = GopLimits {
+            max_bytes: 35,
+            ..LIMITS
+        };
+        let mut cache = GopCache::default();
+        for seq in 10..13 {
+            cache.push(limits, 1, packet(seq, 0, t0), seq == 10, t0);
+        }
+        assert_eq!(cache.size(), (3, 30));
+        assert!(cache.ready(limits, t0));
+        cache.push(limits, 1, packet(13, 0, t0), false, t0);
+        assert!(!cache.ready(limits, t0), "40 bytes exceed the 35 allowed");
         assert_eq!(cache.size(), (0, 0));
     }
 

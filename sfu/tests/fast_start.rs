@@ -158,7 +158,12 @@ fn a_viewer_joining_mid_gop_starts_at_once_and_the_replay_runs_into_live_media()
 /// Returns how long each waited after connecting, and the keyframe requests the publisher got.
 fn storm(fast_start: bool) -> (Vec<Duration>, u64, u64) {
     let mut sim = Sim::with_config(|c| c.fast_start = fast_start);
-    let publisher = publisher(&mut sim);
+    // 1 kB frames: the GOP stays within the cache's 64 KiB for the two seconds it is kept.
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.video_fps = 15;
+        c.keyframe_interval = None;
+    });
     sim.run_for(Duration::from_millis(500));
     let before = requests_received(&sim, publisher);
     let viewers: Vec<usize> = (0..20)
@@ -250,7 +255,7 @@ fn a_gop_longer_than_the_cache_falls_back_to_a_keyframe_request() {
 }
 
 #[test]
-fn simulcast_viewers_start_on_their_layers_from_each_layer_s_cache() {
+fn a_new_simulcast_viewer_starts_on_the_lowest_layer_then_gets_its_tile_s_layer() {
     let mut sim = Sim::new();
     let publisher = sim.join("r", |c| {
         c.publish_audio = false;
@@ -272,19 +277,105 @@ fn simulcast_viewers_start_on_their_layers_from_each_layer_s_cache() {
     sim.set_video_sizes(small, &[(video, 320, 180)]);
     let middle = viewer(&mut sim);
     sim.set_video_sizes(middle, &[(video, 640, 360)]);
-    sim.run_for(Duration::from_millis(400));
+    sim.run_for(Duration::from_millis(100));
+    // Their links are unknown yet: both start at once on the lowest layer's GOP.
     assert_eq!(sim.engine.stats().fast_starts, starts + 2);
-    assert_eq!(requests_received(&sim, publisher), before);
-    for (v, layer) in [(small, 0), (middle, 1)] {
+    for v in [small, middle] {
         let stats = &sim.endpoints[v].endpoint.stats()[&video];
-        assert_eq!(
-            stats.video_layer,
-            Some(layer),
-            "the layer its tile asks for"
-        );
-        assert_eq!(stats.layer_changes, 0);
+        assert_eq!(stats.video_layer, Some(0));
         assert_eq!(stats.first_media_at, stats.first_keyframe_at);
-        assert_eq!(stats.discontinuities, 0);
-        assert!(stats.video_frames >= 20, "{} frames", stats.video_frames);
     }
+    // Then each gets the layer its tile asks for: the middle one on a keyframe of that layer,
+    // asked for through the throttle.
+    let took = sim.run_until(Duration::from_secs(3), |sim| {
+        sim.endpoints[middle].endpoint.stats()[&video].video_layer == Some(1)
+    });
+    assert!(took.is_some(), "the middle viewer moves up");
+    assert!(requests_received(&sim, publisher) <= before + 1);
+    for (v, layer, changes) in [(small, 0, 0), (middle, 1, 1)] {
+        let stats = &sim.endpoints[v].endpoint.stats()[&video];
+        assert_eq!(stats.video_layer, Some(layer));
+        assert_eq!(stats.layer_changes, changes);
+        assert_eq!(stats.discontinuities, 0);
+    }
+}
+
+#[test]
+fn without_bandwidth_estimation_a_viewer_starts_on_its_tile_s_layer() {
+    let mut sim = Sim::with_config(|c| c.bandwidth_estimation = false);
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.simulcast_frame_bytes = vec![300, 600, 900];
+        c.keyframe_interval = None;
+    });
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    let first = viewer(&mut sim);
+    sim.set_video_sizes(first, &[(video, 640, 360)]);
+    sim.run_for(Duration::from_millis(1_000));
+    let before = requests_received(&sim, publisher);
+    let late = viewer(&mut sim);
+    sim.set_video_sizes(late, &[(video, 640, 360)]);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(sim.engine.stats().fast_starts, 2);
+    assert_eq!(requests_received(&sim, publisher), before);
+    let stats = &sim.endpoints[late].endpoint.stats()[&video];
+    assert_eq!(stats.video_layer, Some(1));
+    assert_eq!(stats.layer_changes, 0);
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    assert_eq!(stats.discontinuities, 0);
+}
+
+#[test]
+fn a_layer_whose_gop_outgrew_the_cache_starts_on_a_lower_layer_then_moves_up() {
+    // Keyframes every second on every layer. Against a 9 kB budget the top layer's GOP (4 kB
+    // frames) outgrows the cache within a fifth of a second; the middle one's (400 B) never.
+    // Without bandwidth estimation, so that a new viewer aims at its tile's layer at once.
+    let mut sim = Sim::with_config(|c| {
+        c.fast_start_max_bytes = 9_000;
+        c.bandwidth_estimation = false;
+    });
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.simulcast_frame_bytes = vec![200, 400, 4_000];
+        c.keyframe_interval = Some(Duration::from_secs(1));
+    });
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    // Someone watches each upper layer, so the publisher sends all three.
+    let first = viewer(&mut sim);
+    sim.set_video_sizes(first, &[(video, 1280, 720)]);
+    let second = viewer(&mut sim);
+    sim.set_video_sizes(second, &[(video, 640, 360)]);
+    let settled = sim.run_until(Duration::from_secs(5), |sim| {
+        let layer = |v: usize| sim.endpoints[v].endpoint.stats()[&video].video_layer;
+        layer(first) == Some(2) && layer(second) == Some(1)
+    });
+    assert!(settled.is_some(), "the upper layers are watched");
+    // A third of a second after a keyframe: the top layer's cache is over budget.
+    let sent = sim.endpoints[publisher].endpoint.sent().keyframes;
+    sim.run_until(Duration::from_secs(2), |sim| {
+        sim.endpoints[publisher].endpoint.sent().keyframes > sent
+    })
+    .expect("a periodic keyframe");
+    sim.run_for(Duration::from_millis(300));
+    let before = requests_received(&sim, publisher);
+    let starts = sim.engine.stats().fast_starts;
+    let late = viewer(&mut sim);
+    sim.set_video_sizes(late, &[(video, 1280, 720)]);
+    sim.run_for(Duration::from_millis(100));
+
+    // At once: the middle layer's GOP, from its keyframe.
+    assert_eq!(sim.engine.stats().fast_starts, starts + 1);
+    let stats = &sim.endpoints[late].endpoint.stats()[&video];
+    assert_eq!(stats.video_layer, Some(1));
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    // Then the top layer, on the keyframe asked for it through the throttle (or the next
+    // periodic one, whichever comes first).
+    let took = sim.run_until(Duration::from_secs(3), |sim| {
+        sim.endpoints[late].endpoint.stats()[&video].video_layer == Some(2)
+    });
+    assert!(took.is_some(), "the late viewer reaches the top layer");
+    assert!(requests_received(&sim, publisher) <= before + 1);
+    let stats = &sim.endpoints[late].endpoint.stats()[&video];
+    assert_eq!(stats.layer_changes, 1);
+    assert_eq!(stats.discontinuities, 0);
 }
