@@ -1932,6 +1932,12 @@ impl Engine {
                     }
                     LayerStep::AwaitKeyframe => {
                         wanted_keyframes |= 1 << layer;
+                        if fast_start && subscription.current.is_none() {
+                            // No cache could start it (above). The same throttled request
+                            // round also asks for the lowest layer's keyframe: a small one,
+                            // which refills the cache the next joiners start from.
+                            wanted_keyframes |= 1;
+                        }
                         self.stats.dropped_other_layer += 1;
                         continue;
                     }

@@ -379,3 +379,50 @@ fn a_layer_whose_gop_outgrew_the_cache_starts_on_a_lower_layer_then_moves_up() {
     assert_eq!(stats.layer_changes, 1);
     assert_eq!(stats.discontinuities, 0);
 }
+
+#[test]
+fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.simulcast_frame_bytes = vec![300, 600, 900];
+        c.keyframe_interval = None;
+    });
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    let first = viewer(&mut sim);
+    sim.set_video_sizes(first, &[(video, 1280, 720)]);
+    // Until no keyframe came for longer than the cache keeps one.
+    let started = sim.now;
+    let mut keyframes = sim.endpoints[publisher].endpoint.sent().keyframes;
+    let mut quiet_since = sim.now;
+    while sim.now.duration_since(quiet_since) <= Duration::from_millis(2_500) {
+        assert!(sim.now.duration_since(started) < Duration::from_secs(20));
+        sim.run_for(Duration::from_millis(100));
+        let sent = sim.endpoints[publisher].endpoint.sent().keyframes;
+        if sent != keyframes {
+            keyframes = sent;
+            quiet_since = sim.now;
+        }
+    }
+    let asked = requests_received(&sim, publisher);
+    let a = viewer(&mut sim);
+    sim.run_for(Duration::from_millis(300));
+    // Nothing to start from: one request round for the layer it wants and the lowest. It
+    // starts on whichever keyframe comes first (the lowest's, from the refilled cache).
+    let round = requests_received(&sim, publisher) - asked;
+    assert_eq!(round, 2, "the lowest layer's keyframe is asked for too");
+    let stats = &sim.endpoints[a].endpoint.stats()[&video];
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+
+    // The next joiner, within the throttle's second, starts from the lowest layer's cache
+    // without another request.
+    let starts = sim.engine.stats().fast_starts;
+    let asked = requests_received(&sim, publisher);
+    let b = viewer(&mut sim);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.engine.stats().fast_starts, starts + 1);
+    assert_eq!(requests_received(&sim, publisher), asked);
+    let stats = &sim.endpoints[b].endpoint.stats()[&video];
+    assert_eq!(stats.video_layer, Some(0));
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+}
