@@ -1597,6 +1597,18 @@ impl Engine {
             self.stats.keyframe_requests_throttled += 1;
             return;
         }
+        let limits = self.config.gop_limits();
+        if self.config.fast_start
+            && publication.layers.len() > 1
+            && publication.layers[0].available
+            && !publication.layers[0].gop.fresh(limits, now)
+        {
+            // A round goes out anyway: it also asks for the lowest layer's keyframe when that
+            // layer's cache, where new subscribers start, is stale or soon will be. A small
+            // keyframe, and no extra round, so that joiners keep starting at once through a
+            // join storm rather than waiting for the throttle.
+            publication.keyframe_layers |= 1;
+        }
         let wanted = std::mem::take(&mut publication.keyframe_layers);
         publication.keyframe_request_pending = false;
         publication.last_keyframe_request = Some(now);

@@ -189,6 +189,15 @@ impl GopCache {
         })
     }
 
+    /// Whether the cache is ready and its keyframe at most half the age limit old: it will
+    /// still serve joiners for a while.
+    pub fn fresh(&self, limits: GopLimits, now: Instant) -> bool {
+        self.ready(limits, now)
+            && self
+                .window
+                .is_some_and(|w| now.saturating_duration_since(w.started_at) <= limits.max_age / 2)
+    }
+
     /// The replay's parameters, when [`GopCache::ready`].
     pub fn plan(&self, limits: GopLimits, now: Instant) -> Option<ReplayPlan> {
         if !self.ready(limits, now) {
@@ -323,6 +332,9 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         cache.push(LIMITS, 1, packet(110, 9, t1), true, t1);
         assert!(cache.ready(LIMITS, t1));
+        assert!(cache.fresh(LIMITS, t1 + Duration::from_secs(1)));
+        assert!(!cache.fresh(LIMITS, t1 + Duration::from_millis(1001)));
+        assert!(cache.ready(LIMITS, t1 + Duration::from_millis(1001)));
         let late = t1 + Duration::from_millis(2001);
         assert!(!cache.ready(LIMITS, late), "too old to replay");
         cache.push(LIMITS, 1, packet(111, 9, late), false, late);

@@ -291,7 +291,8 @@ fn a_new_simulcast_viewer_starts_on_the_lowest_layer_then_gets_its_tile_s_layer(
         sim.endpoints[middle].endpoint.stats()[&video].video_layer == Some(1)
     });
     assert!(took.is_some(), "the middle viewer moves up");
-    assert!(requests_received(&sim, publisher) <= before + 1);
+    // One request round: the middle layer, and the lowest when its cache is getting old.
+    assert!(requests_received(&sim, publisher) <= before + 2);
     for (v, layer, changes) in [(small, 0, 0), (middle, 1, 1)] {
         let stats = &sim.endpoints[v].endpoint.stats()[&video];
         assert_eq!(stats.video_layer, Some(layer));
@@ -423,6 +424,55 @@ fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next(
     assert_eq!(sim.engine.stats().fast_starts, starts + 1);
     assert_eq!(requests_received(&sim, publisher), asked);
     let stats = &sim.endpoints[b].endpoint.stats()[&video];
+    assert_eq!(stats.video_layer, Some(0));
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+}
+
+#[test]
+fn any_keyframe_request_round_also_refreshes_the_lowest_layer_s_stale_cache() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.simulcast_frame_bytes = vec![300, 600, 900];
+        c.keyframe_interval = None;
+    });
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    let top = viewer(&mut sim);
+    sim.set_video_sizes(top, &[(video, 1280, 720)]);
+    let middle = viewer(&mut sim);
+    sim.set_video_sizes(middle, &[(video, 640, 360)]);
+    // Until no keyframe came for longer than the cache keeps one, with both upper layers
+    // watched.
+    let started = sim.now;
+    let mut keyframes = sim.endpoints[publisher].endpoint.sent().keyframes;
+    let mut quiet_since = sim.now;
+    while sim.now.duration_since(quiet_since) <= Duration::from_millis(2_500) {
+        assert!(sim.now.duration_since(started) < Duration::from_secs(20));
+        sim.run_for(Duration::from_millis(100));
+        let sent = sim.endpoints[publisher].endpoint.sent().keyframes;
+        if sent != keyframes {
+            keyframes = sent;
+            quiet_since = sim.now;
+        }
+    }
+    let layer = |sim: &Sim, v: usize| sim.endpoints[v].endpoint.stats()[&video].video_layer;
+    assert_eq!((layer(&sim, top), layer(&sim, middle)), (Some(2), Some(1)));
+
+    // A tile shrinks: its switch asks for the middle layer's keyframe, and the same round
+    // for the lowest layer's.
+    let asked = requests_received(&sim, publisher);
+    sim.set_video_sizes(top, &[(video, 640, 360)]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(layer(&sim, top), Some(1));
+    assert_eq!(requests_received(&sim, publisher), asked + 2);
+
+    // So a joiner right after starts at once, without another round.
+    let starts = sim.engine.stats().fast_starts;
+    let late = viewer(&mut sim);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.engine.stats().fast_starts, starts + 1);
+    assert_eq!(requests_received(&sim, publisher), asked + 2);
+    let stats = &sim.endpoints[late].endpoint.stats()[&video];
     assert_eq!(stats.video_layer, Some(0));
     assert_eq!(stats.first_media_at, stats.first_keyframe_at);
 }
