@@ -73,6 +73,16 @@ const RECORDING_LAYER_GRACE: Duration = Duration::from_secs(3);
 /// publisher reconfigures its encoder at most this often.
 const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after a subscriber's transport connects a fast start waits. The server's side of
+/// DTLS completes when it sends its last handshake flight; a client installs its SRTP keys
+/// when it has processed that flight, and one that does so on another task (webrtc-rs) drops
+/// the packets that overtake it, the replayed keyframe first among them.
+const FAST_START_GRACE: Duration = Duration::from_millis(30);
+
+/// How long a subscriber's bandwidth estimate takes to be more than the initial guess: the
+/// estimator needs feedback on real media, and overuse takes a second or two to show.
+const ESTIMATE_SETTLED: Duration = Duration::from_secs(2);
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -131,15 +141,24 @@ impl EngineConfig {
         }
     }
 
-    /// The highest layer a subscription to `target` may be fast-started on. Before its first
-    /// bandwidth estimate a subscriber's link is unknown (the allocator then aims at the layer
-    /// its tile wants), and a layer, once started, is left only on another keyframe: a
-    /// replayed top layer would flood a thin link for seconds. So a new subscriber starts on
-    /// the lowest layer, whose GOP is small, and the allocator raises it once the estimate
-    /// arrives, as it would any subscription. Without bandwidth estimation the operator
-    /// vouches for the links: the target itself.
-    fn fast_start_ceiling(&self, estimate: Option<u64>, target: u8) -> u8 {
-        if self.bandwidth_estimation && estimate.is_none() {
+    /// The highest layer a subscription to `target` may be fast-started on. Until the
+    /// estimator has watched a subscriber's link for a while, the target is a guess (before any
+    /// estimate the allocator aims at the layer the tile wants; the first estimates start from
+    /// a fixed initial rate), and a layer, once started, is left only on another keyframe: a
+    /// replayed top layer flooded a 300 kbit/s link for seconds in the simulation. So a
+    /// subscriber connected less than [`ESTIMATE_SETTLED`] ago starts on the lowest layer,
+    /// whose GOP is small, and the allocator raises it like any subscription. Without
+    /// bandwidth estimation the operator vouches for the links: the target itself.
+    fn fast_start_ceiling(
+        &self,
+        estimate: Option<u64>,
+        connected_at: Option<Instant>,
+        now: Instant,
+        target: u8,
+    ) -> u8 {
+        let settled =
+            estimate.is_some() && connected_at.is_some_and(|at| now >= at + ESTIMATE_SETTLED);
+        if self.bandwidth_estimation && !settled {
             0
         } else {
             target
@@ -268,6 +287,8 @@ struct Participant {
     subscriptions: FxHashMap<Mid, Subscription>,
     next_timeout: Instant,
     connected: bool,
+    /// When its transport connected (DTLS done on the server's side).
+    connected_at: Option<Instant>,
     disconnected_reported: bool,
     /// The client closed the transport itself.
     closed_by_peer: bool,
@@ -716,6 +737,7 @@ impl Engine {
                 subscriptions: FxHashMap::default(),
                 next_timeout: now,
                 connected: false,
+                connected_at: None,
                 disconnected_reported: false,
                 closed_by_peer: false,
                 queued: false,
@@ -1753,9 +1775,9 @@ impl Engine {
                         && !p.connected
                     {
                         p.connected = true;
+                        p.connected_at = Some(now);
                         self.events
                             .push_back(SfuEvent::MediaConnected { participant: id });
-                        self.fast_start_waiting(id, now);
                     }
                 }
                 Found::Disconnected => {
@@ -1904,15 +1926,23 @@ impl Engine {
                 && !(layer == target && keyframe)
                 && let Some(start) = fast_start_layer(
                     &publication.layers,
-                    self.config.fast_start_ceiling(subscriber.estimate, target),
+                    self.config.fast_start_ceiling(
+                        subscriber.estimate,
+                        subscriber.connected_at,
+                        now,
+                        target,
+                    ),
                     limits,
                     now,
                 )
             {
-                if !subscriber.connected {
-                    // It starts when its transport connects, from what the caches hold then
-                    // (see `fast_start_waiting`): replayed now, the packets would wait behind
-                    // the handshake and grow stale.
+                if subscriber
+                    .connected_at
+                    .is_none_or(|at| now < at + FAST_START_GRACE)
+                {
+                    // It starts a moment after its transport connects, from what the caches
+                    // hold then: replayed before, the packets would wait behind the handshake
+                    // and grow stale, or reach a client still installing its keys.
                     self.stats.dropped_other_layer += 1;
                     continue;
                 }
@@ -2010,49 +2040,6 @@ impl Engine {
         }
         if wanted_keyframes != 0 {
             self.request_keyframe(publication_id, wanted_keyframes, now);
-        }
-    }
-
-    /// Starts, from the GOP caches, the video subscriptions of a participant whose transport
-    /// just connected and that receive nothing yet.
-    fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
-        if !self.config.fast_start {
-            return;
-        }
-        let limits = self.config.gop_limits();
-        let Some(participant) = self.participants.get_mut(&id) else {
-            return;
-        };
-        let mut started = false;
-        for subscription in participant.subscriptions.values_mut() {
-            let (true, Some(publication), Some(target), None) = (
-                subscription.is_video,
-                subscription.publication,
-                subscription.target,
-                subscription.current,
-            ) else {
-                continue;
-            };
-            let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
-                continue;
-            };
-            let highest = self.config.fast_start_ceiling(participant.estimate, target);
-            let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
-                continue;
-            };
-            let gop = &publication.layers[usize::from(start)].gop;
-            if let Some(written) =
-                fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
-            {
-                self.stats.fast_starts += 1;
-                self.stats.fast_start_packets += written;
-                self.stats.rtp_forwarded += written;
-                started = true;
-            }
-        }
-        if started && !participant.queued {
-            participant.queued = true;
-            self.touched.push(id);
         }
     }
 

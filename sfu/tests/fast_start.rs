@@ -67,6 +67,33 @@ fn video_packets(sim: &Sim, index: usize) -> Vec<RtpSeen> {
     media.filter(|p| Some(p.ssrc) == ssrc).copied().collect()
 }
 
+/// Runs until each of `viewers` shows its first video frame (at most a second), and returns
+/// the layer each started on.
+fn run_until_started(sim: &mut Sim, viewers: &[usize], video: protocol::PublicationId) -> Vec<u8> {
+    let started = |sim: &Sim| {
+        viewers.iter().all(|&v| {
+            sim.endpoints[v]
+                .endpoint
+                .stats()
+                .get(&video)
+                .is_some_and(|s| s.first_keyframe_at.is_some())
+        })
+    };
+    let limit = sim.now + Duration::from_secs(1);
+    while !started(sim) {
+        assert!(sim.now < limit, "no first frame within a second");
+        sim.run_for(Duration::from_millis(5));
+    }
+    viewers
+        .iter()
+        .map(|&v| {
+            sim.endpoints[v].endpoint.stats()[&video]
+                .video_layer
+                .unwrap_or(u8::MAX)
+        })
+        .collect()
+}
+
 /// How long after its transport connected each viewer got its first keyframe.
 fn waits(sim: &Sim, viewers: &[usize], video: protocol::PublicationId) -> Vec<Duration> {
     viewers
@@ -115,16 +142,18 @@ fn a_viewer_joining_mid_gop_starts_at_once_and_the_replay_runs_into_live_media()
         "{} frames",
         stats.video_frames
     );
+    // A fast start waits 30 ms after the transport connects, then goes with the next packet
+    // (15 fps here).
     let wait = waits(&sim, &[v], video)[0];
     eprintln!("first keyframe {wait:?} after the viewer's transport connected");
-    assert!(wait <= Duration::from_millis(50), "waited {wait:?}");
+    assert!(wait <= Duration::from_millis(100), "waited {wait:?}");
 
     // On the wire: one contiguous sequence through the replay and on into live packets.
     let packets = video_packets(&sim, v);
     let replayed = engine.fast_start_packets as usize;
     assert!(replayed >= 18 * 3, "{replayed} packets replayed");
     assert!(
-        packets.len() >= replayed + 14 * 3,
+        packets.len() >= replayed + 10 * 3,
         "{} packets",
         packets.len()
     );
@@ -199,7 +228,7 @@ fn in_a_join_storm_every_viewer_starts_at_once_and_the_publisher_is_asked_nothin
     assert_eq!(fast_requests, 0);
     assert_eq!(slow_starts, 0);
     let worst = |w: &[Duration]| w.last().copied().unwrap_or_default();
-    assert!(worst(&fast) <= Duration::from_millis(50), "{fast:?}");
+    assert!(worst(&fast) <= Duration::from_millis(100), "{fast:?}");
     // Without the cache, viewers that join within a second of a keyframe request wait for
     // the throttle to let the next one through.
     assert!(worst(&slow) >= Duration::from_millis(300), "{slow:?}");
@@ -277,12 +306,11 @@ fn a_new_simulcast_viewer_starts_on_the_lowest_layer_then_gets_its_tile_s_layer(
     sim.set_video_sizes(small, &[(video, 320, 180)]);
     let middle = viewer(&mut sim);
     sim.set_video_sizes(middle, &[(video, 640, 360)]);
-    sim.run_for(Duration::from_millis(100));
     // Their links are unknown yet: both start at once on the lowest layer's GOP.
+    assert_eq!(run_until_started(&mut sim, &[small, middle], video), [0, 0]);
     assert_eq!(sim.engine.stats().fast_starts, starts + 2);
     for v in [small, middle] {
         let stats = &sim.endpoints[v].endpoint.stats()[&video];
-        assert_eq!(stats.video_layer, Some(0));
         assert_eq!(stats.first_media_at, stats.first_keyframe_at);
     }
     // Then each gets the layer its tile asks for: the middle one on a keyframe of that layer,
@@ -362,12 +390,11 @@ fn a_layer_whose_gop_outgrew_the_cache_starts_on_a_lower_layer_then_moves_up() {
     let starts = sim.engine.stats().fast_starts;
     let late = viewer(&mut sim);
     sim.set_video_sizes(late, &[(video, 1280, 720)]);
-    sim.run_for(Duration::from_millis(100));
 
     // At once: the middle layer's GOP, from its keyframe.
+    assert_eq!(run_until_started(&mut sim, &[late], video), [1]);
     assert_eq!(sim.engine.stats().fast_starts, starts + 1);
     let stats = &sim.endpoints[late].endpoint.stats()[&video];
-    assert_eq!(stats.video_layer, Some(1));
     assert_eq!(stats.first_media_at, stats.first_keyframe_at);
     // Then the top layer, on the keyframe asked for it through the throttle (or the next
     // periodic one, whichever comes first).
@@ -420,11 +447,10 @@ fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next(
     let starts = sim.engine.stats().fast_starts;
     let asked = requests_received(&sim, publisher);
     let b = viewer(&mut sim);
-    sim.run_for(Duration::from_millis(200));
+    assert_eq!(run_until_started(&mut sim, &[b], video), [0]);
     assert_eq!(sim.engine.stats().fast_starts, starts + 1);
     assert_eq!(requests_received(&sim, publisher), asked);
     let stats = &sim.endpoints[b].endpoint.stats()[&video];
-    assert_eq!(stats.video_layer, Some(0));
     assert_eq!(stats.first_media_at, stats.first_keyframe_at);
 }
 
@@ -469,10 +495,9 @@ fn any_keyframe_request_round_also_refreshes_the_lowest_layer_s_stale_cache() {
     // So a joiner right after starts at once, without another round.
     let starts = sim.engine.stats().fast_starts;
     let late = viewer(&mut sim);
-    sim.run_for(Duration::from_millis(200));
+    assert_eq!(run_until_started(&mut sim, &[late], video), [0]);
     assert_eq!(sim.engine.stats().fast_starts, starts + 1);
     assert_eq!(requests_received(&sim, publisher), asked + 2);
     let stats = &sim.endpoints[late].endpoint.stats()[&video];
-    assert_eq!(stats.video_layer, Some(0));
     assert_eq!(stats.first_media_at, stats.first_keyframe_at);
 }
