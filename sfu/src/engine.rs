@@ -289,6 +289,8 @@ struct Participant {
     connected: bool,
     /// When its transport connected (DTLS done on the server's side).
     connected_at: Option<Instant>,
+    /// When its video subscriptions that receive nothing yet are to be fast-started.
+    fast_start_at: Option<Instant>,
     disconnected_reported: bool,
     /// The client closed the transport itself.
     closed_by_peer: bool,
@@ -458,7 +460,10 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        let participants = self.participants.values().map(|p| p.next_timeout);
+        let participants = self
+            .participants
+            .values()
+            .flat_map(|p| std::iter::once(p.next_timeout).chain(p.fast_start_at));
         let keyframes = self.publications.values().filter_map(|p| {
             p.last_keyframe_request
                 .filter(|_| p.keyframe_request_pending)
@@ -488,6 +493,19 @@ impl Engine {
                 tracing::debug!(participant = %id, %err, "timeout input failed");
             }
             self.drain(id, now);
+        }
+        due.clear();
+        due.extend(
+            self.participants
+                .iter_mut()
+                .filter(|(_, p)| p.fast_start_at.is_some_and(|at| at <= now))
+                .map(|(id, p)| {
+                    p.fast_start_at = None;
+                    *id
+                }),
+        );
+        for &id in &due {
+            self.fast_start_waiting(id, now);
         }
         due.clear();
         self.scratch_ids = due;
@@ -738,6 +756,7 @@ impl Engine {
                 next_timeout: now,
                 connected: false,
                 connected_at: None,
+                fast_start_at: None,
                 disconnected_reported: false,
                 closed_by_peer: false,
                 queued: false,
@@ -1776,6 +1795,9 @@ impl Engine {
                     {
                         p.connected = true;
                         p.connected_at = Some(now);
+                        if self.config.fast_start {
+                            p.fast_start_at = Some(now + FAST_START_GRACE);
+                        }
                         self.events
                             .push_back(SfuEvent::MediaConnected { participant: id });
                     }
@@ -1940,9 +1962,10 @@ impl Engine {
                     .connected_at
                     .is_none_or(|at| now < at + FAST_START_GRACE)
                 {
-                    // It starts a moment after its transport connects, from what the caches
-                    // hold then: replayed before, the packets would wait behind the handshake
-                    // and grow stale, or reach a client still installing its keys.
+                    // It starts a moment after its transport connects (see
+                    // `fast_start_waiting`), from what the caches hold then: replayed before,
+                    // the packets would wait behind the handshake and grow stale, or reach a
+                    // client still installing its keys.
                     self.stats.dropped_other_layer += 1;
                     continue;
                 }
@@ -2040,6 +2063,52 @@ impl Engine {
         }
         if wanted_keyframes != 0 {
             self.request_keyframe(publication_id, wanted_keyframes, now);
+        }
+    }
+
+    /// Starts, from the GOP caches, the video subscriptions of a participant whose transport
+    /// connected [`FAST_START_GRACE`] ago and that receive nothing yet, rather than on their
+    /// next packet (up to a frame interval later).
+    fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
+        let limits = self.config.gop_limits();
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let mut started = false;
+        for subscription in participant.subscriptions.values_mut() {
+            let (true, Some(publication), Some(target), None) = (
+                subscription.is_video,
+                subscription.publication,
+                subscription.target,
+                subscription.current,
+            ) else {
+                continue;
+            };
+            let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
+                continue;
+            };
+            let highest = self.config.fast_start_ceiling(
+                participant.estimate,
+                participant.connected_at,
+                now,
+                target,
+            );
+            let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
+                continue;
+            };
+            let gop = &publication.layers[usize::from(start)].gop;
+            if let Some(written) =
+                fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
+            {
+                self.stats.fast_starts += 1;
+                self.stats.fast_start_packets += written;
+                self.stats.rtp_forwarded += written;
+                started = true;
+            }
+        }
+        if started && !participant.queued {
+            participant.queued = true;
+            self.touched.push(id);
         }
     }
 
