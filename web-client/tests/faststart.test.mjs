@@ -75,6 +75,10 @@ describe('fast start in Chromium', () => {
     const publisher = await join(browser, server, { room, name: 'Publisher', colour: RED, tone: 660 });
     const pages = [publisher];
     try {
+      // Someone already watches, so the publisher sends its layers before the others come.
+      const first = await join(browser, server, { room, name: 'First', colour: RED, tone: 440, camera: false, params: { gain: '0.01' } });
+      pages.push(first);
+      await waitUntilReceives(first, [publisher]);
       const publisherId = (await probe(publisher)).me;
       const trigger = await ready(browser, server, room, 'Trigger', GREEN);
       const late = await ready(browser, server, room, 'Late', BLUE);
