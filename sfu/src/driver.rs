@@ -33,6 +33,9 @@ pub struct SfuConfig {
     /// Estimate each subscriber's bandwidth and fit its simulcast layers to it (see
     /// [`EngineConfig::bandwidth_estimation`]).
     pub bandwidth_estimation: bool,
+    /// Start new video subscriptions from the packets since the last keyframe (see
+    /// [`EngineConfig::fast_start`]).
+    pub fast_start: bool,
     /// Audio streams each subscriber receives at most in a large room, the loudest (see
     /// [`EngineConfig::max_audio_streams`]); `None` forwards all.
     pub max_audio_streams: Option<usize>,
@@ -49,6 +52,7 @@ impl SfuConfig {
             keyframe_request_interval: Duration::from_secs(1),
             max_participants_per_room: 1_000,
             bandwidth_estimation: true,
+            fast_start: true,
             max_audio_streams: Some(5),
             recording_sink: None,
         }
@@ -119,6 +123,7 @@ pub fn spawn(
     engine_config.keyframe_request_interval = config.keyframe_request_interval;
     engine_config.max_participants_per_room = config.max_participants_per_room;
     engine_config.bandwidth_estimation = config.bandwidth_estimation;
+    engine_config.fast_start = config.fast_start;
     engine_config.max_audio_streams = config.max_audio_streams;
     let engine = Engine::new(engine_config)?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();

@@ -29,6 +29,7 @@ use crate::allocator::{self, DEFAULT_LAYER_BITRATES, Demand};
 use crate::api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
+use crate::gop::{CachedPacket, GopCache, GopLimits};
 use crate::recording::{RecordedCodec, RecordedMedia};
 use crate::speaker::{self, LevelMeter};
 use crate::stats::EngineStats;
@@ -72,6 +73,16 @@ const RECORDING_LAYER_GRACE: Duration = Duration::from_secs(3);
 /// publisher reconfigures its encoder at most this often.
 const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after a subscriber's transport connects a fast start waits. The server's side of
+/// DTLS completes when it sends its last handshake flight; a client installs its SRTP keys
+/// when it has processed that flight, and one that does so on another task (webrtc-rs) drops
+/// the packets that overtake it, the replayed keyframe first among them.
+const FAST_START_GRACE: Duration = Duration::from_millis(30);
+
+/// How long a subscriber's bandwidth estimate takes to be more than the initial guess: the
+/// estimator needs feedback on real media, and overuse takes a second or two to show.
+const ESTIMATE_SETTLED: Duration = Duration::from_secs(2);
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -94,6 +105,23 @@ pub struct EngineConfig {
     /// each video subscription the simulcast layer that fits. Without it, subscriptions get
     /// the layer their size asks for.
     pub bandwidth_estimation: bool,
+    /// Fast start: keep each video layer's packets since its last keyframe (a GOP cache, see
+    /// [`crate::gop`]) and start a new video subscription with them at once, rather than
+    /// waiting for the publisher's next keyframe (which the keyframe request throttle may
+    /// delay by a second). Without a usable cache a subscription waits and asks for a
+    /// keyframe, as it always does with this off.
+    pub fast_start: bool,
+    /// The GOP cache's bounds per layer: packets and payload bytes from the keyframe on, and
+    /// the keyframe's age. Beyond any of them the layer's cache is dropped until its next
+    /// keyframe (a subscription then starts from a lower layer's cache, or waits). The packet
+    /// bound also sizes the slots allocated per layer; the payloads are shared with the
+    /// forwarding path. A replay is written at once, so the byte bound is the burst a new
+    /// subscriber's link must take (paced by the bandwidth estimator's pacer when it runs, at
+    /// line rate otherwise): 64 KiB is half a second of a 1 Mbit/s layer, and well within a
+    /// receiver's socket buffer. The age bound keeps the replayed picture recent.
+    pub fast_start_max_packets: usize,
+    pub fast_start_max_bytes: usize,
+    pub fast_start_max_age: Duration,
 }
 
 impl EngineConfig {
@@ -106,6 +134,42 @@ impl EngineConfig {
             rtx_cache_age: Duration::from_millis(1500),
             max_audio_streams: Some(5),
             bandwidth_estimation: true,
+            fast_start: true,
+            fast_start_max_packets: 512,
+            fast_start_max_bytes: 64 * 1024,
+            fast_start_max_age: Duration::from_secs(2),
+        }
+    }
+
+    /// The highest layer a subscription to `target` may be fast-started on. Until the
+    /// estimator has watched a subscriber's link for a while, the target is a guess (before any
+    /// estimate the allocator aims at the layer the tile wants; the first estimates start from
+    /// a fixed initial rate), and a layer, once started, is left only on another keyframe: a
+    /// replayed top layer flooded a 300 kbit/s link for seconds in the simulation. So a
+    /// subscriber connected less than [`ESTIMATE_SETTLED`] ago starts on the lowest layer,
+    /// whose GOP is small, and the allocator raises it like any subscription. Without
+    /// bandwidth estimation the operator vouches for the links: the target itself.
+    fn fast_start_ceiling(
+        &self,
+        estimate: Option<u64>,
+        connected_at: Option<Instant>,
+        now: Instant,
+        target: u8,
+    ) -> u8 {
+        let settled =
+            estimate.is_some() && connected_at.is_some_and(|at| now >= at + ESTIMATE_SETTLED);
+        if self.bandwidth_estimation && !settled {
+            0
+        } else {
+            target
+        }
+    }
+
+    fn gop_limits(&self) -> GopLimits {
+        GopLimits {
+            max_packets: self.fast_start_max_packets,
+            max_bytes: self.fast_start_max_bytes,
+            max_age: self.fast_start_max_age,
         }
     }
 }
@@ -163,6 +227,8 @@ struct Layer {
     bitrate: u64,
     /// Packets arrived within the last second.
     available: bool,
+    /// Video with fast start: the packets since the layer's last keyframe.
+    gop: GopCache,
 }
 
 impl Layer {
@@ -174,6 +240,7 @@ impl Layer {
             window_bytes: 0,
             bitrate: 0,
             available: false,
+            gop: GopCache::default(),
         }
     }
 }
@@ -220,6 +287,10 @@ struct Participant {
     subscriptions: FxHashMap<Mid, Subscription>,
     next_timeout: Instant,
     connected: bool,
+    /// When its transport connected (DTLS done on the server's side).
+    connected_at: Option<Instant>,
+    /// When its video subscriptions that receive nothing yet are to be fast-started.
+    fast_start_at: Option<Instant>,
     disconnected_reported: bool,
     /// The client closed the transport itself.
     closed_by_peer: bool,
@@ -389,7 +460,10 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        let participants = self.participants.values().map(|p| p.next_timeout);
+        let participants = self
+            .participants
+            .values()
+            .flat_map(|p| std::iter::once(p.next_timeout).chain(p.fast_start_at));
         let keyframes = self.publications.values().filter_map(|p| {
             p.last_keyframe_request
                 .filter(|_| p.keyframe_request_pending)
@@ -419,6 +493,19 @@ impl Engine {
                 tracing::debug!(participant = %id, %err, "timeout input failed");
             }
             self.drain(id, now);
+        }
+        due.clear();
+        due.extend(
+            self.participants
+                .iter_mut()
+                .filter(|(_, p)| p.fast_start_at.is_some_and(|at| at <= now))
+                .map(|(id, p)| {
+                    p.fast_start_at = None;
+                    *id
+                }),
+        );
+        for &id in &due {
+            self.fast_start_waiting(id, now);
         }
         due.clear();
         self.scratch_ids = due;
@@ -672,6 +759,8 @@ impl Engine {
                 subscriptions: FxHashMap::default(),
                 next_timeout: now,
                 connected: false,
+                connected_at: None,
+                fast_start_at: None,
                 disconnected_reported: false,
                 closed_by_peer: false,
                 queued: false,
@@ -1501,6 +1590,13 @@ impl Engine {
                 format!("{publication_id} is not a publication of {id}"),
             ))?;
         let unmuted_video = publication.muted && !muted && publication.kind == MediaKind::Video;
+        if muted && !publication.muted {
+            // Muted packets are dropped before the cache, and the publisher's encoder goes on:
+            // after the mute, the cached frames no longer lead to the live ones.
+            for layer in &mut publication.layers {
+                layer.gop.clear();
+            }
+        }
         publication.muted = muted;
         if unmuted_video {
             // Each subscriber restarts on a keyframe of its layer, so nobody decodes deltas
@@ -1546,6 +1642,18 @@ impl Engine {
             publication.keyframe_request_pending = true;
             self.stats.keyframe_requests_throttled += 1;
             return;
+        }
+        let limits = self.config.gop_limits();
+        if self.config.fast_start
+            && publication.layers.len() > 1
+            && publication.layers[0].available
+            && !publication.layers[0].gop.fresh(limits, now)
+        {
+            // A round goes out anyway: it also asks for the lowest layer's keyframe when that
+            // layer's cache, where new subscribers start, is stale or soon will be. A small
+            // keyframe, and no extra round, so that joiners keep starting at once through a
+            // join storm rather than waiting for the throttle.
+            publication.keyframe_layers |= 1;
         }
         let wanted = std::mem::take(&mut publication.keyframe_layers);
         publication.keyframe_request_pending = false;
@@ -1691,6 +1799,10 @@ impl Engine {
                         && !p.connected
                     {
                         p.connected = true;
+                        p.connected_at = Some(now);
+                        if self.config.fast_start {
+                            p.fast_start_at = Some(now + FAST_START_GRACE);
+                        }
                         self.events
                             .push_back(SfuEvent::MediaConnected { participant: id });
                     }
@@ -1775,6 +1887,25 @@ impl Engine {
         }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
         let is_video = publication.kind == MediaKind::Video;
+        let fast_start = is_video && self.config.fast_start;
+        let limits = self.config.gop_limits();
+        if fast_start && let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            l.gop.push(
+                limits,
+                *ssrc,
+                CachedPacket {
+                    seq_no: *packet.seq_no,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    pt,
+                    video_orientation: packet.header.ext_vals.video_orientation,
+                    payload: packet.payload.clone(),
+                    arrival: packet.timestamp,
+                },
+                keyframe,
+                now,
+            );
+        }
         if publication.recorded && publication.recorded_layer == Some(layer) {
             let codec = match video_codec {
                 None => RecordedCodec::Opus,
@@ -1812,6 +1943,54 @@ impl Engine {
             let Some(subscription) = subscriber.subscriptions.get_mut(&mid) else {
                 continue;
             };
+            // A video subscription that receives nothing yet starts from a cached keyframe
+            // (which holds this packet too, when it is of that layer) instead of waiting for
+            // the target layer's next one; a live keyframe of the target starts it as always.
+            if fast_start
+                && subscription.current.is_none()
+                && let Some(target) = subscription.target
+                && layer <= target
+                && !(layer == target && keyframe)
+                && let Some(start) = fast_start_layer(
+                    &publication.layers,
+                    self.config.fast_start_ceiling(
+                        subscriber.estimate,
+                        subscriber.connected_at,
+                        now,
+                        target,
+                    ),
+                    limits,
+                    now,
+                )
+            {
+                if subscriber
+                    .connected_at
+                    .is_none_or(|at| now < at + FAST_START_GRACE)
+                {
+                    // It starts a moment after its transport connects (see
+                    // `fast_start_waiting`), from what the caches hold then: replayed before,
+                    // the packets would wait behind the handshake and grow stale, or reach a
+                    // client still installing its keys.
+                    self.stats.dropped_other_layer += 1;
+                    continue;
+                }
+                let gop = &publication.layers[usize::from(start)].gop;
+                if let Some(written) =
+                    fast_start_from(now, subscription, &mut subscriber.rtc, gop, limits, start)
+                {
+                    self.stats.fast_starts += 1;
+                    self.stats.fast_start_packets += written;
+                    self.stats.rtp_forwarded += written;
+                    if !subscriber.queued {
+                        subscriber.queued = true;
+                        self.touched.push(subscriber_id);
+                    }
+                    // Replayed if it was of `start`; of another layer otherwise. A start below
+                    // the target moves up on the target's next keyframe, asked for by its
+                    // next packet.
+                    continue;
+                }
+            }
             if is_video {
                 match layer_step(subscription.target, subscription.current, layer, keyframe) {
                     LayerStep::Forward => {}
@@ -1823,6 +2002,12 @@ impl Engine {
                     }
                     LayerStep::AwaitKeyframe => {
                         wanted_keyframes |= 1 << layer;
+                        if fast_start && subscription.current.is_none() {
+                            // No cache could start it (above). The same throttled request
+                            // round also asks for the lowest layer's keyframe: a small one,
+                            // which refills the cache the next joiners start from.
+                            wanted_keyframes |= 1;
+                        }
                         self.stats.dropped_other_layer += 1;
                         continue;
                     }
@@ -1886,6 +2071,52 @@ impl Engine {
         }
     }
 
+    /// Starts, from the GOP caches, the video subscriptions of a participant whose transport
+    /// connected [`FAST_START_GRACE`] ago and that receive nothing yet, rather than on their
+    /// next packet (up to a frame interval later).
+    fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
+        let limits = self.config.gop_limits();
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let mut started = false;
+        for subscription in participant.subscriptions.values_mut() {
+            let (true, Some(publication), Some(target), None) = (
+                subscription.is_video,
+                subscription.publication,
+                subscription.target,
+                subscription.current,
+            ) else {
+                continue;
+            };
+            let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
+                continue;
+            };
+            let highest = self.config.fast_start_ceiling(
+                participant.estimate,
+                participant.connected_at,
+                now,
+                target,
+            );
+            let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
+                continue;
+            };
+            let gop = &publication.layers[usize::from(start)].gop;
+            if let Some(written) =
+                fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
+            {
+                self.stats.fast_starts += 1;
+                self.stats.fast_start_packets += written;
+                self.stats.rtp_forwarded += written;
+                started = true;
+            }
+        }
+        if started && !participant.queued {
+            participant.queued = true;
+            self.touched.push(id);
+        }
+    }
+
     /// Lets every transport written to in this pass send what was queued. Draining is enough:
     /// after a write the pacer asks for a timeout at "now", which the drain loop feeds back.
     fn flush_touched(&mut self, now: Instant) {
@@ -1896,6 +2127,92 @@ impl Engine {
             self.drain(id, now);
         }
     }
+}
+
+/// The layer a video subscription that receives nothing yet can start from now: the highest
+/// layer up to `highest` (its target, or lower, see [`EngineConfig::fast_start_ceiling`]) whose
+/// cache holds a complete GOP within the bounds. A layer below the target is a smaller GOP: a
+/// thumbnail at once, then the target on its next keyframe, rather than nothing until then.
+/// Only layers that arrive count: a paused layer's cache would start a picture that does not
+/// move.
+fn fast_start_layer(layers: &[Layer], highest: u8, limits: GopLimits, now: Instant) -> Option<u8> {
+    let top = usize::from(highest).min(layers.len().checked_sub(1)?);
+    (0..=top)
+        .rev()
+        .find(|&i| layers[i].available && layers[i].gop.ready(limits, now))
+        .map(|i| i as u8)
+}
+
+/// Starts a video subscription on `layer`'s cached GOP: writes the cached packets, from the
+/// keyframe on, to the subscriber's stream (see [`Forwarder::begin_replay`] for their sequence
+/// numbers and timestamps) and makes `layer` the current one, so that live packets follow.
+/// Returns the packets written, or `None`, having written nothing, when the cache cannot start
+/// it: no complete GOP within the limits, a payload type the subscriber did not negotiate, or
+/// no outgoing stream.
+///
+/// Per packet this is a reference count on the shared payload and a write into the stream's
+/// queue, as for live forwarding; nothing is copied.
+fn fast_start_from(
+    now: Instant,
+    subscription: &mut Subscription,
+    rtc: &mut Rtc,
+    gop: &GopCache,
+    limits: GopLimits,
+    layer: u8,
+) -> Option<u64> {
+    let plan = gop.plan(limits, now)?;
+    let pt_map = &subscription.pt_map;
+    let out_pt = |pt: Pt| pt_map.iter().find(|(p, _)| *p == pt).map(|(_, out)| *out);
+    if gop.packets().any(|p| out_pt(p.pt).is_none()) {
+        return None;
+    }
+    let tx_ssrc = subscription.tx_ssrc?;
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx(&tx_ssrc)?;
+    let forwarder = &mut subscription.forwarder;
+    forwarder.reset_source();
+    let start = forwarder.begin_replay(
+        now,
+        plan.ssrc,
+        plan.first_seq,
+        plan.last_timestamp,
+        plan.frames,
+    );
+    let mut frame = 0u32;
+    let mut previous: Option<u32> = None;
+    let mut written = 0;
+    for packet in gop.packets() {
+        if previous.is_some_and(|ts| ts != packet.timestamp) {
+            frame += 1;
+        }
+        previous = Some(packet.timestamp);
+        let (Some(pt), Ok(rewritten)) = (
+            out_pt(packet.pt),
+            forwarder.rewrite_replayed(now, start, packet.seq_no, frame),
+        ) else {
+            continue;
+        };
+        // The wallclock of every replayed packet is that of the newest cached one, which is
+        // where the compressed frames sit on the live timeline: sender reports stay true.
+        stream.write_rtp(
+            RtpWrite::new(
+                pt,
+                rewritten.seq_no.into(),
+                rewritten.timestamp,
+                plan.last_arrival,
+                packet.payload.clone(),
+            )
+            .marker(packet.marker)
+            .ext_vals(ExtensionValues {
+                video_orientation: packet.video_orientation,
+                ..Default::default()
+            })
+            .nackable(true),
+        );
+        written += 1;
+    }
+    subscription.current = Some(layer);
+    Some(written)
 }
 
 /// The layers a publisher declared for a video m-line, bounded and checked; one plain layer

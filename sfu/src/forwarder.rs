@@ -15,6 +15,12 @@ pub struct Rewritten {
     pub timestamp: u32,
 }
 
+/// The outgoing time of the first replayed frame, from [`Forwarder::begin_replay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayStart {
+    first_timestamp: u32,
+}
+
 /// Why the forwarder held a packet back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -126,6 +132,80 @@ impl Forwarder {
         })
     }
 
+    /// Starts the stream on cached packets (a keyframe and the frames after it, see
+    /// [`crate::gop`]) instead of waiting for a live keyframe. The caller then writes each
+    /// cached packet with [`Forwarder::rewrite_replayed`], in sequence order, and goes on with
+    /// [`Forwarder::rewrite`] for the live packets of the same source.
+    ///
+    /// Sequence numbers are re-based as on any switch: the keyframe's first packet
+    /// (`first_seq`) follows the last packet sent, and every later packet of the source,
+    /// replayed or live, keeps its distance from it. The stream is therefore contiguous across
+    /// the replay → live boundary, and a packet the replay and the live path both see (the
+    /// one being forwarded when the replay starts, or a late retransmission) lands on the same
+    /// outgoing number either way.
+    ///
+    /// Timestamps are compressed. The cached frames are old: the keyframe up to about the
+    /// cache's age limit ago. A receiver's jitter buffer maps RTP time to its own clock from
+    /// the frames it sees; given the frames with their original spacing, all arriving at
+    /// once, it would schedule each at its original distance from the keyframe and play the
+    /// stream that far (up to the GOP's length) behind live, shrinking that delay only slowly.
+    /// So the replayed frames are placed one tick apart, starting where a switch would start
+    /// (the last timestamp sent plus the wall time since): the decoder decodes them at once
+    /// (each is needed as a reference) and shows the newest. Live frames then keep their
+    /// original spacing from the last replayed frame (`last_timestamp`, which is mapped to
+    /// the first replayed frame's time plus `frames - 1`), so the timeline stays monotonic
+    /// and correctly paced from there on: the replay only shifts the stream's RTP clock
+    /// forward by less than the GOP's duration, which is what any re-base does. `frames` is
+    /// the number of distinct cached frames (RTP timestamps), at least 1.
+    pub fn begin_replay(
+        &mut self,
+        now: Instant,
+        ssrc: u32,
+        first_seq: u64,
+        last_timestamp: u32,
+        frames: u32,
+    ) -> ReplayStart {
+        self.rebase(now, ssrc, first_seq, last_timestamp);
+        self.awaiting_keyframe = false;
+        let compressed = frames.saturating_sub(1);
+        let mut first_timestamp = 0;
+        if let Some(source) = self.source.as_mut() {
+            // `rebase` mapped the last frame where the first must go; move the live mapping on
+            // by the replayed frames' ticks.
+            first_timestamp = last_timestamp.wrapping_add(source.ts_offset);
+            source.ts_offset = source.ts_offset.wrapping_add(compressed);
+        }
+        ReplayStart { first_timestamp }
+    }
+
+    /// Where the replayed packet `seq_no`, of the `frame`-th cached frame (0 for the keyframe),
+    /// goes in the outgoing stream. See [`Forwarder::begin_replay`].
+    pub fn rewrite_replayed(
+        &mut self,
+        now: Instant,
+        start: ReplayStart,
+        seq_no: u64,
+        frame: u32,
+    ) -> Result<Rewritten, Hold> {
+        let Some(source) = self.source else {
+            return Err(Hold::Stale);
+        };
+        let Some(distance) = seq_no.checked_sub(source.seq_base_in) else {
+            return Err(Hold::Stale);
+        };
+        let seq_out = source.seq_base_out + distance;
+        let ts_out = start.first_timestamp.wrapping_add(frame);
+        if self.last_seq_out.is_none_or(|last| seq_out > last) {
+            self.last_seq_out = Some(seq_out);
+            self.last_ts_out = ts_out;
+            self.last_sent_at = Some(now);
+        }
+        Ok(Rewritten {
+            seq_no: seq_out,
+            timestamp: ts_out,
+        })
+    }
+
     fn rebase(&mut self, now: Instant, ssrc: u32, seq_no: u64, timestamp: u32) {
         let seq_base_out = self.last_seq_out.map_or(0, |s| s + 1);
         // Advance the outgoing clock by the wall time since the last packet, so that the
@@ -187,6 +267,66 @@ mod tests {
         assert_eq!(f.rewrite(t1, 1, 70_002, 1_001_920, false), Err(Hold::Stale));
         // Reordered packets of the new source before its base are stale too.
         assert_eq!(f.rewrite(t1, 2, 2, 0, false), Err(Hold::Stale));
+    }
+
+    #[test]
+    fn a_replay_is_contiguous_compressed_and_hands_over_to_live_frames() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, true, 100);
+        // Cached: a keyframe of two packets at 9000, then frames at 15000 and 21000 (15 fps).
+        let cached = [(5000, 9000), (5001, 9000), (5002, 15_000), (5003, 21_000)];
+        let start = f.begin_replay(t0, 7, 5000, 21_000, 3);
+        assert!(!f.awaiting_keyframe());
+        let mut frame = 0;
+        let mut out = Vec::new();
+        for (i, &(seq, ts)) in cached.iter().enumerate() {
+            if i > 0 && ts != cached[i - 1].1 {
+                frame += 1;
+            }
+            out.push(f.rewrite_replayed(t0, start, seq, frame).expect("replayed"));
+        }
+        let seqs: Vec<u64> = out.iter().map(|r| r.seq_no).collect();
+        assert_eq!(seqs, [100, 101, 102, 103]);
+        let first = out[0].timestamp;
+        let ticks: Vec<u32> = out
+            .iter()
+            .map(|r| r.timestamp.wrapping_sub(first))
+            .collect();
+        assert_eq!(ticks, [0, 0, 1, 2], "replayed frames one tick apart");
+        // The live frames that follow keep their spacing from the last replayed frame, and
+        // the rest of a frame that was cut by the replay keeps that frame's time.
+        let t1 = t0 + Duration::from_millis(30);
+        let rest = f.rewrite(t1, 7, 5004, 21_000, false).expect("live");
+        let next = f.rewrite(t1, 7, 5005, 27_000, false).expect("live");
+        assert_eq!(rest.seq_no, 104);
+        assert_eq!(rest.timestamp, out[3].timestamp);
+        assert_eq!(next.seq_no, 105);
+        assert_eq!(next.timestamp.wrapping_sub(out[3].timestamp), 6000);
+        // A late retransmission of a replayed packet keeps its position.
+        let again = f.rewrite(t1, 7, 5001, 9000, false).expect("late copy");
+        assert_eq!(again.seq_no, 101);
+    }
+
+    #[test]
+    fn a_replay_after_earlier_media_continues_the_stream() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, true, 10);
+        let a = f.rewrite(t0, 1, 70, 1_000, true).expect("keyframe");
+        // Hidden, then shown again half a second later from another source's cache.
+        f.reset_source();
+        let t1 = t0 + Duration::from_millis(500);
+        let start = f.begin_replay(t1, 2, 900, 50_000, 2);
+        let k = f.rewrite_replayed(t1, start, 900, 0).expect("keyframe");
+        let d = f.rewrite_replayed(t1, start, 901, 1).expect("delta");
+        assert_eq!((k.seq_no, d.seq_no), (a.seq_no + 1, a.seq_no + 2));
+        assert_eq!(k.timestamp.wrapping_sub(a.timestamp), 45_000);
+        assert_eq!(d.timestamp.wrapping_sub(k.timestamp), 1);
+        let live = f.rewrite(t1, 2, 902, 53_000, false).expect("live");
+        assert_eq!(live.seq_no, d.seq_no + 1);
+        assert_eq!(live.timestamp.wrapping_sub(d.timestamp), 3_000);
+        // Packets from before the replayed keyframe are stale.
+        assert_eq!(f.rewrite_replayed(t1, start, 899, 0), Err(Hold::Stale));
+        assert_eq!(f.rewrite(t1, 2, 899, 47_000, false), Err(Hold::Stale));
     }
 
     #[test]

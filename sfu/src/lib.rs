@@ -10,6 +10,7 @@ pub mod codec;
 pub mod driver;
 pub mod engine;
 pub mod forwarder;
+pub mod gop;
 pub mod recording;
 pub mod speaker;
 pub mod stats;

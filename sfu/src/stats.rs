@@ -51,6 +51,10 @@ pub struct EngineStats {
     pub dropped_not_loudest: u64,
     /// Simulcast layer switches made for subscribers (on keyframes).
     pub layer_switches: u64,
+    /// Video subscriptions started from a GOP cache (fast start) instead of waiting for a
+    /// keyframe, and the cached packets that replayed (also counted in `rtp_forwarded`).
+    pub fast_starts: u64,
+    pub fast_start_packets: u64,
     /// Recorded packets lost because the recorder fell behind (its queue was full).
     pub recording_dropped: u64,
 }

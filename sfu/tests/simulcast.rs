@@ -198,6 +198,12 @@ fn a_burst_of_a_thousand_viewers_asks_the_presenter_for_at_most_one_keyframe_a_s
         .keyframe_requests_received
         - before;
     let elapsed = sim.now.duration_since(start).as_secs_f64();
+    let stats = sim.engine.stats();
+    eprintln!(
+        "{requests} keyframe requests reached the presenter in {elapsed:.1} s; {} of {burst} \
+         viewers fast-started ({} throttled requests)",
+        stats.fast_starts, stats.keyframe_requests_throttled
+    );
     assert!(
         requests <= elapsed.ceil() as u64,
         "{requests} keyframe requests reached the presenter in {elapsed:.1} s"

@@ -61,6 +61,9 @@ pub struct Config {
     /// Estimate each subscriber's bandwidth (TWCC) and fit simulcast layers to it; without
     /// it, each video gets the layer its tile size asks for.
     pub bandwidth_estimation: bool,
+    /// Start a new viewer's video at once from the packets since the publisher's last
+    /// keyframe, instead of waiting for the next keyframe.
+    pub fast_start: bool,
     /// In a room with more microphones than this, each participant receives only this many,
     /// the loudest; `None` forwards every one.
     pub max_audio_streams: Option<usize>,
@@ -90,6 +93,7 @@ impl Config {
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
             bandwidth_estimation: true,
+            fast_start: true,
             max_audio_streams: Some(5),
             open_rooms: false,
             recordings_dir: None,
@@ -343,6 +347,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     sfu_config.keyframe_request_interval = config.keyframe_request_interval;
     sfu_config.max_participants_per_room = config.max_participants_per_room;
     sfu_config.bandwidth_estimation = config.bandwidth_estimation;
+    sfu_config.fast_start = config.fast_start;
     sfu_config.max_audio_streams = config.max_audio_streams;
     sfu_config.recording_sink = Some(recording_sink);
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;

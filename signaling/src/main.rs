@@ -93,6 +93,11 @@ struct Args {
     /// CPU queueing reads as congestion).
     #[arg(long, env = "MEET_NO_BANDWIDTH_ESTIMATION")]
     no_bandwidth_estimation: bool,
+    /// Do not start new video subscriptions from the packets since the publisher's last
+    /// keyframe: each waits for the next keyframe, as requested through the one-a-second
+    /// throttle (for comparison, or if a client misbehaves on the replayed frames).
+    #[arg(long, env = "MEET_NO_FAST_START")]
+    no_fast_start: bool,
     /// In a room with more microphones than this, each participant receives only this many,
     /// the loudest (0: every microphone).
     #[arg(long, env = "MEET_MAX_AUDIO_STREAMS", default_value_t = 5)]
@@ -190,6 +195,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.max_participants_per_room = args.max_participants_per_room;
     config.open_rooms = args.open_rooms;
     config.bandwidth_estimation = !args.no_bandwidth_estimation;
+    config.fast_start = !args.no_fast_start;
     config.max_audio_streams = (args.max_audio_streams > 0).then_some(args.max_audio_streams);
     config.recordings_dir = args.recordings_dir;
     config.recording_retention_days = args.recording_retention_days;

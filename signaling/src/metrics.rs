@@ -83,6 +83,8 @@ impl Metrics {
             counter!("meet_refused_publications_total").absolute(s.refused_publications);
             counter!("meet_recording_dropped_total").absolute(s.recording_dropped);
             counter!("meet_layer_switches_total").absolute(s.layer_switches);
+            counter!("meet_fast_starts_total").absolute(s.fast_starts);
+            counter!("meet_fast_start_packets_total").absolute(s.fast_start_packets);
         });
         self.handle.render()
     }
@@ -119,6 +121,14 @@ fn describe() {
     describe_counter!(
         "meet_layer_switches_total",
         "Simulcast layer switches made for subscribers, on keyframes."
+    );
+    describe_counter!(
+        "meet_fast_starts_total",
+        "Video subscriptions started from the packets since the last keyframe, without waiting."
+    );
+    describe_counter!(
+        "meet_fast_start_packets_total",
+        "Cached packets replayed to start video subscriptions (also counted as forwarded)."
     );
     describe_counter!(
         "meet_nacks_received_total",

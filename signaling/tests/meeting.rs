@@ -208,6 +208,13 @@ async fn health_and_metrics_describe_the_meeting() {
         "{metrics}"
     );
     assert!(metrics.contains("meet_dropped_packets_total{reason=\"malformed\"}"));
+    // Fast start is on by default and counted (whether this pair needed it depends on when
+    // each joined relative to the other's keyframes).
+    assert!(
+        sample(&metrics, "meet_fast_starts_total").is_some(),
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "meet_fast_start_packets_total").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -78,8 +78,10 @@ export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin'
  * where the binary knows the flag. `admin: { username, displayName, password }` creates that
  * administrator first (needs the `admin create` CLI). `bandwidthEstimation: false` passes
  * `--no-bandwidth-estimation`: each video then gets the layer its tile asks for.
+ * `fastStart: false` passes `--no-fast-start`: a new video subscription then waits for the
+ * publisher's next keyframe instead of starting from the packets since its last one.
  */
-export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true } = {}) {
+export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true } = {}) {
   const { openRooms: knowsOpenRooms } = serverFeatures();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
   const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
@@ -90,6 +92,7 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     '--web-client-dir', path.join(repoRoot, 'web-client'),
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
     ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
+    ...(fastStart ? [] : ['--no-fast-start']),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
   // Never leave a server behind, whatever happens to this process.
   const killOnExit = () => child.kill('SIGKILL');

@@ -39,6 +39,40 @@ pub struct Link {
 /// The longest a bottleneck queue delays a datagram before it drops new ones.
 pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(150);
 
+/// The clear header of one RTP packet the server sent an endpoint, as it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpSeen {
+    pub at: Instant,
+    pub ssrc: u32,
+    pub pt: u8,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// The padding bit: bandwidth probes, not media.
+    pub padding: bool,
+}
+
+impl RtpSeen {
+    /// Reads an SRTP datagram's clear header; `None` for anything else (RTCP, STUN, DTLS).
+    fn parse(at: Instant, data: &[u8]) -> Option<Self> {
+        let first = *data.first()?;
+        let second = *data.get(1)?;
+        // RFC 7983 and RFC 5761: RTP is 128..=191 first, and not an RTCP packet type second.
+        if !(128..=191).contains(&first) || (192..=223).contains(&second) || data.len() < 12 {
+            return None;
+        }
+        Some(Self {
+            at,
+            ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
+            pt: second & 0x7f,
+            seq: u16::from_be_bytes([data[2], data[3]]),
+            timestamp: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+            marker: second & 0x80 != 0,
+            padding: first & 0x20 != 0,
+        })
+    }
+}
+
 /// What crossed one endpoint's downlink.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DownlinkCount {
@@ -62,6 +96,8 @@ pub struct SimEndpoint {
     pub downlink: DownlinkCount,
     /// Ignore `simulcast_layers`, as a browser whose uplink cannot carry a layer keeps it off.
     pub ignore_layer_requests: bool,
+    /// When set, the headers of the RTP packets that reach this endpoint, in arrival order.
+    pub rtp_log: Option<Vec<RtpSeen>>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -150,6 +186,7 @@ impl Sim {
             busy_until: self.now,
             downlink: DownlinkCount::default(),
             ignore_layer_requests: false,
+            rtp_log: None,
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -256,14 +293,20 @@ impl Sim {
             self.engine_busy += started.elapsed();
         } else if let Some(&index) = self.by_addr.get(&packet.destination)
             && let Some(e) = self.endpoints.get_mut(index).filter(|e| e.alive)
-            && let Err(err) = e.endpoint.handle_datagram(
+        {
+            if let Some(log) = e.rtp_log.as_mut()
+                && let Some(seen) = RtpSeen::parse(self.now, &packet.contents)
+            {
+                log.push(seen);
+            }
+            if let Err(err) = e.endpoint.handle_datagram(
                 self.now,
                 packet.source,
                 packet.destination,
                 &packet.contents,
-            )
-        {
-            e.errors.push(err.to_string());
+            ) {
+                e.errors.push(err.to_string());
+            }
         }
     }
 
