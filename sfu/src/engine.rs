@@ -73,11 +73,12 @@ const RECORDING_LAYER_GRACE: Duration = Duration::from_secs(3);
 /// publisher reconfigures its encoder at most this often.
 const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long after a subscriber's transport connects a fast start waits. The server's side of
-/// DTLS completes when it sends its last handshake flight; a client installs its SRTP keys
-/// when it has processed that flight, and one that does so on another task (webrtc-rs) drops
-/// the packets that overtake it, the replayed keyframe first among them.
-const FAST_START_GRACE: Duration = Duration::from_millis(30);
+/// How long a fast start waits, after a subscriber's transport connects, for the proof that
+/// the subscriber has installed its SRTP keys (see [`Participant::peer_keyed`]) before it goes
+/// ahead anyway. A subscriber that sends nothing (no media of its own, no receiver report)
+/// would otherwise never be fast-started; one that is slower than this drops the replay and
+/// asks for a keyframe, as without fast start.
+const PEER_KEYED_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// How long a subscriber's bandwidth estimate takes to be more than the initial guess: the
 /// estimator needs feedback on real media, and overuse takes a second or two to show.
@@ -289,8 +290,14 @@ struct Participant {
     connected: bool,
     /// When its transport connected (DTLS done on the server's side).
     connected_at: Option<Instant>,
-    /// When its video subscriptions that receive nothing yet are to be fast-started.
-    fast_start_at: Option<Instant>,
+    /// Whether an SRTP or SRTCP packet has come from it since its transport connected. The
+    /// server's side of DTLS completes when it sends its last handshake flight; the client
+    /// installs its SRTP keys when it has processed that flight, and one that does so on
+    /// another task (webrtc-rs) drops the packets that overtake it, a replayed keyframe first
+    /// among them. A protected packet from the client proves it has its keys: a publisher's
+    /// first media, a receiver's first report or congestion feedback (sent tens of
+    /// milliseconds after its first audio).
+    peer_keyed: bool,
     disconnected_reported: bool,
     /// The client closed the transport itself.
     closed_by_peer: bool,
@@ -460,10 +467,7 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        let participants = self
-            .participants
-            .values()
-            .flat_map(|p| std::iter::once(p.next_timeout).chain(p.fast_start_at));
+        let participants = self.participants.values().map(|p| p.next_timeout);
         let keyframes = self.publications.values().filter_map(|p| {
             p.last_keyframe_request
                 .filter(|_| p.keyframe_request_pending)
@@ -493,19 +497,6 @@ impl Engine {
                 tracing::debug!(participant = %id, %err, "timeout input failed");
             }
             self.drain(id, now);
-        }
-        due.clear();
-        due.extend(
-            self.participants
-                .iter_mut()
-                .filter(|(_, p)| p.fast_start_at.is_some_and(|at| at <= now))
-                .map(|(id, p)| {
-                    p.fast_start_at = None;
-                    *id
-                }),
-        );
-        for &id in &due {
-            self.fast_start_waiting(id, now);
         }
         due.clear();
         self.scratch_ids = due;
@@ -587,6 +578,16 @@ impl Engine {
             self.stats.dropped_unknown_ssrc += 1;
         }
         self.drain(id, now);
+        if rtp_or_rtcp(data)
+            && let Some(participant) = self.participants.get_mut(&id)
+            && participant.connected
+            && !participant.peer_keyed
+        {
+            participant.peer_keyed = true;
+            if self.config.fast_start {
+                self.fast_start_waiting(id, now);
+            }
+        }
         if !self.to_allocate.is_empty() || !self.layer_changes.is_empty() {
             self.allocate_pending();
         }
@@ -760,7 +761,7 @@ impl Engine {
                 next_timeout: now,
                 connected: false,
                 connected_at: None,
-                fast_start_at: None,
+                peer_keyed: false,
                 disconnected_reported: false,
                 closed_by_peer: false,
                 queued: false,
@@ -1800,9 +1801,6 @@ impl Engine {
                     {
                         p.connected = true;
                         p.connected_at = Some(now);
-                        if self.config.fast_start {
-                            p.fast_start_at = Some(now + FAST_START_GRACE);
-                        }
                         self.events
                             .push_back(SfuEvent::MediaConnected { participant: id });
                     }
@@ -1963,11 +1961,12 @@ impl Engine {
                     now,
                 )
             {
-                if subscriber
-                    .connected_at
-                    .is_none_or(|at| now < at + FAST_START_GRACE)
+                if !subscriber.peer_keyed
+                    && subscriber
+                        .connected_at
+                        .is_none_or(|at| now < at + PEER_KEYED_TIMEOUT)
                 {
-                    // It starts a moment after its transport connects (see
+                    // It starts once the subscriber proves it has its SRTP keys (see
                     // `fast_start_waiting`), from what the caches hold then: replayed before,
                     // the packets would wait behind the handshake and grow stale, or reach a
                     // client still installing its keys.
@@ -2071,9 +2070,9 @@ impl Engine {
         }
     }
 
-    /// Starts, from the GOP caches, the video subscriptions of a participant whose transport
-    /// connected [`FAST_START_GRACE`] ago and that receive nothing yet, rather than on their
-    /// next packet (up to a frame interval later).
+    /// Starts, from the GOP caches, the video subscriptions of a participant that has just
+    /// proved it holds its SRTP keys and that receive nothing yet, rather than on their next
+    /// packet (up to a frame interval later).
     fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
         let limits = self.config.gop_limits();
         let Some(participant) = self.participants.get_mut(&id) else {
@@ -2312,6 +2311,13 @@ fn layer_step(target: Option<u8>, current: Option<u8>, layer: u8, keyframe: bool
 }
 
 /// The SSRC of an RTP (not RTCP) datagram, read from its clear header.
+/// Whether a datagram is SRTP or SRTCP by its first byte (RFC 7983), which only a peer that
+/// has its keys sends. Its authenticity is not checked here: a forged one from the peer's
+/// address only makes a fast start early, and a client that drops it asks for a keyframe.
+fn rtp_or_rtcp(data: &[u8]) -> bool {
+    data.first().is_some_and(|b| (128..=191).contains(b))
+}
+
 fn rtp_ssrc(data: &[u8]) -> Option<u32> {
     let first = *data.first()?;
     let second = *data.get(1)?;

@@ -11,10 +11,10 @@ use protocol::MediaKind;
 use sfu::SfuEvent;
 use sim::{RtpSeen, Sim};
 
-/// 15 fps of 3 kB frames: three packets a frame, so that replays cut frames too.
+/// 15 fps of 3 kB frames: three packets a frame, so that replays cut frames too. With a
+/// microphone, whose packets make a viewer report back, proving it holds its SRTP keys.
 fn publisher(sim: &mut Sim) -> usize {
     sim.join("r", |c| {
-        c.publish_audio = false;
         c.video_fps = 15;
         c.video_frame_bytes = 3_000;
         // A keyframe when it starts and when asked, never on its own.
@@ -142,11 +142,15 @@ fn a_viewer_joining_mid_gop_starts_at_once_and_the_replay_runs_into_live_media()
         "{} frames",
         stats.video_frames
     );
-    // A fast start waits 30 ms after the transport connects, for the client to install its
-    // keys.
+    // The replay waits for the viewer to prove it holds its SRTP keys, by sending a report
+    // on the audio it receives: no video reached it before that.
     let wait = waits(&sim, &[v], video)[0];
     eprintln!("first keyframe {wait:?} after the viewer's transport connected");
     assert!(wait <= Duration::from_millis(60), "waited {wait:?}");
+    let keyed = sim.endpoints[v]
+        .first_protected_sent
+        .expect("the viewer reported");
+    assert!(video_packets(&sim, v)[0].at >= keyed);
 
     // On the wire: one contiguous sequence through the replay and on into live packets.
     let packets = video_packets(&sim, v);
@@ -183,13 +187,38 @@ fn a_viewer_joining_mid_gop_starts_at_once_and_the_replay_runs_into_live_media()
     assert!(sim.endpoints.iter().all(|e| e.errors.is_empty()));
 }
 
+#[test]
+fn a_viewer_with_nothing_to_report_is_fast_started_a_moment_later() {
+    // No microphone: the viewer receives nothing before its video, so it sends no report that
+    // would prove it holds its keys. The server waits a quarter of a second for one, then
+    // replays anyway with the next packet, rather than asking the publisher for a keyframe.
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |c| {
+        c.publish_audio = false;
+        c.video_fps = 15;
+        c.keyframe_interval = None;
+    });
+    sim.run_for(Duration::from_millis(600));
+    let v = viewer(&mut sim);
+    sim.run_for(Duration::from_secs(1));
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    assert_eq!(requests_received(&sim, publisher), 0);
+    assert_eq!(sim.engine.stats().fast_starts, 1);
+    let wait = waits(&sim, &[v], video)[0];
+    eprintln!("first keyframe {wait:?} after the viewer's transport connected");
+    assert!(wait >= Duration::from_millis(250), "waited {wait:?}");
+    assert!(wait <= Duration::from_millis(250 + 70), "waited {wait:?}");
+    let stats = &sim.endpoints[v].endpoint.stats()[&video];
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    assert_eq!(stats.discontinuities, 0);
+}
+
 /// Twenty viewers join over a second, while the publisher sends no keyframe of its own.
 /// Returns how long each waited after connecting, and the keyframe requests the publisher got.
 fn storm(fast_start: bool) -> (Vec<Duration>, u64, u64) {
     let mut sim = Sim::with_config(|c| c.fast_start = fast_start);
     // 1 kB frames: the GOP stays within the cache's 64 KiB for the two seconds it is kept.
     let publisher = sim.join("r", |c| {
-        c.publish_audio = false;
         c.video_fps = 15;
         c.keyframe_interval = None;
     });

@@ -98,6 +98,8 @@ pub struct SimEndpoint {
     pub ignore_layer_requests: bool,
     /// When set, the headers of the RTP packets that reach this endpoint, in arrival order.
     pub rtp_log: Option<Vec<RtpSeen>>,
+    /// When this endpoint first sent an SRTP or SRTCP packet: from then on it holds its keys.
+    pub first_protected_sent: Option<Instant>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -187,6 +189,7 @@ impl Sim {
             downlink: DownlinkCount::default(),
             ignore_layer_requests: false,
             rtp_log: None,
+            first_protected_sent: None,
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -354,7 +357,13 @@ impl Sim {
                 }
                 while let Some(d) = self.endpoints[i].endpoint.poll_transmit() {
                     progressed = true;
-                    let link = self.endpoints[i].link;
+                    let e = &mut self.endpoints[i];
+                    if e.first_protected_sent.is_none()
+                        && d.contents.first().is_some_and(|b| (128..=191).contains(b))
+                    {
+                        e.first_protected_sent = Some(self.now);
+                    }
+                    let link = e.link;
                     if self.random() < link.loss_up {
                         continue;
                     }
