@@ -263,6 +263,8 @@ struct Subscription {
     current: Option<u8>,
     /// Video: the highest layer its tile needs, from the last allocation.
     max_layer: Option<u8>,
+    /// Video: when the subscriber's keyframe request was last answered from the GOP cache.
+    cache_restart_at: Option<Instant>,
 }
 
 /// What the engine knows of one published stream's codec, by payload type.
@@ -1021,6 +1023,7 @@ impl Engine {
                 target: None,
                 current: None,
                 max_layer: None,
+                cache_restart_at: None,
             });
         subscription.publication = Some(publication_id);
         subscription.pt_map = pt_map;
@@ -1764,6 +1767,9 @@ impl Engine {
                 Found::Rtp(packet) => self.forward(id, now, packet),
                 Found::KeyframeRequest(mid, _kind) => {
                     self.stats.keyframe_requests_received += 1;
+                    if self.restart_from_cache(id, mid, now) {
+                        continue;
+                    }
                     let wanted = self
                         .participants
                         .get(&id)
@@ -2114,6 +2120,67 @@ impl Engine {
             participant.queued = true;
             self.touched.push(id);
         }
+    }
+
+    /// Answers a subscriber's keyframe request from the GOP cache when it holds a usable GOP:
+    /// the subscription restarts on the cached keyframe, as a fast start does, and the
+    /// publisher is not asked. This is what repairs a fast start the client could not take: a
+    /// subscription added by a renegotiation is replayed when the server answers, and a
+    /// browser that applies the answer after the replay arrived has dropped it and asks. At
+    /// most once per keyframe request interval per subscription: a receiver that keeps asking
+    /// gets a fresh keyframe from the publisher.
+    fn restart_from_cache(&mut self, id: ParticipantId, mid: Mid, now: Instant) -> bool {
+        if !self.config.fast_start {
+            return false;
+        }
+        let limits = self.config.gop_limits();
+        let interval = self.config.keyframe_request_interval;
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return false;
+        };
+        let Some(subscription) = participant.subscriptions.get_mut(&mid) else {
+            return false;
+        };
+        let (true, Some(publication), Some(target)) = (
+            subscription.is_video,
+            subscription.publication,
+            subscription.target,
+        ) else {
+            return false;
+        };
+        if subscription
+            .cache_restart_at
+            .is_some_and(|at| now < at + interval)
+        {
+            return false;
+        }
+        let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
+            return false;
+        };
+        let highest = self.config.fast_start_ceiling(
+            participant.estimate,
+            participant.connected_at,
+            now,
+            target,
+        );
+        let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
+            return false;
+        };
+        let gop = &publication.layers[usize::from(start)].gop;
+        let Some(written) =
+            fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
+        else {
+            return false;
+        };
+        subscription.cache_restart_at = Some(now);
+        self.stats.keyframe_requests_from_cache += 1;
+        self.stats.fast_start_packets += written;
+        self.stats.rtp_forwarded += written;
+        if !participant.queued {
+            participant.queued = true;
+            self.touched.push(id);
+        }
+        true
     }
 
     /// Lets every transport written to in this pass send what was queued. Draining is enough:

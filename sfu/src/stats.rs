@@ -55,6 +55,8 @@ pub struct EngineStats {
     /// keyframe, and the cached packets that replayed (also counted in `rtp_forwarded`).
     pub fast_starts: u64,
     pub fast_start_packets: u64,
+    /// Subscribers' keyframe requests answered from a GOP cache, not sent to the publisher.
+    pub keyframe_requests_from_cache: u64,
     /// Recorded packets lost because the recorder fell behind (its queue was full).
     pub recording_dropped: u64,
 }

@@ -213,6 +213,58 @@ fn a_viewer_with_nothing_to_report_is_fast_started_a_moment_later() {
     assert_eq!(stats.discontinuities, 0);
 }
 
+#[test]
+fn a_viewer_s_keyframe_request_is_answered_from_the_cache_once_a_second() {
+    // A viewer whose decoder lost the start (a browser that applied the answer after the
+    // replay arrived drops it) asks for a keyframe: the SFU restarts it from the cache
+    // without asking the publisher. Asked again within the throttle interval, it asks the
+    // publisher, so a receiver the cache cannot help still gets a fresh keyframe.
+    let mut sim = Sim::new();
+    let publisher = publisher(&mut sim);
+    sim.run_for(Duration::from_millis(400));
+    let v = viewer(&mut sim);
+    sim.run_for(Duration::from_millis(600));
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    let keyframes = sim.endpoints[v].endpoint.stats()[&video].keyframes;
+    assert_eq!(keyframes, 1);
+    assert!(
+        sim.endpoints[v]
+            .endpoint
+            .request_keyframe(video)
+            .expect("request")
+    );
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(requests_received(&sim, publisher), 0);
+    assert_eq!(sim.engine.stats().keyframe_requests_from_cache, 1);
+    let stats = &sim.endpoints[v].endpoint.stats()[&video];
+    assert_eq!(stats.keyframes, keyframes + 1, "the cached keyframe again");
+    assert_eq!(stats.discontinuities, 0);
+    assert_eq!(stats.untagged_frames, 0);
+
+    assert!(
+        sim.endpoints[v]
+            .endpoint
+            .request_keyframe(video)
+            .expect("request")
+    );
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(requests_received(&sim, publisher), 1);
+    assert_eq!(sim.engine.stats().keyframe_requests_from_cache, 1);
+    // On the wire the stream stayed one contiguous sequence through both restarts.
+    for pair in video_packets(&sim, v).windows(2) {
+        assert_eq!(
+            pair[1].seq,
+            pair[0].seq.wrapping_add(1),
+            "contiguous: {pair:?}"
+        );
+        assert!(
+            pair[1].timestamp.wrapping_sub(pair[0].timestamp) < 1 << 31,
+            "{pair:?}"
+        );
+    }
+    assert!(sim.endpoints.iter().all(|e| e.errors.is_empty()));
+}
+
 /// Twenty viewers join over a second, while the publisher sends no keyframe of its own.
 /// Returns how long each waited after connecting, and the keyframe requests the publisher got.
 fn storm(fast_start: bool) -> (Vec<Duration>, u64, u64) {

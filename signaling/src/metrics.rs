@@ -85,6 +85,8 @@ impl Metrics {
             counter!("meet_layer_switches_total").absolute(s.layer_switches);
             counter!("meet_fast_starts_total").absolute(s.fast_starts);
             counter!("meet_fast_start_packets_total").absolute(s.fast_start_packets);
+            counter!("meet_keyframe_requests_from_cache_total")
+                .absolute(s.keyframe_requests_from_cache);
         });
         self.handle.render()
     }
@@ -129,6 +131,10 @@ fn describe() {
     describe_counter!(
         "meet_fast_start_packets_total",
         "Cached packets replayed to start video subscriptions (also counted as forwarded)."
+    );
+    describe_counter!(
+        "meet_keyframe_requests_from_cache_total",
+        "Subscribers' keyframe requests answered from the packets since the last keyframe, not sent to the publisher."
     );
     describe_counter!(
         "meet_nacks_received_total",

@@ -215,6 +215,7 @@ async fn health_and_metrics_describe_the_meeting() {
         "{metrics}"
     );
     assert!(sample(&metrics, "meet_fast_start_packets_total").is_some());
+    assert!(sample(&metrics, "meet_keyframe_requests_from_cache_total").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
