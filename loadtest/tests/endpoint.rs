@@ -466,7 +466,7 @@ fn encrypted_media_is_decoded_by_key_holders_only() {
     const KEY: sframe::BaseKey = *b"a 16-byte secret";
     const TAMPER_EVERY: u64 = 4;
     let kid = sframe::kid(7, 0);
-    // Every frame is counted once: with fast start the SFU would answer the key holder's
+    // Every frame is counted once: with fast start the SFU may answer the key holder's
     // keyframe requests (after a tampered frame) by replaying the GOP, tampered frames again.
     let mut sim = Sim::with_config(|c| c.fast_start = false);
     let receive_only = |c: &mut EndpointConfig| {

@@ -80,6 +80,11 @@ const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// asks for a keyframe, as without fast start.
 const PEER_KEYED_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How long after a fast start a keyframe request from the subscriber is taken for a dropped
+/// replay and answered from the cache (see [`Engine::restart_from_cache`]): enough for a
+/// browser to apply the answer and notice it has no keyframe.
+const FAST_START_REPAIR_WINDOW: Duration = Duration::from_secs(2);
+
 /// How long a subscriber's bandwidth estimate takes to be more than the initial guess: the
 /// estimator needs feedback on real media, and overuse takes a second or two to show.
 const ESTIMATE_SETTLED: Duration = Duration::from_secs(2);
@@ -263,8 +268,9 @@ struct Subscription {
     current: Option<u8>,
     /// Video: the highest layer its tile needs, from the last allocation.
     max_layer: Option<u8>,
-    /// Video: when the subscriber's keyframe request was last answered from the GOP cache.
-    cache_restart_at: Option<Instant>,
+    /// Video: until when a keyframe request from the subscriber is answered by replaying the
+    /// GOP cache once more (see [`Engine::restart_from_cache`]); set by a fast start.
+    repairable_until: Option<Instant>,
 }
 
 /// What the engine knows of one published stream's codec, by payload type.
@@ -1023,7 +1029,7 @@ impl Engine {
                 target: None,
                 current: None,
                 max_layer: None,
-                cache_restart_at: None,
+                repairable_until: None,
             });
         subscription.publication = Some(publication_id);
         subscription.pt_map = pt_map;
@@ -2122,19 +2128,18 @@ impl Engine {
         }
     }
 
-    /// Answers a subscriber's keyframe request from the GOP cache when it holds a usable GOP:
-    /// the subscription restarts on the cached keyframe, as a fast start does, and the
-    /// publisher is not asked. This is what repairs a fast start the client could not take: a
-    /// subscription added by a renegotiation is replayed when the server answers, and a
-    /// browser that applies the answer after the replay arrived has dropped it and asks. At
-    /// most once per keyframe request interval per subscription: a receiver that keeps asking
-    /// gets a fresh keyframe from the publisher.
+    /// Repairs a fast start the client could not take: a subscription added by a
+    /// renegotiation is replayed when the server answers, and a browser that applies the
+    /// answer after the replay arrived has dropped it and asks for a keyframe. A request
+    /// within [`FAST_START_REPAIR_WINDOW`] of a fast start is answered by replaying the cache
+    /// once more, without asking the publisher. Only then, and only once: any other request
+    /// (a receiver that lost packets, most often on a congested link) goes to the publisher,
+    /// because a replayed GOP is a burst that a congested link would drop.
     fn restart_from_cache(&mut self, id: ParticipantId, mid: Mid, now: Instant) -> bool {
         if !self.config.fast_start {
             return false;
         }
         let limits = self.config.gop_limits();
-        let interval = self.config.keyframe_request_interval;
         let Some(participant) = self.participants.get_mut(&id) else {
             return false;
         };
@@ -2149,8 +2154,8 @@ impl Engine {
             return false;
         };
         if subscription
-            .cache_restart_at
-            .is_some_and(|at| now < at + interval)
+            .repairable_until
+            .is_none_or(|until| now >= until)
         {
             return false;
         }
@@ -2172,7 +2177,7 @@ impl Engine {
         else {
             return false;
         };
-        subscription.cache_restart_at = Some(now);
+        subscription.repairable_until = None;
         self.stats.keyframe_requests_from_cache += 1;
         self.stats.fast_start_packets += written;
         self.stats.rtp_forwarded += written;
@@ -2278,6 +2283,7 @@ fn fast_start_from(
         written += 1;
     }
     subscription.current = Some(layer);
+    subscription.repairable_until = Some(now + FAST_START_REPAIR_WINDOW);
     Some(written)
 }
 

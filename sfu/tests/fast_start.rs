@@ -214,11 +214,11 @@ fn a_viewer_with_nothing_to_report_is_fast_started_a_moment_later() {
 }
 
 #[test]
-fn a_viewer_s_keyframe_request_is_answered_from_the_cache_once_a_second() {
+fn a_keyframe_request_right_after_a_fast_start_is_answered_from_the_cache_once() {
     // A viewer whose decoder lost the start (a browser that applied the answer after the
-    // replay arrived drops it) asks for a keyframe: the SFU restarts it from the cache
-    // without asking the publisher. Asked again within the throttle interval, it asks the
-    // publisher, so a receiver the cache cannot help still gets a fresh keyframe.
+    // replay arrived drops it) asks for a keyframe: the SFU replays the cache once more
+    // without asking the publisher. Any later request goes to the publisher: a replay is a
+    // burst, and a receiver asking after losses is most often behind a congested link.
     let mut sim = Sim::new();
     let publisher = publisher(&mut sim);
     sim.run_for(Duration::from_millis(400));

@@ -178,7 +178,7 @@ async fn key_holders_decode_every_frame_and_a_keyless_bot_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_frames_are_dropped_and_the_others_decoded() {
     const TAMPER_EVERY: u64 = 3;
-    // Every frame is counted once: with fast start the SFU would answer carol's keyframe
+    // Every frame is counted once: with fast start the SFU may answer carol's keyframe
     // requests (after a tampered frame) by replaying the GOP, tampered frames again.
     let t = common::start("e2ee-tamper", |c| c.fast_start = false).await;
     let tampering = E2eeConfig {
