@@ -35,6 +35,12 @@ use crate::store::Store;
 /// the socket with status 1009.
 pub const WS_TRANSPORT_LIMIT: usize = 4 * protocol::MAX_MESSAGE_BYTES;
 
+/// What each WebSocket reads at a time, and its initial read buffer. tungstenite's default,
+/// 128 KiB, is zero-filled on the first read, so every connection held 128 KiB of memory, the
+/// largest single cost of a viewer; signaling messages are a few hundred bytes (an offer a few
+/// KiB), and a larger frame still grows the buffer to its length.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -261,6 +267,7 @@ async fn websocket(
         return (StatusCode::FORBIDDEN, "foreign origin").into_response();
     }
     upgrade
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
         .on_upgrade(move |socket| session::run(socket, state.hub, state.limits, state.gate))
