@@ -890,6 +890,32 @@ mod tests {
         (server, data_dir)
     }
 
+    /// Runs `scenario` against a fresh real server with open rooms (its metrics scraped
+    /// when `metrics`), then stops the server and removes its data.
+    async fn run_against_test_server(tag: &str, scenario: &Scenario, metrics: bool) -> RunReport {
+        let (server, data_dir) = test_server(tag, true).await;
+        let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
+        let metrics = metrics.then(|| {
+            MetricsTarget::new(
+                &format!("https://{}/metrics", server.http_addr),
+                tls.clone(),
+            )
+            .expect("metrics url")
+        });
+        let target = Target {
+            ws_url: server.ws_url(),
+            metrics,
+            tls,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tokens: None,
+        };
+        check_target(&target.ws_url, false).await.expect("loopback");
+        let report = run(scenario, &target, None).await.expect("run");
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+        report
+    }
+
     #[test]
     fn tokens_are_split_between_publishers_and_the_rest() {
         let text =
@@ -1015,15 +1041,6 @@ mod tests {
     /// sends with the run's key and decrypts what it receives, and the report counts both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn encrypted_meeting_against_the_real_server() {
-        let (server, data_dir) = test_server("e2ee", true).await;
-        let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
-        let target = Target {
-            ws_url: server.ws_url(),
-            metrics: None,
-            tls,
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            tokens: None,
-        };
         let scenario = Scenario {
             kind: Kind::Meeting,
             participants: 3,
@@ -1038,9 +1055,7 @@ mod tests {
             },
             ..Scenario::default()
         };
-        let report = run(&scenario, &target, None).await.expect("run");
-        server.shutdown().await;
-        let _ = std::fs::remove_dir_all(&data_dir);
+        let report = run_against_test_server("e2ee", &scenario, false).await;
 
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         assert_eq!(report.endpoints.len(), 3);
@@ -1067,22 +1082,6 @@ mod tests {
     /// viewers for 10 s. Only outcomes are asserted, never timings.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_broadcast_against_the_real_server() {
-        let (server, data_dir) = test_server("smoke", true).await;
-        let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
-        let target = Target {
-            ws_url: server.ws_url(),
-            metrics: Some(
-                MetricsTarget::new(
-                    &format!("https://{}/metrics", server.http_addr),
-                    tls.clone(),
-                )
-                .expect("metrics url"),
-            ),
-            tls,
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            tokens: None,
-        };
-        check_target(&target.ws_url, false).await.expect("loopback");
         let scenario = Scenario {
             presenters: 2,
             viewers: 20,
@@ -1096,9 +1095,7 @@ mod tests {
             },
             ..Scenario::default()
         };
-        let report = run(&scenario, &target, None).await.expect("run");
-        server.shutdown().await;
-        let _ = std::fs::remove_dir_all(&data_dir);
+        let report = run_against_test_server("smoke", &scenario, true).await;
 
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         assert_eq!(report.endpoints.len(), 22);

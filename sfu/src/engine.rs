@@ -2089,44 +2089,38 @@ impl Engine {
     /// proved it holds its SRTP keys and that receive nothing yet, rather than on their next
     /// packet (up to a frame interval later).
     fn fast_start_waiting(&mut self, id: ParticipantId, now: Instant) {
-        let limits = self.config.gop_limits();
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
         };
+        let Participant {
+            subscriptions,
+            rtc,
+            estimate,
+            connected_at,
+            queued,
+            ..
+        } = participant;
         let mut started = false;
-        for subscription in participant.subscriptions.values_mut() {
-            let (true, Some(publication), Some(target), None) = (
-                subscription.is_video,
-                subscription.publication,
-                subscription.target,
-                subscription.current,
-            ) else {
+        for subscription in subscriptions.values_mut() {
+            if subscription.current.is_some() {
                 continue;
-            };
-            let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
-                continue;
-            };
-            let highest = self.config.fast_start_ceiling(
-                participant.estimate,
-                participant.connected_at,
+            }
+            if let Some(written) = start_from_cache(
+                &self.config,
+                &self.publications,
+                (*estimate, *connected_at),
+                subscription,
+                rtc,
                 now,
-                target,
-            );
-            let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
-                continue;
-            };
-            let gop = &publication.layers[usize::from(start)].gop;
-            if let Some(written) =
-                fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
-            {
+            ) {
                 self.stats.fast_starts += 1;
                 self.stats.fast_start_packets += written;
                 self.stats.rtp_forwarded += written;
                 started = true;
             }
         }
-        if started && !participant.queued {
-            participant.queued = true;
+        if started && !*queued {
+            *queued = true;
             self.touched.push(id);
         }
     }
@@ -2142,50 +2136,39 @@ impl Engine {
         if !self.config.fast_start {
             return false;
         }
-        let limits = self.config.gop_limits();
         let Some(participant) = self.participants.get_mut(&id) else {
             return false;
         };
-        let Some(subscription) = participant.subscriptions.get_mut(&mid) else {
-            return false;
-        };
-        let (true, Some(publication), Some(target)) = (
-            subscription.is_video,
-            subscription.publication,
-            subscription.target,
-        ) else {
-            return false;
-        };
-        if subscription
-            .repairable_until
-            .is_none_or(|until| now >= until)
-        {
-            return false;
-        }
-        let Some(publication) = self.publications.get(&publication).filter(|p| !p.muted) else {
-            return false;
-        };
-        let highest = self.config.fast_start_ceiling(
-            participant.estimate,
-            participant.connected_at,
-            now,
-            target,
-        );
-        let Some(start) = fast_start_layer(&publication.layers, highest, limits, now) else {
-            return false;
-        };
-        let gop = &publication.layers[usize::from(start)].gop;
-        let Some(written) =
-            fast_start_from(now, subscription, &mut participant.rtc, gop, limits, start)
+        let Participant {
+            subscriptions,
+            rtc,
+            estimate,
+            connected_at,
+            queued,
+            ..
+        } = participant;
+        let Some(subscription) = subscriptions
+            .get_mut(&mid)
+            .filter(|s| s.repairable_until.is_some_and(|until| now < until))
         else {
+            return false;
+        };
+        let Some(written) = start_from_cache(
+            &self.config,
+            &self.publications,
+            (*estimate, *connected_at),
+            subscription,
+            rtc,
+            now,
+        ) else {
             return false;
         };
         subscription.repairable_until = None;
         self.stats.keyframe_requests_from_cache += 1;
         self.stats.fast_start_packets += written;
         self.stats.rtp_forwarded += written;
-        if !participant.queued {
-            participant.queued = true;
+        if !*queued {
+            *queued = true;
             self.touched.push(id);
         }
         true
@@ -2215,6 +2198,33 @@ fn fast_start_layer(layers: &[Layer], highest: u8, limits: GopLimits, now: Insta
         .rev()
         .find(|&i| layers[i].available && layers[i].gop.ready(limits, now))
         .map(|i| i as u8)
+}
+
+/// Starts a video subscription from its publication's caches: on the layer
+/// [`fast_start_layer`] picks under the subscriber's ceiling (see
+/// [`EngineConfig::fast_start_ceiling`]; `link` is its bandwidth estimate and when its
+/// transport connected). Returns the packets written, or `None` when nothing could start it.
+fn start_from_cache(
+    config: &EngineConfig,
+    publications: &FxHashMap<PublicationId, Publication>,
+    link: (Option<u64>, Option<Instant>),
+    subscription: &mut Subscription,
+    rtc: &mut Rtc,
+    now: Instant,
+) -> Option<u64> {
+    let (true, Some(publication), Some(target)) = (
+        subscription.is_video,
+        subscription.publication,
+        subscription.target,
+    ) else {
+        return None;
+    };
+    let publication = publications.get(&publication).filter(|p| !p.muted)?;
+    let limits = config.gop_limits();
+    let highest = config.fast_start_ceiling(link.0, link.1, now, target);
+    let start = fast_start_layer(&publication.layers, highest, limits, now)?;
+    let gop = &publication.layers[usize::from(start)].gop;
+    fast_start_from(now, subscription, rtc, gop, limits, start)
 }
 
 /// Starts a video subscription on `layer`'s cached GOP: writes the cached packets, from the

@@ -120,16 +120,17 @@ impl Forwarder {
             return Err(Hold::Stale);
         }
         let seq_out = source.seq_base_out + (seq_no - source.seq_base_in);
-        let ts_out = timestamp.wrapping_add(source.ts_offset);
-        if self.last_seq_out.is_none_or(|last| seq_out > last) {
-            self.last_seq_out = Some(seq_out);
-            self.last_ts_out = ts_out;
+        Ok(self.emit(now, seq_out, timestamp.wrapping_add(source.ts_offset)))
+    }
+
+    /// Records an outgoing packet (the newest one sets where the stream is) and returns it.
+    fn emit(&mut self, now: Instant, seq_no: u64, timestamp: u32) -> Rewritten {
+        if self.last_seq_out.is_none_or(|last| seq_no > last) {
+            self.last_seq_out = Some(seq_no);
+            self.last_ts_out = timestamp;
             self.last_sent_at = Some(now);
         }
-        Ok(Rewritten {
-            seq_no: seq_out,
-            timestamp: ts_out,
-        })
+        Rewritten { seq_no, timestamp }
     }
 
     /// Starts the stream on cached packets (a keyframe and the frames after it, see
@@ -193,17 +194,11 @@ impl Forwarder {
         let Some(distance) = seq_no.checked_sub(source.seq_base_in) else {
             return Err(Hold::Stale);
         };
-        let seq_out = source.seq_base_out + distance;
-        let ts_out = start.first_timestamp.wrapping_add(frame);
-        if self.last_seq_out.is_none_or(|last| seq_out > last) {
-            self.last_seq_out = Some(seq_out);
-            self.last_ts_out = ts_out;
-            self.last_sent_at = Some(now);
-        }
-        Ok(Rewritten {
-            seq_no: seq_out,
-            timestamp: ts_out,
-        })
+        Ok(self.emit(
+            now,
+            source.seq_base_out + distance,
+            start.first_timestamp.wrapping_add(frame),
+        ))
     }
 
     fn rebase(&mut self, now: Instant, ssrc: u32, seq_no: u64, timestamp: u32) {

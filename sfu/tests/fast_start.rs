@@ -367,11 +367,7 @@ fn a_gop_longer_than_the_cache_falls_back_to_a_keyframe_request() {
 #[test]
 fn a_new_simulcast_viewer_starts_on_the_lowest_layer_then_gets_its_tile_s_layer() {
     let mut sim = Sim::new();
-    let publisher = sim.join("r", |c| {
-        c.publish_audio = false;
-        c.simulcast_frame_bytes = vec![300, 600, 900];
-        c.keyframe_interval = None;
-    });
+    let publisher = small_simulcast_publisher(&mut sim);
     let video = sim.publication(publisher, MediaKind::Video).id;
     // Someone watches the middle layer, so the publisher sends the two lower ones.
     let first = viewer(&mut sim);
@@ -489,18 +485,17 @@ fn a_layer_whose_gop_outgrew_the_cache_starts_on_a_lower_layer_then_moves_up() {
     assert_eq!(stats.discontinuities, 0);
 }
 
-#[test]
-fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next() {
-    let mut sim = Sim::new();
-    let publisher = sim.join("r", |c| {
+/// Three small layers, keyframes only when asked, no microphone.
+fn small_simulcast_publisher(sim: &mut Sim) -> usize {
+    sim.join("r", |c| {
         c.publish_audio = false;
         c.simulcast_frame_bytes = vec![300, 600, 900];
         c.keyframe_interval = None;
-    });
-    let video = sim.publication(publisher, MediaKind::Video).id;
-    let first = viewer(&mut sim);
-    sim.set_video_sizes(first, &[(video, 1280, 720)]);
-    // Until no keyframe came for longer than the cache keeps one.
+    })
+}
+
+/// Runs until the publisher has sent no keyframe for longer than the caches keep one.
+fn run_until_caches_expire(sim: &mut Sim, publisher: usize) {
     let started = sim.now;
     let mut keyframes = sim.endpoints[publisher].endpoint.sent().keyframes;
     let mut quiet_since = sim.now;
@@ -513,6 +508,16 @@ fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next(
             quiet_since = sim.now;
         }
     }
+}
+
+#[test]
+fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next() {
+    let mut sim = Sim::new();
+    let publisher = small_simulcast_publisher(&mut sim);
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    let first = viewer(&mut sim);
+    sim.set_video_sizes(first, &[(video, 1280, 720)]);
+    run_until_caches_expire(&mut sim, publisher);
     let asked = requests_received(&sim, publisher);
     let a = viewer(&mut sim);
     sim.run_for(Duration::from_millis(300));
@@ -538,30 +543,14 @@ fn a_joiner_without_a_usable_cache_also_refills_the_lowest_layer_s_for_the_next(
 #[test]
 fn any_keyframe_request_round_also_refreshes_the_lowest_layer_s_stale_cache() {
     let mut sim = Sim::new();
-    let publisher = sim.join("r", |c| {
-        c.publish_audio = false;
-        c.simulcast_frame_bytes = vec![300, 600, 900];
-        c.keyframe_interval = None;
-    });
+    let publisher = small_simulcast_publisher(&mut sim);
     let video = sim.publication(publisher, MediaKind::Video).id;
     let top = viewer(&mut sim);
     sim.set_video_sizes(top, &[(video, 1280, 720)]);
     let middle = viewer(&mut sim);
     sim.set_video_sizes(middle, &[(video, 640, 360)]);
-    // Until no keyframe came for longer than the cache keeps one, with both upper layers
-    // watched.
-    let started = sim.now;
-    let mut keyframes = sim.endpoints[publisher].endpoint.sent().keyframes;
-    let mut quiet_since = sim.now;
-    while sim.now.duration_since(quiet_since) <= Duration::from_millis(2_500) {
-        assert!(sim.now.duration_since(started) < Duration::from_secs(20));
-        sim.run_for(Duration::from_millis(100));
-        let sent = sim.endpoints[publisher].endpoint.sent().keyframes;
-        if sent != keyframes {
-            keyframes = sent;
-            quiet_since = sim.now;
-        }
-    }
+    // With both upper layers watched.
+    run_until_caches_expire(&mut sim, publisher);
     let layer = |sim: &Sim, v: usize| sim.endpoints[v].endpoint.stats()[&video].video_layer;
     assert_eq!((layer(&sim, top), layer(&sim, middle)), (Some(2), Some(1)));
 
