@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::path::Path;
 
-use common::{Rtp, feed, test_dir};
+use common::{Rtp, feed, test_dir, vp8_header};
 use meet_recorder::{Codec, FileKind, MediaKind, Recording, TrackInfo, recover};
 
 const AUDIO: u64 = 11;
@@ -53,14 +53,7 @@ fn track(track: u64, kind: MediaKind, codec: Codec, clock_rate: u32) -> TrackInf
 /// An encrypted VP8 frame: its clear prefix (the 3-byte frame tag, and on a keyframe the start
 /// code and a 320×240 size), then an SFrame header, ciphertext and a 16-byte tag, all noise.
 fn encrypted_vp8(keyframe: bool, noise: &mut Noise) -> Vec<u8> {
-    let first_partition: u32 = 16;
-    let tag = u32::from(!keyframe) | (1 << 4) | (first_partition << 5);
-    let mut frame = tag.to_le_bytes()[..3].to_vec();
-    if keyframe {
-        frame.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-        frame.extend_from_slice(&320u16.to_le_bytes());
-        frame.extend_from_slice(&240u16.to_le_bytes());
-    }
+    let mut frame = vp8_header(keyframe);
     // SFrame header: KID 0x123, CTR in one byte (docs/e2ee.md), then ciphertext and tag.
     frame.extend_from_slice(&[0x98, 0x01, 0x23, noise.next() as u8]);
     let len = 200 + noise.below(2_800) as usize;

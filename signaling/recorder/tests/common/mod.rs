@@ -146,9 +146,9 @@ impl Publisher {
     }
 }
 
-/// A VP8 frame with a valid frame tag (and for keyframes, start code and 320x240); its body
-/// is filler, so it parses but does not decode to a picture.
-pub fn vp8_frame(keyframe: bool, len: usize, n: u64) -> Vec<u8> {
+/// A VP8 frame's header: the 3-byte frame tag, and on a keyframe the start code and a
+/// 320×240 size.
+pub fn vp8_header(keyframe: bool) -> Vec<u8> {
     let first_partition: u32 = 16;
     let tag = u32::from(!keyframe) | (1 << 4) | (first_partition << 5);
     let mut frame = tag.to_le_bytes()[..3].to_vec();
@@ -157,6 +157,13 @@ pub fn vp8_frame(keyframe: bool, len: usize, n: u64) -> Vec<u8> {
         frame.extend_from_slice(&320u16.to_le_bytes());
         frame.extend_from_slice(&240u16.to_le_bytes());
     }
+    frame
+}
+
+/// A VP8 frame with a valid frame tag (and for keyframes, start code and 320x240); its body
+/// is filler, so it parses but does not decode to a picture.
+pub fn vp8_frame(keyframe: bool, len: usize, n: u64) -> Vec<u8> {
+    let mut frame = vp8_header(keyframe);
     frame.extend_from_slice(format!("frame{n:08}").as_bytes());
     frame.resize(len.max(frame.len()), 0x5a);
     frame
