@@ -808,6 +808,7 @@ impl Engine {
         if !sdp.lines().any(|l| l.starts_with("a=fingerprint:")) {
             return Err((ErrorCode::BadSdp, "offer has no DTLS fingerprint".into()));
         }
+        let sdp = &*without_unpairable_candidates(sdp, self.config.candidate_addr);
         let offer = SdpOffer::from_sdp_string(sdp)
             .map_err(|err| (ErrorCode::BadSdp, format!("unparsable offer: {err}")))?;
         let participant = self.participants.get_mut(&id).ok_or((
@@ -1583,7 +1584,9 @@ impl Engine {
         }
         let candidate = Candidate::from_sdp_string(line)
             .map_err(|err| (ErrorCode::BadCandidate, format!("bad candidate: {err}")))?;
-        participant.rtc.add_remote_candidate(candidate);
+        if pairable(&candidate, self.config.candidate_addr) {
+            participant.rtc.add_remote_candidate(candidate);
+        }
         Ok(())
     }
 
@@ -2404,6 +2407,35 @@ fn rtp_or_rtcp(data: &[u8]) -> bool {
     data.first().is_some_and(|b| (128..=191).contains(b))
 }
 
+/// Whether a client's candidate can pair with the server's one candidate (UDP, one address
+/// family). The ICE agent counts every remote candidate it is given: one it can never pair
+/// with, such as the TCP or IPv6 candidate a browser may trickle before its UDP IPv4 ones,
+/// would make it declare the connection failed ("no possible pairs") before the client's
+/// first check arrives.
+fn pairable(candidate: &Candidate, local: SocketAddr) -> bool {
+    candidate.proto() == Protocol::Udp && candidate.addr().is_ipv4() == local.is_ipv4()
+}
+
+/// The offer without the candidate lines the server cannot pair with (see [`pairable`]).
+/// A line str0m cannot read stays, for str0m to judge.
+fn without_unpairable_candidates(sdp: &str, local: SocketAddr) -> std::borrow::Cow<'_, str> {
+    let keep = |line: &str| {
+        line.trim()
+            .strip_prefix("a=")
+            .filter(|l| l.starts_with("candidate:"))
+            .and_then(|l| Candidate::from_sdp_string(l).ok())
+            .is_none_or(|c| pairable(&c, local))
+    };
+    if sdp.lines().all(keep) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut kept = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n').filter(|l| keep(l)) {
+        kept.push_str(line);
+    }
+    std::borrow::Cow::Owned(kept)
+}
+
 fn rtp_ssrc(data: &[u8]) -> Option<u32> {
     let first = *data.first()?;
     let second = *data.get(1)?;
@@ -2447,6 +2479,30 @@ fn map_payload_types(publisher: &[PayloadParams], subscriber: &[PayloadParams]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offers_lose_only_the_candidates_the_server_cannot_pair_with() {
+        let local: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let sdp = "v=0\r\n\
+            a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n\
+            a=candidate:2 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active\r\n\
+            a=candidate:3 1 udp 2122262783 ::1 50001 typ host\r\n\
+            a=candidate:4 1 udp 2122260223 abcd.local 50002 typ host\r\n\
+            a=mid:0\r\n";
+        let kept = without_unpairable_candidates(sdp, local);
+        assert_eq!(
+            kept,
+            "v=0\r\n\
+            a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n\
+            a=candidate:4 1 udp 2122260223 abcd.local 50002 typ host\r\n\
+            a=mid:0\r\n"
+        );
+        let usable = "a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n";
+        assert!(matches!(
+            without_unpairable_candidates(usable, local),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn rtp_ssrc_reads_only_rtp() {

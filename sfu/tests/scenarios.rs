@@ -428,3 +428,32 @@ fn an_unsubscribe_stops_forwarding_without_a_new_offer() {
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert!(counts.iter().all(|c| *c > 50), "{counts:?}");
 }
+
+#[test]
+fn candidates_the_server_cannot_pair_with_do_not_fail_the_connection() {
+    // A browser gathers TCP and IPv6 candidates too, and may trickle one of them before its
+    // first check reaches the server. The server can pair none of them with its one UDP IPv4
+    // candidate; counted as the only candidates, they made the ICE agent declare the
+    // connection failed, and the participant was removed as timed out. Here the endpoints
+    // give only such candidates, and their checks arrive 300 ms later.
+    let mut sim = Sim::new();
+    let unpairable = vec![
+        "candidate:1 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active".to_string(),
+        "candidate:2 1 udp 2122262783 ::1 50000 typ host".to_string(),
+    ];
+    let slow = Link {
+        delay: Duration::from_millis(300),
+        ..Link::default()
+    };
+    let a = sim.join_with("r", |_| {}, slow, unpairable.clone());
+    let b = sim.join_with("r", |_| {}, slow, unpairable);
+    sim.run_for(Duration::from_secs(6));
+    let disconnected: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, sfu::SfuEvent::MediaDisconnected { .. }))
+        .collect();
+    assert!(disconnected.is_empty(), "{disconnected:?}");
+    assert_receives(&sim, a, b);
+    assert_receives(&sim, b, a);
+}

@@ -100,6 +100,9 @@ pub struct SimEndpoint {
     pub rtp_log: Option<Vec<RtpSeen>>,
     /// When this endpoint first sent an SRTP or SRTCP packet: from then on it holds its keys.
     pub first_protected_sent: Option<Instant>,
+    /// When not empty, the candidate lines this endpoint puts in its offers and trickles
+    /// instead of its own: the server learns its address from its checks (peer-reflexive).
+    pub extra_candidates: Vec<String>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -161,6 +164,18 @@ impl Sim {
 
     /// Adds an endpoint to `room`; it offers once its join is processed. Returns its index.
     pub fn join(&mut self, room: &str, adjust: impl FnOnce(&mut EndpointConfig)) -> usize {
+        self.join_with(room, adjust, Link::default(), Vec::new())
+    }
+
+    /// [`Sim::join`] for an endpoint on `link` from the start, which offers and trickles
+    /// `extra_candidates` (SDP candidate lines without "a=") instead of its own when any.
+    pub fn join_with(
+        &mut self,
+        room: &str,
+        adjust: impl FnOnce(&mut EndpointConfig),
+        link: Link,
+        extra_candidates: Vec<String>,
+    ) -> usize {
         let index = self.endpoints.len();
         let addr = SocketAddr::from(([127, 0, 1, (index % 250) as u8 + 1], 40_000 + index as u16));
         let mut config = EndpointConfig::new(addr);
@@ -180,7 +195,7 @@ impl Sim {
         let mut sim_endpoint = SimEndpoint {
             endpoint,
             participant,
-            link: Link::default(),
+            link,
             joined_at: self.now,
             answered_at: Vec::new(),
             errors: Vec::new(),
@@ -190,6 +205,7 @@ impl Sim {
             ignore_layer_requests: false,
             rtp_log: None,
             first_protected_sent: None,
+            extra_candidates,
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -380,7 +396,26 @@ impl Sim {
                 {
                     progressed = true;
                     let participant = e.participant;
-                    let candidates = e.endpoint.local_candidates();
+                    let mut sdp = sdp;
+                    if !e.extra_candidates.is_empty() {
+                        sdp = sdp
+                            .split_inclusive('\n')
+                            .filter(|l| !l.starts_with("a=candidate:"))
+                            .collect();
+                        for line in &e.extra_candidates {
+                            sdp.push_str(&format!("a={line}\r\n"));
+                        }
+                    }
+                    let own = e.endpoint.local_candidates().into_iter();
+                    let candidates: Vec<String> = if e.extra_candidates.is_empty() {
+                        own.filter_map(|c| match c {
+                            ClientMessage::Candidate { candidate } => Some(candidate),
+                            _ => None,
+                        })
+                        .collect()
+                    } else {
+                        e.extra_candidates.clone()
+                    };
                     self.engine.handle_command(
                         self.now,
                         SfuCommand::Offer {
@@ -390,16 +425,14 @@ impl Sim {
                             subscribe,
                         },
                     );
-                    for c in candidates {
-                        if let ClientMessage::Candidate { candidate } = c {
-                            self.engine.handle_command(
-                                self.now,
-                                SfuCommand::RemoteCandidate {
-                                    participant,
-                                    candidate,
-                                },
-                            );
-                        }
+                    for candidate in candidates {
+                        self.engine.handle_command(
+                            self.now,
+                            SfuCommand::RemoteCandidate {
+                                participant,
+                                candidate,
+                            },
+                        );
                     }
                 }
             }
