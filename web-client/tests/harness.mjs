@@ -172,6 +172,7 @@ export async function openPage(browser, url, { expectedErrors = [], label = '', 
   const page = await context.newPage();
   const errors = [];
   page.on('console', (message) => {
+    if (process.env.MEET_TEST_CONSOLE) process.stderr.write(`${new Date().toISOString()} [${label}] ${message.type()}: ${message.text()}\n`);
     if (message.type() !== 'error') return;
     const text = message.text();
     if (expectedErrors.some((pattern) => pattern.test(text))) return;
@@ -352,8 +353,41 @@ export async function waitUntilReceives(receiver, senders) {
       err.message += `\nprobe: ${JSON.stringify(result?.remotes?.map((r) => ({
         name: r.name, colour: r.colour, tone: r.tone, video: r.videoStats?.framesDecoded,
       })))}`;
+      // Where the sound stops when it does: the tile's player, the decoder's output, and the
+      // frames the page decrypted.
+      const audio = await receiver.page.evaluate(audioDiagnostics).catch((e) => String(e));
+      err.message += `\naudio: ${JSON.stringify(audio)}`;
       throw err;
     });
+}
+
+/** Runs in the page: each tile's audio player, the inbound audio streams, E2EE counts. */
+async function audioDiagnostics() {
+  const players = [...document.querySelectorAll('.tile')].map((tile) => {
+    const a = tile.querySelector('audio');
+    const track = a?.srcObject?.getAudioTracks()[0];
+    return {
+      tile: tile.dataset.key,
+      paused: a?.paused,
+      readyState: a?.readyState,
+      track: track ? { id: track.id, muted: track.muted, state: track.readyState } : null,
+    };
+  });
+  const inbound = [];
+  const pc = window.meetTest.pc();
+  (await pc?.getStats())?.forEach((r) => {
+    if (r.type !== 'inbound-rtp' || r.kind !== 'audio') return;
+    inbound.push({
+      mid: r.mid,
+      track: r.trackIdentifier,
+      packets: r.packetsReceived,
+      samples: r.totalSamplesReceived,
+      concealed: r.concealedSamples,
+      level: r.audioLevel,
+    });
+  });
+  const e2ee = window.meetTest.encryption?.()?.encrypted ? await window.meetTest.e2eeCounts() : null;
+  return { players, inbound, e2ee: e2ee?.filter((c) => c.kind === 'audio') ?? null };
 }
 
 export async function closeAll(pages) {
