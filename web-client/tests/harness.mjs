@@ -357,6 +357,10 @@ export async function waitUntilReceives(receiver, senders) {
       // frames the page decrypted.
       const audio = await receiver.page.evaluate(audioDiagnostics).catch((e) => String(e));
       err.message += `\naudio: ${JSON.stringify(audio)}`;
+      for (const sender of senders.filter((x) => x.page)) {
+        const sent = await sender.page.evaluate(sentAudioDiagnostics).catch((e) => String(e));
+        err.message += `\n${sender.name} sends: ${JSON.stringify(sent)}`;
+      }
       throw err;
     });
 }
@@ -388,6 +392,21 @@ async function audioDiagnostics() {
   });
   const e2ee = window.meetTest.encryption?.()?.encrypted ? await window.meetTest.e2eeCounts() : null;
   return { players, inbound, e2ee: e2ee?.filter((c) => c.kind === 'audio') ?? null };
+}
+
+/** Runs in a sending page: its microphone track and what its encoder is given and sends. */
+async function sentAudioDiagnostics() {
+  const pc = window.meetTest.pc();
+  const out = { tracks: [], sources: [], outbound: [] };
+  for (const sender of pc?.getSenders() ?? []) {
+    const t = sender.track;
+    if (t?.kind === 'audio') out.tracks.push({ id: t.id, enabled: t.enabled, muted: t.muted, state: t.readyState });
+  }
+  (await pc?.getStats())?.forEach((r) => {
+    if (r.type === 'media-source' && r.kind === 'audio') out.sources.push({ level: r.audioLevel, energy: r.totalAudioEnergy });
+    if (r.type === 'outbound-rtp' && r.kind === 'audio') out.outbound.push({ mid: r.mid, packets: r.packetsSent, bytes: r.bytesSent });
+  });
+  return out;
 }
 
 export async function closeAll(pages) {
