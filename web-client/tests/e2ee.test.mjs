@@ -225,7 +225,9 @@ describe('end-to-end encrypted meeting', { skip }, () => {
         clock.muted = true;
         await clock.play();
         const seen = [];
-        for (let i = 0; i < 30 && seen.length < videos.length; i += 1) {
+        // Watch the whole recording, not a fixed few seconds: a camera recorded from a late
+        // keyframe is on screen only near the end (the bound is for a player that never ends).
+        for (let i = 0; i < 150 && seen.length < videos.length && !clock.ended; i += 1) {
           await new Promise((resolve) => setTimeout(resolve, 200));
           for (const v of videos) {
             if (v.box.hidden || !v.video.videoWidth || v.seen) continue;

@@ -388,6 +388,12 @@ async function audioDiagnostics() {
       samples: r.totalSamplesReceived,
       concealed: r.concealedSamples,
       level: r.audioLevel,
+      discarded: r.packetsDiscarded,
+      lost: r.packetsLost,
+      emitted: r.jitterBufferEmittedCount,
+      bufferMs: r.jitterBufferEmittedCount ? Math.round((1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount) : null,
+      targetMs: r.jitterBufferEmittedCount ? Math.round((1000 * r.jitterBufferTargetDelay) / r.jitterBufferEmittedCount) : null,
+      lastPacketAgoMs: r.lastPacketReceivedTimestamp ? Math.round(r.timestamp - r.lastPacketReceivedTimestamp) : null,
     });
   });
   const e2ee = window.meetTest.encryption?.()?.encrypted ? await window.meetTest.e2eeCounts() : null;
