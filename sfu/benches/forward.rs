@@ -3,7 +3,8 @@
 //! real time spent inside the engine (single-threaded) divided by packets written to
 //! subscribers.
 //!
-//! Run: `cargo bench -p sfu --bench forward` (add `-- 1 10 100` to choose N).
+//! Run: `cargo bench -p sfu --bench forward` (add `-- 1 10 100` to choose N). With `NO_BWE=1`
+//! the subscribers run without bandwidth estimation, and so without str0m's leaky pacer.
 
 #[path = "../tests/sim/mod.rs"]
 mod sim;
@@ -14,7 +15,10 @@ use sim::Sim;
 
 fn measure(subscribers: usize) -> (f64, u64, Duration) {
     // Room for the publisher and every subscriber.
-    let mut sim = Sim::with_config(|c| c.max_participants_per_room = subscribers + 1);
+    let mut sim = Sim::with_config(|c| {
+        c.max_participants_per_room = subscribers + 1;
+        c.bandwidth_estimation = std::env::var_os("NO_BWE").is_none();
+    });
     // One publisher: Opus every 20 ms and ~1 Mbps of video (30 fps of 4 kB frames).
     sim.join("bench", |c| {
         c.video_fps = 30;
