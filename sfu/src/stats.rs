@@ -59,4 +59,7 @@ pub struct EngineStats {
     pub keyframe_requests_from_cache: u64,
     /// Recorded packets lost because the recorder fell behind (its queue was full).
     pub recording_dropped: u64,
+    /// Datagrams dropped because the send thread was behind (its queue of batches was full),
+    /// like datagrams a full socket buffer refuses.
+    pub dropped_send_queue_full: u64,
 }

@@ -73,6 +73,10 @@ pub struct Config {
     /// In a room with more microphones than this, each participant receives only this many,
     /// the loudest; `None` forwards every one.
     pub max_audio_streams: Option<usize>,
+    /// Write media datagrams from a thread of their own (`Some(true)`), from the media thread
+    /// (`Some(false)`), or decide from the cores available (`None`: a thread of their own with
+    /// four or more).
+    pub media_send_thread: Option<bool>,
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.
     pub open_rooms: bool,
@@ -101,6 +105,7 @@ impl Config {
             bandwidth_estimation: true,
             fast_start: true,
             max_audio_streams: Some(5),
+            media_send_thread: None,
             open_rooms: false,
             recordings_dir: None,
             recording_retention_days: 90,
@@ -357,6 +362,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     sfu_config.fast_start = config.fast_start;
     sfu_config.max_audio_streams = config.max_audio_streams;
     sfu_config.recording_sink = Some(recording_sink);
+    if let Some(send_thread) = config.media_send_thread {
+        sfu_config.send_thread = send_thread;
+    }
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
     let hub = hub::spawn(
         sfu.clone(),

@@ -69,6 +69,7 @@ impl Metrics {
                 ("awaiting_keyframe", s.held_awaiting_keyframe),
                 ("other_layer", s.dropped_other_layer),
                 ("not_loudest", s.dropped_not_loudest),
+                ("send_queue_full", s.dropped_send_queue_full),
             ] {
                 counter!("meet_dropped_packets_total", "reason" => reason).absolute(value);
             }
