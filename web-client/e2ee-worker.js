@@ -81,7 +81,22 @@ async function receiveFrame(frame, controller, c, kind, id) {
   c.frames += 1;
   c.ms += performance.now() - started;
   c.kid = header.kid;
+  if (kind === 'audio') noteAudioFrame(c, frame, participant, plain.length);
   controller.enqueue(frame);
+}
+
+/**
+ * Where the last opened audio frame sits in its RTP stream, and where the stream was when the
+ * receiver changed hands (test diagnostics: a receiver reused for another participant must
+ * continue a timeline its jitter buffer can play).
+ */
+function noteAudioFrame(c, frame, participant, bytes) {
+  const m = frame.getMetadata?.() ?? {};
+  const last = { participant, pt: m.payloadType, ssrc: m.synchronizationSource, seq: m.sequenceNumber, ts: m.rtpTimestamp ?? frame.timestamp, bytes, at: Math.round(performance.now()) };
+  if (c.last && c.last.participant !== participant) {
+    c.handovers = [...(c.handovers ?? []), { before: c.last, after: last }].slice(-4);
+  }
+  c.last = last;
 }
 
 function pipe({ readable, writable, role, kind, id }) {

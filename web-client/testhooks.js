@@ -29,13 +29,19 @@ export function install(params, { setTrackSource, app }) {
   if (params.get('e2ee') === 'keyless') overrides.e2ee = { keyless: true };
   if (params.get('e2ee') === 'legacy') overrides.e2ee = { prefer: 'legacy' };
 
+  // mid -> direction of each m-line of an SDP (offers keep this instead of their SDP).
+  const directions = (sdp) => Object.fromEntries(String(sdp).split(/\r?\nm=/).slice(1).map((section) => [
+    /\r?\na=mid:(\S+)/.exec(section)?.[1],
+    /\r?\na=(sendrecv|sendonly|recvonly|inactive)/.exec(section)?.[1],
+  ]));
+
   // Every message the page sends, for assertions about candidates and offers.
   const sent = [];
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function recordingSend(data) {
     try {
       const m = JSON.parse(data);
-      sent.push(m.type === 'offer' ? { type: 'offer', publish: m.publish, subscribe: m.subscribe } : m);
+      sent.push(m.type === 'offer' ? { type: 'offer', publish: m.publish, subscribe: m.subscribe, directions: directions(m.sdp) } : m);
     } catch {
       sent.push({ type: '?' });
     }

@@ -962,12 +962,12 @@ impl Engine {
             self.unbind(id, mid);
         }
         for (mid, publication) in to_bind {
-            self.bind(id, mid, publication);
+            self.bind(now, id, mid, publication);
         }
     }
 
     /// Points the subscriber's send m-line at a publication of its own room.
-    fn bind(&mut self, id: ParticipantId, mid: Mid, publication_id: PublicationId) {
+    fn bind(&mut self, now: Instant, id: ParticipantId, mid: Mid, publication_id: PublicationId) {
         let Some(publication) = self.publications.get(&publication_id) else {
             // A publication that ended while the offer was in flight: the m-line stays idle.
             return;
@@ -1035,6 +1035,18 @@ impl Engine {
                 max_layer: None,
                 repairable_until: None,
             });
+        let (last_seq, last_ts, last_sent) = subscription.forwarder.position();
+        tracing::debug!(
+            participant = %id,
+            %mid,
+            publication = %publication_id,
+            ?tx_ssrc,
+            ?pt_map,
+            ?last_seq,
+            last_ts,
+            idle_ms = last_sent.map(|at| now.saturating_duration_since(at).as_millis()),
+            "subscription bound"
+        );
         subscription.publication = Some(publication_id);
         subscription.pt_map = pt_map;
         subscription.tx_ssrc = tx_ssrc;

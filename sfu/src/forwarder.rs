@@ -79,6 +79,12 @@ impl Forwarder {
         self.awaiting_keyframe = self.is_video;
     }
 
+    /// Where the outgoing stream is: the last sequence number and timestamp written, and when
+    /// (for logs).
+    pub fn position(&self) -> (Option<u64>, u32, Option<Instant>) {
+        (self.last_seq_out, self.last_ts_out, self.last_sent_at)
+    }
+
     /// Whether the forwarder is withholding video until a keyframe arrives.
     pub fn awaiting_keyframe(&self) -> bool {
         self.awaiting_keyframe

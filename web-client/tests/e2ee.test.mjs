@@ -170,6 +170,20 @@ describe('end-to-end encrypted meeting', { skip }, () => {
       await waitUntilReceives(bob, [alice]);
       await waitUntilReceives(alice, [bob]);
 
+      // No receiver of the host's went inactive, and each was named in `subscribe` only after
+      // an answer had made it active: media never reached a receive stream Chromium would
+      // rebuild (see `negotiate` in meeting.js; a rebuilt one sometimes lost every frame its
+      // transform opened). Bob's rejoin and Carol's departure both went through this.
+      const offers = await hook(alice, () => window.meetTest.sent.filter((m) => m.type === 'offer'));
+      for (const [k, offer] of offers.entries()) {
+        assert.ok(!Object.values(offer.directions).includes('inactive'), `offer ${k} makes no receiver inactive: ${JSON.stringify(offer.directions)}`);
+        for (const { mid } of offer.subscribe) {
+          assert.ok(offers.slice(0, k).some((earlier) => earlier.directions[mid] === 'recvonly'),
+            `offer ${k} names mid ${mid} in subscribe only after an earlier offer made it recvonly`);
+        }
+      }
+      assert.ok(offers.filter((o) => o.subscribe.length > 0).length >= 3, 'the host subscribed several times');
+
       // The added cost, for the notes (not asserted): time to seal or open a frame in the
       // worker, next to what the encoder and decoder spend on one.
       const cost = await counts(alice);

@@ -100,10 +100,14 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
   let log = '';
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30_000);
+    let started = false;
+    // These listeners keep the whole log; the address is looked for only until it is found.
     const onData = (chunk) => {
       log += chunk;
+      if (started) return;
       const match = /server started http_addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
       if (match) {
+        started = true;
         clearTimeout(timer);
         resolve(`https://${match[1]}/`);
       }
@@ -118,8 +122,9 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     child.kill('SIGKILL');
     throw err;
   });
-  child.stdout.on('data', (chunk) => { log += chunk; });
-  child.stderr.on('data', (chunk) => { log += chunk; });
+  // For diagnosis: the server's whole log, written when the test process ends.
+  const keepLog = process.env.MEET_TEST_SERVER_LOG;
+  if (keepLog) process.once('exit', () => fs.writeFileSync(`${keepLog}.${child.pid}`, log));
   const legacy = !knowsOpenRooms;
   if (legacy) legacyOrigins.add(new URL(url).origin);
   return {
@@ -379,10 +384,14 @@ async function audioDiagnostics() {
   });
   const inbound = [];
   const pc = window.meetTest.pc();
-  (await pc?.getStats())?.forEach((r) => {
+  const stats = await pc?.getStats();
+  stats?.forEach((r) => {
     if (r.type !== 'inbound-rtp' || r.kind !== 'audio') return;
+    const codec = r.codecId ? stats.get(r.codecId) : null;
     inbound.push({
       mid: r.mid,
+      ssrc: r.ssrc,
+      codec: codec ? `${codec.payloadType} ${codec.mimeType} ${codec.sdpFmtpLine ?? ''}` : null,
       track: r.trackIdentifier,
       packets: r.packetsReceived,
       samples: r.totalSamplesReceived,
@@ -394,6 +403,12 @@ async function audioDiagnostics() {
       bufferMs: r.jitterBufferEmittedCount ? Math.round((1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount) : null,
       targetMs: r.jitterBufferEmittedCount ? Math.round((1000 * r.jitterBufferTargetDelay) / r.jitterBufferEmittedCount) : null,
       lastPacketAgoMs: r.lastPacketReceivedTimestamp ? Math.round(r.timestamp - r.lastPacketReceivedTimestamp) : null,
+      silentConcealed: r.silentConcealedSamples,
+      concealmentEvents: r.concealmentEvents,
+      inserted: r.insertedSamplesForDeceleration,
+      removed: r.removedSamplesForAcceleration,
+      energy: r.totalAudioEnergy,
+      fec: r.fecPacketsReceived,
     });
   });
   const e2ee = window.meetTest.encryption?.()?.encrypted ? await window.meetTest.e2eeCounts() : null;
