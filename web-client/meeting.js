@@ -947,6 +947,7 @@ export class Meeting extends EventTarget {
     // got what the receiver's transform had decrypted: the next sender on it was seen but
     // heard as silence (see `negotiate` for the other way to reach the same state).
     if (!this.encrypted) tr.direction = 'inactive';
+    s.held.delete(tr);
     s.free[tr.receiver.track.kind].push(tr);
     this.negotiate(s);
   }

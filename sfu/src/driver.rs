@@ -474,17 +474,28 @@ mod tests {
         assert_eq!(thread.dropped, 0);
     }
 
-    #[test]
-    fn a_send_thread_that_stopped_is_reported() {
+    /// The media thread's side of a send thread that never runs: a queue of one batch, and
+    /// the thread's ends of both channels for the test to keep or drop.
+    fn without_a_thread() -> (
+        SendThread,
+        Receiver<Vec<Transmit>>,
+        SyncSender<Vec<Transmit>>,
+    ) {
         let (batches, to_send) = std::sync::mpsc::sync_channel(1);
-        let (_sent, returned) = std::sync::mpsc::sync_channel(1);
-        drop(to_send);
-        let mut thread = SendThread {
+        let (sent, returned) = std::sync::mpsc::sync_channel(1);
+        let thread = SendThread {
             batches,
             returned,
             spare: Vec::new(),
             dropped: 0,
         };
+        (thread, to_send, sent)
+    }
+
+    #[test]
+    fn a_send_thread_that_stopped_is_reported() {
+        let (mut thread, to_send, _sent) = without_a_thread();
+        drop(to_send);
         let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let mut one = Some(datagram(to, 1));
         assert!(!thread.hand_over(|| one.take()));
@@ -492,15 +503,8 @@ mod tests {
 
     #[test]
     fn a_full_send_queue_drops_the_batch_and_counts_its_datagrams() {
-        // A send thread that never takes anything: the queue fills.
-        let (batches, _to_send) = std::sync::mpsc::sync_channel(1);
-        let (_sent, returned) = std::sync::mpsc::sync_channel(1);
-        let mut thread = SendThread {
-            batches,
-            returned,
-            spare: Vec::new(),
-            dropped: 0,
-        };
+        // Nothing takes the batches: the queue of one fills.
+        let (mut thread, _to_send, _sent) = without_a_thread();
         let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let mut first: Vec<Transmit> = (0..4).map(|i| datagram(to, i)).collect();
         assert!(thread.hand_over(|| first.pop()));
