@@ -23,6 +23,8 @@ const counts = new Map();
 const captured = new Map();
 /** Whether received frames are kept for `capture` (test hook; off: no copy per frame). */
 let capturing = false;
+/** Whether opened audio frames note their RTP position (test pages only: a call per frame). */
+let diagnosing = false;
 /** Frames still to corrupt after sealing (test hook: receivers must refuse them). */
 let tamper = 0;
 
@@ -81,7 +83,7 @@ async function receiveFrame(frame, controller, c, kind, id) {
   c.frames += 1;
   c.ms += performance.now() - started;
   c.kid = header.kid;
-  if (kind === 'audio') noteAudioFrame(c, frame, participant, plain.length);
+  if (diagnosing && kind === 'audio') noteAudioFrame(c, frame, participant, plain.length);
   controller.enqueue(frame);
 }
 
@@ -144,6 +146,9 @@ self.onmessage = async (event) => {
       break;
     case 'stats':
       self.postMessage({ reply: m.reply, counts: Object.fromEntries(counts) });
+      break;
+    case 'diagnose-on':
+      diagnosing = true;
       break;
     case 'capture-on':
       capturing = true;

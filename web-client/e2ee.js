@@ -49,12 +49,14 @@ export class E2ee {
    * @param {(participant: any) => string | null} o.publicKeyOf  a visible participant's key
    * @param {string | null} [o.prefer]  'legacy' forces createEncodedStreams (tests)
    * @param {boolean} [o.keyless]  announce no key and ask nobody (tests: a receiver without keys)
+   * @param {boolean} [o.diagnose]  receivers note each audio frame's RTP position (tests)
    */
   constructor(o) {
     this.sendKeys = o.send;
     this.publicKeyOf = o.publicKeyOf;
     this.mode = transformSupport(o.prefer);
     this.keyless = !!o.keyless;
+    this.diagnose = !!o.diagnose;
     this.room = '';
     this.me = null;
     this.host = false;
@@ -106,6 +108,7 @@ export class E2ee {
 
   startWorker() {
     const worker = new Worker(new URL('./e2ee-worker.js', import.meta.url), { type: 'module' });
+    if (this.diagnose) worker.postMessage({ type: 'diagnose-on' });
     worker.onmessage = (event) => {
       const done = this.replies.get(event.data?.reply);
       if (done) {

@@ -124,7 +124,7 @@ export class Meeting extends EventTarget {
    * @param {string} o.url          the `wss://…/ws` address
    * @param {number} [o.protocolVersion]
    * @param {number} [o.reconnectWindowMs]
-   * @param {object} [o.e2ee]  tests: { prefer: 'legacy' } or { keyless: true }
+   * @param {object} [o.e2ee]  tests: { prefer: 'legacy' }, { keyless: true }, { diagnose: true }
    */
   constructor(o) {
     super();

@@ -26,8 +26,10 @@ export function install(params, { setTrackSource, app }) {
   if (params.has('ws')) overrides.signalingUrl = params.get('ws');
   if (params.has('reconnect_s')) overrides.reconnectWindowMs = 1000 * Number(params.get('reconnect_s'));
   if (params.get('synthetic') === '1') setTrackSource(syntheticSource(params));
-  if (params.get('e2ee') === 'keyless') overrides.e2ee = { keyless: true };
-  if (params.get('e2ee') === 'legacy') overrides.e2ee = { prefer: 'legacy' };
+  // Test pages' E2EE receivers note each audio frame's RTP position (failure diagnostics).
+  overrides.e2ee = { diagnose: true };
+  if (params.get('e2ee') === 'keyless') overrides.e2ee.keyless = true;
+  if (params.get('e2ee') === 'legacy') overrides.e2ee.prefer = 'legacy';
 
   // mid -> direction of each m-line of an SDP (offers keep this instead of their SDP).
   const directions = (sdp) => Object.fromEntries(String(sdp).split(/\r?\nm=/).slice(1).map((section) => [
