@@ -953,6 +953,15 @@ fn finalize_dir(
             MediaKind::Audio => FileKind::Audio,
             MediaKind::Video => FileKind::Video,
         };
+        // The manifest is read back from disk, so its file names are not trusted: only the
+        // name the recorder itself gives this track is ever opened, cut or removed. Anything
+        // else (`../../meet.db`, an absolute path) is left alone and reported.
+        let expected = track_file(track.track, track.kind);
+        if track.file.as_ref().is_some_and(|name| *name != expected) {
+            track.file = None;
+            track.warning = Some("the manifest named a file this recorder never writes".to_owned());
+            continue;
+        }
         let Some(name) = track.file.clone() else {
             // A file created just before the process died, whose first media had not yet been
             // flushed, is not in the manifest; it holds nothing playable.
@@ -975,6 +984,13 @@ fn finalize_dir(
                     Some("no media reached the disk before the recording stopped".to_owned());
             }
         }
+    }
+    if manifest
+        .mix
+        .as_ref()
+        .is_some_and(|mix| mix.file != MIX_FILE)
+    {
+        manifest.mix = None;
     }
     if let Some(mix) = &mut manifest.mix {
         mix.end_offset_ms = finalize_file(dir, &mix.file, FileKind::Mix)?;

@@ -222,6 +222,62 @@ fn killed_recording_is_recovered_as_interrupted() {
     assert!(recover(&dir).expect("recover").is_none());
 }
 
+/// A manifest is read back from disk, so whoever can write one (a bug, a restored backup, an
+/// intruder in the recordings directory) must not make recovery touch files outside it: only
+/// the names the recorder itself writes are ever cut or removed.
+#[test]
+fn recovery_touches_only_the_files_the_recorder_names() {
+    let parent = test_dir("hostile-manifest");
+    let dir = parent.join("rec");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Files that are not valid Ogg or WebM, so recovery would remove them if it opened them.
+    let outside = parent.join("meet.db");
+    std::fs::write(&outside, b"not a recording").expect("outside");
+    let absolute = parent.join("keys.pem");
+    std::fs::write(&absolute, b"not a recording either").expect("absolute");
+    let inside = dir.join("notes.txt");
+    std::fs::write(&inside, b"a file the recorder never writes").expect("inside");
+    let track = |n: u64, kind: &str, file: &str| {
+        serde_json::json!({
+            "track": n, "participant_id": 1, "participant": "a", "kind": kind,
+            "source": "camera", "codec": if kind == "audio" { "opus" } else { "vp8" },
+            "clock_rate": if kind == "audio" { 48_000 } else { 90_000 },
+            "added_offset_ms": 0, "file": file, "start_offset_ms": 0,
+            "end_offset_ms": null, "warning": null,
+        })
+    };
+    let manifest = serde_json::json!({
+        "recording_id": "rec-h", "room": "room-h", "started_at_unix_ms": 0,
+        "status": "recording", "duration_ms": null, "e2ee": false,
+        "tracks": [
+            track(1, "audio", "../meet.db"),
+            track(2, "video", absolute.to_str().expect("utf-8")),
+            track(3, "audio", "notes.txt"),
+        ],
+        "mix": { "file": "../meet.db", "start_offset_ms": 0, "end_offset_ms": null },
+    });
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("manifest");
+
+    let summary = recover(&dir).expect("recover").expect("was recording");
+    assert_eq!(summary.status, "interrupted");
+    assert_eq!(summary.files.len(), 1, "only the manifest: {summary:?}");
+    for path in [&outside, &absolute, &inside] {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    for track in manifest["tracks"].as_array().expect("tracks") {
+        assert!(track["file"].is_null(), "{track}");
+        assert!(track["warning"].is_string(), "{track}");
+    }
+    assert!(manifest["mix"].is_null(), "{manifest}");
+}
+
 /// Storage whose files fail, as on a full disk, once `budget` bytes were written in all.
 #[derive(Debug)]
 struct FullDisk {
