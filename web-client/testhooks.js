@@ -1,5 +1,5 @@
-// Test hooks. Loaded only when the page's URL has `?test=1` or `?synthetic=1`; nothing here
-// runs for people using the client.
+// Test hooks. Loaded only when the page's URL has `?test=1` or `?synthetic=1`, and served only
+// by a server started with `--test-hooks`; nothing here runs for people using the client.
 //
 // URL parameters:
 //   synthetic=1       camera = canvas painted one solid colour, microphone = a sine tone,
@@ -9,7 +9,6 @@
 //   gain=G            the tone's amplitude, 0 to 1 (default 0.3); `meetTest.setToneGain` changes it
 //   screen=R,G,B      screen-share colour (default 255,255,0)
 //   protocol=N        join with this protocol version (to provoke `version_mismatch`)
-//   ws=URL            signaling address instead of wss://<this host>/ws
 //   reconnect_s=N     give up reconnecting after N seconds
 //   e2ee=keyless      in an encrypted meeting, announce no key and ask nobody for theirs
 //   e2ee=legacy       transform frames with createEncodedStreams, not RTCRtpScriptTransform
@@ -23,7 +22,6 @@
 export function install(params, { setTrackSource, app }) {
   const overrides = {};
   if (params.has('protocol')) overrides.protocolVersion = Number(params.get('protocol'));
-  if (params.has('ws')) overrides.signalingUrl = params.get('ws');
   if (params.has('reconnect_s')) overrides.reconnectWindowMs = 1000 * Number(params.get('reconnect_s'));
   if (params.get('synthetic') === '1') setTrackSource(syntheticSource(params));
   // Test pages' E2EE receivers note each audio frame's RTP position (failure diagnostics).

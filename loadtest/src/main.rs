@@ -44,6 +44,12 @@ struct Args {
     /// Do not scrape server metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// The server's metrics token (its `<data-dir>/metrics-token`, or its --metrics-token).
+    #[arg(long, env = "MEET_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// Read the metrics token from this file (e.g. the server's `data/metrics-token`).
+    #[arg(long, value_name = "FILE", conflicts_with = "metrics_token")]
+    metrics_token_file: Option<PathBuf>,
     /// Trust exactly this server certificate (PEM). Without it, any certificate is accepted.
     #[arg(long, value_name = "PEM")]
     ca_cert: Option<PathBuf>,
@@ -105,6 +111,16 @@ struct Args {
     /// SLO: most endpoints that may fail to join or receive media (default 0).
     #[arg(long)]
     slo_max_failed: Option<u64>,
+    /// Soak SLO: most growth of the server's RSS, in MiB, from the middle third of the run
+    /// to its last third.
+    #[arg(long)]
+    slo_rss_growth_mib: Option<f64>,
+    /// Soak SLO: most growth of the server's open file descriptors, likewise.
+    #[arg(long)]
+    slo_fd_growth: Option<f64>,
+    /// Soak SLO: most growth of the server's async tasks, likewise.
+    #[arg(long)]
+    slo_task_growth: Option<f64>,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -177,6 +193,15 @@ impl Args {
         if self.slo_first_frame_p95_ms.is_some() {
             scenario.slo.first_frame_p95_ms = self.slo_first_frame_p95_ms;
         }
+        if self.slo_rss_growth_mib.is_some() {
+            scenario.slo.rss_growth_mib = self.slo_rss_growth_mib;
+        }
+        if self.slo_fd_growth.is_some() {
+            scenario.slo.fd_growth = self.slo_fd_growth;
+        }
+        if self.slo_task_growth.is_some() {
+            scenario.slo.task_growth = self.slo_task_growth;
+        }
         if let Some(max) = self.slo_max_failed {
             scenario.slo.max_failed = max;
         }
@@ -227,7 +252,16 @@ impl Args {
                     format!("https://{authority}/metrics")
                 }
             };
-            Some(MetricsTarget::new(&url, tls.clone())?)
+            let token = match &self.metrics_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => self.metrics_token.clone(),
+            };
+            Some(MetricsTarget::new(&url, tls.clone())?.with_token(token))
         };
         Ok(Target {
             ws_url: self.url.clone(),

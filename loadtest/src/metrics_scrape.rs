@@ -39,6 +39,8 @@ pub struct MetricsTarget {
     pub host: String,
     pub path: String,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The server's metrics token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
 }
 
 impl MetricsTarget {
@@ -56,7 +58,14 @@ impl MetricsTarget {
             host,
             path: path.to_string(),
             tls,
+            token: None,
         })
+    }
+
+    /// The same target, scraped with the server's metrics token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Fetches and parses the metrics page once.
@@ -76,8 +85,13 @@ impl MetricsTarget {
         let mut tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await?;
+        let authorization = self
+            .token
+            .as_ref()
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
+            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n{authorization}\r\n",
             self.path, self.authority
         );
         tls.write_all(request.as_bytes()).await?;
@@ -170,6 +184,8 @@ pub struct ServerSample {
     pub rtp_forwarded: Option<f64>,
     pub dropped: Option<f64>,
     pub nacks: Option<f64>,
+    pub open_fds: Option<f64>,
+    pub tasks: Option<f64>,
 }
 
 impl ServerSample {
@@ -183,6 +199,8 @@ impl ServerSample {
             rtp_forwarded: metrics.sum("meet_rtp_packets_total", "direction=\"forwarded\""),
             dropped: metrics.sum("meet_dropped_packets_total", ""),
             nacks: metrics.sum("meet_nacks_received_total", ""),
+            open_fds: metrics.sum("process_open_fds", ""),
+            tasks: metrics.sum("meet_tokio_tasks", ""),
         }
     }
 }

@@ -230,6 +230,33 @@ pub struct ServerSummary {
     pub rss_per_subscriber_bytes: Option<f64>,
     pub dropped_packets: Option<f64>,
     pub nacks: Option<f64>,
+    /// Growth from the middle third of the run to its last third (see [`growth`]): resident
+    /// memory in bytes, open descriptors, async tasks.
+    pub rss_growth_bytes: Option<f64>,
+    pub fd_growth: Option<f64>,
+    pub task_growth: Option<f64>,
+    /// The highest open descriptors and async tasks seen.
+    pub open_fds_peak: Option<f64>,
+    pub tasks_peak: Option<f64>,
+}
+
+/// How much a server figure grew over a run: its highest value in the last third of the
+/// samples less its highest in the middle third. The first third (ramp, warm-up, caches
+/// filling) is left out; a figure that keeps growing after it is a leak.
+pub fn growth(samples: &[(f64, ServerSample)], f: fn(&ServerSample) -> Option<f64>) -> Option<f64> {
+    let (first, last) = (samples.first()?.0, samples.last()?.0);
+    let third = (last - first) / 3.0;
+    if third <= 0.0 {
+        return None;
+    }
+    let highest = |from: f64, to: f64| {
+        samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .filter_map(|(_, s)| f(s))
+            .reduce(f64::max)
+    };
+    Some(highest(first + 2.0 * third, last)? - highest(first + third, first + 2.0 * third)?)
 }
 
 impl ServerSummary {
@@ -265,6 +292,14 @@ impl ServerSummary {
                 .map(|(b, p)| (p - b) / subscribers as f64),
             dropped_packets: delta(|s| s.dropped),
             nacks: delta(|s| s.nacks),
+            rss_growth_bytes: growth(samples, |s| s.rss_bytes),
+            fd_growth: growth(samples, |s| s.open_fds),
+            task_growth: growth(samples, |s| s.tasks),
+            open_fds_peak: samples
+                .iter()
+                .filter_map(|(_, s)| s.open_fds)
+                .reduce(f64::max),
+            tasks_peak: samples.iter().filter_map(|(_, s)| s.tasks).reduce(f64::max),
         }
     }
 }
@@ -387,6 +422,21 @@ impl RunReport {
             scenario.slo.first_frame_p95_ms,
             first_keyframe_ms.map(|d| d.p95),
         );
+        check(
+            "server RSS growth MiB",
+            scenario.slo.rss_growth_mib,
+            server.rss_growth_bytes.map(|b| b / 1_048_576.0),
+        );
+        check(
+            "server descriptor growth",
+            scenario.slo.fd_growth,
+            server.fd_growth,
+        );
+        check(
+            "server task growth",
+            scenario.slo.task_growth,
+            server.task_growth,
+        );
         let passed = slo.iter().all(|c| c.passed);
         Self {
             // The ramp joined the scenario's receivers; churned replacements came later.
@@ -493,6 +543,17 @@ impl RunReport {
             opt(self.server.rss_per_subscriber_bytes, 1.0 / 1_024.0),
             opt(self.generator_core_ms_per_endpoint_s, 1.0),
         );
+        if self.server.open_fds_peak.is_some() || self.server.tasks_peak.is_some() {
+            let _ = writeln!(
+                out,
+                "server growth (middle → last third of the run): RSS {} MiB, descriptors {} (peak {}), tasks {} (peak {})",
+                opt(self.server.rss_growth_bytes, 1.0 / 1_048_576.0),
+                opt(self.server.fd_growth, 1.0),
+                opt(self.server.open_fds_peak, 1.0),
+                opt(self.server.task_growth, 1.0),
+                opt(self.server.tasks_peak, 1.0),
+            );
+        }
         if s.e2ee {
             let _ = writeln!(
                 out,
@@ -678,6 +739,32 @@ pub fn html(report: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growth_compares_the_last_third_with_the_middle_third() {
+        let sample = |rss: f64| ServerSample {
+            rss_bytes: Some(rss),
+            ..ServerSample::default()
+        };
+        // A ramp (0 → 100), then steady with noise: no growth.
+        let steady: Vec<_> = (0..90)
+            .map(|t| {
+                let rss = if t < 30 {
+                    f64::from(t) * 3.0
+                } else {
+                    100.0 + f64::from(t % 3)
+                };
+                (f64::from(t), sample(rss))
+            })
+            .collect();
+        assert_eq!(growth(&steady, |s| s.rss_bytes), Some(0.0));
+        // A leak of one unit a second keeps growing after the ramp.
+        let leaking: Vec<_> = (0..90)
+            .map(|t| (f64::from(t), sample(100.0 + f64::from(t))))
+            .collect();
+        assert_eq!(growth(&leaking, |s| s.rss_bytes), Some(30.0));
+        assert_eq!(growth(&leaking[..1], |s| s.rss_bytes), None);
+    }
 
     #[test]
     fn percentiles_come_from_the_values() {

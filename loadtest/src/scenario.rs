@@ -77,6 +77,12 @@ pub struct Slo {
     pub first_frame_p95_ms: Option<f64>,
     /// Most endpoints that may fail to join or to receive media.
     pub max_failed: u64,
+    /// Soak: most growth of the server's resident memory (MiB), open descriptors and async
+    /// tasks, from the middle third of the run to its last third (the first third is the
+    /// ramp and warm-up). A leak grows; a steady server does not.
+    pub rss_growth_mib: Option<f64>,
+    pub fd_growth: Option<f64>,
+    pub task_growth: Option<f64>,
 }
 
 impl Default for Slo {
@@ -86,6 +92,9 @@ impl Default for Slo {
             join_p95_ms: None,
             first_frame_p95_ms: None,
             max_failed: 0,
+            rss_growth_mib: None,
+            fd_growth: None,
+            task_growth: None,
         }
     }
 }
@@ -901,6 +910,7 @@ mod tests {
                 tls.clone(),
             )
             .expect("metrics url")
+            .with_token(Some(server.metrics_token.clone()))
         });
         let target = Target {
             ws_url: server.ws_url(),

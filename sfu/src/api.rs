@@ -73,13 +73,18 @@ pub enum SfuCommand {
         participant: ParticipantId,
         sizes: Vec<VideoSize>,
     },
+    /// Ends the SFU thread: every transport is dropped and the media socket closed. The
+    /// handle then reports the SFU stopped, as after any failure of that thread.
+    Shutdown,
 }
 
 impl SfuCommand {
     /// The participant the command is about; `None` for room-wide commands.
     pub fn participant(&self) -> Option<ParticipantId> {
         Some(match self {
-            SfuCommand::StartRecording { .. } | SfuCommand::StopRecording { .. } => return None,
+            SfuCommand::StartRecording { .. }
+            | SfuCommand::StopRecording { .. }
+            | SfuCommand::Shutdown => return None,
             SfuCommand::AddParticipant { participant, .. }
             | SfuCommand::Offer { participant, .. }
             | SfuCommand::RemoteCandidate { participant, .. }

@@ -112,6 +112,17 @@ impl SfuHandle {
         self.advertised_addr
     }
 
+    /// Whether the SFU thread still runs: false once it ended, whether by a panic, a failed
+    /// media socket or [`SfuCommand::Shutdown`].
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
+    /// Resolves once the SFU thread has ended.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// The latest counters, at most about a second old.
     pub fn snapshot(&self) -> SfuSnapshot {
         self.snapshot
@@ -240,12 +251,19 @@ async fn run(
                 }
             }
             command = commands.recv() => {
-                let Some(command) = command else {
+                let Some(mut command) = command else {
                     return;
                 };
-                engine.handle_command(Instant::now(), command);
-                while let Ok(command) = commands.try_recv() {
+                loop {
+                    if matches!(command, SfuCommand::Shutdown) {
+                        tracing::info!("the SFU stops");
+                        return;
+                    }
                     engine.handle_command(Instant::now(), command);
+                    let Ok(next) = commands.try_recv() else {
+                        break;
+                    };
+                    command = next;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}

@@ -550,6 +550,10 @@ impl Engine {
             self.stats.dropped_malformed += 1;
             return;
         };
+        if crate::stun::is_stun(data) && !crate::stun::fingerprint_ok(data) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
         let input = Input::Receive(
             now,
             Receive {
@@ -611,7 +615,9 @@ impl Engine {
         if let Some(id) = self.by_addr.get(&source) {
             return Some(*id);
         }
-        // Only a STUN binding request may introduce a new address.
+        // Only a STUN binding request may introduce a new address, and only one that proves
+        // it knows the transport's ICE password (MESSAGE-INTEGRITY): an address is bound only
+        // to a peer that could have completed the check, never to a guess of the ufrag.
         let stun = StunMessage::parse(data).ok()?;
         let (local_ufrag, _) = stun.split_username()?;
         let id = *self.by_ufrag.get(local_ufrag)?;
@@ -619,8 +625,10 @@ impl Engine {
         if !participant.rtc.accepts(input) {
             return None;
         }
-        // The STUN message integrity is checked by str0m when the input is handled; binding
-        // the address only routes later datagrams to the same transport, which checks them.
+        let password = participant.rtc.direct_api().local_ice_credentials().pass;
+        if !stun.verify(password.as_bytes(), crate::stun::hmac_sha1) {
+            return None;
+        }
         if !participant.addrs.contains(&source) {
             // A peer changes address rarely (NAT rebinding, network switch). Bound the list so
             // that spoofed sources cannot grow it, forgetting the oldest address first.
@@ -707,6 +715,8 @@ impl Engine {
                 self.set_video_sizes(participant, &sizes);
                 Ok(())
             }
+            // The driver ends its thread; the engine itself has nothing to do.
+            SfuCommand::Shutdown => Ok(()),
         };
         if let (Err((code, message)), Some(participant)) = (result, participant) {
             self.events.push_back(SfuEvent::Refused {
@@ -808,9 +818,16 @@ impl Engine {
         if !sdp.lines().any(|l| l.starts_with("a=fingerprint:")) {
             return Err((ErrorCode::BadSdp, "offer has no DTLS fingerprint".into()));
         }
+        let sdp = &*without_weak_fingerprints(sdp).ok_or((
+            ErrorCode::BadSdp,
+            "offer has no SHA-256, SHA-384 or SHA-512 DTLS fingerprint (SHA-1 is refused)".into(),
+        ))?;
         let sdp = &*without_unpairable_candidates(sdp, self.config.candidate_addr);
-        let offer = SdpOffer::from_sdp_string(sdp)
-            .map_err(|err| (ErrorCode::BadSdp, format!("unparsable offer: {err}")))?;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|err| {
+            // The parser's own text names positions in memory; the client gets none of it.
+            tracing::debug!(participant = %id, %err, "unparsable offer");
+            (ErrorCode::BadSdp, "the offer is not valid SDP".to_owned())
+        })?;
         let participant = self.participants.get_mut(&id).ok_or((
             ErrorCode::NotJoined,
             format!("participant {id} has no transport"),
@@ -2411,7 +2428,6 @@ fn layer_step(target: Option<u8>, current: Option<u8>, layer: u8, keyframe: bool
     }
 }
 
-/// The SSRC of an RTP (not RTCP) datagram, read from its clear header.
 /// Whether a datagram is SRTP or SRTCP by its first byte (RFC 7983), which only a peer that
 /// has its keys sends. Its authenticity is not checked here: a forged one from the peer's
 /// address only makes a fast start early, and a client that drops it asks for a keyframe.
@@ -2426,6 +2442,35 @@ fn rtp_or_rtcp(data: &[u8]) -> bool {
 /// first check arrives.
 fn pairable(candidate: &Candidate, local: SocketAddr) -> bool {
     candidate.proto() == Protocol::Udp && candidate.addr().is_ipv4() == local.is_ipv4()
+}
+
+/// The offer without its SHA-1 (or other weak) DTLS fingerprints, so that the transport is
+/// authenticated by a strong one only; `None` when no strong one is left.
+fn without_weak_fingerprints(sdp: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let weak = |line: &str| {
+        line.trim()
+            .strip_prefix("a=fingerprint:")
+            .is_some_and(|value| {
+                let algorithm = value.split_whitespace().next().unwrap_or_default();
+                !["sha-256", "sha-384", "sha-512"]
+                    .iter()
+                    .any(|strong| algorithm.eq_ignore_ascii_case(strong))
+            })
+    };
+    let strong = sdp
+        .lines()
+        .any(|l| l.trim().starts_with("a=fingerprint:") && !weak(l));
+    if !strong {
+        return None;
+    }
+    if !sdp.lines().any(weak) {
+        return Some(std::borrow::Cow::Borrowed(sdp));
+    }
+    let mut kept = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n').filter(|l| !weak(l)) {
+        kept.push_str(line);
+    }
+    Some(std::borrow::Cow::Owned(kept))
 }
 
 /// The offer without the candidate lines the server cannot pair with (see [`pairable`]).
@@ -2448,6 +2493,7 @@ fn without_unpairable_candidates(sdp: &str, local: SocketAddr) -> std::borrow::C
     std::borrow::Cow::Owned(kept)
 }
 
+/// The SSRC of an RTP (not RTCP) datagram, read from its clear header.
 fn rtp_ssrc(data: &[u8]) -> Option<u32> {
     let first = *data.first()?;
     let second = *data.get(1)?;
@@ -2513,6 +2559,22 @@ mod tests {
         assert!(matches!(
             without_unpairable_candidates(usable, local),
             std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn offers_keep_only_strong_dtls_fingerprints() {
+        let only_sha1 = "v=0\r\na=fingerprint:sha-1 AB:CD\r\na=mid:0\r\n";
+        assert!(without_weak_fingerprints(only_sha1).is_none());
+        let both = "v=0\r\na=fingerprint:sha-1 AB:CD\r\na=fingerprint:SHA-256 EF:01\r\n";
+        assert_eq!(
+            without_weak_fingerprints(both).as_deref(),
+            Some("v=0\r\na=fingerprint:SHA-256 EF:01\r\n")
+        );
+        let strong = "a=fingerprint:sha-384 AB\r\n";
+        assert!(matches!(
+            without_weak_fingerprints(strong),
+            Some(std::borrow::Cow::Borrowed(_))
         ));
     }
 

@@ -14,6 +14,7 @@ pub mod gop;
 pub mod recording;
 pub mod speaker;
 pub mod stats;
+pub mod stun;
 
 pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 pub use driver::{SfuConfig, SfuHandle};

@@ -141,7 +141,16 @@ fn mangled_offers_are_answered_or_refused_never_a_panic() {
                 SfuEvent::Answer { participant: p, .. } if p == participant => {
                     outcome = Some(true);
                 }
-                SfuEvent::Refused { participant: p, .. } if p == participant => {
+                SfuEvent::Refused {
+                    participant: p,
+                    message,
+                    ..
+                } if p == participant => {
+                    // What a client is told names no memory address of the server's.
+                    assert!(
+                        !message.contains("Pointer") && !message.contains("0x"),
+                        "refusal leaks internals: {message}"
+                    );
                     outcome.get_or_insert(false);
                 }
                 _ => {}
@@ -182,4 +191,115 @@ fn random_datagrams_never_panic() {
     }
     assert_eq!(engine.stats().datagrams_in, 20_000);
     assert!(engine.poll_transmit().is_none(), "garbage was answered");
+}
+
+/// A participant with an answered offer: the username its checks carry (the server's ufrag
+/// from the answer, the client's from the offer) and the server's ICE password.
+fn participant_with_answer(engine: &mut Engine, now: Instant) -> (String, String) {
+    let offer = valid_offer();
+    let participant = ParticipantId(1);
+    engine.handle_command(
+        now,
+        SfuCommand::AddParticipant {
+            participant,
+            room: RoomId("stun".into()),
+        },
+    );
+    engine.handle_command(
+        now,
+        SfuCommand::Offer {
+            participant,
+            sdp: offer.clone(),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+        },
+    );
+    let mut answer = None;
+    while let Some(event) = engine.poll_event() {
+        if let SfuEvent::Answer { sdp, .. } = event {
+            answer = Some(sdp);
+        }
+    }
+    let answer = answer.expect("the offer is answered");
+    let value = |sdp: &str, key: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .expect("the answer has ICE credentials")
+            .trim()
+            .to_string()
+    };
+    while engine.poll_transmit().is_some() {}
+    let username = format!(
+        "{}:{}",
+        value(&answer, "a=ice-ufrag:"),
+        value(&offer, "a=ice-ufrag:")
+    );
+    (username, value(&answer, "a=ice-pwd:"))
+}
+
+/// A binding request with `username` (`server:client` ufrags), signed with `password`.
+fn binding_request(username: &str, password: &str) -> Vec<u8> {
+    use str0m::ice::{StunMessage, TransId};
+    let message = StunMessage::binding_request(username, TransId::new(), true, 7, 1_000, false);
+    let mut buf = vec![0u8; 512];
+    let n = message
+        .to_bytes(Some(password.as_bytes()), &mut buf, sfu::stun::hmac_sha1)
+        .expect("serialize");
+    buf.truncate(n);
+    buf
+}
+
+/// A new source address is bound to a transport only by a binding request that proves the
+/// ICE password, and a STUN message whose FINGERPRINT is wrong is not answered at all.
+#[test]
+fn stun_must_prove_the_password_and_carry_a_good_fingerprint() {
+    let mut engine =
+        Engine::new(EngineConfig::new("127.0.0.1:3478".parse().expect("addr"))).expect("engine");
+    let now = Instant::now();
+    let (username, password) = participant_with_answer(&mut engine, now);
+    let destination: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
+    // Any non-STUN datagram: it reaches a transport only from a bound address.
+    let probe = [0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+
+    // A guessed password: not answered, and its source is not bound.
+    let guesser: SocketAddr = "127.0.0.1:5001".parse().expect("addr");
+    engine.handle_datagram(
+        now,
+        guesser,
+        destination,
+        &binding_request(&username, "guess"),
+    );
+    assert!(
+        engine.poll_transmit().is_none(),
+        "a forged check was answered"
+    );
+    let unknown = engine.stats().dropped_unknown_source;
+    engine.handle_datagram(now, guesser, destination, &probe);
+    assert_eq!(
+        engine.stats().dropped_unknown_source,
+        unknown + 1,
+        "a source was bound by a check that did not prove the password"
+    );
+
+    // The right password but a damaged FINGERPRINT: not answered either.
+    let damaged: SocketAddr = "127.0.0.1:5002".parse().expect("addr");
+    let mut request = binding_request(&username, &password);
+    let last = request.len() - 1;
+    request[last] ^= 0x01;
+    engine.handle_datagram(now, damaged, destination, &request);
+    assert!(
+        engine.poll_transmit().is_none(),
+        "a check with a bad fingerprint was answered"
+    );
+
+    // The real thing is answered, from where it came.
+    let peer: SocketAddr = "127.0.0.1:5003".parse().expect("addr");
+    engine.handle_datagram(
+        now,
+        peer,
+        destination,
+        &binding_request(&username, &password),
+    );
+    let reply = engine.poll_transmit().expect("a proper check is answered");
+    assert_eq!(reply.destination, peer);
 }

@@ -10,7 +10,7 @@
 //! viewers there are from [`ServerMessage::RoomCounts`], sent at most once a second per room,
 //! so a viewer joining a room of thousands costs O(hosts) messages, not O(N).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +22,24 @@ use protocol::{
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::journal::{Journal, Write};
 use crate::recording::{Names, RecordingFinished};
 use crate::store::{Admission, Store, new_id, unix_ms};
 
 /// Messages queued for one participant's socket before it is treated as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// Room a recipient's queue must have left for a message another participant addressed to it
+/// (wrapped keys) to be queued: such messages may fill at most half of it, so that no
+/// participant, nor several together, can fill someone else's queue and get them removed as
+/// too slow. What does not fit is refused to its sender, who may send it again later.
+pub const RELAY_QUEUE_ROOM: usize = OUTBOUND_QUEUE / 2;
+
+/// Messages one participant may address to one other, per second sustained and in a burst: a
+/// sender's key for a recipient is a message or two per rekey, so this is far above any
+/// meeting's need and far below what fills a queue.
+pub const RELAY_PER_SENDER_RATE: f64 = 8.0;
+pub const RELAY_PER_SENDER_BURST: f64 = 64.0;
 
 /// How often aggregate counts go out (when they changed) and scheduled rooms are opened.
 pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
@@ -158,6 +171,16 @@ impl HubHandle {
         response.await.map_err(|_| unavailable())?
     }
 
+    /// Whether the hub task still runs (it ends when the SFU stops, or by a panic).
+    pub fn is_running(&self) -> bool {
+        !self.requests.is_closed()
+    }
+
+    /// Resolves once the hub task has ended.
+    pub async fn stopped(&self) {
+        self.requests.closed().await;
+    }
+
     pub fn message(&self, participant: ParticipantId, message: ClientMessage) {
         let _ = self.requests.send(HubRequest::Message {
             participant,
@@ -230,6 +253,8 @@ struct Member {
     admitted: bool,
     resume: String,
     e2ee_key: Option<String>,
+    /// What each sender may still address to this member ([`RELAY_PER_SENDER_RATE`]).
+    relayed_from: HashMap<ParticipantId, crate::session::RateLimiter>,
 }
 
 /// `Debug` leaves out the resume secret and the public key.
@@ -293,12 +318,17 @@ struct Room {
 #[derive(Debug)]
 struct Hub {
     sfu: SfuHandle,
-    store: Store,
     max_participants_per_room: usize,
     rooms: HashMap<RoomId, Room>,
     members: HashMap<ParticipantId, Member>,
     /// Who holds each invitation now, so that one invitee is never present twice.
     by_invitation: HashMap<String, ParticipantId>,
+    /// Invitations revoked while this process runs. Storage learns of a revocation a moment
+    /// later (through the journal); until then a join with the link has passed the session's
+    /// check, so the hub refuses it here and a removed person cannot walk straight back in.
+    revoked: HashSet<String>,
+    /// The hub's writes to storage, applied in order.
+    journal: Journal,
     /// The owner of every live publication, for checking subscriptions against [`sees`].
     publication_owner: HashMap<PublicationId, ParticipantId>,
     /// Display names for the recorder's manifests.
@@ -322,11 +352,12 @@ pub fn spawn(
     let (requests, receiver) = mpsc::unbounded_channel();
     let hub = Hub {
         sfu,
-        store,
         max_participants_per_room,
         rooms: HashMap::new(),
         members: HashMap::new(),
         by_invitation: HashMap::new(),
+        revoked: HashSet::new(),
+        journal: Journal::spawn(store.clone()),
         publication_owner: HashMap::new(),
         names,
         shutdown: None,
@@ -394,6 +425,16 @@ impl Hub {
         }
     }
 
+    /// Answers a shutdown once every write the hub made has reached storage, so that the
+    /// attendance log and the recordings' rows are complete when the process exits.
+    fn finish_shutdown(&self, done: oneshot::Sender<()>) {
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            journal.flush().await;
+            let _ = done.send(());
+        });
+    }
+
     fn handle_request(&mut self, request: HubRequest) {
         match request {
             HubRequest::Join {
@@ -431,6 +472,7 @@ impl Hub {
                 }
             }
             HubRequest::RevokeInvitation { invitation } => {
+                self.revoked.insert(invitation.clone());
                 if let Some(id) = self.by_invitation.get(&invitation).copied() {
                     self.remove(
                         id,
@@ -456,7 +498,7 @@ impl Hub {
                 // Emptied rooms stopped their recordings; wait (briefly) until the files
                 // are finalized, so a clean stop never leaves an interrupted recording.
                 if recording.is_empty() {
-                    let _ = done.send(());
+                    self.finish_shutdown(done);
                 } else {
                     self.shutdown = Some((recording, done, std::time::Instant::now()));
                 }
@@ -469,6 +511,16 @@ impl Hub {
         arrival: Arrival,
         outbound: mpsc::Sender<Outbound>,
     ) -> Result<ParticipantId, Refusal> {
+        if arrival
+            .invitation
+            .as_ref()
+            .is_some_and(|invitation| self.revoked.contains(invitation))
+        {
+            return Err((
+                ErrorCode::InvalidToken,
+                "this invitation was withdrawn".into(),
+            ));
+        }
         // One invitee, one presence: a second connection takes over only with the secret the
         // first one was given, so a leaked link cannot push its owner out.
         if let Some(invitation) = &arrival.invitation
@@ -546,6 +598,7 @@ impl Hub {
             admitted: false,
             resume: new_id(),
             e2ee_key: arrival.e2ee_key,
+            relayed_from: HashMap::new(),
         };
         if let Some(invitation) = &member.invitation {
             self.by_invitation.insert(invitation.clone(), id);
@@ -698,22 +751,15 @@ impl Hub {
             self.send_lobby_to(id, &room_id);
         }
         tracing::info!(participant = %id, room = %room_id, role = role.as_str(), "participant joined");
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let (invitation, name, site) = record;
-            if let Err(err) = store
-                .record_join(
-                    &room_id,
-                    id,
-                    invitation.as_deref(),
-                    &name,
-                    site.as_deref(),
-                    role,
-                )
-                .await
-            {
-                tracing::warn!(%err, "attendance not recorded");
-            }
+        let (invitation, name, site) = record;
+        self.journal.write(Write::Join {
+            room: room_id,
+            participant: id,
+            invitation,
+            name,
+            site,
+            role,
+            at_ms: unix_ms(),
         });
         Ok(())
     }
@@ -920,12 +966,8 @@ impl Hub {
                 );
                 if let Some(invitation) = invitation {
                     // The link must stop working too, or the removed person walks back in.
-                    let store = self.store.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = store.revoke_invitation(&invitation).await {
-                            tracing::warn!(%err, "invitation not revoked");
-                        }
-                    });
+                    self.revoked.insert(invitation.clone());
+                    self.journal.write(Write::RevokeInvitation { invitation });
                 }
             }
             ClientMessage::StartRecording {} => {
@@ -1161,24 +1203,54 @@ impl Hub {
                 ),
             ));
         }
+        let now = std::time::Instant::now();
+        let mut held_back = Vec::new();
         for key in keys {
             let recipient = key.participant_id;
-            let present = recipient != from
-                && self
-                    .members
-                    .get(&recipient)
-                    .is_some_and(|m| m.admitted && m.room == *room);
-            if present {
-                self.send(
-                    recipient,
-                    &ServerMessage::E2eeKey {
-                        from,
-                        blob: key.blob,
-                    },
-                );
+            let Some(member) = self.members.get_mut(&recipient) else {
+                continue;
+            };
+            if recipient == from || !member.admitted || member.room != *room {
+                continue;
+            }
+            let within_budget = member
+                .relayed_from
+                .entry(from)
+                .or_insert_with(|| {
+                    crate::session::RateLimiter::new(RELAY_PER_SENDER_RATE, RELAY_PER_SENDER_BURST)
+                })
+                .allow(now);
+            // Never removes the recipient: a message that would crowd its queue is the
+            // sender's problem, refused to the sender.
+            let message = encode(&ServerMessage::E2eeKey {
+                from,
+                blob: key.blob,
+            });
+            let queued = within_budget
+                && member.outbound.capacity() > RELAY_QUEUE_ROOM
+                && member.outbound.try_send(Outbound::Text(message)).is_ok();
+            if !queued {
+                held_back.push(recipient);
             }
         }
-        Ok(())
+        if held_back.is_empty() {
+            return Ok(());
+        }
+        if crate::metrics::Refusal::RelayHeldBack.count() {
+            tracing::info!(participant = %from, recipients = ?held_back, "key messages held back");
+        }
+        Err((
+            ErrorCode::RateLimited,
+            format!(
+                "keys for {} not relayed: too many for them lately, or they are not keeping \
+                 up; send them again later",
+                held_back
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
     }
 
     fn handle_sfu_event(&mut self, event: SfuEvent) {
@@ -1295,11 +1367,9 @@ impl Hub {
                     participant: member.info(participant),
                 });
                 self.broadcast_about(&room, role, None, &message);
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = store.record_quality(participant, quality).await {
-                        tracing::warn!(%err, "quality not recorded");
-                    }
+                self.journal.write(Write::Quality {
+                    participant,
+                    quality,
                 });
             }
         }
@@ -1313,7 +1383,7 @@ impl Hub {
             .is_some_and(|(_, _, since)| since.elapsed() > SHUTDOWN_RECORDING_WAIT)
             && let Some((_, done, _)) = self.shutdown.take()
         {
-            let _ = done.send(());
+            self.finish_shutdown(done);
         }
         let now = unix_ms();
         let due: Vec<RoomId> = self
@@ -1386,6 +1456,11 @@ impl Hub {
             return;
         }
         room.admitted.retain(|p| *p != participant);
+        for other in &room.admitted {
+            if let Some(other) = self.members.get_mut(other) {
+                other.relayed_from.remove(&participant);
+            }
+        }
         self.sfu.send(SfuCommand::RemoveParticipant { participant });
         // The SFU announces removed publications too, but by then the member is gone: tell
         // the room here so that its clients stop their receivers at once.
@@ -1404,11 +1479,10 @@ impl Hub {
         self.broadcast_about(&member.room, member.role, None, &message);
         self.drop_room_if_empty(&member.room);
         tracing::info!(participant = %participant, ?reason, "participant left");
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store.record_leave(participant, reason).await {
-                tracing::warn!(%err, "attendance not recorded");
-            }
+        self.journal.write(Write::Leave {
+            participant,
+            reason,
+            at_ms: unix_ms(),
         });
     }
 
@@ -1440,16 +1514,12 @@ impl Hub {
             recording_id: recording_id.clone(),
             e2ee,
         });
-        let store = self.store.clone();
-        let meeting = room_id.0.clone();
-        let id = recording_id.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store
-                .create_recording(&id, &meeting, started_at, started_by.as_deref(), e2ee)
-                .await
-            {
-                tracing::warn!(%err, "recording not registered");
-            }
+        self.journal.write(Write::RecordingStarted {
+            id: recording_id.clone(),
+            meeting: room_id.0.clone(),
+            started_at,
+            started_by,
+            e2ee,
         });
         tracing::info!(room = %room_id, recording = %recording_id, e2ee, "recording requested");
         self.broadcast_all(
@@ -1505,23 +1575,15 @@ impl Hub {
             if waiting.is_empty()
                 && let Some((_, done, _)) = self.shutdown.take()
             {
-                let _ = done.send(());
+                self.finish_shutdown(done);
             }
         }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store
-                .finish_recording(
-                    &finished.recording_id,
-                    finished.status,
-                    unix_ms(),
-                    finished.error.as_deref(),
-                    finished.bytes,
-                )
-                .await
-            {
-                tracing::warn!(%err, "recording end not registered");
-            }
+        self.journal.write(Write::RecordingFinished {
+            id: finished.recording_id,
+            status: finished.status,
+            ended_at: unix_ms(),
+            error: finished.error,
+            bytes: finished.bytes,
         });
     }
 
@@ -1698,6 +1760,7 @@ mod tests {
             admitted: true,
             resume: "RESUME-SECRET".into(),
             e2ee_key: Some("PUBLIC-KEY".into()),
+            relayed_from: HashMap::new(),
         };
         let request = HubRequest::Message {
             participant: ParticipantId(1),

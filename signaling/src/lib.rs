@@ -6,13 +6,16 @@
 
 pub mod api;
 pub mod auth;
+pub mod connections;
 pub mod hub;
+pub mod journal;
 pub mod metrics;
 pub mod recording;
 pub mod retention;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +27,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
-use tower_http::services::ServeDir;
 
 use crate::hub::HubHandle;
 use crate::session::SessionLimits;
@@ -84,6 +86,18 @@ pub struct Config {
     pub recordings_dir: Option<PathBuf>,
     /// Recordings that ended longer ago than this are deleted; 0 keeps them forever.
     pub recording_retention_days: u32,
+    /// Serve the web client's test hooks (`testhooks.js`). Browser tests only: off, the
+    /// hooks do not exist for a page, whatever its URL says.
+    pub test_hooks: bool,
+    /// The bearer token `GET /metrics` requires. `None`: a random one kept in
+    /// `<data_dir>/metrics-token`, generated on first start.
+    pub metrics_token: Option<String>,
+    /// TCP connections one address may hold at once (pages, API calls and WebSockets
+    /// together); `None`: no limit (a load test's generator is one address).
+    pub max_connections_per_ip: Option<usize>,
+    /// Time a client has to finish its TLS handshake, and to send a request's header (the
+    /// first request's too) once the connection is up.
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -109,6 +123,10 @@ impl Config {
             open_rooms: false,
             recordings_dir: None,
             recording_retention_days: 90,
+            test_hooks: false,
+            metrics_token: None,
+            max_connections_per_ip: Some(connections::DEFAULT_MAX_PER_IP),
+            request_timeout: connections::REQUEST_TIMEOUT,
         }
     }
 
@@ -145,6 +163,8 @@ pub enum StartError {
     Sfu(#[from] sfu::driver::StartError),
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("the metrics token {0}: {1}")]
+    MetricsToken(PathBuf, std::io::Error),
 }
 
 /// Shared by every request handler.
@@ -154,6 +174,8 @@ pub struct AppState {
     limits: SessionLimits,
     sfu: sfu::SfuHandle,
     metrics: metrics::Metrics,
+    /// What `Authorization: Bearer` must carry for `GET /metrics`.
+    metrics_token: std::sync::Arc<str>,
     gate: session::Gate,
     api: api::ApiState,
 }
@@ -172,6 +194,8 @@ pub struct RunningServer {
     pub hub: HubHandle,
     /// Where recordings are written.
     pub recordings_dir: PathBuf,
+    /// The bearer token `GET /metrics` requires.
+    pub metrics_token: String,
     /// Deletes recordings past the retention period; stopped at shutdown.
     retention: Option<tokio::task::JoinHandle<()>>,
     handle: axum_server::Handle<SocketAddr>,
@@ -196,14 +220,28 @@ impl RunningServer {
         let _ = self.task.await;
     }
 
-    /// Serves until the listener fails or the process is asked to stop (Ctrl-C / SIGINT),
-    /// then shuts down cleanly.
+    /// Serves until the listener fails, the media engine or the room hub stops (a panic, a
+    /// failed socket), or the process is asked to stop (Ctrl-C / SIGINT), then shuts down.
+    /// A failure is an error, so that the process exits non-zero and its supervisor restarts
+    /// it, rather than serving pages for meetings it can no longer hold.
     pub async fn run_until_signal(mut self) -> std::io::Result<()> {
+        let sfu = self.sfu.clone();
+        let hub = self.hub.clone();
         tokio::select! {
             result = &mut self.task => match result {
                 Ok(result) => result,
                 Err(err) => Err(std::io::Error::other(err)),
             },
+            () = sfu.stopped() => {
+                tracing::error!("the media engine stopped; shutting down");
+                self.shutdown().await;
+                Err(std::io::Error::other("the media engine stopped"))
+            }
+            () = hub.stopped() => {
+                tracing::error!("the room hub stopped; shutting down");
+                self.shutdown().await;
+                Err(std::io::Error::other("the room hub stopped"))
+            }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("shutting down");
                 self.shutdown().await;
@@ -221,29 +259,50 @@ impl RunningServer {
     }
 }
 
-/// The HTTP routes.
-pub fn app(state: AppState, web_client_dir: PathBuf) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/ws", get(websocket))
-        // The web client's test suite lives beside it; it is not part of the site.
-        .route("/tests", get(not_found))
-        .route("/tests/{*path}", get(not_found))
-        .nest("/api", api::router(state.api.clone()))
-        .fallback_service(ServeDir::new(web_client_dir))
-        .with_state(state)
+/// The HTTP routes. `test_hooks` serves the web client's test hooks (browser tests only).
+pub fn app(state: AppState, web_client_dir: PathBuf, test_hooks: bool) -> Router {
+    web::with_security_headers(
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_text))
+            .route("/ws", get(websocket))
+            .nest("/api", api::router(state.api.clone()))
+            .fallback_service(web::client_files(web_client_dir, test_hooks))
+            .with_state(state),
+    )
 }
 
-async fn not_found() -> StatusCode {
-    StatusCode::NOT_FOUND
+/// `ok` while the server can hold meetings: its media engine and its room hub both run.
+/// Otherwise 503, so that a load balancer or supervisor takes the node out.
+async fn healthz(State(state): State<AppState>) -> Response {
+    if !state.sfu.is_running() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the media engine stopped").into_response();
+    }
+    if !state.hub.is_running() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the room hub stopped").into_response();
+    }
+    "ok".into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+        presented.as_bytes(),
+        state.metrics_token.as_bytes(),
+    )
+    .is_ok();
+    if !matches {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "the metrics need the server's metrics token (Authorization: Bearer)",
+        )
+            .into_response();
+    }
     let body = state.metrics.render(&state.sfu);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -381,6 +440,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .await
         .map_err(StartError::TlsConfig)?;
 
+    let connection_limits = connections::ConnectionLimits::new(config.max_connections_per_ip);
+    let metrics_token = match &config.metrics_token {
+        Some(token) => token.clone(),
+        None => metrics::load_or_generate_token(&config.data_dir)
+            .map_err(|(path, e)| StartError::MetricsToken(path, e))?,
+    };
+
     let listener = std::net::TcpListener::bind(config.http_addr)
         .map_err(|e| StartError::Bind(config.http_addr, e))?;
     listener
@@ -395,6 +461,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits: config.session_limits,
         sfu: sfu.clone(),
         metrics: metrics::Metrics::new(),
+        metrics_token: metrics_token.as_str().into(),
         gate: session::Gate {
             tokens: tokens.clone(),
             store: store.clone(),
@@ -407,11 +474,26 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             recordings_dir.clone(),
         ),
     };
-    let router = app(state, config.web_client_dir.clone());
-    let server = axum_server::from_tcp_rustls(listener, tls_config)
+    let router = app(state, config.web_client_dir.clone(), config.test_hooks);
+    let acceptor = connections::LimitingAcceptor {
+        inner: axum_server::tls_rustls::RustlsAcceptor::new(tls_config)
+            .handshake_timeout(config.request_timeout),
+        limits: connection_limits.clone(),
+    };
+    let mut server = axum_server::from_tcp(listener)
         .map_err(|e| StartError::Bind(http_addr, e))?
+        .acceptor(acceptor)
+        .first_request_timeout(config.request_timeout)
         .handle(handle.clone());
-    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(config.request_timeout);
+    let task = tokio::spawn(async move {
+        server
+            .serve(router.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+    });
     tracing::info!(%http_addr, media = %sfu.local_addr(), "server started");
     Ok(RunningServer {
         http_addr,
@@ -422,6 +504,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tokens,
         hub,
         recordings_dir,
+        metrics_token,
         retention,
         handle,
         task,

@@ -113,6 +113,18 @@ struct Args {
     /// Delete recordings this many days after they ended (0: keep them until deleted).
     #[arg(long, env = "MEET_RECORDING_RETENTION_DAYS", default_value_t = 90)]
     recording_retention_days: u32,
+    /// The bearer token `GET /metrics` requires [default: a random token kept in
+    /// <data-dir>/metrics-token, generated on first start].
+    #[arg(long, env = "MEET_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// TCP connections one address may hold at once: pages, API calls and WebSockets together
+    /// (0: no limit, for a load test whose bots all come from one address).
+    #[arg(long, env = "MEET_MAX_CONNECTIONS_PER_IP", default_value_t = signaling::connections::DEFAULT_MAX_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Serve the web client's test hooks (browser tests only: they give any page that asks
+    /// synthetic media and let a script read what it shows).
+    #[arg(long, env = "MEET_TEST_HOOKS")]
+    test_hooks: bool,
 }
 
 #[tokio::main]
@@ -205,6 +217,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.media_send_thread = args.media_send_thread;
     config.recordings_dir = args.recordings_dir;
     config.recording_retention_days = args.recording_retention_days;
+    config.metrics_token = args.metrics_token;
+    config.max_connections_per_ip =
+        (args.max_connections_per_ip > 0).then_some(args.max_connections_per_ip);
+    // Every connection is a file descriptor: the server's own limits must bind before the
+    // shell's default (often 1,024) does.
+    match signaling::connections::raise_fd_limit() {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "the open file limit could not be raised"),
+    }
+    config.test_hooks = args.test_hooks;
+    if config.test_hooks {
+        tracing::warn!("test mode: the web client's test hooks are served");
+    }
     if config.open_rooms {
         tracing::warn!("open rooms: anyone who reaches this server can join without an invitation");
     }

@@ -5,7 +5,9 @@
 //! this server (not the global one, so that several servers can live in one test process)
 //! and renders it.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, with_local_recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -47,6 +49,9 @@ impl Metrics {
         with_local_recorder(self.recorder.as_ref(), || {
             self.process.collect();
             gauge!("meet_rooms").set(snapshot.rooms as f64);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                gauge!("meet_tokio_tasks").set(runtime.metrics().num_alive_tasks() as f64);
+            }
             gauge!("meet_participants").set(snapshot.participants as f64);
             gauge!("meet_publications").set(snapshot.publications as f64);
             gauge!("meet_subscriptions").set(snapshot.subscriptions as f64);
@@ -88,6 +93,10 @@ impl Metrics {
             counter!("meet_fast_start_packets_total").absolute(s.fast_start_packets);
             counter!("meet_keyframe_requests_from_cache_total")
                 .absolute(s.keyframe_requests_from_cache);
+            for refusal in Refusal::ALL {
+                counter!("meet_refused_total", "reason" => refusal.name())
+                    .absolute(refusal.total());
+            }
         });
         self.handle.render()
     }
@@ -101,6 +110,10 @@ impl Default for Metrics {
 
 fn describe() {
     describe_gauge!("meet_rooms", "Rooms with at least one participant.");
+    describe_gauge!(
+        "meet_tokio_tasks",
+        "Tasks alive in the server's async runtime (sessions, connections, the hub)."
+    );
     describe_gauge!("meet_participants", "Participants with a media transport.");
     describe_gauge!("meet_publications", "Tracks being published.");
     describe_gauge!(
@@ -124,6 +137,10 @@ fn describe() {
     describe_counter!(
         "meet_layer_switches_total",
         "Simulcast layer switches made for subscribers, on keyframes."
+    );
+    describe_counter!(
+        "meet_refused_total",
+        "Connections, sign-ins and messages refused by a limit (docs/security.md), by reason."
     );
     describe_counter!(
         "meet_fast_starts_total",
@@ -154,3 +171,84 @@ fn describe() {
         "Send m-lines ignored because the participant may not publish (viewers)."
     );
 }
+
+/// The file in the data directory that keeps the metrics token between starts.
+pub const TOKEN_FILE: &str = "metrics-token";
+
+/// The bearer token for `GET /metrics` kept in `data_dir` (owner-only), generated on first
+/// start: the page tells an attacker the server's load, its rooms' sizes and its build, so it
+/// is not public. Operators give it to their scraper (`--metrics-token` overrides it).
+pub fn load_or_generate_token(data_dir: &Path) -> Result<String, (PathBuf, std::io::Error)> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {
+            let empty = std::io::Error::new(std::io::ErrorKind::InvalidData, "empty");
+            return Err((path, empty));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err((path, err)),
+    }
+    let token = crate::store::hex(&rand::random::<[u8; 32]>());
+    crate::auth::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(|e| (path.clone(), e))?;
+    Ok(token)
+}
+
+/// Why the server refused someone before or beside any meeting logic: each limit of
+/// docs/security.md that trips is counted here, and shown as `meet_refused_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A TCP connection from an address that held its limit already.
+    ConnectionsPerIp,
+    /// A WebSocket that sent no `join` in time.
+    JoinTimeout,
+    /// A sign-in refused for its source's (or its username's from that source) failures.
+    SignInThrottled,
+    /// A sign-in refused because password hashing was at its bound.
+    SignInBusy,
+    /// Wrapped keys not relayed: the recipient got too many from that sender, or its queue
+    /// was half full.
+    RelayHeldBack,
+    /// A socket's messages over its rate limit.
+    MessagesRateLimited,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 6] = [
+        Refusal::ConnectionsPerIp,
+        Refusal::JoinTimeout,
+        Refusal::SignInThrottled,
+        Refusal::SignInBusy,
+        Refusal::RelayHeldBack,
+        Refusal::MessagesRateLimited,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::ConnectionsPerIp => "connections_per_ip",
+            Refusal::JoinTimeout => "join_timeout",
+            Refusal::SignInThrottled => "sign_in_throttled",
+            Refusal::SignInBusy => "sign_in_busy",
+            Refusal::RelayHeldBack => "relay_held_back",
+            Refusal::MessagesRateLimited => "messages_rate_limited",
+        }
+    }
+
+    /// Counts one refusal; true when it should also be logged: the first, then one in a
+    /// hundred, so that a flood cannot flood the log as well.
+    pub fn count(self) -> bool {
+        REFUSALS[self as usize]
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(100)
+    }
+
+    /// Refusals of this kind so far, in this process.
+    pub fn total(self) -> u64 {
+        REFUSALS[self as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide, like the limits they count (several servers in one test process share them).
+static REFUSALS: [AtomicU64; Refusal::ALL.len()] =
+    [const { AtomicU64::new(0) }; Refusal::ALL.len()];

@@ -40,6 +40,9 @@ pub struct SessionLimits {
     pub messages_per_second: f64,
     /// Burst of messages allowed above the sustained rate.
     pub message_burst: f64,
+    /// A socket that has not sent `join` this long after it opened is closed: an
+    /// unauthenticated socket holds a file descriptor and memory, so it may not idle.
+    pub join_deadline: Duration,
 }
 
 impl Default for SessionLimits {
@@ -49,6 +52,7 @@ impl Default for SessionLimits {
             heartbeat_timeout: Duration::from_secs(30),
             messages_per_second: 20.0,
             message_burst: 60.0,
+            join_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -58,7 +62,7 @@ pub const MAX_NAME_CHARS: usize = 64;
 
 /// A token bucket: cheap, and fair to bursts such as trickled candidates.
 #[derive(Debug)]
-struct RateLimiter {
+pub(crate) struct RateLimiter {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -66,7 +70,7 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self {
             tokens: burst,
             rate,
@@ -75,7 +79,7 @@ impl RateLimiter {
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -96,6 +100,28 @@ fn error_text(code: ErrorCode, message: impl Into<String>) -> Utf8Bytes {
     serde_json::to_string(&message)
         .unwrap_or_else(|_| "{}".to_string())
         .into()
+}
+
+/// What to tell a client whose socket failed to read: the error code, the close status
+/// (RFC 6455 §7.4.1) and a reason; `None` when the connection itself is gone.
+fn receive_failure(err: axum::Error) -> Option<(ErrorCode, u16, &'static str)> {
+    use tungstenite::Error;
+    let inner = err.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => Some((
+            ErrorCode::MessageTooLarge,
+            1009,
+            "the message or frame is too large",
+        )),
+        Some(Error::Utf8(_)) => Some((ErrorCode::BadMessage, 1007, "the text is not UTF-8")),
+        Some(Error::Protocol(_)) => Some((
+            ErrorCode::BadMessage,
+            1002,
+            "the frames break the WebSocket protocol",
+        )),
+        Some(Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_)) => None,
+        _ => Some((ErrorCode::BadMessage, 1002, "the socket could not be read")),
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -132,20 +158,34 @@ pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate:
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let join_deadline = tokio::time::sleep(limits.join_deadline);
+    tokio::pin!(join_deadline);
+    let mut joined = false;
     let reason = loop {
+        joined |= session.participant.is_some();
         tokio::select! {
+            () = &mut join_deadline, if !joined => {
+                if crate::metrics::Refusal::JoinTimeout.count() {
+                    tracing::info!("socket closed: no join within the deadline");
+                }
+                let text = error_text(ErrorCode::JoinTimeout, "no join arrived in time");
+                let _ = sink.send(Message::Text(text)).await;
+                let _ = sink.send(Message::Close(None)).await;
+                break LeaveReason::TimedOut;
+            }
             incoming = stream.next() => {
                 let message = match incoming {
                     Some(Ok(message)) => message,
                     Some(Err(err)) => {
-                        // Oversized frames and protocol violations end up here; say why.
+                        // Oversized frames and protocol violations end up here; say which.
                         tracing::debug!(%err, "websocket receive failed");
-                        let text = error_text(ErrorCode::MessageTooLarge, err.to_string());
-                        let _ = sink.send(Message::Text(text)).await;
-                        let _ = sink.send(Message::Close(Some(CloseFrame {
-                            code: 1009,
-                            reason: "message too large or malformed".into(),
-                        }))).await;
+                        if let Some((code, close, reason)) = receive_failure(err) {
+                            let _ = sink.send(Message::Text(error_text(code, reason))).await;
+                            let _ = sink.send(Message::Close(Some(CloseFrame {
+                                code: close,
+                                reason: reason.into(),
+                            }))).await;
+                        }
                         break LeaveReason::TimedOut;
                     }
                     None => break LeaveReason::TimedOut,
@@ -154,6 +194,9 @@ pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate:
                 match message {
                     Message::Text(text) => {
                         if !limiter.allow(Instant::now()) {
+                            if crate::metrics::Refusal::MessagesRateLimited.count() {
+                                tracing::info!(participant = ?session.participant, "messages over the rate limit");
+                            }
                             let text = error_text(ErrorCode::RateLimited, "too many messages; slow down");
                             if sink.send(Message::Text(text)).await.is_err() {
                                 break LeaveReason::TimedOut;

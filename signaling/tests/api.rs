@@ -191,6 +191,32 @@ impl Harness {
         self.raw(method, uri, token, "application/json", body).await
     }
 
+    /// A sign-in attempt from `source`, as the TCP peer's address would say.
+    async fn login_from(
+        &self,
+        source: &str,
+        username: &str,
+        password: &str,
+    ) -> (StatusCode, Value) {
+        let peer: std::net::SocketAddr = format!("{source}:40000").parse().expect("address");
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/api/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"username": username, "password": password}).to_string(),
+            ))
+            .expect("a request");
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let (status, _, body) = self.send(request).await;
+        (
+            status,
+            serde_json::from_slice(&body).expect("login answers JSON"),
+        )
+    }
+
     async fn finish(self) {
         self.store.close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -249,35 +275,55 @@ async fn a_bearer_token_is_required_and_checked() {
 }
 
 #[tokio::test]
-async fn repeated_wrong_passwords_lock_the_username_for_a_while() {
+async fn wrong_passwords_lock_out_their_source_but_never_the_owner() {
+    use signaling::api::throttle;
     let h = Harness::new().await;
-    for _ in 0..signaling::api::throttle::MAX_FAILURES {
-        let (status, body) = h
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": "minh", "password": "guess"})),
-            )
-            .await;
+    let attacker = "203.0.113.9";
+    for _ in 0..throttle::MAX_FAILURES_PER_ACCOUNT_AND_SOURCE {
+        let (status, body) = h.login_from(attacker, "minh", "guess").await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    // Even the right password waits now; other accounts do not.
-    let (status, body) = h
-        .call(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": "MINH", "password": "a long password"})),
-        )
-        .await;
+    // From the attacker's address even the right password waits now.
+    let (status, body) = h.login_from(attacker, "MINH", "a long password").await;
     assert_error(
         status,
         &body,
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_attempts",
     );
-    h.login("lan").await;
+    // The owner, from their own address, signs in (held a second: the account is under
+    // attack), and other accounts are not slowed at all.
+    let started = std::time::Instant::now();
+    let (status, body) = h
+        .login_from("198.51.100.4", "minh", "a long password")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(started.elapsed() >= throttle::ACCOUNT_DELAY);
+    let (status, body) = h.login_from(attacker, "lan", "a long password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn spraying_one_password_across_usernames_locks_out_the_source() {
+    use signaling::api::throttle;
+    let h = Harness::new().await;
+    let sprayer = "203.0.113.10";
+    for n in 0..throttle::MAX_FAILURES_PER_SOURCE {
+        let (status, body) = h
+            .login_from(sprayer, &format!("user{n}"), "Password1!")
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let (status, body) = h.login_from(sprayer, "lan", "a long password").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+    );
+    let (status, body) = h.login_from("198.51.100.5", "lan", "a long password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     h.finish().await;
 }
 
@@ -713,6 +759,7 @@ async fn attendance_as_json_and_csv() {
             "=Hà Giang",
             Some(&site.id),
             Role::Participant,
+            unix_ms(),
         )
         .await
         .expect("join");
@@ -721,7 +768,7 @@ async fn attendance_as_json_and_csv() {
         .await
         .expect("quality");
     h.store
-        .record_leave(ParticipantId(1), LeaveReason::Left)
+        .record_leave(ParticipantId(1), LeaveReason::Left, unix_ms())
         .await
         .expect("leave");
     h.store
@@ -732,6 +779,7 @@ async fn attendance_as_json_and_csv() {
             "Hà Giang",
             Some(&site.id),
             Role::Participant,
+            unix_ms(),
         )
         .await
         .expect("join");
@@ -1226,6 +1274,23 @@ async fn file_tickets_stand_in_for_the_bearer_token() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A ticket dies with the login that asked for it.
+    let token = h.login("lan").await;
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/recordings/{id}/ticket"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ticket = body["ticket"].as_str().expect("a ticket").to_string();
+    let uri = format!("/api/recordings/{id}/files/manifest.json?ticket={ticket}");
+    assert_eq!(h.get(&uri, None, None).await.0, StatusCode::OK);
+    let (status, _) = h.call("POST", "/api/logout", Some(&token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.get(&uri, None, None).await.0, StatusCode::UNAUTHORIZED);
     h.finish().await;
 
     // Tickets expire.

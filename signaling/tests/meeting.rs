@@ -190,7 +190,7 @@ async fn health_and_metrics_describe_the_meeting() {
     // The SFU publishes its counters once a second; poll until they show the meeting.
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = t.https_get("/metrics").await.1;
+        metrics = t.metrics().await;
         if sample(&metrics, "meet_subscriptions") == Some(4.0) {
             break;
         }

@@ -57,7 +57,7 @@ async fn two_webrtc_rs_clients_exchange_media_and_see_one_leave() -> anyhow::Res
     assert!(at_bob.received[&a].video_keyframes >= 1, "{at_bob:#?}");
     let mut started = false;
     for _ in 0..100 {
-        let metrics = t.https_get("/metrics").await.1;
+        let metrics = t.metrics().await;
         let count = |name: &str| {
             metrics
                 .lines()

@@ -236,13 +236,24 @@ describe('web client in Chromium', () => {
       await mismatch.page.click('#join-button');
       await mismatch.page.locator('#lobby-message[data-key="error.versionMismatch"]').waitFor();
 
-      // Nothing listens on port 9 of loopback: the socket cannot open. Chromium logs that
-      // failure itself, which is the one console error expected here.
-      const unreachable = await openPage(browser, `${server.url}?test=1&ws=${encodeURIComponent('wss://127.0.0.1:9/ws')}`, {
-        label: 'unreachable',
-        expectedErrors: [/WebSocket connection to 'wss:\/\/127\.0\.0\.1:9\/ws' failed/],
-      });
-      pages.push(unreachable);
+      // A server that went away after its page loaded: the socket cannot open. Chromium logs
+      // that failure itself, which is the one console error expected here (with the favicon,
+      // if it was still being fetched).
+      const gone = await startServer();
+      const gonePort = new URL(gone.url).port;
+      let unreachable;
+      try {
+        unreachable = await openPage(browser, `${gone.url}?test=1`, {
+          label: 'unreachable',
+          expectedErrors: [
+            new RegExp(`WebSocket connection to 'wss://127\\.0\\.0\\.1:${gonePort}/ws' failed`),
+            /^Failed to load resource: net::ERR_CONNECTION_(REFUSED|CLOSED|RESET)$/,
+          ],
+        });
+        pages.push(unreachable);
+      } finally {
+        await gone.stop('SIGKILL');
+      }
       await unreachable.page.fill('#room-input', 'r');
       await unreachable.page.fill('#name-input', 'Someone');
       await unreachable.page.click('#join-button');

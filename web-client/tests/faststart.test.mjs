@@ -21,7 +21,7 @@ const TEST_TIMEOUT = 90_000;
 
 /** One counter from the server's Prometheus page. */
 async function counter(server, name) {
-  const text = String((await api(server, 'GET', '/../metrics')).body);
+  const text = String((await api(server, 'GET', '/../metrics', { token: server.metricsToken })).body);
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line ? Number(line.split(' ').at(-1)) : 0;
 }

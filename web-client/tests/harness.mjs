@@ -44,6 +44,7 @@ export function serverFeatures() {
     openRooms: text.includes('--open-rooms'),
     adminCli: /^\s+admin\b/m.test(text),
     recordings: text.includes('--recordings-dir'),
+    testHooks: text.includes('--test-hooks'),
   };
   return features;
 }
@@ -81,8 +82,8 @@ export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin'
  * `fastStart: false` passes `--no-fast-start`: a new video subscription then waits for the
  * publisher's next keyframe instead of starting from the packets since its last one.
  */
-export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true } = {}) {
-  const { openRooms: knowsOpenRooms } = serverFeatures();
+export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true } = {}) {
+  const { openRooms: knowsOpenRooms, testHooks } = serverFeatures();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
   const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
   const child = spawn(SERVER_BIN, [
@@ -91,6 +92,8 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     '--data-dir', dataDir,
     '--web-client-dir', path.join(repoRoot, 'web-client'),
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
+    // The pages' test hooks (synthetic media, introspection) exist only in test mode.
+    ...(testHooks && wantHooks ? ['--test-hooks'] : []),
     ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
     ...(fastStart ? [] : ['--no-fast-start']),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
@@ -134,6 +137,14 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     admin: createdAdmin,
     /** The server's data directory (its database and `recordings/`). */
     dataDir,
+    /** The bearer token of its `/metrics` (kept in the data directory). */
+    metricsToken: (() => {
+      try {
+        return fs.readFileSync(path.join(dataDir, 'metrics-token'), 'utf8').trim();
+      } catch {
+        return null;
+      }
+    })(),
     log: () => log,
     async stop(signal = 'SIGINT') {
       if (child.exitCode !== null || child.signalCode !== null) return;

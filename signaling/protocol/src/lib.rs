@@ -595,6 +595,8 @@ pub enum ErrorCode {
     Removed,
     /// The meeting was cancelled or the server is stopping. The socket is closed.
     RoomClosed,
+    /// No `join` arrived within the deadline after the socket opened. The socket is closed.
+    JoinTimeout,
 }
 
 impl ErrorCode {
@@ -609,6 +611,7 @@ impl ErrorCode {
                 | ErrorCode::AlreadyConnected
                 | ErrorCode::Removed
                 | ErrorCode::RoomClosed
+                | ErrorCode::JoinTimeout
         )
     }
 }

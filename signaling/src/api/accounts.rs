@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Admin, ApiError, ApiState, ErrorBody, Json, Path, SignedIn};
+use super::throttle::{Allowed, Source};
+use super::{Admin, ApiError, ApiState, ClientAddr, ErrorBody, Json, Path, SignedIn};
+use crate::metrics::Refusal;
 use crate::store::{Account, AccountPatch, AccountRole, NewAccount, unix_ms};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -47,26 +49,48 @@ pub struct UpdateAccount {
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "wrong username or password, or a disabled account", body = ErrorBody),
-        (status = 429, description = "too many failed sign-ins for this username; wait", body = ErrorBody),
+        (status = 429, description = "too many failed sign-ins from this address (for this username, or for any); wait `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "too many sign-ins are being checked at once; retry after `Retry-After` seconds", body = ErrorBody),
     ))]
 pub(super) async fn login(
     State(state): State<ApiState>,
+    ClientAddr(ip): ClientAddr,
     Json(request): Json<LoginRequest>,
 ) -> Result<axum::Json<LoginResponse>, ApiError> {
+    let source = Source::new(ip);
+    let throttle = &state.login_throttle;
+    match throttle.check(&request.username, source, unix_ms()) {
+        Ok(Allowed::Now) => {}
+        Ok(Allowed::After(delay)) => tokio::time::sleep(delay).await,
+        Err(refused) => {
+            if Refusal::SignInThrottled.count() {
+                tracing::warn!(username = %request.username, %ip, "sign-in refused: too many failures from this address");
+            }
+            return Err(ApiError::TooManyAttempts(refused.retry_after_s));
+        }
+    }
     let now = unix_ms();
-    state
-        .login_throttle
-        .check(&request.username, now)
-        .map_err(ApiError::TooManyAttempts)?;
-    let Some(login) = state
+    let login = match state
         .store
         .login(&request.username, &request.password, now)
-        .await?
-    else {
-        state.login_throttle.failed(&request.username, now);
+        .await
+    {
+        Ok(login) => login,
+        Err(crate::store::StoreError::Busy) => {
+            if Refusal::SignInBusy.count() {
+                tracing::warn!(%ip, "sign-in refused: password hashing is at its bound");
+            }
+            return Err(ApiError::Busy);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let Some(login) = login else {
+        let failures = throttle.failed(&request.username, source, now);
+        tracing::info!(username = %request.username, %ip, failures, "sign-in failed");
         return Err(ApiError::Unauthorized("wrong username or password"));
     };
-    state.login_throttle.succeeded(&request.username);
+    throttle.succeeded(&request.username, source);
+    tracing::info!(username = %request.username, %ip, "signed in");
     Ok(axum::Json(LoginResponse {
         token: login.token,
         expires_at: login.expires_at,
@@ -82,6 +106,7 @@ pub(super) async fn logout(
     signed: SignedIn,
 ) -> Result<StatusCode, ApiError> {
     state.store.logout(&signed.token).await?;
+    state.tickets.forget_login(&signed.token);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,6 +21,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// Too many failed sign-ins: the seconds to wait.
     TooManyAttempts(i64),
+    /// The server is at its bound of work of this kind (password hashes); retry shortly.
+    Busy,
     InvalidCsv(Vec<CsvLineError>),
     /// Details are logged, never sent.
     Internal,
@@ -30,7 +32,7 @@ pub enum ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `too_many_attempts`, `invalid_csv` or `internal`.
+    /// `payload_too_large`, `too_many_attempts`, `busy`, `invalid_csv` or `internal`.
     pub error: &'static str,
     pub message: String,
     /// Only for `invalid_csv`: every bad line.
@@ -40,6 +42,11 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyAttempts(seconds) => Some(*seconds),
+            ApiError::Busy => Some(1),
+            _ => None,
+        };
         let (status, error, message, errors) = match self {
             ApiError::BadRequest(message) => {
                 (StatusCode::BAD_REQUEST, "bad_request", message, None)
@@ -72,7 +79,13 @@ impl IntoResponse for ApiError {
             ApiError::TooManyAttempts(seconds) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
-                format!("too many failed sign-ins for this account; try again in {seconds} s"),
+                format!("too many failed sign-ins from here; try again in {seconds} s"),
+                None,
+            ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is busy signing people in; try again in a moment".to_string(),
                 None,
             ),
             ApiError::InvalidCsv(errors) => (
@@ -93,7 +106,15 @@ impl IntoResponse for ApiError {
             message,
             errors,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
@@ -104,6 +125,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Invalid(message) => ApiError::BadRequest(message),
             StoreError::InvalidCsv(errors) => ApiError::InvalidCsv(errors),
+            StoreError::Busy => ApiError::Busy,
             other => {
                 tracing::error!(err = %other, "storage failed");
                 ApiError::Internal

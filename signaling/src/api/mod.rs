@@ -97,6 +97,29 @@ impl ApiState {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
+/// Where a request comes from: the TCP peer's address. A request that carries none (a test
+/// calling the router directly) counts as the unspecified address.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(
+                std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                |info| info.0.ip(),
+            );
+        Ok(Self(peer))
+    }
+}
+
 /// Path parameters whose rejections (such as invalid percent-encoding) are answered in the
 /// API's error shape.
 #[derive(Debug, axum::extract::FromRequestParts)]

@@ -30,11 +30,30 @@ pub const TICKET_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// tickets, but memory must stay bounded whatever they do.
 const MAX_TICKETS: usize = 10_000;
 
-/// File tickets: token → (recording id, expiry in milliseconds).
-#[derive(Debug, Clone)]
+/// One file ticket: what it opens, until when, and the login that asked for it (a ticket
+/// dies with its login: logout, a disabled account or a new password end it too).
+#[derive(Clone)]
+struct Issued {
+    recording_id: String,
+    expires_at: i64,
+    login: String,
+}
+
+/// File tickets: ticket → [`Issued`]. Its `Debug` shows how many, never a ticket or login.
+#[derive(Clone)]
 pub struct FileTickets {
     lifetime: Duration,
-    tickets: Arc<Mutex<HashMap<String, (String, i64)>>>,
+    tickets: Arc<Mutex<HashMap<String, Issued>>>,
+}
+
+impl std::fmt::Debug for FileTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.tickets.lock().map_or(0, |tickets| tickets.len());
+        f.debug_struct("FileTickets")
+            .field("lifetime", &self.lifetime)
+            .field("held", &held)
+            .finish()
+    }
 }
 
 impl Default for FileTickets {
@@ -52,8 +71,9 @@ impl FileTickets {
         }
     }
 
-    /// A fresh ticket for one recording, and when it expires.
-    pub fn issue(&self, recording_id: &str) -> (String, i64) {
+    /// A fresh ticket for one recording, asked for by the bearer of `login`, and when it
+    /// expires.
+    pub fn issue(&self, recording_id: &str, login: &str) -> (String, i64) {
         let now = unix_ms();
         let lifetime = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(lifetime);
@@ -64,22 +84,30 @@ impl FileTickets {
             .tickets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tickets.retain(|_, (_, expiry)| *expiry > now);
+        tickets.retain(|_, issued| issued.expires_at > now);
         if tickets.len() >= MAX_TICKETS {
             let oldest = tickets
                 .iter()
-                .min_by_key(|(_, (_, expiry))| *expiry)
+                .min_by_key(|(_, issued)| issued.expires_at)
                 .map(|(token, _)| token.clone());
             if let Some(oldest) = oldest {
                 tickets.remove(&oldest);
             }
         }
-        tickets.insert(ticket.clone(), (recording_id.to_string(), expires_at));
+        tickets.insert(
+            ticket.clone(),
+            Issued {
+                recording_id: recording_id.to_string(),
+                expires_at,
+                login: login.to_string(),
+            },
+        );
         (ticket, expires_at)
     }
 
-    /// Whether `ticket` is unexpired and was issued for `recording_id`.
-    pub fn admits(&self, ticket: &str, recording_id: &str) -> bool {
+    /// The login behind `ticket` when the ticket is unexpired and was issued for
+    /// `recording_id`; the caller checks that the login still stands.
+    pub fn admits(&self, ticket: &str, recording_id: &str) -> Option<String> {
         let now = unix_ms();
         let tickets = self
             .tickets
@@ -87,7 +115,16 @@ impl FileTickets {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         tickets
             .get(ticket)
-            .is_some_and(|(id, expiry)| id == recording_id && *expiry > now)
+            .filter(|issued| issued.recording_id == recording_id && issued.expires_at > now)
+            .map(|issued| issued.login.clone())
+    }
+
+    /// Forgets every ticket issued under `login` (its bearer signed out).
+    pub fn forget_login(&self, login: &str) {
+        self.tickets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, issued| issued.login != login);
     }
 }
 
@@ -285,7 +322,7 @@ pub(super) async fn ticket(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Ticket>, ApiError> {
     let row = owned_recording(&state, &signed.account, &id).await?;
-    let (ticket, expires_at) = state.tickets.issue(&row.id);
+    let (ticket, expires_at) = state.tickets.issue(&row.id, &signed.token);
     Ok(axum::Json(Ticket { ticket, expires_at }))
 }
 
@@ -329,11 +366,17 @@ pub(super) async fn file(
     let (mut parts, body) = request.into_parts();
     let row = match query.ticket.as_deref() {
         Some(ticket) => {
-            if !state.tickets.admits(ticket, &id) {
-                return Err(ApiError::Unauthorized(
-                    "the ticket is unknown, expired or for another recording",
-                ));
-            }
+            let refused = || {
+                ApiError::Unauthorized(
+                    "the ticket is unknown, expired, for another recording, or its login ended",
+                )
+            };
+            let login = state.tickets.admits(ticket, &id).ok_or_else(refused)?;
+            state
+                .store
+                .account_for_token(&login, unix_ms())
+                .await?
+                .ok_or_else(refused)?;
             // The ticket was issued to someone allowed to see this recording.
             state
                 .store
@@ -443,16 +486,21 @@ mod tests {
     }
 
     #[test]
-    fn tickets_are_bound_to_a_recording_and_expire() {
+    fn tickets_are_bound_to_a_recording_and_a_login_and_expire() {
         let tickets = FileTickets::default();
-        let (ticket, expires_at) = tickets.issue("a");
+        let (ticket, expires_at) = tickets.issue("a", "login-1");
         assert!(expires_at > unix_ms());
         assert_eq!(ticket.len(), 64);
-        assert!(tickets.admits(&ticket, "a"));
-        assert!(!tickets.admits(&ticket, "b"));
-        assert!(!tickets.admits("nope", "a"));
+        assert_eq!(tickets.admits(&ticket, "a").as_deref(), Some("login-1"));
+        assert!(tickets.admits(&ticket, "b").is_none());
+        assert!(tickets.admits("nope", "a").is_none());
+        let (other, _) = tickets.issue("a", "login-2");
+        tickets.forget_login("login-1");
+        assert!(tickets.admits(&ticket, "a").is_none());
+        assert!(tickets.admits(&other, "a").is_some());
+        assert!(!format!("{tickets:?}").contains(&other));
         let short = FileTickets::new(Duration::ZERO);
-        let (ticket, _) = short.issue("a");
-        assert!(!short.admits(&ticket, "a"));
+        let (ticket, _) = short.issue("a", "login-1");
+        assert!(short.admits(&ticket, "a").is_none());
     }
 }

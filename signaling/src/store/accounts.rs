@@ -1,8 +1,13 @@
 //! Accounts of administrators and organizers, and their logins (bearer tokens).
 //!
 //! Passwords are hashed with argon2id (default parameters) on a blocking thread, because one
-//! hash takes tens of milliseconds of CPU. A login token is 256 random bits; only its SHA-256
-//! is stored, so a copy of the database does not let anyone sign in.
+//! hash takes tens of milliseconds of CPU and 19 MiB of memory. Hashes are bounded
+//! process-wide ([`max_concurrent_hashes`] threads, a few jobs each waiting; beyond, the
+//! request is refused as [`StoreError::Busy`]), so a flood of sign-ins costs a known amount
+//! of memory and leaves cores to the meetings. A login token is 256 random bits; only its
+//! SHA-256 is stored, so a copy of the database does not let anyone sign in.
+
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -137,36 +142,240 @@ fn check_password(password: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The argon2id hash of `password` (PHC string), computed off the async threads.
-async fn hash_password(password: &str) -> Result<String, StoreError> {
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || {
-        use argon2::PasswordHasher;
-        let salt = argon2::password_hash::SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .map_err(|e| StoreError::Password(e.to_string()))?;
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|e| StoreError::Password(e.to_string()))
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
+/// Password hashes that run at once: half the cores (at least one, at most eight), so that a
+/// flood of sign-ins leaves the other half to media and signaling, and holds at most
+/// 8 × 19 MiB.
+pub fn max_concurrent_hashes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .clamp(1, 8)
 }
 
-/// Whether `password` matches the PHC string `hash`, computed off the async threads.
+/// Hashes that may wait for a thread, per thread; past that a request is refused at once.
+pub const WAITING_HASHES_PER_SLOT: usize = 4;
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that hash passwords, and their queue. Dedicated threads rather than tokio's
+/// blocking pool: each keeps its own allocator arena, so the memory a hash touched is reused
+/// by the next one on that thread, and what the process keeps after a flood is bounded by the
+/// thread count, not by how many pool threads a flood once woke.
+static HASH_QUEUE: LazyLock<Option<std::sync::mpsc::SyncSender<HashJob>>> = LazyLock::new(|| {
+    let threads = max_concurrent_hashes();
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(WAITING_HASHES_PER_SLOT * threads);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    for n in 0..threads {
+        let queue = queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("password-hash-{n}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only to take the next job, never while hashing.
+                    let job = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "a password hashing thread did not start");
+        }
+    }
+    Some(jobs)
+});
+
+/// Runs `work` (one argon2 hash) on a hashing thread; [`StoreError::Busy`] when the queue is
+/// full.
+async fn bounded_hash<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: HashJob = Box::new(move || {
+        let _ = done.send(work());
+    });
+    let queue = HASH_QUEUE
+        .as_ref()
+        .ok_or_else(|| StoreError::Task("no password hashing threads".into()))?;
+    queue.try_send(job).map_err(|err| match err {
+        std::sync::mpsc::TrySendError::Full(_) => StoreError::Busy,
+        std::sync::mpsc::TrySendError::Disconnected(_) => {
+            StoreError::Task("the password hashing threads stopped".into())
+        }
+    })?;
+    result
+        .await
+        .map_err(|_| StoreError::Task("a password hash was abandoned".into()))?
+}
+
+/// The argon2id hash of `password` (PHC string), computed on a hashing thread.
+async fn hash_password(password: &str) -> Result<String, StoreError> {
+    let password = password.to_string();
+    bounded_hash(move || argon::hash(&password)).await
+}
+
+/// Whether `password` matches the PHC string `hash`, computed on a hashing thread.
 async fn verify_password(password: &str, hash: &str) -> Result<bool, StoreError> {
     let password = password.to_string();
     let hash = hash.to_string();
-    tokio::task::spawn_blocking(move || {
-        use argon2::PasswordVerifier;
-        let parsed =
-            argon2::PasswordHash::new(&hash).map_err(|e| StoreError::Password(e.to_string()))?;
-        Ok(argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
+    bounded_hash(move || argon::verify(&password, &hash)).await
+}
+
+/// argon2id over memory each hashing thread keeps. `argon2`'s own `hash_password` allocates
+/// its 19 MiB afresh for every hash, and the allocator kept each one resident: a run of
+/// sign-ins on one thread grew the process by 19 MiB a hash, up to 200 MiB.
+mod argon {
+    use std::cell::RefCell;
+
+    use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+    use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+    use super::StoreError;
+
+    thread_local! {
+        static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn failed(err: impl std::fmt::Display) -> StoreError {
+        StoreError::Password(err.to_string())
+    }
+
+    /// Fills `out` with the raw hash, in this thread's memory. Parameters above the default
+    /// (a hash stored by another configuration) get memory of their own, which is freed.
+    fn raw(
+        argon: &Argon2<'_>,
+        params: &Params,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let needed = params.block_count();
+        if needed > Params::DEFAULT.block_count() {
+            let mut own = vec![Block::default(); needed];
+            return argon
+                .hash_password_into_with_memory(password, salt, out, &mut own[..])
+                .map_err(failed);
+        }
+        MEMORY.with_borrow_mut(|memory| {
+            if memory.len() < needed {
+                memory.resize(needed, Block::default());
+            }
+            argon
+                .hash_password_into_with_memory(password, salt, out, &mut memory[..needed])
+                .map_err(failed)
+        })
+    }
+
+    /// A new PHC string for `password`: argon2id, default parameters, a random salt.
+    pub(super) fn hash(password: &str) -> Result<String, StoreError> {
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(failed)?;
+        let params = Params::DEFAULT;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(failed)?;
+        let length = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let output = Output::init_with(length, |out| {
+            raw(&argon, &params, password.as_bytes(), salt_bytes, out)
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+        .map_err(failed)?;
+        let phc = PasswordHash {
+            algorithm: argon2::ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(failed)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(output),
+        };
+        Ok(phc.to_string())
+    }
+
+    /// Whether `password` matches the PHC string `phc` (any argon2 variant and parameters).
+    pub(super) fn verify(password: &str, phc: &str) -> Result<bool, StoreError> {
+        let parsed = PasswordHash::new(phc).map_err(failed)?;
+        let algorithm = Algorithm::try_from(parsed.algorithm).map_err(failed)?;
+        let version = parsed
+            .version
+            .map(Version::try_from)
+            .transpose()
+            .map_err(failed)?
+            .unwrap_or_default();
+        let params = Params::try_from(&parsed).map_err(failed)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Err(failed("the stored hash has no salt or no output"));
+        };
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(failed)?;
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let computed = Output::init_with(expected.len(), |out| {
+            raw(&argon, &params, password.as_bytes(), salt_bytes, out)
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+        .map_err(failed)?;
+        // `Output`'s comparison takes the same time whatever the bytes.
+        Ok(computed == expected)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn hashes_verify_here_and_with_the_argon2_crate_and_back() {
+            use argon2::PasswordVerifier;
+            let phc = hash("a long password").expect("hash");
+            assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+            assert!(verify("a long password", &phc).expect("verify"));
+            assert!(!verify("another password", &phc).expect("verify"));
+            let parsed = PasswordHash::new(&phc).expect("parse");
+            assert!(
+                Argon2::default()
+                    .verify_password(b"a long password", &parsed)
+                    .is_ok()
+            );
+            // A hash made by the crate itself, with other parameters, verifies here.
+            use argon2::PasswordHasher;
+            let salt = SaltString::encode_b64(b"0123456789abcdef").expect("salt");
+            let theirs = Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(8 * 1024, 1, 1, None).expect("params"),
+            )
+            .hash_password(b"pw-of-theirs", &salt)
+            .expect("hash")
+            .to_string();
+            assert!(verify("pw-of-theirs", &theirs).expect("verify"));
+            assert!(!verify("not it", &theirs).expect("verify"));
+        }
+
+        /// Hashing on one thread reuses its memory: the process does not grow a hash at a
+        /// time.
+        #[test]
+        fn repeated_hashes_on_one_thread_reuse_their_memory() {
+            fn rss_mib() -> u64 {
+                std::fs::read_to_string("/proc/self/status")
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+                    / 1024
+            }
+            std::thread::spawn(|| {
+                hash("warm up").expect("hash");
+                let before = rss_mib();
+                for _ in 0..10 {
+                    hash("a long password").expect("hash");
+                }
+                let grew = rss_mib().saturating_sub(before);
+                assert!(grew < 64, "10 hashes grew the process by {grew} MiB");
+            })
+            .join()
+            .expect("thread");
+        }
+    }
 }
 
 /// The stored form of a login token.
@@ -297,9 +506,9 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            // Spend the same time as for a real account, so that response times do not
-            // reveal which usernames exist.
-            let _ = hash_password(password).await;
+            // Spend the same work as for a real account (one argon2 hash, in the same bounded
+            // queue), so that response times do not reveal which usernames exist.
+            hash_password(password).await?;
             return Ok(None);
         };
         let account = Account::from_row(&row)?;

@@ -54,7 +54,8 @@ fn reason_name(reason: LeaveReason) -> &'static str {
 }
 
 impl Store {
-    /// Logs that `participant` entered `room`.
+    /// Logs that `participant` entered `room` at `at_ms` (ms since the epoch).
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_join(
         &self,
         room: &RoomId,
@@ -63,6 +64,7 @@ impl Store {
         name: &str,
         site_id: Option<&str>,
         role: Role,
+        at_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO attendance (room, participant_id, invitation_id, site_id, role, \
@@ -74,23 +76,24 @@ impl Store {
         .bind(site_id)
         .bind(role.as_str())
         .bind(name)
-        .bind(unix_ms())
+        .bind(at_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Logs that `participant` left, and why.
+    /// Logs that `participant` left at `at_ms` (ms since the epoch), and why.
     pub async fn record_leave(
         &self,
         participant: ParticipantId,
         reason: LeaveReason,
+        at_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE attendance SET left_at = $1, leave_reason = $2 \
              WHERE participant_id = $3 AND left_at IS NULL",
         )
-        .bind(unix_ms())
+        .bind(at_ms)
         .bind(reason_name(reason))
         .bind(participant.to_string())
         .execute(&self.pool)
@@ -151,11 +154,20 @@ mod tests {
                     "Hà Giang",
                     Some("site1"),
                     Role::Participant,
+                    unix_ms(),
                 )
                 .await
                 .expect("join");
             store
-                .record_join(&room, ParticipantId(2), None, "guest", None, Role::Host)
+                .record_join(
+                    &room,
+                    ParticipantId(2),
+                    None,
+                    "guest",
+                    None,
+                    Role::Host,
+                    unix_ms(),
+                )
                 .await
                 .expect("join");
             store
@@ -167,7 +179,7 @@ mod tests {
                 .await
                 .expect("quality");
             store
-                .record_leave(ParticipantId(1), LeaveReason::TimedOut)
+                .record_leave(ParticipantId(1), LeaveReason::TimedOut, unix_ms())
                 .await
                 .expect("leave");
             // Quality after leaving changes nothing: the row is closed.
@@ -261,6 +273,7 @@ mod tests {
                     "Hà Giang",
                     None,
                     Role::Viewer,
+                    unix_ms(),
                 )
                 .await
                 .expect("join");

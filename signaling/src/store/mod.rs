@@ -17,7 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
-pub use accounts::{Account, AccountPatch, AccountRole, Login, NewAccount};
+pub use accounts::{
+    Account, AccountPatch, AccountRole, Login, NewAccount, WAITING_HASHES_PER_SLOT,
+    max_concurrent_hashes,
+};
 pub use attendance::AttendanceRow;
 pub use meetings::{
     Admission, Invitation, Invitee, JoinCheck, MAX_INVITATIONS, Meeting, MeetingPatch,
@@ -53,6 +56,10 @@ pub enum StoreError {
     Password(String),
     #[error("a background task failed: {0}")]
     Task(String),
+    /// Too many password hashes are running and waiting already: the request is refused
+    /// rather than queued without bound.
+    #[error("too many password hashes at once")]
+    Busy,
 }
 
 /// Which database a [`Store`] talks to. Only DDL and a few pragmas differ.

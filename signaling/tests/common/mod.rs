@@ -128,15 +128,57 @@ impl TestServer {
 
     /// A plain HTTPS GET; returns the status code and the body.
     pub async fn https_get(&self, path: &str) -> (u16, String) {
+        let response = self.https("GET", path, &[], None, None).await;
+        (response.status, response.body)
+    }
+
+    /// The metrics page, with the server's metrics token.
+    pub async fn metrics(&self) -> String {
+        let auth = format!("Bearer {}", self.server.metrics_token);
+        let response = self
+            .https("GET", "/metrics", &[("Authorization", &auth)], None, None)
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.body
+    }
+
+    /// One HTTPS request on its own connection, from `source` (a loopback address: the whole
+    /// of 127.0.0.0/8 reaches the server) when given.
+    pub async fn https(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+        source: Option<std::net::IpAddr>,
+    ) -> HttpsResponse {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let connector = tokio_rustls::TlsConnector::from(self.tls());
-        let tcp = tokio::net::TcpStream::connect(self.server.http_addr)
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(ip) = source {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .expect("bind the source");
+        }
+        let tcp = socket
+            .connect(self.server.http_addr)
             .await
             .expect("tcp connects");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or_default());
         tls.write_all(request.as_bytes()).await.expect("request");
         let mut response = Vec::new();
         let _ = tls.read_to_end(&mut response).await;
@@ -146,11 +188,20 @@ impl TestServer {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        HttpsResponse {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    /// A header of a response's head, by name (any case).
+    pub fn header<'a>(response: &'a HttpsResponse, name: &str) -> Option<&'a str> {
+        response.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
     }
 
     /// A raw WebSocket connection, for sending bad input.
@@ -166,6 +217,52 @@ impl TestServer {
         .expect("websocket connects");
         RawClient { ws }
     }
+
+    /// A raw WebSocket connection whose socket buffers at most about `bytes` on its side (no
+    /// autotuning), so that a client that stops reading backs up into the server quickly.
+    pub async fn raw_with_receive_buffer(&self, bytes: u32) -> RawClient {
+        self.raw_from(None, Some(bytes)).await
+    }
+
+    /// A raw WebSocket connection from `source` (any 127.0.0.0/8 address) with an optional
+    /// fixed receive buffer.
+    pub async fn raw_from(
+        &self,
+        source: Option<std::net::IpAddr>,
+        receive_buffer: Option<u32>,
+    ) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(bytes) = receive_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        if let Some(ip) = source {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .expect("bind the source");
+        }
+        let tcp = socket
+            .connect(self.server.http_addr)
+            .await
+            .expect("tcp connects");
+        let connector = Connector::Rustls(self.tls());
+        let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            self.server.ws_url(),
+            tcp,
+            None,
+            Some(connector),
+        )
+        .await
+        .expect("websocket connects");
+        RawClient { ws }
+    }
+}
+
+/// An HTTPS response: its status, its head (status line and headers) and its body.
+#[derive(Debug)]
+pub struct HttpsResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
 }
 
 /// Whether a bot hears `sender`'s tone and sees its video tag.
@@ -277,12 +374,16 @@ impl RawClient {
         }
     }
 
-    /// The next message, which must be an error; returns its code.
+    /// The next message, which must be an error; returns its code. Pongs and aggregate
+    /// counts (sent at most once a second whenever they changed, so at any moment after a
+    /// join) are skipped.
     pub async fn expect_error(&mut self) -> protocol::ErrorCode {
         loop {
             match self.next().await {
                 Received::Message(ServerMessage::Error { code, .. }) => return code,
-                Received::Message(ServerMessage::Pong) => continue,
+                Received::Message(ServerMessage::Pong | ServerMessage::RoomCounts { .. }) => {
+                    continue;
+                }
                 other => panic!("expected an error, got {other:?}"),
             }
         }
