@@ -408,6 +408,9 @@ pub struct Engine {
     demand_rows: Vec<(u8, Mid, Option<u8>, Demand)>,
     demands: Vec<Demand>,
     allocation: Vec<Option<u8>>,
+    /// This packet's VP8 copies with re-based picture ids, shared by the subscribers whose
+    /// numbering matches.
+    vp8_patches: crate::vp8::Patches,
 }
 
 impl Engine {
@@ -444,6 +447,7 @@ impl Engine {
             demand_rows: Vec::new(),
             demands: Vec::new(),
             allocation: Vec::new(),
+            vp8_patches: crate::vp8::Patches::default(),
         })
     }
 
@@ -1946,6 +1950,7 @@ impl Engine {
                     video_orientation: packet.header.ext_vals.video_orientation,
                     payload: packet.payload.clone(),
                     arrival: packet.timestamp,
+                    vp8: video_codec == Some(VideoCodec::Vp8),
                 },
                 keyframe,
                 now,
@@ -1980,6 +1985,12 @@ impl Engine {
             video_orientation: packet.header.ext_vals.video_orientation,
             ..Default::default()
         };
+        // VP8's picture ids are re-based per subscriber; read where they sit once per packet.
+        let vp8 = match video_codec {
+            Some(VideoCodec::Vp8) => crate::vp8::Fields::read(&packet.payload),
+            _ => None,
+        };
+        self.vp8_patches.clear();
         let mut wanted_keyframes = 0u8;
         for &(subscriber_id, mid) in &publication.subscribers {
             let Some(subscriber) = self.participants.get_mut(&subscriber_id) else {
@@ -2088,6 +2099,13 @@ impl Engine {
             let Some(tx_ssrc) = subscription.tx_ssrc else {
                 continue;
             };
+            let payload = match vp8 {
+                Some(fields) => match subscription.forwarder.vp8_numbers(fields) {
+                    (numbers, true) => self.vp8_patches.get(&packet.payload, fields, numbers),
+                    (_, false) => packet.payload.clone(),
+                },
+                None => packet.payload.clone(),
+            };
             let mut api = subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx(&tx_ssrc) else {
                 continue;
@@ -2098,7 +2116,7 @@ impl Engine {
                     rewritten.seq_no.into(),
                     rewritten.timestamp,
                     packet.timestamp,
-                    packet.payload.clone(),
+                    payload,
                 )
                 .marker(packet.header.marker)
                 .ext_vals(ext_vals.clone())
@@ -2267,7 +2285,8 @@ fn start_from_cache(
 /// no outgoing stream.
 ///
 /// Per packet this is a reference count on the shared payload and a write into the stream's
-/// queue, as for live forwarding; nothing is copied.
+/// queue, as for live forwarding; only a VP8 packet whose picture id must be re-based for this
+/// subscriber is copied.
 fn fast_start_from(
     now: Instant,
     subscription: &mut Subscription,
@@ -2308,6 +2327,14 @@ fn fast_start_from(
         ) else {
             continue;
         };
+        // A replay is one subscriber's: its numbering is its own, so a copy is its own too.
+        let payload = match crate::vp8::Fields::read(&packet.payload).filter(|_| packet.vp8) {
+            Some(fields) => match forwarder.vp8_numbers(fields) {
+                (numbers, true) => crate::vp8::patched(&packet.payload, fields, numbers),
+                (_, false) => packet.payload.clone(),
+            },
+            None => packet.payload.clone(),
+        };
         // The wallclock of every replayed packet is that of the newest cached one, which is
         // where the compressed frames sit on the live timeline: sender reports stay true.
         stream.write_rtp(
@@ -2316,7 +2343,7 @@ fn fast_start_from(
                 rewritten.seq_no.into(),
                 rewritten.timestamp,
                 plan.last_arrival,
-                packet.payload.clone(),
+                payload,
             )
             .marker(packet.marker)
             .ext_vals(ExtensionValues {

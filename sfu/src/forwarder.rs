@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use crate::vp8::{Fields, Numbers, PictureIds};
+
 /// The rewritten position of one packet in the outgoing stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewritten {
@@ -53,6 +55,8 @@ pub struct Forwarder {
     last_seq_out: Option<u64>,
     last_ts_out: u32,
     last_sent_at: Option<Instant>,
+    /// VP8 picture ids and TL0PICIDX, re-based with everything else.
+    picture_ids: PictureIds,
 }
 
 impl Forwarder {
@@ -68,7 +72,15 @@ impl Forwarder {
             last_seq_out: initial_seq.checked_sub(1).map(u64::from),
             last_ts_out: u32::from(initial_seq).wrapping_mul(2_654_435_761),
             last_sent_at: None,
+            picture_ids: PictureIds::default(),
         }
+    }
+
+    /// The VP8 counters of the packet just rewritten (by [`Forwarder::rewrite`] or
+    /// [`Forwarder::rewrite_replayed`]), continuous across every re-base, and whether they
+    /// differ from the source's.
+    pub fn vp8_numbers(&mut self, fields: Fields) -> (Numbers, bool) {
+        self.picture_ids.rewrite(fields)
     }
 
     /// Forgets the current source: the next packet re-bases the stream, and video waits for
@@ -219,6 +231,7 @@ impl Forwarder {
         if let Some(old) = self.source.filter(|old| old.ssrc != ssrc) {
             self.retired_ssrc = Some(old.ssrc);
         }
+        self.picture_ids.reset_source();
         self.source = Some(Source {
             ssrc,
             seq_base_in: seq_no,
@@ -233,6 +246,59 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A VP8 packet's first bytes: a descriptor with a 15-bit picture id and a TL0PICIDX.
+    fn vp8(picture_id: u16, tl0: u8) -> Vec<u8> {
+        let [high, low] = picture_id.to_be_bytes();
+        vec![0x90, 0xc0, 0x80 | high, low, tl0, 0x9d]
+    }
+
+    /// What a receiver reads from the copy it is sent.
+    fn sent_numbers(f: &mut Forwarder, payload: &[u8]) -> (u16, u8) {
+        let fields = Fields::read(payload).expect("fields");
+        let (numbers, changed) = f.vp8_numbers(fields);
+        let sent = if changed {
+            crate::vp8::patched(payload, fields, numbers)
+        } else {
+            payload.into()
+        };
+        let [_, _, high, low, tl0, ..] = sent[..] else {
+            panic!("short");
+        };
+        (u16::from_be_bytes([high & 0x7f, low]), tl0)
+    }
+
+    #[test]
+    fn vp8_picture_ids_stay_continuous_across_a_switch_and_a_replay() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, true, 100);
+        let mut seen = Vec::new();
+        // Layer 0 (SSRC 1): frames 40, 41 (TL0 7, 8), one packet each.
+        for (n, pid) in [40u16, 41].into_iter().enumerate() {
+            f.rewrite(t0, 1, 1_000 + n as u64, 3_000 * n as u32, n == 0)
+                .expect("forwarded");
+            seen.push(sent_numbers(&mut f, &vp8(pid, 7 + n as u8)));
+        }
+        // A switch to layer 2 (SSRC 3), whose encoder counts elsewhere: a keyframe, then more.
+        f.reset_source();
+        for (n, pid) in [9_000u16, 9_001].into_iter().enumerate() {
+            f.rewrite(t0, 3, 50 + n as u64, 10 * n as u32, n == 0)
+                .expect("forwarded");
+            seen.push(sent_numbers(&mut f, &vp8(pid, 200 + n as u8)));
+        }
+        // A replay from the cache of layer 1 (SSRC 2): its keyframe and the frame after.
+        let start = f.begin_replay(t0, 2, 700, 3_000, 2);
+        for (frame, pid) in [500u16, 501].into_iter().enumerate() {
+            f.rewrite_replayed(t0, start, 700 + frame as u64, frame as u32)
+                .expect("replayed");
+            seen.push(sent_numbers(&mut f, &vp8(pid, 60 + frame as u8)));
+        }
+        assert_eq!(
+            seen,
+            [(40, 7), (41, 8), (42, 9), (43, 10), (44, 11), (45, 12)],
+            "every frame follows the last one sent"
+        );
+    }
 
     #[test]
     fn video_waits_for_a_keyframe_then_is_contiguous() {

@@ -38,6 +38,8 @@ pub struct CachedPacket {
     pub payload: Arc<[u8]>,
     /// When the packet arrived at the server.
     pub arrival: Instant,
+    /// Its payload is VP8, whose picture ids are re-based per subscriber ([`crate::vp8`]).
+    pub vp8: bool,
 }
 
 /// Where the cache stands.
@@ -247,6 +249,7 @@ mod tests {
 
     fn packet(seq_no: u64, timestamp: u32, at: Instant) -> CachedPacket {
         CachedPacket {
+            vp8: false,
             seq_no,
             timestamp,
             marker: true,

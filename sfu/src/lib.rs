@@ -15,6 +15,7 @@ pub mod recording;
 pub mod speaker;
 pub mod stats;
 pub mod stun;
+pub mod vp8;
 
 pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 pub use driver::{SfuConfig, SfuHandle};
