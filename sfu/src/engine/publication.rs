@@ -1,0 +1,698 @@
+//! The publisher side: a participant's send m-lines become publications, whose packets are
+//! mapped to a layer once, measured, cached for fast starts, recorded and handed to the
+//! subscriber side; keyframe requests, layer wants, mutes and the room's loudest voices are
+//! decided here.
+
+use super::*;
+
+impl Engine {
+    /// Brings publications and subscriptions in line with the m-lines just negotiated.
+    pub(super) fn reconcile(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        mids: &[Mid],
+        publish: &[protocol::PublishTrack],
+        subscribe: &[protocol::SubscribeTrack],
+    ) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        participant.pt_info = participant
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .map(|p| PtInfo {
+                pt: p.pt(),
+                video: VideoCodec::from_str0m(p.spec().codec),
+            })
+            .collect();
+        let room = participant.room.clone();
+
+        // Decide per m-line first, then apply, so that the participant borrow ends.
+        let mut to_publish = Vec::new();
+        let mut to_unpublish = Vec::new();
+        let mut to_bind = Vec::new();
+        let mut to_unbind = Vec::new();
+        let mut refused_publications = 0;
+        for mid in mids {
+            let Some(media) = participant.rtc.media(*mid) else {
+                continue;
+            };
+            let direction = media.direction();
+            let receiving = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
+            let sending = matches!(direction, Direction::SendOnly | Direction::SendRecv);
+            let published = participant.published.iter().find(|(m, _)| m == mid);
+            match (receiving, published) {
+                (true, None) if !participant.may_publish => refused_publications += 1,
+                (true, None) => {
+                    let kind = match media.kind() {
+                        str0m::media::MediaKind::Audio => MediaKind::Audio,
+                        str0m::media::MediaKind::Video => MediaKind::Video,
+                    };
+                    let track = publish.iter().find(|p| p.mid == mid.to_string());
+                    let source = track.map(|p| p.source).unwrap_or(match kind {
+                        MediaKind::Audio => TrackSource::Microphone,
+                        MediaKind::Video => TrackSource::Camera,
+                    });
+                    let layers = match (kind, track) {
+                        (MediaKind::Video, Some(track)) => declared_layers(&track.layers),
+                        _ => vec![Layer::plain()],
+                    };
+                    to_publish.push((*mid, kind, source, layers));
+                }
+                (false, Some((_, publication))) => to_unpublish.push(*publication),
+                _ => {}
+            }
+            let wanted = subscribe
+                .iter()
+                .find(|s| s.mid == mid.to_string())
+                .map(|s| s.publication_id)
+                .filter(|_| sending);
+            let current = participant
+                .subscriptions
+                .get(mid)
+                .and_then(|s| s.publication);
+            if wanted != current {
+                if current.is_some() {
+                    to_unbind.push(*mid);
+                }
+                if let Some(publication) = wanted {
+                    to_bind.push((*mid, publication));
+                }
+            }
+        }
+
+        self.stats.refused_publications += refused_publications;
+        for (mid, kind, source, layers) in to_publish {
+            let publication = PublicationId(self.next_publication);
+            self.next_publication += 1;
+            self.publications.insert(
+                publication,
+                Publication {
+                    owner: id,
+                    room: room.clone(),
+                    mid,
+                    kind,
+                    muted: false,
+                    subscribers: Vec::new(),
+                    last_keyframe_request: None,
+                    keyframe_request_pending: false,
+                    keyframe_layers: 0,
+                    recorded: false,
+                    recorded_layer: None,
+                    recorded_since: None,
+                    source,
+                    layers,
+                    level: LevelMeter::default(),
+                    audible: true,
+                    told_layers: None,
+                },
+            );
+            if self.recordings.contains_key(&room) {
+                self.record_publication(now, publication);
+            }
+            if let Some(p) = self.participants.get_mut(&id) {
+                p.published.push((mid, publication));
+            }
+            self.events.push_back(SfuEvent::PublicationAdded {
+                participant: id,
+                publication: PublicationAnnouncement {
+                    id: publication,
+                    kind,
+                    source,
+                },
+            });
+        }
+        for publication in to_unpublish {
+            self.remove_publication(publication);
+        }
+        for mid in to_unbind {
+            self.unbind(id, mid);
+        }
+        for (mid, publication) in to_bind {
+            self.bind(now, id, mid, publication);
+        }
+    }
+
+    /// Picks the layer of recorded simulcast publications that have none yet: the top one as
+    /// soon as it arrives, or after a grace period the highest one arriving.
+    pub(super) fn choose_recorded_layers(&mut self, now: Instant) {
+        let mut chosen = Vec::new();
+        for (id, publication) in &mut self.publications {
+            if !publication.recorded || publication.recorded_layer.is_some() {
+                continue;
+            }
+            let waited = publication
+                .recorded_since
+                .is_some_and(|since| now >= since + RECORDING_LAYER_GRACE);
+            publication.recorded_layer = recordable_layer(&publication.layers, waited);
+            if let Some(layer) = publication.recorded_layer {
+                chosen.push((*id, layer));
+            }
+        }
+        for (id, layer) in chosen {
+            // The file starts on a keyframe of that layer.
+            self.request_keyframe(id, 1 << layer, now);
+        }
+    }
+
+    /// Tells publishers which of their simulcast layers anyone wants: the lowest always,
+    /// the top one while recording, and every layer a subscriber receives, is switching to
+    /// or would receive with more bandwidth.
+    pub(super) fn update_simulcast_layers(&mut self, now: Instant) {
+        for (id, publication) in &mut self.publications {
+            let n = publication.layers.len().min(MAX_SIMULCAST_LAYERS);
+            if n < 2 {
+                continue;
+            }
+            let mut mask = 1u8;
+            if publication.recorded {
+                let layer = publication.recorded_layer.map_or(n - 1, usize::from);
+                mask |= 1 << layer.min(n - 1);
+            }
+            for (subscriber, mid) in &publication.subscribers {
+                let Some(sub) = self
+                    .participants
+                    .get(subscriber)
+                    .and_then(|p| p.subscriptions.get(mid))
+                else {
+                    continue;
+                };
+                for layer in [sub.target, sub.current, sub.max_layer]
+                    .into_iter()
+                    .flatten()
+                {
+                    mask |= 1 << layer.min(n as u8 - 1);
+                }
+            }
+            let changed = publication.told_layers.is_none_or(|(told, _)| told != mask);
+            let due = publication
+                .told_layers
+                .is_none_or(|(_, at)| now >= at + LAYERS_EVENT_INTERVAL);
+            if changed && due {
+                publication.told_layers = Some((mask, now));
+                self.events.push_back(SfuEvent::SimulcastLayers {
+                    participant: publication.owner,
+                    publication: *id,
+                    active: (0..n).map(|i| mask & (1 << i) != 0).collect(),
+                });
+            }
+        }
+    }
+
+    /// Re-evaluates each room's active speaker and, in rooms with more audio publications
+    /// than [`EngineConfig::max_audio_streams`], which are loud enough to be forwarded.
+    pub(super) fn update_speakers(&mut self, now: Instant) {
+        let mut audio: Vec<(PublicationId, ParticipantId, f32)> = Vec::new();
+        let mut resumed: Vec<PublicationId> = Vec::new();
+        for (room_id, room) in &mut self.rooms {
+            audio.clear();
+            for participant in &room.participants {
+                let Some(p) = self.participants.get(participant) else {
+                    continue;
+                };
+                for (_, publication_id) in &p.published {
+                    if let Some(publication) = self.publications.get(publication_id)
+                        && publication.kind == MediaKind::Audio
+                        && !publication.muted
+                    {
+                        audio.push((
+                            *publication_id,
+                            publication.owner,
+                            publication.level.loudness(now),
+                        ));
+                    }
+                }
+            }
+            let speaker = speaker::choose(room.speaker, audio.iter().map(|(_, o, l)| (*o, *l)));
+            if speaker != room.speaker {
+                room.speaker = speaker;
+                self.events.push_back(SfuEvent::ActiveSpeaker {
+                    room: room_id.clone(),
+                    participant: speaker,
+                });
+            }
+            let limit = self.config.max_audio_streams.filter(|k| audio.len() > *k);
+            if limit.is_some() {
+                // Loudest first; ties keep a stable order so the chosen set does not churn.
+                audio.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+            }
+            for (rank, (publication_id, _, _)) in audio.iter().enumerate() {
+                let audible = limit.is_none_or(|k| rank < k);
+                if let Some(publication) = self.publications.get_mut(publication_id)
+                    && publication.audible != audible
+                {
+                    publication.audible = audible;
+                    if audible {
+                        resumed.push(*publication_id);
+                    }
+                }
+            }
+        }
+        // A stream forwarded again restarts contiguous for its subscribers: the skipped
+        // stretch is not loss.
+        for publication_id in resumed {
+            let Some(publication) = self.publications.get(&publication_id) else {
+                continue;
+            };
+            for (subscriber, mid) in &publication.subscribers {
+                if let Some(sub) = self
+                    .participants
+                    .get_mut(subscriber)
+                    .and_then(|p| p.subscriptions.get_mut(mid))
+                {
+                    sub.forwarder.reset_source();
+                }
+            }
+        }
+    }
+
+    /// What the recording tap has queued, oldest first.
+    pub fn poll_recorded(&mut self) -> Option<RecordedMedia> {
+        self.recorded.pop_front()
+    }
+
+    pub(super) fn start_recording(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        recording_id: String,
+        e2ee: bool,
+    ) {
+        if self.recordings.contains_key(&room) {
+            return;
+        }
+        self.recordings.insert(room.clone(), recording_id.clone());
+        self.recorded.push_back(RecordedMedia::Started {
+            room: room.clone(),
+            recording_id,
+            e2ee,
+            at: now,
+        });
+        let publications: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        for publication in publications {
+            self.record_publication(now, publication);
+        }
+    }
+
+    pub(super) fn record_publication(&mut self, now: Instant, id: PublicationId) {
+        let Some(publication) = self.publications.get_mut(&id) else {
+            return;
+        };
+        if publication.recorded {
+            return;
+        }
+        publication.recorded = true;
+        publication.recorded_since = Some(now);
+        publication.recorded_layer = recordable_layer(&publication.layers, false);
+        let kind = publication.kind;
+        let layer = publication.recorded_layer;
+        self.recorded.push_back(RecordedMedia::Track {
+            room: publication.room.clone(),
+            publication: id,
+            participant: publication.owner,
+            kind,
+            source: publication.source,
+            at: now,
+        });
+        // A video file must start on a keyframe; waiting for the next periodic one could
+        // lose seconds.
+        if kind == MediaKind::Video
+            && let Some(layer) = layer
+        {
+            self.request_keyframe(id, 1 << layer, now);
+        }
+    }
+
+    pub(super) fn stop_recording(&mut self, now: Instant, room: &RoomId) {
+        if self.recordings.remove(room).is_none() {
+            return;
+        }
+        for publication in self.publications.values_mut() {
+            if publication.room == *room {
+                publication.recorded = false;
+                publication.recorded_layer = None;
+                publication.recorded_since = None;
+            }
+        }
+        self.recorded.push_back(RecordedMedia::Stopped {
+            room: room.clone(),
+            at: now,
+        });
+    }
+
+    pub(super) fn set_publishing(&mut self, id: ParticipantId, allowed: bool) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        participant.may_publish = allowed;
+        if allowed {
+            return;
+        }
+        let published: Vec<PublicationId> = participant.published.iter().map(|(_, p)| *p).collect();
+        for publication in published {
+            self.remove_publication(publication);
+        }
+    }
+
+    pub(super) fn remove_publication(&mut self, publication_id: PublicationId) {
+        let Some(publication) = self.publications.remove(&publication_id) else {
+            return;
+        };
+        if publication.recorded {
+            self.recorded.push_back(RecordedMedia::TrackEnded {
+                publication: publication_id,
+            });
+        }
+        for (subscriber, mid) in &publication.subscribers {
+            if let Some(s) = self.participants.get_mut(subscriber)
+                && let Some(sub) = s.subscriptions.get_mut(mid)
+            {
+                sub.publication = None;
+            }
+        }
+        if let Some(owner) = self.participants.get_mut(&publication.owner) {
+            owner.published.retain(|(_, p)| *p != publication_id);
+            owner.ssrc_cache.retain(|(_, p, _)| *p != publication_id);
+        }
+        self.events.push_back(SfuEvent::PublicationRemoved {
+            participant: publication.owner,
+            publication: publication_id,
+        });
+    }
+
+    pub(super) fn set_muted(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        publication_id: PublicationId,
+        muted: bool,
+    ) -> Result<(), (ErrorCode, String)> {
+        let publication = self
+            .publications
+            .get_mut(&publication_id)
+            .filter(|p| p.owner == id)
+            .ok_or((
+                ErrorCode::UnknownPublication,
+                format!("{publication_id} is not a publication of {id}"),
+            ))?;
+        let unmuted_video = publication.muted && !muted && publication.kind == MediaKind::Video;
+        if muted && !publication.muted {
+            // Muted packets are dropped before the cache, and the publisher's encoder goes on:
+            // after the mute, the cached frames no longer lead to the live ones.
+            for layer in &mut publication.layers {
+                layer.gop.clear();
+            }
+        }
+        publication.muted = muted;
+        if unmuted_video {
+            // Each subscriber restarts on a keyframe of its layer, so nobody decodes deltas
+            // against a picture from before the mute.
+            let mut layers = 0u8;
+            for (subscriber, mid) in &publication.subscribers {
+                if let Some(sub) = self
+                    .participants
+                    .get_mut(subscriber)
+                    .and_then(|s| s.subscriptions.get_mut(mid))
+                {
+                    sub.current = None;
+                    if let Some(target) = sub.target {
+                        layers |= 1 << target;
+                    }
+                }
+            }
+            self.request_keyframe(publication_id, layers, now);
+        }
+        Ok(())
+    }
+
+    /// Asks the publisher for a keyframe on `layers` (a bit per simulcast layer; 0: only
+    /// those already pending), at most once per interval per publication. A request inside
+    /// the interval is remembered, for every layer asked meanwhile, and sent when it ends.
+    pub(super) fn request_keyframe(
+        &mut self,
+        publication_id: PublicationId,
+        layers: u8,
+        now: Instant,
+    ) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(publication) = self.publications.get_mut(&publication_id) else {
+            return;
+        };
+        if publication.kind != MediaKind::Video {
+            return;
+        }
+        publication.keyframe_layers |= layers;
+        if publication.keyframe_layers == 0 {
+            publication.keyframe_request_pending = false;
+            return;
+        }
+        if publication
+            .last_keyframe_request
+            .is_some_and(|t| now < t + interval)
+        {
+            publication.keyframe_request_pending = true;
+            self.stats.keyframe_requests_throttled += 1;
+            return;
+        }
+        let limits = self.config.gop_limits();
+        if self.config.fast_start
+            && publication.layers.len() > 1
+            && publication.layers[0].available
+            && !publication.layers[0].gop.fresh(limits, now)
+        {
+            // A round goes out anyway: it also asks for the lowest layer's keyframe when that
+            // layer's cache, where new subscribers start, is stale or soon will be. A small
+            // keyframe, and no extra round, so that joiners keep starting at once through a
+            // join storm rather than waiting for the throttle.
+            publication.keyframe_layers |= 1;
+        }
+        let wanted = std::mem::take(&mut publication.keyframe_layers);
+        publication.keyframe_request_pending = false;
+        publication.last_keyframe_request = Some(now);
+        let (owner, mid) = (publication.owner, publication.mid);
+        let mut rids: [Option<Option<Rid>>; MAX_SIMULCAST_LAYERS] = [None; MAX_SIMULCAST_LAYERS];
+        for (index, layer) in publication
+            .layers
+            .iter()
+            .enumerate()
+            .take(MAX_SIMULCAST_LAYERS)
+        {
+            if wanted & (1 << index) != 0 {
+                rids[index] = Some(layer.rid);
+            }
+        }
+        let Some(publisher) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        let mut api = publisher.rtc.direct_api();
+        for rid in rids.into_iter().flatten() {
+            // A layer without packets yet needs no request: its first keyframe is on its way.
+            if let Some(stream) = api.stream_rx_by_mid(mid, rid) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests_sent += 1;
+            }
+        }
+        if !publisher.queued {
+            publisher.queued = true;
+            self.touched.push(owner);
+        }
+    }
+
+    /// Sends one received packet to every subscriber of its publication.
+    pub(super) fn forward(&mut self, publisher_id: ParticipantId, now: Instant, packet: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(publisher) = self.participants.get_mut(&publisher_id) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        let (publication_id, layer) = match publisher.ssrc_cache.iter().find(|(s, _, _)| *s == ssrc)
+        {
+            Some(&(_, publication, layer)) => (publication, layer),
+            None => {
+                let stream = publisher
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()));
+                let Some((mid, rid)) = stream else {
+                    self.stats.dropped_unknown_ssrc += 1;
+                    return;
+                };
+                let Some(&(_, publication)) = publisher.published.iter().find(|(m, _)| *m == mid)
+                else {
+                    self.stats.dropped_unknown_ssrc += 1;
+                    return;
+                };
+                let Some(layer) = self
+                    .publications
+                    .get_mut(&publication)
+                    .and_then(|p| layer_index(&mut p.layers, rid))
+                else {
+                    self.stats.dropped_unknown_ssrc += 1;
+                    return;
+                };
+                publisher.ssrc_cache.push((ssrc, publication, layer));
+                (publication, layer)
+            }
+        };
+        let pt = packet.header.payload_type;
+        let video_codec = publisher
+            .pt_info
+            .iter()
+            .find(|i| i.pt == pt)
+            .and_then(|i| i.video);
+        let Some(publication) = self.publications.get_mut(&publication_id) else {
+            return;
+        };
+        if publication.muted {
+            self.stats.dropped_muted += 1;
+            return;
+        }
+        if let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            l.window_bytes += packet.payload.len() as u64;
+            if !l.available {
+                // A layer (re)appeared: its subscribers may now receive it.
+                l.available = true;
+                self.layer_changes.push(publication_id);
+            }
+        }
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            publication.level.update(now, level);
+        }
+        let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
+        let is_video = publication.kind == MediaKind::Video;
+        let fast_start = is_video && self.config.fast_start;
+        let limits = self.config.gop_limits();
+        if fast_start && let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            l.gop.push(
+                limits,
+                *ssrc,
+                CachedPacket {
+                    seq_no: *packet.seq_no,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    pt,
+                    video_orientation: packet.header.ext_vals.video_orientation,
+                    payload: packet.payload.clone(),
+                    arrival: packet.timestamp,
+                    vp8: video_codec == Some(VideoCodec::Vp8),
+                },
+                keyframe,
+                now,
+            );
+        }
+        if publication.recorded && publication.recorded_layer == Some(layer) {
+            let codec = match video_codec {
+                None => RecordedCodec::Opus,
+                Some(VideoCodec::Vp8) => RecordedCodec::Vp8,
+                Some(VideoCodec::Vp9) => RecordedCodec::Vp9,
+                Some(VideoCodec::H264) => RecordedCodec::H264,
+                Some(VideoCodec::Av1) => RecordedCodec::Av1,
+            };
+            self.recorded.push_back(RecordedMedia::Packet {
+                publication: publication_id,
+                codec,
+                clock_rate: if is_video { 90_000 } else { 48_000 },
+                seq: *packet.seq_no as u16,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                payload: packet.payload.clone(),
+                at: now,
+            });
+        }
+        if !is_video && !publication.audible {
+            self.stats.dropped_not_loudest += 1;
+            return;
+        }
+        let media = MediaPacket {
+            ssrc: *ssrc,
+            seq_no: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            pt,
+            arrival: packet.timestamp,
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            payload: packet.payload,
+            layer,
+            keyframe,
+            codec: video_codec,
+        };
+        self.fan_out(publication_id, now, &media);
+    }
+}
+
+/// The layers a publisher declared for a video m-line, bounded and checked; one plain layer
+/// when it declared none.
+pub(super) fn declared_layers(declared: &[protocol::SimulcastLayer]) -> Vec<Layer> {
+    let mut layers: Vec<Layer> = Vec::new();
+    for layer in declared.iter().take(MAX_SIMULCAST_LAYERS) {
+        let valid = !layer.rid.is_empty()
+            && layer.rid.len() <= 16
+            && layer
+                .rid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let rid = Rid::from(layer.rid.as_str());
+        if !valid || layers.iter().any(|l| l.rid == Some(rid)) {
+            continue;
+        }
+        layers.push(Layer {
+            rid: Some(rid),
+            width: layer.width.min(16_384),
+            height: layer.height.min(16_384),
+            ..Layer::plain()
+        });
+    }
+    if layers.is_empty() {
+        layers.push(Layer::plain());
+    }
+    layers
+}
+
+/// The layer a recording takes: a plain stream's only one; for simulcast the top layer once
+/// it arrives, or, when `settle` (the top did not come in time), the highest arriving.
+pub(super) fn recordable_layer(layers: &[Layer], settle: bool) -> Option<u8> {
+    let top = layers.len().checked_sub(1)?;
+    if top == 0 || layers[top].available {
+        return Some(top as u8);
+    }
+    if !settle {
+        return None;
+    }
+    layers.iter().rposition(|l| l.available).map(|i| i as u8)
+}
+
+/// The layer index of a stream with `rid`. A rid the publisher did not declare takes the
+/// plain layer's place or is appended (order of appearance, size unknown), up to the limit.
+pub(super) fn layer_index(layers: &mut Vec<Layer>, rid: Option<Rid>) -> Option<u8> {
+    let Some(rid) = rid else {
+        return Some(0);
+    };
+    if let Some(index) = layers.iter().position(|l| l.rid == Some(rid)) {
+        return Some(index as u8);
+    }
+    if let [only] = layers.as_mut_slice()
+        && only.rid.is_none()
+    {
+        only.rid = Some(rid);
+        return Some(0);
+    }
+    if layers.len() >= MAX_SIMULCAST_LAYERS {
+        return None;
+    }
+    layers.push(Layer {
+        rid: Some(rid),
+        ..Layer::plain()
+    });
+    Some(layers.len() as u8 - 1)
+}

@@ -1,0 +1,97 @@
+//! What the engine reads from SDP offers and candidates before str0m does.
+
+use super::*;
+
+/// Whether a client's candidate can pair with the server's one candidate (UDP, one address
+/// family). The ICE agent counts every remote candidate it is given: one it can never pair
+/// with, such as the TCP or IPv6 candidate a browser may trickle before its UDP IPv4 ones,
+/// would make it declare the connection failed ("no possible pairs") before the client's
+/// first check arrives.
+pub(super) fn pairable(candidate: &Candidate, local: SocketAddr) -> bool {
+    candidate.proto() == Protocol::Udp && candidate.addr().is_ipv4() == local.is_ipv4()
+}
+
+/// The offer without its SHA-1 (or other weak) DTLS fingerprints, so that the transport is
+/// authenticated by a strong one only; `None` when no strong one is left.
+pub(super) fn without_weak_fingerprints(sdp: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let weak = |line: &str| {
+        line.trim()
+            .strip_prefix("a=fingerprint:")
+            .is_some_and(|value| {
+                let algorithm = value.split_whitespace().next().unwrap_or_default();
+                !["sha-256", "sha-384", "sha-512"]
+                    .iter()
+                    .any(|strong| algorithm.eq_ignore_ascii_case(strong))
+            })
+    };
+    let strong = sdp
+        .lines()
+        .any(|l| l.trim().starts_with("a=fingerprint:") && !weak(l));
+    if !strong {
+        return None;
+    }
+    if !sdp.lines().any(weak) {
+        return Some(std::borrow::Cow::Borrowed(sdp));
+    }
+    let mut kept = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n').filter(|l| !weak(l)) {
+        kept.push_str(line);
+    }
+    Some(std::borrow::Cow::Owned(kept))
+}
+
+/// The offer without the candidate lines the server cannot pair with (see [`pairable`]).
+/// A line str0m cannot read stays, for str0m to judge.
+pub(super) fn without_unpairable_candidates(
+    sdp: &str,
+    local: SocketAddr,
+) -> std::borrow::Cow<'_, str> {
+    let keep = |line: &str| {
+        line.trim()
+            .strip_prefix("a=")
+            .filter(|l| l.starts_with("candidate:"))
+            .and_then(|l| Candidate::from_sdp_string(l).ok())
+            .is_none_or(|c| pairable(&c, local))
+    };
+    if sdp.lines().all(keep) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut kept = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n').filter(|l| keep(l)) {
+        kept.push_str(line);
+    }
+    std::borrow::Cow::Owned(kept)
+}
+
+/// The payload parameters negotiated on one m-line.
+pub(super) fn media_params(rtc: &Rtc, mid: Mid) -> Vec<PayloadParams> {
+    let Some(media) = rtc.media(mid) else {
+        return Vec::new();
+    };
+    let pts = media.remote_pts();
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| pts.contains(&p.pt()))
+        .cloned()
+        .collect()
+}
+
+/// Pairs each publisher payload type with the subscriber's payload type for the same codec:
+/// the exact same parameters when offered, otherwise the same codec.
+pub(super) fn map_payload_types(
+    publisher: &[PayloadParams],
+    subscriber: &[PayloadParams],
+) -> Vec<(Pt, Pt)> {
+    publisher
+        .iter()
+        .filter_map(|p| {
+            let spec = p.spec();
+            subscriber
+                .iter()
+                .find(|s| s.spec() == spec)
+                .or_else(|| subscriber.iter().find(|s| s.spec().codec == spec.codec))
+                .map(|s| (p.pt(), s.pt()))
+        })
+        .collect()
+}
