@@ -23,8 +23,9 @@ use crate::sframe::{self, BaseKey};
 
 /// Most endpoints one run may connect.
 pub const MAX_ENDPOINTS: u32 = 5_000;
-/// Longest steady phase of one run.
-pub const MAX_DURATION_S: f64 = 1_800.0;
+/// Longest steady phase of one run: long enough for a soak test (`loadtest/soak.sh`, one
+/// hour by default).
+pub const MAX_DURATION_S: f64 = 4.0 * 3_600.0;
 /// Fastest join rate.
 pub const MAX_JOIN_RATE: f64 = 1_000.0;
 /// How long leaving may take at the end before the remaining bots are dropped.
@@ -163,7 +164,7 @@ impl Scenario {
             return invalid("join_rate must be in (0, 1000] per second");
         }
         if !(self.duration_s >= 0.0 && self.duration_s <= MAX_DURATION_S) {
-            return invalid("duration_s must be in [0, 1800]");
+            return invalid("duration_s must be in [0, 14400]");
         }
         if self.total_endpoints() > MAX_ENDPOINTS {
             return invalid("more than 5000 endpoints");
