@@ -38,8 +38,9 @@ pub struct CachedPacket {
     pub payload: Arc<[u8]>,
     /// When the packet arrived at the server.
     pub arrival: Instant,
-    /// Its payload is VP8, whose picture ids are re-based per subscriber ([`crate::vp8`]).
-    pub vp8: bool,
+    /// The video codec of its payload (VP8's picture ids are re-based per subscriber, see
+    /// [`crate::vp8`]).
+    pub codec: Option<crate::codec::VideoCodec>,
 }
 
 /// Where the cache stands.
@@ -249,7 +250,7 @@ mod tests {
 
     fn packet(seq_no: u64, timestamp: u32, at: Instant) -> CachedPacket {
         CachedPacket {
-            vp8: false,
+            codec: None,
             seq_no,
             timestamp,
             marker: true,

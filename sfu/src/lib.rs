@@ -12,6 +12,7 @@ pub mod engine;
 pub mod forwarder;
 pub mod gop;
 pub mod recording;
+pub mod relay;
 pub mod speaker;
 pub mod stats;
 pub mod stun;

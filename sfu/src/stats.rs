@@ -62,4 +62,8 @@ pub struct EngineStats {
     /// Datagrams dropped because the send thread was behind (its queue of batches was full),
     /// like datagrams a full socket buffer refuses.
     pub dropped_send_queue_full: u64,
+    /// Packets handed to other workers' mirrors (once per packet and worker), and received
+    /// from the owners of the mirrored publications here.
+    pub rtp_relayed_out: u64,
+    pub rtp_relayed_in: u64,
 }

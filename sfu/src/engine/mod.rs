@@ -31,9 +31,11 @@ use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
 use crate::gop::{CachedPacket, GopCache, GopLimits};
 use crate::recording::{RecordedCodec, RecordedMedia};
+pub use crate::relay::{MAX_WORKERS, MediaPacket, MirrorInfo, Relay, WorkerId};
 use crate::speaker::{self, LevelMeter};
 use crate::stats::EngineStats;
 
+mod mirror;
 mod publication;
 mod sdp;
 mod subscription;
@@ -137,6 +139,10 @@ pub struct EngineConfig {
     pub fast_start_max_packets: usize,
     pub fast_start_max_bytes: usize,
     pub fast_start_max_age: Duration,
+    /// This engine's worker (0 coordinates rooms, see [`crate::relay`]) and how many there
+    /// are. With one worker nothing is mirrored.
+    pub worker: WorkerId,
+    pub workers: WorkerId,
 }
 
 impl EngineConfig {
@@ -153,6 +159,8 @@ impl EngineConfig {
             fast_start_max_packets: 512,
             fast_start_max_bytes: 64 * 1024,
             fast_start_max_age: Duration::from_secs(2),
+            worker: 0,
+            workers: 1,
         }
     }
 
@@ -228,6 +236,18 @@ struct Publication {
     audible: bool,
     /// Simulcast: the layers last told to the owner as wanted, and when.
     told_layers: Option<(u8, Instant)>,
+    /// The publisher's payload types (its m-line's parameters), mapped onto each
+    /// subscriber's when it binds.
+    params: Vec<PayloadParams>,
+    /// `None`: owned here (its publisher's transport is on this engine). `Some(worker)`: a
+    /// mirror of the publication that worker owns.
+    origin: Option<WorkerId>,
+    /// Owner: the workers whose mirrors want its packets (a bit each).
+    mirrors: u64,
+    /// Owner: the simulcast layers each mirror's subscribers want.
+    remote_layers: Vec<(WorkerId, u8)>,
+    /// Mirror: whether the owner was asked for its packets.
+    wanted: bool,
 }
 
 /// One simulcast encoding of a publication (or its only stream).
@@ -337,33 +357,6 @@ struct Participant {
 #[derive(Debug, Default)]
 struct Room {
     participants: Vec<ParticipantId>,
-    /// The participant whose voice is loudest, as last announced.
-    speaker: Option<ParticipantId>,
-}
-
-/// One packet as the subscriber side needs it: its place in its publication, its clear header
-/// fields and the shared payload, read once however many subscribers it goes to.
-#[derive(Debug, Clone)]
-pub(crate) struct MediaPacket {
-    /// The source stream (the layer's SSRC at the publisher).
-    pub ssrc: u32,
-    /// Extended sequence number and RTP time at the source.
-    pub seq_no: u64,
-    pub timestamp: u32,
-    pub marker: bool,
-    /// The publisher's payload type.
-    pub pt: Pt,
-    /// When it reached the server.
-    pub arrival: Instant,
-    pub audio_level: Option<i8>,
-    pub voice_activity: Option<bool>,
-    pub video_orientation: Option<str0m::rtp::VideoOrientation>,
-    pub payload: std::sync::Arc<[u8]>,
-    /// The simulcast layer (0 for plain streams) and whether it starts a keyframe.
-    pub layer: u8,
-    pub keyframe: bool,
-    /// Video: the codec; `None` for audio.
-    pub codec: Option<VideoCodec>,
 }
 
 /// Work found while draining one participant's `Rtc`, handled once the borrow ends.
@@ -439,6 +432,11 @@ pub struct Engine {
     demand_rows: Vec<(u8, Mid, Option<u8>, Demand)>,
     demands: Vec<Demand>,
     allocation: Vec<Option<u8>>,
+    /// Messages for other workers, oldest first.
+    relays: VecDeque<(WorkerId, Relay)>,
+    /// Each room's loudest voice, as last announced: chosen here by the coordinator, told to
+    /// the other workers (their allocations put the speaker's video first).
+    speakers: HashMap<RoomId, Option<ParticipantId>>,
     /// This packet's VP8 copies with re-based picture ids, shared by the subscribers whose
     /// numbering matches.
     vp8_patches: crate::vp8::Patches,
@@ -453,6 +451,9 @@ impl Engine {
             .dtls_provider
             .generate_certificate()
             .ok_or(EngineError::DtlsCertificate)?;
+        // Publication ids are unique across workers: each numbers its own in a residue class
+        // of the worker count.
+        let first_publication = 1 + u64::from(config.worker);
         Ok(Self {
             config,
             dtls_cert,
@@ -461,7 +462,7 @@ impl Engine {
             publications: FxHashMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
-            next_publication: 1,
+            next_publication: first_publication,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             found: Vec::new(),
@@ -478,6 +479,8 @@ impl Engine {
             demand_rows: Vec::new(),
             demands: Vec::new(),
             allocation: Vec::new(),
+            relays: VecDeque::new(),
+            speakers: HashMap::new(),
             vp8_patches: crate::vp8::Patches::default(),
         })
     }
@@ -493,10 +496,15 @@ impl Engine {
             .values()
             .map(|p| p.subscribers.len())
             .sum();
+        let owned = self
+            .publications
+            .values()
+            .filter(|p| p.origin.is_none())
+            .count();
         (
             self.rooms.len(),
             self.participants.len(),
-            self.publications.len(),
+            owned,
             subscriptions,
         )
     }

@@ -87,7 +87,18 @@ impl Engine {
         self.stats.refused_publications += refused_publications;
         for (mid, kind, source, layers) in to_publish {
             let publication = PublicationId(self.next_publication);
-            self.next_publication += 1;
+            self.next_publication += u64::from(self.config.workers.max(1));
+            let params = self
+                .participants
+                .get(&id)
+                .map(|p| media_params(&p.rtc, mid))
+                .unwrap_or_default();
+            // The coordinator hears every audio publication (it picks the loudest voices).
+            let mirrors = if kind == MediaKind::Audio && !self.coordinates() {
+                1
+            } else {
+                0
+            };
             self.publications.insert(
                 publication,
                 Publication {
@@ -108,8 +119,14 @@ impl Engine {
                     level: LevelMeter::default(),
                     audible: true,
                     told_layers: None,
+                    params,
+                    origin: None,
+                    mirrors,
+                    remote_layers: Vec::new(),
+                    wanted: false,
                 },
             );
+            self.announce(publication);
             if self.recordings.contains_key(&room) {
                 self.record_publication(now, publication);
             }
@@ -187,49 +204,64 @@ impl Engine {
                     mask |= 1 << layer.min(n as u8 - 1);
                 }
             }
+            // What the mirrors' subscribers want counts as much as what ours do.
+            for (_, layers) in &publication.remote_layers {
+                mask |= layers;
+            }
             let changed = publication.told_layers.is_none_or(|(told, _)| told != mask);
             let due = publication
                 .told_layers
                 .is_none_or(|(_, at)| now >= at + LAYERS_EVENT_INTERVAL);
             if changed && due {
                 publication.told_layers = Some((mask, now));
-                self.events.push_back(SfuEvent::SimulcastLayers {
-                    participant: publication.owner,
-                    publication: *id,
-                    active: (0..n).map(|i| mask & (1 << i) != 0).collect(),
-                });
+                match publication.origin {
+                    Some(owner) => self.relays.push_back((
+                        owner,
+                        Relay::LayerWants {
+                            publication: *id,
+                            layers: mask,
+                        },
+                    )),
+                    None => self.events.push_back(SfuEvent::SimulcastLayers {
+                        participant: publication.owner,
+                        publication: *id,
+                        active: (0..n).map(|i| mask & (1 << i) != 0).collect(),
+                    }),
+                }
             }
         }
     }
 
     /// Re-evaluates each room's active speaker and, in rooms with more audio publications
-    /// than [`EngineConfig::max_audio_streams`], which are loud enough to be forwarded.
+    /// than [`EngineConfig::max_audio_streams`], which are loud enough to be forwarded. The
+    /// coordinator does it for every room (it mirrors every audio publication) and tells the
+    /// other workers which streams are forwarded.
     pub(super) fn update_speakers(&mut self, now: Instant) {
-        let mut audio: Vec<(PublicationId, ParticipantId, f32)> = Vec::new();
-        let mut resumed: Vec<PublicationId> = Vec::new();
-        for (room_id, room) in &mut self.rooms {
-            audio.clear();
-            for participant in &room.participants {
-                let Some(p) = self.participants.get(participant) else {
-                    continue;
-                };
-                for (_, publication_id) in &p.published {
-                    if let Some(publication) = self.publications.get(publication_id)
-                        && publication.kind == MediaKind::Audio
-                        && !publication.muted
-                    {
-                        audio.push((
-                            *publication_id,
-                            publication.owner,
-                            publication.level.loudness(now),
-                        ));
-                    }
-                }
+        if !self.coordinates() {
+            return;
+        }
+        let mut rooms: HashMap<RoomId, Vec<(PublicationId, ParticipantId, f32)>> = HashMap::new();
+        for (id, publication) in &self.publications {
+            let audio = rooms.entry(publication.room.clone()).or_default();
+            if publication.kind == MediaKind::Audio && !publication.muted {
+                audio.push((*id, publication.owner, publication.level.loudness(now)));
             }
-            let speaker = speaker::choose(room.speaker, audio.iter().map(|(_, o, l)| (*o, *l)));
-            if speaker != room.speaker {
-                room.speaker = speaker;
+        }
+        // A room without publications left forgets its speaker.
+        self.speakers.retain(|room, _| rooms.contains_key(room));
+        let mut changes = Vec::new();
+        for (room_id, mut audio) in rooms {
+            let previous = self.speakers.get(&room_id).copied().flatten();
+            let speaker = speaker::choose(previous, audio.iter().map(|(_, o, l)| (*o, *l)));
+            if speaker != previous || !self.speakers.contains_key(&room_id) {
+                self.speakers.insert(room_id.clone(), speaker);
+            }
+            if speaker != previous {
                 self.events.push_back(SfuEvent::ActiveSpeaker {
+                    room: room_id.clone(),
+                    participant: speaker,
+                });
+                self.relay_to_all(Relay::Speaker {
                     room: room_id.clone(),
                     participant: speaker,
                 });
@@ -241,31 +273,21 @@ impl Engine {
             }
             for (rank, (publication_id, _, _)) in audio.iter().enumerate() {
                 let audible = limit.is_none_or(|k| rank < k);
-                if let Some(publication) = self.publications.get_mut(publication_id)
-                    && publication.audible != audible
+                if self
+                    .publications
+                    .get(publication_id)
+                    .is_some_and(|p| p.audible != audible)
                 {
-                    publication.audible = audible;
-                    if audible {
-                        resumed.push(*publication_id);
-                    }
+                    changes.push((*publication_id, audible));
                 }
             }
         }
-        // A stream forwarded again restarts contiguous for its subscribers: the skipped
-        // stretch is not loss.
-        for publication_id in resumed {
-            let Some(publication) = self.publications.get(&publication_id) else {
-                continue;
-            };
-            for (subscriber, mid) in &publication.subscribers {
-                if let Some(sub) = self
-                    .participants
-                    .get_mut(subscriber)
-                    .and_then(|p| p.subscriptions.get_mut(mid))
-                {
-                    sub.forwarder.reset_source();
-                }
-            }
+        for (publication, audible) in changes {
+            self.set_audible(publication, audible);
+            self.relay_to_all(Relay::Audible {
+                publication,
+                audible,
+            });
         }
     }
 
@@ -322,6 +344,8 @@ impl Engine {
             source: publication.source,
             at: now,
         });
+        // A mirrored publication is recorded from the packets its owner sends here.
+        self.update_want(id);
         // A video file must start on a keyframe; waiting for the next periodic one could
         // lose seconds.
         if kind == MediaKind::Video
@@ -335,12 +359,19 @@ impl Engine {
         if self.recordings.remove(room).is_none() {
             return;
         }
-        for publication in self.publications.values_mut() {
+        let mut mirrored = Vec::new();
+        for (id, publication) in &mut self.publications {
             if publication.room == *room {
                 publication.recorded = false;
                 publication.recorded_layer = None;
                 publication.recorded_since = None;
+                if publication.origin.is_some() {
+                    mirrored.push(*id);
+                }
             }
+        }
+        for id in mirrored {
+            self.update_want(id);
         }
         self.recorded.push_back(RecordedMedia::Stopped {
             room: room.clone(),
@@ -366,6 +397,9 @@ impl Engine {
         let Some(publication) = self.publications.remove(&publication_id) else {
             return;
         };
+        if publication.origin.is_none() {
+            self.relay_to_all(Relay::PublicationEnded(publication_id));
+        }
         if publication.recorded {
             self.recorded.push_back(RecordedMedia::TrackEnded {
                 publication: publication_id,
@@ -377,6 +411,10 @@ impl Engine {
             {
                 sub.publication = None;
             }
+        }
+        if publication.origin.is_some() {
+            // A mirror's end is its owner's to announce.
+            return;
         }
         if let Some(owner) = self.participants.get_mut(&publication.owner) {
             owner.published.retain(|(_, p)| *p != publication_id);
@@ -395,14 +433,29 @@ impl Engine {
         publication_id: PublicationId,
         muted: bool,
     ) -> Result<(), (ErrorCode, String)> {
-        let publication = self
+        if !self
             .publications
-            .get_mut(&publication_id)
-            .filter(|p| p.owner == id)
-            .ok_or((
+            .get(&publication_id)
+            .is_some_and(|p| p.owner == id && p.origin.is_none())
+        {
+            return Err((
                 ErrorCode::UnknownPublication,
                 format!("{publication_id} is not a publication of {id}"),
-            ))?;
+            ));
+        }
+        self.apply_mute(now, publication_id, muted);
+        self.relay_to_all(Relay::Muted {
+            publication: publication_id,
+            muted,
+        });
+        Ok(())
+    }
+
+    /// Mutes or unmutes a publication, owned or mirrored.
+    pub(super) fn apply_mute(&mut self, now: Instant, publication_id: PublicationId, muted: bool) {
+        let Some(publication) = self.publications.get_mut(&publication_id) else {
+            return;
+        };
         let unmuted_video = publication.muted && !muted && publication.kind == MediaKind::Video;
         if muted && !publication.muted {
             // Muted packets are dropped before the cache, and the publisher's encoder goes on:
@@ -430,7 +483,6 @@ impl Engine {
             }
             self.request_keyframe(publication_id, layers, now);
         }
-        Ok(())
     }
 
     /// Asks the publisher for a keyframe on `layers` (a bit per simulcast layer; 0: only
@@ -447,6 +499,19 @@ impl Engine {
             return;
         };
         if publication.kind != MediaKind::Video {
+            return;
+        }
+        if let Some(owner) = publication.origin {
+            // Only the owner reaches the publisher; its throttle decides when.
+            if layers != 0 {
+                self.relays.push_back((
+                    owner,
+                    Relay::KeyframeRequest {
+                        publication: publication_id,
+                        layers,
+                    },
+                ));
+            }
             return;
         }
         publication.keyframe_layers |= layers;
@@ -549,69 +614,7 @@ impl Engine {
             .iter()
             .find(|i| i.pt == pt)
             .and_then(|i| i.video);
-        let Some(publication) = self.publications.get_mut(&publication_id) else {
-            return;
-        };
-        if publication.muted {
-            self.stats.dropped_muted += 1;
-            return;
-        }
-        if let Some(l) = publication.layers.get_mut(usize::from(layer)) {
-            l.window_bytes += packet.payload.len() as u64;
-            if !l.available {
-                // A layer (re)appeared: its subscribers may now receive it.
-                l.available = true;
-                self.layer_changes.push(publication_id);
-            }
-        }
-        if let Some(level) = packet.header.ext_vals.audio_level {
-            publication.level.update(now, level);
-        }
         let keyframe = video_codec.is_some_and(|c| codec::is_keyframe(c, &packet.payload));
-        let is_video = publication.kind == MediaKind::Video;
-        let fast_start = is_video && self.config.fast_start;
-        let limits = self.config.gop_limits();
-        if fast_start && let Some(l) = publication.layers.get_mut(usize::from(layer)) {
-            l.gop.push(
-                limits,
-                *ssrc,
-                CachedPacket {
-                    seq_no: *packet.seq_no,
-                    timestamp: packet.header.timestamp,
-                    marker: packet.header.marker,
-                    pt,
-                    video_orientation: packet.header.ext_vals.video_orientation,
-                    payload: packet.payload.clone(),
-                    arrival: packet.timestamp,
-                    vp8: video_codec == Some(VideoCodec::Vp8),
-                },
-                keyframe,
-                now,
-            );
-        }
-        if publication.recorded && publication.recorded_layer == Some(layer) {
-            let codec = match video_codec {
-                None => RecordedCodec::Opus,
-                Some(VideoCodec::Vp8) => RecordedCodec::Vp8,
-                Some(VideoCodec::Vp9) => RecordedCodec::Vp9,
-                Some(VideoCodec::H264) => RecordedCodec::H264,
-                Some(VideoCodec::Av1) => RecordedCodec::Av1,
-            };
-            self.recorded.push_back(RecordedMedia::Packet {
-                publication: publication_id,
-                codec,
-                clock_rate: if is_video { 90_000 } else { 48_000 },
-                seq: *packet.seq_no as u16,
-                timestamp: packet.header.timestamp,
-                marker: packet.header.marker,
-                payload: packet.payload.clone(),
-                at: now,
-            });
-        }
-        if !is_video && !publication.audible {
-            self.stats.dropped_not_loudest += 1;
-            return;
-        }
         let media = MediaPacket {
             ssrc: *ssrc,
             seq_no: *packet.seq_no,
@@ -627,7 +630,13 @@ impl Engine {
             keyframe,
             codec: video_codec,
         };
-        self.fan_out(publication_id, now, &media);
+        let Some(to_subscribers) = self.ingest(publication_id, now, &media) else {
+            return;
+        };
+        self.relay_packet(publication_id, &media);
+        if to_subscribers {
+            self.fan_out(publication_id, now, &media);
+        }
     }
 }
 

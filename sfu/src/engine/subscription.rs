@@ -197,10 +197,9 @@ impl Engine {
             self.stats.refused_subscriptions += 1;
             return;
         }
-        let Some(publisher) = self.participants.get(&publication.owner) else {
-            return;
-        };
-        let publisher_params = media_params(&publisher.rtc, publication.mid);
+        // The publisher's payload types, kept with the publication (its transport may be on
+        // another worker).
+        let publisher_params = publication.params.clone();
         let pub_kind = publication.kind;
         let Some(subscriber) = self.participants.get_mut(&id) else {
             return;
@@ -272,6 +271,7 @@ impl Engine {
         if let Some(publication) = self.publications.get_mut(&publication_id) {
             publication.subscribers.push((id, mid));
         }
+        self.update_want(publication_id);
         if is_video {
             // The layer follows from the allocation at the end of this pass; its first packet
             // asks the publisher for a keyframe, so a late joiner does not wait for the next
@@ -289,10 +289,11 @@ impl Engine {
         };
         subscription.target = None;
         subscription.current = None;
-        if let Some(publication) = subscription.publication.take()
-            && let Some(p) = self.publications.get_mut(&publication)
-        {
-            p.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+        if let Some(publication) = subscription.publication.take() {
+            if let Some(p) = self.publications.get_mut(&publication) {
+                p.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+            }
+            self.update_want(publication);
         }
         // What it no longer receives frees bandwidth for its other subscriptions.
         self.mark_for_allocation(id);
@@ -355,7 +356,7 @@ impl Engine {
             return;
         };
         participant.reallocate = false;
-        let speaker = self.rooms.get(&participant.room).and_then(|r| r.speaker);
+        let speaker = self.speakers.get(&participant.room).copied().flatten();
         let mut rows = std::mem::take(&mut self.demand_rows);
         let mut demands = std::mem::take(&mut self.demands);
         let mut allocation = std::mem::take(&mut self.allocation);
@@ -652,7 +653,9 @@ pub(super) fn fast_start_from(
             continue;
         };
         // A replay is one subscriber's: its numbering is its own, so a copy is its own too.
-        let payload = match crate::vp8::Fields::read(&packet.payload).filter(|_| packet.vp8) {
+        let payload = match crate::vp8::Fields::read(&packet.payload)
+            .filter(|_| packet.codec == Some(VideoCodec::Vp8))
+        {
             Some(fields) => match forwarder.vp8_numbers(fields) {
                 (numbers, true) => crate::vp8::patched(&packet.payload, fields, numbers),
                 (_, false) => packet.payload.clone(),

@@ -1,6 +1,10 @@
 //! A virtual-time world for the media engine: simulated endpoints (the load tester's sans-IO
 //! str0m clients) talk to one [`Engine`] over a fake network with per-link loss and delay.
 //! No sockets, no sleeping: time is a variable that jumps to the next deadline.
+//!
+//! With [`Sim::with_workers`] the server is several engines, one per media worker, as the
+//! driver runs them: each endpoint belongs to one, and the engines' relays (mirrored
+//! publications) are delivered between them at once.
 
 #![allow(dead_code)]
 
@@ -103,6 +107,8 @@ pub struct SimEndpoint {
     /// When not empty, the candidate lines this endpoint puts in its offers and trickles
     /// instead of its own: the server learns its address from its checks (peer-reflexive).
     pub extra_candidates: Vec<String>,
+    /// The media worker its transport is on.
+    pub worker: usize,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -116,7 +122,14 @@ struct InFlight {
 
 pub struct Sim {
     pub now: Instant,
+    /// Worker 0's engine (the only one unless the sim has several workers).
     pub engine: Engine,
+    /// Workers 1 and up.
+    pub workers: Vec<Engine>,
+    /// The worker the next joiner goes to when not told (round robin).
+    next_worker: usize,
+    /// Relays delivered between workers.
+    pub relayed: u64,
     pub endpoints: Vec<SimEndpoint>,
     pub publications: Vec<PublicationInfo>,
     pub events: Vec<SfuEvent>,
@@ -136,11 +149,26 @@ impl Sim {
     }
 
     pub fn with_config(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::with_workers(1, adjust)
+    }
+
+    /// A server of `workers` engines (media workers), joiners spread round robin unless
+    /// [`Sim::join_on`] places them.
+    pub fn with_workers(workers: usize, adjust: impl FnOnce(&mut EngineConfig)) -> Self {
         let mut config = EngineConfig::new(SERVER);
         adjust(&mut config);
+        config.workers = workers as u16;
+        let engine = |worker: usize| {
+            let mut config = config.clone();
+            config.worker = worker as u16;
+            Engine::new(config).expect("engine starts")
+        };
         Self {
             now: Instant::now(),
-            engine: Engine::new(config).expect("engine starts"),
+            engine: engine(0),
+            workers: (1..workers).map(engine).collect(),
+            next_worker: 0,
+            relayed: 0,
             endpoints: Vec::new(),
             publications: Vec::new(),
             events: Vec::new(),
@@ -167,6 +195,57 @@ impl Sim {
         self.join_with(room, adjust, Link::default(), Vec::new())
     }
 
+    /// [`Sim::join`] on a given worker.
+    pub fn join_on(
+        &mut self,
+        worker: usize,
+        room: &str,
+        adjust: impl FnOnce(&mut EndpointConfig),
+    ) -> usize {
+        self.next_worker = worker;
+        self.join(room, adjust)
+    }
+
+    /// How many media workers the server has.
+    pub fn worker_count(&self) -> usize {
+        1 + self.workers.len()
+    }
+
+    /// One worker's engine.
+    pub fn worker(&mut self, worker: usize) -> &mut Engine {
+        match worker {
+            0 => &mut self.engine,
+            n => &mut self.workers[n - 1],
+        }
+    }
+
+    /// Every worker's counters added up.
+    pub fn total_stats(&self) -> sfu::EngineStats {
+        let mut total = self.engine.stats().clone();
+        for engine in &self.workers {
+            let s = engine.stats();
+            total.rtp_in += s.rtp_in;
+            total.rtp_forwarded += s.rtp_forwarded;
+            total.keyframe_requests_received += s.keyframe_requests_received;
+            total.keyframe_requests_sent += s.keyframe_requests_sent;
+            total.keyframe_requests_throttled += s.keyframe_requests_throttled;
+            total.layer_switches += s.layer_switches;
+            total.fast_starts += s.fast_starts;
+            total.rtp_relayed_in += s.rtp_relayed_in;
+            total.rtp_relayed_out += s.rtp_relayed_out;
+            total.dropped_unknown_source += s.dropped_unknown_source;
+            total.dropped_malformed += s.dropped_malformed;
+        }
+        total
+    }
+
+    fn command(&mut self, worker: usize, command: SfuCommand) {
+        let now = self.now;
+        let started = cpu_time::ThreadTime::now();
+        self.worker(worker).handle_command(now, command);
+        self.engine_busy += started.elapsed();
+    }
+
     /// [`Sim::join`] for an endpoint on `link` from the start, which offers and trickles
     /// `extra_candidates` (SDP candidate lines without "a=") instead of its own when any.
     pub fn join_with(
@@ -185,8 +264,10 @@ impl Sim {
         let endpoint = Endpoint::new(self.now, config).expect("endpoint");
         let participant = ParticipantId(self.next_participant);
         self.next_participant += 1;
-        self.engine.handle_command(
-            self.now,
+        let worker = self.next_worker % self.worker_count();
+        self.next_worker = worker + 1;
+        self.command(
+            worker,
             SfuCommand::AddParticipant {
                 participant,
                 room: RoomId(room.into()),
@@ -206,6 +287,7 @@ impl Sim {
             rtp_log: None,
             first_protected_sent: None,
             extra_candidates,
+            worker,
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -221,8 +303,8 @@ impl Sim {
     pub fn leave(&mut self, index: usize) {
         let participant = self.endpoints[index].participant;
         self.endpoints[index].alive = false;
-        self.engine
-            .handle_command(self.now, SfuCommand::RemoveParticipant { participant });
+        let worker = self.endpoints[index].worker;
+        self.command(worker, SfuCommand::RemoveParticipant { participant });
         self.pump();
     }
 
@@ -238,8 +320,8 @@ impl Sim {
                 height,
             })
             .collect();
-        self.engine
-            .handle_command(self.now, SfuCommand::SetVideoSizes { participant, sizes });
+        let worker = self.endpoints[index].worker;
+        self.command(worker, SfuCommand::SetVideoSizes { participant, sizes });
         self.pump();
     }
 
@@ -265,6 +347,9 @@ impl Sim {
         let end = self.now + duration;
         while self.now < end {
             let mut next = self.engine.poll_timeout().min(end);
+            for engine in &self.workers {
+                next = next.min(engine.poll_timeout());
+            }
             for e in self.endpoints.iter().filter(|e| e.alive) {
                 next = next.min(e.endpoint.poll_timeout());
             }
@@ -284,10 +369,13 @@ impl Sim {
                 };
                 self.deliver(packet);
             }
-            if self.engine.poll_timeout() <= self.now {
-                let started = cpu_time::ThreadTime::now();
-                self.engine.handle_timeout(self.now);
-                self.engine_busy += started.elapsed();
+            for worker in 0..self.worker_count() {
+                let now = self.now;
+                if self.worker(worker).poll_timeout() <= now {
+                    let started = cpu_time::ThreadTime::now();
+                    self.worker(worker).handle_timeout(now);
+                    self.engine_busy += started.elapsed();
+                }
             }
             for e in self.endpoints.iter_mut().filter(|e| e.alive) {
                 if e.endpoint.poll_timeout() <= self.now
@@ -302,9 +390,16 @@ impl Sim {
 
     fn deliver(&mut self, packet: InFlight) {
         if packet.destination == SERVER {
+            // The datagram reaches the worker that owns its sender's transport, as the
+            // driver's per-peer sockets make the kernel deliver it.
+            let worker = self
+                .by_addr
+                .get(&packet.source)
+                .map_or(0, |i| self.endpoints[*i].worker);
+            let now = self.now;
             let started = cpu_time::ThreadTime::now();
-            self.engine.handle_datagram(
-                self.now,
+            self.worker(worker).handle_datagram(
+                now,
                 packet.source,
                 packet.destination,
                 &packet.contents,
@@ -341,7 +436,25 @@ impl Sim {
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
-            while let Some(t) = self.engine.poll_transmit() {
+            // Relays between workers arrive at once (a channel in the real driver).
+            for from in 0..self.worker_count() {
+                while let Some((to, relay)) = self.worker(from).poll_relay() {
+                    progressed = true;
+                    self.relayed += 1;
+                    let now = self.now;
+                    let started = cpu_time::ThreadTime::now();
+                    self.worker(usize::from(to))
+                        .handle_relay(now, from as u16, relay);
+                    self.engine_busy += started.elapsed();
+                }
+            }
+            let mut transmits = Vec::new();
+            for worker in 0..self.worker_count() {
+                while let Some(t) = self.worker(worker).poll_transmit() {
+                    transmits.push(t);
+                }
+            }
+            for t in transmits {
                 progressed = true;
                 let index = self.by_addr.get(&t.destination).copied();
                 let link = index.map(|i| self.endpoints[i].link).unwrap_or_default();
@@ -416,8 +529,9 @@ impl Sim {
                     } else {
                         e.extra_candidates.clone()
                     };
-                    self.engine.handle_command(
-                        self.now,
+                    let worker = e.worker;
+                    self.command(
+                        worker,
                         SfuCommand::Offer {
                             participant,
                             sdp,
@@ -426,8 +540,8 @@ impl Sim {
                         },
                     );
                     for candidate in candidates {
-                        self.engine.handle_command(
-                            self.now,
+                        self.command(
+                            worker,
                             SfuCommand::RemoteCandidate {
                                 participant,
                                 candidate,
@@ -436,7 +550,13 @@ impl Sim {
                     }
                 }
             }
-            while let Some(event) = self.engine.poll_event() {
+            let mut events = Vec::new();
+            for worker in 0..self.worker_count() {
+                while let Some(event) = self.worker(worker).poll_event() {
+                    events.push(event);
+                }
+            }
+            for event in events {
                 progressed = true;
                 self.handle_event(event);
             }
