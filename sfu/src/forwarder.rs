@@ -137,7 +137,11 @@ impl Forwarder {
         if seq_no < source.seq_base_in {
             return Err(Hold::Stale);
         }
-        let seq_out = source.seq_base_out + (seq_no - source.seq_base_in);
+        // Extended numbers come from the transport; one far beyond any stream's life is not
+        // forwarded rather than overflowing the outgoing count.
+        let Some(seq_out) = source.seq_base_out.checked_add(seq_no - source.seq_base_in) else {
+            return Err(Hold::Stale);
+        };
         Ok(self.emit(now, seq_out, timestamp.wrapping_add(source.ts_offset)))
     }
 
@@ -214,13 +218,16 @@ impl Forwarder {
         };
         Ok(self.emit(
             now,
-            source.seq_base_out + distance,
+            source
+                .seq_base_out
+                .checked_add(distance)
+                .ok_or(Hold::Stale)?,
             start.first_timestamp.wrapping_add(frame),
         ))
     }
 
     fn rebase(&mut self, now: Instant, ssrc: u32, seq_no: u64, timestamp: u32) {
-        let seq_base_out = self.last_seq_out.map_or(0, |s| s + 1);
+        let seq_base_out = self.last_seq_out.map_or(0, |s| s.saturating_add(1));
         // Advance the outgoing clock by the wall time since the last packet, so that the
         // receiver's jitter buffer sees a plausible timeline across the switch.
         let elapsed_ticks = self.last_sent_at.map_or(0, |at| {

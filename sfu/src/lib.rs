@@ -13,6 +13,7 @@ pub mod forwarder;
 pub mod gop;
 pub mod recording;
 pub mod relay;
+pub mod seqguard;
 pub mod speaker;
 pub mod stats;
 pub mod stun;
@@ -20,5 +21,5 @@ pub mod vp8;
 
 pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};
 pub use driver::{SfuConfig, SfuHandle};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{AddressChange, Engine, EngineConfig, ufrag_worker};
 pub use stats::EngineStats;

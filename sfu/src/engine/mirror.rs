@@ -9,6 +9,41 @@ impl Engine {
         self.relays.pop_front()
     }
 
+    /// The next peer address bound to a transport here, or released.
+    pub fn poll_address(&mut self) -> Option<AddressChange> {
+        self.addresses.pop_front()
+    }
+
+    /// The rooms with a participant here.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.rooms.keys().cloned().collect()
+    }
+
+    /// Whether a datagram from `addr` reaches a transport here.
+    pub fn knows_address(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    /// Another worker stopped (it failed): its publications' mirrors end here, as if their
+    /// owner had ended them, and it no longer mirrors anything of ours.
+    pub fn forget_worker(&mut self, worker: WorkerId) {
+        let mirrored: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.origin == Some(worker))
+            .map(|(id, _)| *id)
+            .collect();
+        for publication in mirrored {
+            self.remove_publication(publication);
+        }
+        for p in self.publications.values_mut() {
+            if worker < MAX_WORKERS {
+                p.mirrors &= !(1u64 << worker);
+            }
+            p.remote_layers.retain(|(w, _)| *w != worker);
+        }
+    }
+
     /// Whether this engine coordinates rooms (speakers, recordings): worker 0.
     pub(super) fn coordinates(&self) -> bool {
         self.config.worker == 0
@@ -143,6 +178,10 @@ impl Engine {
             }
         }
         if let Some(l) = publication.layers.get_mut(usize::from(layer)) {
+            if !l.accepts_source(packet.ssrc) {
+                self.stats.dropped_stale += 1;
+                return None;
+            }
             l.window_bytes += packet.payload.len() as u64;
             if !l.available {
                 // A layer (re)appeared: its subscribers may now receive it.

@@ -264,7 +264,15 @@ struct Layer {
     available: bool,
     /// Video with fast start: the packets since the layer's last keyframe.
     gop: GopCache,
+    /// The SSRC the layer arrives on now, and those it replaced: a publisher that restarts
+    /// an encoder sends on a new SSRC, and a late packet or retransmission of the old one
+    /// must not turn subscribers back to a stream that has ended.
+    source: Option<u32>,
+    retired: [Option<u32>; RETIRED_SOURCES],
 }
+
+/// The replaced SSRCs remembered per layer.
+const RETIRED_SOURCES: usize = 4;
 
 impl Layer {
     fn plain() -> Self {
@@ -276,6 +284,27 @@ impl Layer {
             bitrate: 0,
             available: false,
             gop: GopCache::default(),
+            source: None,
+            retired: [None; RETIRED_SOURCES],
+        }
+    }
+
+    /// Whether a packet on `ssrc` belongs to the layer's current stream: a new SSRC replaces
+    /// the current one, a replaced one is refused for good.
+    fn accepts_source(&mut self, ssrc: u32) -> bool {
+        match self.source {
+            Some(current) if current == ssrc => true,
+            _ if self.retired.contains(&Some(ssrc)) => false,
+            Some(current) => {
+                self.retired.rotate_right(1);
+                self.retired[0] = Some(current);
+                self.source = Some(ssrc);
+                true
+            }
+            None => {
+                self.source = Some(ssrc);
+                true
+            }
         }
     }
 }
@@ -348,6 +377,10 @@ struct Participant {
     estimate: Option<u64>,
     /// Whether its layers must be allocated again (estimate, sizes or subscriptions changed).
     reallocate: bool,
+    /// Its RTP streams' sequence numbers, checked before str0m extends them
+    /// ([`crate::seqguard`]), and the extension id of the transport-wide number.
+    seq_guard: crate::seqguard::SeqGuard,
+    transport_cc: Option<u8>,
     /// The size each subscribed video is shown at, by publication.
     video_sizes: FxHashMap<PublicationId, (u32, u32)>,
     /// The (minimum, desired) bitrates last given to its estimator.
@@ -394,6 +427,24 @@ pub fn classify_quality(loss: Option<f32>, rtt: Option<Duration>) -> Option<Qual
     })
 }
 
+/// A peer address a transport took or let go: with several workers, the driver gives each
+/// bound address a socket of its own (connected to it), so that the kernel delivers that
+/// peer's datagrams straight to the worker holding its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressChange {
+    Bound(SocketAddr),
+    Released(SocketAddr),
+}
+
+/// The worker a STUN binding request is for, from the server's ufrag in its USERNAME (see
+/// [`Engine`]'s ufrags: `w` and the worker in two hex digits); `None` for anything else.
+pub fn ufrag_worker(data: &[u8]) -> Option<WorkerId> {
+    let stun = StunMessage::parse(data).ok()?;
+    let (local, _) = stun.split_username()?;
+    let digits = local.strip_prefix('w')?.get(..2)?;
+    WorkerId::from_str_radix(digits, 16).ok()
+}
+
 /// The SFU's media core.
 #[derive(Debug)]
 pub struct Engine {
@@ -434,6 +485,8 @@ pub struct Engine {
     allocation: Vec<Option<u8>>,
     /// Messages for other workers, oldest first.
     relays: VecDeque<(WorkerId, Relay)>,
+    /// Peer addresses bound to a transport or released since the driver last looked.
+    addresses: VecDeque<AddressChange>,
     /// Each room's loudest voice, as last announced: chosen here by the coordinator, told to
     /// the other workers (their allocations put the speaker's video first).
     speakers: HashMap<RoomId, Option<ParticipantId>>,
@@ -480,6 +533,7 @@ impl Engine {
             demands: Vec::new(),
             allocation: Vec::new(),
             relays: VecDeque::new(),
+            addresses: VecDeque::new(),
             speakers: HashMap::new(),
             vp8_patches: crate::vp8::Patches::default(),
         })
@@ -614,6 +668,13 @@ impl Engine {
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
         };
+        if let Some((ssrc, seq, transport_seq)) =
+            crate::seqguard::read(data, participant.transport_cc)
+            && !participant.seq_guard.admits(ssrc, seq, transport_seq)
+        {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
         let known_before = rtp_ssrc.is_some_and(|ssrc| {
             participant
                 .rtc
@@ -679,11 +740,14 @@ impl Engine {
                 let oldest = participant.addrs.remove(0);
                 if self.by_addr.get(&oldest) == Some(&id) {
                     self.by_addr.remove(&oldest);
+                    self.addresses.push_back(AddressChange::Released(oldest));
                 }
             }
             participant.addrs.push(source);
         }
-        self.by_addr.insert(source, id);
+        if self.by_addr.insert(source, id).is_none() {
+            self.addresses.push_back(AddressChange::Bound(source));
+        }
         Some(id)
     }
 
@@ -788,7 +852,12 @@ impl Engine {
         if members >= self.config.max_participants_per_room {
             return Err((ErrorCode::RoomFull, format!("room {room} is full")));
         }
+        // The ufrag names the worker, so that a binding request from a new address, arriving
+        // on any worker's socket, finds the worker that holds the transport (`ufrag_worker`).
+        let mut creds = str0m::IceCreds::new();
+        creds.ufrag = format!("w{:02x}{}", self.config.worker, creds.ufrag);
         let mut builder = Rtc::builder()
+            .set_local_ice_credentials(creds)
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.dtls_cert.clone())
@@ -835,6 +904,8 @@ impl Engine {
                 reallocate: false,
                 video_sizes: FxHashMap::default(),
                 bwe_bitrates: (0, 0),
+                seq_guard: crate::seqguard::SeqGuard::default(),
+                transport_cc: None,
             },
         );
         Ok(())
@@ -881,6 +952,7 @@ impl Engine {
             .accept_offer(offer)
             .map_err(|err| (ErrorCode::BadSdp, format!("offer not acceptable: {err}")))?;
         let answer_sdp = answer.to_sdp_string();
+        participant.transport_cc = crate::seqguard::transport_cc_id(&answer_sdp);
 
         let mids: Vec<Mid> = sdp
             .lines()
@@ -962,6 +1034,7 @@ impl Engine {
         for addr in &participant.addrs {
             if self.by_addr.get(addr) == Some(&id) {
                 self.by_addr.remove(addr);
+                self.addresses.push_back(AddressChange::Released(*addr));
             }
         }
         if let Some(room) = self.rooms.get_mut(&participant.room) {
@@ -1032,7 +1105,14 @@ impl Engine {
                     break;
                 }
                 Ok(Output::Event(event)) => match event {
-                    Event::RtpPacket(packet) => found.push(Found::Rtp(packet)),
+                    Event::RtpPacket(packet) => {
+                        participant.seq_guard.accepted(
+                            *packet.header.ssrc,
+                            *packet.seq_no,
+                            packet.header.ext_vals.transport_cc,
+                        );
+                        found.push(Found::Rtp(packet));
+                    }
                     Event::KeyframeRequest(req) => {
                         found.push(Found::KeyframeRequest(req.mid, req.kind));
                     }
@@ -1197,6 +1277,24 @@ mod tests {
             without_unpairable_candidates(usable, local),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// A publisher restarts a layer's encoder on a new SSRC: late packets and retransmissions
+    /// of the old one are refused for good, whatever happens to the subscriptions meanwhile
+    /// (the forwarder alone would re-base onto the dead stream; found by property tests).
+    #[test]
+    fn a_layer_never_turns_back_to_a_replaced_ssrc() {
+        let mut layer = Layer::plain();
+        assert!(layer.accepts_source(1));
+        assert!(layer.accepts_source(1));
+        assert!(layer.accepts_source(2), "a restart");
+        assert!(!layer.accepts_source(1), "a late packet of the old stream");
+        assert!(layer.accepts_source(2));
+        for ssrc in 3..=7 {
+            assert!(layer.accepts_source(ssrc));
+        }
+        assert!(!layer.accepts_source(6));
+        assert!(layer.accepts_source(7));
     }
 
     #[test]

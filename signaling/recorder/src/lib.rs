@@ -557,7 +557,7 @@ impl Recording {
                 match audio.writer.take() {
                     Some(writer) => {
                         writer.finish().map_err(|e| ctx.io_error(e))?;
-                        Some((audio.expected.max(0) as u64) * 1000 / OPUS_RATE)
+                        Some((audio.expected.max(0) as u64).saturating_mul(1000) / OPUS_RATE)
                     }
                     None => None,
                 }

@@ -203,7 +203,8 @@ pub(crate) fn finalize_ogg(path: &Path) -> io::Result<OggInfo> {
         file.sync_all()?;
     }
     Ok(OggInfo {
-        duration_ms: last_granule.saturating_sub(pre_skip) * 1000 / OPUS_RATE,
+        // A damaged or forged granule position may be near 2^64: saturate, never overflow.
+        duration_ms: last_granule.saturating_sub(pre_skip).saturating_mul(1000) / OPUS_RATE,
         playable: pages >= 2,
     })
 }
