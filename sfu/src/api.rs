@@ -145,6 +145,12 @@ pub enum SfuEvent {
         room: RoomId,
         participant: Option<ParticipantId>,
     },
+    /// A media worker stopped (a panic, a failed socket): these participants' transports
+    /// are gone. Their sessions should reconnect; they are placed on another worker.
+    WorkerFailed {
+        worker: u16,
+        participants: Vec<ParticipantId>,
+    },
     /// Which simulcast layers of a publication anyone receives, by index in the layers its
     /// owner declared (lowest first). Sent on change, at most once a second per publication.
     SimulcastLayers {

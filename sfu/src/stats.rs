@@ -67,3 +67,39 @@ pub struct EngineStats {
     pub rtp_relayed_out: u64,
     pub rtp_relayed_in: u64,
 }
+
+impl EngineStats {
+    /// Adds another engine's counters (the workers' sum).
+    pub fn add(&mut self, other: &EngineStats) {
+        self.datagrams_in += other.datagrams_in;
+        self.bytes_in += other.bytes_in;
+        self.datagrams_out += other.datagrams_out;
+        self.bytes_out += other.bytes_out;
+        self.rtp_in += other.rtp_in;
+        self.rtp_forwarded += other.rtp_forwarded;
+        self.dropped_oversize += other.dropped_oversize;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_unknown_source += other.dropped_unknown_source;
+        self.dropped_unknown_ssrc += other.dropped_unknown_ssrc;
+        self.dropped_muted += other.dropped_muted;
+        self.dropped_unmapped_pt += other.dropped_unmapped_pt;
+        self.dropped_stale += other.dropped_stale;
+        self.held_awaiting_keyframe += other.held_awaiting_keyframe;
+        self.keyframe_requests_received += other.keyframe_requests_received;
+        self.keyframe_requests_sent += other.keyframe_requests_sent;
+        self.keyframe_requests_throttled += other.keyframe_requests_throttled;
+        self.nacks_received += other.nacks_received;
+        self.refused_subscriptions += other.refused_subscriptions;
+        self.refused_publications += other.refused_publications;
+        self.dropped_other_layer += other.dropped_other_layer;
+        self.dropped_not_loudest += other.dropped_not_loudest;
+        self.layer_switches += other.layer_switches;
+        self.fast_starts += other.fast_starts;
+        self.fast_start_packets += other.fast_start_packets;
+        self.keyframe_requests_from_cache += other.keyframe_requests_from_cache;
+        self.recording_dropped += other.recording_dropped;
+        self.dropped_send_queue_full += other.dropped_send_queue_full;
+        self.rtp_relayed_out += other.rtp_relayed_out;
+        self.rtp_relayed_in += other.rtp_relayed_in;
+    }
+}

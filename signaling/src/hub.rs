@@ -1339,6 +1339,28 @@ impl Hub {
                     },
                 );
             }
+            SfuEvent::WorkerFailed {
+                worker,
+                participants,
+            } => {
+                // Their transports died with the worker. Told why, their clients reconnect
+                // at once (with their resume secret) and land on another worker.
+                tracing::warn!(
+                    worker,
+                    participants = participants.len(),
+                    "media worker failed"
+                );
+                for participant in participants {
+                    self.remove(
+                        participant,
+                        LeaveReason::TimedOut,
+                        Some((
+                            ErrorCode::MediaUnavailable,
+                            "the media server failed; reconnecting",
+                        )),
+                    );
+                }
+            }
             SfuEvent::MediaDisconnected { participant } => {
                 tracing::info!(participant = %participant, "media transport timed out");
                 self.remove(

@@ -75,10 +75,12 @@ pub struct Config {
     /// In a room with more microphones than this, each participant receives only this many,
     /// the loudest; `None` forwards every one.
     pub max_audio_streams: Option<usize>,
-    /// Write media datagrams from a thread of their own (`Some(true)`), from the media thread
-    /// (`Some(false)`), or decide from the cores available (`None`: a thread of their own with
-    /// four or more).
+    /// Each media worker writes its datagrams from a thread of its own (`Some(true)`) or
+    /// itself (`Some(false)`, and `None`: the workers already use every core).
     pub media_send_thread: Option<bool>,
+    /// Media workers (threads, each with its own engine; a room spans them); `None`: one per
+    /// core.
+    pub media_workers: Option<usize>,
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.
     pub open_rooms: bool,
@@ -120,6 +122,7 @@ impl Config {
             fast_start: true,
             max_audio_streams: Some(5),
             media_send_thread: None,
+            media_workers: None,
             open_rooms: false,
             recordings_dir: None,
             recording_retention_days: 90,
@@ -275,8 +278,18 @@ pub fn app(state: AppState, web_client_dir: PathBuf, test_hooks: bool) -> Router
 /// `ok` while the server can hold meetings: its media engine and its room hub both run.
 /// Otherwise 503, so that a load balancer or supervisor takes the node out.
 async fn healthz(State(state): State<AppState>) -> Response {
-    if !state.sfu.is_running() {
+    let (workers, running) = state.sfu.workers();
+    if running == 0 {
         return (StatusCode::SERVICE_UNAVAILABLE, "the media engine stopped").into_response();
+    }
+    if running < workers {
+        // The meetings go on, on the remaining workers, with less capacity: a load balancer
+        // should send new meetings elsewhere and an operator restart this server when it can.
+        let text = format!(
+            "degraded: {} of {workers} media workers stopped",
+            workers - running
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
     }
     if !state.hub.is_running() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the room hub stopped").into_response();
@@ -424,6 +437,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(send_thread) = config.media_send_thread {
         sfu_config.send_thread = send_thread;
     }
+    sfu_config.workers = config.media_workers.unwrap_or(0);
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
     let hub = hub::spawn(
         sfu.clone(),

@@ -102,11 +102,14 @@ struct Args {
     /// the loudest (0: every microphone).
     #[arg(long, env = "MEET_MAX_AUDIO_STREAMS", default_value_t = 5)]
     max_audio_streams: usize,
-    /// Write media datagrams from a thread of their own, which frees about a third of the
-    /// media thread for forwarding in a large broadcast [default: true with four or more
-    /// cores, false below].
+    /// Each media worker writes its datagrams from a thread of its own [default: false; the
+    /// workers already use every core].
     #[arg(long, env = "MEET_MEDIA_SEND_THREAD")]
     media_send_thread: Option<bool>,
+    /// Media workers: threads each with its own share of the participants; a room spans
+    /// them, and clients still see one UDP port [default: one per core].
+    #[arg(long, env = "MEET_MEDIA_WORKERS")]
+    media_workers: Option<usize>,
     /// Directory for recordings; defaults to `recordings` in the data directory.
     #[arg(long, env = "MEET_RECORDINGS_DIR")]
     recordings_dir: Option<PathBuf>,
@@ -215,6 +218,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.fast_start = !args.no_fast_start;
     config.max_audio_streams = (args.max_audio_streams > 0).then_some(args.max_audio_streams);
     config.media_send_thread = args.media_send_thread;
+    config.media_workers = args.media_workers.filter(|n| *n > 0);
     config.recordings_dir = args.recordings_dir;
     config.recording_retention_days = args.recording_retention_days;
     config.metrics_token = args.metrics_token;

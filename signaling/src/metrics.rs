@@ -49,6 +49,11 @@ impl Metrics {
         with_local_recorder(self.recorder.as_ref(), || {
             self.process.collect();
             gauge!("meet_rooms").set(snapshot.rooms as f64);
+            gauge!("meet_media_workers", "state" => "running").set(snapshot.workers_running as f64);
+            gauge!("meet_media_workers", "state" => "stopped")
+                .set((snapshot.workers - snapshot.workers_running) as f64);
+            counter!("meet_media_worker_failures_total").absolute(snapshot.worker_failures);
+            counter!("meet_rtp_relayed_total").absolute(snapshot.stats.rtp_relayed_out);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 gauge!("meet_tokio_tasks").set(runtime.metrics().num_alive_tasks() as f64);
             }
@@ -110,6 +115,18 @@ impl Default for Metrics {
 
 fn describe() {
     describe_gauge!("meet_rooms", "Rooms with at least one participant.");
+    describe_gauge!(
+        "meet_media_workers",
+        "Media workers (threads), running and stopped."
+    );
+    describe_counter!(
+        "meet_media_worker_failures_total",
+        "Media workers stopped by a panic or a failed socket since the start."
+    );
+    describe_counter!(
+        "meet_rtp_relayed_total",
+        "Packets handed from a publication's worker to another worker's mirror of it."
+    );
     describe_gauge!(
         "meet_tokio_tasks",
         "Tasks alive in the server's async runtime (sessions, connections, the hub)."

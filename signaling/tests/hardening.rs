@@ -610,3 +610,63 @@ async fn a_protocol_violation_is_reported_as_one() {
         }
     }
 }
+
+/// A media worker that fails takes only its own participants with it: they are told why (and
+/// a real client reconnects, landing on another worker), the others in the same room keep
+/// hearing each other, `/healthz` says the server is degraded and a metric counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_media_worker_takes_only_its_participants() {
+    let _serial = serial().await;
+    let t = common::start("worker-fails", |c| c.media_workers = Some(2)).await;
+    // Placed on the worker with the fewest participants: alice 0, bob 1, carol 0.
+    let alice = t.bot("r", "alice", 440.0, 1).await;
+    let bob = t.bot("r", "bob", 660.0, 2).await;
+    let carol = t.bot("r", "carol", 880.0, 3).await;
+    let (a, b, c) = (
+        alice.participant_id(),
+        bob.participant_id(),
+        carol.participant_id(),
+    );
+    eventually(MEDIA_TIMEOUT, "everyone hears everyone", || {
+        [
+            (&alice, b),
+            (&alice, c),
+            (&bob, a),
+            (&carol, a),
+            (&carol, b),
+        ]
+        .iter()
+        .all(|(bot, sender)| bot_audio_frames(&bot.snapshot(), *sender) > 25)
+    })
+    .await;
+    assert_eq!(t.https_get("/healthz").await.0, 200);
+
+    assert!(t.server.sfu.fail_worker(1, "a fault drill"));
+    eventually(MEDIA_TIMEOUT, "bob is told his media failed", || {
+        bob.snapshot()
+            .errors
+            .iter()
+            .any(|(code, _)| *code == ErrorCode::MediaUnavailable)
+    })
+    .await;
+    let before = (
+        bot_audio_frames(&alice.snapshot(), c),
+        bot_audio_frames(&carol.snapshot(), a),
+    );
+    eventually(MEDIA_TIMEOUT, "alice and carol go on", || {
+        bot_audio_frames(&alice.snapshot(), c) > before.0 + 25
+            && bot_audio_frames(&carol.snapshot(), a) > before.1 + 25
+    })
+    .await;
+    assert!(alice.snapshot().errors.is_empty() && carol.snapshot().errors.is_empty());
+    let (status, body) = t.https_get("/healthz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("1 of 2 media workers stopped"), "{body}");
+    let metrics = t.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meet_media_worker_failures_total") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}

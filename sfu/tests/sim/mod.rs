@@ -649,6 +649,7 @@ impl Sim {
                 }
             }
             SfuEvent::MediaConnected { .. }
+            | SfuEvent::WorkerFailed { .. }
             | SfuEvent::MediaDisconnected { .. }
             | SfuEvent::QualityChanged { .. }
             | SfuEvent::ActiveSpeaker { .. } => {}
