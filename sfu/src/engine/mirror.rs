@@ -355,32 +355,23 @@ impl Engine {
             })
             .collect();
         let room = info.room.clone();
+        // The coordinator hears every audio publication without asking (levels).
+        let wanted = self.coordinates() && info.kind == MediaKind::Audio;
         self.publications.insert(
             info.id,
             Publication {
-                owner: info.owner,
-                room: info.room,
-                mid: info.mid,
-                kind: info.kind,
-                muted: info.muted,
-                subscribers: Vec::new(),
-                last_keyframe_request: None,
-                keyframe_request_pending: false,
-                keyframe_layers: 0,
-                recorded: false,
-                recorded_layer: None,
-                recorded_since: None,
-                source: info.source,
-                layers,
-                level: LevelMeter::default(),
-                audible: true,
-                told_layers: None,
-                params: info.params,
-                origin: Some(from),
-                mirrors: 0,
-                remote_layers: Vec::new(),
-                // The coordinator hears every audio publication without asking (levels).
-                wanted: self.coordinates() && info.kind == MediaKind::Audio,
+                wanted,
+                ..Publication::new(NewPublication {
+                    owner: info.owner,
+                    room: info.room,
+                    mid: info.mid,
+                    kind: info.kind,
+                    source: info.source,
+                    muted: info.muted,
+                    layers,
+                    params: info.params,
+                    origin: Some(from),
+                })
             },
         );
         if self.recordings.contains_key(&room) {

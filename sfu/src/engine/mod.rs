@@ -250,6 +250,50 @@ struct Publication {
     wanted: bool,
 }
 
+/// What a new publication is: who publishes it, where, and what it carries.
+#[derive(Debug)]
+struct NewPublication {
+    owner: ParticipantId,
+    room: RoomId,
+    mid: Mid,
+    kind: MediaKind,
+    source: TrackSource,
+    muted: bool,
+    layers: Vec<Layer>,
+    params: Vec<PayloadParams>,
+    /// `None` when owned here; the owner's worker for a mirror.
+    origin: Option<WorkerId>,
+}
+
+impl Publication {
+    fn new(new: NewPublication) -> Self {
+        Self {
+            owner: new.owner,
+            room: new.room,
+            mid: new.mid,
+            kind: new.kind,
+            muted: new.muted,
+            subscribers: Vec::new(),
+            last_keyframe_request: None,
+            keyframe_request_pending: false,
+            keyframe_layers: 0,
+            recorded: false,
+            recorded_layer: None,
+            recorded_since: None,
+            source: new.source,
+            layers: new.layers,
+            level: LevelMeter::default(),
+            audible: true,
+            told_layers: None,
+            params: new.params,
+            origin: new.origin,
+            mirrors: 0,
+            remote_layers: Vec::new(),
+            wanted: false,
+        }
+    }
+}
+
 /// One simulcast encoding of a publication (or its only stream).
 #[derive(Debug)]
 struct Layer {

@@ -681,3 +681,47 @@ impl Sim {
             .collect()
     }
 }
+
+/// Checks that endpoint `receiver` hears `sender`'s tone and sees `sender`'s video tag.
+pub fn assert_receives(sim: &Sim, receiver: usize, sender: usize) {
+    use protocol::MediaKind;
+    let sender_config = sim.endpoints[sender].endpoint.config().clone();
+    let publications = sim.publications_of(sender);
+    assert_eq!(
+        publications.len(),
+        2,
+        "sender {sender} publishes audio and video"
+    );
+    let rx = &sim.endpoints[receiver].endpoint;
+    for publication in publications {
+        let stats = rx
+            .stats()
+            .get(&publication.id)
+            .unwrap_or_else(|| panic!("{receiver} has no stats for {}", publication.id));
+        match publication.kind {
+            MediaKind::Audio => {
+                assert!(
+                    stats.audio_frames_decoded >= 50,
+                    "{receiver} decoded {} Opus frames from {sender}",
+                    stats.audio_frames_decoded
+                );
+                let heard = rx
+                    .dominant_frequency(publication.id)
+                    .expect("enough audio to analyse");
+                assert!(
+                    (heard - sender_config.tone_hz).abs() <= 10.0,
+                    "{receiver} heard {heard} Hz from {sender}, who sends {} Hz",
+                    sender_config.tone_hz
+                );
+            }
+            MediaKind::Video => {
+                assert!(
+                    stats.video_frames >= 10,
+                    "{receiver} got {} video frames from {sender}",
+                    stats.video_frames
+                );
+                assert_eq!(stats.video_tag, Some(sender_config.video_tag));
+            }
+        }
+    }
+}
