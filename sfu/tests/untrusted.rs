@@ -303,3 +303,44 @@ fn stun_must_prove_the_password_and_carry_a_good_fingerprint() {
     let reply = engine.poll_transmit().expect("a proper check is answered");
     assert_eq!(reply.destination, peer);
 }
+
+/// Without bandwidth estimation the transport-wide congestion control number is not
+/// negotiated (it would feed nothing); with it, it is.
+#[test]
+fn transport_cc_is_negotiated_only_with_bandwidth_estimation() {
+    for estimation in [true, false] {
+        let mut config = EngineConfig::new("127.0.0.1:3478".parse().expect("addr"));
+        config.bandwidth_estimation = estimation;
+        let mut engine = Engine::new(config).expect("engine");
+        let now = Instant::now();
+        let participant = ParticipantId(1);
+        engine.handle_command(
+            now,
+            SfuCommand::AddParticipant {
+                participant,
+                room: RoomId("r".into()),
+            },
+        );
+        engine.handle_command(
+            now,
+            SfuCommand::Offer {
+                participant,
+                sdp: valid_offer(),
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+            },
+        );
+        let mut answer = None;
+        while let Some(event) = engine.poll_event() {
+            if let SfuEvent::Answer { sdp, .. } = event {
+                answer = Some(sdp);
+            }
+        }
+        let answer = answer.expect("answered");
+        assert_eq!(
+            answer.contains("transport-wide-cc-extensions-01"),
+            estimation,
+            "{answer}"
+        );
+    }
+}

@@ -454,6 +454,19 @@ enum Found {
     Quality(Quality),
 }
 
+/// Chrome's usual header extensions (str0m's standard map) without the transport-wide
+/// congestion control number.
+fn extensions_without_transport_cc() -> str0m::rtp::ExtensionMap {
+    use str0m::rtp::{Extension, ExtensionMap};
+    let mut map = ExtensionMap::empty();
+    for (id, extension) in ExtensionMap::standard().iter() {
+        if *extension != Extension::TransportSequenceNumber {
+            map.set(id, extension.clone());
+        }
+    }
+    map
+}
+
 /// Labels a transport from the loss it reports each way and its round-trip time: the
 /// thresholds where calls stay clean (under 2% loss, 300 ms), degrade, or break up.
 pub fn classify_quality(loss: Option<f32>, rtt: Option<Duration>) -> Option<Quality> {
@@ -908,6 +921,10 @@ impl Engine {
             .set_stats_interval(Some(STATS_INTERVAL));
         if self.config.bandwidth_estimation {
             builder = builder.enable_bwe(Some(INITIAL_ESTIMATE));
+        } else {
+            // Without estimation the transport-wide sequence numbers feed nothing: not
+            // negotiating them spares each packet its extension and each client its feedback.
+            builder = builder.set_extension_map(extensions_without_transport_cc());
         }
         let mut rtc = builder.build(now);
         let candidate = Candidate::host(self.config.candidate_addr, "udp").map_err(|err| {
