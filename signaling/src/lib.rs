@@ -79,7 +79,7 @@ pub struct Config {
     /// itself (`Some(false)`, and `None`: the workers already use every core).
     pub media_send_thread: Option<bool>,
     /// Media workers (threads, each with its own engine; a room spans them); `None`: one per
-    /// core.
+    /// core with four or more cores, one below.
     pub media_workers: Option<usize>,
     /// Lets clients join free-form rooms without an invitation. Off in production: every
     /// participant then comes with a join token. For development and load tests.

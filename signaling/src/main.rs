@@ -107,7 +107,8 @@ struct Args {
     #[arg(long, env = "MEET_MEDIA_SEND_THREAD")]
     media_send_thread: Option<bool>,
     /// Media workers: threads each with its own share of the participants; a room spans
-    /// them, and clients still see one UDP port [default: one per core].
+    /// them, and clients still see one UDP port [default: one per core with four or more
+    /// cores, one below].
     #[arg(long, env = "MEET_MEDIA_WORKERS")]
     media_workers: Option<usize>,
     /// Directory for recordings; defaults to `recordings` in the data directory.

@@ -45,6 +45,7 @@ export function serverFeatures() {
     adminCli: /^\s+admin\b/m.test(text),
     recordings: text.includes('--recordings-dir'),
     testHooks: text.includes('--test-hooks'),
+    mediaWorkers: text.includes('--media-workers'),
   };
   return features;
 }
@@ -83,7 +84,7 @@ export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin'
  * publisher's next keyframe instead of starting from the packets since its last one.
  */
 export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true } = {}) {
-  const { openRooms: knowsOpenRooms, testHooks } = serverFeatures();
+  const { openRooms: knowsOpenRooms, testHooks, mediaWorkers } = serverFeatures();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
   const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
   const child = spawn(SERVER_BIN, [
@@ -94,6 +95,9 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
     // The pages' test hooks (synthetic media, introspection) exist only in test mode.
     ...(testHooks && wantHooks ? ['--test-hooks'] : []),
+    // Two media workers whatever the machine: the pages' participants are spread over them
+    // and the rooms mirrored between them, as on a production server.
+    ...(mediaWorkers ? ['--media-workers', '2'] : []),
     ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
     ...(fastStart ? [] : ['--no-fast-start']),
   ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });

@@ -69,6 +69,9 @@ pub async fn start(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
     config.media_addr = "127.0.0.1:0".parse().expect("addr");
     config.data_dir = data_dir.0.clone();
     config.open_rooms = true;
+    // Two media workers whatever the machine, so that every test's participants are spread
+    // over workers and rooms are mirrored between them, as on a production server.
+    config.media_workers = Some(2);
     adjust(&mut config);
     let server = signaling::start(config).await.expect("server starts");
     TestServer { server, data_dir }
