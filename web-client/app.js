@@ -433,6 +433,13 @@ function renderCall() {
   if (m.role) roleLabel.textContent = t(ROLE_KEYS[m.role] || 'role.participant');
   $('count-label').textContent = t('call.count', { count: number(m.counts?.present ?? m.participants.size + 1) });
   $('banner').hidden = m.state !== 'reconnecting';
+  // A server that is restarting says so: the wait is its, not the network's.
+  const detail = $('banner').querySelector('[data-i18n^="call.reconnecting"]:not(strong)');
+  const detailKey = m.reconnectReason === 'server_stopping' ? 'call.reconnectingRestart' : 'call.reconnectingDetail';
+  if (detail && detail.dataset.i18n !== detailKey) {
+    detail.dataset.i18n = detailKey;
+    detail.textContent = t(detailKey);
+  }
 
   const specs = tileSpecs(m);
   const wanted = new Set(specs.map((s) => s.key));

@@ -34,6 +34,7 @@ export const STRINGS = {
     'call.alone': 'You are the only one here. Others appear as soon as they join.',
     'call.reconnecting': 'Reconnecting…',
     'call.reconnectingDetail': 'The connection was interrupted. Restoring it, please wait.',
+    'call.reconnectingRestart': 'The server is restarting. Rejoining as soon as it is back, please wait.',
     'call.joinedToast': '{name} joined',
     'call.leftToast': '{name} left',
 
@@ -317,6 +318,7 @@ export const STRINGS = {
     'call.alone': 'Hiện chỉ có bạn trong phòng. Người khác sẽ xuất hiện ngay khi tham gia.',
     'call.reconnecting': 'Đang kết nối lại…',
     'call.reconnectingDetail': 'Kết nối bị gián đoạn. Đang khôi phục, vui lòng chờ.',
+    'call.reconnectingRestart': 'Máy chủ đang khởi động lại. Sẽ tham gia lại ngay khi máy chủ sẵn sàng, vui lòng chờ.',
     'call.joinedToast': '{name} đã tham gia',
     'call.leftToast': '{name} đã rời cuộc họp',
 

@@ -1096,6 +1096,8 @@ export class Meeting extends EventTarget {
   }
 
   async reconnect(fatal) {
+    /** Why the server ended the session we are restoring (`server_stopping`: a restart). */
+    this.reconnectReason = fatal || null;
     this.setState('reconnecting');
     // Keep names on screen, drop the dead tracks.
     this.remoteTracks = new Map();

@@ -329,6 +329,8 @@ struct Hub {
     revoked: HashSet<String>,
     /// The hub's writes to storage, applied in order.
     journal: Journal,
+    /// The server is stopping: joins are refused.
+    stopping: bool,
     /// The owner of every live publication, for checking subscriptions against [`sees`].
     publication_owner: HashMap<PublicationId, ParticipantId>,
     /// Display names for the recorder's manifests.
@@ -358,6 +360,7 @@ pub fn spawn(
         by_invitation: HashMap::new(),
         revoked: HashSet::new(),
         journal: Journal::spawn(store.clone()),
+        stopping: false,
         publication_owner: HashMap::new(),
         names,
         shutdown: None,
@@ -482,6 +485,7 @@ impl Hub {
                 }
             }
             HubRequest::Shutdown { done } => {
+                self.stopping = true;
                 let recording: Vec<String> = self
                     .rooms
                     .values()
@@ -492,7 +496,10 @@ impl Hub {
                     self.remove(
                         id,
                         LeaveReason::Removed,
-                        Some((ErrorCode::RoomClosed, "the server is shutting down")),
+                        Some((
+                            ErrorCode::ServerStopping,
+                            "the server is restarting; reconnecting",
+                        )),
                     );
                 }
                 // Emptied rooms stopped their recordings; wait (briefly) until the files
@@ -511,6 +518,12 @@ impl Hub {
         arrival: Arrival,
         outbound: mpsc::Sender<Outbound>,
     ) -> Result<ParticipantId, Refusal> {
+        if self.stopping {
+            return Err((
+                ErrorCode::ServerStopping,
+                "the server is restarting; try again in a moment".into(),
+            ));
+        }
         if arrival
             .invitation
             .as_ref()

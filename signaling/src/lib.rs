@@ -170,6 +170,21 @@ pub enum StartError {
     MetricsToken(PathBuf, std::io::Error),
 }
 
+/// The longest a shutdown takes: the hub waits up to 5 s for recordings to be finalized, the
+/// HTTP listener up to 1 s for its connections, and the storage journal for what is queued.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+/// How serving ended other than by a clean stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("the HTTPS listener failed: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Failed(&'static str),
+    #[error("a second signal interrupted the shutdown")]
+    Interrupted,
+}
+
 /// Shared by every request handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -224,33 +239,61 @@ impl RunningServer {
     }
 
     /// Serves until the listener fails, the media engine or the room hub stops (a panic, a
-    /// failed socket), or the process is asked to stop (Ctrl-C / SIGINT), then shuts down.
-    /// A failure is an error, so that the process exits non-zero and its supervisor restarts
-    /// it, rather than serving pages for meetings it can no longer hold.
-    pub async fn run_until_signal(mut self) -> std::io::Result<()> {
+    /// failed socket), or the process is asked to stop (SIGTERM, as systemd and container
+    /// runtimes send, or SIGINT / Ctrl-C), then shuts down: joins are refused, every client is
+    /// told `server_stopping` (it reconnects), recordings are finished (up to
+    /// [`SHUTDOWN_RECORDING_WAIT`](crate::hub)), the attendance log is written with the real
+    /// leave times, and the listener closes. A failure is an error, so that the process exits
+    /// non-zero and its supervisor restarts it, rather than serving pages for meetings it can
+    /// no longer hold. A second signal during the shutdown ends it at once
+    /// ([`ShutdownError::Interrupted`]).
+    pub async fn run_until_signal(mut self) -> Result<(), ShutdownError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).map_err(ShutdownError::Io)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(ShutdownError::Io)?;
         let sfu = self.sfu.clone();
         let hub = self.hub.clone();
-        tokio::select! {
-            result = &mut self.task => match result {
-                Ok(result) => result,
-                Err(err) => Err(std::io::Error::other(err)),
-            },
+        let outcome = tokio::select! {
+            result = &mut self.task => {
+                return match result {
+                    Ok(result) => result.map_err(ShutdownError::Io),
+                    Err(err) => Err(ShutdownError::Io(std::io::Error::other(err))),
+                };
+            }
             () = sfu.stopped() => {
                 tracing::error!("the media engine stopped; shutting down");
-                self.shutdown().await;
-                Err(std::io::Error::other("the media engine stopped"))
+                Err(ShutdownError::Failed("the media engine stopped"))
             }
             () = hub.stopped() => {
                 tracing::error!("the room hub stopped; shutting down");
-                self.shutdown().await;
-                Err(std::io::Error::other("the room hub stopped"))
+                Err(ShutdownError::Failed("the room hub stopped"))
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down");
-                self.shutdown().await;
+            _ = terminate.recv() => {
+                tracing::info!(signal = "SIGTERM", bound = ?SHUTDOWN_BOUND, "stopping");
                 Ok(())
             }
+            _ = interrupt.recv() => {
+                tracing::info!(signal = "SIGINT", bound = ?SHUTDOWN_BOUND, "stopping");
+                Ok(())
+            }
+        };
+        let started = std::time::Instant::now();
+        tokio::select! {
+            () = self.shutdown() => {}
+            _ = terminate.recv() => {
+                tracing::warn!("a second signal: stopping at once");
+                return Err(ShutdownError::Interrupted);
+            }
+            _ = interrupt.recv() => {
+                tracing::warn!("a second signal: stopping at once");
+                return Err(ShutdownError::Interrupted);
+            }
+            () = tokio::time::sleep(SHUTDOWN_BOUND) => {
+                tracing::warn!(bound = ?SHUTDOWN_BOUND, "the shutdown took too long; stopping");
+            }
         }
+        tracing::info!(elapsed = ?started.elapsed(), "stopped");
+        outcome
     }
 
     /// Waits until the listener ends (it ends only on error or shutdown).

@@ -246,9 +246,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         server.http_addr,
         server.media_addr
     );
-    server
-        .run_until_signal()
-        .await
-        .context("the HTTPS listener failed")?;
-    Ok(())
+    match server.run_until_signal().await {
+        Ok(()) => Ok(()),
+        // Asked twice: the operator wants it gone now, whatever is still being written.
+        Err(signaling::ShutdownError::Interrupted) => std::process::exit(130),
+        Err(err) => Err(err.into()),
+    }
 }

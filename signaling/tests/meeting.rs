@@ -226,7 +226,7 @@ async fn shutdown_tells_every_client_before_closing() {
     server.shutdown().await;
     let told = |snapshot: &loadtest::bot::BotSnapshot| {
         snapshot.errors.iter().any(|(code, message)| {
-            *code == protocol::ErrorCode::RoomClosed && message.contains("shutting down")
+            *code == protocol::ErrorCode::ServerStopping && message.contains("restarting")
         }) && snapshot.closed.is_some()
     };
     let deadline = tokio::time::Instant::now() + MEDIA_TIMEOUT;

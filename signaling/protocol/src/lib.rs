@@ -597,6 +597,9 @@ pub enum ErrorCode {
     RoomClosed,
     /// No `join` arrived within the deadline after the socket opened. The socket is closed.
     JoinTimeout,
+    /// The server is stopping (a restart, an upgrade): reconnect, to it when it is back or to
+    /// another node. The socket is closed.
+    ServerStopping,
 }
 
 impl ErrorCode {
@@ -612,6 +615,7 @@ impl ErrorCode {
                 | ErrorCode::Removed
                 | ErrorCode::RoomClosed
                 | ErrorCode::JoinTimeout
+                | ErrorCode::ServerStopping
         )
     }
 }
