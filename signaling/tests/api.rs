@@ -922,6 +922,46 @@ async fn the_openapi_document_lists_every_path() {
     h.finish().await;
 }
 
+/// Client generators key each operation by its operationId: two operations with one id break
+/// them. The document must also pass a real validator: `openapi-spec-validator` (pip), found
+/// through `MEET_OPENAPI_VALIDATOR` or on the PATH. Without it the check is skipped, except under
+/// CI (`CI` set), where `.ci/run` installs it and its absence fails the test.
+#[test]
+fn the_openapi_document_validates() {
+    let document: Value =
+        serde_json::from_str(&api::openapi().to_json().expect("serialize")).expect("json");
+    let mut ids = std::collections::BTreeMap::<String, usize>::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            *ids.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "repeated operationIds: {repeated:?}");
+
+    let validator = std::env::var("MEET_OPENAPI_VALIDATOR")
+        .unwrap_or_else(|_| "openapi-spec-validator".to_string());
+    let file = std::env::temp_dir().join(format!("meet-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, document.to_string()).expect("write the document");
+    let outcome = std::process::Command::new(&validator).arg(&file).output();
+    let _ = std::fs::remove_file(&file);
+    match outcome {
+        Ok(output) => assert!(
+            output.status.success(),
+            "{validator} refused the OpenAPI document:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(err) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping the OpenAPI validator ({validator}: {err})");
+        }
+        Err(err) => panic!("{validator} is needed under CI: {err}"),
+    }
+}
+
 // ---- recordings ----------------------------------------------------------------------------
 
 const MIX: &[u8] = b"OggS fake mixed audio: 0123456789abcdefghijklmnopqrstuvwxyz";

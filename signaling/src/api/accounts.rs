@@ -45,7 +45,7 @@ pub struct UpdateAccount {
 }
 
 /// Signs in.
-#[utoipa::path(post, path = "/api/login", tag = "accounts", request_body = LoginRequest,
+#[utoipa::path(post, path = "/api/login", operation_id = "login", tag = "accounts", request_body = LoginRequest,
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "wrong username or password, or a disabled account", body = ErrorBody),
@@ -99,7 +99,7 @@ pub(super) async fn login(
 }
 
 /// Signs out: the token stops working.
-#[utoipa::path(post, path = "/api/logout", tag = "accounts", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/logout", operation_id = "logout", tag = "accounts", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub(super) async fn logout(
     State(state): State<ApiState>,
@@ -111,14 +111,14 @@ pub(super) async fn logout(
 }
 
 /// The account signed in.
-#[utoipa::path(get, path = "/api/me", tag = "accounts", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/me", operation_id = "get_me", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = Account), (status = 401, body = ErrorBody)))]
 pub(super) async fn me(signed: SignedIn) -> axum::Json<Account> {
     axum::Json(signed.account)
 }
 
 /// Every account (administrators only).
-#[utoipa::path(get, path = "/api/accounts", tag = "accounts", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/accounts", operation_id = "list_accounts", tag = "accounts", security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<Account>),
         (status = 401, body = ErrorBody),
@@ -132,7 +132,7 @@ pub(super) async fn list(
 }
 
 /// Creates an account (administrators only).
-#[utoipa::path(post, path = "/api/accounts", tag = "accounts", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/accounts", operation_id = "create_account", tag = "accounts", security(("bearer" = [])),
     request_body = CreateAccount,
     responses(
         (status = 201, body = Account),
@@ -159,7 +159,7 @@ pub(super) async fn create(
 }
 
 /// Changes an account (administrators only). A new password or disabling ends its logins.
-#[utoipa::path(patch, path = "/api/accounts/{id}", tag = "accounts", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/api/accounts/{id}", operation_id = "update_account", tag = "accounts", security(("bearer" = [])),
     params(("id" = String, Path, description = "account id")),
     request_body = UpdateAccount,
     responses(

@@ -114,7 +114,7 @@ async fn build(state: &ApiState, meeting_id: &str) -> Result<Attendance, ApiErro
 }
 
 /// Attendance of a meeting.
-#[utoipa::path(get, path = "/api/meetings/{id}/attendance", tag = "attendance",
+#[utoipa::path(get, path = "/api/meetings/{id}/attendance", operation_id = "get_attendance", tag = "attendance",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     responses((status = 200, body = Attendance), (status = 404, body = ErrorBody)))]
@@ -137,7 +137,7 @@ fn cell(text: &str) -> String {
 }
 
 /// Attendance of a meeting as CSV, one line per stay (times in milliseconds since the epoch).
-#[utoipa::path(get, path = "/api/meetings/{id}/attendance.csv", tag = "attendance",
+#[utoipa::path(get, path = "/api/meetings/{id}/attendance.csv", operation_id = "get_attendance_csv", tag = "attendance",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     responses(

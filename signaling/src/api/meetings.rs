@@ -142,7 +142,7 @@ async fn detail(state: &ApiState, meeting: Meeting) -> Result<MeetingDetail, Api
 }
 
 /// Meetings: one's own, or all of them for an administrator.
-#[utoipa::path(get, path = "/api/meetings", tag = "meetings", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/meetings", operation_id = "list_meetings", tag = "meetings", security(("bearer" = [])),
     responses((status = 200, body = Vec<Meeting>), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
     State(state): State<ApiState>,
@@ -153,7 +153,7 @@ pub(super) async fn list(
 }
 
 /// Schedules a meeting; its creator is invited as host.
-#[utoipa::path(post, path = "/api/meetings", tag = "meetings", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/meetings", operation_id = "create_meeting", tag = "meetings", security(("bearer" = [])),
     request_body = CreateMeeting,
     responses(
         (status = 201, body = MeetingDetail),
@@ -196,7 +196,7 @@ pub(super) async fn create(
 }
 
 /// One meeting with its invitations and join links.
-#[utoipa::path(get, path = "/api/meetings/{id}", tag = "meetings", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/meetings/{id}", operation_id = "get_meeting", tag = "meetings", security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     responses((status = 200, body = MeetingDetail), (status = 404, body = ErrorBody)))]
 pub(super) async fn get(
@@ -209,7 +209,7 @@ pub(super) async fn get(
 }
 
 /// Changes a meeting's title, times, admission, recording or encryption.
-#[utoipa::path(patch, path = "/api/meetings/{id}", tag = "meetings", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/api/meetings/{id}", operation_id = "update_meeting", tag = "meetings", security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     request_body = UpdateMeeting,
     responses(
@@ -244,7 +244,7 @@ pub(super) async fn update(
 }
 
 /// Cancels a meeting: everyone in its room is disconnected and every link stops working.
-#[utoipa::path(post, path = "/api/meetings/{id}/cancel", tag = "meetings", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/meetings/{id}/cancel", operation_id = "cancel_meeting", tag = "meetings", security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     responses((status = 200, body = MeetingDetail), (status = 404, body = ErrorBody)))]
 pub(super) async fn cancel(
@@ -261,7 +261,7 @@ pub(super) async fn cancel(
 }
 
 /// Invites one more person or site.
-#[utoipa::path(post, path = "/api/meetings/{id}/invitations", tag = "meetings",
+#[utoipa::path(post, path = "/api/meetings/{id}/invitations", operation_id = "invite_to_meeting", tag = "meetings",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     request_body = Invitee,
@@ -286,7 +286,7 @@ pub(super) async fn invite(
 }
 
 /// Revokes an invitation: its link stops working and a present invitee is removed.
-#[utoipa::path(delete, path = "/api/meetings/{id}/invitations/{invitation_id}", tag = "meetings",
+#[utoipa::path(delete, path = "/api/meetings/{id}/invitations/{invitation_id}", operation_id = "revoke_invitation", tag = "meetings",
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "meeting id"),

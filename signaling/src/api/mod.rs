@@ -240,7 +240,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The OpenAPI document, generated from the handlers so that it cannot drift from them.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+#[utoipa::path(get, path = "/api/openapi.json", operation_id = "get_openapi", tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 async fn openapi_json() -> impl IntoResponse {
     match openapi().to_json() {

@@ -294,7 +294,7 @@ async fn owned_recording(
 }
 
 /// Recordings of a meeting, newest first.
-#[utoipa::path(get, path = "/api/meetings/{id}/recordings", tag = "recordings",
+#[utoipa::path(get, path = "/api/meetings/{id}/recordings", operation_id = "list_recordings", tag = "recordings",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "meeting id")),
     responses((status = 200, body = [RecordingView]), (status = 404, body = ErrorBody)))]
@@ -312,7 +312,7 @@ pub(super) async fn list(
 }
 
 /// A ticket that lets media elements fetch this recording's files for ten minutes.
-#[utoipa::path(post, path = "/api/recordings/{id}/ticket", tag = "recordings",
+#[utoipa::path(post, path = "/api/recordings/{id}/ticket", operation_id = "create_recording_ticket", tag = "recordings",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "recording id")),
     responses((status = 200, body = Ticket), (status = 404, body = ErrorBody)))]
@@ -334,7 +334,7 @@ struct FileQuery {
 
 /// One file of a recording. Honours `Range: bytes=a-b` (206 with `Content-Range`; 416 when
 /// it cannot be satisfied).
-#[utoipa::path(get, path = "/api/recordings/{id}/files/{name}", tag = "recordings",
+#[utoipa::path(get, path = "/api/recordings/{id}/files/{name}", operation_id = "get_recording_file", tag = "recordings",
     security(("bearer" = []), ("ticket" = [])),
     params(
         ("id" = String, Path, description = "recording id"),
@@ -425,7 +425,7 @@ pub(super) async fn file(
 }
 
 /// Deletes a recording: its files, then its row. Refused while it is being recorded.
-#[utoipa::path(delete, path = "/api/recordings/{id}", tag = "recordings",
+#[utoipa::path(delete, path = "/api/recordings/{id}", operation_id = "delete_recording", tag = "recordings",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "recording id")),
     responses(

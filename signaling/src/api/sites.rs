@@ -21,7 +21,7 @@ pub struct CreateSite {
 }
 
 /// Every site.
-#[utoipa::path(get, path = "/api/sites", tag = "sites", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/sites", operation_id = "list_sites", tag = "sites", security(("bearer" = [])),
     responses((status = 200, body = Vec<Site>), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
     State(state): State<ApiState>,
@@ -31,7 +31,7 @@ pub(super) async fn list(
 }
 
 /// Adds a site (administrators only).
-#[utoipa::path(post, path = "/api/sites", tag = "sites", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/sites", operation_id = "create_site", tag = "sites", security(("bearer" = [])),
     request_body = CreateSite,
     responses(
         (status = 201, body = Site),
@@ -58,7 +58,7 @@ pub(super) async fn create(
 
 /// Imports sites from CSV (`code,name,kind,parent_code`): all lines or none (administrators
 /// only).
-#[utoipa::path(post, path = "/api/sites/import", tag = "sites", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/sites/import", operation_id = "import_sites", tag = "sites", security(("bearer" = [])),
     request_body(content = String, content_type = "text/csv"),
     responses(
         (status = 200, body = ImportOutcome),
