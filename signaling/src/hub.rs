@@ -22,6 +22,7 @@ use protocol::{
 use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::SECURITY;
 use crate::journal::{Journal, Write};
 use crate::recording::{Names, RecordingFinished};
 use crate::store::{Admission, Store, new_id, unix_ms};
@@ -896,6 +897,7 @@ impl Hub {
                     ));
                 }
                 self.admit(participant_id)?;
+                tracing::info!(target: SECURITY, event = "admitted", %room, participant = %participant_id, by = %participant, "admitted from the lobby");
             }
             ClientMessage::AdmitAll {} => {
                 host_only()?;
@@ -941,6 +943,7 @@ impl Hub {
                 }
                 self.target_in_room(participant_id, &room)?;
                 self.set_role(participant_id, new_role);
+                tracing::info!(target: SECURITY, event = "role_changed", %room, participant = %participant_id, to = new_role.as_str(), by = %participant, "role changed");
             }
             ClientMessage::MuteParticipant {
                 participant_id,
@@ -949,6 +952,7 @@ impl Hub {
                 host_only()?;
                 self.target_in_room(participant_id, &room)?;
                 self.mute_kind(participant_id, kind);
+                tracing::info!(target: SECURITY, event = "muted_by_host", %room, participant = %participant_id, ?kind, by = %participant, "muted by a host");
             }
             ClientMessage::RemoveParticipant { participant_id } => {
                 host_only()?;
@@ -977,6 +981,7 @@ impl Hub {
                     LeaveReason::Removed,
                     Some((ErrorCode::Removed, "a host removed you from the meeting")),
                 );
+                tracing::info!(target: SECURITY, event = "removed", %room, participant = %participant_id, invitation = invitation.as_deref(), by = %participant, "removed by a host");
                 if let Some(invitation) = invitation {
                     // The link must stop working too, or the removed person walks back in.
                     self.revoked.insert(invitation.clone());
@@ -989,10 +994,12 @@ impl Hub {
                     .members
                     .get(&participant)
                     .and_then(|m| m.invitation.clone());
+                tracing::info!(target: SECURITY, event = "recording_started", %room, by = %participant, "recording started by a host");
                 self.start_recording(&room, invitation);
             }
             ClientMessage::StopRecording {} => {
                 host_only()?;
+                tracing::info!(target: SECURITY, event = "recording_stopped", %room, by = %participant, "recording stopped by a host");
                 self.stop_recording(&room, None);
             }
             // The session answers these itself.
@@ -1192,7 +1199,7 @@ impl Hub {
         if new_role == Role::Host {
             self.send_lobby_to(target, &room_id);
         }
-        tracing::info!(participant = %target, from = old_role.as_str(), to = new_role.as_str(), "role changed");
+        tracing::debug!(participant = %target, from = old_role.as_str(), to = new_role.as_str(), "role changed");
     }
 
     /// Relays wrapped media keys to their recipients in the sender's room. The server cannot

@@ -380,6 +380,7 @@ fn origin_allowed(headers: &HeaderMap) -> bool {
 
 async fn websocket(
     State(state): State<AppState>,
+    api::ClientAddr(ip): api::ClientAddr,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -390,7 +391,7 @@ async fn websocket(
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
-        .on_upgrade(move |socket| session::run(socket, state.hub, state.limits, state.gate))
+        .on_upgrade(move |socket| session::run(socket, state.hub, state.limits, state.gate, ip))
 }
 
 /// Finalizes recordings a previous process left open (a crash or `kill -9`): their files
@@ -573,6 +574,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// The log target of security events: sign-ins and their failures, lockouts, account changes,
+/// joins and refused joins, removals, role changes, recording access. Each carries `event`
+/// (a stable name), who (`username`, `account`, `participant`, `by`) and from where (`ip`), so
+/// that an operator can route them apart: `RUST_LOG=info,security=info` and the JSON log
+/// format (docs/security.md lists them).
+pub const SECURITY: &str = "security";
 
 /// Whether an event may reach the log at all, whatever `RUST_LOG` asks. The WebSocket library
 /// traces every message and frame it reads or writes, verbatim or as hex: signaling messages

@@ -1,6 +1,7 @@
 //! One WebSocket session: decodes client messages, refuses bad ones with a typed error, keeps
 //! the connection alive, and hands joined participants' requests to the hub.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use protocol::{Role, RoomId};
 
+use crate::SECURITY;
 use crate::auth::JoinTokens;
 use crate::hub::{Arrival, HubHandle, MeetingInfo, OUTBOUND_QUEUE, Outbound};
 use crate::store::Store;
@@ -142,10 +144,15 @@ struct Session {
     gate: Gate,
     participant: Option<ParticipantId>,
     outbound_tx: mpsc::Sender<Outbound>,
+    /// The client's address, for the security log.
+    ip: IpAddr,
+    /// Who the join claims to be (an invitation id, or a name in an open room), for the
+    /// security log when it is refused.
+    claimed: Option<String>,
 }
 
 /// Runs one session until the socket closes or the participant leaves.
-pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate: Gate) {
+pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate: Gate, ip: IpAddr) {
     let (mut sink, mut stream) = socket.split();
     let (outbound_tx, mut outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mut session = Session {
@@ -153,6 +160,8 @@ pub async fn run(socket: WebSocket, hub: HubHandle, limits: SessionLimits, gate:
         gate,
         participant: None,
         outbound_tx,
+        ip,
+        claimed: None,
     };
     let mut limiter = RateLimiter::new(limits.messages_per_second, limits.message_burst);
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
@@ -297,40 +306,31 @@ impl Session {
                 },
                 None,
             ) => {
-                if protocol_version != PROTOCOL_VERSION {
-                    return Err((
-                        ErrorCode::VersionMismatch,
-                        format!(
-                            "this server speaks protocol version {PROTOCOL_VERSION}, \
-                             not {protocol_version}"
-                        ),
-                    ));
+                let room_asked = room.clone();
+                let outcome = self
+                    .join(protocol_version, token, room, name, role, resume, e2ee_key)
+                    .await;
+                match &outcome {
+                    Ok(()) => tracing::info!(
+                        target: SECURITY,
+                        event = "joined",
+                        participant = self.participant.map(|p| p.to_string()),
+                        invitation = self.claimed.as_deref(),
+                        ip = %self.ip,
+                        "joined"
+                    ),
+                    Err((code, why)) => tracing::warn!(
+                        target: SECURITY,
+                        event = "join_refused",
+                        ?code,
+                        reason = %why,
+                        claimed = self.claimed.as_deref(),
+                        room = room_asked.as_ref().map(|r| r.0.as_str()),
+                        ip = %self.ip,
+                        "join refused"
+                    ),
                 }
-                let mut arrival = match token {
-                    Some(token) => self.admit_token(&token, room.as_ref()).await?,
-                    None => self.open_room_arrival(room, name, role)?,
-                };
-                arrival.resume = resume;
-                if let Some(key) = &e2ee_key {
-                    let well_formed = !key.is_empty()
-                        && key.len() <= protocol::MAX_E2EE_PUBLIC_KEY
-                        && key
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='));
-                    if !well_formed {
-                        return Err((
-                            ErrorCode::BadMessage,
-                            format!(
-                                "e2ee_key must be 1–{} base64url characters",
-                                protocol::MAX_E2EE_PUBLIC_KEY
-                            ),
-                        ));
-                    }
-                }
-                arrival.e2ee_key = e2ee_key;
-                let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
-                self.participant = Some(id);
-                Ok(Next::Continue)
+                outcome.map(|()| Next::Continue)
             }
             (ClientMessage::Join { .. }, Some(_)) => Err((
                 ErrorCode::AlreadyJoined,
@@ -344,21 +344,71 @@ impl Session {
             }
         }
     }
+
+    /// Checks a join and hands it to the hub.
+    #[allow(clippy::too_many_arguments)]
+    async fn join(
+        &mut self,
+        protocol_version: u32,
+        token: Option<String>,
+        room: Option<RoomId>,
+        name: Option<String>,
+        role: Option<Role>,
+        resume: Option<String>,
+        e2ee_key: Option<String>,
+    ) -> Result<(), (ErrorCode, String)> {
+        if protocol_version != PROTOCOL_VERSION {
+            return Err((
+                ErrorCode::VersionMismatch,
+                format!(
+                    "this server speaks protocol version {PROTOCOL_VERSION}, \
+                     not {protocol_version}"
+                ),
+            ));
+        }
+        let mut arrival = match token {
+            Some(token) => self.admit_token(&token, room.as_ref()).await?,
+            None => self.open_room_arrival(room, name, role)?,
+        };
+        arrival.resume = resume;
+        if let Some(key) = &e2ee_key {
+            let well_formed = !key.is_empty()
+                && key.len() <= protocol::MAX_E2EE_PUBLIC_KEY
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='));
+            if !well_formed {
+                return Err((
+                    ErrorCode::BadMessage,
+                    format!(
+                        "e2ee_key must be 1–{} base64url characters",
+                        protocol::MAX_E2EE_PUBLIC_KEY
+                    ),
+                ));
+            }
+        }
+        arrival.e2ee_key = e2ee_key;
+        let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
+        self.participant = Some(id);
+        Ok(())
+    }
 }
 
 impl Session {
     /// Checks a join token and the invitation behind it. The identity comes from the token
     /// and storage, never from the message.
     async fn admit_token(
-        &self,
+        &mut self,
         token: &str,
         room: Option<&RoomId>,
     ) -> Result<Arrival, (ErrorCode, String)> {
         let invalid = |why: &str| (ErrorCode::InvalidToken, why.to_string());
-        let claims = self.gate.tokens.verify(token).map_err(|err| {
-            tracing::debug!(%err, "join token refused");
-            invalid(&err.to_string())
-        })?;
+        let claims = self
+            .gate
+            .tokens
+            .verify(token)
+            .map_err(|err| invalid(&err.to_string()))?;
+        self.claimed = Some(claims.sub.clone());
         if room.is_some_and(|r| r.0 != claims.room) {
             return Err(invalid("the token is for another meeting"));
         }
@@ -406,7 +456,7 @@ impl Session {
 
     /// A tokenless join, allowed only on servers started with open rooms.
     fn open_room_arrival(
-        &self,
+        &mut self,
         room: Option<RoomId>,
         name: Option<String>,
         role: Option<Role>,
@@ -417,6 +467,7 @@ impl Session {
                 "this server admits invited participants only: open your invitation link".into(),
             ));
         }
+        self.claimed = name.as_ref().map(|n| format!("open room guest {n:?}"));
         let (Some(room), Some(name)) = (room, name) else {
             return Err((
                 ErrorCode::InvalidName,

@@ -808,6 +808,14 @@ async fn attendance_as_json_and_csv() {
     assert_eq!(rows[0]["quality"], "poor");
     assert_eq!(rows[0]["role"], "participant");
     assert_eq!(rows[1]["left_at"], Value::Null);
+    // The participant id is the protocol's number, not its log form (`PA1`).
+    assert_eq!(rows[0]["participant_id"], 1);
+    assert_eq!(rows[1]["participant_id"], 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["invitation_id"] == invitation["id"] && r["site_id"] == site.id.as_str()),
+        "{report}"
+    );
 
     let request = Request::builder()
         .uri(format!("/api/meetings/{id}/attendance.csv"))
@@ -825,6 +833,7 @@ async fn attendance_as_json_and_csv() {
     assert!(lines[1].contains(",'=Hà Giang,"), "{text}");
     assert!(lines[1].contains(",HG,participant,"), "{text}");
     assert!(lines[1].ends_with(",left,poor"), "{text}");
+    assert!(lines[1].starts_with("1,"), "{text}");
     h.finish().await;
 }
 

@@ -200,6 +200,30 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
         6,
         "three publishers, audio and video each: {manifest}"
     );
+    // Ids have their documented forms (docs/api.md): the recording's and the meeting's are 32
+    // hex characters, a track's and a participant's the protocol's integers.
+    let hex32 = |v: &serde_json::Value| {
+        v.as_str().is_some_and(|s| {
+            s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    };
+    assert!(hex32(&manifest["recording_id"]), "{manifest}");
+    assert_eq!(manifest["recording_id"], id.as_str());
+    assert!(hex32(&manifest["room"]), "{manifest}");
+    for track in tracks {
+        assert!(track["track"].is_u64(), "{track}");
+        assert!(track["participant_id"].is_u64(), "{track}");
+    }
+    let participants: std::collections::BTreeSet<u64> = [&host, &a, &b]
+        .iter()
+        .map(|bot| bot.participant_id().0)
+        .collect();
+    assert!(
+        tracks
+            .iter()
+            .all(|t| participants.contains(&t["participant_id"].as_u64().unwrap_or(0))),
+        "{manifest}"
+    );
     if !have_ffprobe() {
         return;
     }

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use super::throttle::{Allowed, Source};
 use super::{Admin, ApiError, ApiState, ClientAddr, ErrorBody, Json, Path, SignedIn};
+use crate::SECURITY;
 use crate::metrics::Refusal;
 use crate::store::{Account, AccountPatch, AccountRole, NewAccount, unix_ms};
 
@@ -64,7 +65,7 @@ pub(super) async fn login(
         Ok(Allowed::After(delay)) => tokio::time::sleep(delay).await,
         Err(refused) => {
             if Refusal::SignInThrottled.count() {
-                tracing::warn!(username = %request.username, %ip, "sign-in refused: too many failures from this address");
+                tracing::warn!(target: SECURITY, event = "sign_in_locked_out", username = %request.username, %ip, retry_after_s = refused.retry_after_s, "sign-in refused: too many failures");
             }
             return Err(ApiError::TooManyAttempts(refused.retry_after_s));
         }
@@ -78,7 +79,7 @@ pub(super) async fn login(
         Ok(login) => login,
         Err(crate::store::StoreError::Busy) => {
             if Refusal::SignInBusy.count() {
-                tracing::warn!(%ip, "sign-in refused: password hashing is at its bound");
+                tracing::warn!(target: SECURITY, event = "sign_in_busy", username = %request.username, %ip, "sign-in refused: password hashing is at its bound");
             }
             return Err(ApiError::Busy);
         }
@@ -86,11 +87,11 @@ pub(super) async fn login(
     };
     let Some(login) = login else {
         let failures = throttle.failed(&request.username, source, now);
-        tracing::info!(username = %request.username, %ip, failures, "sign-in failed");
+        tracing::warn!(target: SECURITY, event = "sign_in_failed", username = %request.username, %ip, failures, "sign-in failed");
         return Err(ApiError::Unauthorized("wrong username or password"));
     };
     throttle.succeeded(&request.username, source);
-    tracing::info!(username = %request.username, %ip, "signed in");
+    tracing::info!(target: SECURITY, event = "signed_in", username = %request.username, account = %login.account.id, %ip, "signed in");
     Ok(axum::Json(LoginResponse {
         token: login.token,
         expires_at: login.expires_at,
@@ -107,6 +108,7 @@ pub(super) async fn logout(
 ) -> Result<StatusCode, ApiError> {
     state.store.logout(&signed.token).await?;
     state.tickets.forget_login(&signed.token);
+    tracing::info!(target: SECURITY, event = "signed_out", account = %signed.account.id, ip = %signed.ip, "signed out");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -142,7 +144,7 @@ pub(super) async fn list(
     ))]
 pub(super) async fn create(
     State(state): State<ApiState>,
-    _admin: Admin,
+    Admin(admin, ip): Admin,
     Json(request): Json<CreateAccount>,
 ) -> Result<(StatusCode, axum::Json<Account>), ApiError> {
     let account = state
@@ -154,7 +156,7 @@ pub(super) async fn create(
             role: request.role,
         })
         .await?;
-    tracing::info!(account = %account.id, role = ?account.role, "account created");
+    tracing::info!(target: SECURITY, event = "account_created", account = %account.id, username = %account.username, role = ?account.role, by = %admin.id, %ip, "account created");
     Ok((StatusCode::CREATED, axum::Json(account)))
 }
 
@@ -170,7 +172,7 @@ pub(super) async fn create(
     ))]
 pub(super) async fn update(
     State(state): State<ApiState>,
-    Admin(admin): Admin,
+    Admin(admin, ip): Admin,
     Path(id): Path<String>,
     Json(request): Json<UpdateAccount>,
 ) -> Result<axum::Json<Account>, ApiError> {
@@ -194,5 +196,17 @@ pub(super) async fn update(
             },
         )
         .await?;
+    tracing::info!(
+        target: SECURITY,
+        event = "account_changed",
+        account = %account.id,
+        username = %account.username,
+        role = ?request.role,
+        disabled = ?request.disabled,
+        password_changed = request.password.is_some(),
+        by = %admin.id,
+        %ip,
+        "account changed"
+    );
     Ok(axum::Json(account))
 }

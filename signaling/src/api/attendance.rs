@@ -31,7 +31,9 @@ pub struct SiteAttendance {
 /// One participant's stay in the room.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttendanceEntry {
-    pub participant_id: String,
+    /// The participant's id in the room, as in the protocol (docs/protocol.md): one number per
+    /// join, below 2^53.
+    pub participant_id: u64,
     pub invitation_id: Option<String>,
     pub name: String,
     pub site_id: Option<String>,
@@ -95,7 +97,7 @@ async fn build(state: &ApiState, meeting_id: &str) -> Result<Attendance, ApiErro
     let rows = rows
         .into_iter()
         .map(|r| AttendanceEntry {
-            participant_id: r.participant_id,
+            participant_id: r.participant_id.0,
             invitation_id: r.invitation_id,
             name: r.display_name,
             site_id: r.site_id,
@@ -184,7 +186,7 @@ pub(super) async fn report_csv(
             .map_or(String::new(), |c| cell(c));
         writer
             .write_record([
-                row.participant_id.clone(),
+                row.participant_id.to_string(),
                 text(&row.invitation_id),
                 cell(&row.name),
                 text(&row.site_id),

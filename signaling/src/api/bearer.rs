@@ -4,19 +4,23 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
-use super::{ApiError, ApiState};
+use std::net::IpAddr;
+
+use super::{ApiError, ApiState, ClientAddr};
 use crate::store::{Account, unix_ms};
 
-/// A signed-in account, and the token it signed in with (for logout).
+/// A signed-in account, the token it signed in with (for logout) and where the request came
+/// from (for the security log).
 #[derive(Debug, Clone)]
 pub struct SignedIn {
     pub account: Account,
     pub token: String,
+    pub ip: IpAddr,
 }
 
-/// A signed-in administrator.
+/// A signed-in administrator, and where the request came from.
 #[derive(Debug, Clone)]
-pub struct Admin(pub Account);
+pub struct Admin(pub Account, pub IpAddr);
 
 /// Longest token looked up; ours are 64 characters, and anything far longer is not worth a
 /// hash and a query.
@@ -34,6 +38,7 @@ impl FromRequestParts<ApiState> for SignedIn {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Ok(ClientAddr(ip)) = ClientAddr::from_request_parts(parts, state).await;
         let token = bearer_token(parts).ok_or(ApiError::Unauthorized(
             "sign in: Authorization: Bearer <token>",
         ))?;
@@ -45,6 +50,7 @@ impl FromRequestParts<ApiState> for SignedIn {
         Ok(SignedIn {
             account,
             token: token.to_string(),
+            ip,
         })
     }
 }
@@ -55,7 +61,7 @@ impl FromRequestParts<ApiState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let signed = SignedIn::from_request_parts(parts, state).await?;
         if signed.account.is_admin() {
-            Ok(Admin(signed.account))
+            Ok(Admin(signed.account, signed.ip))
         } else {
             Err(ApiError::Forbidden)
         }

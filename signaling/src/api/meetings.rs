@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiState, ErrorBody, Json, Path, SignedIn};
+use crate::SECURITY;
 use crate::auth::{JoinGrant, unix_seconds};
 use crate::store::MAX_INVITATIONS;
 use crate::store::{Account, Admission, Invitation, Invitee, Meeting, MeetingPatch, NewMeeting};
@@ -256,7 +257,7 @@ pub(super) async fn cancel(
     let meeting = state.store.cancel_meeting(&id).await?;
     // Stored first, then the room closed: a rejoin in between is refused by the join check.
     state.rooms.close_room(&RoomId(meeting.id.clone()));
-    tracing::info!(meeting = %meeting.id, by = %signed.account.id, "meeting cancelled");
+    tracing::info!(target: SECURITY, event = "meeting_cancelled", meeting = %meeting.id, by = %signed.account.id, ip = %signed.ip, "meeting cancelled");
     Ok(axum::Json(detail(&state, meeting).await?))
 }
 
@@ -279,6 +280,7 @@ pub(super) async fn invite(
 ) -> Result<(StatusCode, axum::Json<InvitationView>), ApiError> {
     let meeting = owned_meeting(&state, &signed.account, &id).await?;
     let invitation = state.store.add_invitation(&id, &invitee).await?;
+    tracing::info!(target: SECURITY, event = "invitation_created", meeting = %id, invitation = %invitation.id, role = invitation.role.as_str(), by = %signed.account.id, ip = %signed.ip, "invitation created");
     Ok((
         StatusCode::CREATED,
         axum::Json(view(&state, &meeting, invitation)?),
@@ -307,5 +309,6 @@ pub(super) async fn uninvite(
         .ok_or(ApiError::NotFound)?;
     state.store.revoke_invitation(&invitation.id).await?;
     state.rooms.revoke_invitation(&invitation.id);
+    tracing::info!(target: SECURITY, event = "invitation_revoked", meeting = %id, invitation = %invitation.id, by = %signed.account.id, ip = %signed.ip, "invitation revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tower_http::services::ServeFile;
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiState, ErrorBody, Path, SignedIn};
+use super::{ApiError, ApiState, ClientAddr, ErrorBody, Path, SignedIn};
+use crate::SECURITY;
 use crate::retention::{self, RemoveError};
 use crate::store::{Account, RecordingRow, RecordingStatus, hex, is_id, unix_ms};
 
@@ -323,6 +324,7 @@ pub(super) async fn ticket(
 ) -> Result<axum::Json<Ticket>, ApiError> {
     let row = owned_recording(&state, &signed.account, &id).await?;
     let (ticket, expires_at) = state.tickets.issue(&row.id, &signed.token);
+    tracing::info!(target: SECURITY, event = "recording_ticket", recording = %row.id, account = %signed.account.id, ip = %signed.ip, "recording file ticket issued");
     Ok(axum::Json(Ticket { ticket, expires_at }))
 }
 
@@ -364,31 +366,44 @@ pub(super) async fn file(
         .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?
         .0;
     let (mut parts, body) = request.into_parts();
-    let row = match query.ticket.as_deref() {
+    let Ok(ClientAddr(ip)) = ClientAddr::from_request_parts(&mut parts, &state).await;
+    let (row, account) = match query.ticket.as_deref() {
         Some(ticket) => {
             let refused = || {
+                tracing::warn!(target: SECURITY, event = "recording_ticket_refused", recording = %id, file = %name, %ip, "recording file refused: bad ticket");
                 ApiError::Unauthorized(
                     "the ticket is unknown, expired, for another recording, or its login ended",
                 )
             };
             let login = state.tickets.admits(ticket, &id).ok_or_else(refused)?;
-            state
+            let account = state
                 .store
                 .account_for_token(&login, unix_ms())
                 .await?
                 .ok_or_else(refused)?;
             // The ticket was issued to someone allowed to see this recording.
-            state
+            let row = state
                 .store
                 .recording(&id)
                 .await?
-                .ok_or(ApiError::NotFound)?
+                .ok_or(ApiError::NotFound)?;
+            (row, account)
         }
         None => {
             let signed = SignedIn::from_request_parts(&mut parts, &state).await?;
-            owned_recording(&state, &signed.account, &id).await?
+            let row = owned_recording(&state, &signed.account, &id).await?;
+            (row, signed.account)
         }
     };
+    // A player reads a file in many ranges: its first read stands for the access.
+    let first_read = parts
+        .headers
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
+    if first_read {
+        tracing::info!(target: SECURITY, event = "recording_read", recording = %row.id, file = %name, account = %account.id, %ip, "recording file read");
+    }
     let path: PathBuf = retention::recording_dir(&state.recordings_dir, &row.id)
         .ok_or(ApiError::NotFound)?
         .join(&name);
@@ -446,7 +461,7 @@ pub(super) async fn delete(
     }
     match retention::remove_recording(&state.store, &state.recordings_dir, &row.id).await {
         Ok(()) => {
-            tracing::info!(recording = %row.id, by = %signed.account.id, "recording deleted");
+            tracing::info!(target: SECURITY, event = "recording_deleted", recording = %row.id, by = %signed.account.id, ip = %signed.ip, "recording deleted");
             Ok(StatusCode::NO_CONTENT)
         }
         Err(RemoveError::Store(err)) => Err(err.into()),

@@ -13,7 +13,7 @@ use super::{Store, StoreError, unix_ms};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttendanceRow {
     pub room: String,
-    pub participant_id: String,
+    pub participant_id: ParticipantId,
     pub invitation_id: Option<String>,
     pub display_name: String,
     pub site_id: Option<String>,
@@ -27,12 +27,19 @@ pub struct AttendanceRow {
     pub quality: Option<String>,
 }
 
+/// The column holds the id's display form, `PA<number>` (see `ParticipantId`'s `Display`).
+fn parse_participant_id(text: &str) -> Option<ParticipantId> {
+    let digits = text.strip_prefix("PA").unwrap_or(text);
+    digits.parse().ok().map(ParticipantId)
+}
+
 impl AttendanceRow {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
         let role: String = row.try_get("role")?;
         Ok(Self {
             room: row.try_get("room")?,
-            participant_id: row.try_get("participant_id")?,
+            participant_id: parse_participant_id(&row.try_get::<String, _>("participant_id")?)
+                .ok_or_else(|| sqlx::Error::Decode("an attendance row's participant id".into()))?,
             invitation_id: row.try_get("invitation_id")?,
             display_name: row.try_get("display_name")?,
             site_id: row.try_get("site_id")?,
