@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod config_file;
 pub mod connections;
 pub mod hub;
 pub mod journal;
@@ -61,7 +62,7 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Extra host names for the self-signed certificate.
     pub tls_names: Vec<String>,
-    /// The web client's files.
+    /// The web client's files; relative paths are taken from the working directory.
     pub web_client_dir: PathBuf,
     pub session_limits: SessionLimits,
     pub max_participants_per_room: usize,
@@ -103,7 +104,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Loopback defaults: HTTPS on 8443, media on UDP 10000, state under `./data`.
+    /// Loopback defaults: HTTPS on 8443, media on UDP 10000, state under `./data`, the web
+    /// client's files in `./web-client`.
     pub fn new() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
@@ -114,7 +116,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             tls_names: Vec::new(),
-            web_client_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web-client")),
+            web_client_dir: PathBuf::from("web-client"),
             session_limits: SessionLimits::default(),
             max_participants_per_room: 1_000,
             keyframe_request_interval: Duration::from_secs(1),
@@ -144,6 +146,33 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What is wrong with `dir` as the web client's directory: `None` when it holds an
+/// `index.html`, otherwise a sentence for the log naming the directory (made absolute against
+/// the working directory) and the option that sets it.
+pub fn web_client_dir_problem(dir: &std::path::Path) -> Option<String> {
+    let index = dir.join("index.html");
+    if index.is_file() {
+        return None;
+    }
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Some(format!(
+        "the web client's files are not in {}: it has no index.html, so the pages will answer \
+         404 (the API, signaling and media still work); set --web-client-dir \
+         (MEET_WEB_CLIENT_DIR, or web_client_dir in the configuration file) to the directory \
+         holding index.html",
+        shown.display()
+    ))
+}
+
+/// Logs a warning when `dir` does not hold the web client ([`web_client_dir_problem`]).
+/// The binary calls this at start; a relative default resolves against the working directory,
+/// which a service manager may set elsewhere than the operator expects.
+pub fn warn_if_no_web_client(dir: &std::path::Path) {
+    if let Some(problem) = web_client_dir_problem(dir) {
+        tracing::warn!("{problem}");
     }
 }
 

@@ -4,19 +4,50 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use signaling::config_file::{self, MergeError};
 use signaling::store::{AccountRole, NewAccount, Store};
 use tracing_subscriber::filter::{self, EnvFilter, FilterExt};
 use tracing_subscriber::prelude::*;
 
 /// Secure video meetings: signaling (HTTPS/WSS) and the SFU (one UDP port) in one process.
+///
+/// Every option is also an environment variable (shown as [env: …]) and a key of the
+/// configuration file (`--config`): the long option name with `_` for `-`, as in
+/// `http_addr = "0.0.0.0:8443"`. The command line wins over the environment, which wins over
+/// the file, which wins over the default.
 #[derive(Debug, Parser)]
 #[command(name = "meet-server", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// TOML configuration file: its keys are the long option names with `_` for `-`
+    /// (deploy/meet.toml lists them all); an unknown key is an error [default: none].
+    #[arg(
+        id = config_file::CONFIG_ARG,
+        long = "config",
+        env = "MEET_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
+    config: Option<PathBuf>,
+    /// Log format: `text` for people, `json` (one object a line) for a log collector.
+    #[arg(
+        long,
+        env = "MEET_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(flatten)]
     server: Args,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,14 +62,19 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Creates an account, such as the first administrator.
+    #[command(next_help_heading = "Account")]
     Create {
+        /// The name the account signs in with (required).
         #[arg(long)]
         username: String,
+        /// The name shown to others, such as a person's full name (required).
         #[arg(long)]
         display_name: String,
+        /// What the account may do.
         #[arg(long, value_enum, default_value = "admin")]
         role: RoleArg,
-        /// Read the password from this environment variable instead of the standard input.
+        /// Read the password from this environment variable instead of the standard input
+        /// [default: one line read from the standard input].
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
     },
@@ -46,7 +82,9 @@ enum AdminCommand {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
+    /// Everything, including accounts and the site directory.
     Admin,
+    /// Schedules and manages their own meetings.
     Organizer,
 }
 
@@ -60,42 +98,48 @@ struct Args {
     /// UDP address for all media.
     #[arg(long, env = "MEET_MEDIA_ADDR", default_value = "127.0.0.1:10000")]
     media_addr: SocketAddr,
-    /// Media address to advertise in ICE candidates (public address behind NAT).
+    /// Media address to advertise in ICE candidates (public address behind NAT) [default: the
+    /// media address].
     #[arg(long, env = "MEET_ADVERTISE_ADDR")]
     advertise_addr: Option<SocketAddr>,
     /// Directory for the database and the generated certificate.
     #[arg(long, env = "MEET_DATA_DIR", default_value = "data", global = true)]
     data_dir: PathBuf,
-    /// Database URL; defaults to an SQLite file in the data directory.
+    /// Database URL: `sqlite://…` or `postgres://USER:PASSWORD@HOST:5432/DATABASE` [default:
+    /// sqlite://<data-dir>/meet.db].
     #[arg(long, env = "MEET_DATABASE_URL", global = true)]
     database_url: Option<String>,
-    /// TLS certificate chain (PEM). Without it a self-signed certificate is generated.
+    /// TLS certificate chain (PEM), with --tls-key [default: a self-signed certificate,
+    /// generated into <data-dir>/tls/].
     #[arg(long, env = "MEET_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
+    /// TLS private key (PEM) of --tls-cert [default: none; the self-signed certificate's key].
     #[arg(long, env = "MEET_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Extra host name or IP for the self-signed certificate (repeatable).
+    /// Extra host name or IP for the self-signed certificate (repeatable, or comma-separated)
+    /// [default: none; the certificate names localhost and the loopback addresses].
     #[arg(long = "tls-name", env = "MEET_TLS_NAMES", value_delimiter = ',')]
     tls_names: Vec<String>,
-    /// Directory of the web client's files.
-    #[arg(long, env = "MEET_WEB_CLIENT_DIR")]
-    web_client_dir: Option<PathBuf>,
+    /// Directory of the web client's files (index.html and its scripts); a relative path is
+    /// taken from the working directory.
+    #[arg(long, env = "MEET_WEB_CLIENT_DIR", default_value = "web-client")]
+    web_client_dir: PathBuf,
     /// Most participants in one room.
     #[arg(long, env = "MEET_MAX_PARTICIPANTS", default_value_t = 1000)]
     max_participants_per_room: usize,
     /// Let clients join free-form rooms without an invitation (development and load tests
-    /// only: anyone who reaches the server can then join).
+    /// only: anyone who reaches the server can then join) [default: off].
     #[arg(long, env = "MEET_OPEN_ROOMS")]
     open_rooms: bool,
     /// Do not estimate subscribers' bandwidth: every video gets the simulcast layer its tile
     /// size asks for (for links known to be ample, and for tests on a loaded machine where
-    /// CPU queueing reads as congestion).
+    /// CPU queueing reads as congestion) [default: off].
     #[arg(long, env = "MEET_NO_BANDWIDTH_ESTIMATION")]
     no_bandwidth_estimation: bool,
     /// Do not start new video subscriptions from the packets since the publisher's last
     /// keyframe: each waits for the next keyframe, as requested through the one-a-second
-    /// throttle (for comparison, or if a client misbehaves on the replayed frames).
+    /// throttle (for comparison, or if a client misbehaves on the replayed frames) [default:
+    /// off].
     #[arg(long, env = "MEET_NO_FAST_START")]
     no_fast_start: bool,
     /// In a room with more microphones than this, each participant receives only this many,
@@ -111,7 +155,7 @@ struct Args {
     /// cores, one below].
     #[arg(long, env = "MEET_MEDIA_WORKERS")]
     media_workers: Option<usize>,
-    /// Directory for recordings; defaults to `recordings` in the data directory.
+    /// Directory for recordings [default: <data-dir>/recordings].
     #[arg(long, env = "MEET_RECORDINGS_DIR")]
     recordings_dir: Option<PathBuf>,
     /// Delete recordings this many days after they ended (0: keep them until deleted).
@@ -126,7 +170,7 @@ struct Args {
     #[arg(long, env = "MEET_MAX_CONNECTIONS_PER_IP", default_value_t = signaling::connections::DEFAULT_MAX_PER_IP)]
     max_connections_per_ip: usize,
     /// Serve the web client's test hooks (browser tests only: they give any page that asks
-    /// synthetic media and let a script read what it shows).
+    /// synthetic media and let a script read what it shows) [default: off].
     #[arg(long, env = "MEET_TEST_HOOKS")]
     test_hooks: bool,
 }
@@ -134,18 +178,71 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     signaling::install_crypto_provider();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Whatever RUST_LOG asks, what carries keys and secrets is never logged.
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_filter(filter.and(filter::filter_fn(signaling::loggable))),
-        )
-        .init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    init_logging(cli.log_format);
     match cli.command {
         None => serve(cli.server).await,
         Some(Command::Admin { command }) => admin(cli.server, command).await,
+    }
+}
+
+/// The command line, with the configuration file's values for what the command line and the
+/// environment leave unset. Exits, as clap does, on a request for help or on an error.
+fn parse_cli() -> Cli {
+    let command = Cli::command();
+    let merged = match config_file::merge_args(&command, std::env::args_os().collect()) {
+        Ok(merged) => merged,
+        Err(MergeError::Cli(err)) => err.exit(),
+        Err(MergeError::File(err)) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
+    let parsed = command
+        .try_get_matches_from(&merged.args)
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches));
+    match parsed {
+        Ok(cli) => cli,
+        Err(err) => {
+            if err.use_stderr()
+                && let Some(path) = &merged.path
+                && !merged.applied.is_empty()
+            {
+                let _ = err.print();
+                eprintln!(
+                    "note: the configuration file {} set {}",
+                    path.display(),
+                    merged.applied.join(", ")
+                );
+                std::process::exit(err.exit_code());
+            }
+            err.exit()
+        }
+    }
+}
+
+/// Logs to standard output, as text or JSON lines. Whatever `RUST_LOG` asks, what carries keys
+/// and secrets is never logged ([`signaling::loggable`]), in either format.
+fn init_logging(format: LogFormat) {
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .and(filter::filter_fn(signaling::loggable))
+    };
+    match format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_filter(filter()))
+            .init(),
+        // One object a line, the event's fields at its top level (`message`, `level`,
+        // `target`, `timestamp`, the fields), as log collectors read them.
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter()),
+            )
+            .init(),
     }
 }
 
@@ -205,14 +302,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.http_addr = args.http_addr;
     config.media_addr = args.media_addr;
     config.advertise_addr = args.advertise_addr;
+    if args.media_addr.ip().is_unspecified() && args.advertise_addr.is_none() {
+        tracing::warn!(
+            "media listens on {} but no --advertise-addr (MEET_ADVERTISE_ADDR, advertise_addr in \
+             the configuration file) is set: clients are told to send media to an unspecified \
+             address and cannot connect; set it to the address clients reach this host at",
+            args.media_addr
+        );
+    }
     config.data_dir = args.data_dir;
     config.database_url = args.database_url;
     config.tls_cert = args.tls_cert;
     config.tls_key = args.tls_key;
     config.tls_names = args.tls_names;
-    if let Some(dir) = args.web_client_dir {
-        config.web_client_dir = dir;
-    }
+    signaling::warn_if_no_web_client(&args.web_client_dir);
+    config.web_client_dir = args.web_client_dir;
     config.max_participants_per_room = args.max_participants_per_room;
     config.open_rooms = args.open_rooms;
     config.bandwidth_estimation = !args.no_bandwidth_estimation;

@@ -68,6 +68,7 @@ pub async fn start(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
     config.http_addr = "127.0.0.1:0".parse().expect("addr");
     config.media_addr = "127.0.0.1:0".parse().expect("addr");
     config.data_dir = data_dir.0.clone();
+    config.web_client_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../web-client").into();
     config.open_rooms = true;
     // Two media workers whatever the machine, so that every test's participants are spread
     // over workers and rooms are mirrored between them, as on a production server.
