@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -22,7 +22,10 @@ use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target, TokenPo
     long_about = "Connects simulated participants (str0m endpoints) to a meeting server through \
                   its real WebSocket signaling and UDP media port, measures join times, media \
                   delivery and the server's CPU and memory, and checks SLOs. Exits with status \
-                  1 when an SLO fails. Targets outside loopback and private networks are \
+                  1 when an SLO fails, an endpoint loses its connection or its media, or the \
+                  server stops answering its metrics scrape; 2 when the run could not start. \
+                  Waits (--wait-for-server) for the server's certificate and token files and \
+                  for the server to answer. Targets outside loopback and private networks are \
                   refused unless --allow-remote is given."
 )]
 struct Args {
@@ -53,6 +56,11 @@ struct Args {
     /// Trust exactly this server certificate (PEM). Without it, any certificate is accepted.
     #[arg(long, value_name = "PEM")]
     ca_cert: Option<PathBuf>,
+    /// How long to wait, in seconds, for a server that is still starting: for the --ca-cert
+    /// and --metrics-token-file files to appear (a fresh server writes them as it starts), for
+    /// `/healthz` to answer `ok` and for the first metrics scrape.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
+    wait_for_server: f64,
     /// Address the endpoints' UDP sockets bind and advertise.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -209,67 +217,134 @@ impl Args {
         Ok(scenario)
     }
 
-    fn target(&self, scenario: &Scenario) -> Result<Target> {
-        let tokens = match &self.tokens {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let publishers = match scenario.kind {
-                    Kind::Meeting => scenario.participants,
-                    Kind::Broadcast | Kind::Churn => scenario.presenters,
-                } as usize;
-                let pool = TokenPool::from_lines(&text, publishers);
-                if pool.len() < scenario.total_endpoints() as usize {
-                    bail!(
-                        "{} holds {} tokens for {} endpoints",
-                        path.display(),
-                        pool.len(),
-                        scenario.total_endpoints()
-                    );
-                }
-                Some(Arc::new(Mutex::new(pool)))
-            }
-            None => None,
+    /// The metrics page's URL, from --metrics-url or derived from --url; `None` with
+    /// --no-metrics.
+    fn metrics_url(&self) -> Result<Option<String>> {
+        let Some(rest) = self.url.strip_prefix("wss://") else {
+            bail!("--url must be wss://HOST:PORT/PATH");
         };
+        if self.no_metrics {
+            return Ok(None);
+        }
+        Ok(Some(match &self.metrics_url {
+            Some(url) => url.clone(),
+            None => {
+                let authority = rest.split('/').next().unwrap_or_default();
+                format!("https://{authority}/metrics")
+            }
+        }))
+    }
+
+    /// The join tokens, read once: the operator's own file, so a missing one is an error at once.
+    fn tokens(&self, scenario: &Scenario) -> Result<Option<Arc<Mutex<TokenPool>>>> {
+        let Some(path) = &self.tokens else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let publishers = match scenario.kind {
+            Kind::Meeting => scenario.participants,
+            Kind::Broadcast | Kind::Churn => scenario.presenters,
+        } as usize;
+        let pool = TokenPool::from_lines(&text, publishers);
+        if pool.len() < scenario.total_endpoints() as usize {
+            bail!(
+                "{} holds {} tokens for {} endpoints",
+                path.display(),
+                pool.len(),
+                scenario.total_endpoints()
+            );
+        }
+        Ok(Some(Arc::new(Mutex::new(pool))))
+    }
+
+    /// Reads the server's files and checks that it answers, retrying for --wait-for-server
+    /// seconds: a server started a moment ago may not have written its certificate and token
+    /// yet, nor be listening. Each try reads the files again, so a certificate replaced by a
+    /// fresh server is picked up.
+    async fn target(&self, scenario: &Scenario) -> Result<Target> {
+        let tokens = self.tokens(scenario)?;
+        let metrics_url = self.metrics_url()?;
+        // A malformed URL is no reason to wait.
+        if let Some(url) = &metrics_url {
+            MetricsTarget::new(url, insecure_tls_config())?;
+        }
+        let wait = Duration::try_from_secs_f64(self.wait_for_server)
+            .context("--wait-for-server must be a number of seconds")?;
+        let deadline = Instant::now() + wait;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match self.try_target(metrics_url.as_deref()).await {
+                Ok((tls, metrics)) => {
+                    return Ok(Target {
+                        ws_url: self.url.clone(),
+                        metrics,
+                        tls,
+                        bind: self.bind,
+                        tokens,
+                    });
+                }
+                Err(err) if Instant::now() < deadline => {
+                    tracing::debug!("the server is not ready yet: {err:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => {
+                    return Err(err.context(format!(
+                        "the server at {} was not ready after {:.0} s ({tries} tries; \
+                         --wait-for-server sets how long to wait)",
+                        self.url, self.wait_for_server
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One try: the certificate, the metrics token, `/healthz`, and a first metrics scrape.
+    async fn try_target(
+        &self,
+        metrics_url: Option<&str>,
+    ) -> Result<(Arc<rustls::ClientConfig>, Option<MetricsTarget>)> {
         let tls = match &self.ca_cert {
             Some(path) => {
                 let pem =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                tls_config_trusting_pem(&pem)?
+                tls_config_trusting_pem(&pem)
+                    .with_context(|| format!("reading {}", path.display()))?
             }
             None => insecure_tls_config(),
         };
         let Some(rest) = self.url.strip_prefix("wss://") else {
             bail!("--url must be wss://HOST:PORT/PATH");
         };
-        let metrics = if self.no_metrics {
-            None
-        } else {
-            let url = match &self.metrics_url {
-                Some(url) => url.clone(),
-                None => {
-                    let authority = rest.split('/').next().unwrap_or_default();
-                    format!("https://{authority}/metrics")
-                }
-            };
-            let token = match &self.metrics_token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => self.metrics_token.clone(),
-            };
-            Some(MetricsTarget::new(&url, tls.clone())?.with_token(token))
+        let authority = rest.split('/').next().unwrap_or_default();
+        let health = MetricsTarget::new(&format!("https://{authority}/healthz"), tls.clone())?;
+        let body = health
+            .get("/healthz", Duration::from_secs(2))
+            .await
+            .with_context(|| format!("https://{authority}/healthz"))?;
+        if body.trim() != "ok" {
+            bail!("https://{authority}/healthz answered {:?}", body.trim());
+        }
+        let Some(url) = metrics_url else {
+            return Ok((tls, None));
         };
-        Ok(Target {
-            ws_url: self.url.clone(),
-            metrics,
-            tls,
-            bind: self.bind,
-            tokens,
-        })
+        let token = match &self.metrics_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if token.trim().is_empty() {
+                    bail!("{} is empty", path.display());
+                }
+                Some(token.trim().to_string())
+            }
+            None => self.metrics_token.clone(),
+        };
+        let metrics = MetricsTarget::new(url, tls.clone())?.with_token(token);
+        metrics.scrape(Duration::from_secs(2)).await.with_context(|| {
+            format!("scraping {url} (pass the server's token with --metrics-token-file, or --no-metrics)")
+        })?;
+        Ok((tls, Some(metrics)))
     }
 }
 
@@ -289,8 +364,8 @@ fn progress_bar(quiet: bool) -> (Option<ProgressFn>, Option<ProgressBar>) {
         shown.set_length(live.target);
         shown.set_position(live.joined);
         shown.set_message(format!(
-            "{} | {} failed | {} connected | {:.1} Mbit/s | loss {:.2}%",
-            live.phase, live.failed, live.connected, live.rx_mbps, live.loss_pct
+            "{} | {} failed | {} lost | {} connected | {:.1} Mbit/s | loss {:.2}%",
+            live.phase, live.failed, live.lost, live.connected, live.rx_mbps, live.loss_pct
         ));
     });
     (Some(update), Some(bar))
@@ -313,12 +388,12 @@ fn write_reports(args: &Args, report: &RunReport, extra: Option<&serde_json::Val
 
 async fn run(args: Args) -> Result<bool> {
     let scenario = args.scenario()?;
-    let target = args.target(&scenario)?;
-    scenario::check_target(&target.ws_url, args.allow_remote).await?;
-    if let Some(metrics) = &target.metrics {
-        let url = format!("https://{}", metrics.authority);
+    // Nothing is sent to a target before it is known to be allowed.
+    scenario::check_target(&args.url, args.allow_remote).await?;
+    if let Some(url) = args.metrics_url()? {
         scenario::check_target(&url, args.allow_remote).await?;
     }
+    let target = args.target(&scenario).await?;
     let (progress, bar) = progress_bar(args.quiet);
 
     if args.find_capacity {

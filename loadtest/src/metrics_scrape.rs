@@ -70,12 +70,19 @@ impl MetricsTarget {
 
     /// Fetches and parses the metrics page once.
     pub async fn scrape(&self, timeout: Duration) -> Result<Metrics, ScrapeError> {
-        tokio::time::timeout(timeout, self.fetch())
+        let body = self.get(&self.path, timeout).await?;
+        Ok(Metrics::parse(&body))
+    }
+
+    /// Fetches another page of the same server (e.g. `/healthz`) and returns its body; any
+    /// status but 200 is an error.
+    pub async fn get(&self, path: &str, timeout: Duration) -> Result<String, ScrapeError> {
+        tokio::time::timeout(timeout, self.fetch(path))
             .await
             .map_err(|_| ScrapeError::Timeout)?
     }
 
-    async fn fetch(&self) -> Result<Metrics, ScrapeError> {
+    async fn fetch(&self, path: &str) -> Result<String, ScrapeError> {
         let tcp = TcpStream::connect(&self.authority).await?;
         let name = match self.host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -91,8 +98,8 @@ impl MetricsTarget {
             .map(|token| format!("Authorization: Bearer {token}\r\n"))
             .unwrap_or_default();
         let request = format!(
-            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n{authorization}\r\n",
-            self.path, self.authority
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n{authorization}\r\n",
+            self.authority
         );
         tls.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
@@ -109,7 +116,7 @@ impl MetricsTarget {
         if status.split_whitespace().nth(1) != Some("200") {
             return Err(ScrapeError::Status(status.to_string()));
         }
-        Ok(Metrics::parse(body))
+        Ok(body.to_string())
     }
 }
 
@@ -173,10 +180,49 @@ impl Metrics {
     }
 }
 
+/// Where a sample's CPU time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuSource {
+    /// `meet_process_cpu_seconds`: the server's CPU time as a float (from
+    /// `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`), a microsecond or finer.
+    Precise,
+    /// `process_cpu_seconds_total`: an integer counter, whole seconds (a server without the
+    /// precise gauge). A figure over a 10 s window scatters by ±10% from it alone.
+    WholeSeconds,
+}
+
+impl CpuSource {
+    /// The metric read.
+    pub fn metric(self) -> &'static str {
+        match self {
+            CpuSource::Precise => PRECISE_CPU_METRIC,
+            CpuSource::WholeSeconds => COARSE_CPU_METRIC,
+        }
+    }
+
+    /// The smallest step of the figure, in seconds.
+    pub fn resolution_s(self) -> f64 {
+        match self {
+            CpuSource::Precise => 1e-6,
+            CpuSource::WholeSeconds => 1.0,
+        }
+    }
+}
+
+/// The server's CPU time as a float (signaling's `metrics::CPU_SECONDS`).
+pub const PRECISE_CPU_METRIC: &str = "meet_process_cpu_seconds";
+/// The standard process metric, an integer counter on this server.
+pub const COARSE_CPU_METRIC: &str = "process_cpu_seconds_total";
+
 /// The figures a load test follows over time, from one scrape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct ServerSample {
+    /// The server's CPU time in seconds, from the precise metric when the server has it.
     pub cpu_seconds: Option<f64>,
+    /// Which metric `cpu_seconds` came from (the report states it once, not per sample).
+    #[serde(skip)]
+    pub cpu_source: Option<CpuSource>,
     pub rss_bytes: Option<f64>,
     pub participants: Option<f64>,
     pub subscriptions: Option<f64>,
@@ -190,8 +236,16 @@ pub struct ServerSample {
 
 impl ServerSample {
     pub fn from_metrics(metrics: &Metrics) -> Self {
+        let (cpu_seconds, cpu_source) = match metrics.sum(PRECISE_CPU_METRIC, "") {
+            Some(seconds) => (Some(seconds), Some(CpuSource::Precise)),
+            None => match metrics.sum(COARSE_CPU_METRIC, "") {
+                Some(seconds) => (Some(seconds), Some(CpuSource::WholeSeconds)),
+                None => (None, None),
+            },
+        };
         Self {
-            cpu_seconds: metrics.sum("process_cpu_seconds_total", ""),
+            cpu_seconds,
+            cpu_source,
             rss_bytes: metrics.sum("process_resident_memory_bytes", ""),
             participants: metrics.sum("meet_participants", ""),
             subscriptions: metrics.sum("meet_subscriptions", ""),
@@ -223,7 +277,27 @@ mod tests {
         assert_eq!(sample.rtp_in, Some(10.0));
         assert_eq!(sample.dropped, Some(3.0));
         assert_eq!(sample.cpu_seconds, Some(1.5));
+        assert_eq!(sample.cpu_source, Some(CpuSource::WholeSeconds));
         assert_eq!(sample.rss_bytes, None);
+    }
+
+    /// The server's float CPU gauge wins over the whole-second counter, whatever the order.
+    #[test]
+    fn prefers_the_precise_cpu_gauge() {
+        let text = "# HELP meet_process_cpu_seconds User and system CPU time\n\
+                    # TYPE meet_process_cpu_seconds gauge\n\
+                    meet_process_cpu_seconds 12.345678\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 12\n";
+        let sample = ServerSample::from_metrics(&Metrics::parse(text));
+        assert_eq!(sample.cpu_seconds, Some(12.345678));
+        assert_eq!(sample.cpu_source, Some(CpuSource::Precise));
+        assert_eq!(CpuSource::Precise.metric(), "meet_process_cpu_seconds");
+        // Exponent notation, as some exporters write small values.
+        let sample = ServerSample::from_metrics(&Metrics::parse("meet_process_cpu_seconds 4.5e-3"));
+        assert_eq!(sample.cpu_seconds, Some(0.0045));
+        let none = ServerSample::from_metrics(&Metrics::parse("meet_rooms 1"));
+        assert_eq!((none.cpu_seconds, none.cpu_source), (None, None));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::bot::{BotError, BotStats};
-use crate::metrics_scrape::ServerSample;
+use crate::metrics_scrape::{CpuSource, ServerSample};
 use crate::scenario::Scenario;
 use protocol::MediaKind;
 
@@ -63,7 +63,19 @@ pub struct EndpointResult {
     pub decrypt_failures: u64,
     /// End-to-end encryption: frames this endpoint sealed and sent.
     pub frames_sealed: u64,
+    /// Its signaling connection ended while the run still needed it: the server closed or
+    /// dropped it (a churned-out endpoint's own leave is not a loss).
+    pub connection_lost: bool,
+    /// It had been receiving media, then none arrived for [`MEDIA_STOP_S`] while the run
+    /// went on.
+    pub media_stopped: bool,
+    /// Seconds into the run when the loss (or the last media before the stop) was seen.
+    pub lost_at_s: Option<f64>,
 }
+
+/// Seconds without any received RTP packet after which an endpoint that had been receiving
+/// counts as having lost its media (publishers send audio every 20 ms).
+pub const MEDIA_STOP_S: f64 = 5.0;
 
 fn ms_between(from: Instant, to: Option<Instant>) -> Option<f64> {
     to.map(|t| t.saturating_duration_since(from).as_secs_f64() * 1_000.0)
@@ -127,6 +139,10 @@ impl EndpointResult {
             frames_decrypted: stats.received.values().map(|r| r.frames_decrypted).sum(),
             decrypt_failures: stats.received.values().map(|r| r.decrypt_failures).sum(),
             frames_sealed: stats.sent.frames_sealed,
+            // Taken before the run asks the bot to leave, so an ended task is a lost one.
+            connection_lost: !stats.running,
+            media_stopped: false,
+            lost_at_s: None,
         }
     }
 
@@ -156,6 +172,9 @@ impl EndpointResult {
             frames_decrypted: 0,
             decrypt_failures: 0,
             frames_sealed: 0,
+            connection_lost: false,
+            media_stopped: false,
+            lost_at_s: None,
         }
     }
 
@@ -219,7 +238,17 @@ pub struct TimelineSample {
 /// Server-side figures from `/metrics` deltas over the hold phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ServerSummary {
-    /// CPU cores in use on average over the hold.
+    /// The hold's length (everyone connected), in seconds.
+    pub hold_s: f64,
+    /// The time between the two scrapes the deltas below come from (taken as the hold
+    /// started and ended), in seconds.
+    pub window_s: Option<f64>,
+    /// The metric the CPU figures come from, and its resolution in seconds: 1e-6 for
+    /// `meet_process_cpu_seconds`; 1 for `process_cpu_seconds_total` (older servers), which
+    /// alone makes a figure over a 10 s window scatter by ±10%.
+    pub cpu_metric: Option<&'static str>,
+    pub cpu_resolution_s: Option<f64>,
+    /// CPU cores in use on average over the window.
     pub cpu_cores: Option<f64>,
     pub forwarded_packets_per_s: Option<f64>,
     /// Server CPU time divided by packets forwarded, in µs.
@@ -260,16 +289,27 @@ pub fn growth(samples: &[(f64, ServerSample)], f: fn(&ServerSample) -> Option<f6
 }
 
 impl ServerSummary {
+    /// `hold_start` and `hold_end` are the scrapes taken as the hold started and ended, with
+    /// their times (seconds into the run): rates are over the time between them.
     pub fn from_samples(
         samples: &[(f64, ServerSample)],
-        hold_start: Option<ServerSample>,
-        hold_end: Option<ServerSample>,
+        hold_start: Option<(f64, ServerSample)>,
+        hold_end: Option<(f64, ServerSample)>,
         hold_s: f64,
         subscribers: u64,
     ) -> Self {
         let delta = |f: fn(&ServerSample) -> Option<f64>| {
-            Some(f(hold_end.as_ref()?)? - f(hold_start.as_ref()?)?)
+            Some(f(&hold_end.as_ref()?.1)? - f(&hold_start.as_ref()?.1)?)
         };
+        let window_s = hold_start
+            .zip(hold_end)
+            .map(|((from, _), (to, _))| to - from)
+            .filter(|w| *w > 0.0);
+        // The less precise of the two ends decides (a server swapped mid-run, in theory).
+        let cpu_source = hold_start
+            .zip(hold_end)
+            .and_then(|((_, a), (_, b))| Some((a.cpu_source?, b.cpu_source?)))
+            .map(|(a, b)| if a == b { a } else { CpuSource::WholeSeconds });
         let cpu = delta(|s| s.cpu_seconds);
         let forwarded = delta(|s| s.rtp_forwarded);
         let baseline = samples.first().and_then(|(_, s)| s.rss_bytes);
@@ -278,8 +318,12 @@ impl ServerSummary {
             .filter_map(|(_, s)| s.rss_bytes)
             .reduce(f64::max);
         Self {
-            cpu_cores: cpu.filter(|_| hold_s > 0.0).map(|c| c / hold_s),
-            forwarded_packets_per_s: forwarded.filter(|_| hold_s > 0.0).map(|f| f / hold_s),
+            hold_s,
+            window_s,
+            cpu_metric: cpu_source.map(CpuSource::metric),
+            cpu_resolution_s: cpu_source.map(CpuSource::resolution_s),
+            cpu_cores: cpu.zip(window_s).map(|(c, w)| c / w),
+            forwarded_packets_per_s: forwarded.zip(window_s).map(|(f, w)| f / w),
             core_us_per_forwarded_packet: cpu
                 .zip(forwarded)
                 .filter(|(_, f)| *f > 0.0)
@@ -313,18 +357,89 @@ pub struct SloCheck {
     pub passed: bool,
 }
 
-/// The whole report of one run.
+/// What went wrong in a run beyond its measurements. Any of these fails the run whatever the
+/// SLOs say: the measurements of a run whose server died or whose endpoints dropped out
+/// describe a run that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunErrorKind {
+    /// Endpoints whose signaling connection ended while the run still needed them.
+    ConnectionLost,
+    /// The server stopped answering (or never answered) its metrics scrape.
+    MetricsUnreachable,
+    /// Endpoints that had been receiving media and stopped receiving any.
+    MediaStopped,
+    /// The run reached its deadline before every endpoint joined.
+    Deadline,
+}
+
+/// One reason a run failed outright.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunError {
+    pub kind: RunErrorKind,
+    /// Seconds into the run when it was first seen.
+    pub t_s: Option<f64>,
+    /// Endpoints concerned (0 for the server's metrics and the deadline).
+    pub endpoints: u64,
+    pub message: String,
+}
+
+impl RunError {
+    /// One error for every endpoint of `kind`, named after the first one to go.
+    fn of_endpoints(kind: RunErrorKind, endpoints: &[&EndpointResult]) -> Option<Self> {
+        let first = endpoints.iter().min_by(|a, b| {
+            let at = |e: &EndpointResult| e.lost_at_s.unwrap_or(f64::MAX);
+            at(a).total_cmp(&at(b))
+        })?;
+        let count = endpoints.len();
+        let plural = if count == 1 { "" } else { "s" };
+        let what = match kind {
+            RunErrorKind::MediaStopped => {
+                format!("stopped receiving media mid-run (no packet for {MEDIA_STOP_S:.0} s)")
+            }
+            _ => "lost the connection to the server mid-run".to_string(),
+        };
+        let at = first
+            .lost_at_s
+            .map_or(String::new(), |t| format!(" at {t:.1} s"));
+        let why = match (&first.error, kind) {
+            (Some(error), RunErrorKind::ConnectionLost) => format!(": {error}"),
+            _ => String::new(),
+        };
+        Some(Self {
+            kind,
+            t_s: first.lost_at_s,
+            endpoints: count as u64,
+            message: format!(
+                "{count} endpoint{plural} {what} (first{at}: {}{why})",
+                first.name
+            ),
+        })
+    }
+}
+
+/// The whole report of one run. The verdict and its reasons come first.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// Every SLO met and no [`RunError`].
+    pub passed: bool,
+    /// The summary's first line: `PASS: …`, or `FAIL: ` and the first reason.
+    pub verdict: String,
+    /// Why the run failed outright, most serious first (connection losses, the server's
+    /// metrics, stopped media, the deadline).
+    pub errors: Vec<RunError>,
     pub scenario: Scenario,
     pub started_unix_s: u64,
     pub elapsed_s: f64,
     pub ramp_s: f64,
+    /// The hold's length: everyone connected, measured.
+    pub hold_s: f64,
     /// Joins per second achieved during the ramp.
     pub join_rate_achieved: f64,
     pub endpoints_total: usize,
     pub endpoints_joined: usize,
-    /// Endpoints that failed to join, or that should have received media and got none.
+    /// Endpoints that failed to join, that should have received media and got none, or that
+    /// lost their connection or their media mid-run.
     pub endpoints_failed: u64,
     pub join_ms: Option<Distribution>,
     pub signaling_ms: Option<Distribution>,
@@ -349,22 +464,54 @@ pub struct RunReport {
     /// Generator CPU per endpoint per second connected, in core-ms.
     pub generator_core_ms_per_endpoint_s: Option<f64>,
     pub slo: Vec<SloCheck>,
-    pub passed: bool,
+    /// Endpoints that failed to join, and other events of the run, as text.
     pub failures: Vec<String>,
     pub timeline: Vec<TimelineSample>,
     pub server_timeline: Vec<(f64, ServerSample)>,
     pub endpoints: Vec<EndpointResult>,
 }
 
+/// The first line of a summary: the verdict and, on a failure, its first reason.
+fn verdict(errors: &[RunError], slo: &[SloCheck]) -> String {
+    let more = |n: usize, what: &str| match n {
+        0 => String::new(),
+        1 => format!(" (and 1 more {what} below)"),
+        n => format!(" (and {n} more {what}s below)"),
+    };
+    if let Some(first) = errors.first() {
+        return format!("FAIL: {}{}", first.message, more(errors.len() - 1, "error"));
+    }
+    let failed: Vec<&SloCheck> = slo.iter().filter(|c| !c.passed).collect();
+    if let Some(first) = failed.first() {
+        let actual = first
+            .actual
+            .map_or("no value".into(), |a| format!("{a:.2}"));
+        return format!(
+            "FAIL: SLO {}: {actual} over the limit {:.2}{}",
+            first.name,
+            first.limit,
+            more(failed.len() - 1, "failed SLO")
+        );
+    }
+    format!(
+        "PASS: all {} SLO checks met; no endpoint lost its connection or media",
+        slo.len()
+    )
+}
+
 impl RunReport {
+    /// `run_errors` are the run's own (the server's metrics, the deadline); the endpoints'
+    /// losses are found in `endpoints`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         scenario: Scenario,
         started_unix_s: u64,
         elapsed_s: f64,
         ramp_s: f64,
+        hold_s: f64,
         endpoints: Vec<EndpointResult>,
         failures: Vec<String>,
+        run_errors: Vec<RunError>,
         timeline: Vec<TimelineSample>,
         server_timeline: Vec<(f64, ServerSample)>,
         server: ServerSummary,
@@ -376,10 +523,42 @@ impl RunReport {
         };
         let receivers = || joined.iter().filter(|e| e.expects_media(&scenario));
         // In an encrypted run, media that never decrypted is no media.
-        let no_media = receivers()
-            .filter(|e| e.first_media_ms.is_none() || (scenario.e2ee && e.frames_decrypted == 0))
-            .count() as u64;
-        let endpoints_failed = (endpoints.len() - joined.len()) as u64 + no_media;
+        let no_media = |e: &EndpointResult| {
+            e.expects_media(&scenario)
+                && (e.first_media_ms.is_none() || (scenario.e2ee && e.frames_decrypted == 0))
+        };
+        let endpoints_failed = (endpoints.len() - joined.len()) as u64
+            + joined
+                .iter()
+                .filter(|e| e.connection_lost || e.media_stopped || no_media(e))
+                .count() as u64;
+
+        let lost: Vec<&EndpointResult> = joined
+            .iter()
+            .copied()
+            .filter(|e| e.connection_lost)
+            .collect();
+        let stopped: Vec<&EndpointResult> = joined
+            .iter()
+            .copied()
+            .filter(|e| e.media_stopped && !e.connection_lost)
+            .collect();
+        let mut errors: Vec<RunError> = [
+            RunError::of_endpoints(RunErrorKind::ConnectionLost, &lost),
+            RunError::of_endpoints(RunErrorKind::MediaStopped, &stopped),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(run_errors)
+        .collect();
+        errors.sort_by(|a, b| {
+            a.kind.cmp(&b.kind).then(
+                a.t_s
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b.t_s.unwrap_or(f64::MAX)),
+            )
+        });
+
         let expected: u64 = joined.iter().map(|e| e.packets_expected).sum();
         let received: u64 = joined.iter().map(|e| e.packets_received).sum();
         let loss_pct_total = (expected > 0)
@@ -391,12 +570,20 @@ impl RunReport {
             .map(|w| (w[1].t_s - w[0].t_s) * w[1].connected as f64)
             .sum();
 
-        let mut slo = vec![SloCheck {
-            name: "failed endpoints".into(),
-            limit: scenario.slo.max_failed as f64,
-            actual: Some(endpoints_failed as f64),
-            passed: endpoints_failed <= scenario.slo.max_failed,
-        }];
+        let mut slo = vec![
+            SloCheck {
+                name: "run errors".into(),
+                limit: 0.0,
+                actual: Some(errors.len() as f64),
+                passed: errors.is_empty(),
+            },
+            SloCheck {
+                name: "failed endpoints".into(),
+                limit: scenario.slo.max_failed as f64,
+                actual: Some(endpoints_failed as f64),
+                passed: endpoints_failed <= scenario.slo.max_failed,
+            },
+        ];
         let mut check = |name: &str, limit: Option<f64>, actual: Option<f64>| {
             if let Some(limit) = limit {
                 slo.push(SloCheck {
@@ -437,8 +624,11 @@ impl RunReport {
             scenario.slo.task_growth,
             server.task_growth,
         );
-        let passed = slo.iter().all(|c| c.passed);
+        let passed = errors.is_empty() && slo.iter().all(|c| c.passed);
         Self {
+            passed,
+            verdict: verdict(&errors, &slo),
+            errors,
             // The ramp joined the scenario's receivers; churned replacements came later.
             join_rate_achieved: if ramp_s > 0.0 {
                 let ramped = match scenario.kind {
@@ -472,32 +662,75 @@ impl RunReport {
             generator_cpu_s,
             server,
             slo,
-            passed,
             failures,
             scenario,
             started_unix_s,
             elapsed_s,
             ramp_s,
+            hold_s,
             timeline,
             server_timeline,
             endpoints,
         }
     }
 
-    /// A plain-text summary table for the terminal.
+    /// How the server's CPU figures were measured, for the summary and the HTML page.
+    pub fn cpu_source_note(&self) -> String {
+        let server = &self.server;
+        let Some(metric) = server.cpu_metric else {
+            return "server CPU: not measured (metrics not scraped or no CPU metric)".into();
+        };
+        let resolution = server.cpu_resolution_s.unwrap_or(1.0);
+        let shown = if resolution < 1e-3 {
+            format!("{:.0} µs", resolution * 1e6)
+        } else {
+            format!("{resolution:.0} s")
+        };
+        let window = match server.window_s {
+            Some(window) => {
+                let scatter = resolution * 100.0 / window;
+                let scatter = if scatter < 0.01 {
+                    "<0.01%".to_string()
+                } else {
+                    format!("{scatter:.2}%")
+                };
+                format!(
+                    ", ±{scatter} of the window; over {window:.2} s between the scrapes at the hold's start and end"
+                )
+            }
+            None => "; no figure over the hold (no second scrape during it)".into(),
+        };
+        let fallback = if metric == crate::metrics_scrape::COARSE_CPU_METRIC {
+            format!(
+                " (the server has no {}: fell back to the whole-second counter)",
+                crate::metrics_scrape::PRECISE_CPU_METRIC
+            )
+        } else {
+            String::new()
+        };
+        format!("server CPU from {metric}, resolution {shown}{window}{fallback}")
+    }
+
+    /// A plain-text summary table for the terminal. Its first line is the verdict (`PASS` or
+    /// `FAIL` and the first reason); the run's errors follow, then the measurements.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let s = &self.scenario;
+        let _ = writeln!(out, "{}", self.verdict);
+        for error in &self.errors {
+            let _ = writeln!(out, "error: {}", error.message);
+        }
         let _ = writeln!(
             out,
-            "scenario {:?}: {} endpoints ({} joined, {} failed) in {:.1} s, ramp {:.1} s ({:.0} joins/s)",
+            "scenario {:?}: {} endpoints ({} joined, {} failed) in {:.1} s, ramp {:.1} s ({:.0} joins/s), hold {:.1} s",
             s.kind,
             self.endpoints_total,
             self.endpoints_joined,
             self.endpoints_failed,
             self.elapsed_s,
             self.ramp_s,
-            self.join_rate_achieved
+            self.join_rate_achieved,
+            self.hold_s
         );
         let _ = writeln!(
             out,
@@ -533,16 +766,21 @@ impl RunReport {
             |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v * scale));
         let _ = writeln!(
             out,
-            "loss total {}%, freezes {}; server: {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB, {} KiB/subscriber; generator {} core-ms per endpoint-second",
+            "loss total {}%, freezes {}; generator {} core-ms per endpoint-second",
             opt(self.loss_pct_total, 1.0),
             self.freezes_total,
+            opt(self.generator_core_ms_per_endpoint_s, 1.0),
+        );
+        let _ = writeln!(
+            out,
+            "server over the hold: {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB, {} KiB/subscriber",
             opt(self.server.cpu_cores, 1.0),
             opt(self.server.forwarded_packets_per_s, 1.0),
             opt(self.server.core_us_per_forwarded_packet, 1.0),
             opt(self.server.rss_peak_bytes, 1.0 / 1_048_576.0),
             opt(self.server.rss_per_subscriber_bytes, 1.0 / 1_024.0),
-            opt(self.generator_core_ms_per_endpoint_s, 1.0),
         );
+        let _ = writeln!(out, "{}", self.cpu_source_note());
         if self.server.open_fds_peak.is_some() || self.server.tasks_peak.is_some() {
             let _ = writeln!(
                 out,
@@ -690,17 +928,37 @@ pub fn html(report: &RunReport) -> String {
         .iter()
         .map(|s| (s.t_s, s.loss_pct))
         .collect();
+    // The precise CPU figure is plotted per scrape interval. The whole-second counter of an
+    // older server moves in steps of a second, so one-second intervals alternate between zero
+    // and double: it is averaged over five intervals, and the chart says so.
+    let precise = report.server.cpu_resolution_s.is_some_and(|r| r < 1e-3)
+        || report
+            .server_timeline
+            .iter()
+            .any(|(_, s)| s.cpu_source == Some(crate::metrics_scrape::CpuSource::Precise));
+    let span = if precise { 2 } else { 6 };
     let cpu: Vec<(f64, f64)> = report
         .server_timeline
-        // Over two scrape intervals: the server refreshes its process figures about as often
-        // as it is scraped, so single intervals alternate between zero and double.
-        .windows(3)
+        .windows(span)
         .filter_map(|w| {
-            let dt = w[2].0 - w[0].0;
-            let dc = w[2].1.cpu_seconds? - w[0].1.cpu_seconds?;
-            (dt > 0.0).then(|| (w[2].0, dc / dt * 100.0))
+            let (first, last) = (w.first()?, w.last()?);
+            let dt = last.0 - first.0;
+            let dc = last.1.cpu_seconds? - first.1.cpu_seconds?;
+            (dt > 0.0).then(|| (last.0, dc / dt * 100.0))
         })
         .collect();
+    let cpu_title = if precise {
+        format!(
+            "Server CPU ({}, 1 µs resolution, per scrape interval)",
+            crate::metrics_scrape::PRECISE_CPU_METRIC
+        )
+    } else {
+        format!(
+            "Server CPU ({}: whole seconds, averaged over 5 s; the server has no {})",
+            crate::metrics_scrape::COARSE_CPU_METRIC,
+            crate::metrics_scrape::PRECISE_CPU_METRIC
+        )
+    };
     let rss: Vec<(f64, f64)> = report
         .server_timeline
         .iter()
@@ -712,12 +970,25 @@ pub fn html(report: &RunReport) -> String {
          pre{background:#f4f4f4;padding:1em;overflow-x:auto}.pass{color:#080}.fail{color:#b00}</style>\
          </head><body><h1>Load test report</h1>",
     );
-    let verdict = if report.passed {
-        "<p class=\"pass\">All SLOs passed.</p>"
-    } else {
-        "<p class=\"fail\">An SLO failed.</p>"
-    };
-    page.push_str(verdict);
+    let _ = write!(
+        page,
+        "<p class=\"{}\">{}</p>",
+        if report.passed { "pass" } else { "fail" },
+        escape(&report.verdict)
+    );
+    if !report.errors.is_empty() {
+        page.push_str("<ul class=\"fail\">");
+        for error in &report.errors {
+            let _ = write!(page, "<li>{}</li>", escape(&error.message));
+        }
+        page.push_str("</ul>");
+    }
+    let _ = write!(
+        page,
+        "<p>Hold {:.1} s. {}.</p>",
+        report.hold_s,
+        escape(&report.cpu_source_note())
+    );
     let _ = write!(page, "<pre>{}</pre>", escape(&report.summary()));
     page.push_str(&histogram_chart(
         "Join time distribution (socket open to ICE connected)",
@@ -730,7 +1001,7 @@ pub fn html(report: &RunReport) -> String {
         &bitrate,
     ));
     page.push_str(&line_chart("Packet loss per interval", "%", &loss));
-    page.push_str(&line_chart("Server CPU", "% of one core", &cpu));
+    page.push_str(&line_chart(&cpu_title, "% of one core", &cpu));
     page.push_str(&line_chart("Server resident memory", "MiB", &rss));
     page.push_str("</body></html>\n");
     page
@@ -773,6 +1044,179 @@ mod tests {
         assert!((d.p50 - 50.0).abs() < 0.1, "{d:?}");
         assert!((d.p99 - 99.0).abs() < 0.1, "{d:?}");
         assert!(Distribution::of([f64::NAN]).is_none());
+    }
+
+    /// A viewer that joined and received media (`lost_at_s`: lost its connection then).
+    fn viewer(name: &str, lost_at_s: Option<f64>) -> EndpointResult {
+        let mut result = EndpointResult::failed(Role::Viewer, name, &BotError::Timeout("unused"));
+        result.joined = true;
+        result.stayed = true;
+        result.error = None;
+        result.join_ms = Some(40.0);
+        result.first_media_ms = Some(120.0);
+        result.packets_expected = 1_000;
+        result.packets_received = 1_000;
+        if let Some(t) = lost_at_s {
+            result.connection_lost = true;
+            result.lost_at_s = Some(t);
+            result.error = Some("websocket: IO error: peer closed connection".into());
+        }
+        result
+    }
+
+    fn report(endpoints: Vec<EndpointResult>, run_errors: Vec<RunError>) -> RunReport {
+        RunReport::new(
+            Scenario::default(),
+            0,
+            20.0,
+            1.0,
+            15.0,
+            endpoints,
+            Vec::new(),
+            run_errors,
+            Vec::new(),
+            Vec::new(),
+            ServerSummary::default(),
+            None,
+        )
+    }
+
+    /// The operator's case: the server died mid-run. Losses come before anything else, in the
+    /// text (its first line says FAIL and why) and in the JSON (`passed`, `verdict`, `errors`
+    /// lead), and the SLO results count them.
+    #[test]
+    fn a_lost_connection_fails_the_run_and_leads_the_summary() {
+        let metrics = RunError {
+            kind: RunErrorKind::MetricsUnreachable,
+            t_s: Some(6.0),
+            endpoints: 0,
+            message: "the server stopped answering at 6.0 s its metrics scrape (3 in a row \
+                      failed; last: i/o: Connection refused)"
+                .into(),
+        };
+        let endpoints = vec![
+            viewer("viewer-1", Some(6.3)),
+            viewer("viewer-2", Some(6.1)),
+            viewer("viewer-3", None),
+        ];
+        let report = report(endpoints, vec![metrics]);
+        assert!(!report.passed);
+        assert_eq!(report.errors.len(), 2);
+        assert_eq!(report.errors[0].kind, RunErrorKind::ConnectionLost);
+        assert_eq!(report.errors[0].endpoints, 2);
+        assert_eq!(report.errors[1].kind, RunErrorKind::MetricsUnreachable);
+        assert_eq!(report.endpoints_failed, 2);
+
+        let summary = report.summary();
+        let lines: Vec<&str> = summary.lines().collect();
+        assert!(
+            lines[0].starts_with("FAIL: 2 endpoints lost the connection"),
+            "{summary}"
+        );
+        // Named after the first to go, with its reason.
+        assert!(lines[0].contains("viewer-2"), "{summary}");
+        assert!(lines[0].contains("at 6.1 s"), "{summary}");
+        assert!(lines[0].contains("peer closed connection"), "{summary}");
+        assert!(lines[0].contains("1 more error"), "{summary}");
+        assert!(lines[1].starts_with("error: 2 endpoints"), "{summary}");
+        assert!(
+            lines[2].starts_with("error: the server stopped answering"),
+            "{summary}"
+        );
+        assert!(lines[3].starts_with("scenario "), "{summary}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("SLO run errors") && l.ends_with("FAIL")),
+            "{summary}"
+        );
+
+        let json = serde_json::to_string(&report).expect("serializes");
+        assert!(
+            json.starts_with("{\"passed\":false,\"verdict\":\"FAIL: 2 endpoints"),
+            "{json}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(value["errors"][0]["kind"], "connection_lost");
+        assert_eq!(value["errors"][1]["kind"], "metrics_unreachable");
+        assert_eq!(value["endpoints"][1]["connection_lost"], true);
+        assert!(html(&report).contains("<p class=\"fail\">FAIL: 2 endpoints"));
+    }
+
+    /// An SLO miss alone fails with the SLO named first; a clean run passes and says so. A
+    /// churned-out viewer (left as the scenario says, connection not lost) is no failure.
+    #[test]
+    fn the_first_line_is_the_verdict() {
+        let mut churned = viewer("viewer-9", None);
+        churned.stayed = false;
+        let clean = report(vec![viewer("viewer-1", None), churned], Vec::new());
+        assert!(clean.passed, "{}", clean.summary());
+        assert!(clean.errors.is_empty());
+        assert!(
+            clean.summary().starts_with("PASS: all 3 SLO checks met"),
+            "{}",
+            clean.summary()
+        );
+
+        let mut lossy = viewer("viewer-1", None);
+        lossy.packets_received = 900;
+        let lossy = report(vec![lossy], Vec::new());
+        assert!(!lossy.passed);
+        assert!(lossy.errors.is_empty());
+        assert!(
+            lossy
+                .summary()
+                .starts_with("FAIL: SLO packet loss %: 10.00 over the limit 0.50"),
+            "{}",
+            lossy.summary()
+        );
+    }
+
+    /// The report says where the CPU figure came from and how fine it is.
+    #[test]
+    fn the_cpu_source_and_hold_are_stated() {
+        let sample = |t: f64, cpu: f64, source: CpuSource| {
+            (
+                t,
+                ServerSample {
+                    cpu_seconds: Some(cpu),
+                    cpu_source: Some(source),
+                    rtp_forwarded: Some(t * 1_000.0),
+                    ..ServerSample::default()
+                },
+            )
+        };
+        let (a, b) = (
+            sample(5.0, 1.25, CpuSource::Precise),
+            sample(15.0, 3.75, CpuSource::Precise),
+        );
+        let server = ServerSummary::from_samples(&[a, b], Some(a), Some(b), 10.0, 1);
+        assert_eq!(server.window_s, Some(10.0));
+        assert_eq!(server.cpu_cores, Some(0.25));
+        assert_eq!(server.cpu_metric, Some("meet_process_cpu_seconds"));
+        assert_eq!(server.cpu_resolution_s, Some(1e-6));
+        let mut precise = report(vec![viewer("viewer-1", None)], Vec::new());
+        precise.server = server;
+        let summary = precise.summary();
+        assert!(summary.contains("hold 15.0 s"), "{summary}");
+        assert!(
+            summary.contains("server CPU from meet_process_cpu_seconds, resolution 1 µs"),
+            "{summary}"
+        );
+
+        let (a, b) = (
+            sample(5.0, 1.0, CpuSource::WholeSeconds),
+            sample(15.0, 4.0, CpuSource::WholeSeconds),
+        );
+        let mut coarse = precise.clone();
+        coarse.server = ServerSummary::from_samples(&[a, b], Some(a), Some(b), 10.0, 1);
+        let summary = coarse.summary();
+        assert!(
+            summary.contains("process_cpu_seconds_total, resolution 1 s, ±10.00% of the window"),
+            "{summary}"
+        );
+        assert!(summary.contains("fell back"), "{summary}");
+        assert!(html(&coarse).contains("whole seconds"));
     }
 
     #[test]

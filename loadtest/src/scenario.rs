@@ -5,6 +5,12 @@
 //! measures every endpoint, says goodbye and evaluates the SLOs. The server's own CPU and memory
 //! are scraped from its `/metrics` page all along. Every run is bounded: endpoint count,
 //! duration and join rate have hard caps, and a deadline ends a run whatever happens.
+//!
+//! A run fails outright, whatever its SLOs, when an endpoint loses its signaling connection
+//! (the server closed or dropped it; a churned viewer's own leave does not count), when an
+//! endpoint that was receiving media stops receiving any, or when the server stops answering
+//! its metrics scrape ([`crate::report::RunError`]). A run whose every endpoint is gone ends
+//! its hold early: there is nothing left to measure.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,8 +23,11 @@ use tokio::task::JoinSet;
 
 use crate::bot::{Bot, BotError, BotOptions, BotStats};
 use crate::endpoint::{E2eeConfig, EndpointConfig};
-use crate::metrics_scrape::{MetricsTarget, ServerSample};
-use crate::report::{EndpointResult, Role, RunReport, ServerSummary, TimelineSample};
+use crate::metrics_scrape::{MetricsTarget, ScrapeError, ServerSample};
+use crate::report::{
+    EndpointResult, MEDIA_STOP_S, Role, RunError, RunErrorKind, RunReport, ServerSummary,
+    TimelineSample,
+};
 use crate::sframe::{self, BaseKey};
 
 /// Most endpoints one run may connect.
@@ -37,6 +46,11 @@ const PRESENTER_WARMUP: Duration = Duration::from_secs(5);
 const CHURN_QUIET: Duration = Duration::from_secs(2);
 /// Time allowed beyond the planned ramp and hold before a run is cut short.
 const DEADLINE_SLACK: Duration = Duration::from_secs(60);
+/// Failed metrics scrapes in a row (one a second, 2 s each at most) after which the server
+/// counts as no longer answering: one slow scrape under load is not an outage.
+const MISSED_SCRAPES: u32 = 3;
+/// Longest wait for one metrics scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum ScenarioError {
@@ -324,6 +338,8 @@ pub struct Live {
     pub joined: u64,
     pub failed: u64,
     pub connected: u64,
+    /// Endpoints that lost their connection or their media mid-run.
+    pub lost: u64,
     pub rx_mbps: f64,
     pub loss_pct: f64,
 }
@@ -332,6 +348,64 @@ pub struct Live {
 pub type ProgressFn = Arc<dyn Fn(&Live) + Send + Sync>;
 
 type JoinOutcome = (Role, String, Result<Bot, BotError>);
+
+/// What the metrics scraper collected, and whether the server kept answering.
+#[derive(Debug, Default)]
+struct ServerLog {
+    /// Seconds into the run (the middle of the request) and the figures.
+    samples: Vec<(f64, ServerSample)>,
+    answered: bool,
+    /// Failed scrapes in a row now, and when the first of them started.
+    streak: u32,
+    streak_since_s: f64,
+    /// The first outage ([`MISSED_SCRAPES`] failures in a row).
+    outage: Option<RunError>,
+}
+
+impl ServerLog {
+    fn record(&mut self, t_s: f64, outcome: Result<ServerSample, ScrapeError>) {
+        match outcome {
+            Ok(sample) => {
+                self.answered = true;
+                self.streak = 0;
+                self.samples.push((t_s, sample));
+            }
+            Err(err) => {
+                if self.streak == 0 {
+                    self.streak_since_s = t_s;
+                }
+                self.streak += 1;
+                if self.streak >= MISSED_SCRAPES && self.outage.is_none() {
+                    let what = if self.answered {
+                        format!("stopped answering at {:.1} s", self.streak_since_s)
+                    } else {
+                        "never answered".to_string()
+                    };
+                    self.outage = Some(RunError {
+                        kind: RunErrorKind::MetricsUnreachable,
+                        t_s: Some(self.streak_since_s),
+                        endpoints: 0,
+                        message: format!(
+                            "the server {what} its metrics scrape ({} in a row failed; last: {err})",
+                            self.streak
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One scrape, timed at the middle of its request.
+async fn scrape_once(metrics: &MetricsTarget, started: Instant, log: &Mutex<ServerLog>) {
+    let before = started.elapsed().as_secs_f64();
+    let outcome = metrics
+        .scrape(SCRAPE_TIMEOUT)
+        .await
+        .map(|page| ServerSample::from_metrics(&page));
+    let t_s = (before + started.elapsed().as_secs_f64()) / 2.0;
+    lock(log).record(t_s, outcome);
+}
 
 /// The state of one run in progress.
 struct Run<'a> {
@@ -344,6 +418,12 @@ struct Run<'a> {
     bots: VecDeque<(Role, String, Bot)>,
     results: Vec<EndpointResult>,
     failures: Vec<String>,
+    /// The run's own errors (the deadline); the endpoints' losses are in `results`.
+    errors: Vec<RunError>,
+    /// When each endpoint was first seen disconnected, in seconds into the run.
+    lost_at: HashMap<protocol::ParticipantId, f64>,
+    /// Per endpoint: RTP packets received at the last sample that saw more, and when.
+    media_progress: HashMap<protocol::ParticipantId, (u64, Instant)>,
     next_index: u32,
     timeline: Vec<TimelineSample>,
     /// The media key and KID every endpoint of an encrypted run holds. It stays in memory:
@@ -352,7 +432,7 @@ struct Run<'a> {
     /// Per-bot (expected, lost, bytes) at the previous sample.
     previous: HashMap<protocol::ParticipantId, (u64, u64, u64)>,
     last_sample_at: Instant,
-    server: Arc<Mutex<Vec<(f64, ServerSample)>>>,
+    server: Arc<Mutex<ServerLog>>,
 }
 
 /// Runs a scenario to the end and reports it.
@@ -367,14 +447,15 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let generator_cpu = cpu_time::ProcessTime::try_now().ok();
-    let server = Arc::new(Mutex::new(Vec::new()));
+    let server = Arc::new(Mutex::new(ServerLog::default()));
+    // Aborted when the run ends, however it ends.
     let scraper = target.metrics.clone().map(|metrics| {
         let server = server.clone();
-        tokio::spawn(scrape_loop(metrics, started, server))
+        AbortOnDrop(tokio::spawn(scrape_loop(metrics, started, server)))
     });
     // The first scrape is the baseline for the server's CPU and memory.
     if target.metrics.is_some() {
-        wait_for(Duration::from_secs(3), || !lock(&server).is_empty()).await;
+        wait_for(Duration::from_secs(3), || !lock(&server).samples.is_empty()).await;
     }
 
     let media_key = if scenario.e2ee {
@@ -396,6 +477,9 @@ pub async fn run(
         bots: VecDeque::new(),
         results: Vec::new(),
         failures: Vec::new(),
+        errors: Vec::new(),
+        lost_at: HashMap::new(),
+        media_progress: HashMap::new(),
         next_index: 0,
         timeline: Vec::new(),
         previous: HashMap::new(),
@@ -429,11 +513,13 @@ pub async fn run(
     let ramp_s = ramp_started.elapsed().as_secs_f64();
 
     run.live.phase = "hold";
+    // The server's figures over the hold come from scrapes taken as it starts and ends (the
+    // periodic ones are up to a second off), timed at the middle of their requests.
+    let hold_sample = run.scrape_now().await;
     let hold_started = Instant::now();
-    let hold_sample = run.server_now();
     run.hold(hold, deadline).await;
     let hold_ended = Instant::now();
-    let end_sample = run.server_now();
+    let end_sample = run.scrape_now().await;
 
     // Everything is measured at one instant, before anyone leaves, so that no endpoint sees
     // the others' departures as freezes.
@@ -444,25 +530,30 @@ pub async fn run(
         .map(|(role, name, bot)| (*role, name.clone(), bot.stats()))
         .collect();
     for (role, name, stats) in &finals {
-        let result = EndpointResult::from_stats(*role, name, stats, now, true);
+        let result = run.result(*role, name, stats, now, true);
         run.results.push(result);
     }
     run.live.phase = "leaving";
     run.report_progress();
     run.teardown().await;
-    if let Some(scraper) = scraper {
-        scraper.abort();
-    }
+    drop(scraper);
     let generator_cpu_s = generator_cpu
         .and_then(|t| t.try_elapsed().ok())
         .map(|d| d.as_secs_f64());
 
-    let server_samples = lock(&server).clone();
+    let (mut server_samples, outage) = {
+        let log = lock(&server);
+        (log.samples.clone(), log.outage.clone())
+    };
+    // The scrapes at the hold's ends land between the periodic ones.
+    server_samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    run.errors.extend(outage);
+    let hold_s = (hold_ended - hold_started).as_secs_f64();
     let server_summary = ServerSummary::from_samples(
         &server_samples,
         hold_sample,
         end_sample,
-        (hold_ended - hold_started).as_secs_f64(),
+        hold_s,
         u64::from(receivers),
     );
     Ok(RunReport::new(
@@ -470,8 +561,10 @@ pub async fn run(
         started_unix_s,
         started.elapsed().as_secs_f64(),
         ramp_s,
+        hold_s,
         run.results,
         run.failures,
+        run.errors,
         run.timeline,
         server_samples,
         server_summary,
@@ -481,7 +574,41 @@ pub async fn run(
 
 impl Run<'_> {
     fn server_now(&self) -> Option<ServerSample> {
-        lock(&self.server).last().map(|(_, s)| *s)
+        lock(&self.server).samples.last().map(|(_, s)| *s)
+    }
+
+    /// Scrapes the server now (when its metrics are followed) and returns that sample, or the
+    /// latest one when this scrape failed.
+    async fn scrape_now(&self) -> Option<(f64, ServerSample)> {
+        let metrics = self.target.metrics.as_ref()?;
+        scrape_once(metrics, self.started, &self.server).await;
+        lock(&self.server).samples.last().copied()
+    }
+
+    /// An endpoint's result, with what the run saw of it: when it was lost, whether its media
+    /// stopped.
+    fn result(
+        &self,
+        role: Role,
+        name: &str,
+        stats: &BotStats,
+        now: Instant,
+        stayed: bool,
+    ) -> EndpointResult {
+        let mut result = EndpointResult::from_stats(role, name, stats, now, stayed);
+        let id = stats.participant_id;
+        let t_now = now.saturating_duration_since(self.started).as_secs_f64();
+        if result.connection_lost {
+            result.lost_at_s = Some(self.lost_at.get(&id).copied().unwrap_or(t_now));
+        } else if let Some(since) = media_stopped_since(
+            self.media_progress.get(&id).copied(),
+            stats.wire.packets_received,
+            now,
+        ) {
+            result.media_stopped = true;
+            result.lost_at_s = Some(since.saturating_duration_since(self.started).as_secs_f64());
+        }
+        result
     }
 
     fn spawn_join(&mut self, role: Role) {
@@ -560,7 +687,15 @@ impl Run<'_> {
                 Some(outcome) = self.joins.join_next() => self.on_joined(outcome),
                 _ = sample.tick() => self.sample(),
                 () = tokio::time::sleep_until(deadline) => {
-                    self.failures.push("the run reached its deadline during the ramp".into());
+                    let pending = self.joins.len();
+                    self.errors.push(RunError {
+                        kind: RunErrorKind::Deadline,
+                        t_s: Some(self.started.elapsed().as_secs_f64()),
+                        endpoints: pending as u64,
+                        message: format!(
+                            "the run reached its deadline during the ramp ({pending} joins unfinished)"
+                        ),
+                    });
                     self.joins.abort_all();
                     break;
                 }
@@ -596,14 +731,23 @@ impl Run<'_> {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
-                _ = sample.tick() => self.sample(),
+                _ = sample.tick() => {
+                    self.sample();
+                    if !self.bots.is_empty() && self.bots.iter().all(|(.., bot)| !bot.is_running()) {
+                        self.failures.push(format!(
+                            "the hold ended early at {:.1} s: every endpoint had lost its connection",
+                            self.started.elapsed().as_secs_f64()
+                        ));
+                        break;
+                    }
+                }
                 _ = churn_tick.tick(), if churn && tokio::time::Instant::now() + CHURN_QUIET < end => {
                     // The oldest viewer leaves and a new one takes its place.
                     if let Some(position) = self.bots.iter().position(|(r, ..)| *r == Role::Viewer)
                         && let Some((role, name, bot)) = self.bots.remove(position)
                     {
                         let stats = bot.stats();
-                        let result = EndpointResult::from_stats(role, &name, &stats, Instant::now(), false);
+                        let result = self.result(role, &name, &stats, Instant::now(), false);
                         self.results.push(result);
                         leaving.spawn(async move { bot.leave().await });
                         self.live.target += 1;
@@ -648,9 +792,23 @@ impl Run<'_> {
         let mut connected = 0;
         let (mut expected, mut lost, mut bytes) = (0u64, 0u64, 0u64);
         let mut current = HashMap::with_capacity(self.bots.len());
+        let mut progress = HashMap::with_capacity(self.bots.len());
+        let mut gone = 0;
+        let t_now = now.duration_since(self.started).as_secs_f64();
         for (_, _, bot) in &self.bots {
             let stats = bot.stats();
             connected += u64::from(stats.connected);
+            if !stats.running {
+                self.lost_at.entry(stats.participant_id).or_insert(t_now);
+            }
+            let received = stats.wire.packets_received;
+            let entry = match self.media_progress.get(&stats.participant_id) {
+                Some(&(before, since)) if received <= before => (before, since),
+                _ => (received, now),
+            };
+            progress.insert(stats.participant_id, entry);
+            let stalled = media_stopped_since(Some(entry), received, now).is_some();
+            gone += u64::from(!stats.running || stalled);
             let totals = (
                 stats.wire.packets_expected,
                 stats.wire.packets_lost(),
@@ -667,6 +825,7 @@ impl Run<'_> {
             current.insert(stats.participant_id, totals);
         }
         self.previous = current;
+        self.media_progress = progress;
         let rx_mbps = if interval > 0.0 {
             bytes as f64 * 8.0 / interval / 1e6
         } else {
@@ -687,6 +846,7 @@ impl Run<'_> {
             server_rss_bytes: server.and_then(|s| s.rss_bytes),
         });
         self.live.connected = connected;
+        self.live.lost = gone;
         self.live.rx_mbps = rx_mbps;
         self.live.loss_pct = loss_pct;
         self.report_progress();
@@ -706,19 +866,36 @@ fn sample_interval() -> tokio::time::Interval {
     interval
 }
 
-async fn scrape_loop(
-    metrics: MetricsTarget,
-    started: Instant,
-    samples: Arc<Mutex<Vec<(f64, ServerSample)>>>,
-) {
+/// When an endpoint received its last RTP packet, if it had been receiving and nothing came
+/// for [`MEDIA_STOP_S`] up to `now`. `progress`: the packets it had received at the last
+/// sample that saw them grow, and when; `received`: its packets now.
+fn media_stopped_since(
+    progress: Option<(u64, Instant)>,
+    received: u64,
+    now: Instant,
+) -> Option<Instant> {
+    let (packets, since) = progress?;
+    let stopped = packets > 0
+        && received <= packets
+        && now.saturating_duration_since(since).as_secs_f64() >= MEDIA_STOP_S;
+    stopped.then_some(since)
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn scrape_loop(metrics: MetricsTarget, started: Instant, log: Arc<Mutex<ServerLog>>) {
     let mut interval = sample_interval();
     loop {
         interval.tick().await;
-        // A missed scrape leaves a hole in the timeline; the run goes on.
-        if let Ok(page) = metrics.scrape(Duration::from_secs(2)).await {
-            let sample = ServerSample::from_metrics(&page);
-            lock(&samples).push((started.elapsed().as_secs_f64(), sample));
-        }
+        // A missed scrape leaves a hole in the timeline; several in a row fail the run.
+        scrape_once(&metrics, started, &log).await;
     }
 }
 
@@ -836,6 +1013,58 @@ mod tests {
         ] {
             assert!(broken.validate().is_err(), "{broken:?}");
         }
+    }
+
+    #[test]
+    fn media_stops_only_after_it_started_and_then_went_quiet() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs_f64(MEDIA_STOP_S + 0.5);
+        // Receiving, then nothing new for longer than the limit.
+        assert_eq!(media_stopped_since(Some((100, t0)), 100, later), Some(t0));
+        // New packets since: still flowing.
+        assert_eq!(media_stopped_since(Some((100, t0)), 101, later), None);
+        // Quiet, but not for long enough.
+        assert_eq!(media_stopped_since(Some((100, t0)), 100, t0), None);
+        // Never received anything (a presenter nobody sends to, a viewer still joining).
+        assert_eq!(media_stopped_since(Some((0, t0)), 0, later), None);
+        assert_eq!(media_stopped_since(None, 0, later), None);
+    }
+
+    #[test]
+    fn a_run_of_failed_scrapes_is_an_outage() {
+        let refused = || {
+            Err(ScrapeError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )))
+        };
+        let mut log = ServerLog::default();
+        log.record(1.0, Ok(ServerSample::default()));
+        // A slow scrape or two is not an outage.
+        log.record(2.0, refused());
+        log.record(3.0, refused());
+        log.record(4.0, Ok(ServerSample::default()));
+        assert!(log.outage.is_none());
+        for t in [5.0, 6.0, 7.0, 8.0] {
+            log.record(t, refused());
+        }
+        let outage = log.outage.expect("an outage");
+        assert_eq!(outage.kind, RunErrorKind::MetricsUnreachable);
+        assert_eq!(outage.t_s, Some(5.0));
+        assert!(
+            outage
+                .message
+                .starts_with("the server stopped answering at 5.0 s"),
+            "{}",
+            outage.message
+        );
+        assert_eq!(log.samples.len(), 2);
+
+        let mut never = ServerLog::default();
+        for t in [1.0, 2.0, 3.0] {
+            never.record(t, refused());
+        }
+        let outage = never.outage.expect("an outage");
+        assert!(outage.message.starts_with("the server never answered"));
     }
 
     #[test]
@@ -1109,6 +1338,12 @@ mod tests {
         let report = run_against_test_server("smoke", &scenario, true).await;
 
         assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(report.verdict.starts_with("PASS"), "{}", report.verdict);
+        // The server's precise CPU gauge, over the scrapes at the hold's ends.
+        assert_eq!(report.server.cpu_metric, Some("meet_process_cpu_seconds"));
+        assert!(report.server.window_s.is_some_and(|w| w > 0.0));
+        assert!(report.server.cpu_cores.is_some());
         assert_eq!(report.endpoints.len(), 22);
         for endpoint in &report.endpoints {
             assert!(endpoint.joined, "{endpoint:?}");
