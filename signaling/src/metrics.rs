@@ -1,6 +1,6 @@
 //! Prometheus metrics at `GET /metrics`.
 //!
-//! The SFU keeps plain counters on its own thread and publishes a snapshot once a second;
+//! The SFU keeps plain counters on its own thread and publishes a snapshot ten times a second;
 //! a scrape copies that snapshot and the process's CPU and memory into a recorder private to
 //! this server (not the global one, so that several servers can live in one test process)
 //! and renders it.
