@@ -17,14 +17,15 @@ profile=${SOAK_PROFILE:-release}
 viewers=${SOAK_VIEWERS:-40}
 churn=${SOAK_CHURN:-2}
 target_dir=${CARGO_TARGET_DIR:-target}
-# The dev build takes every target, so that it shares its crates with `cargo test`'s (a bin-only
-# build resolves other features and rebuilds them).
+# The dev build is `cargo test`'s own (its integration tests need both binaries), so that after
+# `cargo test` it compiles nothing (a bin-only build resolves other features and rebuilds ~110
+# crates).
 case "$profile" in
-  release) build_flags=(--release -p signaling --bin meet-server -p loadtest --bin loadtest); bin_dir="$target_dir/release" ;;
-  dev) build_flags=(--workspace --all-targets); bin_dir="$target_dir/debug" ;;
+  release) build=(cargo build --release -p signaling --bin meet-server -p loadtest --bin loadtest); bin_dir="$target_dir/release" ;;
+  dev) build=(cargo test --workspace --no-run); bin_dir="$target_dir/debug" ;;
   *) echo "SOAK_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
-cargo build "${build_flags[@]}" --locked
+"${build[@]}" --locked
 
 data=$(mktemp -d /tmp/meet-soak-XXXXXX)
 report=${SOAK_REPORT:-$data/soak.json}
