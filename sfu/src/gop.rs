@@ -201,6 +201,15 @@ impl GopCache {
                 .is_some_and(|w| now.saturating_duration_since(w.started_at) <= limits.max_age / 2)
     }
 
+    /// Whether the cache is ready but its keyframe exceeds the age limit within `margin`: a
+    /// subscription that will start from it later must have the next keyframe asked for now.
+    pub fn expires_within(&self, limits: GopLimits, now: Instant, margin: Duration) -> bool {
+        self.ready(limits, now)
+            && self.window.is_some_and(|w| {
+                now.saturating_duration_since(w.started_at) + margin > limits.max_age
+            })
+    }
+
     /// The replay's parameters, when [`GopCache::ready`].
     pub fn plan(&self, limits: GopLimits, now: Instant) -> Option<ReplayPlan> {
         if !self.ready(limits, now) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use protocol::MediaKind;
 use sfu::SfuEvent;
-use sim::{RtpSeen, Sim};
+use sim::{Link, RtpSeen, Sim};
 
 /// 15 fps of 3 kB frames: three packets a frame, so that replays cut frames too. With a
 /// microphone, whose packets make a viewer report back, proving it holds its SRTP keys.
@@ -570,4 +570,120 @@ fn any_keyframe_request_round_also_refreshes_the_lowest_layer_s_stale_cache() {
     assert_eq!(requests_received(&sim, publisher), asked + 2);
     let stats = &sim.endpoints[late].endpoint.stats()[&video];
     assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+}
+
+// A keyframe that arrives during a viewer's handshake, and a handshake that outlasts the
+// cache: the two causes of the browser fast-start test's flake under load (issue 19).
+
+/// A receive-only viewer behind a link with `delay` each way: its handshake takes several
+/// round trips, while the publisher answers a keyframe request at once.
+fn slow_viewer(sim: &mut Sim, delay: Duration) -> usize {
+    let index = sim.join_with(
+        "r",
+        |c| {
+            c.publish_audio = false;
+            c.publish_video = false;
+        },
+        Link {
+            delay,
+            ..Link::default()
+        },
+        Vec::new(),
+    );
+    sim.endpoints[index].rtp_log = Some(Vec::new());
+    index
+}
+
+/// Runs in steps of 5 ms until `done` holds (at most `limit`); returns the time it took.
+fn run_until(sim: &mut Sim, limit: Duration, done: impl Fn(&Sim) -> bool) -> Option<Duration> {
+    let start = sim.now;
+    while !done(sim) {
+        if sim.now.duration_since(start) >= limit {
+            return None;
+        }
+        sim.run_for(Duration::from_millis(5));
+    }
+    Some(sim.now.duration_since(start))
+}
+
+/// The first video packet endpoint `index` received, if any.
+fn first_video_at(sim: &Sim, index: usize) -> Option<std::time::Instant> {
+    sim.endpoints[index]
+        .rtp_log
+        .as_deref()?
+        .iter()
+        .find(|p| !p.padding && p.pt != 111)
+        .map(|p| p.at)
+}
+
+#[test]
+fn a_keyframe_that_comes_during_a_viewer_s_handshake_is_replayed_once_it_has_its_keys() {
+    let mut sim = Sim::new();
+    let publisher = publisher(&mut sim);
+    // No cache left: the viewer's subscription asks for a keyframe, which comes back long
+    // before the viewer's handshake (100 ms each way) is done.
+    sim.run_for(Duration::from_millis(2_600));
+    let asked = requests_received(&sim, publisher);
+    let v = slow_viewer(&mut sim, Duration::from_millis(100));
+    sim.run_for(Duration::from_secs(3));
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    assert!(requests_received(&sim, publisher) > asked);
+    // It was started from the cache (that keyframe's GOP), not by the keyframe sent ahead of
+    // its keys...
+    assert_eq!(sim.engine.stats().fast_starts, 1);
+    // ...and nothing of the video reached it before it proved it holds its keys.
+    let keyed = sim.endpoints[v]
+        .first_protected_sent
+        .expect("the viewer reported");
+    let first = first_video_at(&sim, v).expect("video");
+    assert!(
+        first >= keyed,
+        "video {:?} before the keys {:?}",
+        first,
+        keyed
+    );
+    let stats = &sim.endpoints[v].endpoint.stats()[&video];
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    assert_eq!(stats.discontinuities, 0);
+    assert!(sim.endpoints.iter().all(|e| e.errors.is_empty()));
+}
+
+#[test]
+fn a_handshake_longer_than_the_cache_keeps_it_fresh_and_starts_from_it() {
+    let mut sim = Sim::new();
+    // 1 kB frames: the GOP stays within the cache's 64 KiB for the two seconds it is kept.
+    let publisher = sim.join("r", |c| {
+        c.video_fps = 15;
+        c.keyframe_interval = None;
+    });
+    run_until(&mut sim, Duration::from_secs(1), |sim| {
+        sim.endpoints[publisher].endpoint.sent().keyframes > 0
+    })
+    .expect("the publisher's first keyframe");
+    // 300 ms into that GOP a viewer joins whose handshake (400 ms each way) outlasts the
+    // cache's two seconds.
+    sim.run_for(Duration::from_millis(300));
+    let v = slow_viewer(&mut sim, Duration::from_millis(400));
+    // The next keyframe is asked for while the cache still serves, not once it aged out.
+    let asked = run_until(&mut sim, Duration::from_secs(3), |sim| {
+        requests_received(sim, publisher) > 0
+    })
+    .expect("a keyframe request")
+        + Duration::from_millis(300);
+    assert!(
+        asked < Duration::from_millis(1_900),
+        "asked {asked:?} after the keyframe"
+    );
+    sim.run_for(Duration::from_secs(4));
+    let video = sim.publication(publisher, MediaKind::Video).id;
+    assert_eq!(requests_received(&sim, publisher), 1);
+    assert_eq!(sim.engine.stats().fast_starts, 1);
+    let keyed = sim.endpoints[v]
+        .first_protected_sent
+        .expect("the viewer reported");
+    assert!(first_video_at(&sim, v).expect("video") >= keyed);
+    let stats = &sim.endpoints[v].endpoint.stats()[&video];
+    assert_eq!(stats.first_media_at, stats.first_keyframe_at);
+    assert_eq!(stats.discontinuities, 0);
+    assert!(sim.endpoints.iter().all(|e| e.errors.is_empty()));
 }

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
@@ -14,32 +15,140 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..');
 export const artifacts = path.join(here, 'artifacts');
 
-const SERVER_BIN = process.env.MEET_SERVER_BIN || path.join(repoRoot, 'target', 'debug', 'meet-server');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
-/** Builds the server once if it is missing (CI builds it before running the suite). */
-function ensureServerBinary() {
-  if (fs.existsSync(SERVER_BIN)) return;
-  const build = spawnSync('cargo', ['build', '-p', 'signaling', '--bin', 'meet-server'], {
-    cwd: repoRoot,
-    stdio: 'inherit',
-  });
-  if (build.status !== 0 || !fs.existsSync(SERVER_BIN)) {
-    throw new Error(`could not build ${SERVER_BIN}`);
+/**
+ * How long a server may take to print its "server started" line (it takes ~0.3 s, on a loaded
+ * machine too): past that the test fails rather than waiting for its own timeout.
+ * `MEET_TEST_SERVER_START_MS` overrides it.
+ */
+const SERVER_START_MS = Number(process.env.MEET_TEST_SERVER_START_MS) || 10_000;
+
+/** How long `meet-server --help` and `meet-server admin create` may take (both take ~0.2 s). */
+const SERVER_COMMAND_MS = 10_000;
+
+const isExecutable = (file) => {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * The server binary under test: `MEET_SERVER_BIN` (a path) when set, else
+ * `$CARGO_TARGET_DIR/debug/meet-server`, else this checkout's `target/debug/meet-server`.
+ * Where there is none the tests fail at once, saying what to build or set: the harness does
+ * not build it (a build inside a test run takes minutes, and would race other builds of the
+ * same target directory). A `MEET_SERVER_BIN` naming nothing executable is an error too,
+ * rather than a fall back on some other binary.
+ */
+let serverBin = null;
+export function serverBinary() {
+  if (serverBin) return serverBin;
+  const build = 'cargo build -p signaling --bin meet-server';
+  const explicit = process.env.MEET_SERVER_BIN;
+  if (explicit) {
+    const bin = path.resolve(explicit);
+    if (!isExecutable(bin)) {
+      throw new Error(`MEET_SERVER_BIN=${explicit}: no executable file there. Set it to a meet-server binary `
+        + `(\`${build}\` makes target/debug/meet-server), or unset it to use the cargo target directory`);
+    }
+    serverBin = bin;
+    return bin;
+  }
+  const tried = [];
+  if (process.env.CARGO_TARGET_DIR) tried.push(path.join(path.resolve(process.env.CARGO_TARGET_DIR), 'debug', 'meet-server'));
+  tried.push(path.join(repoRoot, 'target', 'debug', 'meet-server'));
+  serverBin = tried.find(isExecutable) ?? null;
+  if (!serverBin) {
+    throw new Error(`no meet-server binary (looked for ${tried.join(', ')}): build it with \`${build}\``
+      + ' (it goes to $CARGO_TARGET_DIR when that is set), or set MEET_SERVER_BIN to the binary');
+  }
+  return serverBin;
+}
+
+/**
+ * The environment of the server processes: this process's, less every `MEET_…` variable.
+ * Each server option is also a `MEET_…` variable, and one left in a developer's shell
+ * (`MEET_CONFIG`, `MEET_DATABASE_URL`, `MEET_LOG_FORMAT=json`, which hides the line the
+ * harness waits for) must not change the server a test starts.
+ */
+function serverEnv(extra = {}) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('MEET_')));
+  return { ...env, NO_COLOR: '1', ...extra };
+}
+
+/**
+ * How child processes are started so that they die with this one, even when it is killed
+ * (SIGKILL leaves no chance to clean up): through `setpriv --pdeathsig KILL`, which execs the
+ * program with the parent-death signal set. Without setpriv, the exit handlers below still
+ * kill them when this process exits normally or on SIGINT/SIGTERM/SIGHUP.
+ */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find(isExecutable) ?? null;
+const dyingWithUs = (program, args) => (SETPRIV ? [SETPRIV, ['--pdeathsig', 'KILL', '--', program, ...args]] : [program, args]);
+
+/**
+ * Chromium through `setpriv` (see above): Playwright takes one executable, so a two-line
+ * script, written once per process into a temporary directory removed on exit.
+ */
+let chromiumLauncher = null;
+function chromiumExecutable() {
+  if (!SETPRIV) return CHROMIUM;
+  if (chromiumLauncher) return chromiumLauncher;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-launcher-'));
+  process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
+  chromiumLauncher = path.join(dir, 'chromium');
+  fs.writeFileSync(chromiumLauncher, `#!/bin/sh\nexec ${quote(SETPRIV)} --pdeathsig KILL -- ${quote(CHROMIUM)} "$@"\n`, { mode: 0o755 });
+  return chromiumLauncher;
+}
+
+/**
+ * Every server and browser this process started and has not stopped, and the browser launches
+ * under way. A test whose setup fails half-way (the server does not start while the browser
+ * launch beside it succeeds) leaves the browser to nobody: the hook below closes whatever is
+ * left when the file's tests end, so that the process exits instead of waiting on it.
+ */
+const servers = new Set();
+const browsers = new Set();
+const launches = new Set();
+
+after(async () => {
+  await Promise.allSettled([...launches]);
+  await Promise.allSettled([...browsers].map((b) => b.close()));
+  await Promise.allSettled([...servers].map((s) => s.stop('SIGKILL')));
+});
+
+/** Kills a process started with `detached: true` and everything it started (its process group). */
+function killGroup(child) {
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
   }
 }
 
 /**
  * What this server binary supports, from its `--help`: `openRooms` (the `--open-rooms` flag of
  * protocol 2) and `adminCli` (the `admin create` subcommand). A binary without `--open-rooms`
- * predates protocol 2: pages then join with `?protocol=1` (see `openPage`).
+ * predates protocol 2: pages then join with `?protocol=1` (see `openPage`). A binary whose
+ * `--help` fails is no meet-server: the tests fail at once.
  */
 let features = null;
 export function serverFeatures() {
   if (features) return features;
-  ensureServerBinary();
-  const help = spawnSync(SERVER_BIN, ['--help'], { encoding: 'utf8' });
+  const bin = serverBinary();
+  const help = spawnSync(bin, ['--help'], {
+    encoding: 'utf8', env: serverEnv(), timeout: SERVER_COMMAND_MS, killSignal: 'SIGKILL',
+  });
   const text = `${help.stdout || ''}${help.stderr || ''}`;
+  if (help.error || help.status !== 0) {
+    const why = help.error ? help.error.message : `exit status ${help.status ?? help.signal}`;
+    throw new Error(`\`${bin} --help\` failed (${why}): not a meet-server binary? `
+      + `Set MEET_SERVER_BIN to one, or build target/debug/meet-server.\n${text}`);
+  }
   features = {
     openRooms: text.includes('--open-rooms'),
     adminCli: /^\s+admin\b/m.test(text),
@@ -54,21 +163,46 @@ export function serverFeatures() {
 const legacyOrigins = new Set();
 
 /**
+ * Runs one `meet-server` command to its end (at most `SERVER_COMMAND_MS`, then it and whatever
+ * it started are killed); resolves to `{ status, output }`.
+ */
+function runServerCommand(args, env) {
+  const [program, argv] = dyingWithUs(serverBinary(), args);
+  const child = spawn(program, argv, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: serverEnv(env) });
+  let output = '';
+  child.stdout.on('data', (chunk) => { output += chunk; });
+  child.stderr.on('data', (chunk) => { output += chunk; });
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      killGroup(child);
+      resolve({ status: `no end within ${SERVER_COMMAND_MS} ms`, output });
+    }, SERVER_COMMAND_MS);
+    const done = (status) => {
+      clearTimeout(timer);
+      child.stdout.destroy();
+      child.stderr.destroy();
+      resolve({ status, output });
+    };
+    child.once('error', (err) => done(err.message));
+    // `close`, not `exit`: all its output has been read then.
+    child.once('close', (code, signal) => done(signal ?? code));
+  });
+}
+
+/**
  * Creates an administrator account in `dataDir` before the server starts, with the CLI:
  * `meet-server admin create --username … --display-name … --role admin --password-env …`.
  */
-export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin', password }) {
-  const result = spawnSync(SERVER_BIN, [
+export async function createAdmin(dataDir, { username = 'admin', displayName = 'Admin', password }) {
+  const { status, output } = await runServerCommand([
     'admin', 'create',
     '--username', username,
     '--display-name', displayName,
     '--role', 'admin',
     '--password-env', 'MEET_ADMIN_PASSWORD',
     '--data-dir', dataDir,
-  ], { encoding: 'utf8', env: { ...process.env, MEET_ADMIN_PASSWORD: password, NO_COLOR: '1' } });
-  if (result.status !== 0) {
-    throw new Error(`admin create failed (${result.status}):\n${result.stdout}${result.stderr}`);
-  }
+  ], { MEET_ADMIN_PASSWORD: password });
+  if (status !== 0) throw new Error(`admin create failed (${status}):\n${output}`);
   return { username, displayName, password };
 }
 
@@ -85,12 +219,17 @@ export function createAdmin(dataDir, { username = 'admin', displayName = 'Admin'
  */
 export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true } = {}) {
   const { openRooms: knowsOpenRooms, testHooks, mediaWorkers } = serverFeatures();
+  const bin = serverBinary();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
-  const createdAdmin = admin ? createAdmin(dataDir, admin) : null;
-  const child = spawn(SERVER_BIN, [
+  const createdAdmin = admin ? await createAdmin(dataDir, admin).catch((err) => {
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }) : null;
+  const [program, args] = dyingWithUs(bin, [
     '--http-addr', '127.0.0.1:0',
     '--media-addr', '127.0.0.1:0',
     '--data-dir', dataDir,
+    // Absolute: the server's default is `web-client` relative to its working directory.
     '--web-client-dir', path.join(repoRoot, 'web-client'),
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
     // The pages' test hooks (synthetic media, introspection) exist only in test mode.
@@ -100,67 +239,103 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     ...(mediaWorkers ? ['--media-workers', '2'] : []),
     ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
     ...(fastStart ? [] : ['--no-fast-start']),
-  ], { env: { ...process.env, RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', NO_COLOR: '1' } });
-  // Never leave a server behind, whatever happens to this process.
-  const killOnExit = () => child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  let log = '';
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30_000);
-    let started = false;
-    // These listeners keep the whole log; the address is looked for only until it is found.
-    const onData = (chunk) => {
-      log += chunk;
-      if (started) return;
-      const match = /server started http_addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
-      if (match) {
-        started = true;
-        clearTimeout(timer);
-        resolve(`https://${match[1]}/`);
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited (${code}):\n${log}`));
-    });
-  }).catch((err) => {
-    child.kill('SIGKILL');
-    throw err;
+  ]);
+  // In its own process group, so that a kill reaches whatever it started too (a wrapper
+  // script's children would otherwise keep its output pipes, and this process, alive).
+  const child = spawn(program, args, {
+    cwd: repoRoot,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: serverEnv({ RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info' }),
   });
-  // For diagnosis: the server's whole log, written when the test process ends.
-  const keepLog = process.env.MEET_TEST_SERVER_LOG;
-  if (keepLog) process.once('exit', () => fs.writeFileSync(`${keepLog}.${child.pid}`, log));
-  const legacy = !knowsOpenRooms;
-  if (legacy) legacyOrigins.add(new URL(url).origin);
-  return {
-    url,
+  // Never leave a server behind, whatever happens to this process.
+  const killOnExit = () => killGroup(child);
+  process.once('exit', killOnExit);
+  const exited = new Promise((resolve) => {
+    child.once('exit', resolve);
+    // A failed spawn (not executable after all) emits `error` and may never emit `exit`.
+    child.once('error', resolve);
+  });
+  let cleaned = false;
+  const cleanUp = () => {
+    if (cleaned) return;
+    cleaned = true;
+    servers.delete(handle);
+    process.removeListener('exit', killOnExit);
+    child.stdout.destroy();
+    child.stderr.destroy();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  };
+  let log = '';
+  const handle = {
+    url: null,
     /** A protocol-1 server (no roles, tokens or organizer API). */
-    legacy,
+    legacy: !knowsOpenRooms,
     admin: createdAdmin,
     /** The server's data directory (its database and `recordings/`). */
     dataDir,
     /** The bearer token of its `/metrics` (kept in the data directory). */
-    metricsToken: (() => {
-      try {
-        return fs.readFileSync(path.join(dataDir, 'metrics-token'), 'utf8').trim();
-      } catch {
-        return null;
-      }
-    })(),
+    metricsToken: null,
     log: () => log,
+    /** Stops it with `signal` (SIGKILL after 5 s), and removes its data directory. */
     async stop(signal = 'SIGINT') {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill(signal);
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-      process.removeListener('exit', killOnExit);
-      fs.rmSync(dataDir, { recursive: true, force: true });
+      if (child.exitCode === null && child.signalCode === null) {
+        if (signal === 'SIGKILL') killGroup(child);
+        else child.kill(signal);
+        const timer = setTimeout(() => killGroup(child), 5000);
+        await exited;
+        clearTimeout(timer);
+      }
+      cleanUp();
     },
   };
+  servers.add(handle);
+  try {
+    handle.url = await new Promise((resolve, reject) => {
+      const fail = (why) => reject(new Error(`meet-server did not start (${bin}): ${why}\n${log}`));
+      const timer = setTimeout(() => fail(`no "server started" line within ${SERVER_START_MS} ms`), SERVER_START_MS);
+      let started = false;
+      // These listeners keep the whole log; the address is looked for only until it is found.
+      const onData = (chunk) => {
+        log += chunk;
+        if (started) return;
+        const match = /server started http_addr=(127\.0\.0\.1:\d+)/.exec(log.replace(/\x1b\[[0-9;]*m/g, ''));
+        if (match) {
+          started = true;
+          clearTimeout(timer);
+          resolve(`https://${match[1]}/`);
+        }
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', onData);
+      child.once('error', (err) => {
+        clearTimeout(timer);
+        fail(err.message);
+      });
+      child.once('exit', (code, signal) => {
+        if (started) return;
+        clearTimeout(timer);
+        // Its last words (why it stopped) may still be in the pipes: read them first, unless
+        // something it started keeps them open.
+        const closed = new Promise((resolve) => child.once('close', resolve));
+        Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 500))])
+          .then(() => fail(`it exited (${signal ?? `status ${code}`})`));
+      });
+    });
+  } catch (err) {
+    await handle.stop('SIGKILL');
+    throw err;
+  }
+  // For diagnosis: the server's whole log, written when the test process ends.
+  const keepLog = process.env.MEET_TEST_SERVER_LOG;
+  if (keepLog) process.once('exit', () => fs.writeFileSync(`${keepLog}.${child.pid}`, log));
+  if (handle.legacy) legacyOrigins.add(new URL(handle.url).origin);
+  try {
+    handle.metricsToken = fs.readFileSync(path.join(dataDir, 'metrics-token'), 'utf8').trim();
+  } catch {
+    // A server without metrics.
+  }
+  return handle;
 }
 
 /**
@@ -179,7 +354,18 @@ export async function launchBrowser({ fakeUi = true } = {}) {
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--no-first-run', '--disable-quic', '--disable-default-apps', '--disable-extensions',
   ];
-  return chromium.launch({ executablePath: CHROMIUM, ignoreDefaultArgs: ['--headless'], args });
+  const launch = chromium.launch({ executablePath: chromiumExecutable(), ignoreDefaultArgs: ['--headless'], args })
+    .then((browser) => {
+      browsers.add(browser);
+      browser.once('disconnected', () => browsers.delete(browser));
+      return browser;
+    });
+  launches.add(launch);
+  try {
+    return await launch;
+  } finally {
+    launches.delete(launch);
+  }
 }
 
 /**

@@ -88,6 +88,12 @@ const LAYERS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// asks for a keyframe, as without fast start.
 const PEER_KEYED_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How long before the cache that a subscription waiting for its subscriber's keys would start
+/// from ages out, that subscription asks for the publisher's next keyframe: a keyframe's round
+/// trip, with room. A handshake that outlasts the cache then finds the next keyframe's GOP
+/// cached, rather than nothing to replay until a keyframe asked for at its expiry comes.
+const FAST_START_REFRESH_MARGIN: Duration = Duration::from_millis(500);
+
 /// How long after a fast start a keyframe request from the subscriber is taken for a dropped
 /// replay and answered from the cache (see [`Engine::restart_from_cache`]): enough for a
 /// browser to apply the answer and notice it has no keyframe.

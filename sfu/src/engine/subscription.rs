@@ -43,12 +43,12 @@ impl Engine {
             };
             // A video subscription that receives nothing yet starts from a cached keyframe
             // (which holds this packet too, when it is of that layer) instead of waiting for
-            // the target layer's next one; a live keyframe of the target starts it as always.
+            // the target layer's next one; a live keyframe of the target starts it as always
+            // once its subscriber has its keys.
             if fast_start
                 && subscription.current.is_none()
                 && let Some(target) = subscription.target
                 && layer <= target
-                && !(layer == target && keyframe)
                 && let Some(start) = fast_start_layer(
                     &publication.layers,
                     self.config.fast_start_ceiling(
@@ -69,13 +69,26 @@ impl Engine {
                     // It starts once the subscriber proves it has its SRTP keys (see
                     // `fast_start_waiting`), from what the caches hold then: replayed before,
                     // the packets would wait behind the handshake and grow stale, or reach a
-                    // client still installing its keys.
+                    // client still installing its keys. A live keyframe of the target waits
+                    // too (one asked for by another subscriber, or by this one when the caches
+                    // aged out meanwhile): sent now, it would start the subscription on a
+                    // keyframe that the client may drop for want of keys, and no replay would
+                    // follow. It is cached like any packet and replayed with what follows it.
+                    // A handshake that outlasts the cache finds the next keyframe's GOP there:
+                    // that keyframe is asked for before the cache ages out.
+                    let gop = &publication.layers[usize::from(start)].gop;
+                    if gop.expires_within(limits, now, FAST_START_REFRESH_MARGIN) {
+                        wanted_keyframes |= 1 << start;
+                    }
                     self.stats.dropped_other_layer += 1;
                     continue;
                 }
+                // Once it has its keys, a live keyframe of the target starts it as always
+                // (below); anything else starts it from the cache.
                 let gop = &publication.layers[usize::from(start)].gop;
-                if let Some(written) =
-                    fast_start_from(now, subscription, &mut subscriber.rtc, gop, limits, start)
+                if !(layer == target && keyframe)
+                    && let Some(written) =
+                        fast_start_from(now, subscription, &mut subscriber.rtc, gop, limits, start)
                 {
                     self.stats.fast_starts += 1;
                     self.stats.fast_start_packets += written;
