@@ -204,7 +204,9 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
     // hex characters, a track's and a participant's the protocol's integers.
     let hex32 = |v: &serde_json::Value| {
         v.as_str().is_some_and(|s| {
-            s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            s.len() == 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
     };
     assert!(hex32(&manifest["recording_id"]), "{manifest}");
