@@ -29,6 +29,7 @@ use thiserror::Error;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
@@ -48,6 +49,12 @@ const RECV_BATCH: usize = 64;
 
 /// Largest datagram the bot reads; str0m keeps its datagrams well under this.
 const RECV_BUFFER: usize = 2_048;
+
+/// What the signaling WebSocket reads at a time. tungstenite zero-fills this much of its read
+/// buffer on every read attempt, and the bot's loop polls the socket once per datagram batch:
+/// at the default 128 KiB that memset was a third of a viewer's CPU. Signaling messages are a
+/// few hundred bytes (an answer a few KiB); a larger frame still grows the buffer.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// How long [`Bot::leave`] waits for the server to close the socket after the goodbye.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -549,7 +556,7 @@ impl Bot {
             options.join_timeout,
             tokio_tungstenite::connect_async_tls_with_config(
                 options.url.as_str(),
-                None,
+                Some(WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)),
                 true,
                 Some(connector),
             ),

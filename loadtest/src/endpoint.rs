@@ -26,12 +26,13 @@ use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaData, MediaTime, Mid, Pt, Rid, Simulcast,
 };
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 
 use crate::media::{
     AUDIO_FRAME_TICKS, MediaError, SyntheticCodec, ToneAnalyzer, ToneSource, VideoSource,
-    frame_is_keyframe, frame_tag, layer_tag, split_tag,
+    frame_is_keyframe, frame_tag, layer_tag, split_tag, vp8_is_keyframe,
 };
 use crate::sframe::{BaseKey, MediaFormat, Opener, Sealer, SframeError, TAG_LEN};
 
@@ -91,6 +92,12 @@ pub struct EndpointConfig {
     /// End-to-end encryption of the media (`docs/e2ee.md`); `None` sends and expects plain
     /// frames.
     pub e2ee: Option<E2eeConfig>,
+    /// A light receiver, for load tests with many viewers: str0m runs in RTP mode, so each
+    /// packet is only authenticated and decrypted (SRTP), counted, checked for a sequence gap
+    /// and, at the start of a VP8 frame, for a keyframe and the sender's tag; frames are never
+    /// reassembled, decoded or opened (no end-to-end decryption). An endpoint that publishes
+    /// cannot be light.
+    pub light: bool,
 }
 
 /// How an endpoint encrypts what it publishes and decrypts what it receives, in the SFrame
@@ -180,6 +187,7 @@ impl EndpointConfig {
             simulcast_frame_bytes: Vec::new(),
             audio_level: -30,
             e2ee: None,
+            light: false,
         }
     }
 }
@@ -198,6 +206,8 @@ pub enum EndpointError {
     BadLocalAddr(String),
     #[error("end-to-end encryption: {0}")]
     E2ee(&'static str),
+    #[error("a light endpoint only receives: it cannot publish")]
+    LightPublisher,
     #[error("end-to-end encryption: {0}")]
     Sframe(#[from] SframeError),
 }
@@ -335,6 +345,8 @@ struct Receiver {
     /// A frame was dropped because it did not decrypt: the decoder missed it, so the next
     /// video frame that is not a keyframe cannot be shown.
     decoder_gap: bool,
+    /// Light receivers: the highest extended RTP sequence number seen, to find gaps.
+    last_seq: Option<u64>,
 }
 
 /// The sending half of end-to-end encryption.
@@ -482,7 +494,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(now: Instant, config: EndpointConfig) -> Result<Self, EndpointError> {
-        let mut rtc = Rtc::builder().build(now);
+        if config.light && (config.publish_audio || config.publish_video) {
+            return Err(EndpointError::LightPublisher);
+        }
+        // RTP mode hands over each packet as it arrives instead of depacketizing frames; str0m
+        // still authenticates and decrypts it, sends receiver reports, NACKs and TWCC feedback.
+        let mut rtc = Rtc::builder().set_rtp_mode(config.light).build(now);
         let candidate = Candidate::host(config.local_addr, "udp")
             .map_err(|err| EndpointError::BadLocalAddr(err.to_string()))?;
         let candidate = rtc
@@ -597,11 +614,14 @@ impl Endpoint {
         } else {
             None
         };
-        self.receivers.entry(id).or_insert(Receiver {
+        let receiver = self.receivers.entry(id).or_insert(Receiver {
             analyzer,
             last_keyframe_request: None,
             decoder_gap: false,
+            last_seq: None,
         });
+        // A new m-line starts a new sequence: the old one's last number is no reference.
+        receiver.last_seq = None;
         if let Some(e2ee) = &self.config.e2ee {
             self.openers
                 .entry(publication.participant_id)
@@ -1161,6 +1181,16 @@ impl Endpoint {
         let SubState::Active(mid) = subscription.state else {
             return false;
         };
+        if self.config.light {
+            // RTP mode has no media writer; the request goes on the receive stream of the
+            // m-line (any of its simulcast streams: the SFU sends one).
+            let mut api = self.rtc.direct_api();
+            let Some(stream) = api.stream_rx_by_mid(mid, None) else {
+                return false;
+            };
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+            return self.keyframe_requested(publication);
+        }
         let Some(mut writer) = self.rtc.writer(mid) else {
             return false;
         };
@@ -1173,6 +1203,10 @@ impl Endpoint {
         {
             return false;
         }
+        self.keyframe_requested(publication)
+    }
+
+    fn keyframe_requested(&mut self, publication: PublicationId) -> bool {
         if let Some(receiver) = self.receivers.get_mut(&publication) {
             receiver.last_keyframe_request = Some(self.now);
         }
@@ -1252,6 +1286,7 @@ impl Endpoint {
                 }
             }
             Event::MediaData(data) => self.handle_media(data),
+            Event::RtpPacket(packet) => self.handle_rtp(&packet),
             Event::KeyframeRequest(request) => {
                 if let Some(video) = &mut self.video
                     && video.mid == request.mid
@@ -1379,6 +1414,88 @@ impl Endpoint {
         }
     }
 
+    /// The light receiver's per-packet path (RTP mode): counts, gaps, and at the start of a
+    /// VP8 frame its keyframe bit and tag. Allocates nothing.
+    fn handle_rtp(&mut self, packet: &RtpPacket) {
+        let Some(mid) = self
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|stream| stream.mid())
+        else {
+            self.unrouted_frames += 1;
+            return;
+        };
+        let Some(&publication) = self.mid_to_publication.get(&mid) else {
+            self.unrouted_frames += 1;
+            return;
+        };
+        let (Some(stats), Some(receiver)) = (
+            self.stats.get_mut(&publication),
+            self.receivers.get_mut(&publication),
+        ) else {
+            self.unrouted_frames += 1;
+            return;
+        };
+        let now = self.now;
+        let seq = *packet.seq_no;
+        // A retransmission fills a gap counted when it opened; only new highs are compared.
+        let gap = receiver.last_seq.is_some_and(|last| seq > last + 1);
+        if receiver.last_seq.is_none_or(|last| seq > last) {
+            receiver.last_seq = Some(seq);
+        }
+        stats.rtp_packets += 1;
+        stats.bytes += packet.payload.len() as u64;
+        stats.first_media_at.get_or_insert(now);
+        stats.last_media_at = Some(now);
+        if gap {
+            stats.discontinuities += 1;
+        }
+        let mut keyframe = false;
+        match stats.kind {
+            MediaKind::Audio => stats.frames += 1,
+            MediaKind::Video => {
+                // The marker bit ends a frame: one frame counted per frame, without assembling it.
+                if packet.header.marker {
+                    stats.frames += 1;
+                    stats.video_frames += 1;
+                }
+                if let Some(frame) = vp8_frame_start(&packet.payload) {
+                    keyframe = vp8_is_keyframe(frame);
+                    if keyframe {
+                        stats.keyframes += 1;
+                        stats.first_keyframe_at.get_or_insert(now);
+                    }
+                    // The tag sits in the frame's first bytes, so the first packet holds it.
+                    match frame_tag(frame).map(split_tag) {
+                        Some((tag, layer)) => {
+                            if stats.video_tag.is_some_and(|old| old != tag) {
+                                stats.tag_changes += 1;
+                            }
+                            if stats.video_layer.is_some_and(|old| old != layer) {
+                                stats.layer_changes += 1;
+                            }
+                            stats.video_tag = Some(tag);
+                            stats.video_layer = Some(layer);
+                        }
+                        None => stats.untagged_frames += 1,
+                    }
+                }
+            }
+        }
+        // As the full receiver does: without a keyframe yet, or after a gap, a decoder could
+        // not go on, so ask for one at a bounded rate.
+        let needs_keyframe = stats.kind == MediaKind::Video
+            && !keyframe
+            && (gap || stats.first_keyframe_at.is_none());
+        let due = receiver
+            .last_keyframe_request
+            .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_REQUEST_INTERVAL);
+        if needs_keyframe && due {
+            self.send_keyframe_request(publication);
+        }
+    }
+
     fn send_due_media(&mut self) {
         if self.connected_at.is_none() || self.closing {
             return;
@@ -1492,6 +1609,37 @@ fn to_str0m_kind(kind: MediaKind) -> str0m::media::MediaKind {
     }
 }
 
+/// The VP8 frame data in an RTP payload that starts a frame (the payload descriptor's S bit set
+/// on partition 0, RFC 7741 §4.2); `None` for a packet in the middle of a frame.
+fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
+    let first = *payload.first()?;
+    let start = first & 0x10 != 0;
+    let partition = first & 0x07;
+    if !start || partition != 0 {
+        return None;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        // X: the extension byte says which optional fields follow.
+        let ext = *payload.get(at)?;
+        at += 1;
+        if ext & 0x80 != 0 {
+            // I: a picture id of 7 bits, or 15 with its M bit.
+            let long = payload.get(at)? & 0x80 != 0;
+            at += if long { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            // L: TL0PICIDX.
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            // T or K: one byte holding TID, Y and KEYIDX.
+            at += 1;
+        }
+    }
+    payload.get(at..).filter(|frame| !frame.is_empty())
+}
+
 /// The negotiated payload type of `codec` on a send m-line.
 fn find_pt(rtc: &mut Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
     let writer = rtc.writer(mid)?;
@@ -1508,6 +1656,26 @@ mod tests {
     //! `tests/endpoint.rs`.
 
     use super::*;
+
+    #[test]
+    fn a_vp8_frame_start_is_found_past_every_descriptor_field() {
+        // X and S set, partition 0; I (15-bit picture id), L and T present; then a keyframe.
+        let packet = [0x90, 0xe0, 0x81, 0x23, 0x05, 0x40, 0x10, 0xaa];
+        assert_eq!(vp8_frame_start(&packet), Some(&[0x10, 0xaa][..]));
+        assert!(vp8_is_keyframe(&packet[6..]));
+        // A 7-bit picture id only.
+        assert_eq!(
+            vp8_frame_start(&[0x90, 0x80, 0x05, 0x31]),
+            Some(&[0x31][..])
+        );
+        // No extension at all.
+        assert_eq!(vp8_frame_start(&[0x10, 0x31]), Some(&[0x31][..]));
+        // A packet in the middle of a frame, one of another partition, a truncated one.
+        assert_eq!(vp8_frame_start(&[0x80, 0x80, 0x05, 0x31]), None);
+        assert_eq!(vp8_frame_start(&[0x11, 0x31]), None);
+        assert_eq!(vp8_frame_start(&[0x90, 0xe0, 0x81]), None);
+        assert_eq!(vp8_frame_start(&[]), None);
+    }
 
     fn endpoint() -> Endpoint {
         let config = EndpointConfig::new(SocketAddr::from(([127, 0, 0, 1], 10_000)));

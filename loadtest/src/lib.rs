@@ -1,12 +1,14 @@
 //! Simulated participants for the SFU: a sans-IO WebRTC client endpoint ([`endpoint`]), a tokio
 //! bot that drives one over real sockets and the signaling WebSocket ([`bot`]), and the
 //! identifiable synthetic media they send ([`media`]); the load tester's scenarios
-//! ([`scenario`]), the server metrics it scrapes ([`metrics_scrape`]), the reports it writes
+//! ([`scenario`]), the loopback floor it measures the server against ([`floor`]), the server
+//! metrics it scrapes ([`metrics_scrape`]), the reports it writes
 //! ([`report`]), the passive datagram measurements its bots take ([`wire`]) and the SFrame
 //! end-to-end media encryption they can apply ([`sframe`]).
 
 pub mod bot;
 pub mod endpoint;
+pub mod floor;
 pub mod media;
 pub mod metrics_scrape;
 pub mod report;

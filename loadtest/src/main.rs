@@ -26,7 +26,8 @@ use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target, TokenPo
                   server stops answering its metrics scrape; 2 when the run could not start. \
                   Waits (--wait-for-server) for the server's certificate and token files and \
                   for the server to answer. Targets outside loopback and private networks are \
-                  refused unless --allow-remote is given."
+                  refused unless --allow-remote is given. `loadtest floor` measures the \
+                  loopback floor alone (see `loadtest floor --help`)."
 )]
 struct Args {
     /// The scenario: broadcast (presenters to viewers), meeting (everyone publishes), churn
@@ -104,6 +105,16 @@ struct Args {
     /// decryption failures.
     #[arg(long)]
     e2ee: bool,
+    /// Light viewers: they check SRTP authentication, sequence gaps, loss and keyframes from
+    /// each packet without reassembling or decoding frames (no end-to-end decryption), so that
+    /// one host can drive thousands. The summary says what they check and what they drop.
+    #[arg(long)]
+    light_viewers: bool,
+    /// Measure the loopback floor (AES-128-GCM and one UDP send per packet, then sendmmsg
+    /// batches) for about a second before the endpoints start, and state the server's CPU per
+    /// forwarded packet as a multiple of it. On by default; `--measure-floor false` skips it.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    measure_floor: Option<bool>,
     /// Viewers replaced per second in churn.
     #[arg(long)]
     churn_rate: Option<f64>,
@@ -179,6 +190,12 @@ impl Args {
         }
         if self.e2ee {
             scenario.e2ee = true;
+        }
+        if self.light_viewers {
+            scenario.light_viewers = true;
+        }
+        if let Some(measure) = self.measure_floor {
+            scenario.measure_floor = measure;
         }
         if let Some(room) = &self.room {
             scenario.room.clone_from(room);
@@ -440,6 +457,51 @@ async fn run(args: Args) -> Result<bool> {
     Ok(report.passed)
 }
 
+/// `loadtest floor`: the loopback floor alone, without a server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest floor",
+    about = "Measures the loopback floor: AES-128-GCM seal of a 1,100-byte payload and one UDP \
+             datagram per packet to a 127.0.0.1 socket another thread drains, then the same in \
+             sendmmsg batches; prints core-µs per packet (sender thread and whole process) and \
+             packets/s"
+)]
+struct FloorArgs {
+    /// Packets sent each way.
+    #[arg(long, default_value_t = 200_000)]
+    packets: u64,
+    /// Datagrams per sendmmsg call (1–64).
+    #[arg(long, default_value_t = loadtest::floor::DEFAULT_BATCH)]
+    batch: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn floor_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = FloorArgs::parse_from(args);
+    match loadtest::floor::measure(loadtest::floor::Limit::Packets(args.packets), args.batch) {
+        Ok(floor) if args.json => match serde_json::to_string_pretty(&floor) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Ok(floor) => {
+            print!("{}", floor.summary());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // One crypto provider for the whole process (see ARCHITECTURE.md).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -449,6 +511,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    // `floor` is a command of its own; the scenarios stay the first positional argument.
+    let mut raw = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "floor") {
+        raw.next();
+        raw.next();
+        return floor_main(std::iter::once("loadtest floor".into()).chain(raw));
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::bot::{BotError, BotStats};
+use crate::floor::Floor;
 use crate::metrics_scrape::{CpuSource, ServerSample};
 use crate::scenario::Scenario;
 use protocol::MediaKind;
@@ -463,6 +464,15 @@ pub struct RunReport {
     pub generator_cpu_s: Option<f64>,
     /// Generator CPU per endpoint per second connected, in core-ms.
     pub generator_core_ms_per_endpoint_s: Option<f64>,
+    /// The loopback floor measured by this process just before the endpoints started
+    /// (`scenario.measure_floor`), and the server's whole-process CPU per forwarded packet
+    /// over the hold as a multiple of the floor's whole-process figure, one send per packet
+    /// and in `sendmmsg` batches.
+    pub floor: Option<Floor>,
+    pub floor_multiple: Option<f64>,
+    pub floor_multiple_batched: Option<f64>,
+    /// What the receiving endpoints checked, and what they did not (light viewers check less).
+    pub receive_checks: String,
     pub slo: Vec<SloCheck>,
     /// Endpoints that failed to join, and other events of the run, as text.
     pub failures: Vec<String>,
@@ -660,6 +670,10 @@ impl RunReport {
                 .filter(|_| endpoint_seconds > 0.0)
                 .map(|cpu| cpu * 1_000.0 / endpoint_seconds),
             generator_cpu_s,
+            floor: None,
+            floor_multiple: None,
+            floor_multiple_batched: None,
+            receive_checks: receive_checks(&scenario).to_string(),
             server,
             slo,
             failures,
@@ -672,6 +686,25 @@ impl RunReport {
             server_timeline,
             endpoints,
         }
+    }
+
+    /// Adds the loopback floor measured in the same run, and the server's cost as a multiple
+    /// of it.
+    pub fn with_floor(mut self, floor: Option<Floor>) -> Self {
+        let multiple = |floor_us: f64| {
+            self.server
+                .core_us_per_forwarded_packet
+                .filter(|_| floor_us > 0.0)
+                .map(|server_us| server_us / floor_us)
+        };
+        self.floor_multiple = floor
+            .as_ref()
+            .and_then(|f| multiple(f.single.process_core_us_per_packet));
+        self.floor_multiple_batched = floor
+            .as_ref()
+            .and_then(|f| multiple(f.batched.process_core_us_per_packet));
+        self.floor = floor;
+        self
     }
 
     /// How the server's CPU figures were measured, for the summary and the HTML page.
@@ -792,6 +825,18 @@ impl RunReport {
                 opt(self.server.tasks_peak, 1.0),
             );
         }
+        if let Some(floor) = &self.floor {
+            out.push_str(&floor.summary());
+            if let Some(multiple) = self.floor_multiple {
+                let _ = writeln!(
+                    out,
+                    "whole-process core-µs per forwarded packet = {multiple:.1}× the floor \
+                     ({:.1}× the sendmmsg floor), measured in this run",
+                    self.floor_multiple_batched.unwrap_or(f64::NAN)
+                );
+            }
+        }
+        let _ = writeln!(out, "{}", self.receive_checks);
         if s.e2ee {
             let _ = writeln!(
                 out,
@@ -813,6 +858,20 @@ impl RunReport {
             let _ = writeln!(out, "failure: {failure}");
         }
         out
+    }
+}
+
+/// What the receivers of a run check, and what light viewers leave out.
+pub fn receive_checks(scenario: &Scenario) -> &'static str {
+    if scenario.light_viewers {
+        "light viewers: checked SRTP authentication and decryption, packets, sequence gaps, \
+         loss, jitter, freezes, first media, first keyframe (VP8 payload descriptor) and the \
+         sender's tag at each frame start; not checked: frame reassembly, audio tone identity, \
+         end-to-end decryption"
+    } else {
+        "viewers: checked SRTP, packets, loss, jitter, freezes, reassembled frames, first media \
+         and keyframe, the sender's tag in each frame, end-to-end decryption when on; not \
+         checked: audio tone identity (Opus is not decoded in load runs)"
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::bot::{Bot, BotError, BotOptions, BotStats};
 use crate::endpoint::{E2eeConfig, EndpointConfig};
+use crate::floor::{self, Limit};
 use crate::metrics_scrape::{MetricsTarget, ScrapeError, ServerSample};
 use crate::report::{
     EndpointResult, MEDIA_STOP_S, Role, RunError, RunErrorKind, RunReport, ServerSummary,
@@ -49,6 +50,8 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(60);
 /// Failed metrics scrapes in a row (one a second, 2 s each at most) after which the server
 /// counts as no longer answering: one slow scrape under load is not an outage.
 const MISSED_SCRAPES: u32 = 3;
+/// How long the loopback floor is measured each way (one send per packet, then batches).
+const FLOOR_EACH: Duration = Duration::from_millis(500);
 /// Longest wait for one metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -142,6 +145,13 @@ pub struct Scenario {
     /// an encrypted meeting) with a random key the run gives every endpoint, and receivers
     /// open every frame before counting it as received media.
     pub e2ee: bool,
+    /// Viewers receive lightly ([`EndpointConfig::light`]): packets are authenticated,
+    /// counted and checked for gaps and keyframes, never reassembled into frames, so that one
+    /// host can drive thousands of them. Not with `e2ee` (light viewers cannot open frames).
+    pub light_viewers: bool,
+    /// Measure the loopback floor ([`crate::floor`]) for about a second before the endpoints
+    /// start, so that the report states the server's cost as a multiple of it.
+    pub measure_floor: bool,
     pub slo: Slo,
 }
 
@@ -160,6 +170,8 @@ impl Default for Scenario {
             video_fps: 30,
             churn_per_s: 5.0,
             e2ee: false,
+            light_viewers: false,
+            measure_floor: true,
             slo: Slo::default(),
         }
     }
@@ -185,6 +197,9 @@ impl Scenario {
         }
         if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
             return invalid("video_kbps must be 1–10000 and video_fps 1–60");
+        }
+        if self.light_viewers && self.e2ee {
+            return invalid("light viewers do not open end-to-end encrypted frames: drop e2ee");
         }
         if self.room.is_empty() || self.room.chars().count() > 64 {
             return invalid("room must be 1–64 characters");
@@ -215,6 +230,7 @@ impl Scenario {
         // are measured from the RTP headers instead.
         config.analyze_audio = false;
         let publishes = role != Role::Viewer;
+        config.light = self.light_viewers && !publishes;
         config.publish_audio = publishes;
         config.publish_video = publishes;
         config.video_fps = self.video_fps;
@@ -442,6 +458,27 @@ pub async fn run(
     progress: Option<ProgressFn>,
 ) -> Result<RunReport, ScenarioError> {
     scenario.validate()?;
+    // The floor runs before anything else of the run and before the generator's CPU clock is
+    // read, so that neither disturbs the other; its own thread keeps the runtime free.
+    let floor = if scenario.measure_floor {
+        let measured = tokio::task::spawn_blocking(|| {
+            floor::measure(Limit::Duration(FLOOR_EACH), floor::DEFAULT_BATCH)
+        })
+        .await;
+        match measured {
+            Ok(Ok(floor)) => Some(floor),
+            Ok(Err(err)) => {
+                tracing::warn!("the loopback floor could not be measured: {err}");
+                None
+            }
+            Err(err) => {
+                tracing::warn!("the loopback floor's thread failed: {err}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let started = Instant::now();
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -569,7 +606,8 @@ pub async fn run(
         server_samples,
         server_summary,
         generator_cpu_s,
-    ))
+    )
+    .with_floor(floor))
 }
 
 impl Run<'_> {
