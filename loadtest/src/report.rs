@@ -433,6 +433,9 @@ pub struct RunReport {
     pub started_unix_s: u64,
     pub elapsed_s: f64,
     pub ramp_s: f64,
+    /// From the ramp's end until every receiver got media (or the limit): not measured.
+    #[serde(default)]
+    pub settle_s: f64,
     /// The hold's length: everyone connected, measured.
     pub hold_s: f64,
     /// Joins per second achieved during the ramp.
@@ -681,6 +684,7 @@ impl RunReport {
             started_unix_s,
             elapsed_s,
             ramp_s,
+            settle_s: 0.0,
             hold_s,
             timeline,
             server_timeline,
@@ -690,6 +694,12 @@ impl RunReport {
 
     /// Adds the loopback floor measured in the same run, and the server's cost as a multiple
     /// of it.
+    /// The time between the ramp and the hold, spent waiting for every receiver's media.
+    pub fn with_settle(mut self, settle_s: f64) -> Self {
+        self.settle_s = settle_s;
+        self
+    }
+
     pub fn with_floor(mut self, floor: Option<Floor>) -> Self {
         let multiple = |floor_us: f64| {
             self.server
@@ -755,7 +765,7 @@ impl RunReport {
         }
         let _ = writeln!(
             out,
-            "scenario {:?}: {} endpoints ({} joined, {} failed) in {:.1} s, ramp {:.1} s ({:.0} joins/s), hold {:.1} s",
+            "scenario {:?}: {} endpoints ({} joined, {} failed) in {:.1} s, ramp {:.1} s ({:.0} joins/s), settle {:.1} s, hold {:.1} s",
             s.kind,
             self.endpoints_total,
             self.endpoints_joined,
@@ -763,6 +773,7 @@ impl RunReport {
             self.elapsed_s,
             self.ramp_s,
             self.join_rate_achieved,
+            self.settle_s,
             self.hold_s
         );
         let _ = writeln!(

@@ -47,6 +47,10 @@ const PRESENTER_WARMUP: Duration = Duration::from_secs(5);
 const CHURN_QUIET: Duration = Duration::from_secs(2);
 /// Time allowed beyond the planned ramp and hold before a run is cut short.
 const DEADLINE_SLACK: Duration = Duration::from_secs(60);
+/// Longest wait, after the ramp, for every receiver's media to flow before the hold starts:
+/// the hold measures a meeting under way, not the last joiners' handshakes, however slow the
+/// machine. Whoever still has none when it ends is reported as such.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 /// Failed metrics scrapes in a row (one a second, 2 s each at most) after which the server
 /// counts as no longer answering: one slow scrape under load is not an outage.
 const MISSED_SCRAPES: u32 = 3;
@@ -525,7 +529,7 @@ pub async fn run(
     };
     let ramp = Duration::from_secs_f64(f64::from(scenario.total_endpoints()) / scenario.join_rate);
     let hold = Duration::from_secs_f64(scenario.duration_s);
-    let deadline = started + PRESENTER_WARMUP + ramp + hold + DEADLINE_SLACK;
+    let deadline = started + PRESENTER_WARMUP + ramp + SETTLE_LIMIT + hold + DEADLINE_SLACK;
 
     let (publishers, receivers) = match scenario.kind {
         Kind::Meeting => (0, scenario.participants),
@@ -548,6 +552,10 @@ pub async fn run(
     let ramp_started = Instant::now();
     run.ramp(role, receivers, deadline).await;
     let ramp_s = ramp_started.elapsed().as_secs_f64();
+    run.live.phase = "settle";
+    let settle_started = Instant::now();
+    run.settle(deadline).await;
+    let settle_s = settle_started.elapsed().as_secs_f64();
 
     run.live.phase = "hold";
     // The server's figures over the hold come from scrapes taken as it starts and ends (the
@@ -607,7 +615,8 @@ pub async fn run(
         server_summary,
         generator_cpu_s,
     )
-    .with_floor(floor))
+    .with_floor(floor)
+    .with_settle(settle_s))
 }
 
 impl Run<'_> {
@@ -755,6 +764,32 @@ impl Run<'_> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits (at most [`SETTLE_LIMIT`]) until every receiver that is still connected gets
+    /// media on each of its subscriptions, video from a keyframe on.
+    async fn settle(&mut self, deadline: Instant) {
+        let until = (Instant::now() + SETTLE_LIMIT).min(deadline);
+        while Instant::now() < until && !self.receivers_receiving() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn receivers_receiving(&self) -> bool {
+        self.bots
+            .iter()
+            .filter(|(role, ..)| matches!(role, Role::Viewer | Role::Member))
+            .all(|(.., bot)| {
+                let stats = bot.stats();
+                let subscribed: Vec<_> = stats.received.values().filter(|r| r.subscribed).collect();
+                !bot.is_running()
+                    || (!subscribed.is_empty()
+                        && subscribed.iter().all(|r| {
+                            r.first_media_at.is_some()
+                                && (r.kind == protocol::MediaKind::Audio
+                                    || r.first_keyframe_at.is_some())
+                        }))
+            })
     }
 
     /// Keeps everyone connected for `hold`; in `churn`, replaces viewers meanwhile.
