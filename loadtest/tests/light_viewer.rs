@@ -4,37 +4,17 @@
 //! measured in the same run. Only outcomes are asserted, never timings.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+mod common;
 
 use loadtest::bot::{Bot, BotOptions, tls_config_trusting_pem};
 use loadtest::endpoint::{Endpoint, EndpointConfig, EndpointError};
-use loadtest::metrics_scrape::MetricsTarget;
-use loadtest::scenario::{self, Scenario, Slo, Target};
+use loadtest::scenario::{self, Scenario, Slo};
 use protocol::MediaKind;
 
 /// Generous: a shared CI machine may be slow to connect, but the media flows within seconds.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn data_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "meet-loadtest-{name}-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ))
-}
-
-async fn start_server(data_dir: &std::path::Path) -> signaling::RunningServer {
-    signaling::install_crypto_provider();
-    let mut config = signaling::Config::new();
-    config.http_addr = "127.0.0.1:0".parse().expect("addr");
-    config.media_addr = "127.0.0.1:0".parse().expect("addr");
-    config.data_dir = data_dir.to_path_buf();
-    config.open_rooms = true;
-    signaling::start(config).await.expect("server starts")
-}
 
 #[test]
 fn a_light_endpoint_cannot_publish() {
@@ -48,8 +28,8 @@ fn a_light_endpoint_cannot_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_viewer_counts_packets_and_keyframes_without_decoding() {
-    let dir = data_dir("light");
-    let server = start_server(&dir).await;
+    let dir = common::data_dir("light");
+    let server = common::start_server(&dir).await;
     let tls = tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
     let options = |name: &str| {
         let mut options = BotOptions::new(server.ws_url(), "light", name, tls.clone());
@@ -103,22 +83,9 @@ async fn a_light_viewer_counts_packets_and_keyframes_without_decoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_broadcast_reports_its_checks_and_the_floor() {
-    let dir = data_dir("light-run");
-    let server = start_server(&dir).await;
-    let tls = tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
-    let metrics = MetricsTarget::new(
-        &format!("https://{}/metrics", server.http_addr),
-        tls.clone(),
-    )
-    .expect("metrics url")
-    .with_token(Some(server.metrics_token.clone()));
-    let target = Target {
-        ws_url: server.ws_url(),
-        metrics: Some(metrics),
-        tls,
-        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        tokens: None,
-    };
+    let dir = common::data_dir("light-run");
+    let server = common::start_server(&dir).await;
+    let target = common::target(&server);
     let scenario = Scenario {
         presenters: 1,
         viewers: 3,

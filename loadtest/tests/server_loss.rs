@@ -2,46 +2,18 @@
 //! away mid-run: the run fails, with the endpoints' lost connections as its first reason,
 //! instead of reporting no failures and no loss. Only outcomes are asserted, never timings.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-use loadtest::bot::tls_config_trusting_pem;
-use loadtest::metrics_scrape::MetricsTarget;
+use std::sync::{Arc, Mutex};
+
 use loadtest::report::RunErrorKind;
-use loadtest::scenario::{self, Live, ProgressFn, Scenario, Slo, Target};
+use loadtest::scenario::{self, Live, ProgressFn, Scenario, Slo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_mid_run_fails_the_run() {
-    signaling::install_crypto_provider();
-    let data_dir = std::env::temp_dir().join(format!(
-        "meet-loadtest-loss-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    let mut config = signaling::Config::new();
-    config.http_addr = "127.0.0.1:0".parse().expect("addr");
-    config.media_addr = "127.0.0.1:0".parse().expect("addr");
-    config.data_dir = data_dir.clone();
-    config.open_rooms = true;
-    let server = signaling::start(config).await.expect("server starts");
-
-    let tls = tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
-    let metrics = MetricsTarget::new(
-        &format!("https://{}/metrics", server.http_addr),
-        tls.clone(),
-    )
-    .expect("metrics url")
-    .with_token(Some(server.metrics_token.clone()));
-    let target = Target {
-        ws_url: server.ws_url(),
-        metrics: Some(metrics),
-        tls,
-        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        tokens: None,
-    };
+    let data_dir = common::data_dir("loss");
+    let server = common::start_server(&data_dir).await;
+    let target = common::target(&server);
     // A long hold: the run ends it early once every endpoint is gone.
     let scenario = Scenario {
         presenters: 1,
