@@ -266,6 +266,26 @@ pub struct ReceivedStats {
 }
 
 impl ReceivedStats {
+    /// Reads the sender's tag and simulcast layer from the start of a video frame, counting
+    /// changes of either and frames without one.
+    fn note_tag(&mut self, frame: &[u8]) {
+        match frame_tag(frame).map(split_tag) {
+            Some((tag, layer)) => {
+                if self.video_tag.is_some_and(|old| old != tag) {
+                    self.tag_changes += 1;
+                }
+                if self.video_layer.is_some_and(|old| old != layer) {
+                    self.layer_changes += 1;
+                }
+                self.video_tag = Some(tag);
+                self.video_layer = Some(layer);
+            }
+            None => self.untagged_frames += 1,
+        }
+    }
+}
+
+impl ReceivedStats {
     fn new(info: &PublicationInfo) -> Self {
         Self {
             participant_id: info.participant_id,
@@ -1385,19 +1405,7 @@ impl Endpoint {
                     stats.keyframes += 1;
                     stats.first_keyframe_at.get_or_insert(now);
                 }
-                match frame_tag(frame).map(split_tag) {
-                    Some((tag, layer)) => {
-                        if stats.video_tag.is_some_and(|old| old != tag) {
-                            stats.tag_changes += 1;
-                        }
-                        if stats.video_layer.is_some_and(|old| old != layer) {
-                            stats.layer_changes += 1;
-                        }
-                        stats.video_tag = Some(tag);
-                        stats.video_layer = Some(layer);
-                    }
-                    None => stats.untagged_frames += 1,
-                }
+                stats.note_tag(frame);
                 // A decoder that lost packets, or never saw a keyframe, cannot show the
                 // following frames: ask for a keyframe as a browser would, at a bounded rate.
                 let needs_keyframe = !keyframe
@@ -1467,19 +1475,7 @@ impl Endpoint {
                         stats.first_keyframe_at.get_or_insert(now);
                     }
                     // The tag sits in the frame's first bytes, so the first packet holds it.
-                    match frame_tag(frame).map(split_tag) {
-                        Some((tag, layer)) => {
-                            if stats.video_tag.is_some_and(|old| old != tag) {
-                                stats.tag_changes += 1;
-                            }
-                            if stats.video_layer.is_some_and(|old| old != layer) {
-                                stats.layer_changes += 1;
-                            }
-                            stats.video_tag = Some(tag);
-                            stats.video_layer = Some(layer);
-                        }
-                        None => stats.untagged_frames += 1,
-                    }
+                    stats.note_tag(frame);
                 }
             }
         }
