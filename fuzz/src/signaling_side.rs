@@ -219,7 +219,7 @@ impl Bench {
 
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
-        if self.engine.poll_timeout() <= self.now {
+        if self.engine.poll_timeout().is_some_and(|at| at <= self.now) {
             self.engine.handle_timeout(self.now);
         }
         while self.engine.poll_event().is_some() {}

@@ -591,13 +591,13 @@ impl World {
         let end = self.now + duration;
         while self.now < end {
             let next = self
-                .engine
+                .peer
                 .poll_timeout()
-                .min(self.peer.poll_timeout())
                 .min(self.client.poll_timeout())
                 .min(end);
+            let next = self.engine.poll_timeout().map_or(next, |at| at.min(next));
             self.now = next.max(self.now + MIN_STEP).min(end);
-            if self.engine.poll_timeout() <= self.now {
+            if self.engine.poll_timeout().is_some_and(|at| at <= self.now) {
                 self.engine.handle_timeout(self.now);
             }
             if self.peer.poll_timeout() <= self.now {

@@ -122,6 +122,10 @@ pub enum StartError {
     Engine(#[from] EngineError),
 }
 
+/// The longest a worker sleeps in its poll, whatever its engine has scheduled: the snapshot and
+/// the inbox are looked at at least this often.
+const IDLE_WAKE: Duration = Duration::from_millis(100);
+
 /// How often each worker refreshes its share of the [`SfuSnapshot`]. A tenth of a second keeps a
 /// rate taken over a 10 s load-test hold within about 1% (at once a second the packet count
 /// lagged the CPU time by up to a second), for a census and a copy of the counters ten times a
@@ -559,8 +563,8 @@ impl Worker {
             let timeout = if self.unread.is_empty() {
                 self.engine
                     .poll_timeout()
-                    .saturating_duration_since(now)
-                    .min(Duration::from_millis(100))
+                    .map_or(IDLE_WAKE, |at| at.saturating_duration_since(now))
+                    .min(IDLE_WAKE)
             } else {
                 Duration::ZERO
             };
@@ -582,7 +586,7 @@ impl Worker {
                 Err(exit) => return exit,
             }
             let now = Instant::now();
-            if self.engine.poll_timeout() <= now {
+            if self.engine.poll_timeout().is_some_and(|at| at <= now) {
                 self.engine.handle_timeout(now);
             }
             if !self.flush() {

@@ -636,19 +636,16 @@ impl Engine {
         self.events.pop_front()
     }
 
-    /// When [`Engine::handle_timeout`] must be called next.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`Engine::handle_timeout`] must be called next; `None` before anything is
+    /// scheduled (the engine reads no clock, so it cannot say "a tick from now" itself).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let participants = self.participants.values().map(|p| p.next_timeout);
         let keyframes = self.publications.values().filter_map(|p| {
             p.last_keyframe_request
                 .filter(|_| p.keyframe_request_pending)
                 .map(|t| t + self.config.keyframe_request_interval)
         });
-        participants
-            .chain(keyframes)
-            .chain(self.next_tick)
-            .min()
-            .unwrap_or_else(|| Instant::now() + TICK)
+        participants.chain(keyframes).chain(self.next_tick).min()
     }
 
     /// Advances every participant whose timer is due, and sends keyframe requests that were

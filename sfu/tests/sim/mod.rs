@@ -346,9 +346,9 @@ impl Sim {
     pub fn run_for(&mut self, duration: Duration) {
         let end = self.now + duration;
         while self.now < end {
-            let mut next = self.engine.poll_timeout().min(end);
+            let mut next = self.engine.poll_timeout().map_or(end, |at| at.min(end));
             for engine in &self.workers {
-                next = next.min(engine.poll_timeout());
+                next = engine.poll_timeout().map_or(next, |at| next.min(at));
             }
             for e in self.endpoints.iter().filter(|e| e.alive) {
                 next = next.min(e.endpoint.poll_timeout());
@@ -371,7 +371,11 @@ impl Sim {
             }
             for worker in 0..self.worker_count() {
                 let now = self.now;
-                if self.worker(worker).poll_timeout() <= now {
+                if self
+                    .worker(worker)
+                    .poll_timeout()
+                    .is_some_and(|at| at <= now)
+                {
                     let started = cpu_time::ThreadTime::now();
                     self.worker(worker).handle_timeout(now);
                     self.engine_busy += started.elapsed();
