@@ -10,7 +10,10 @@ source ./env.sh
 fuzz_build
 bin="$FUZZ_BIN"
 while read -r target; do
-  rm -rf "corpus/$target"
+  # Inputs a crash left (regression-*) stay: they are not generated.
+  if [ -d "corpus/$target" ]; then
+    find "corpus/$target" -maxdepth 1 -type f ! -name 'regression-*' -delete
+  fi
   MEET_FUZZ_WRITE_SEEDS=corpus "$bin/$target" 2>&1 | grep -v '^WARNING: Failed to find function'
 done < targets.txt
 du -sh corpus

@@ -32,10 +32,10 @@ fuzz_target!(
             let seq = r.u16();
             let ts = r.u32();
             at_ms += 10;
-            if let Some(frame) = assembler.push(seq, ts, kind & 1 == 1, r.rest(), at_ms) {
-                if let Some(header) = &frame.sequence_header {
-                    let _ = depack::av1_codec_private(header);
-                }
+            if let Some(frame) = assembler.push(seq, ts, kind & 1 == 1, r.rest(), at_ms)
+                && let Some(header) = &frame.sequence_header
+            {
+                let _ = depack::av1_codec_private(header);
             }
         }
     }

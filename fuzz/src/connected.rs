@@ -163,7 +163,7 @@ pub fn patch_rtcp(world: &World, patch: u8, packet: &mut [u8]) {
                 _ => {}
             }
         }
-        at = at + 4 * (words + 1);
+        at += 4 * (words + 1);
     }
 }
 
@@ -207,6 +207,9 @@ pub fn run_input(world: &mut World, data: &[u8]) {
             CONTROL => control(world, body),
             _ => str0m_write(world, body),
         }
+    }
+    if world.transport_failed.is_some() {
+        world.check_contained();
     }
 }
 
@@ -655,6 +658,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         &[rtcp_packet(0, 200, n.audio_ssrc.unwrap_or(1), &sender_info)].concat(),
     );
     seeds.push(("rtcp_feedback".to_owned(), w.out));
+
+    // Regression: congestion feedback whose first chunk is a run of length zero, then a
+    // two-bit vector with a large delta. str0m 0.25 reads the run forever and finds the large
+    // delta where it expects a small one: a panic, which must end this participant's
+    // transport only (the harness checks it: `World::check_contained`).
+    let mut w = SeedWriter::new();
+    w.advance(100);
+    let twcc_body = [
+        &0u32.to_be_bytes()[..],
+        &0u16.to_be_bytes(), // base sequence number
+        &7u16.to_be_bytes(), // packet status count
+        &[0, 0, 1, 0],       // reference time, feedback packet count
+        &[0x20, 0x00],       // run of 0 "small delta"
+        &[0xe0, 0x00],       // two-bit vector: "large delta", then six "not received"
+        &[0x00, 0x04],       // the large delta
+    ]
+    .concat();
+    w.rtcp(feedback(0), &rtcp_packet(15, 205, 0, &twcc_body));
+    w.advance(100);
+    seeds.push(("regression-twcc-zero-length-run".to_owned(), w.out));
 
     // A goodbye for the client's audio, then more audio.
     let mut w = SeedWriter::new();

@@ -21,6 +21,25 @@ pub mod srtp;
 pub mod stun;
 pub mod world;
 
+/// Lets a panic that the engine contains reach its `catch_unwind`.
+///
+/// libFuzzer's panic hook aborts on every panic, even one that is caught. The engine catches a
+/// panic of str0m on a participant's input and ends only that participant's transport
+/// (`SfuEvent::TransportFailed`), which the harnesses then check. So this hook prints the panic
+/// (message, place, backtrace) and lets it unwind; a panic nothing contains still reaches the
+/// `catch_unwind` of `fuzz_target!`, which aborts: a crash, as before.
+pub fn let_contained_panics_unwind() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let backtrace = std::backtrace::Backtrace::capture();
+            eprintln!(
+                "panic (contained if the engine reports TransportFailed): {info}\n{backtrace}"
+            );
+        }));
+    });
+}
+
 /// The seeds of one target, by name.
 pub fn seeds_for(target: &str) -> Vec<(String, Vec<u8>)> {
     match target {

@@ -66,6 +66,7 @@ pub enum Outcome {
 impl Bench {
     pub fn new() -> Self {
         let now = Instant::now();
+        crate::let_contained_panics_unwind();
         let mut engine = Engine::new(EngineConfig::new(SERVER)).expect("an engine");
         engine.handle_command(
             now,

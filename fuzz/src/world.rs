@@ -215,6 +215,8 @@ pub struct World {
     pub inputs: u64,
     /// The client's offer.
     pub offer_sdp: String,
+    /// A participant whose transport failed on its input (`SfuEvent::TransportFailed`).
+    pub transport_failed: Option<ParticipantId>,
 }
 
 impl std::fmt::Debug for World {
@@ -317,6 +319,7 @@ impl World {
     /// Builds the engine, connects both participants and waits until media flows both ways.
     /// `None` if that did not happen within 10 s of virtual time (a harness bug).
     pub fn new() -> Option<Self> {
+        crate::let_contained_panics_unwind();
         let now = Instant::now();
         let mut engine = Engine::new(EngineConfig::new(SERVER)).ok()?;
 
@@ -449,6 +452,7 @@ impl World {
             client_publications: client_publications.iter().map(|p| p.id).collect(),
             inputs: 0,
             offer_sdp,
+            transport_failed: None,
         };
         let start = world.now;
         let mut keyed = None;
@@ -481,7 +485,30 @@ impl World {
     /// Whether both transports are still up (a fuzzed input may legitimately end one, for
     /// example with an RTCP BYE or a DTLS alert).
     pub fn alive(&self) -> bool {
-        self.client.rtc.is_alive() && self.peer.is_alive() && self.peer.is_connected()
+        self.transport_failed.is_none()
+            && self.client.rtc.is_alive()
+            && self.peer.is_alive()
+            && self.peer.is_connected()
+    }
+
+    /// After the client's transport failed on its input: the engine forgot it (its
+    /// datagrams are from an unknown source now) and the peer's transport is untouched.
+    /// Panics (a crash) otherwise.
+    pub fn check_contained(&mut self) {
+        assert_eq!(
+            self.transport_failed,
+            Some(CLIENT_ID),
+            "only the sender fails"
+        );
+        assert_eq!(self.engine.stats().transport_failures, 1);
+        let unknown = self.engine.stats().dropped_unknown_source;
+        self.send_raw(&[0x80, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(self.engine.stats().dropped_unknown_source, unknown + 1);
+        self.run_for(Duration::from_millis(200));
+        assert!(
+            self.peer.is_alive() && self.peer.is_connected(),
+            "the other participant keeps its transport"
+        );
     }
 
     /// Sends a datagram from the client's address, unprotected.
@@ -582,6 +609,9 @@ impl World {
                 active,
                 ..
             } if participant == PEER_ID => self.peer.set_active_layers(&active),
+            SfuEvent::TransportFailed { participant } => {
+                self.transport_failed = Some(participant);
+            }
             _ => {}
         }
     }

@@ -134,6 +134,10 @@ pub enum SfuEvent {
     MediaConnected { participant: ParticipantId },
     /// The transport stopped receiving consent (no STUN from the client) and was closed.
     MediaDisconnected { participant: ParticipantId },
+    /// The participant's transport failed on what it sent (the WebRTC stack panicked on its
+    /// input) and was closed; its publications ended. Nobody else is affected. Its session
+    /// should be closed: the client may join again.
+    TransportFailed { participant: ParticipantId },
     /// The participant's connection quality (loss and round-trip time on its transport)
     /// crossed a threshold. Sent on change only.
     QualityChanged {

@@ -66,6 +66,9 @@ pub struct EngineStats {
     /// from the owners of the mirrored publications here.
     pub rtp_relayed_out: u64,
     pub rtp_relayed_in: u64,
+    /// Transports that panicked on their participant's input and were closed
+    /// (`SfuEvent::TransportFailed`).
+    pub transport_failures: u64,
 }
 
 impl EngineStats {
@@ -101,5 +104,6 @@ impl EngineStats {
         self.dropped_send_queue_full += other.dropped_send_queue_full;
         self.rtp_relayed_out += other.rtp_relayed_out;
         self.rtp_relayed_in += other.rtp_relayed_in;
+        self.transport_failures += other.transport_failures;
     }
 }

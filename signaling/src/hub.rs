@@ -1381,6 +1381,22 @@ impl Hub {
                     );
                 }
             }
+            SfuEvent::TransportFailed { participant } => {
+                // Only a hostile or broken client gets here: the SFU's WebRTC stack panicked
+                // on what this participant sent. The SFU already closed its transport.
+                let (room, invitation) = self.members.get(&participant).map_or((None, None), |m| {
+                    (Some(m.room.to_string()), m.invitation.clone())
+                });
+                tracing::warn!(target: SECURITY, event = "transport_failed", room = room.as_deref(), participant = %participant, invitation = invitation.as_deref(), "media transport failed on the participant's input; removed");
+                self.remove(
+                    participant,
+                    LeaveReason::Removed,
+                    Some((
+                        ErrorCode::MediaUnavailable,
+                        "your media connection failed on what it sent and was closed",
+                    )),
+                );
+            }
             SfuEvent::MediaDisconnected { participant } => {
                 tracing::info!(participant = %participant, "media transport timed out");
                 self.remove(

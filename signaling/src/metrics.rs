@@ -57,6 +57,7 @@ impl Metrics {
                 .set((snapshot.workers - snapshot.workers_running) as f64);
             counter!("meet_media_worker_failures_total").absolute(snapshot.worker_failures);
             counter!("meet_rtp_relayed_total").absolute(snapshot.stats.rtp_relayed_out);
+            counter!("meet_transport_failures_total").absolute(snapshot.stats.transport_failures);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 gauge!("meet_tokio_tasks").set(runtime.metrics().num_alive_tasks() as f64);
             }
@@ -145,6 +146,11 @@ fn describe() {
     describe_counter!(
         "meet_media_worker_failures_total",
         "Media workers stopped by a panic or a failed socket since the start."
+    );
+    describe_counter!(
+        "meet_transport_failures_total",
+        "Participants' transports closed because the WebRTC stack panicked on their input \
+         (only that participant is affected)."
     );
     describe_counter!(
         "meet_rtp_relayed_total",

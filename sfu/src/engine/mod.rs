@@ -435,11 +435,27 @@ struct Participant {
     video_sizes: FxHashMap<PublicationId, (u32, u32)>,
     /// The (minimum, desired) bitrates last given to its estimator.
     bwe_bitrates: (u64, u64),
+    /// Its transport panicked ([`contained`]): it is never called again, only dropped.
+    failed: bool,
 }
 
 #[derive(Debug, Default)]
 struct Room {
     participants: Vec<ParticipantId>,
+}
+
+/// Runs one call into a participant's transport, catching a panic.
+///
+/// str0m parses everything a participant sends (DTLS, SRTCP, RTCP feedback, SDP) inside these
+/// calls. A panic there is a defect of a library this project uses as it is (str0m 0.25's
+/// transport-wide congestion feedback panics on a run chunk of length zero followed by a large
+/// delta, which any connected participant can send), and it must cost the participant whose
+/// input caused it, not the worker and everyone on it. `catch_unwind` costs nothing until
+/// something panics. After a panic the transport's state is unknown, so the caller ends it
+/// ([`Engine::fail_transport`]) and never calls it again; asserting unwind safety is sound
+/// because nothing observes that state afterwards.
+fn contained<R>(rtc: &mut Rtc, call: impl FnOnce(&mut Rtc) -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(rtc))).ok()
 }
 
 /// Work found while draining one participant's `Rtc`, handled once the borrow ends.
@@ -659,10 +675,16 @@ impl Engine {
                 .map(|(id, _)| *id),
         );
         for &id in &due {
-            if let Some(p) = self.participants.get_mut(&id)
-                && let Err(err) = p.rtc.handle_input(Input::Timeout(now))
-            {
-                tracing::debug!(participant = %id, %err, "timeout input failed");
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            match contained(&mut p.rtc, |rtc| rtc.handle_input(Input::Timeout(now))) {
+                Some(Ok(())) => {}
+                Some(Err(err)) => tracing::debug!(participant = %id, %err, "timeout input failed"),
+                None => {
+                    self.fail_transport(id);
+                    continue;
+                }
             }
             self.drain(id, now);
         }
@@ -742,9 +764,17 @@ impl Engine {
                 .stream_rx(&ssrc.into())
                 .is_some()
         });
-        if let Err(err) = participant.rtc.handle_input(input) {
-            self.stats.dropped_malformed += 1;
-            tracing::debug!(participant = %id, %err, "input refused by the transport");
+        match contained(&mut participant.rtc, |rtc| rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
+                self.stats.dropped_malformed += 1;
+                tracing::debug!(participant = %id, %err, "input refused by the transport");
+            }
+            None => {
+                self.fail_transport(id);
+                self.flush_touched(now);
+                return;
+            }
         }
         if let Some(ssrc) = rtp_ssrc
             && !known_before
@@ -968,6 +998,7 @@ impl Engine {
                 reallocate: false,
                 video_sizes: FxHashMap::default(),
                 bwe_bitrates: (0, 0),
+                failed: false,
                 seq_guard: crate::seqguard::SeqGuard::default(),
                 transport_cc: None,
             },
@@ -1010,11 +1041,17 @@ impl Engine {
             ErrorCode::NotJoined,
             format!("participant {id} has no transport"),
         ))?;
-        let answer = participant
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|err| (ErrorCode::BadSdp, format!("offer not acceptable: {err}")))?;
+        let Some(answer) = contained(&mut participant.rtc, |rtc| {
+            rtc.sdp_api().accept_offer(offer)
+        }) else {
+            self.fail_transport(id);
+            return Err((
+                ErrorCode::BadSdp,
+                "the offer broke the media connection, which is closed".into(),
+            ));
+        };
+        let answer =
+            answer.map_err(|err| (ErrorCode::BadSdp, format!("offer not acceptable: {err}")))?;
         let answer_sdp = answer.to_sdp_string();
         participant.transport_cc = crate::seqguard::transport_cc_id(&answer_sdp);
 
@@ -1078,6 +1115,20 @@ impl Engine {
         self.update_simulcast_layers(now);
     }
 
+    /// Ends a participant whose transport panicked on its input: the transport is dropped
+    /// without another call, its publications end for everyone, and signaling is told, so
+    /// that its session is closed with a reason. Every other participant keeps its media.
+    fn fail_transport(&mut self, id: ParticipantId) {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        participant.failed = true;
+        self.stats.transport_failures += 1;
+        self.remove_participant(id);
+        self.events
+            .push_back(SfuEvent::TransportFailed { participant: id });
+    }
+
     fn remove_participant(&mut self, id: ParticipantId) {
         let Some(participant) = self.participants.get(&id) else {
             return;
@@ -1093,7 +1144,9 @@ impl Engine {
         let Some(mut participant) = self.participants.remove(&id) else {
             return;
         };
-        participant.rtc.disconnect();
+        if !participant.failed {
+            participant.rtc.disconnect();
+        }
         self.by_ufrag.remove(&participant.local_ufrag);
         for addr in &participant.addrs {
             if self.by_addr.get(addr) == Some(&id) {
@@ -1148,8 +1201,13 @@ impl Engine {
             return;
         };
         let mut timeouts_handled = 0;
+        let mut failed = false;
         loop {
-            match participant.rtc.poll_output() {
+            let Some(output) = contained(&mut participant.rtc, Rtc::poll_output) else {
+                failed = true;
+                break;
+            };
+            match output {
                 Ok(Output::Transmit(transmit)) => {
                     self.stats.datagrams_out += 1;
                     self.stats.bytes_out += transmit.contents.len() as u64;
@@ -1160,10 +1218,16 @@ impl Engine {
                     // packets leave in this pass instead of on the next timer tick.
                     if at <= now && timeouts_handled < 4 {
                         timeouts_handled += 1;
-                        if participant.rtc.handle_input(Input::Timeout(now)).is_err() {
-                            break;
+                        match contained(&mut participant.rtc, |rtc| {
+                            rtc.handle_input(Input::Timeout(now))
+                        }) {
+                            Some(Ok(())) => continue,
+                            Some(Err(_)) => break,
+                            None => {
+                                failed = true;
+                                break;
+                            }
                         }
-                        continue;
                     }
                     participant.next_timeout = at;
                     break;
@@ -1215,6 +1279,13 @@ impl Engine {
                     break;
                 }
             }
+        }
+        if failed {
+            // What it sent before the failure is dropped with it: its publications end.
+            found.clear();
+            self.found = found;
+            self.fail_transport(id);
+            return;
         }
         if !participant.rtc.is_alive() && !participant.disconnected_reported {
             found.push(Found::Disconnected);

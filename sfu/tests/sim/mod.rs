@@ -652,6 +652,12 @@ impl Sim {
                     e.endpoint.set_active_layers(&active);
                 }
             }
+            // Signaling closes its session; the engine already dropped its transport.
+            SfuEvent::TransportFailed { participant } => {
+                if let Some(e) = self.by_participant(*participant) {
+                    e.alive = false;
+                }
+            }
             SfuEvent::MediaConnected { .. }
             | SfuEvent::WorkerFailed { .. }
             | SfuEvent::MediaDisconnected { .. }
