@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loadtest::bot::{insecure_tls_config, tls_config_trusting_pem};
 use loadtest::metrics_scrape::MetricsTarget;
 use loadtest::report::{RunReport, html};
-use loadtest::scenario::{self, Kind, Live, ProgressFn, Scenario, Target, TokenPool};
+use loadtest::scenario::{self, Live, ProgressFn, Target, TokenPool};
+use loadtest::spec::{Kind, Scenario};
 
 #[derive(Debug, Parser)]
 #[command(

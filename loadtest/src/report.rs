@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::bot::{BotError, BotStats};
 use crate::floor::Floor;
 use crate::metrics_scrape::{CpuSource, ServerSample};
-use crate::scenario::Scenario;
+use crate::spec::{Kind, Scenario};
 use protocol::MediaKind;
 
 /// What an endpoint did in the run.
@@ -645,7 +645,7 @@ impl RunReport {
             // The ramp joined the scenario's receivers; churned replacements came later.
             join_rate_achieved: if ramp_s > 0.0 {
                 let ramped = match scenario.kind {
-                    crate::scenario::Kind::Meeting => scenario.participants,
+                    Kind::Meeting => scenario.participants,
                     _ => scenario.viewers,
                 };
                 f64::from(ramped) / ramp_s

@@ -10,7 +10,8 @@ mod common;
 
 use loadtest::bot::{Bot, BotOptions, tls_config_trusting_pem};
 use loadtest::endpoint::{Endpoint, EndpointConfig, EndpointError};
-use loadtest::scenario::{self, Scenario, Slo};
+use loadtest::scenario;
+use loadtest::spec::{Scenario, Slo};
 use protocol::MediaKind;
 
 /// Generous: a shared CI machine may be slow to connect, but the media flows within seconds.

@@ -7,7 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use loadtest::report::RunErrorKind;
-use loadtest::scenario::{self, Live, ProgressFn, Scenario, Slo};
+use loadtest::scenario::{self, Live, ProgressFn};
+use loadtest::spec::{Scenario, Slo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_mid_run_fails_the_run() {

@@ -1,0 +1,225 @@
+//! What a load run is: its shape, its size and pace, and what counts as success, read from
+//! flags or a TOML file and checked against the hard caps. The runner ([`crate::scenario`])
+//! and the report ([`crate::report`]) both read it; neither is needed to describe a run.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Most endpoints one run may connect.
+pub const MAX_ENDPOINTS: u32 = 5_000;
+/// Longest steady phase of one run: long enough for a soak test (`loadtest/soak.sh`, one
+/// hour by default).
+pub const MAX_DURATION_S: f64 = 4.0 * 3_600.0;
+/// Fastest join rate.
+pub const MAX_JOIN_RATE: f64 = 1_000.0;
+
+/// A scenario that cannot run as written.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+    #[error("scenario file: {0}")]
+    File(String),
+}
+
+/// The shape of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// 1–3 presenters send audio and video to viewers who send nothing.
+    Broadcast,
+    /// Every participant publishes and receives everyone else.
+    Meeting,
+    /// A broadcast whose viewers keep leaving and being replaced.
+    Churn,
+}
+
+/// Service level objectives; a run fails when one is missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    /// Highest packet loss over all received streams, in percent.
+    pub loss_pct: Option<f64>,
+    /// Highest 95th percentile of join time (socket open to ICE connected), in ms.
+    pub join_p95_ms: Option<f64>,
+    /// Highest 95th percentile of time to the first video keyframe, in ms.
+    pub first_frame_p95_ms: Option<f64>,
+    /// Most endpoints that may fail to join or to receive media.
+    pub max_failed: u64,
+    /// Soak: most growth of the server's resident memory (MiB), open descriptors and async
+    /// tasks, from the middle third of the run to its last third (the first third is the
+    /// ramp and warm-up). A leak grows; a steady server does not.
+    pub rss_growth_mib: Option<f64>,
+    pub fd_growth: Option<f64>,
+    pub task_growth: Option<f64>,
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Self {
+            loss_pct: Some(0.5),
+            join_p95_ms: None,
+            first_frame_p95_ms: None,
+            max_failed: 0,
+            rss_growth_mib: None,
+            fd_growth: None,
+            task_growth: None,
+        }
+    }
+}
+
+/// A load scenario, from flags or a TOML file with the same field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub kind: Kind,
+    pub room: String,
+    /// Publishers in `broadcast` and `churn` (1–3).
+    pub presenters: u32,
+    /// Receive-only endpoints in `broadcast` and `churn`.
+    pub viewers: u32,
+    /// Endpoints that all publish, in `meeting`.
+    pub participants: u32,
+    /// New endpoints per second during the ramp.
+    pub join_rate: f64,
+    /// Seconds every endpoint stays connected after the last one joined.
+    pub duration_s: f64,
+    /// Each publisher's video bitrate in kbit/s (its top layer's, with simulcast).
+    pub video_kbps: u32,
+    /// Publishers send three simulcast layers (1/8, 2/5 and all of `video_kbps`), as the
+    /// web client does; the SFU picks one per viewer.
+    pub simulcast: bool,
+    pub video_fps: u32,
+    /// Viewers replaced per second during the hold in `churn`.
+    pub churn_per_s: f64,
+    /// End-to-end encryption: publishers seal every frame (SFrame, as the web client does in
+    /// an encrypted meeting) with a random key the run gives every endpoint, and receivers
+    /// open every frame before counting it as received media.
+    pub e2ee: bool,
+    /// Viewers receive lightly ([`crate::endpoint::EndpointConfig::light`]): packets are authenticated,
+    /// counted and checked for gaps and keyframes, never reassembled into frames, so that one
+    /// host can drive thousands of them. Not with `e2ee` (light viewers cannot open frames).
+    pub light_viewers: bool,
+    /// Measure the loopback floor ([`crate::floor`]) for about a second before the endpoints
+    /// start, so that the report states the server's cost as a multiple of it.
+    pub measure_floor: bool,
+    pub slo: Slo,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            kind: Kind::Broadcast,
+            room: "loadtest".into(),
+            presenters: 1,
+            viewers: 50,
+            participants: 8,
+            join_rate: 100.0,
+            duration_s: 10.0,
+            video_kbps: 1_000,
+            simulcast: true,
+            video_fps: 30,
+            churn_per_s: 5.0,
+            e2ee: false,
+            light_viewers: false,
+            measure_floor: true,
+            slo: Slo::default(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario from TOML; absent fields keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        toml::from_str(text).map_err(|err| SpecError::File(err.to_string()))
+    }
+
+    /// Checks the hard caps and the scenario's own consistency.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |why: &str| Err(SpecError::Invalid(why.to_string()));
+        if !(self.join_rate > 0.0 && self.join_rate <= MAX_JOIN_RATE) {
+            return invalid("join_rate must be in (0, 1000] per second");
+        }
+        if !(self.duration_s >= 0.0 && self.duration_s <= MAX_DURATION_S) {
+            return invalid("duration_s must be in [0, 14400]");
+        }
+        if self.total_endpoints() > MAX_ENDPOINTS {
+            return invalid("more than 5000 endpoints");
+        }
+        if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
+            return invalid("video_kbps must be 1–10000 and video_fps 1–60");
+        }
+        if self.light_viewers && self.e2ee {
+            return invalid("light viewers do not open end-to-end encrypted frames: drop e2ee");
+        }
+        if self.room.is_empty() || self.room.chars().count() > 64 {
+            return invalid("room must be 1–64 characters");
+        }
+        match self.kind {
+            Kind::Broadcast | Kind::Churn if !(1..=3).contains(&self.presenters) => {
+                invalid("a broadcast has 1–3 presenters")
+            }
+            Kind::Meeting if self.participants < 2 => invalid("a meeting needs 2 participants"),
+            Kind::Churn if !(self.churn_per_s > 0.0 && self.churn_per_s <= MAX_JOIN_RATE) => {
+                invalid("churn_per_s must be in (0, 1000]")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Endpoints connected at once at the peak.
+    pub fn total_endpoints(&self) -> u32 {
+        match self.kind {
+            Kind::Meeting => self.participants,
+            Kind::Broadcast | Kind::Churn => self.presenters.saturating_add(self.viewers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_consistency_are_checked() {
+        let ok = Scenario::default();
+        assert!(ok.validate().is_ok());
+        for broken in [
+            Scenario {
+                viewers: MAX_ENDPOINTS,
+                ..Scenario::default()
+            },
+            Scenario {
+                presenters: 4,
+                ..Scenario::default()
+            },
+            Scenario {
+                join_rate: 0.0,
+                ..Scenario::default()
+            },
+            Scenario {
+                duration_s: f64::NAN,
+                ..Scenario::default()
+            },
+            Scenario {
+                kind: Kind::Meeting,
+                participants: 1,
+                ..Scenario::default()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn scenario_files_use_the_field_names() {
+        let scenario = Scenario::from_toml(
+            "kind = \"meeting\"\nparticipants = 6\n[slo]\nloss_pct = 1.0\njoin_p95_ms = 300\n",
+        )
+        .expect("valid file");
+        assert_eq!(scenario.kind, Kind::Meeting);
+        assert_eq!(scenario.participants, 6);
+        assert_eq!(scenario.slo.join_p95_ms, Some(300.0));
+        assert!(Scenario::from_toml("viewerz = 3").is_err());
+    }
+}
