@@ -6,12 +6,12 @@
 // out of the address bar (so screenshots and copied URLs do not carry it) and kept in memory
 // for reconnections. Without a token the room + name form joins open rooms (development).
 
+import { $, el, formatTime, toast } from './dom.js';
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { LocalMedia, setTrackSource } from './media.js';
 import { JoinError, Meeting, refusalKey, tokenClaims } from './meeting.js';
 import { deviceSize } from './simulcast.js';
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const local = new LocalMedia();
 
@@ -632,10 +632,6 @@ function isViewerLink() {
 
 const number = (n) => new Intl.NumberFormat(language()).format(n ?? 0);
 
-function formatTime(ms) {
-  return new Intl.DateTimeFormat(language(), { dateStyle: 'full', timeStyle: 'short' }).format(new Date(ms));
-}
-
 function renderWaiting() {
   const m = app.meeting;
   if (!m || m.state !== 'lobby' || !m.lobby) return;
@@ -643,7 +639,7 @@ function renderWaiting() {
   const start = $('waiting-start');
   start.hidden = typeof m.lobby.startsAt !== 'number';
   if (!start.hidden) {
-    start.textContent = t('waiting.startsAt', { time: formatTime(m.lobby.startsAt) });
+    start.textContent = t('waiting.startsAt', { time: formatTime(m.lobby.startsAt, 'full') });
     start.dataset.startsAt = String(m.lobby.startsAt);
   }
   const reason = $('waiting-reason');
@@ -688,17 +684,6 @@ function rosterEntries(m) {
   return entries;
 }
 app.rosterEntries = () => (app.meeting ? rosterEntries(app.meeting) : []);
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'dataset') Object.assign(node.dataset, v);
-    else if (k === 'text') node.textContent = v;
-    else node[k] = v;
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
-  return node;
-}
 
 function icon(id, className, label) {
   const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
@@ -871,14 +856,6 @@ function scheduleRender() {
     renderQueued = false;
     render();
   }, 0);
-}
-
-function toast(text) {
-  const el = document.createElement('div');
-  el.className = 'toast';
-  el.textContent = text;
-  $('toasts').append(el);
-  setTimeout(() => el.remove(), 4000);
 }
 
 // ---- start -----------------------------------------------------------------------------------

@@ -5,11 +5,11 @@
 // The bearer token lives in sessionStorage (gone when the tab closes) and goes out only in
 // the Authorization header of same-origin requests.
 
+import { $, el, formatTime, toast } from './dom.js';
 import { decryptRecording } from './e2ee-playback.js';
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { keyRingsFor } from './keystore.js';
 
-const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'meet.orgToken';
 const ATTENDANCE_MS = 5000;
 
@@ -139,20 +139,6 @@ function renderMessage() {
 
 // ---- small DOM helpers -----------------------------------------------------------------------
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null) continue;
-    if (k === 'dataset') Object.assign(node.dataset, v);
-    else if (k === 'text') node.textContent = v;
-    else if (k === 'on') for (const [type, fn] of Object.entries(v)) node.addEventListener(type, fn);
-    else if (k === 'attrs') for (const [name, value] of Object.entries(v)) node.setAttribute(name, value);
-    else node[k] = v;
-  }
-  node.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
-  return node;
-}
-
 const button = (key, onClick, className = 'secondary', props = {}) => el('button', {
   type: 'button', className, text: t(key), on: { click: onClick }, ...props,
 });
@@ -170,11 +156,6 @@ function select(options, value, props = {}) {
 
 const roleSelect = (value = 'participant', props = {}) => select(INVITEE_ROLES.map((r) => [r, ROLE_KEYS[r]]), value, props);
 
-function formatTime(ms) {
-  if (typeof ms !== 'number') return '–';
-  return new Intl.DateTimeFormat(language(), { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(ms));
-}
-
 /** ms epoch -> the value of a datetime-local input (local time). */
 function toLocalInput(ms) {
   const d = new Date(ms);
@@ -184,12 +165,6 @@ function toLocalInput(ms) {
 
 /** A datetime-local value (local time) -> ms epoch, or NaN. */
 const fromLocalInput = (value) => (value ? new Date(value).getTime() : NaN);
-
-function toast(text) {
-  const node = el('div', { className: 'toast', text });
-  $('toasts').append(node);
-  setTimeout(() => node.remove(), 3000);
-}
 
 function table(headKeys, rows, className = '') {
   return el('table', { className: `org-table ${className}` },
