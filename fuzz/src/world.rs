@@ -596,13 +596,7 @@ impl World {
                 participant,
                 publication,
             } if participant == CLIENT_ID => {
-                self.peer.subscribe(PublicationInfo {
-                    id: publication.id,
-                    participant_id: participant,
-                    kind: publication.kind,
-                    source: publication.source,
-                    muted: false,
-                });
+                self.peer.subscribe(publication.info(participant));
             }
             SfuEvent::SimulcastLayers {
                 participant,
@@ -701,13 +695,7 @@ fn settle_events(
                 participant,
                 publication,
             } => {
-                let info = PublicationInfo {
-                    id: publication.id,
-                    participant_id: participant,
-                    kind: publication.kind,
-                    source: publication.source,
-                    muted: false,
-                };
+                let info = publication.info(participant);
                 if participant == CLIENT_ID {
                     peer.subscribe(info.clone());
                 }

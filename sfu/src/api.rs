@@ -105,6 +105,19 @@ pub struct PublicationAnnouncement {
     pub source: TrackSource,
 }
 
+impl PublicationAnnouncement {
+    /// What clients are told of it: published by `participant`, not muted yet.
+    pub fn info(&self, participant: ParticipantId) -> protocol::PublicationInfo {
+        protocol::PublicationInfo {
+            id: self.id,
+            participant_id: participant,
+            kind: self.kind,
+            source: self.source,
+            muted: false,
+        }
+    }
+}
+
 /// Something the SFU tells signaling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

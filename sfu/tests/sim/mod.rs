@@ -620,13 +620,7 @@ impl Sim {
                 participant,
                 publication,
             } => {
-                let info = PublicationInfo {
-                    id: publication.id,
-                    participant_id: *participant,
-                    kind: publication.kind,
-                    source: publication.source,
-                    muted: false,
-                };
+                let info = publication.info(*participant);
                 self.publications.push(info.clone());
                 for e in self.endpoints.iter_mut().filter(|e| e.alive) {
                     if e.participant != *participant {

@@ -1,7 +1,7 @@
 //! What the SFU tells the hub (answers, publications, connection state, quality, speakers,
 //! simulcast layers, failed transports and workers), relayed to the members who see it.
 
-use protocol::{ErrorCode, LeaveReason, PublicationInfo, ServerMessage};
+use protocol::{ErrorCode, LeaveReason, ServerMessage};
 use sfu::SfuEvent;
 
 use crate::SECURITY;
@@ -30,13 +30,7 @@ impl Hub {
                 let Some(member) = self.members.get_mut(&participant) else {
                     return;
                 };
-                let info = PublicationInfo {
-                    id: publication.id,
-                    participant_id: participant,
-                    kind: publication.kind,
-                    source: publication.source,
-                    muted: false,
-                };
+                let info = publication.info(participant);
                 member.publications.push(info.clone());
                 let room = member.room.clone();
                 let role = member.role;
