@@ -456,7 +456,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
 
     // Audio: real Opus packets of a tone, 20 ms apart, with level, mid and TWCC extensions.
     let mut w = SeedWriter::new();
-    let mut tone = loadtest::media::ToneSource::new(440.0).expect("opus encoder");
+    let mut tone = endpoint::media::ToneSource::new(440.0).expect("opus encoder");
     for i in 0..25u16 {
         let opus = tone.next_packet().expect("an opus packet");
         let seq = 1000u16.wrapping_add(i);
@@ -481,7 +481,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
 
     // Video, one layer: a VP8 keyframe then delta frames, several packets each.
     let video_frames = |layer: u8, frames: u32, seq0: u16, w: &mut SeedWriter| {
-        let mut source = loadtest::media::VideoSource::new(0xf00 + u64::from(layer), 500);
+        let mut source = endpoint::media::VideoSource::new(0xf00 + u64::from(layer), 500);
         let mut seq = seq0;
         for f in 0..frames {
             let frame = source.next_frame(f == 0);
@@ -532,7 +532,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     // A lost packet, its NACK-triggered retransmission on RTX (original sequence number
     // first), and padding probes on RTX.
     let mut w = SeedWriter::new();
-    let frame = loadtest::media::VideoSource::new(7, 2_000).next_frame(true);
+    let frame = endpoint::media::VideoSource::new(7, 2_000).next_frame(true);
     let payloads = vp8_payloads(&frame, 600);
     for (i, payload) in payloads.iter().enumerate() {
         let seq = 500 + i as u16;
@@ -692,7 +692,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
 
     // The client's own str0m writing audio and each layer's video (its extensions).
     let mut w = SeedWriter::new();
-    let mut source = loadtest::media::VideoSource::new(3, 400);
+    let mut source = endpoint::media::VideoSource::new(3, 400);
     for i in 0..4u16 {
         w.str0m(
             0,

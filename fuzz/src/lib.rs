@@ -158,7 +158,7 @@ fn depacketize_seeds() -> Vec<(String, Vec<u8>)> {
         records::encode(out, u8::from(marker), &body);
     };
     let mut vp8 = vec![0u8];
-    let mut source = loadtest::media::VideoSource::new(8, 1_500);
+    let mut source = endpoint::media::VideoSource::new(8, 1_500);
     for f in 0..4u32 {
         let frame = source.next_frame(f == 0);
         let payloads = connected::vp8_payloads(&frame, 600);

@@ -241,8 +241,8 @@ pub fn real_files() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
     recording
         .add_track(track_info(2, MediaKind::Video, Codec::Vp8, 90_000), 0)
         .expect("video");
-    let mut tone = loadtest::media::ToneSource::new(440.0).expect("an encoder");
-    let mut video = loadtest::media::VideoSource::new(9, 1_500);
+    let mut tone = endpoint::media::ToneSource::new(440.0).expect("an encoder");
+    let mut video = endpoint::media::VideoSource::new(9, 1_500);
     for i in 0..60u32 {
         let opus = tone.next_packet().expect("opus");
         recording
@@ -350,8 +350,8 @@ pub fn writer_seeds() -> Vec<(String, Vec<u8>)> {
         ("plain_crashed", 2),
     ] {
         let mut out = vec![config];
-        let mut tone = loadtest::media::ToneSource::new(300.0).expect("an encoder");
-        let mut video = loadtest::media::VideoSource::new(4, 1_200);
+        let mut tone = endpoint::media::ToneSource::new(300.0).expect("an encoder");
+        let mut video = endpoint::media::VideoSource::new(4, 1_200);
         for i in 0..30u32 {
             let opus = tone.next_packet().expect("opus");
             packet(

@@ -1,7 +1,7 @@
-//! Harness for the SFrame implementation the load-test bots use (`loadtest::sframe`, the
+//! Harness for the SFrame implementation the load-test bots use (`endpoint::sframe`, the
 //! format of docs/e2ee.md).
 
-use loadtest::sframe::{self, BaseKey, Header, MediaFormat, Opener, Sealer, kid, ratchet};
+use endpoint::sframe::{self, BaseKey, Header, MediaFormat, Opener, Sealer, kid, ratchet};
 
 use crate::records::Reader;
 
@@ -95,7 +95,7 @@ pub fn run(data: &[u8]) {
 /// Seeds: real sealed frames (VP8 keyframe, delta, Opus), headers, round trips.
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut seeds = Vec::new();
-    let mut video = loadtest::media::VideoSource::new(5, 300);
+    let mut video = endpoint::media::VideoSource::new(5, 300);
     let mut sealer = Sealer::new(&KEYS[0].1, KEYS[0].0).expect("a sealer");
     for (name, keyframe) in [("vp8_key", true), ("vp8_delta", false)] {
         let mut frame = video.next_frame(keyframe);

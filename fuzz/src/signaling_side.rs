@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadtest::endpoint::{Endpoint, EndpointConfig};
+use endpoint::{Endpoint, EndpointConfig};
 use protocol::{
     ClientMessage, MediaKind, ParticipantId, PublicationId, PublishTrack, RoomId, SimulcastLayer,
     SubscribeTrack, TrackSource,

@@ -7,7 +7,7 @@
 //!   ([`crate::srtp`]), so the fuzzer can send any plaintext as SRTP or SRTCP from its
 //!   address: the engine authenticates it, decrypts it and handles it as that participant's
 //!   media or feedback.
-//! - The **peer** is the load tester's sans-IO endpoint ([`loadtest::endpoint::Endpoint`]):
+//! - The **peer** is the load tester's sans-IO endpoint ([`endpoint::Endpoint`]):
 //!   it publishes audio and video, and subscribes to the client's publications, so what the
 //!   client sends goes through publications, keyframe detection, GOP caches, simulcast layer
 //!   choice and forwarders to a real receiver, whose NACKs, PLIs and reports come back.
@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadtest::endpoint::{Endpoint, EndpointConfig};
+use endpoint::{Endpoint, EndpointConfig};
 use protocol::{
     ClientMessage, MediaKind, ParticipantId, PublicationId, PublicationInfo, PublishTrack, RoomId,
     SimulcastLayer, SubscribeTrack, TrackSource,

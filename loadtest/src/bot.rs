@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointError, ReceivedStats, SentStats};
-use crate::wire::{WireStats, WireSummary};
+use endpoint::wire::{WireStats, WireSummary};
+use endpoint::{Endpoint, EndpointConfig, EndpointError, ReceivedStats, SentStats};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -849,7 +849,7 @@ struct Driver {
     local_addr: SocketAddr,
     candidates_sent: bool,
     /// Datagrams taken from the endpoint, sent outside the lock.
-    out: Vec<crate::endpoint::Datagram>,
+    out: Vec<endpoint::Datagram>,
 }
 
 impl Driver {

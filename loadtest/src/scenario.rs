@@ -22,15 +22,15 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 
 use crate::bot::{Bot, BotError, BotOptions, BotStats};
-use crate::endpoint::{E2eeConfig, EndpointConfig};
 use crate::floor::{self, Limit};
 use crate::metrics_scrape::{MetricsTarget, ScrapeError, ServerSample};
 use crate::report::{
     EndpointResult, MEDIA_STOP_S, Role, RunError, RunErrorKind, RunReport, ServerSummary,
     TimelineSample,
 };
-use crate::sframe::{self, BaseKey};
 use crate::spec::{Kind, MAX_ENDPOINTS, Scenario, SpecError};
+use endpoint::sframe::{self, BaseKey};
+use endpoint::{E2eeConfig, EndpointConfig};
 
 /// How long leaving may take at the end before the remaining bots are dropped.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(10);

@@ -96,7 +96,7 @@ pub struct Scenario {
     /// an encrypted meeting) with a random key the run gives every endpoint, and receivers
     /// open every frame before counting it as received media.
     pub e2ee: bool,
-    /// Viewers receive lightly ([`crate::endpoint::EndpointConfig::light`]): packets are authenticated,
+    /// Viewers receive lightly ([`endpoint::EndpointConfig::light`]): packets are authenticated,
     /// counted and checked for gaps and keyframes, never reassembled into frames, so that one
     /// host can drive thousands of them. Not with `e2ee` (light viewers cannot open frames).
     pub light_viewers: bool,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 mod common;
 
+use endpoint::{Endpoint, EndpointConfig, EndpointError};
 use loadtest::bot::{Bot, BotOptions, tls_config_trusting_pem};
-use loadtest::endpoint::{Endpoint, EndpointConfig, EndpointError};
 use loadtest::scenario;
 use loadtest::spec::{Scenario, Slo};
 use protocol::MediaKind;

@@ -229,7 +229,7 @@ fn a_departure_removes_its_publications_and_the_rest_continue() {
 fn h264_passes_through_and_a_late_joiner_starts_on_its_keyframe() {
     let mut sim = Sim::new();
     let publisher = sim.join("r", |c| {
-        c.video_codec = loadtest::media::SyntheticCodec::H264;
+        c.video_codec = endpoint::media::SyntheticCodec::H264;
         c.keyframe_interval = None;
     });
     sim.join("r", |_| {});

@@ -6,7 +6,7 @@ mod sim;
 
 use std::time::Duration;
 
-use loadtest::media::{frame_tag, split_tag};
+use endpoint::media::{frame_tag, split_tag};
 use protocol::{MediaKind, ParticipantId, PublicationId, RoomId};
 use sfu::codec::{VideoCodec, is_keyframe};
 use sfu::recording::RecordedMedia;

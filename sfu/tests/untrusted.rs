@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use loadtest::endpoint::{Endpoint, EndpointConfig};
+use endpoint::{Endpoint, EndpointConfig};
 use protocol::{ClientMessage, ParticipantId, RoomId};
 use sfu::{Engine, EngineConfig, SfuCommand, SfuEvent};
 

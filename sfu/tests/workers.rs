@@ -120,7 +120,7 @@ fn the_loudest_voices_are_chosen_across_workers() {
     let mut sim = Sim::with_workers(3, |c| c.max_audio_streams = Some(2));
     // Four microphones on three workers; the loud ones on workers 1 and 2.
     let voice = |level: i8| {
-        move |c: &mut loadtest::endpoint::EndpointConfig| {
+        move |c: &mut endpoint::EndpointConfig| {
             c.publish_video = false;
             c.audio_level = level;
         }

@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::{MEDIA_TIMEOUT, bot_receives, eventually};
+use endpoint::sframe;
+use endpoint::{E2eeConfig, ReceivedStats};
 use loadtest::bot::{Bot, BotSnapshot};
-use loadtest::endpoint::{E2eeConfig, ReceivedStats};
-use loadtest::sframe;
 use protocol::{MediaKind, ParticipantId};
 
 /// The media key every keyed bot of a test holds (a run of the load tester draws one).

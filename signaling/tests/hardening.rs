@@ -126,7 +126,7 @@ fn peak_rss_sampler() -> (
 
 /// The loss both bots saw on each other's streams since `before` (packets expected and
 /// received, summed), as a fraction.
-fn loss_since(bots: &[&loadtest::bot::Bot], before: &[loadtest::wire::WireSummary]) -> f64 {
+fn loss_since(bots: &[&loadtest::bot::Bot], before: &[endpoint::wire::WireSummary]) -> f64 {
     let (mut expected, mut received) = (0u64, 0u64);
     for (bot, before) in bots.iter().zip(before) {
         let now = bot.stats().wire;

@@ -1,6 +1,6 @@
 // SFrame as the browser does it (web-client/sframe.js), checked against RFC 9605's own test
 // vectors and against tampering. The load-test bots check the same vectors in Rust
-// (loadtest/src/sframe.rs), so both ends agree on the format.
+// (loadtest/endpoint/src/sframe.rs), so both ends agree on the format.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';

@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadtest::endpoint::{Endpoint, EndpointConfig};
+use endpoint::{Endpoint, EndpointConfig};
 use protocol::{ClientMessage, ParticipantId, PublicationInfo, RoomId};
 use sfu::{Engine, EngineConfig, SfuCommand, SfuEvent};
 

@@ -3,7 +3,7 @@
 //! [`WebrtcRsClient`] is built on webrtc-rs (`webrtc`/`rtc` 0.21), a different WebRTC stack
 //! from the str0m engine inside the SFU, and speaks the product's signaling protocol over a
 //! TLS WebSocket. It joins a room, publishes a tone (Opus) and tagged frames (VP8) from
-//! `loadtest::media`, subscribes to every other participant's publications as they come and
+//! `endpoint::media`, subscribes to every other participant's publications as they come and
 //! go, and measures what it receives, so that a test can prove who hears and sees whom.
 //!
 //! Every test that uses it must install a rustls crypto provider first (see

@@ -1,11 +1,11 @@
 //! The synthetic media this client publishes: a tone as 20 ms Opus packets and tagged VP8
-//! frames, both from `loadtest::media`.
+//! frames, both from `endpoint::media`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use loadtest::media::{ToneSource, VideoSource};
+use endpoint::media::{ToneSource, VideoSource};
 use rtc::media::Sample;
 use tokio::sync::watch;
 use webrtc::media_stream::Track as _;

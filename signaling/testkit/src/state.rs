@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use loadtest::media::{ToneAnalyzer, vp8_frame_tag, vp8_is_keyframe};
+use endpoint::media::{ToneAnalyzer, vp8_frame_tag, vp8_is_keyframe};
 use protocol::{
     ErrorCode, LeaveReason, MediaKind, ParticipantId, ParticipantInfo, PublicationId,
     PublicationInfo,

@@ -53,7 +53,7 @@ impl Vp8Assembler {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use loadtest::media::{VideoSource, vp8_frame_tag};
+    use endpoint::media::{VideoSource, vp8_frame_tag};
     use rtc::rtp::packetizer::Payloader;
 
     fn packets(frame: &[u8], sequence: &mut u16, timestamp: u32) -> Vec<rtc::rtp::Packet> {

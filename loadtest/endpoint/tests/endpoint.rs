@@ -3,14 +3,14 @@
 //! run in milliseconds, so the counts below (packets a second, wake-ups a second) are exact
 //! properties of the endpoint, not measurements of the machine running the test.
 
-#[path = "../../sfu/tests/sim/mod.rs"]
+#[path = "../../../sfu/tests/sim/mod.rs"]
 mod sim;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::endpoint::{E2eeConfig, Endpoint, EndpointConfig, EndpointError};
-use loadtest::sframe;
+use endpoint::sframe;
+use endpoint::{E2eeConfig, Endpoint, EndpointConfig, EndpointError};
 use protocol::{ClientMessage, MediaKind, ParticipantId, PublicationId, RoomId, TrackSource};
 use sfu::{SfuCommand, SfuEvent};
 use sim::{Link, Sim};

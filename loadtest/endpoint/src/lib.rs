@@ -4,7 +4,13 @@
 //! The endpoint owns no socket, no timer and no clock. Every input carries the time it happened
 //! at, outputs are drained with [`Endpoint::poll_transmit`] and [`Endpoint::poll_timeout`] says
 //! when to call [`Endpoint::handle_timeout`] next. The same type therefore drives the real load
-//! bots ([`crate::bot`]) and virtual-time scenario tests with a fake network.
+//! bots (the `loadtest` crate's `bot`), the SFU's virtual-time scenario tests with a fake
+//! network, the webrtc-rs interoperability kit and the fuzz harness.
+//!
+//! This crate is that test-side endpoint library, kept apart from the load tester's CLI: the
+//! endpoint here, the identifiable synthetic media it sends ([`media`]), the SFrame end-to-end
+//! encryption it can apply ([`sframe`]) and the passive measurements taken on its datagrams
+//! ([`wire`]).
 //!
 //! Signaling follows the product's protocol: this side always offers and the ICE-lite SFU always
 //! answers. Only one offer is in flight at a time; changes requested meanwhile are queued and
@@ -29,6 +35,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
+
+pub mod media;
+pub mod sframe;
+pub mod wire;
 
 use crate::media::{
     AUDIO_FRAME_TICKS, MediaError, SyntheticCodec, ToneAnalyzer, ToneSource, VideoSource,
