@@ -344,3 +344,50 @@ fn transport_cc_is_negotiated_only_with_bandwidth_estimation() {
         );
     }
 }
+
+/// Every media section of the answer carries the server's candidate, not only the first: a
+/// client that reads the shared transport's candidates from another section (aiortc with
+/// `max-bundle`, some hardware encoders) would otherwise never connect.
+#[test]
+fn every_section_of_the_answer_carries_the_candidate() {
+    let server: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
+    let mut engine = Engine::new(EngineConfig::new(server)).expect("engine");
+    let now = Instant::now();
+    let participant = ParticipantId(1);
+    engine.handle_command(
+        now,
+        SfuCommand::AddParticipant {
+            participant,
+            room: RoomId("candidates".into()),
+        },
+    );
+    engine.handle_command(
+        now,
+        SfuCommand::Offer {
+            participant,
+            sdp: valid_offer(),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+        },
+    );
+    let answer = std::iter::from_fn(|| engine.poll_event())
+        .find_map(|event| match event {
+            SfuEvent::Answer { sdp, .. } => Some(sdp),
+            _ => None,
+        })
+        .expect("the offer is answered");
+    let sections: Vec<&str> = answer.split("\r\nm=").skip(1).collect();
+    assert!(sections.len() >= 2, "audio and video: {answer}");
+    for section in sections {
+        let candidates: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        assert_eq!(candidates.len(), 1, "one candidate in m={section}");
+        assert!(
+            candidates[0].contains(" 127.0.0.1 3478 "),
+            "{}",
+            candidates[0]
+        );
+    }
+}

@@ -1052,7 +1052,7 @@ impl Engine {
         };
         let answer =
             answer.map_err(|err| (ErrorCode::BadSdp, format!("offer not acceptable: {err}")))?;
-        let answer_sdp = answer.to_sdp_string();
+        let answer_sdp = with_candidates_in_every_section(answer.to_sdp_string());
         participant.transport_cc = crate::seqguard::transport_cc_id(&answer_sdp);
 
         let mids: Vec<Mid> = sdp
@@ -1412,6 +1412,32 @@ mod tests {
             without_unpairable_candidates(usable, local),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn answers_carry_the_candidate_in_every_section_but_rejected_ones() {
+        let answer = "v=0\r\ns=-\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=candidate:1 1 udp 2130706175 127.0.0.1 3478 typ host\r\na=end-of-candidates\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n";
+        assert_eq!(
+            with_candidates_in_every_section(answer.to_owned()),
+            "v=0\r\ns=-\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=candidate:1 1 udp 2130706175 127.0.0.1 3478 typ host\r\na=end-of-candidates\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+            a=candidate:1 1 udp 2130706175 127.0.0.1 3478 typ host\r\na=end-of-candidates\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n"
+        );
+        let complete =
+            "v=0\r\nm=audio 9 X 111\r\na=candidate:1 1 udp 1 127.0.0.1 3478 typ host\r\n";
+        assert_eq!(
+            with_candidates_in_every_section(complete.to_owned()),
+            complete
+        );
+        let none = "v=0\r\nm=audio 9 X 111\r\nm=video 9 X 96\r\n";
+        assert_eq!(with_candidates_in_every_section(none.to_owned()), none);
     }
 
     /// A publisher restarts a layer's encoder on a new SSRC: late packets and retransmissions

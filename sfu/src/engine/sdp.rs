@@ -95,3 +95,50 @@ pub(super) fn map_payload_types(
         })
         .collect()
 }
+
+/// The answer with the server's candidate lines in every media section that is not
+/// rejected. str0m writes them into the first section only, which bundling clients read; a
+/// client that takes the shared transport's candidates from another section (aiortc with
+/// `max-bundle`, some hardware encoders) would otherwise have none and never connect.
+pub(super) fn with_candidates_in_every_section(answer: String) -> String {
+    let is_candidate =
+        |line: &str| line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates");
+    let mut candidates: Vec<&str> = Vec::new();
+    for line in answer.lines().filter(|l| is_candidate(l)) {
+        if !candidates.contains(&line) {
+            candidates.push(line);
+        }
+    }
+    let lacking = |section: &str| {
+        let rejected = section
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|port| port == "0");
+        !rejected && !section.lines().any(|l| l.starts_with("a=candidate:"))
+    };
+    let mut sections = answer.split("\r\nm=");
+    let Some(session) = sections.next() else {
+        return answer;
+    };
+    let sections: Vec<&str> = sections.collect();
+    if candidates.is_empty() || !sections.iter().any(|s| lacking(s)) {
+        return answer;
+    }
+    let mut out = String::with_capacity(answer.len() + sections.len() * 128);
+    out.push_str(session);
+    for section in sections {
+        out.push_str("\r\nm=");
+        let body = section.strip_suffix("\r\n").unwrap_or(section);
+        out.push_str(body);
+        if lacking(section) {
+            for line in &candidates {
+                out.push_str("\r\n");
+                out.push_str(line);
+            }
+        }
+        if section.ends_with("\r\n") {
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
