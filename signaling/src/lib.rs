@@ -494,9 +494,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     )?);
 
     recover_interrupted_recordings(&store, &recordings_dir).await;
-    let names = recording::Names::default();
     let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
-    let recording_sink = recording::spawn(recordings_dir.clone(), names.clone(), finished_tx)
+    let (recording_sink, names) = recording::spawn(recordings_dir.clone(), finished_tx)
         .map_err(|e| StartError::RecordingsDir(recordings_dir.clone(), e))?;
 
     let mut sfu_config = sfu::SfuConfig::new(config.media_addr);

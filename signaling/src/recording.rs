@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use protocol::{MediaKind, ParticipantId, PublicationId, RoomId, TrackSource};
@@ -27,9 +26,19 @@ pub const RECORDING_QUEUE: usize = 64 * 1024;
 /// How often open recordings are flushed to the operating system.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Display names of participants, for the manifest. The hub writes it on admission; the
-/// recorder reads it when a track starts.
-pub type Names = Arc<Mutex<HashMap<ParticipantId, String>>>;
+/// What the hub tells the recorder of participants' display names, for the manifests: a
+/// message, not a shared map, so that the recorder owns its state and could run in another
+/// process. Applied in order before a track's name is looked up, and at least twice a
+/// second, so that the channel stays short whether or not anything is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameUpdate {
+    /// Admitted to a room under this name.
+    Admitted(ParticipantId, String),
+    Left(ParticipantId),
+}
+
+/// The hub's side of the names channel.
+pub type Names = Sender<NameUpdate>;
 
 /// What the recorder tells the hub.
 #[derive(Debug, Clone)]
@@ -41,26 +50,27 @@ pub struct RecordingFinished {
     pub error: Option<String>,
 }
 
-/// Starts the recorder thread; returns the sink to give the SFU.
+/// Starts the recorder thread; returns the sink to give the SFU and the hub's names channel.
 pub fn spawn(
     root: PathBuf,
-    names: Names,
     finished: UnboundedSender<RecordingFinished>,
-) -> std::io::Result<SyncSender<RecordedMedia>> {
+) -> std::io::Result<(SyncSender<RecordedMedia>, Names)> {
     let (sink, media) = std::sync::mpsc::sync_channel(RECORDING_QUEUE);
+    let (names, name_updates) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
             Recorder {
                 root,
-                names,
+                name_updates,
+                names: HashMap::new(),
                 finished,
                 rooms: HashMap::new(),
                 tracks: HashMap::new(),
             }
             .run(media);
         })?;
-    Ok(sink)
+    Ok((sink, names))
 }
 
 struct Active {
@@ -81,10 +91,26 @@ struct Track {
 
 struct Recorder {
     root: PathBuf,
-    names: Names,
+    name_updates: Receiver<NameUpdate>,
+    /// Display names of the participants in rooms, by the hub's updates.
+    names: HashMap<ParticipantId, String>,
     finished: UnboundedSender<RecordingFinished>,
     rooms: HashMap<RoomId, Active>,
     tracks: HashMap<PublicationId, Track>,
+}
+
+/// Applies the hub's name updates received so far, in order.
+fn apply_name_updates(updates: &Receiver<NameUpdate>, names: &mut HashMap<ParticipantId, String>) {
+    while let Ok(update) = updates.try_recv() {
+        match update {
+            NameUpdate::Admitted(id, name) => {
+                names.insert(id, name);
+            }
+            NameUpdate::Left(id) => {
+                names.remove(&id);
+            }
+        }
+    }
 }
 
 fn since(start: Instant, at: Instant) -> u64 {
@@ -123,6 +149,7 @@ impl Recorder {
             }
             if Instant::now() >= next_flush {
                 next_flush = Instant::now() + FLUSH_INTERVAL;
+                apply_name_updates(&self.name_updates, &mut self.names);
                 self.flush_all();
             }
         }
@@ -177,11 +204,11 @@ impl Recorder {
                 let mut result = Ok(());
                 if !track.added {
                     track.added = true;
+                    apply_name_updates(&self.name_updates, &mut self.names);
                     let participant = self
                         .names
-                        .lock()
-                        .ok()
-                        .and_then(|names| names.get(&track.participant).cloned())
+                        .get(&track.participant)
+                        .cloned()
                         .unwrap_or_else(|| track.participant.to_string());
                     result = active.recording.add_track(
                         TrackInfo {

@@ -226,6 +226,16 @@ async fn a_recorded_meeting_yields_valid_files_and_a_mix_of_every_voice() {
             .all(|t| participants.contains(&t["participant_id"].as_u64().unwrap_or(0))),
         "{manifest}"
     );
+    // Each track is labelled with its publisher's display name, as the hub told the recorder.
+    for (bot, name) in [(&host, "Host"), (&a, "Xã A"), (&b, "Xã B")] {
+        let labels: Vec<&serde_json::Value> = tracks
+            .iter()
+            .filter(|t| t["participant_id"].as_u64() == Some(bot.participant_id().0))
+            .map(|t| &t["participant"])
+            .collect();
+        assert_eq!(labels.len(), 2, "{manifest}");
+        assert!(labels.iter().all(|l| *l == name), "{name}: {manifest}");
+    }
     if !have_ffprobe() {
         return;
     }

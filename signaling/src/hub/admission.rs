@@ -12,6 +12,7 @@ use sfu::SfuCommand;
 use tokio::sync::mpsc;
 
 use crate::journal::Write;
+use crate::recording::NameUpdate;
 use crate::store::{Admission, new_id, unix_ms};
 
 use super::fanout::{counts_of, encode};
@@ -235,9 +236,10 @@ impl Hub {
                 error: None,
             })
         });
-        if let Ok(mut names) = self.names.lock() {
-            names.insert(id, member.name.clone());
-        }
+        // The recorder is gone only when the process stops.
+        let _ = self
+            .names
+            .send(NameUpdate::Admitted(id, member.name.clone()));
         self.send_text(id, joined);
         if let Some(state) = recording_state {
             // Everyone present knows the meeting is recorded, arrivals included.

@@ -28,7 +28,7 @@ use sfu::{SfuCommand, SfuEvent, SfuHandle};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{Journal, Write};
-use crate::recording::{Names, RecordingFinished};
+use crate::recording::{NameUpdate, Names, RecordingFinished};
 use crate::store::{Admission, Store, unix_ms};
 
 mod admission;
@@ -346,7 +346,7 @@ struct Hub {
     stopping: bool,
     /// The owner of every live publication, for checking subscriptions against [`sees`].
     publication_owner: HashMap<PublicationId, ParticipantId>,
-    /// Display names for the recorder's manifests.
+    /// Display names for the recorder's manifests: told, never shared.
     names: Names,
     /// Recordings still finishing when a shutdown was asked, and whom to tell when they are.
     shutdown: Option<(Vec<String>, oneshot::Sender<()>, std::time::Instant)>,
@@ -563,9 +563,7 @@ impl Hub {
         let Some(member) = self.members.remove(&participant) else {
             return;
         };
-        if let Ok(mut names) = self.names.lock() {
-            names.remove(&participant);
-        }
+        let _ = self.names.send(NameUpdate::Left(participant));
         if let Some(invitation) = &member.invitation
             && self.by_invitation.get(invitation) == Some(&participant)
         {
