@@ -29,46 +29,11 @@ impl VideoCodec {
 /// Whether this RTP payload starts a keyframe. Truncated or malformed payloads are "no".
 pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     match codec {
-        VideoCodec::Vp8 => vp8_is_keyframe(payload),
+        VideoCodec::Vp8 => rtp_payload::vp8::starts_keyframe(payload),
         VideoCodec::Vp9 => vp9_is_keyframe(payload),
         VideoCodec::H264 => h264_is_keyframe(payload),
         VideoCodec::Av1 => av1_is_keyframe(payload),
     }
-}
-
-/// RFC 7741 section 4.2: skip the payload descriptor, then read the P bit of the frame tag
-/// of the first partition.
-fn vp8_is_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    let extended = first & 0x80 != 0;
-    let start_of_partition = first & 0x10 != 0;
-    let partition_index = first & 0x07;
-    if !start_of_partition || partition_index != 0 {
-        return false;
-    }
-    let mut offset = 1;
-    if extended {
-        let Some(&ext) = payload.get(1) else {
-            return false;
-        };
-        offset += 1;
-        if ext & 0x80 != 0 {
-            // The picture id is one byte, or two when its M bit is set.
-            let Some(&pid) = payload.get(offset) else {
-                return false;
-            };
-            offset += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            offset += 1;
-        }
-        if ext & 0x30 != 0 {
-            offset += 1;
-        }
-    }
-    payload.get(offset).is_some_and(|tag| tag & 0x01 == 0)
 }
 
 /// The VP9 payload descriptor's P bit clear ("not inter-predicted") on the packet that begins

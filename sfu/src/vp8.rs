@@ -26,28 +26,11 @@ pub struct Fields {
 impl Fields {
     /// Reads a VP8 payload descriptor; `None` when it has neither counter (or is truncated).
     pub fn read(payload: &[u8]) -> Option<Self> {
-        let first = *payload.first()?;
-        if first & 0x80 == 0 {
-            return None;
-        }
-        let ext = *payload.get(1)?;
-        let mut offset = 2;
-        let mut picture_id = None;
-        if ext & 0x80 != 0 {
-            let high = *payload.get(offset)?;
-            if high & 0x80 != 0 {
-                let low = *payload.get(offset + 1)?;
-                picture_id = Some((offset, true, u16::from_be_bytes([high & 0x7f, low])));
-                offset += 2;
-            } else {
-                picture_id = Some((offset, false, u16::from(high)));
-                offset += 1;
-            }
-        }
-        let mut tl0 = None;
-        if ext & 0x40 != 0 {
-            tl0 = Some((offset, *payload.get(offset)?));
-        }
+        let descriptor = rtp_payload::vp8::Descriptor::parse(payload)?;
+        let picture_id = descriptor
+            .picture_id
+            .map(|id| (id.offset, id.long, id.value));
+        let tl0 = descriptor.tl0;
         (picture_id.is_some() || tl0.is_some()).then_some(Self { picture_id, tl0 })
     }
 }

@@ -1618,32 +1618,9 @@ fn to_str0m_kind(kind: MediaKind) -> str0m::media::MediaKind {
 /// The VP8 frame data in an RTP payload that starts a frame (the payload descriptor's S bit set
 /// on partition 0, RFC 7741 §4.2); `None` for a packet in the middle of a frame.
 fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
-    let first = *payload.first()?;
-    let start = first & 0x10 != 0;
-    let partition = first & 0x07;
-    if !start || partition != 0 {
-        return None;
-    }
-    let mut at = 1;
-    if first & 0x80 != 0 {
-        // X: the extension byte says which optional fields follow.
-        let ext = *payload.get(at)?;
-        at += 1;
-        if ext & 0x80 != 0 {
-            // I: a picture id of 7 bits, or 15 with its M bit.
-            let long = payload.get(at)? & 0x80 != 0;
-            at += if long { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            // L: TL0PICIDX.
-            at += 1;
-        }
-        if ext & 0x30 != 0 {
-            // T or K: one byte holding TID, Y and KEYIDX.
-            at += 1;
-        }
-    }
-    payload.get(at..).filter(|frame| !frame.is_empty())
+    rtp_payload::vp8::Descriptor::parse(payload)
+        .filter(|d| d.starts_frame)
+        .map(|d| d.data(payload))
 }
 
 /// The negotiated payload type of `codec` on a send m-line.

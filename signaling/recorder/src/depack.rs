@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use rtp_payload::vp8::Descriptor as Vp8Descriptor;
+
 /// A frame that was not completed after this many newer frames started is given up.
 const MAX_PENDING_FRAMES: usize = 8;
 
@@ -198,7 +200,9 @@ impl Assembler {
             return false;
         };
         let starts = match format {
-            VideoFormat::Vp8 => vp8_descriptor(&first.payload).is_some_and(|d| d.start),
+            VideoFormat::Vp8 => {
+                Vp8Descriptor::parse(&first.payload).is_some_and(|d| d.starts_frame)
+            }
             VideoFormat::Vp9 => vp9_descriptor(&first.payload).is_some_and(|d| d.start),
             // The first packet of a temporal unit does not continue an earlier OBU.
             VideoFormat::Av1 => first.payload.first().is_some_and(|b| b & 0x80 == 0),
@@ -228,40 +232,11 @@ fn frame(data: Vec<u8>, keyframe: bool) -> Frame {
     }
 }
 
-struct Vp8Descriptor {
-    start: bool,
-    len: usize,
-}
-
-/// RFC 7741 section 4.2.
-fn vp8_descriptor(payload: &[u8]) -> Option<Vp8Descriptor> {
-    let first = *payload.first()?;
-    let mut len = 1;
-    if first & 0x80 != 0 {
-        let x = *payload.get(1)?;
-        len += 1;
-        if x & 0x80 != 0 {
-            let picture_id = *payload.get(len)?;
-            len += if picture_id & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            len += 1;
-        }
-        if x & 0x30 != 0 {
-            len += 1;
-        }
-    }
-    (payload.len() > len).then_some(Vp8Descriptor {
-        start: first & 0x10 != 0 && first & 0x07 == 0,
-        len,
-    })
-}
-
 fn build_vp8(packets: &[Packet]) -> Option<Frame> {
     let mut data = Vec::with_capacity(packets.iter().map(|p| p.payload.len()).sum());
     for packet in packets {
-        let descriptor = vp8_descriptor(&packet.payload)?;
-        data.extend_from_slice(&packet.payload[descriptor.len..]);
+        let descriptor = Vp8Descriptor::parse(&packet.payload)?;
+        data.extend_from_slice(descriptor.data(&packet.payload));
     }
     // RFC 6386 section 9.1: bit 0 of the frame tag is 0 for a keyframe, which then carries a
     // start code and the 14-bit dimensions.
