@@ -33,6 +33,34 @@ fn valid_offer() -> String {
     }
 }
 
+/// Adds participant 1 to a room, sends it `offer` and returns the engine's answer.
+fn answer_to(engine: &mut Engine, now: Instant, offer: &str) -> String {
+    let participant = ParticipantId(1);
+    engine.handle_command(
+        now,
+        SfuCommand::AddParticipant {
+            participant,
+            room: RoomId("r".into()),
+        },
+    );
+    engine.handle_command(
+        now,
+        SfuCommand::Offer {
+            participant,
+            sdp: offer.to_owned(),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+        },
+    );
+    std::iter::from_fn(|| engine.poll_event())
+        .filter_map(|event| match event {
+            SfuEvent::Answer { sdp, .. } => Some(sdp),
+            _ => None,
+        })
+        .last()
+        .expect("the offer is answered")
+}
+
 /// One random mutation of an SDP: drop, duplicate, swap or truncate lines, or corrupt bytes.
 fn mutate(sdp: &str, rng: &mut Rng) -> String {
     let mut lines: Vec<String> = sdp.lines().map(str::to_string).collect();
@@ -197,30 +225,7 @@ fn random_datagrams_never_panic() {
 /// from the answer, the client's from the offer) and the server's ICE password.
 fn participant_with_answer(engine: &mut Engine, now: Instant) -> (String, String) {
     let offer = valid_offer();
-    let participant = ParticipantId(1);
-    engine.handle_command(
-        now,
-        SfuCommand::AddParticipant {
-            participant,
-            room: RoomId("stun".into()),
-        },
-    );
-    engine.handle_command(
-        now,
-        SfuCommand::Offer {
-            participant,
-            sdp: offer.clone(),
-            publish: Vec::new(),
-            subscribe: Vec::new(),
-        },
-    );
-    let mut answer = None;
-    while let Some(event) = engine.poll_event() {
-        if let SfuEvent::Answer { sdp, .. } = event {
-            answer = Some(sdp);
-        }
-    }
-    let answer = answer.expect("the offer is answered");
+    let answer = answer_to(engine, now, &offer);
     let value = |sdp: &str, key: &str| {
         sdp.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -312,31 +317,7 @@ fn transport_cc_is_negotiated_only_with_bandwidth_estimation() {
         let mut config = EngineConfig::new("127.0.0.1:3478".parse().expect("addr"));
         config.bandwidth_estimation = estimation;
         let mut engine = Engine::new(config).expect("engine");
-        let now = Instant::now();
-        let participant = ParticipantId(1);
-        engine.handle_command(
-            now,
-            SfuCommand::AddParticipant {
-                participant,
-                room: RoomId("r".into()),
-            },
-        );
-        engine.handle_command(
-            now,
-            SfuCommand::Offer {
-                participant,
-                sdp: valid_offer(),
-                publish: Vec::new(),
-                subscribe: Vec::new(),
-            },
-        );
-        let mut answer = None;
-        while let Some(event) = engine.poll_event() {
-            if let SfuEvent::Answer { sdp, .. } = event {
-                answer = Some(sdp);
-            }
-        }
-        let answer = answer.expect("answered");
+        let answer = answer_to(&mut engine, Instant::now(), &valid_offer());
         assert_eq!(
             answer.contains("transport-wide-cc-extensions-01"),
             estimation,
@@ -352,30 +333,7 @@ fn transport_cc_is_negotiated_only_with_bandwidth_estimation() {
 fn every_section_of_the_answer_carries_the_candidate() {
     let server: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
     let mut engine = Engine::new(EngineConfig::new(server)).expect("engine");
-    let now = Instant::now();
-    let participant = ParticipantId(1);
-    engine.handle_command(
-        now,
-        SfuCommand::AddParticipant {
-            participant,
-            room: RoomId("candidates".into()),
-        },
-    );
-    engine.handle_command(
-        now,
-        SfuCommand::Offer {
-            participant,
-            sdp: valid_offer(),
-            publish: Vec::new(),
-            subscribe: Vec::new(),
-        },
-    );
-    let answer = std::iter::from_fn(|| engine.poll_event())
-        .find_map(|event| match event {
-            SfuEvent::Answer { sdp, .. } => Some(sdp),
-            _ => None,
-        })
-        .expect("the offer is answered");
+    let answer = answer_to(&mut engine, Instant::now(), &valid_offer());
     let sections: Vec<&str> = answer.split("\r\nm=").skip(1).collect();
     assert!(sections.len() >= 2, "audio and video: {answer}");
     for section in sections {
