@@ -435,8 +435,6 @@ struct Participant {
     video_sizes: FxHashMap<PublicationId, (u32, u32)>,
     /// The (minimum, desired) bitrates last given to its estimator.
     bwe_bitrates: (u64, u64),
-    /// Its transport panicked ([`contained`]): it is never called again, only dropped.
-    failed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -456,6 +454,15 @@ struct Room {
 /// because nothing observes that state afterwards.
 fn contained<R>(rtc: &mut Rtc, call: impl FnOnce(&mut Rtc) -> R) -> Option<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(rtc))).ok()
+}
+
+/// What becomes of a removed participant's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Closed properly (DTLS close_notify).
+    Disconnect,
+    /// Dropped without another call: it panicked ([`contained`]).
+    Drop,
 }
 
 /// Work found while draining one participant's `Rtc`, handled once the borrow ends.
@@ -864,7 +871,7 @@ impl Engine {
                 muted,
             } => self.set_muted(now, participant, publication, muted),
             SfuCommand::RemoveParticipant { participant } => {
-                self.remove_participant(participant);
+                self.remove_participant(participant, Transport::Disconnect);
                 Ok(())
             }
             SfuCommand::SetPublishing {
@@ -998,7 +1005,6 @@ impl Engine {
                 reallocate: false,
                 video_sizes: FxHashMap::default(),
                 bwe_bitrates: (0, 0),
-                failed: false,
                 seq_guard: crate::seqguard::SeqGuard::default(),
                 transport_cc: None,
             },
@@ -1119,17 +1125,16 @@ impl Engine {
     /// without another call, its publications end for everyone, and signaling is told, so
     /// that its session is closed with a reason. Every other participant keeps its media.
     fn fail_transport(&mut self, id: ParticipantId) {
-        let Some(participant) = self.participants.get_mut(&id) else {
+        if !self.participants.contains_key(&id) {
             return;
-        };
-        participant.failed = true;
+        }
         self.stats.transport_failures += 1;
-        self.remove_participant(id);
+        self.remove_participant(id, Transport::Drop);
         self.events
             .push_back(SfuEvent::TransportFailed { participant: id });
     }
 
-    fn remove_participant(&mut self, id: ParticipantId) {
+    fn remove_participant(&mut self, id: ParticipantId, transport: Transport) {
         let Some(participant) = self.participants.get(&id) else {
             return;
         };
@@ -1144,7 +1149,7 @@ impl Engine {
         let Some(mut participant) = self.participants.remove(&id) else {
             return;
         };
-        if !participant.failed {
+        if transport == Transport::Disconnect {
             participant.rtc.disconnect();
         }
         self.by_ufrag.remove(&participant.local_ufrag);
