@@ -1,5 +1,7 @@
-// Being in a meeting: the signaling socket, the peer connection, the room's roster, and
-// coming back by itself after a network blip.
+// Being in a meeting: joining, the room as the server describes it, moderation, and coming
+// back by itself after a network blip. `Meeting` is what the page uses; it wires together the
+// parts of one connection attempt (a session `s`): the signaling socket (socket.js), the peer
+// connection and its offers (negotiator.js), and what we know of the room's people (roster.js).
 //
 // Protocol (docs/protocol.md): the client always offers, one offer at a time; each offer
 // lists every sendonly m-line in `publish` and every receiving m-line in `subscribe`.
@@ -13,9 +15,12 @@
 // Events (EventTarget): `state` (this.state changed), `change` (roster, tracks, mute state or
 // quality changed: re-render), `notice` ({ detail: { key, vars } } for a passing message).
 
-import { E2ee, safetyCode } from './e2ee.js';
-import { StatsSampler, classify, combine } from './quality.js';
-import { cameraLayers, declaredLayers, layerActivity, sizeReports } from './simulcast.js';
+import { E2ee } from './e2ee.js';
+import { Negotiator } from './negotiator.js';
+import { Roster } from './roster.js';
+import { JoinError, SignalingSocket } from './socket.js';
+
+export { JoinError };
 
 export const PROTOCOL_VERSION = 2;
 
@@ -33,35 +38,9 @@ const HOST_OR_HAND = ['raise_hand', 'admit', 'admit_all', 'open_room', 'lock_roo
 /** Errors after which the server closes the socket and will not take this session back. */
 const TERMINAL = ['removed', 'room_closed', 'invalid_token', 'already_connected', 'token_required', 'version_mismatch'];
 
-const PING_MS = 5000; // application ping; the server answers `pong`
-const SILENCE_MS = 16000; // nothing heard from the server for this long: the socket is dead
-const OPEN_TIMEOUT_MS = 8000;
-const JOIN_TIMEOUT_MS = 8000;
-const MEDIA_TIMEOUT_MS = 15000; // an offer sent but no media connection after this long
-const DISCONNECTED_GRACE_MS = 4000; // ICE 'disconnected' tolerated this long
 const STATS_MS = 2000;
 const MAX_MEDIA_FAILURES = 3; // sessions in a row whose media never connected
 const RECONNECT_WINDOW_MS = 60000;
-const SIZES_BATCH_MS = 250; // tile size changes within this long go out as one `video_sizes`
-
-/** Single-layer encodings; the camera's simulcast ones come from `cameraLayers`. */
-const SEND_ENCODINGS = {
-  microphone: [{}],
-  camera: [{ maxBitrate: 600_000, maxFramerate: 24 }],
-  screen: [{ maxBitrate: 1_200_000, maxFramerate: 15 }],
-};
-
-/** The protocol version that knows `layers`, `video_sizes` and `simulcast_layers`. */
-const SIMULCAST_PROTOCOL = 2;
-
-/** A failed attempt to enter the room. `kind`: 'unreachable' (no socket) or 'refused'. */
-export class JoinError extends Error {
-  constructor(kind, code = null, detail = '') {
-    super(`${kind}${code ? `: ${code}` : ''}${detail ? ` (${detail})` : ''}`);
-    this.kind = kind;
-    this.code = code;
-  }
-}
 
 /** The i18n key explaining a refusal code. */
 export function refusalKey(code) {
@@ -139,10 +118,6 @@ export class Meeting extends EventTarget {
     /** While waiting to be admitted: { title, startsAt, reason }. */
     this.lobby = null;
     this.roomState = { open: true, locked: false };
-    this.counts = null;
-    /** Hosts: who waits in the lobby, [{ participant_id, name, site }]. */
-    this.waiting = [];
-    this.handRaised = false;
     /** Whether the meeting is being recorded, from the last `recording_state`. */
     this.recording = { active: false, recordingId: null, startedAt: null, error: null };
     /** The secret that lets an automatic reconnect take over our earlier session. */
@@ -157,20 +132,10 @@ export class Meeting extends EventTarget {
     /** Why the meeting ended: an i18n key and its variables. */
     this.endReason = null;
     this.me = null;
-    /** participant id -> { id, name, role, site, hand, serverQuality, pubs: Map<publication id, PublicationInfo> } */
-    this.participants = new Map();
-    /** publication id -> the MediaStreamTrack receiving it */
-    this.remoteTracks = new Map();
-    /** source -> our own publication id */
-    this.ownPubs = new Map();
-    /** participant id (or 'self') -> { level, lossPercent, jitterMs, rttMs } */
-    this.quality = new Map();
-    /** publication id -> latest inbound-rtp numbers */
-    this.streamStats = new Map();
+    /** The participants, their publications and what we receive of them (read through the fields defined at the bottom). */
+    this.roster = new Roster(() => this.changed());
     /** publication id -> { width, height } in device pixels at which the page shows it (0 × 0: hidden) */
     this.videoSizes = new Map();
-    /** The participant the server hears loudest, or null. */
-    this.activeSpeaker = null;
     /** Our publication id -> the `active` list of the last `simulcast_layers` about it. */
     this.simulcastLayers = new Map();
     /** Whether the meeting is end-to-end encrypted (the server says so at join). */
@@ -178,10 +143,8 @@ export class Meeting extends EventTarget {
     /** Our end-to-end keys and frame transforms (kept across reconnections). */
     this.e2ee = null;
     this.e2eeOptions = o.e2ee || {};
-    /** The safety code of an encrypted meeting, for people to compare aloud. */
-    this.safetyCode = null;
 
-    this.s = null; // the current session (socket + peer connection)
+    this.s = null; // the current session: { socket, negotiator, … } (see `attempt`)
     this.mediaFailures = 0;
     this.statsTimer = null;
   }
@@ -212,13 +175,10 @@ export class Meeting extends EventTarget {
   /** Says goodbye and releases the connection. */
   leave() {
     if (this.state === 'left' || this.state === 'ended') return;
-    const s = this.s;
-    if (s && s.ws && s.ws.readyState === WebSocket.OPEN) {
-      try {
-        s.ws.send(JSON.stringify({ type: 'leave' }));
-      } catch {
-        // The socket is going anyway.
-      }
+    try {
+      this.s?.socket.send({ type: 'leave' });
+    } catch {
+      // The socket is going anyway.
     }
     this.finish('left', null);
   }
@@ -264,28 +224,28 @@ export class Meeting extends EventTarget {
     this.changed();
   }
 
-  /**
-   * Brings the sending m-lines in line with the local tracks: a new track is published, a
-   * stopped screen share unpublished; a camera turned off stays published without a track
-   * (and muted), so turning it on again needs no renegotiation.
-   */
+  /** Brings the sending m-lines in line with the local tracks and what our role allows. */
   syncSenders() {
     const s = this.s;
-    if (!s || !s.pc || s.disposed) return;
+    if (!s || !s.negotiator || s.disposed) return;
     for (const source of ['microphone', 'camera', 'screen']) {
       const allowed = this.canPublish() && (source !== 'screen' || this.canShareScreen());
-      const track = allowed ? this.local[source] : null;
-      const tr = s.send[source];
-      if (!allowed) {
-        if (tr && tr.direction === 'sendonly') this.unpublish(s, source);
-      } else if (track) {
-        if (!tr || tr.direction !== 'sendonly') this.publish(s, source, track);
-        else if (tr.sender.track !== track) replace(tr, track);
-      } else if (tr && tr.direction === 'sendonly') {
-        if (source === 'screen') this.unpublish(s, source);
-        else replace(tr, null);
-      }
+      if (s.negotiator.sync(source, allowed ? this.local[source] : null, allowed)) this.roster.ownPubs.delete(source);
     }
+  }
+
+  sendMuted(source, muted) {
+    const id = this.roster.ownPubs.get(source);
+    if (id !== undefined && this.s) this.send(this.s, { type: 'set_muted', publication_id: id, muted });
+  }
+
+  /**
+   * The page tells where it shows each received video: publication id -> { width, height }
+   * in device pixels (0 × 0 when hidden). Changes go to the server in one batched message.
+   */
+  setVideoSizes(sizes) {
+    this.videoSizes = sizes;
+    this.s?.negotiator?.reportSizesSoon();
   }
 
   // ---- roles and host actions ------------------------------------------------------------
@@ -313,8 +273,8 @@ export class Meeting extends EventTarget {
 
   raiseHand(raised) {
     if (!this.canRaiseHand()) return;
-    this.handRaised = !!raised;
-    this.request({ type: 'raise_hand', raised: this.handRaised });
+    this.roster.handRaised = !!raised;
+    this.request({ type: 'raise_hand', raised: this.roster.handRaised });
     this.changed();
   }
 
@@ -364,12 +324,12 @@ export class Meeting extends EventTarget {
       this.e2ee.host = this.isHost();
       this.updateSafetyCode();
     }
-    if (!this.canRaiseHand()) this.handRaised = false;
+    if (!this.canRaiseHand()) this.roster.handRaised = false;
     if (!this.canShareScreen()) this.local.stopScreen();
     if (!this.canPublish()) {
       // The server already ended our publications.
       this.local.stopAll();
-      this.ownPubs = new Map();
+      this.roster.ownPubs = new Map();
       this.syncSenders();
     } else if (before === 'viewer') {
       this.local.micOn = true;
@@ -386,7 +346,7 @@ export class Meeting extends EventTarget {
 
   /** The server (a host) muted one of our publications. */
   onOwnMuted(publicationId) {
-    const source = [...this.ownPubs].find(([, id]) => id === publicationId)?.[0];
+    const source = this.roster.ownSource(publicationId);
     if (source === 'microphone' && this.local.micOn) {
       this.local.setMicOn(false);
       this.notice('call.mutedByHost');
@@ -406,48 +366,16 @@ export class Meeting extends EventTarget {
   /** Opens a socket, joins, builds the peer connection and sends the first offer. */
   async attempt() {
     const s = {
-      ws: null,
-      pc: null,
-      send: {}, // source -> sending transceiver
-      subs: new Map(), // publication id -> receiving transceiver
-      free: { audio: [], video: [] }, // receiving transceivers no longer bound
-      held: new Set(), // receiving transceivers left out of an offer once (see negotiate)
-      negotiating: false,
-      again: false,
-      offered: false,
-      queued: [], // candidates waiting for the first offer
-      endSent: false,
-      lastHeard: Date.now(),
+      socket: new SignalingSocket(),
+      negotiator: null, // once in the room
       fatal: null, // a fatal error code the server sent before closing
-      timers: new Set(),
+      lastRequest: null, // the type of the last request the server may refuse (see `send`)
+      deadWhy: null, // why the session was lost while still entering the room
+      recordingBefore: null, // see `onRecordingState`
       disposed: false,
-      connected: false,
-      sampler: new StatsSampler(),
-      layers: {}, // source -> the simulcast layers declared in offers ([] for one layer)
-      encodingUpdate: Promise.resolve(), // setParameters calls, one after the other
-      offeredSubs: new Set(), // publication ids of receiving m-lines in the last sent offer
-      sentSizes: new Map(), // publication id -> the size last reported in this session
-      sizesQueued: false,
-      decryptors: new Map(), // receiving transceiver -> its decrypting transform's id
     };
     this.s = s;
-
-    const ws = new WebSocket(this.url);
-    s.ws = ws;
-    await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new JoinError('unreachable', null, 'timeout'));
-        ws.close();
-      }, OPEN_TIMEOUT_MS);
-      ws.onopen = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      ws.onclose = () => {
-        clearTimeout(timer);
-        reject(new JoinError('unreachable'));
-      };
-    });
+    await s.socket.open(this.url);
 
     const join = { type: 'join', protocol_version: this.protocolVersion };
     if (this.token) {
@@ -463,7 +391,7 @@ export class Meeting extends EventTarget {
         ...this.e2eeOptions,
         // Keys go out while (re)entering the room too, not only once joined.
         send: (keys) => this.s && this.send(this.s, { type: 'e2ee_keys', keys }),
-        publicKeyOf: (id) => this.participants.get(id)?.e2eeKey || null,
+        publicKeyOf: (id) => this.roster.participants.get(id)?.e2eeKey || null,
       });
       if (e2ee.supported) {
         await e2ee.init();
@@ -472,61 +400,17 @@ export class Meeting extends EventTarget {
     }
     const announced = this.e2ee?.announced();
     if (announced && this.protocolVersion >= 2) join.e2ee_key = announced;
-    ws.send(JSON.stringify(join));
-    const joined = await new Promise((resolve, reject) => {
-      let timer = setTimeout(() => {
-        reject(new JoinError('unreachable', null, 'no answer to join'));
-        ws.close();
-      }, JOIN_TIMEOUT_MS);
-      let lobbyPing = null;
-      const done = () => {
-        clearTimeout(timer);
-        clearInterval(lobbyPing);
-        s.rejectJoin = null;
-      };
-      // Leaving (or giving up) while waiting ends the wait.
-      s.rejectJoin = (err) => {
-        done();
-        reject(err);
-      };
-      ws.onmessage = (event) => {
-        const message = parse(event.data);
-        if (!message) return;
-        s.lastHeard = Date.now();
-        if (message.type === 'joined') {
-          done();
-          resolve(message);
-        } else if (message.type === 'lobby') {
-          // Waiting for a host (or the start time): no deadline, but keep the socket alive.
-          clearTimeout(timer);
-          timer = null;
-          if (!lobbyPing) {
-            lobbyPing = setInterval(() => {
-              if (Date.now() - s.lastHeard > SILENCE_MS) ws.close(); // dead: onclose rejects
-              else this.send(s, { type: 'ping' });
-            }, PING_MS);
-          }
-          this.me = message.participant_id;
-          if (message.room) this.room = message.room;
-          if (message.title) this.title = message.title;
-          this.lobby = { title: message.title || '', startsAt: message.starts_at ?? null, reason: message.reason || 'not_open' };
-          this.setState('lobby');
-          this.changed();
-        } else if (message.type === 'error') {
-          done();
-          reject(new JoinError('refused', message.code, message.message));
-          ws.close();
-        }
-      };
-      ws.onclose = () => {
-        done();
-        reject(new JoinError('unreachable', null, 'closed before joined'));
-      };
+    const joined = await s.socket.join(join, (lobby) => {
+      this.me = lobby.participant_id;
+      if (lobby.room) this.room = lobby.room;
+      if (lobby.title) this.title = lobby.title;
+      this.lobby = { title: lobby.title || '', startsAt: lobby.starts_at ?? null, reason: lobby.reason || 'not_open' };
+      this.setState('lobby');
+      this.changed();
     });
 
     // In the room. Handlers go in before anything awaits, so no message is missed.
-    ws.onmessage = (event) => this.onMessage(s, parse(event.data));
-    ws.onclose = () => this.lost(s, 'socket');
+    s.socket.listen((m) => this.onMessage(s, m), () => this.lost(s, 'socket'));
     this.me = joined.participant_id;
     this.lobby = null;
     if (joined.room) this.room = joined.room;
@@ -534,120 +418,82 @@ export class Meeting extends EventTarget {
     // A server without roles (protocol 1) says nothing: everything is allowed, as before.
     this.role = joined.role ?? (this.protocolVersion >= 2 ? this.role : null);
     if (joined.room_state) this.roomState = { open: !!joined.room_state.open, locked: !!joined.room_state.locked };
-    if (joined.counts) this.counts = joined.counts;
+    if (joined.counts) this.roster.counts = joined.counts;
     if (joined.resume) this.resume = joined.resume;
     this.encrypted = !!joined.e2ee;
     if (this.encrypted && !this.e2ee) {
-      ws.close();
+      s.socket.close();
       throw new JoinError('refused', 'e2ee_unsupported', 'this browser cannot encrypt media end to end');
     }
     if (this.encrypted) this.e2ee.newSession({ room: this.room, me: this.me, host: this.isHost() });
-    if (!this.canRaiseHand()) this.handRaised = false;
-    else if (this.handRaised) this.send(s, { type: 'raise_hand', raised: true });
-    this.waiting = [];
+    if (!this.canRaiseHand()) this.roster.handRaised = false;
+    else if (this.roster.handRaised) this.send(s, { type: 'raise_hand', raised: true });
     // A recording that still runs is announced again right after `joined`; one that stopped
     // while we were away is not, so forget it now. The announcement of the same recording
     // then passes without a second notice.
     s.recordingBefore = this.recording.active ? this.recording.recordingId : null;
     this.recording = { active: false, recordingId: null, startedAt: null, error: null };
-    this.participants = new Map();
-    this.remoteTracks = new Map();
-    this.ownPubs = new Map();
-    this.quality = new Map();
-    this.streamStats = new Map();
-    this.activeSpeaker = null;
+    this.roster.reset();
     this.simulcastLayers = new Map();
 
-    const config = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
-    // The legacy transform needs this for the whole connection; every m-line is then piped.
-    if (this.encrypted && this.e2ee.mode === 'legacy') config.encodedInsertableStreams = true;
-    const pc = new RTCPeerConnection(config);
-    s.pc = pc;
-    pc.onicecandidate = (event) => this.onCandidate(s, event.candidate);
-    pc.onconnectionstatechange = () => this.onConnectionState(s);
-
+    s.negotiator = new Negotiator({
+      send: (message) => this.send(s, message),
+      after: (ms, fn) => s.socket.after(ms, fn),
+      onFailed: () => this.lost(s, 'media'),
+      onConnected: () => {
+        this.mediaFailures = 0;
+      },
+      videoSizes: () => this.videoSizes,
+      protocolVersion: this.protocolVersion,
+      e2ee: this.encrypted ? this.e2ee : null,
+    });
     if (!this.canPublish()) this.local.stopAll();
     if (!this.canShareScreen()) this.local.stopScreen();
     for (const source of ['microphone', 'camera', 'screen']) {
       const track = this.local[source];
-      if (track) this.publish(s, source, track);
+      if (track) s.negotiator.publish(source, track);
     }
     for (const p of joined.participants) {
       this.addParticipant(p);
       for (const pub of p.publications) this.subscribe(s, pub);
     }
     if (this.encrypted) this.updateSafetyCode();
-    this.every(s, PING_MS, () => {
-      if (Date.now() - s.lastHeard > SILENCE_MS) {
-        this.lost(s, 'socket');
-        return;
-      }
-      this.send(s, { type: 'ping' });
-    });
+    s.socket.keepAlive(() => this.lost(s, 'socket'));
     this.changed();
-    this.negotiate(s);
+    s.negotiator.negotiate();
   }
 
   send(s, message) {
-    if (s.disposed || s.ws.readyState !== WebSocket.OPEN) return;
     // Which request a `forbidden` answers (those are the ones the server may refuse so).
-    if (message.type === 'offer' || HOST_OR_HAND.includes(message.type)) s.lastRequest = message.type;
-    s.ws.send(JSON.stringify(message));
+    const refusable = message.type === 'offer' || HOST_OR_HAND.includes(message.type);
+    if (s.socket.send(message) && refusable) s.lastRequest = message.type;
   }
 
-  every(s, ms, fn) {
-    const id = setInterval(fn, ms);
-    s.timers.add(() => clearInterval(id));
-  }
-
-  after(s, ms, fn) {
-    const id = setTimeout(fn, ms);
-    const cancel = () => clearTimeout(id);
-    s.timers.add(cancel);
-    return cancel;
-  }
-
+  /** Ends a session: its socket, its timers and its peer connection. */
   dispose(s) {
     if (s.disposed) return;
     s.disposed = true;
-    s.rejectJoin?.(new JoinError('unreachable', null, 'closed'));
-    for (const cancel of s.timers) cancel();
-    s.timers.clear();
-    if (s.ws) {
-      s.ws.onclose = s.ws.onmessage = s.ws.onopen = null;
-      if (s.ws.readyState <= WebSocket.OPEN) s.ws.close();
-    }
-    if (s.pc) {
-      s.pc.onicecandidate = s.pc.onconnectionstatechange = null;
-      s.pc.close();
-    }
+    s.socket.dispose();
+    s.negotiator?.close();
   }
 
+  // ---- what the server says ------------------------------------------------------------------
+
   onMessage(s, m) {
-    if (!m || s.disposed) return;
-    s.lastHeard = Date.now();
     switch (m.type) {
       case 'answer':
-        this.onAnswer(s, m.sdp);
+        s.negotiator.onAnswer(m.sdp);
         break;
       case 'participant_updated': {
         if (m.participant.id === this.me) {
           // About ourselves (hosts see everyone): our hand and role as the server has them.
-          if ('hand_raised' in m.participant) this.handRaised = !!m.participant.hand_raised;
+          if ('hand_raised' in m.participant) this.roster.handRaised = !!m.participant.hand_raised;
           this.changed();
           break;
         }
-        const known = this.participants.get(m.participant.id);
-        const p = this.addParticipant(m.participant);
-        if (known && Array.isArray(m.participant.publications)) {
-          const now = new Set(m.participant.publications.map((pub) => pub.id));
-          for (const id of [...p.pubs.keys()]) {
-            if (!now.has(id)) {
-              p.pubs.delete(id);
-              this.unsubscribe(s, id);
-            }
-          }
-        }
+        const known = this.roster.participants.has(m.participant.id);
+        this.addParticipant(m.participant);
+        if (known) for (const id of this.roster.dropEndedPublications(m.participant)) this.unsubscribe(s, id);
         for (const pub of m.participant.publications || []) this.subscribe(s, pub);
         this.changed();
         break;
@@ -661,19 +507,14 @@ export class Meeting extends EventTarget {
         break;
       case 'room_counts':
         // Someone we cannot see left (a viewer): they may have held our key.
-        if (this.counts && m.present < this.counts.present) this.e2ee?.onUnseenLeft();
-        this.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
+        if (this.roster.counts && m.present < this.roster.counts.present) this.e2ee?.onUnseenLeft();
+        this.roster.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
         this.changed();
         break;
-      case 'lobby_changed': {
-        const before = new Set(this.waiting.map((w) => w.participant_id));
-        this.waiting = Array.isArray(m.waiting) ? m.waiting : [];
-        for (const w of this.waiting) {
-          if (!before.has(w.participant_id)) this.notice('call.waitingToast', { name: w.name });
-        }
+      case 'lobby_changed':
+        for (const w of this.roster.setWaiting(m.waiting)) this.notice('call.waitingToast', { name: w.name });
         this.changed();
         break;
-      }
       case 'participant_joined':
         if (m.participant.id === this.me) break;
         this.addParticipant(m.participant);
@@ -683,13 +524,11 @@ export class Meeting extends EventTarget {
         break;
       case 'participant_left': {
         this.e2ee?.onLeft(m.participant_id);
-        const p = this.participants.get(m.participant_id);
+        const p = this.roster.participants.get(m.participant_id);
         if (!p) break;
         for (const id of p.pubs.keys()) this.unsubscribe(s, id);
-        this.participants.delete(m.participant_id);
-        this.quality.delete(m.participant_id);
+        this.roster.removeParticipant(m.participant_id);
         if (this.encrypted) this.updateSafetyCode();
-        if (this.activeSpeaker === m.participant_id) this.activeSpeaker = null;
         this.notice('call.leftToast', { name: p.name });
         this.changed();
         break;
@@ -697,34 +536,32 @@ export class Meeting extends EventTarget {
       case 'publication_added': {
         const pub = m.publication;
         if (pub.participant_id === this.me) {
-          this.ownPubs.set(pub.source, pub.id);
+          this.roster.ownPubs.set(pub.source, pub.id);
           // Mute state chosen before the server knew the publication.
           if (pub.source === 'microphone' && !this.local.micOn) this.sendMuted('microphone', true);
           if (pub.source === 'camera' && !(this.local.camOn && this.local.camera)) this.sendMuted('camera', true);
         } else {
-          const p = this.addParticipant({ id: pub.participant_id, name: '', publications: [] });
-          p.pubs.set(pub.id, pub);
+          this.addParticipant({ id: pub.participant_id, name: '', publications: [] }).pubs.set(pub.id, pub);
           this.subscribe(s, pub);
         }
         this.changed();
         break;
       }
-      case 'publication_removed': {
+      case 'publication_removed':
         if (m.participant_id === this.me) {
-          for (const [source, id] of this.ownPubs) if (id === m.publication_id) this.ownPubs.delete(source);
+          this.roster.forgetOwn(m.publication_id);
         } else {
-          this.participants.get(m.participant_id)?.pubs.delete(m.publication_id);
+          this.roster.participants.get(m.participant_id)?.pubs.delete(m.publication_id);
           this.unsubscribe(s, m.publication_id);
         }
         this.changed();
         break;
-      }
       case 'mute_changed': {
         if (m.participant_id === this.me) {
           if (m.muted) this.onOwnMuted(m.publication_id);
           break;
         }
-        const pub = this.participants.get(m.participant_id)?.pubs.get(m.publication_id);
+        const pub = this.roster.participants.get(m.participant_id)?.pubs.get(m.publication_id);
         if (pub) pub.muted = m.muted;
         this.changed();
         break;
@@ -733,7 +570,7 @@ export class Meeting extends EventTarget {
         this.onRecordingState(s, m);
         break;
       case 'active_speaker':
-        this.activeSpeaker = m.participant_id ?? null;
+        this.roster.activeSpeaker = m.participant_id ?? null;
         this.changed();
         break;
       case 'simulcast_layers':
@@ -751,6 +588,39 @@ export class Meeting extends EventTarget {
       default:
         break;
     }
+  }
+
+  /** Takes in what the server says about a participant, and asks for their key. */
+  addParticipant(info) {
+    const p = this.roster.addParticipant(info);
+    if (this.encrypted && p.e2eeKey) this.e2ee.want(p.id, p.e2eeKey);
+    if (this.encrypted && ('role' in info || info.e2ee_key)) this.updateSafetyCode();
+    return p;
+  }
+
+  /** Receives another participant's publication. */
+  subscribe(s, pub) {
+    if (pub.participant_id === this.me) return;
+    const track = s.negotiator.subscribe(pub);
+    if (track) this.roster.remoteTracks.set(pub.id, track);
+  }
+
+  unsubscribe(s, publicationId) {
+    if (s.negotiator.unsubscribe(publicationId)) this.roster.dropTrack(publicationId);
+  }
+
+  /** Recomputes the safety code from the hosts' and presenters' keys (ours included). */
+  updateSafetyCode() {
+    this.roster.updateSafetyCode(this.room, { id: this.me, role: this.role, key: this.e2ee.announced() });
+  }
+
+  /** The server says which layers of one of our publications anyone receives. */
+  onSimulcastLayers(s, m) {
+    const id = m.publication_id;
+    const source = this.roster.ownSource(id);
+    if (!source || !s.negotiator.layered(source) || !Array.isArray(m.active)) return;
+    this.simulcastLayers.set(id, m.active);
+    s.negotiator.setLayers(source, () => this.roster.ownPubs.get(source) === id && this.simulcastLayers.get(id));
   }
 
   /**
@@ -792,282 +662,7 @@ export class Meeting extends EventTarget {
     }
     // A refused offer (e.g. sent just before a host made us a viewer): roll it back.
     const offerRefused = s.lastRequest === 'offer' && m.code === 'forbidden';
-    if (s.negotiating && (offerRefused || ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code))) {
-      s.negotiating = false;
-      s.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
-      if (s.again) this.negotiate(s);
-    }
-  }
-
-  addParticipant(info) {
-    let p = this.participants.get(info.id);
-    if (!p) {
-      p = { id: info.id, name: info.name, role: null, site: null, hand: false, serverQuality: null, pubs: new Map() };
-      this.participants.set(info.id, p);
-    } else if (info.name) {
-      p.name = info.name;
-    }
-    if ('role' in info) p.role = info.role;
-    if ('site' in info) p.site = info.site;
-    if ('hand_raised' in info) p.hand = !!info.hand_raised;
-    if ('quality' in info) p.serverQuality = info.quality;
-    if (info.e2ee_key) p.e2eeKey = info.e2ee_key;
-    for (const pub of info.publications || []) p.pubs.set(pub.id, pub);
-    if (this.encrypted && p.e2eeKey) this.e2ee.want(p.id, p.e2eeKey);
-    if (this.encrypted && ('role' in info || info.e2ee_key)) this.updateSafetyCode();
-    return p;
-  }
-
-  /** Recomputes the safety code from the hosts' and presenters' keys (ours included). */
-  updateSafetyCode() {
-    const entries = [...this.participants.values()].map((p) => ({ id: p.id, role: p.role, key: p.e2eeKey }));
-    entries.push({ id: this.me, role: this.role, key: this.e2ee.announced() });
-    const run = safetyCode(this.room, entries).then((code) => {
-      if (run !== this.safetyRun || code === this.safetyCode) return;
-      this.safetyCode = code;
-      this.changed();
-    });
-    this.safetyRun = run;
-  }
-
-  // ---- media negotiation ---------------------------------------------------------------
-
-  /** Sends a track on a sendonly m-line, reusing this source's previous one. */
-  publish(s, source, track) {
-    let tr = s.send[source];
-    if (tr) {
-      replace(tr, track);
-      tr.direction = 'sendonly';
-    } else if (source === 'camera' && this.protocolVersion >= SIMULCAST_PROTOCOL) {
-      const { encodings, layers } = cameraLayers(track.getSettings());
-      tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: encodings });
-      s.layers.camera = layers;
-      if (layers.length > 1 || this.encrypted) preferVp8(tr);
-      s.send[source] = tr;
-      if (this.encrypted) this.e2ee.attachSender(tr.sender, 'video');
-    } else {
-      tr = s.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: SEND_ENCODINGS[source] });
-      s.send[source] = tr;
-      // Encrypted frames keep only VP8's header bytes readable (docs/e2ee.md).
-      if (this.encrypted && track.kind === 'video') preferVp8(tr);
-      if (this.encrypted) this.e2ee.attachSender(tr.sender, track.kind);
-    }
-    this.negotiate(s);
-  }
-
-  /**
-   * The server says which layers of one of our publications anyone receives: pause the
-   * others, so that the encoder and the uplink do not spend on video nobody watches.
-   */
-  onSimulcastLayers(s, m) {
-    const source = [...this.ownPubs].find(([, id]) => id === m.publication_id)?.[0];
-    if (!source || !s.send[source] || !s.layers[source]?.length || !Array.isArray(m.active)) return;
-    this.simulcastLayers.set(m.publication_id, m.active);
-    // One setParameters at a time (a second one during the first is refused); each applies
-    // the latest wish, so a burst of messages ends in the last one's state.
-    s.encodingUpdate = s.encodingUpdate.then(() => this.applyLayers(s, source, m.publication_id));
-  }
-
-  async applyLayers(s, source, publicationId) {
-    if (s.disposed || this.ownPubs.get(source) !== publicationId) return;
-    const sender = s.send[source].sender;
-    const params = sender.getParameters();
-    const active = layerActivity(this.simulcastLayers.get(publicationId), params.encodings.length);
-    if (params.encodings.every((e, i) => e.active === active[i])) return;
-    params.encodings.forEach((e, i) => {
-      e.active = active[i];
-    });
-    try {
-      await sender.setParameters(params);
-    } catch (err) {
-      if (!s.disposed) console.warn('could not pause or resume simulcast layers:', err);
-    }
-  }
-
-  /**
-   * The page tells where it shows each received video: publication id -> { width, height }
-   * in device pixels (0 × 0 when hidden). Changes go to the server in one batched message.
-   */
-  setVideoSizes(sizes) {
-    this.videoSizes = sizes;
-    this.reportSizesSoon(this.s);
-  }
-
-  reportSizesSoon(s) {
-    if (!s || s.disposed || s.sizesQueued || this.protocolVersion < SIMULCAST_PROTOCOL) return;
-    if (sizeReports(this.videoSizes, s.sentSizes, s.offeredSubs).length === 0) return;
-    s.sizesQueued = true;
-    // A plain timer (not `after`): this runs on every resize and must not pile up cancels.
-    setTimeout(() => {
-      s.sizesQueued = false;
-      if (s.disposed) return;
-      for (const sizes of sizeReports(this.videoSizes, s.sentSizes, s.offeredSubs)) {
-        this.send(s, { type: 'video_sizes', sizes });
-        for (const { publication_id: id, width, height } of sizes) s.sentSizes.set(id, { width, height });
-      }
-    }, SIZES_BATCH_MS);
-  }
-
-  unpublish(s, source) {
-    const tr = s.send[source];
-    if (!tr) return;
-    replace(tr, null);
-    tr.direction = 'inactive';
-    this.ownPubs.delete(source);
-    this.negotiate(s);
-  }
-
-  /** Receives another participant's publication on a recvonly m-line. */
-  subscribe(s, pub) {
-    if (pub.participant_id === this.me || s.subs.has(pub.id)) return;
-    let tr = s.free[pub.kind].pop();
-    if (tr) {
-      tr.direction = 'recvonly';
-    } else {
-      tr = s.pc.addTransceiver(pub.kind, { direction: 'recvonly' });
-      if (this.encrypted) s.decryptors.set(tr, this.e2ee.attachReceiver(tr.receiver, pub.kind));
-    }
-    // Frames of this publication open only with its owner's keys.
-    if (this.encrypted) this.e2ee.bind(s.decryptors.get(tr), pub.participant_id);
-    s.subs.set(pub.id, tr);
-    this.remoteTracks.set(pub.id, tr.receiver.track);
-    this.negotiate(s);
-  }
-
-  unsubscribe(s, publicationId) {
-    const tr = s.subs.get(publicationId);
-    if (!tr) return;
-    s.subs.delete(publicationId);
-    s.sentSizes.delete(publicationId);
-    this.remoteTracks.delete(publicationId);
-    this.streamStats.delete(publicationId);
-    // In an encrypted meeting the m-line stays recvonly, idle (the next offer no longer names
-    // it in `subscribe`, so the server sends nothing on it). Made inactive and then active
-    // again, it gets a rebuilt receive stream in Chromium, and now and then that stream never
-    // got what the receiver's transform had decrypted: the next sender on it was seen but
-    // heard as silence (see `negotiate` for the other way to reach the same state).
-    if (!this.encrypted) tr.direction = 'inactive';
-    s.held.delete(tr);
-    s.free[tr.receiver.track.kind].push(tr);
-    this.negotiate(s);
-  }
-
-  /** Offers the complete current set of m-lines; at most one offer is in flight. */
-  async negotiate(s) {
-    if (s.disposed) return;
-    if (s.negotiating) {
-      s.again = true;
-      return;
-    }
-    // An offer without m-lines carries no fingerprint: wait for something to send or receive.
-    if (s.pc.getTransceivers().length === 0) return;
-    s.negotiating = true;
-    s.again = false;
-    try {
-      await s.pc.setLocalDescription();
-      if (s.disposed) return;
-      const publish = [];
-      for (const [source, tr] of Object.entries(s.send)) {
-        if (tr.mid === null || tr.direction !== 'sendonly') continue;
-        const layers = this.layersOf(s, source);
-        publish.push(layers.length ? { mid: tr.mid, source, layers } : { mid: tr.mid, source });
-      }
-      const subscribe = [];
-      for (const [publicationId, tr] of s.subs) {
-        if (tr.mid === null) continue;
-        // In an encrypted meeting a receiving m-line is named in `subscribe`, and so gets
-        // media, only once an answer has made it active here (its SSRC is then known). Media
-        // that arrived before the answer made Chromium start an unsignaled receive stream and
-        // rebuild it when the answer came, and now and then the rebuilt stream never got what
-        // the receiver's transform had decrypted: the frames were opened, the decoder got
-        // none, and the sender was seen but heard as silence (about one run in ten of
-        // e2ee.test.mjs). Holding it costs one more offer; a transceiver is held at most once.
-        if (this.encrypted && tr.currentDirection !== 'recvonly' && !s.held.has(tr)) {
-          s.held.add(tr);
-          s.again = true;
-          continue;
-        }
-        s.held.delete(tr);
-        subscribe.push({ mid: tr.mid, publication_id: publicationId });
-      }
-      this.send(s, { type: 'offer', sdp: s.pc.localDescription.sdp, publish, subscribe });
-      // Sizes are reported only for subscriptions the server has heard of.
-      s.offeredSubs = new Set(subscribe.map((x) => x.publication_id));
-      this.reportSizesSoon(s);
-      if (!s.offered) {
-        s.offered = true;
-        for (const candidate of s.queued) this.send(s, { type: 'candidate', candidate });
-        s.queued = [];
-        this.after(s, MEDIA_TIMEOUT_MS, () => {
-          if (!s.connected) this.lost(s, 'media');
-        });
-      }
-    } catch (err) {
-      if (s.disposed) return;
-      console.warn('could not create an offer:', err);
-      s.negotiating = false;
-      this.lost(s, 'media');
-    }
-  }
-
-  async onAnswer(s, sdp) {
-    if (!s.negotiating) return;
-    try {
-      await s.pc.setRemoteDescription({ type: 'answer', sdp });
-    } catch (err) {
-      if (s.disposed) return;
-      console.warn('could not apply the answer:', err);
-      this.lost(s, 'media');
-      return;
-    }
-    if (s.disposed) return;
-    s.negotiating = false;
-    if (s.again) this.negotiate(s);
-  }
-
-  onCandidate(s, candidate) {
-    if (s.disposed) return;
-    // null (or an empty candidate) ends gathering: say so once.
-    const line = candidate && candidate.candidate ? candidate.candidate : '';
-    if (!line) {
-      if (s.endSent) return;
-      s.endSent = true;
-    }
-    if (s.offered) this.send(s, { type: 'candidate', candidate: line });
-    else s.queued.push(line);
-  }
-
-  onConnectionState(s) {
-    if (s.disposed) return;
-    const state = s.pc.connectionState;
-    if (state === 'connected') {
-      s.connected = true;
-      this.mediaFailures = 0;
-      s.cancelGrace?.();
-      s.cancelGrace = null;
-    } else if (state === 'failed') {
-      this.lost(s, 'media');
-    } else if (state === 'disconnected' && !s.cancelGrace) {
-      s.cancelGrace = this.after(s, DISCONNECTED_GRACE_MS, () => {
-        s.cancelGrace = null;
-        if (s.pc.connectionState !== 'connected') this.lost(s, 'media');
-      });
-    }
-  }
-
-  /** The simulcast layers to declare for a sending m-line, sized from its current track. */
-  layersOf(s, source) {
-    const declared = s.layers[source];
-    const settings = s.send[source].sender.track?.getSettings();
-    if (declared?.length && settings?.width && settings?.height) {
-      s.layers[source] = declaredLayers(s.send[source].sender.getParameters().encodings, settings);
-    }
-    return s.layers[source] || [];
-  }
-
-  sendMuted(source, muted) {
-    const id = this.ownPubs.get(source);
-    if (id !== undefined && this.s) this.send(this.s, { type: 'set_muted', publication_id: id, muted });
+    if (offerRefused || ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code)) s.negotiator.rollback();
   }
 
   // ---- losing the connection and coming back ---------------------------------------------
@@ -1081,7 +676,7 @@ export class Meeting extends EventTarget {
       return;
     }
     const fatal = s.fatal;
-    if (why === 'media' && !s.connected) this.mediaFailures += 1;
+    if (why === 'media' && !s.negotiator?.connected) this.mediaFailures += 1;
     this.dispose(s);
     console.info(`connection lost (${why}${fatal ? `, server said ${fatal}` : ''}); rejoining`);
     if (TERMINAL.includes(fatal)) {
@@ -1100,9 +695,7 @@ export class Meeting extends EventTarget {
     this.reconnectReason = fatal || null;
     this.setState('reconnecting');
     // Keep names on screen, drop the dead tracks.
-    this.remoteTracks = new Map();
-    this.streamStats = new Map();
-    this.quality = new Map();
+    this.roster.dropMedia();
     this.changed();
     const deadline = Date.now() + this.reconnectWindowMs;
     let delay = 300;
@@ -1147,32 +740,15 @@ export class Meeting extends EventTarget {
 
   async sampleStats() {
     const s = this.s;
-    if (!s || s.disposed || !s.pc || this.state !== 'joined') return;
+    if (!s || s.disposed || !s.negotiator || this.state !== 'joined') return;
     let sample;
     try {
-      sample = await s.sampler.sample(s.pc);
+      sample = await s.negotiator.sample();
     } catch {
       return;
     }
     if (s !== this.s || s.disposed) return;
-    const byParticipant = new Map();
-    for (const [publicationId, tr] of s.subs) {
-      const stats = tr.mid !== null ? sample.inbound.get(tr.mid) : undefined;
-      if (!stats) continue;
-      this.streamStats.set(publicationId, stats);
-      for (const p of this.participants.values()) {
-        if (p.pubs.has(publicationId)) {
-          if (!byParticipant.has(p.id)) byParticipant.set(p.id, []);
-          byParticipant.get(p.id).push(stats);
-        }
-      }
-    }
-    for (const p of this.participants.values()) {
-      const measured = combine(byParticipant.get(p.id) || [], sample.rttMs);
-      this.quality.set(p.id, { level: classify(measured), ...measured });
-    }
-    const own = { lossPercent: sample.outboundLossPercent, jitterMs: null, rttMs: sample.rttMs };
-    this.quality.set('self', { level: s.connected ? classify(own) : 'unknown', ...own });
+    this.roster.measure(sample, s.negotiator.connected);
     this.changed();
   }
 
@@ -1193,30 +769,11 @@ export class Meeting extends EventTarget {
   }
 }
 
-/**
- * Puts VP8 first for a simulcast camera: the server switches a receiver between layers at
- * keyframes it recognizes, and VP8 simulcast needs no `scalabilityMode`.
- */
-function preferVp8(transceiver) {
-  const codecs = RTCRtpReceiver.getCapabilities?.('video')?.codecs;
-  if (!codecs || !transceiver.setCodecPreferences) return;
-  const vp8 = codecs.filter((c) => c.mimeType.toLowerCase() === 'video/vp8');
-  try {
-    transceiver.setCodecPreferences([...vp8, ...codecs.filter((c) => !vp8.includes(c))]);
-  } catch (err) {
-    console.warn('could not prefer VP8:', err);
-  }
-}
-
-function replace(transceiver, track) {
-  transceiver.sender.replaceTrack(track).catch((err) => console.warn('replacing a track failed:', err));
-}
-
-function parse(data) {
-  try {
-    return JSON.parse(data);
-  } catch {
-    console.warn('ignoring an unparsable server message');
-    return null;
-  }
+// The page reads the roster as the meeting's own fields (`meeting.participants` and so on).
+for (const field of ['participants', 'remoteTracks', 'quality', 'activeSpeaker', 'waiting', 'counts', 'handRaised', 'safetyCode']) {
+  Object.defineProperty(Meeting.prototype, field, {
+    get() {
+      return this.roster[field];
+    },
+  });
 }

@@ -74,9 +74,9 @@ export function install(params, { setTrackSource, app }) {
     /** What this page receives from everyone else. */
     probe: () => probe(app),
     /** The current RTCPeerConnection (for getStats and SDP when a test fails). */
-    pc: () => app.meeting?.s?.pc ?? null,
+    pc: () => app.meeting?.s?.negotiator?.pc ?? null,
     /** Drops the signaling socket as a network blip would. */
-    dropConnection: () => app.meeting?.s?.ws?.close(),
+    dropConnection: () => app.meeting?.s?.socket.ws?.close(),
 
     // ---- protocol v2 ----
     /** Our role ('host' | 'presenter' | 'participant' | 'viewer'), or null. */
@@ -133,7 +133,7 @@ export function install(params, { setTrackSource, app }) {
     sentLayers: () => sentLayers(app),
     /** The `active` list of the last `simulcast_layers` about our camera, or null. */
     simulcastLayers: () => {
-      const id = app.meeting?.ownPubs.get('camera');
+      const id = app.meeting?.roster.ownPubs.get('camera');
       return app.meeting?.simulcastLayers.get(id) ?? null;
     },
     /** Gives a participant's camera tile a fixed size in CSS pixels; null gives it back to the grid. */
@@ -336,8 +336,8 @@ function probe(app) {
       colour: centreColour(tile?.querySelector('video')),
       tone: dominantTone(audioTrack),
       screenColour: centreColour(screenTile?.querySelector('video')),
-      videoStats: cam ? m.streamStats.get(cam.id) ?? null : null,
-      audioStats: mic ? m.streamStats.get(mic.id) ?? null : null,
+      videoStats: cam ? m.roster.streamStats.get(cam.id) ?? null : null,
+      audioStats: mic ? m.roster.streamStats.get(mic.id) ?? null : null,
     });
   }
   return { state: m.state, me: m.me, remotes };
@@ -348,7 +348,7 @@ function probe(app) {
 async function receivedVideo(app, participantId) {
   const m = app.meeting;
   const cam = [...(m?.participants.get(participantId)?.pubs.values() ?? [])].find((x) => x.source === 'camera');
-  const transceiver = cam && m.s?.subs.get(cam.id);
+  const transceiver = cam && m.s?.negotiator?.receiving.get(cam.id);
   if (!transceiver) return null;
   let found = null;
   (await transceiver.receiver.getStats()).forEach((s) => {
@@ -360,7 +360,7 @@ async function receivedVideo(app, participantId) {
 }
 
 async function sentLayers(app) {
-  const sender = app.meeting?.s?.send.camera?.sender;
+  const sender = app.meeting?.s?.negotiator?.sending.camera?.sender;
   if (!sender) return [];
   const outbound = new Map();
   (await sender.getStats()).forEach((s) => {

@@ -172,7 +172,7 @@ describe('end-to-end encrypted meeting', { skip }, () => {
 
       // No receiver of the host's went inactive, and each was named in `subscribe` only after
       // an answer had made it active: media never reached a receive stream Chromium would
-      // rebuild (see `negotiate` in meeting.js; a rebuilt one sometimes lost every frame its
+      // rebuild (see `negotiate` in negotiator.js; a rebuilt one sometimes lost every frame its
       // transform opened). Bob's rejoin and Carol's departure both went through this.
       const offers = await hook(alice, () => window.meetTest.sent.filter((m) => m.type === 'offer'));
       for (const [k, offer] of offers.entries()) {
