@@ -9,9 +9,13 @@ import { $, el, formatTime, toast } from './dom.js';
 import { decryptRecording } from './e2ee-playback.js';
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { keyRingsFor } from './keystore.js';
+import { attendanceBoard } from './attendance-board.js';
+import { invitationList, linksCsv, orderedInvitations, printableLinks } from './invitation-list.js';
+import { sitePicker } from './site-picker.js';
 
 const TOKEN_KEY = 'meet.orgToken';
-const ATTENDANCE_MS = 5000;
+// Attendance is at most this far behind while the meeting's page is open.
+const ATTENDANCE_MS = 2000;
 
 const ROLE_KEYS = {
   host: 'role.host',
@@ -24,8 +28,6 @@ const ADMISSION_KEYS = { host: 'org.admissionHost', scheduled: 'org.admissionSch
 const STATUS_KEYS = { scheduled: 'org.statusScheduled', cancelled: 'org.statusCancelled' };
 const KIND_KEYS = { central: 'org.kindCentral', province: 'org.kindProvince', commune: 'org.kindCommune' };
 const ACCOUNT_ROLE_KEYS = { admin: 'org.accountAdmin', organizer: 'org.accountOrganizer' };
-const QUALITY_KEYS = { good: 'quality.good', fair: 'quality.fair', poor: 'quality.poor' };
-const LEAVE_KEYS = { left: 'org.leaveLeft', timed_out: 'org.leaveTimedOut', removed: 'org.leaveRemoved' };
 const REC_STATUS_KEYS = {
   recording: 'rec.statusRecording',
   completed: 'rec.statusCompleted',
@@ -262,12 +264,14 @@ function render() {
   });
   for (const b of document.querySelectorAll('#org-nav button')) {
     b.hidden = 'admin' in b.dataset && account.role !== 'admin';
-    const section = { new: 'meetings', detail: 'meetings', edit: 'meetings' }[view.name] || view.name;
+    const section = { new: 'meetings', detail: 'meetings', edit: 'meetings', print: 'meetings' }[view.name] || view.name;
     b.classList.toggle('active', b.dataset.view === section);
   }
   document.body.dataset.view = view.name;
   const content = $('content');
-  const views = { meetings: meetingsView, new: scheduleView, edit: scheduleView, detail: detailView, sites: sitesView, accounts: accountsView };
+  const views = {
+    meetings: meetingsView, new: scheduleView, edit: scheduleView, detail: detailView, print: printView, sites: sitesView, accounts: accountsView,
+  };
   const current = view;
   content.replaceChildren(el('p', { className: 'note', text: t('org.loading') }));
   (views[view.name] || meetingsView)()
@@ -346,40 +350,11 @@ async function scheduleView() {
     el('label', { className: 'field checkbox' }, encrypted, el('span', { text: t('org.fieldEncrypted') })),
     el('p', { className: 'note', text: t('org.encryptedHelp') }));
 
-  // Invitees: sites from the directory (searchable, with a role each) and named people.
-  const chosen = new Map(); // site id -> role
+  // Invitees: sites from the directory (a tree with groups, a role each) and named people.
+  const picker = editing ? null : sitePicker(sites, { t, roleSelect, kindKeys: KIND_KEYS });
+  const chosen = picker?.chosen ?? new Map(); // site id -> role
   const people = [];
   if (!editing) {
-    const search = el('input', { id: 'site-search', type: 'search', placeholder: t('org.searchSites') });
-    const list = el('ul', { className: 'site-picker', id: 'site-picker' });
-    const count = el('span', { className: 'note', id: 'chosen-count' });
-    const drawSites = () => {
-      const q = search.value.trim().toLowerCase();
-      const shown = sites.filter((s) => !q || s.code.toLowerCase().includes(q) || s.name.toLowerCase().includes(q));
-      list.replaceChildren(...shown.map((s) => {
-        const box = el('input', { type: 'checkbox', checked: chosen.has(s.id), dataset: { siteId: s.id, siteCode: s.code } });
-        const role = roleSelect(chosen.get(s.id) || 'participant', { disabled: !chosen.has(s.id), dataset: { siteRole: s.code } });
-        box.addEventListener('change', () => {
-          if (box.checked) chosen.set(s.id, role.value);
-          else chosen.delete(s.id);
-          role.disabled = !box.checked;
-          count.textContent = t('org.chosenCount', { n: chosen.size });
-        });
-        role.addEventListener('change', () => {
-          if (chosen.has(s.id)) chosen.set(s.id, role.value);
-        });
-        return el('li', { dataset: { siteCode: s.code } },
-          el('label', { className: 'site-choice' }, box,
-            el('span', { className: 'site-name', text: s.name }),
-            el('span', { className: 'note', text: `${s.code} · ${t(KIND_KEYS[s.kind] || 'org.kindCommune')}` })),
-          role);
-      }));
-      if (!shown.length) list.append(el('li', { className: 'note', text: t('org.noSites') }));
-      count.textContent = t('org.chosenCount', { n: chosen.size });
-    };
-    search.addEventListener('input', drawSites);
-    drawSites();
-
     const peopleList = el('div', { className: 'people-inputs', id: 'people-inputs' });
     const addPerson = () => {
       const entry = {
@@ -395,10 +370,7 @@ async function scheduleView() {
       entry.name.focus();
     };
     form.append(
-      el('fieldset', { className: 'invitees' },
-        el('legend', { text: t('org.inviteSites') }),
-        el('div', { className: 'row' }, search, count),
-        list),
+      picker.element,
       el('fieldset', { className: 'invitees' },
         el('legend', { text: t('org.invitePeople') }),
         peopleList,
@@ -478,26 +450,23 @@ async function detailView() {
         }
       }, 'danger', { id: 'cancel-meeting' })));
 
-  // Invitations.
-  const rows = meeting.invitations.map((inv) => {
-    const link = inv.join_path ? `${location.origin}${inv.join_path}` : null;
-    const linkInput = link ? el('input', { className: 'link', readOnly: true, value: link, on: { focus: (e) => e.target.select() } }) : null;
-    return el('tr', { className: `invitation${inv.revoked ? ' revoked' : ''}`, dataset: { invitationId: inv.id, role: inv.role, siteCode: inv.site_code || '' } },
-      el('td', { text: inv.name }),
-      el('td', { text: t(ROLE_KEYS[inv.role] || 'role.participant') }),
-      el('td', { className: 'link-cell' }, linkInput || el('span', { className: 'note', text: t(inv.revoked ? 'org.revoked' : 'org.noLink') })),
-      el('td', { className: 'row' },
-        link ? button('org.copy', () => copy(link, linkInput), 'secondary small', { dataset: { copy: inv.id } }) : null,
-        !inv.revoked && !cancelled ? button('org.revoke', async () => {
-          if (!window.confirm(t('org.confirmRevoke', { name: inv.name }))) return;
-          try {
-            await api.del(`/meetings/${id}/invitations/${inv.id}`);
-            reload();
-          } catch (err) {
-            showError(err);
-          }
-        }, 'secondary small', { dataset: { revoke: inv.id } }) : null));
-  });
+  // Invitations, in the directory's order, with their links as CSV and on a printable page.
+  const entries = orderedInvitations(meeting, sites, location.origin);
+  const revoke = cancelled ? null : async (inv) => {
+    if (!window.confirm(t('org.confirmRevoke', { name: inv.name }))) return;
+    try {
+      await api.del(`/meetings/${id}/invitations/${inv.id}`);
+      reload();
+    } catch (err) {
+      showError(err);
+    }
+  };
+  const invitations = entries.length
+    ? invitationList(entries, { t, roleKeys: ROLE_KEYS, button, copy, revoke })
+    : el('p', { className: 'note', text: t('org.noInvitations') });
+  const linkActions = entries.length ? el('div', { className: 'row' },
+    button('org.exportLinks', () => download(linksCsv(entries), `links-${id}.csv`), 'secondary', { id: 'export-links' }),
+    button('org.printLinks', () => go({ name: 'print', id }), 'secondary', { id: 'print-links-button' })) : null;
 
   // Add an invitation: a site from the directory or a named person.
   let addForm = null;
@@ -532,13 +501,21 @@ async function detailView() {
     });
   }
 
-  // Attendance, refreshed while this view is open.
+  // Attendance, refreshed while this view is open; the filter narrows it between refreshes.
   const board = el('div', { id: 'attendance' });
+  const boardFilter = el('input', { id: 'attendance-filter', type: 'search', placeholder: t('org.filterAttendance') });
+  let attendance = null;
+  const drawBoard = () => {
+    if (attendance) board.replaceChildren(attendanceBoard(attendance, boardFilter.value, { t, roleKeys: ROLE_KEYS, table }));
+  };
+  boardFilter.addEventListener('input', drawBoard);
   const exportButton = button('org.exportCsv', () => exportCsv(id), 'secondary', { id: 'export-csv' });
   const refresh = async () => {
     try {
-      const attendance = await api.get(`/meetings/${id}/attendance`);
-      if (view.id === id && view.name === 'detail') board.replaceChildren(attendanceBoard(attendance));
+      const latest = await api.get(`/meetings/${id}/attendance`);
+      if (view.id !== id || view.name !== 'detail') return;
+      attendance = latest;
+      drawBoard();
     } catch (err) {
       if (view.id === id && view.name === 'detail') showError(err);
     }
@@ -571,16 +548,29 @@ async function detailView() {
   return el('div', { className: 'org-view' },
     head,
     el('section', { className: 'org-section' },
-      el('h2', { text: t('org.invitations') }),
-      rows.length ? table(['org.colName', 'org.colRole', 'org.colLink', ''], rows, 'invitations-table') : el('p', { className: 'note', text: t('org.noInvitations') }),
+      el('div', { className: 'view-head' }, el('h2', { text: t('org.invitations', { n: entries.length }) }), linkActions),
+      invitations,
       addForm),
     el('section', { className: 'org-section' },
       el('div', { className: 'view-head' }, el('h2', { text: t('org.attendance') }), exportButton),
+      el('div', { className: 'row' }, boardFilter),
       board),
     el('section', { className: 'org-section', id: 'recordings-section' },
       el('h2', { text: t('rec.heading') }),
       recordings,
       player));
+}
+
+// The invitations' links, one province per printed sheet.
+async function printView() {
+  const id = view.id;
+  const [meeting, sites] = await Promise.all([api.get(`/meetings/${id}`), api.get('/sites')]);
+  const entries = orderedInvitations(meeting, sites, location.origin);
+  return el('div', { className: 'org-view' },
+    el('div', { className: 'row no-print' },
+      button('org.back', () => go({ name: 'detail', id })),
+      button('org.print', () => window.print(), 'primary', { id: 'print-now' })),
+    printableLinks(meeting, entries, { t, roleKeys: ROLE_KEYS, formatTime }));
 }
 
 // ---- recordings --------------------------------------------------------------------------------
@@ -968,33 +958,6 @@ function mountPlayer(player, { session, heading, plan, notes, srcOf, renew }) {
   player.meetPlayer = { audio: clock, clock, videos, audios, sync };
 }
 
-function attendanceBoard(a) {
-  const quality = (q) => el('span', { className: 'quality-dot', dataset: { level: q || 'unknown' }, title: t(QUALITY_KEYS[q] || 'quality.unknown') });
-  const present = a.sites.filter((s) => s.present).length;
-  const siteRows = a.sites.map((s) => el('tr', { className: `attendance-site ${s.present ? 'present' : 'absent'}`, dataset: { siteCode: s.code } },
-    el('td', { text: s.code }),
-    el('td', { text: s.name }),
-    el('td', { text: t(s.present ? 'org.present' : 'org.absent') }),
-    el('td', { text: formatTime(s.first_joined_at) }),
-    el('td', { text: formatTime(s.last_left_at) }),
-    el('td', {}, quality(s.quality))));
-  const rows = a.rows.map((r) => el('tr', { className: 'attendance-row', dataset: { participantId: String(r.participant_id) } },
-    el('td', { text: r.name }),
-    el('td', { text: t(ROLE_KEYS[r.role] || 'role.participant') }),
-    el('td', { text: formatTime(r.joined_at) }),
-    el('td', { text: r.left_at ? formatTime(r.left_at) : t('org.stillHere') }),
-    el('td', { text: r.leave_reason ? t(LEAVE_KEYS[r.leave_reason] || 'org.leaveLeft') : '' }),
-    el('td', {}, quality(r.quality))));
-  return el('div', {},
-    el('p', { className: 'note', id: 'attendance-summary', text: t('org.sitesPresent', { present, invited: a.sites.length }) }),
-    a.sites.length
-      ? table(['org.colCode', 'org.colSite', 'org.colPresent', 'org.colFirstJoined', 'org.colLastLeft', 'org.colQuality'], siteRows, 'attendance-sites')
-      : null,
-    rows.length
-      ? table(['org.colName', 'org.colRole', 'org.colJoined', 'org.colLeft', 'org.colReason', 'org.colQuality'], rows, 'attendance-rows')
-      : el('p', { className: 'note', text: t('org.nobodyYet') }));
-}
-
 async function copy(text, input) {
   try {
     await navigator.clipboard.writeText(text);
@@ -1005,16 +968,21 @@ async function copy(text, input) {
   toast(t('org.copied'));
 }
 
+/** Saves `data` (a Blob or a string of CSV) as a file named `name`. */
+function download(data, name) {
+  const blob = typeof data === 'string' ? new Blob([data], { type: 'text/csv;charset=utf-8' }) : data;
+  const url = URL.createObjectURL(blob);
+  const a = el('a', { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 async function exportCsv(id) {
   try {
     const res = await request('GET', `/meetings/${id}/attendance.csv`, { raw: true });
-    const blob = await res.blob();
-    const url = URL.createObjectURL(blob);
-    const a = el('a', { href: url, download: `attendance-${id}.csv` });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    download(await res.blob(), `attendance-${id}.csv`);
   } catch (err) {
     showError(err);
   }
