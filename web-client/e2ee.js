@@ -3,9 +3,12 @@
 // for each recipient, unwrapping the keys others send us, and the encoded-transform worker
 // that seals and opens every frame. The server relays the wrapped keys and cannot open them.
 
+import {
+  deriveWrapKey, parseBlob, requestBlob, unwrapKey, wrapKey,
+} from './keywrap.js';
 import { saveKey } from './keystore.js';
 import {
-  GENERATIONS, deriveFrameKey, fromBase64Url, importBaseKey, ratchet, toBase64Url,
+  GENERATIONS, deriveFrameKey, importBaseKey, ratchet, toBase64Url,
 } from './sframe.js';
 
 /** How long a new epoch's key travels to receivers before we encrypt with it. */
@@ -14,7 +17,6 @@ export const REKEY_DELAY_MS = 1000;
 const OLD_EPOCH_MS = 10_000;
 /** The server relays at most this many keys per message. */
 const KEYS_PER_MESSAGE = 16;
-const WRAP_INFO = new TextEncoder().encode('meet e2ee wrap v1');
 
 /** How this browser can transform encoded frames: 'script', 'legacy' or null (it cannot). */
 export function transformSupport(prefer = null) {
@@ -184,31 +186,14 @@ export class E2ee {
 
   async wrapKeyFor(pub) {
     if (!this.wraps.has(pub)) {
-      this.wraps.set(pub, (async () => {
-        const publicKey = await crypto.subtle.importKey('raw', fromBase64Url(pub), { name: 'ECDH', namedCurve: 'P-256' }, false, []);
-        const shared = await crypto.subtle.deriveBits({ name: 'ECDH', public: publicKey }, this.privateKey, 256);
-        const ikm = await crypto.subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
-        return crypto.subtle.deriveKey(
-          { name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(0), info: WRAP_INFO },
-          ikm,
-          { name: 'AES-GCM', length: 128 },
-          false,
-          ['encrypt', 'decrypt'],
-        );
-      })());
+      this.wraps.set(pub, deriveWrapKey(this.privateKey, pub));
       this.wraps.get(pub).catch(() => this.wraps.delete(pub));
     }
     return this.wraps.get(pub);
   }
 
-  aad(from, to, kid) {
-    return new TextEncoder().encode(`meet e2ee key|${this.room}|${from}|${to}|${kid}`);
-  }
-
   async wrapFor(recipient, wrap, kid, raw) {
-    const iv = crypto.getRandomValues(new Uint8Array(12));
-    const ct = await crypto.subtle.encrypt({ name: 'AES-GCM', iv, additionalData: this.aad(this.me, recipient, kid) }, wrap, raw);
-    return { participant_id: recipient, blob: JSON.stringify({ v: 1, t: 'key', kid, iv: toBase64Url(iv), ct: toBase64Url(new Uint8Array(ct)) }) };
+    return { participant_id: recipient, blob: await wrapKey(wrap, { room: this.room, from: this.me, to: recipient, kid, raw }) };
   }
 
   flush(keys) {
@@ -274,38 +259,27 @@ export class E2ee {
   want(participant, publicKey) {
     if (this.keyless || !publicKey || participant === this.me || this.asked.has(participant)) return;
     this.asked.add(participant);
-    this.flush([{ participant_id: participant, blob: JSON.stringify({ v: 1, t: 'req', pub: this.publicKey }) }]);
+    this.flush([{ participant_id: participant, blob: requestBlob(this.publicKey) }]);
   }
 
   /** An `e2ee_key` from the server: a request for our key, or a sender's key for us. */
   onBlob(from, blob) {
-    let m;
-    try {
-      m = JSON.parse(blob);
-    } catch {
-      return;
-    }
-    if (!m || m.v !== 1) return;
-    if (m.t === 'req') this.serial(() => this.onRequest(from, m.pub));
-    else if (m.t === 'key') this.serial(() => this.onKey(from, m));
+    const m = parseBlob(blob);
+    if (m?.t === 'req') this.serial(() => this.onRequest(from, m.pub));
+    else if (m?.t === 'key') this.serial(() => this.onKey(from, m));
   }
 
   async onKey(from, m) {
     const pub = this.publicKeyOf(from);
-    if (!pub || this.keyless || !Number.isSafeInteger(m.kid) || m.kid < 0) return;
+    if (!pub || this.keyless) return;
     let raw;
     try {
-      const wrap = await this.wrapKeyFor(pub);
-      raw = await crypto.subtle.decrypt(
-        { name: 'AES-GCM', iv: fromBase64Url(m.iv), additionalData: this.aad(from, this.me, m.kid) },
-        wrap,
-        fromBase64Url(m.ct),
-      );
+      raw = await unwrapKey(await this.wrapKeyFor(pub), { room: this.room, from, to: this.me }, m);
     } catch {
       console.warn('a media key that does not open was ignored');
       return;
     }
-    const base = await importBaseKey(new Uint8Array(raw));
+    const base = await importBaseKey(raw);
     const participant = String(from);
     this.worker.postMessage({ type: 'key', participant, kid: m.kid, base });
     if (this.host) saveKey(this.room, participant, m.kid, base);

@@ -33,6 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use endpoint::keys::{
+    DeviceKey, KeyError, KeyEvent, KeyExchange, KeyPolicy, KeyStats, RekeyRecord,
+};
 use endpoint::wire::{WireStats, WireSummary};
 use endpoint::{Endpoint, EndpointConfig, EndpointError, ReceivedStats, SentStats};
 
@@ -65,6 +68,9 @@ const OFFER_RETRY: Duration = Duration::from_secs(1);
 /// How often [`Bot::wait_until`] looks at the state.
 const WAIT_POLL: Duration = Duration::from_millis(10);
 
+/// How many rekeys' wrap times a bot keeps.
+const MAX_WRAP_TIMES: usize = 4_096;
+
 #[derive(Debug, Error)]
 pub enum BotError {
     #[error("websocket: {0}")]
@@ -77,6 +83,8 @@ pub enum BotError {
     Pem(String),
     #[error("endpoint: {0}")]
     Endpoint(#[from] EndpointError),
+    #[error("end-to-end keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
     #[error("the server refused the join: {code:?}: {message}")]
@@ -117,6 +125,11 @@ pub struct BotOptions {
     /// The device public key announced at join for the end-to-end key relay (opaque to the
     /// server). Not the media key: that one is `endpoint.e2ee`.
     pub e2ee_key: Option<String>,
+    /// Speak the end-to-end key exchange (`docs/e2ee.md`) with this policy, as a browser
+    /// does: a fresh device key announced at join (instead of `e2ee_key`), requests to every
+    /// sender seen, answers and rekeys for those who ask, keys installed in the endpoint as
+    /// they come. Set `endpoint.e2ee` to [`endpoint::E2eeConfig::exchanged`] with it.
+    pub key_exchange: Option<KeyPolicy>,
     /// Limit for the WebSocket connect and for the join answer, each.
     pub join_timeout: Duration,
     /// Send an application `ping` this often.
@@ -141,6 +154,7 @@ impl BotOptions {
             endpoint: EndpointConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             auto_subscribe: true,
             e2ee_key: None,
+            key_exchange: None,
             join_timeout: Duration::from_secs(10),
             ping_interval: None,
         }
@@ -299,6 +313,32 @@ pub struct BotStats {
     pub received: HashMap<PublicationId, ReceivedStats>,
     pub sent: SentStats,
     pub wire: WireSummary,
+    /// The key exchange's counters, when the bot speaks it.
+    pub keys: Option<KeyStats>,
+    pub key_traffic: KeyTraffic,
+}
+
+/// Key messages on a bot's signaling socket: `e2ee_keys` sent and `e2ee_key` received, with
+/// their bytes (the JSON text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyTraffic {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+}
+
+/// What a bot's key exchange did over the run, for the load test's key measurements.
+#[derive(Debug, Clone)]
+pub struct KeyTimeline {
+    pub participant_id: ParticipantId,
+    /// When the bot joined the room (the server's `joined`).
+    pub joined_at: Instant,
+    /// As a sender: its departure rekeys, and the time each took to make and wrap.
+    pub rekeys: Vec<RekeyRecord>,
+    pub rekey_wrap_times: Vec<Duration>,
+    /// As a receiver: for each sender, the epochs whose frames it opened, first time each.
+    pub epochs_opened: HashMap<ParticipantId, Vec<(u64, Instant)>>,
 }
 
 /// State shared by the task and the handle. The lock is never held across an await.
@@ -323,6 +363,10 @@ struct Shared {
     next_offer_at: Instant,
     /// Loss, jitter, RTT and freezes read from the datagrams' clear headers.
     wire: WireStats,
+    /// The end-to-end key exchange, when the bot speaks it, and what it cost.
+    keys: Option<KeyExchange>,
+    key_traffic: KeyTraffic,
+    rekey_wrap_times: VecDeque<Duration>,
 }
 
 impl Shared {
@@ -390,7 +434,9 @@ impl Shared {
                 for publication in &participant.publications {
                     self.subscribe(publication);
                 }
+                let id = participant.id;
                 self.roster.add_participant(participant);
+                self.want_key(now, id);
             }
             ServerMessage::ParticipantLeft {
                 participant_id,
@@ -402,6 +448,9 @@ impl Shared {
                     for publication in participant.publications {
                         self.endpoint.unsubscribe(publication.id);
                     }
+                }
+                if let Some(keys) = &mut self.keys {
+                    keys.participant_left(now, participant_id);
                 }
             }
             ServerMessage::PublicationAdded { publication } => {
@@ -463,7 +512,9 @@ impl Shared {
             ServerMessage::ParticipantUpdated { participant } => {
                 self.roster.presence_messages += 1;
                 if participant.id != self.participant_id {
+                    let id = participant.id;
                     self.roster.add_participant(participant);
+                    self.want_key(now, id);
                 }
             }
             ServerMessage::RoleChanged { role } => self.roster.role = Some(role),
@@ -471,12 +522,31 @@ impl Shared {
                 self.roster.room_state = RoomStatus { open, locked };
             }
             ServerMessage::RoomCounts(counts) => {
+                let dropped = self
+                    .roster
+                    .counts
+                    .is_some_and(|before| counts.present < before.present);
+                if dropped && let Some(keys) = &mut self.keys {
+                    keys.count_dropped(now);
+                }
                 self.roster.counts = Some(counts);
                 self.roster.counts_messages += 1;
             }
             ServerMessage::LobbyChanged { waiting } => self.roster.lobby = waiting,
             ServerMessage::RecordingState { active, .. } => self.roster.recording = active,
-            ServerMessage::E2eeKey { from, blob } => self.roster.e2ee_keys.push((from, blob)),
+            ServerMessage::E2eeKey { from, blob } => match &mut self.keys {
+                Some(keys) => {
+                    let shown = self
+                        .roster
+                        .participants
+                        .get(&from)
+                        .and_then(|p| p.e2ee_key.as_deref());
+                    // A blob that does not open is counted by the exchange, as the browser
+                    // ignores it; nothing else changes.
+                    let _ = keys.handle_blob(now, from, shown, &blob);
+                }
+                None => self.roster.e2ee_keys.push((from, blob)),
+            },
             ServerMessage::ActiveSpeaker { participant_id } => {
                 self.roster.active_speakers.push(participant_id);
             }
@@ -514,8 +584,86 @@ impl Shared {
 
     fn handle_text(&mut self, now: Instant, text: &str) {
         match serde_json::from_str::<ServerMessage>(text) {
-            Ok(message) => self.handle_server_message(now, message),
+            Ok(message) => {
+                if matches!(message, ServerMessage::E2eeKey { .. }) {
+                    self.key_traffic.messages_received += 1;
+                    self.key_traffic.bytes_received += text.len() as u64;
+                }
+                self.handle_server_message(now, message);
+                self.apply_keys();
+            }
             Err(err) => self.fail(format!("unreadable server message: {err}")),
+        }
+    }
+
+    /// Asks `participant` for its key, if the bot speaks the key exchange and the roster
+    /// shows a key for it.
+    fn want_key(&mut self, now: Instant, participant: ParticipantId) {
+        if let Some(keys) = &mut self.keys {
+            let public = self
+                .roster
+                .participants
+                .get(&participant)
+                .and_then(|p| p.e2ee_key.as_deref());
+            keys.want(now, participant, public);
+        }
+    }
+
+    /// Runs the key exchange's timers, timing the ones that made a rekey.
+    fn key_timeout(&mut self, now: Instant) {
+        let Some(keys) = &mut self.keys else {
+            return;
+        };
+        let rekeys = keys.stats().rekeys;
+        let started = Instant::now();
+        let result = keys.handle_timeout(now);
+        if keys.stats().rekeys > rekeys {
+            if self.rekey_wrap_times.len() >= MAX_WRAP_TIMES {
+                self.rekey_wrap_times.pop_front();
+            }
+            self.rekey_wrap_times.push_back(started.elapsed());
+        }
+        if let Err(err) = result {
+            self.fail(format!("keys: {err}"));
+        }
+        self.apply_keys();
+    }
+
+    /// Installs in the endpoint what the key exchange decided.
+    fn apply_keys(&mut self) {
+        let Some(keys) = &mut self.keys else {
+            return;
+        };
+        let mut failure = None;
+        while let Some(event) = keys.poll_event() {
+            match event {
+                KeyEvent::SendWith { kid, base } => {
+                    if let Err(err) = self.endpoint.set_send_key(kid, &base) {
+                        failure = Some(format!("send key: {err}"));
+                    }
+                }
+                KeyEvent::Received { sender, kid, base } => {
+                    self.endpoint.add_receive_key(sender, kid, &base);
+                }
+                KeyEvent::Forget { sender } => self.endpoint.forget_sender(sender),
+            }
+        }
+        if let Some(failure) = failure {
+            self.fail(failure);
+        }
+    }
+
+    fn key_timeline(&self) -> KeyTimeline {
+        KeyTimeline {
+            participant_id: self.participant_id,
+            joined_at: self.joined_at,
+            rekeys: self
+                .keys
+                .as_ref()
+                .map(|k| k.rekeys().cloned().collect())
+                .unwrap_or_default(),
+            rekey_wrap_times: self.rekey_wrap_times.iter().copied().collect(),
+            epochs_opened: self.endpoint.epochs_opened(),
         }
     }
 }
@@ -551,6 +699,14 @@ impl Bot {
     /// [`BotError::Refused`] when the server answers the join with an error.
     pub async fn connect(options: BotOptions) -> Result<Bot, BotError> {
         let started_at = Instant::now();
+        let mut keys = match options.key_exchange {
+            Some(policy) => Some(KeyExchange::new(DeviceKey::generate()?, policy)),
+            None => None,
+        };
+        let e2ee_key = match &keys {
+            Some(keys) => Some(keys.public_key().to_string()),
+            None => options.e2ee_key.clone(),
+        };
         let connector = Connector::Rustls(options.tls.clone());
         let (mut ws, _response) = tokio::time::timeout(
             options.join_timeout,
@@ -574,7 +730,7 @@ impl Bot {
                     name: None,
                     role: None,
                     resume: None,
-                    e2ee_key: options.e2ee_key.clone(),
+                    e2ee_key: e2ee_key.clone(),
                 },
                 None => ClientMessage::Join {
                     protocol_version: PROTOCOL_VERSION,
@@ -583,7 +739,7 @@ impl Bot {
                     name: Some(options.name.clone()),
                     role: options.role,
                     resume: None,
-                    e2ee_key: options.e2ee_key.clone(),
+                    e2ee_key: e2ee_key.clone(),
                 },
             },
         )
@@ -616,7 +772,14 @@ impl Bot {
         if let Some(e2ee) = &mut config.e2ee {
             e2ee.sender = Some(participant_id);
         }
+        let publishes = config.publish_audio || config.publish_video;
         let endpoint = Endpoint::new(Instant::now(), config)?;
+        if let Some(keys) = &mut keys {
+            keys.joined(&room.0, participant_id);
+            if publishes {
+                keys.start_sending()?;
+            }
+        }
 
         let mut shared = Shared {
             endpoint,
@@ -641,6 +804,9 @@ impl Bot {
             auto_subscribe: options.auto_subscribe,
             next_offer_at: joined_at,
             wire: WireStats::default(),
+            keys,
+            key_traffic: KeyTraffic::default(),
+            rekey_wrap_times: VecDeque::new(),
         };
         for participant in participants {
             if participant.id == participant_id {
@@ -649,11 +815,14 @@ impl Bot {
             for publication in &participant.publications {
                 shared.subscribe(publication);
             }
+            let id = participant.id;
             shared.roster.add_participant(participant);
+            shared.want_key(joined_at, id);
         }
         for message in early {
             shared.handle_server_message(joined_at, message);
         }
+        shared.apply_keys();
 
         let shared = Arc::new(Mutex::new(shared));
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -711,7 +880,15 @@ impl Bot {
             received: shared.endpoint.stats().clone(),
             sent: shared.endpoint.sent().clone(),
             wire: shared.wire.summary(Instant::now()),
+            keys: shared.keys.as_ref().map(|k| k.stats().clone()),
+            key_traffic: shared.key_traffic,
         }
+    }
+
+    /// What the bot's key exchange did: its rekeys as a sender, the epochs it opened as a
+    /// receiver. Copies every record: call it to measure a run, not every second.
+    pub fn key_timeline(&self) -> KeyTimeline {
+        lock(&self.shared).key_timeline()
     }
 
     /// Whether the bot's task still runs (its signaling connection is open).
@@ -811,10 +988,12 @@ impl Drop for Bot {
     }
 }
 
-async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), BotError> {
+/// Sends one message; returns its length in bytes.
+async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<usize, BotError> {
     let text = serde_json::to_string(message)?;
+    let bytes = text.len();
     ws.send(Message::text(text)).await?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// Reads until `joined`; keeps anything else that arrives first to handle afterwards.
@@ -906,6 +1085,9 @@ impl Driver {
                 if shared.endpoint.has_pending_changes() && !shared.endpoint.offer_in_flight() {
                     deadline = deadline.min(shared.next_offer_at);
                 }
+                if let Some(at) = shared.keys.as_ref().and_then(KeyExchange::poll_timeout) {
+                    deadline = deadline.min(at);
+                }
                 deadline
             };
             let ping_tick = async {
@@ -920,7 +1102,9 @@ impl Driver {
                 command = commands.recv() => match command {
                     // The handle is gone; Drop aborts the task as well.
                     None => return Ok("the bot handle was dropped".into()),
-                    Some(Command::Send(message)) => send(&mut self.ws, &message).await?,
+                    Some(Command::Send(message)) => {
+                        send(&mut self.ws, &message).await?;
+                    }
                     Some(Command::SetMuted { kind, muted }) => self.set_muted(kind, muted).await?,
                     Some(Command::Leave) => return Ok(self.leave().await),
                 },
@@ -942,11 +1126,15 @@ impl Driver {
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let mut shared = lock(&self.shared);
-                    if let Err(err) = shared.endpoint.handle_timeout(Instant::now()) {
+                    let now = Instant::now();
+                    shared.key_timeout(now);
+                    if let Err(err) = shared.endpoint.handle_timeout(now) {
                         shared.fail(format!("endpoint: {err}"));
                     }
                 }
-                () = ping_tick => send(&mut self.ws, &ClientMessage::Ping {}).await?,
+                () = ping_tick => {
+                    send(&mut self.ws, &ClientMessage::Ping {}).await?;
+                }
             }
             self.flush().await?;
         }
@@ -996,6 +1184,11 @@ impl Driver {
                 shared.wire.on_send(now, &datagram.contents);
                 self.out.push(datagram);
             }
+            if let Some(keys) = &mut shared.keys {
+                while let Some(message) = keys.poll_message() {
+                    signaling.push(message);
+                }
+            }
         }
         for datagram in self.out.drain(..) {
             match self
@@ -1012,8 +1205,19 @@ impl Driver {
                 _ => {}
             }
         }
+        let mut key_messages = 0;
+        let mut key_bytes = 0;
         for message in &signaling {
-            send(&mut self.ws, message).await?;
+            let bytes = send(&mut self.ws, message).await?;
+            if matches!(message, ClientMessage::E2eeKeys { .. }) {
+                key_messages += 1;
+                key_bytes += bytes as u64;
+            }
+        }
+        if key_messages > 0 {
+            let mut shared = lock(&self.shared);
+            shared.key_traffic.messages_sent += key_messages;
+            shared.key_traffic.bytes_sent += key_bytes;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use thiserror::Error;
 
+pub mod keys;
 pub mod media;
 pub mod sframe;
 pub mod wire;
@@ -126,6 +127,10 @@ pub struct E2eeConfig {
     /// so each sender seals under its own KID (`sender_kid`): the KID enters the derivation of
     /// the frame key and salt, so no two senders ever use the same key and nonce.
     pub sender: Option<ParticipantId>,
+    /// Keys come from the key exchange ([`crate::keys`]) while the endpoint runs: a publisher
+    /// sends nothing until [`Endpoint::set_send_key`], and each sender's ring starts empty and
+    /// is filled by [`Endpoint::add_receive_key`].
+    pub exchanged: bool,
 }
 
 impl E2eeConfig {
@@ -135,6 +140,7 @@ impl E2eeConfig {
             key: Some((kid, key)),
             tamper_every: 0,
             sender: None,
+            exchanged: false,
         }
     }
 
@@ -144,6 +150,17 @@ impl E2eeConfig {
             key: None,
             tamper_every: 0,
             sender: None,
+            exchanged: false,
+        }
+    }
+
+    /// Gets its keys from the key exchange, as a browser does.
+    pub fn exchanged() -> Self {
+        Self {
+            key: None,
+            tamper_every: 0,
+            sender: None,
+            exchanged: true,
         }
     }
 
@@ -176,6 +193,7 @@ impl std::fmt::Debug for E2eeConfig {
             .field("kid", &self.key.as_ref().map(|(kid, _)| *kid))
             .field("tamper_every", &self.tamper_every)
             .field("sender", &self.sender)
+            .field("exchanged", &self.exchanged)
             .finish()
     }
 }
@@ -253,6 +271,13 @@ pub struct ReceivedStats {
     /// any decoding or inspection.
     pub frames_decrypted: u64,
     pub decrypt_failures: u64,
+    /// When the first frame decrypted, and how many failed because they were sealed under a
+    /// key newer than every key of the sender this receiver could open: frames lost to a key
+    /// change (the sender started using a key this receiver did not hold yet). Frames sealed
+    /// under an older key than this receiver's (sent before it joined, replayed from the
+    /// SFU's cache) fail by design and are not counted here.
+    pub first_decrypted_at: Option<Instant>,
+    pub decrypt_failures_newer_key: u64,
     pub audio_frames_decoded: u64,
     pub audio_decode_errors: u64,
     /// Video frames handed on to be decoded (with end-to-end encryption, only decrypted ones).
@@ -296,6 +321,18 @@ impl ReceivedStats {
 }
 
 impl ReceivedStats {
+    fn note_decrypted(&mut self, now: Instant) {
+        self.frames_decrypted += 1;
+        self.first_decrypted_at.get_or_insert(now);
+    }
+
+    fn note_decrypt_failure(&mut self, newer_key: bool) {
+        self.decrypt_failures += 1;
+        if newer_key {
+            self.decrypt_failures_newer_key += 1;
+        }
+    }
+
     fn new(info: &PublicationInfo) -> Self {
         Self {
             participant_id: info.participant_id,
@@ -308,6 +345,8 @@ impl ReceivedStats {
             discontinuities: 0,
             frames_decrypted: 0,
             decrypt_failures: 0,
+            first_decrypted_at: None,
+            decrypt_failures_newer_key: 0,
             audio_frames_decoded: 0,
             audio_decode_errors: 0,
             video_frames: 0,
@@ -342,6 +381,8 @@ pub struct SentStats {
     /// deliberately corrupted ([`E2eeConfig::tamper_every`]).
     pub frames_sealed: u64,
     pub frames_tampered: u64,
+    /// Frames not sent because the key exchange had not given a key yet (never sent in clear).
+    pub frames_unsent: u64,
 }
 
 /// Where one subscription stands in the offer/answer exchange.
@@ -382,8 +423,9 @@ struct Receiver {
 /// The sending half of end-to-end encryption.
 #[derive(Debug)]
 struct SendCrypto {
-    /// One counter for all streams, so no nonce repeats under the key.
-    sealer: Sealer,
+    /// One counter for all streams, so no nonce repeats under the key. `None` until the key
+    /// exchange gives a key.
+    sealer: Option<Sealer>,
     tamper_every: u64,
 }
 
@@ -399,11 +441,13 @@ impl SendCrypto {
         let Some(crypto) = crypto else {
             return true;
         };
-        if crypto
-            .sealer
-            .seal(format.clear_prefix_len(frame), frame)
-            .is_err()
-        {
+        let Some(sealer) = &mut crypto.sealer else {
+            // Never in clear: until there is a key, frames are not sent (and not counted as
+            // write errors: the browser drops them the same way).
+            sent.frames_unsent += 1;
+            return false;
+        };
+        if sealer.seal(format.clear_prefix_len(frame), frame).is_err() {
             return false;
         }
         sent.frames_sealed += 1;
@@ -417,6 +461,66 @@ impl SendCrypto {
             }
         }
         true
+    }
+}
+
+/// Epochs a [`SenderRing`] remembers having opened.
+const MAX_EPOCHS_KEPT: usize = 4_096;
+
+/// One sending participant's keys as this endpoint holds them, and when each of its epochs
+/// first opened a frame here: the moment this receiver was "rekeyed".
+#[derive(Debug)]
+struct SenderRing {
+    opener: Opener,
+    /// Epochs (KID >> 16) in the order they first opened a frame, with the time.
+    epochs: VecDeque<(u64, Instant)>,
+    /// The newest KID that opened a frame.
+    newest: Option<u64>,
+}
+
+/// Why a frame did not open: `newer_key` when it was sealed under a KID newer than any this
+/// ring opened (the sender moved to a key this receiver lacks).
+#[derive(Debug, Clone, Copy)]
+struct NotOpened {
+    newer_key: bool,
+}
+
+impl SenderRing {
+    fn new(opener: Opener) -> Self {
+        Self {
+            opener,
+            epochs: VecDeque::new(),
+            newest: None,
+        }
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        format: MediaFormat,
+        frame: &mut [u8],
+    ) -> Result<crate::sframe::Opened, NotOpened> {
+        let opened = match self.opener.open(format, frame) {
+            Ok(opened) => opened,
+            Err(SframeError::UnknownKid(kid)) => {
+                return Err(NotOpened {
+                    newer_key: self.newest.is_some_and(|newest| kid > newest),
+                });
+            }
+            Err(_) => return Err(NotOpened { newer_key: false }),
+        };
+        self.newest = self.newest.max(Some(opened.header.kid));
+        let (epoch, _) = crate::sframe::split_kid(opened.header.kid);
+        // Looked up only when the epoch differs from the newest: around a key change.
+        if self.epochs.back().is_none_or(|(e, _)| *e != epoch)
+            && !self.epochs.iter().any(|(e, _)| *e == epoch)
+        {
+            if self.epochs.len() >= MAX_EPOCHS_KEPT {
+                self.epochs.pop_front();
+            }
+            self.epochs.push_back((epoch, now));
+        }
+        Ok(opened)
     }
 }
 
@@ -509,7 +613,7 @@ pub struct Endpoint {
     /// End-to-end encryption: the sealer of what this endpoint publishes, and a key ring per
     /// sending participant (a publication is opened only with its owner's ring).
     send_crypto: Option<SendCrypto>,
-    openers: HashMap<ParticipantId, Opener>,
+    openers: HashMap<ParticipantId, SenderRing>,
     sent: SentStats,
     transmits: VecDeque<Datagram>,
     connected_at: Option<Instant>,
@@ -520,6 +624,8 @@ pub struct Endpoint {
     closing: bool,
     ignored_datagrams: u64,
     unrouted_frames: u64,
+    /// A light receiver opens an audio packet here when str0m still shares its payload.
+    scratch: Vec<u8>,
 }
 
 impl Endpoint {
@@ -550,14 +656,18 @@ impl Endpoint {
                         "encrypted meetings send VP8 video only (docs/e2ee.md)",
                     ));
                 }
-                let Some((kid, key)) = &e2ee.key else {
-                    return Err(EndpointError::E2ee("a publisher needs the media key"));
+                let sealer = match &e2ee.key {
+                    Some((kid, key)) => {
+                        let kid = e2ee
+                            .sender
+                            .map_or(*kid, |sender| E2eeConfig::sender_kid(*kid, sender));
+                        Some(Sealer::new(key, kid)?)
+                    }
+                    None if e2ee.exchanged => None,
+                    None => return Err(EndpointError::E2ee("a publisher needs the media key")),
                 };
-                let kid = e2ee
-                    .sender
-                    .map_or(*kid, |sender| E2eeConfig::sender_kid(*kid, sender));
                 Some(SendCrypto {
-                    sealer: Sealer::new(key, kid)?,
+                    sealer,
                     tamper_every: e2ee.tamper_every,
                 })
             }
@@ -588,6 +698,7 @@ impl Endpoint {
             closing: false,
             ignored_datagrams: 0,
             unrouted_frames: 0,
+            scratch: Vec::new(),
             config,
         })
     }
@@ -655,7 +766,7 @@ impl Endpoint {
         if let Some(e2ee) = &self.config.e2ee {
             self.openers
                 .entry(publication.participant_id)
-                .or_insert_with(|| e2ee.opener(publication.participant_id));
+                .or_insert_with(|| SenderRing::new(e2ee.opener(publication.participant_id)));
         }
         self.subscriptions.insert(
             id,
@@ -1192,6 +1303,47 @@ impl Endpoint {
             .unwrap_or_default()
     }
 
+    /// Seals what this endpoint publishes with `base` under `kid` from the next frame on (a
+    /// key from the key exchange). Setting the key already in use changes nothing, so that
+    /// its counter, and with it every nonce, never starts over.
+    pub fn set_send_key(&mut self, kid: u64, base: &BaseKey) -> Result<(), EndpointError> {
+        let Some(crypto) = &mut self.send_crypto else {
+            return Err(EndpointError::E2ee(
+                "this endpoint does not publish encrypted",
+            ));
+        };
+        if crypto.sealer.as_ref().is_none_or(|s| s.kid() != kid) {
+            crypto.sealer = Some(Sealer::new(base, kid)?);
+        }
+        Ok(())
+    }
+
+    /// Adds `sender`'s key for `kid` to the ring its publications are opened with.
+    pub fn add_receive_key(&mut self, sender: ParticipantId, kid: u64, base: &BaseKey) {
+        if self.config.e2ee.is_none() {
+            return;
+        }
+        self.openers
+            .entry(sender)
+            .or_insert_with(|| SenderRing::new(Opener::new()))
+            .opener
+            .add_key(kid, base);
+    }
+
+    /// Forgets every key of `sender` (it left).
+    pub fn forget_sender(&mut self, sender: ParticipantId) {
+        self.openers.remove(&sender);
+    }
+
+    /// For each sender this endpoint holds keys of: the epochs whose frames it opened, in the
+    /// order they first did, with when.
+    pub fn epochs_opened(&self) -> HashMap<ParticipantId, Vec<(u64, Instant)>> {
+        self.openers
+            .iter()
+            .map(|(sender, ring)| (*sender, ring.epochs.iter().copied().collect()))
+            .collect()
+    }
+
     /// Changes the audio level the published audio claims from now on.
     pub fn set_audio_level(&mut self, level: i8) {
         self.config.audio_level = level.clamp(-127, 0);
@@ -1316,7 +1468,7 @@ impl Endpoint {
                 }
             }
             Event::MediaData(data) => self.handle_media(data),
-            Event::RtpPacket(packet) => self.handle_rtp(&packet),
+            Event::RtpPacket(mut packet) => self.handle_rtp(&mut packet),
             Event::KeyframeRequest(request) => {
                 if let Some(video) = &mut self.video
                     && video.mid == request.mid
@@ -1376,18 +1528,21 @@ impl Endpoint {
                 self.openers.get_mut(&stats.participant_id),
                 Arc::get_mut(&mut data.data),
             ) {
-                (Some(opener), Some(buffer)) => opener.open(format, buffer).ok(),
-                _ => None,
+                (Some(ring), Some(buffer)) => ring.open(now, format, buffer),
+                _ => Err(NotOpened { newer_key: false }),
             };
-            let Some(opened) = opened else {
-                // Nothing of a frame that failed is decoded or even looked at.
-                stats.decrypt_failures += 1;
-                if let Some(receiver) = receiver {
-                    receiver.decoder_gap = true;
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(failure) => {
+                    // Nothing of a frame that failed is decoded or even looked at.
+                    stats.note_decrypt_failure(failure.newer_key);
+                    if let Some(receiver) = receiver {
+                        receiver.decoder_gap = true;
+                    }
+                    return;
                 }
-                return;
             };
-            stats.frames_decrypted += 1;
+            stats.note_decrypted(now);
             frame_len = opened.len;
         }
         let frame = &data.data[..frame_len];
@@ -1433,8 +1588,10 @@ impl Endpoint {
     }
 
     /// The light receiver's per-packet path (RTP mode): counts, gaps, and at the start of a
-    /// VP8 frame its keyframe bit and tag. Allocates nothing.
-    fn handle_rtp(&mut self, packet: &RtpPacket) {
+    /// VP8 frame its keyframe bit and tag. With end-to-end encryption, each audio packet (one
+    /// Opus frame) is opened in place, and video tags, which are sealed, are not read.
+    /// Allocates nothing.
+    fn handle_rtp(&mut self, packet: &mut RtpPacket) {
         let Some(mid) = self
             .rtc
             .direct_api()
@@ -1470,8 +1627,31 @@ impl Endpoint {
             stats.discontinuities += 1;
         }
         let mut keyframe = false;
+        let encrypted = self.config.e2ee.is_some();
         match stats.kind {
-            MediaKind::Audio => stats.frames += 1,
+            MediaKind::Audio => {
+                stats.frames += 1;
+                if encrypted {
+                    let scratch = &mut self.scratch;
+                    let opened = match self.openers.get_mut(&stats.participant_id) {
+                        Some(ring) => match Arc::get_mut(&mut packet.payload) {
+                            Some(buffer) => ring.open(now, MediaFormat::Opus, buffer).map(|_| ()),
+                            // A payload str0m still shares is opened in a copy, in a buffer
+                            // kept for that.
+                            None => {
+                                scratch.clear();
+                                scratch.extend_from_slice(&packet.payload);
+                                ring.open(now, MediaFormat::Opus, scratch).map(|_| ())
+                            }
+                        },
+                        None => Err(NotOpened { newer_key: false }),
+                    };
+                    match opened {
+                        Ok(()) => stats.note_decrypted(now),
+                        Err(failure) => stats.note_decrypt_failure(failure.newer_key),
+                    }
+                }
+            }
             MediaKind::Video => {
                 // The marker bit ends a frame: one frame counted per frame, without assembling it.
                 if packet.header.marker {
@@ -1484,8 +1664,11 @@ impl Endpoint {
                         stats.keyframes += 1;
                         stats.first_keyframe_at.get_or_insert(now);
                     }
-                    // The tag sits in the frame's first bytes, so the first packet holds it.
-                    stats.note_tag(frame);
+                    // The tag sits in the frame's first bytes, so the first packet holds it
+                    // (sealed, with end-to-end encryption).
+                    if !encrypted {
+                        stats.note_tag(frame);
+                    }
                 }
             }
         }
@@ -1801,7 +1984,7 @@ mod tests {
     #[test]
     fn tampering_corrupts_the_nth_sealed_frame_past_its_clear_prefix() {
         let mut crypto = Some(SendCrypto {
-            sealer: Sealer::new(&[1; 16], 0).expect("key"),
+            sealer: Some(Sealer::new(&[1; 16], 0).expect("key")),
             tamper_every: 3,
         });
         let mut sent = SentStats::default();
