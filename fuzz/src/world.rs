@@ -603,7 +603,7 @@ impl World {
                 active,
                 ..
             } if participant == PEER_ID => self.peer.set_active_layers(&active),
-            SfuEvent::TransportFailed { participant } => {
+            SfuEvent::TransportFailed { participant, .. } => {
                 self.transport_failed = Some(participant);
             }
             _ => {}

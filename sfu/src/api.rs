@@ -147,10 +147,12 @@ pub enum SfuEvent {
     MediaConnected { participant: ParticipantId },
     /// The transport stopped receiving consent (no STUN from the client) and was closed.
     MediaDisconnected { participant: ParticipantId },
-    /// The participant's transport failed on what it sent (the WebRTC stack panicked on its
-    /// input) and was closed; its publications ended. Nobody else is affected. Its session
-    /// should be closed: the client may join again.
-    TransportFailed { participant: ParticipantId },
+    /// The participant's transport failed on what it sent and was closed; its publications
+    /// ended. Nobody else is affected. Its session should be closed, with the reason.
+    TransportFailed {
+        participant: ParticipantId,
+        failure: TransportFailure,
+    },
     /// The participant's connection quality (loss and round-trip time on its transport)
     /// crossed a threshold. Sent on change only.
     QualityChanged {
@@ -175,4 +177,16 @@ pub enum SfuEvent {
         publication: PublicationId,
         active: Vec<bool>,
     },
+}
+
+/// Why the SFU closed a participant's transport on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TransportFailure {
+    /// The WebRTC stack panicked on the participant's input (a hostile or broken client).
+    Panicked,
+    /// The DTLS handshake failed, before any media: no cipher suite or signature algorithm in
+    /// common, an alert from the client, or a certificate that does not match the offer's
+    /// `a=fingerprint`. `reason` says which, in the words of the DTLS stack.
+    Dtls { reason: String },
 }

@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod api;
 pub mod codec;
 pub mod driver;
+pub mod dtls;
 pub mod engine;
 pub mod forwarder;
 pub mod gop;
@@ -19,7 +20,7 @@ pub mod stats;
 pub mod stun;
 pub mod vp8;
 
-pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent};
+pub use api::{PublicationAnnouncement, SfuCommand, SfuEvent, TransportFailure};
 pub use driver::{SfuConfig, SfuHandle};
 pub use engine::{AddressChange, Engine, EngineConfig, ufrag_worker};
 pub use stats::EngineStats;

@@ -69,6 +69,9 @@ pub struct EngineStats {
     /// Transports that panicked on their participant's input and were closed
     /// (`SfuEvent::TransportFailed`).
     pub transport_failures: u64,
+    /// Transports whose DTLS handshake failed (`SfuEvent::TransportFailed` with
+    /// `TransportFailure::Dtls`).
+    pub dtls_failures: u64,
 }
 
 impl EngineStats {
@@ -105,5 +108,6 @@ impl EngineStats {
         self.rtp_relayed_out += other.rtp_relayed_out;
         self.rtp_relayed_in += other.rtp_relayed_in;
         self.transport_failures += other.transport_failures;
+        self.dtls_failures += other.dtls_failures;
     }
 }

@@ -414,3 +414,39 @@ fn candidates_the_server_cannot_pair_with_do_not_fail_the_connection() {
     assert_receives(&sim, a, b);
     assert_receives(&sim, b, a);
 }
+
+#[test]
+fn a_certificate_that_is_not_the_offered_one_fails_the_transport_at_once() {
+    let mut sim = Sim::new();
+    let honest = sim.join("r", |_| {});
+    let impostor = sim.join_impostor("r");
+    sim.run_for(Duration::from_secs(2));
+    let impostor_id = sim.endpoints[impostor].participant;
+    let reasons: Vec<String> = sim
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            sfu::SfuEvent::TransportFailed {
+                participant,
+                failure: sfu::TransportFailure::Dtls { reason },
+            } if *participant == impostor_id => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "{:?}", sim.events);
+    assert!(reasons[0].contains("a=fingerprint"), "{}", reasons[0]);
+    // Reported as a failed handshake, never as a transport that went quiet or connected.
+    assert!(!sim.events.iter().any(|event| matches!(
+        event,
+        sfu::SfuEvent::MediaDisconnected { participant }
+            | sfu::SfuEvent::MediaConnected { participant } if *participant == impostor_id
+    )));
+    assert_eq!(sim.engine.stats().dtls_failures, 1);
+    assert_eq!(sim.engine.stats().transport_failures, 0);
+    let (_, participants, _, _) = sim.engine.census();
+    assert_eq!(participants, 1);
+    assert!(sim.events.iter().any(|event| matches!(
+        event,
+        sfu::SfuEvent::MediaConnected { participant } if *participant == sim.endpoints[honest].participant
+    )));
+}

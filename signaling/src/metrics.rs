@@ -58,6 +58,7 @@ impl Metrics {
             counter!("meet_media_worker_failures_total").absolute(snapshot.worker_failures);
             counter!("meet_rtp_relayed_total").absolute(snapshot.stats.rtp_relayed_out);
             counter!("meet_transport_failures_total").absolute(snapshot.stats.transport_failures);
+            counter!("meet_dtls_failures_total").absolute(snapshot.stats.dtls_failures);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 gauge!("meet_tokio_tasks").set(runtime.metrics().num_alive_tasks() as f64);
             }
@@ -151,6 +152,11 @@ fn describe() {
         "meet_transport_failures_total",
         "Participants' transports closed because the WebRTC stack panicked on their input \
          (only that participant is affected)."
+    );
+    describe_counter!(
+        "meet_dtls_failures_total",
+        "Participants' transports closed because their DTLS handshake failed (no cipher suite \
+         in common, an alert from the client, a certificate that does not match its offer)."
     );
     describe_counter!(
         "meet_rtp_relayed_total",

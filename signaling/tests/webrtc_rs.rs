@@ -1,12 +1,13 @@
 //! The independent webrtc-rs client (`meet-testkit`) following a room on the real server:
 //! webrtc-rs to webrtc-rs media through the SFU, publications ending and the renegotiation
-//! that stops their receivers, and participants seen leaving or vanishing.
+//! that stops their receivers, and participants seen leaving or vanishing; DTLS with RSA and
+//! ECDSA certificates in either role, and failed handshakes reported at once.
 
 mod common;
 
 use common::{MEDIA_TIMEOUT, bot_audio_frames, bot_receives, client_receives, eventually};
-use meet_testkit::{RosterEvent, WebrtcRsClient};
-use protocol::{LeaveReason, MediaKind};
+use meet_testkit::{CertificateKind, DtlsOptions, OfferedSetup, RosterEvent, WebrtcRsClient};
+use protocol::{ErrorCode, LeaveReason, MediaKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_webrtc_rs_clients_exchange_media_and_see_one_leave() -> anyhow::Result<()> {
@@ -148,4 +149,147 @@ async fn a_vanished_participant_is_seen_timed_out_and_media_goes_on() -> anyhow:
     .await;
     alice.leave().await?;
     Ok(())
+}
+
+/// Two clients with the given DTLS options join one room and each hears and sees the other;
+/// each answer gave the server the DTLS role asked for.
+async fn exchange_media(
+    tag: &str,
+    alice_dtls: DtlsOptions,
+    bob_dtls: DtlsOptions,
+) -> anyhow::Result<()> {
+    let t = common::start(tag, |_| {}).await;
+    let mut options = t.webrtc_rs_options("r", "alice", 440.0, 0xA);
+    options.dtls = alice_dtls;
+    let alice = WebrtcRsClient::join(options).await?;
+    let mut options = t.webrtc_rs_options("r", "bob", 880.0, 0xB);
+    options.dtls = bob_dtls;
+    let bob = WebrtcRsClient::join(options).await?;
+    let (a, b) = (alice.participant_id(), bob.participant_id());
+    let at_bob = bob
+        .wait_for(MEDIA_TIMEOUT, |s| client_receives(s, a, 440.0, 0xA))
+        .await?;
+    let at_alice = alice
+        .wait_for(MEDIA_TIMEOUT, |s| client_receives(s, b, 880.0, 0xB))
+        .await?;
+    for (snapshot, dtls) in [(&at_alice, alice_dtls), (&at_bob, bob_dtls)] {
+        assert!(snapshot.media_connected, "{snapshot:#?}");
+        assert!(snapshot.server_errors.is_empty(), "{snapshot:#?}");
+        assert!(snapshot.client_errors.is_empty(), "{snapshot:#?}");
+        // The server answers `passive` (it is the DTLS server) to `active` and to `actpass`,
+        // and `active` (the DTLS client) to `passive`.
+        let server_role = match dtls.setup {
+            OfferedSetup::Passive => "active",
+            OfferedSetup::Active | OfferedSetup::ActPass => "passive",
+        };
+        assert_eq!(snapshot.answer_setup.as_deref(), Some(server_role));
+    }
+    bob.leave().await?;
+    alice.leave().await?;
+    Ok(())
+}
+
+fn dtls(certificate: CertificateKind, setup: OfferedSetup) -> DtlsOptions {
+    DtlsOptions {
+        certificate,
+        setup,
+        ..DtlsOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rsa_client_as_dtls_client_and_ecdsa_client_as_dtls_server_exchange_media()
+-> anyhow::Result<()> {
+    // Alice's RSA certificate with the server as DTLS server: the server's CertificateRequest
+    // must accept RSA signatures (dimpl's did not). Bob's ECDSA one with the server as DTLS
+    // client.
+    exchange_media(
+        "dtls-rsa-active",
+        dtls(CertificateKind::Rsa, OfferedSetup::Active),
+        dtls(CertificateKind::Ecdsa, OfferedSetup::Passive),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rsa_client_as_dtls_server_and_ecdsa_client_as_dtls_client_exchange_media()
+-> anyhow::Result<()> {
+    // Alice's RSA certificate with the server as DTLS client: its ClientHello must offer
+    // ECDHE-RSA suites (dimpl's offered ECDSA only). Bob's ECDSA one with the server as DTLS
+    // server.
+    exchange_media(
+        "dtls-rsa-passive",
+        dtls(CertificateKind::Rsa, OfferedSetup::Passive),
+        dtls(CertificateKind::Ecdsa, OfferedSetup::Active),
+    )
+    .await
+}
+
+/// A client whose DTLS handshake fails is told why, and the server counts it. The error is
+/// the DTLS one, not the "timed out" that the server's media timeout would have sent 15 s
+/// later: the event, not a clock, shows that it came at once.
+async fn handshake_fails(tag: &str, dtls: DtlsOptions, reason: &str) -> anyhow::Result<()> {
+    let t = common::start(tag, |_| {}).await;
+    let mut options = t.webrtc_rs_options("r", "mallory", 500.0, 1);
+    options.dtls = dtls;
+    let mallory = WebrtcRsClient::join(options).await?;
+    let s = mallory
+        .wait_for(MEDIA_TIMEOUT, |s| !s.server_errors.is_empty())
+        .await?;
+    let (code, message) = &s.server_errors[0];
+    assert_eq!(*code, ErrorCode::MediaUnavailable, "{s:#?}");
+    assert!(
+        message.starts_with("your media connection's DTLS handshake failed: "),
+        "{message}"
+    );
+    assert!(message.contains(reason), "{message}");
+    assert!(!s.media_connected, "{s:#?}");
+    mallory
+        .wait_for(MEDIA_TIMEOUT, |s| s.signaling_closed)
+        .await?;
+    // Each media worker publishes its counters ten times a second.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = t.metrics().await;
+        let failures = metrics
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("meet_dtls_failures_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+        if failures == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.lines().any(|l| l == "meet_dtls_failures_total 1"),
+        "{metrics}"
+    );
+    mallory.abort().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_that_is_not_the_offered_one_is_refused_at_once() -> anyhow::Result<()> {
+    handshake_fails(
+        "dtls-wrong-fingerprint",
+        DtlsOptions {
+            wrong_fingerprint: true,
+            ..DtlsOptions::default()
+        },
+        "does not match the offer's a=fingerprint",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_without_a_common_cipher_suite_is_refused_at_once() -> anyhow::Result<()> {
+    handshake_fails(
+        "dtls-no-common-cipher",
+        DtlsOptions {
+            cbc_only: true,
+            ..DtlsOptions::default()
+        },
+        "no shared cipher",
+    )
+    .await
 }

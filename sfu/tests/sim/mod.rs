@@ -107,6 +107,8 @@ pub struct SimEndpoint {
     /// When not empty, the candidate lines this endpoint puts in its offers and trickles
     /// instead of its own: the server learns its address from its checks (peer-reflexive).
     pub extra_candidates: Vec<String>,
+    /// Its offers announce a fingerprint that is not its certificate's.
+    pub wrong_fingerprint: bool,
     /// The media worker its transport is on.
     pub worker: usize,
 }
@@ -246,6 +248,13 @@ impl Sim {
         self.engine_busy += started.elapsed();
     }
 
+    /// [`Sim::join`] for an endpoint whose offers announce a fingerprint that is not its
+    /// certificate's (its last hex digit changed), as if its certificate had been replaced on
+    /// the way.
+    pub fn join_impostor(&mut self, room: &str) -> usize {
+        self.join_endpoint(room, |_| {}, Link::default(), Vec::new(), true)
+    }
+
     /// [`Sim::join`] for an endpoint on `link` from the start, which offers and trickles
     /// `extra_candidates` (SDP candidate lines without "a=") instead of its own when any.
     pub fn join_with(
@@ -254,6 +263,17 @@ impl Sim {
         adjust: impl FnOnce(&mut EndpointConfig),
         link: Link,
         extra_candidates: Vec<String>,
+    ) -> usize {
+        self.join_endpoint(room, adjust, link, extra_candidates, false)
+    }
+
+    fn join_endpoint(
+        &mut self,
+        room: &str,
+        adjust: impl FnOnce(&mut EndpointConfig),
+        link: Link,
+        extra_candidates: Vec<String>,
+        wrong_fingerprint: bool,
     ) -> usize {
         let index = self.endpoints.len();
         let addr = SocketAddr::from(([127, 0, 1, (index % 250) as u8 + 1], 40_000 + index as u16));
@@ -287,6 +307,7 @@ impl Sim {
             rtp_log: None,
             first_protected_sent: None,
             extra_candidates,
+            wrong_fingerprint,
             worker,
         };
         // A joiner subscribes to everything already published in the room.
@@ -523,6 +544,19 @@ impl Sim {
                             sdp.push_str(&format!("a={line}\r\n"));
                         }
                     }
+                    if e.wrong_fingerprint {
+                        sdp = sdp
+                            .split_inclusive('\n')
+                            .map(|l| match l.strip_prefix("a=fingerprint:") {
+                                Some(rest) => {
+                                    let rest = rest.trim_end();
+                                    let last = if rest.ends_with('0') { '1' } else { '0' };
+                                    format!("a=fingerprint:{}{last}\r\n", &rest[..rest.len() - 1])
+                                }
+                                None => l.to_owned(),
+                            })
+                            .collect();
+                    }
                     let own = e.endpoint.local_candidates().into_iter();
                     let candidates: Vec<String> = if e.extra_candidates.is_empty() {
                         own.filter_map(|c| match c {
@@ -647,7 +681,7 @@ impl Sim {
                 }
             }
             // Signaling closes its session; the engine already dropped its transport.
-            SfuEvent::TransportFailed { participant } => {
+            SfuEvent::TransportFailed { participant, .. } => {
                 if let Some(e) = self.by_participant(*participant) {
                     e.alive = false;
                 }

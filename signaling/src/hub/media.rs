@@ -2,7 +2,7 @@
 //! simulcast layers, failed transports and workers), relayed to the members who see it.
 
 use protocol::{ErrorCode, LeaveReason, ServerMessage};
-use sfu::SfuEvent;
+use sfu::{SfuEvent, TransportFailure};
 
 use crate::SECURITY;
 use crate::journal::Write;
@@ -113,7 +113,10 @@ impl Hub {
                     );
                 }
             }
-            SfuEvent::TransportFailed { participant } => {
+            SfuEvent::TransportFailed {
+                participant,
+                failure: TransportFailure::Panicked,
+            } => {
                 // Only a hostile or broken client gets here: the SFU's WebRTC stack panicked
                 // on what this participant sent. The SFU already closed its transport.
                 let (room, invitation) = self.members.get(&participant).map_or((None, None), |m| {
@@ -126,6 +129,25 @@ impl Hub {
                     Some((
                         ErrorCode::MediaUnavailable,
                         "your media connection failed on what it sent and was closed",
+                    )),
+                );
+            }
+            SfuEvent::TransportFailed {
+                participant,
+                failure: TransportFailure::Dtls { reason },
+            } => {
+                // Most often a client whose DTLS the server does not share (a cipher suite, a
+                // certificate type) or whose certificate is not the one its offer announced.
+                // Retrying cannot help, so the client is told why at once rather than left to
+                // the media timeout.
+                let room = self.members.get(&participant).map(|m| m.room.to_string());
+                tracing::info!(room = room.as_deref(), participant = %participant, %reason, "DTLS handshake failed; removed");
+                self.remove(
+                    participant,
+                    LeaveReason::Removed,
+                    Some((
+                        ErrorCode::MediaUnavailable,
+                        &format!("your media connection's DTLS handshake failed: {reason}"),
                     )),
                 );
             }

@@ -35,6 +35,7 @@
 //! The client needs a multi-threaded tokio runtime (webrtc-rs drives each connection from a
 //! background task), binds its one UDP socket to 127.0.0.1, and keeps mDNS off.
 
+mod dtls;
 mod media;
 mod peer;
 mod session;
@@ -51,6 +52,7 @@ use protocol::{ClientMessage, ParticipantId, PublicationId, RoomId, ServerMessag
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use crate::dtls::{CertificateKind, DtlsOptions, OfferedSetup};
 pub use crate::media::VIDEO_FRAME_BYTES;
 use crate::session::{Command, Parts, Session};
 pub use crate::signaling::tls_config_trusting;
@@ -82,6 +84,9 @@ pub struct ClientOptions {
     pub tone_hz: f32,
     /// Tag carried by every published video frame.
     pub video_tag: u64,
+    /// Its DTLS certificate and role; webrtc-rs's defaults (ECDSA, `actpass`) unless a test
+    /// asks otherwise.
+    pub dtls: DtlsOptions,
 }
 
 impl ClientOptions {
@@ -101,6 +106,7 @@ impl ClientOptions {
             server_cert_pem: server_cert_pem.into(),
             tone_hz,
             video_tag,
+            dtls: DtlsOptions::default(),
         }
     }
 }
@@ -176,6 +182,7 @@ impl WebrtcRsClient {
             existing,
             tone_hz: opts.tone_hz,
             video_tag: opts.video_tag,
+            dtls: opts.dtls,
         };
         let mut session = Session::start(parts, commands_rx).await?;
         let first = tokio::time::timeout(JOIN_TIMEOUT, session.until_first_answer()).await;

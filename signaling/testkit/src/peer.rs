@@ -20,11 +20,12 @@ use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    CipherSuiteId, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
+use crate::dtls::{CertificateKind, DtlsOptions};
 use crate::state::Shared;
 
 /// Payload type offered for Opus. Chrome uses the same.
@@ -99,9 +100,11 @@ async fn read_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
 }
 
 /// Builds a peer connection bound to one UDP socket on 127.0.0.1, with Opus and VP8 only,
-/// the default interceptors, mDNS off, and PLI/FIR delivered to the application.
+/// the default interceptors, mDNS off, PLI/FIR delivered to the application, and the DTLS
+/// certificate and cipher suites the options ask for.
 pub(crate) async fn build(
     shared: Arc<Shared>,
+    dtls: &DtlsOptions,
 ) -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<PeerEvent>)> {
     let mut media_engine = MediaEngine::default();
     media_engine
@@ -128,9 +131,13 @@ pub(crate) async fn build(
         .with(Slot::from(14_000), KeyframeRequestForwarder::default());
 
     // mDNS would bind 0.0.0.0:5353 and join a multicast group: everything stays on loopback.
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .build();
+    let mut settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    if dtls.cbc_only {
+        settings = settings
+            .with_dtls_cipher_suites(vec![CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_256_Cbc_Sha]);
+    }
+    let settings = settings.build();
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let handler = Handler {
@@ -138,13 +145,21 @@ pub(crate) async fn build(
         shared,
         runtime: tokio::runtime::Handle::current(),
     };
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
         .with_handler(Arc::new(handler))
         // A wildcard would expand to every non-loopback interface; name loopback exactly.
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()]);
+    // Without a certificate webrtc-rs generates its own, ECDSA P-256.
+    if dtls.certificate == CertificateKind::Rsa {
+        let configuration = RTCConfigurationBuilder::new()
+            .with_certificates(vec![crate::dtls::rsa_certificate()?])
+            .build();
+        builder = builder.with_configuration(configuration);
+    }
+    let pc = builder
         .build()
         .await
         .context("building the webrtc-rs peer connection")?;

@@ -19,6 +19,7 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
+use crate::dtls::{self, DtlsOptions};
 use crate::peer::{self, PeerEvent};
 use crate::signaling::{self, Incoming, Socket};
 use crate::state::{RosterEvent, Shared};
@@ -104,6 +105,7 @@ pub(crate) struct Session {
     pending_media: Option<PendingMedia>,
     keepalive: tokio::time::Interval,
     end_of_candidates_sent: bool,
+    dtls: DtlsOptions,
 }
 
 /// Everything `join` hands over to build a session.
@@ -114,6 +116,7 @@ pub(crate) struct Parts {
     pub(crate) existing: Vec<PublicationInfo>,
     pub(crate) tone_hz: f32,
     pub(crate) video_tag: u64,
+    pub(crate) dtls: DtlsOptions,
 }
 
 impl Session {
@@ -130,8 +133,9 @@ impl Session {
             existing,
             tone_hz,
             video_tag,
+            dtls,
         } = parts;
-        let (pc, peer_events) = peer::build(Arc::clone(&shared)).await?;
+        let (pc, peer_events) = peer::build(Arc::clone(&shared), &dtls).await?;
         let (connected, _) = watch::channel(false);
 
         let audio = peer::local_track(RtpCodecKind::Audio, peer::opus_codec(), "audio")?;
@@ -200,6 +204,7 @@ impl Session {
             pending_media: Some(pending_media),
             keepalive,
             end_of_candidates_sent: false,
+            dtls,
         };
         for publication in existing {
             session.add_subscription(&publication).await?;
@@ -527,6 +532,9 @@ impl Session {
             return Ok(());
         }
         self.negotiating = false;
+        if let Some(setup) = dtls::setup_of(&sdp) {
+            self.shared.lock().answer_setup.get_or_insert(setup);
+        }
         let applied = match RTCSessionDescription::answer(sdp) {
             Ok(answer) => self.pc.set_remote_description(answer).await,
             Err(err) => Err(err),
@@ -609,7 +617,7 @@ impl Session {
             .create_offer(None)
             .await
             .context("creating an offer")?;
-        let sdp = offer.sdp.clone();
+        let sdp = dtls::offer_as_sent(&offer.sdp, &self.dtls);
         self.pc
             .set_local_description(offer)
             .await

@@ -157,6 +157,9 @@ pub struct Snapshot {
     pub peer_state: RTCPeerConnectionState,
     /// Answers applied so far (one per completed negotiation).
     pub negotiations: u64,
+    /// The `a=setup` of the first answer: the server's DTLS role (`passive`: DTLS server,
+    /// `active`: DTLS client).
+    pub answer_setup: Option<String>,
     /// Errors the server sent.
     pub server_errors: Vec<(ErrorCode, String)>,
     /// Problems on this side: unparsable server messages, failed renegotiations.
@@ -269,6 +272,7 @@ pub(crate) struct State {
     pub(crate) media_connected: bool,
     pub(crate) peer_state: RTCPeerConnectionState,
     pub(crate) negotiations: u64,
+    pub(crate) answer_setup: Option<String>,
     pub(crate) server_errors: Vec<(ErrorCode, String)>,
     pub(crate) client_errors: Vec<String>,
     pub(crate) pongs: u64,
@@ -302,6 +306,7 @@ impl Shared {
             media_connected: false,
             peer_state: RTCPeerConnectionState::New,
             negotiations: 0,
+            answer_setup: None,
             server_errors: Vec::new(),
             client_errors: Vec::new(),
             pongs: 0,
@@ -358,6 +363,7 @@ impl Shared {
             media_connected: state.media_connected,
             peer_state: state.peer_state,
             negotiations: state.negotiations,
+            answer_setup: state.answer_setup.clone(),
             server_errors: state.server_errors.clone(),
             client_errors: state.client_errors.clone(),
             pongs: state.pongs,
