@@ -100,15 +100,19 @@ struct Args {
     /// Publishers send one video layer instead of three simulcast layers.
     #[arg(long)]
     no_simulcast: bool,
-    /// End-to-end encryption: every frame is sealed in the SFrame format (AES-128-GCM, as the
-    /// web client does in an encrypted meeting) with a random key shared by the run's
-    /// endpoints, and opened by each receiver. The report counts frames decrypted and
-    /// decryption failures.
+    /// End-to-end encryption as the web client does it: every endpoint announces a device key,
+    /// asks the senders it sees for their keys through the server's relay and answers such
+    /// requests with its own key wrapped for the asker; senders ratchet on each join and make
+    /// a new key on each departure; every frame is sealed in the SFrame format and opened by
+    /// each receiver. The report gives what key distribution cost: key messages and bytes at
+    /// the server, join → first decrypted frame, departure → everyone rekeyed, frames lost to
+    /// a rekey, the senders' wrap time per rekey.
     #[arg(long)]
     e2ee: bool,
     /// Light viewers: they check SRTP authentication, sequence gaps, loss and keyframes from
-    /// each packet without reassembling or decoding frames (no end-to-end decryption), so that
-    /// one host can drive thousands. The summary says what they check and what they drop.
+    /// each packet without reassembling or decoding frames (with --e2ee they open each audio
+    /// packet, not video frames), so that one host can drive thousands. The summary says what
+    /// they check and what they drop.
     #[arg(long)]
     light_viewers: bool,
     /// Measure the loopback floor (AES-128-GCM and one UDP send per packet, then sendmmsg
@@ -128,6 +132,13 @@ struct Args {
     /// SLO: highest p95 time to the first video keyframe, ms.
     #[arg(long)]
     slo_first_frame_p95_ms: Option<f64>,
+    /// SLO (--e2ee): highest p95 time from a receiver's join to its first decrypted frame, ms.
+    #[arg(long)]
+    slo_first_decrypt_p95_ms: Option<f64>,
+    /// SLO (--e2ee): highest p95 time from a departure until every remaining receiver
+    /// decrypts under a key the departed never had, ms.
+    #[arg(long)]
+    slo_rekeyed_p95_ms: Option<f64>,
     /// SLO: most endpoints that may fail to join or receive media (default 0).
     #[arg(long)]
     slo_max_failed: Option<u64>,
@@ -218,6 +229,12 @@ impl Args {
         }
         if self.slo_first_frame_p95_ms.is_some() {
             scenario.slo.first_frame_p95_ms = self.slo_first_frame_p95_ms;
+        }
+        if self.slo_first_decrypt_p95_ms.is_some() {
+            scenario.slo.first_decrypt_p95_ms = self.slo_first_decrypt_p95_ms;
+        }
+        if self.slo_rekeyed_p95_ms.is_some() {
+            scenario.slo.rekeyed_p95_ms = self.slo_rekeyed_p95_ms;
         }
         if self.slo_rss_growth_mib.is_some() {
             scenario.slo.rss_growth_mib = self.slo_rss_growth_mib;

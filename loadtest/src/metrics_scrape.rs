@@ -232,6 +232,12 @@ pub struct ServerSample {
     pub nacks: Option<f64>,
     pub open_fds: Option<f64>,
     pub tasks: Option<f64>,
+    /// The end-to-end key relay: `e2ee_keys` messages in, `e2ee_key` messages out and their
+    /// bytes (servers without these counters leave them `None`).
+    pub key_messages_in: Option<f64>,
+    pub key_messages_out: Option<f64>,
+    pub key_bytes_in: Option<f64>,
+    pub key_bytes_out: Option<f64>,
 }
 
 impl ServerSample {
@@ -255,6 +261,10 @@ impl ServerSample {
             nacks: metrics.sum("meet_nacks_received_total", ""),
             open_fds: metrics.sum("process_open_fds", ""),
             tasks: metrics.sum("meet_tokio_tasks", ""),
+            key_messages_in: metrics.sum("meet_e2ee_key_messages_total", "direction=\"in\""),
+            key_messages_out: metrics.sum("meet_e2ee_key_messages_total", "direction=\"out\""),
+            key_bytes_in: metrics.sum("meet_e2ee_key_bytes_total", "direction=\"in\""),
+            key_bytes_out: metrics.sum("meet_e2ee_key_bytes_total", "direction=\"out\""),
         }
     }
 }

@@ -64,6 +64,16 @@ pub struct EndpointResult {
     pub decrypt_failures: u64,
     /// End-to-end encryption: frames this endpoint sealed and sent.
     pub frames_sealed: u64,
+    /// End-to-end encryption: until the first frame that decrypted, and frames that failed
+    /// because the sender had moved to a key this receiver did not hold yet (lost to a key
+    /// change; frames sealed before it joined, which it must not read, are not counted).
+    pub first_decrypted_ms: Option<f64>,
+    pub decrypt_failures_newer_key: u64,
+    /// End-to-end encryption: keys this endpoint asked for (first asks and asks again), keys
+    /// it received that opened, and ones that did not.
+    pub key_requests_sent: u64,
+    pub keys_received: u64,
+    pub keys_refused: u64,
     /// Its signaling connection ended while the run still needed it: the server closed or
     /// dropped it (a churned-out endpoint's own leave is not a loss).
     pub connection_lost: bool,
@@ -104,6 +114,12 @@ impl EndpointResult {
             .filter(|r| r.kind == MediaKind::Video)
             .filter_map(|r| r.first_keyframe_at)
             .min();
+        let first_decrypted = stats
+            .received
+            .values()
+            .filter_map(|r| r.first_decrypted_at)
+            .min();
+        let keys = stats.keys.clone().unwrap_or_default();
         let wire = &stats.wire;
         let loss_pct = (wire.packets_expected > 0)
             .then(|| wire.packets_lost() as f64 * 100.0 / wire.packets_expected as f64);
@@ -140,6 +156,15 @@ impl EndpointResult {
             frames_decrypted: stats.received.values().map(|r| r.frames_decrypted).sum(),
             decrypt_failures: stats.received.values().map(|r| r.decrypt_failures).sum(),
             frames_sealed: stats.sent.frames_sealed,
+            first_decrypted_ms: ms_between(start, first_decrypted),
+            decrypt_failures_newer_key: stats
+                .received
+                .values()
+                .map(|r| r.decrypt_failures_newer_key)
+                .sum(),
+            key_requests_sent: keys.requests_sent,
+            keys_received: keys.keys_received,
+            keys_refused: keys.keys_refused,
             // Taken before the run asks the bot to leave, so an ended task is a lost one.
             connection_lost: !stats.running,
             media_stopped: false,
@@ -173,6 +198,11 @@ impl EndpointResult {
             frames_decrypted: 0,
             decrypt_failures: 0,
             frames_sealed: 0,
+            first_decrypted_ms: None,
+            decrypt_failures_newer_key: 0,
+            key_requests_sent: 0,
+            keys_received: 0,
+            keys_refused: 0,
             connection_lost: false,
             media_stopped: false,
             lost_at_s: None,
@@ -223,6 +253,84 @@ impl Distribution {
     }
 }
 
+/// What the end-to-end key exchange cost in a run and how fast it was (`--e2ee`). The times
+/// come from the generator, whose bots share one process and one clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KeyReport {
+    /// Receivers, from the start of their connect to their first decrypted frame, in ms.
+    pub first_decrypt_ms: Option<Distribution>,
+    /// Viewers made to leave during the hold (churn).
+    pub departures: u64,
+    /// From a departure until every receiver that was decrypting before it decrypts under a
+    /// key the departed never had, in ms, for the departures that got there in the run.
+    pub rekeyed_ms: Option<Distribution>,
+    /// The 95th percentile of that over every measured departure, those never followed by
+    /// such a key counting as beyond any limit: `None` when more than 5% of them were.
+    pub rekeyed_p95_ms: Option<f64>,
+    /// Departures no new key followed although the run went on long enough for one, and
+    /// departures too close to the end of the run to tell.
+    pub departures_never_rekeyed: u64,
+    pub departures_pending_at_end: u64,
+    /// Senders' departure rekeys, how many recipients each was wrapped for, and the time each
+    /// took a sender to make and wrap (wall time on the bot's task), in ms.
+    pub rekeys: u64,
+    pub wraps_per_rekey: Option<Distribution>,
+    pub wrap_ms_per_rekey: Option<Distribution>,
+    /// Frames receivers failed to decrypt because the sender had moved to a key they did not
+    /// hold yet: lost to a key change.
+    pub frames_lost_to_rekey: u64,
+    /// Keys received that did not open (0 unless something is broken or forged).
+    pub keys_refused: u64,
+}
+
+impl KeyReport {
+    /// The key lines of the summary.
+    pub fn summary(&self, server: &ServerSummary) -> String {
+        let mut out = String::new();
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let dist = |d: &Option<Distribution>| {
+            d.map_or("-".to_string(), |d| {
+                format!(
+                    "p50 {:.1} p95 {:.1} max {:.1} (n {})",
+                    d.p50, d.p95, d.max, d.count
+                )
+            })
+        };
+        let _ = writeln!(
+            out,
+            "keys at the server over the hold: {} e2ee_keys in/s ({} blob B/s), {} e2ee_key out/s ({} B/s)",
+            opt(server.key_messages_in_per_s),
+            opt(server.key_bytes_in_per_s),
+            opt(server.key_messages_out_per_s),
+            opt(server.key_bytes_out_per_s),
+        );
+        let _ = writeln!(
+            out,
+            "keys: join → first decrypted frame ms {}",
+            dist(&self.first_decrypt_ms)
+        );
+        let _ = writeln!(
+            out,
+            "keys: {} departures; departure → everyone rekeyed ms {}; p95 over all {} ({} never rekeyed, {} too close to the end)",
+            self.departures,
+            dist(&self.rekeyed_ms),
+            opt(self.rekeyed_p95_ms),
+            self.departures_never_rekeyed,
+            self.departures_pending_at_end,
+        );
+        let _ = writeln!(
+            out,
+            "keys: {} rekeys, wraps per rekey {}, wrap ms per rekey {}; {} frames lost to a rekey; {} keys refused",
+            self.rekeys,
+            dist(&self.wraps_per_rekey),
+            dist(&self.wrap_ms_per_rekey),
+            self.frames_lost_to_rekey,
+            self.keys_refused,
+        );
+        out
+    }
+}
+
 /// One point of the run's timeline (about one a second).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TimelineSample {
@@ -268,6 +376,12 @@ pub struct ServerSummary {
     /// The highest open descriptors and async tasks seen.
     pub open_fds_peak: Option<f64>,
     pub tasks_peak: Option<f64>,
+    /// The end-to-end key relay over the window, per second: `e2ee_keys` messages in,
+    /// `e2ee_key` messages out, and their bytes (blobs in, JSON text out).
+    pub key_messages_in_per_s: Option<f64>,
+    pub key_messages_out_per_s: Option<f64>,
+    pub key_bytes_in_per_s: Option<f64>,
+    pub key_bytes_out_per_s: Option<f64>,
 }
 
 /// How much a server figure grew over a run: its highest value in the last third of the
@@ -311,6 +425,7 @@ impl ServerSummary {
             .zip(hold_end)
             .and_then(|((_, a), (_, b))| Some((a.cpu_source?, b.cpu_source?)))
             .map(|(a, b)| if a == b { a } else { CpuSource::WholeSeconds });
+        let rate = |v: Option<f64>| v.zip(window_s).map(|(v, w)| v / w);
         let cpu = delta(|s| s.cpu_seconds);
         let forwarded = delta(|s| s.rtp_forwarded);
         let baseline = samples.first().and_then(|(_, s)| s.rss_bytes);
@@ -345,6 +460,10 @@ impl ServerSummary {
                 .filter_map(|(_, s)| s.open_fds)
                 .reduce(f64::max),
             tasks_peak: samples.iter().filter_map(|(_, s)| s.tasks).reduce(f64::max),
+            key_messages_in_per_s: rate(delta(|s| s.key_messages_in)),
+            key_messages_out_per_s: rate(delta(|s| s.key_messages_out)),
+            key_bytes_in_per_s: rate(delta(|s| s.key_bytes_in)),
+            key_bytes_out_per_s: rate(delta(|s| s.key_bytes_out)),
         }
     }
 }
@@ -462,6 +581,8 @@ pub struct RunReport {
     pub frames_sealed_total: u64,
     pub frames_decrypted_total: u64,
     pub decrypt_failures_total: u64,
+    /// End-to-end key distribution (`--e2ee`): what it cost and how fast it was.
+    pub keys: Option<KeyReport>,
     pub server: ServerSummary,
     /// The load generator's own CPU time (the whole process).
     pub generator_cpu_s: Option<f64>,
@@ -669,6 +790,7 @@ impl RunReport {
             frames_sealed_total: joined.iter().map(|e| e.frames_sealed).sum(),
             frames_decrypted_total: joined.iter().map(|e| e.frames_decrypted).sum(),
             decrypt_failures_total: joined.iter().map(|e| e.decrypt_failures).sum(),
+            keys: None,
             generator_core_ms_per_endpoint_s: generator_cpu_s
                 .filter(|_| endpoint_seconds > 0.0)
                 .map(|cpu| cpu * 1_000.0 / endpoint_seconds),
@@ -690,6 +812,43 @@ impl RunReport {
             server_timeline,
             endpoints,
         }
+    }
+
+    /// Adds what the key exchange cost (`--e2ee`), with its SLO checks.
+    pub fn with_keys(mut self, mut keys: KeyReport) -> Self {
+        let receivers = self
+            .endpoints
+            .iter()
+            .filter(|e| e.joined && e.role != Role::Presenter);
+        keys.first_decrypt_ms = Distribution::of(receivers.filter_map(|e| e.first_decrypted_ms));
+        keys.frames_lost_to_rekey = self
+            .endpoints
+            .iter()
+            .map(|e| e.decrypt_failures_newer_key)
+            .sum();
+        keys.keys_refused = self.endpoints.iter().map(|e| e.keys_refused).sum();
+        let slo = &self.scenario.slo;
+        for (name, limit, actual) in [
+            (
+                "first decrypted p95 ms",
+                slo.first_decrypt_p95_ms,
+                keys.first_decrypt_ms.map(|d| d.p95),
+            ),
+            ("rekeyed p95 ms", slo.rekeyed_p95_ms, keys.rekeyed_p95_ms),
+        ] {
+            if let Some(limit) = limit {
+                self.slo.push(SloCheck {
+                    name: name.into(),
+                    limit,
+                    actual,
+                    passed: actual.is_some_and(|a| a <= limit),
+                });
+            }
+        }
+        self.passed = self.errors.is_empty() && self.slo.iter().all(|c| c.passed);
+        self.verdict = verdict(&self.errors, &self.slo);
+        self.keys = Some(keys);
+        self
     }
 
     /// Adds the loopback floor measured in the same run, and the server's cost as a multiple
@@ -855,6 +1014,9 @@ impl RunReport {
                 self.frames_sealed_total, self.frames_decrypted_total, self.decrypt_failures_total
             );
         }
+        if let Some(keys) = &self.keys {
+            out.push_str(&keys.summary(&self.server));
+        }
         for check in &self.slo {
             let _ = writeln!(
                 out,
@@ -875,10 +1037,17 @@ impl RunReport {
 /// What the receivers of a run check, and what light viewers leave out.
 pub fn receive_checks(scenario: &Scenario) -> &'static str {
     if scenario.light_viewers {
-        "light viewers: checked SRTP authentication and decryption, packets, sequence gaps, \
-         loss, jitter, freezes, first media, first keyframe (VP8 payload descriptor) and the \
-         sender's tag at each frame start; not checked: frame reassembly, audio tone identity, \
-         end-to-end decryption"
+        if scenario.e2ee {
+            "light viewers: checked SRTP authentication and decryption, packets, sequence gaps, \
+             loss, jitter, freezes, first media, first keyframe (VP8 payload descriptor), the \
+             end-to-end decryption of every audio packet; not checked: frame reassembly, video \
+             frames' decryption and tag, audio tone identity"
+        } else {
+            "light viewers: checked SRTP authentication and decryption, packets, sequence gaps, \
+             loss, jitter, freezes, first media, first keyframe (VP8 payload descriptor) and the \
+             sender's tag at each frame start; not checked: frame reassembly, audio tone \
+             identity, end-to-end decryption"
+        }
     } else {
         "viewers: checked SRTP, packets, loss, jitter, freezes, reassembled frames, first media \
          and keyframe, the sender's tag in each frame, end-to-end decryption when on; not \

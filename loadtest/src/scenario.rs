@@ -24,12 +24,13 @@ use tokio::task::JoinSet;
 use crate::bot::{Bot, BotError, BotOptions, BotStats};
 use crate::floor::{self, Limit};
 use crate::metrics_scrape::{MetricsTarget, ScrapeError, ServerSample};
+use crate::rekey::{self, Departure};
 use crate::report::{
     EndpointResult, MEDIA_STOP_S, Role, RunError, RunErrorKind, RunReport, ServerSummary,
     TimelineSample,
 };
 use crate::spec::{Kind, MAX_ENDPOINTS, Scenario, SpecError};
-use endpoint::sframe::{self, BaseKey};
+use endpoint::keys::KeyPolicy;
 use endpoint::{E2eeConfig, EndpointConfig};
 
 /// How long leaving may take at the end before the remaining bots are dropped.
@@ -63,8 +64,6 @@ pub enum ScenarioError {
     Resolve(String, String),
     #[error("every presenter failed to join: {0}")]
     NoPresenter(String),
-    #[error("no random bytes for the media key")]
-    Random,
 }
 
 impl Scenario {
@@ -286,9 +285,8 @@ struct Run<'a> {
     media_progress: HashMap<protocol::ParticipantId, (u64, Instant)>,
     next_index: u32,
     timeline: Vec<TimelineSample>,
-    /// The media key and KID every endpoint of an encrypted run holds. It stays in memory:
-    /// the report never carries it.
-    media_key: Option<(u64, BaseKey)>,
+    /// Viewers the run made leave (churn), for the key measurements.
+    departures: Vec<Departure>,
     /// Per-bot (expected, lost, bytes) at the previous sample.
     previous: HashMap<protocol::ParticipantId, (u64, u64, u64)>,
     last_sample_at: Instant,
@@ -339,15 +337,10 @@ pub async fn run(
         wait_for(Duration::from_secs(3), || !lock(&server).samples.is_empty()).await;
     }
 
-    let media_key = if scenario.e2ee {
-        Some(random_media_key()?)
-    } else {
-        None
-    };
     let mut run = Run {
         scenario,
         target,
-        media_key,
+        departures: Vec::new(),
         started,
         progress,
         live: Live {
@@ -418,6 +411,14 @@ pub async fn run(
         let result = run.result(*role, name, stats, now, true);
         run.results.push(result);
     }
+    let keys = scenario.e2ee.then(|| {
+        let timelines: Vec<_> = run
+            .bots
+            .iter()
+            .map(|(.., bot)| bot.key_timeline())
+            .collect();
+        rekey::measure(&run.departures, &timelines, now)
+    });
     run.live.phase = "leaving";
     run.report_progress();
     run.teardown().await;
@@ -441,7 +442,7 @@ pub async fn run(
         hold_s,
         u64::from(receivers),
     );
-    Ok(RunReport::new(
+    let report = RunReport::new(
         scenario.clone(),
         started_unix_s,
         started.elapsed().as_secs_f64(),
@@ -456,7 +457,11 @@ pub async fn run(
         generator_cpu_s,
     )
     .with_floor(floor)
-    .with_settle(settle_s))
+    .with_settle(settle_s);
+    Ok(match keys {
+        Some(keys) => report.with_keys(keys),
+        None => report,
+    })
 }
 
 impl Run<'_> {
@@ -520,9 +525,11 @@ impl Run<'_> {
         }
         options.endpoint = self.scenario.endpoint_config(role, index);
         options.endpoint.local_addr = SocketAddr::new(self.target.bind, 0);
-        options.endpoint.e2ee = self
-            .media_key
-            .map(|(kid, key)| E2eeConfig::with_key(kid, key));
+        if self.scenario.e2ee {
+            // Keys come as the browser gets them: through the server, from each sender.
+            options.endpoint.e2ee = Some(E2eeConfig::exchanged());
+            options.key_exchange = Some(KeyPolicy::BROWSER);
+        }
         // Viewers join as viewers, so that the server sends them the presenters and counts
         // rather than every other viewer: the national broadcast's shape.
         options.role = Some(match role {
@@ -638,6 +645,12 @@ impl Run<'_> {
         let deadline = tokio::time::Instant::from_std(deadline).min(end);
         let mut sample = sample_interval();
         let churn = self.scenario.kind == Kind::Churn;
+        // An encrypted run leaves its last departures time to be answered by a new key.
+        let quiet = if self.scenario.e2ee {
+            rekey::KEY_SETTLE
+        } else {
+            CHURN_QUIET
+        };
         let every = Duration::from_secs_f64(1.0 / self.scenario.churn_per_s.max(0.001));
         let mut churn_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut leaving = JoinSet::new();
@@ -654,7 +667,7 @@ impl Run<'_> {
                         break;
                     }
                 }
-                _ = churn_tick.tick(), if churn && tokio::time::Instant::now() + CHURN_QUIET < end => {
+                _ = churn_tick.tick(), if churn && tokio::time::Instant::now() + quiet < end => {
                     // The oldest viewer leaves and a new one takes its place.
                     if let Some(position) = self.bots.iter().position(|(r, ..)| *r == Role::Viewer)
                         && let Some((role, name, bot)) = self.bots.remove(position)
@@ -662,6 +675,10 @@ impl Run<'_> {
                         let stats = bot.stats();
                         let result = self.result(role, &name, &stats, Instant::now(), false);
                         self.results.push(result);
+                        self.departures.push(Departure {
+                            participant: bot.participant_id(),
+                            at: Instant::now(),
+                        });
                         leaving.spawn(async move { bot.leave().await });
                         self.live.target += 1;
                         self.spawn_join(Role::Viewer);
@@ -810,18 +827,6 @@ async fn scrape_loop(metrics: MetricsTarget, started: Instant, log: Arc<Mutex<Se
         // A missed scrape leaves a hole in the timeline; several in a row fail the run.
         scrape_once(&metrics, started, &log).await;
     }
-}
-
-/// A fresh media key and KID for one run: generation 0 of a random epoch, as a sender that
-/// just picked a new key would use. Every endpoint seals with it, each counting from CTR 0, so
-/// nonces repeat across senders: acceptable for a throwaway key protecting synthetic media,
-/// and the cost per frame is the same as with the web client's one key per sender.
-fn random_media_key() -> Result<(u64, BaseKey), ScenarioError> {
-    let mut key = [0; sframe::BASE_KEY_LEN];
-    let mut epoch = [0; 2];
-    aws_lc_rs::rand::fill(&mut key).map_err(|_| ScenarioError::Random)?;
-    aws_lc_rs::rand::fill(&mut epoch).map_err(|_| ScenarioError::Random)?;
-    Ok((sframe::kid(u16::from_be_bytes(epoch).into(), 0), key))
 }
 
 async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
@@ -1148,8 +1153,9 @@ mod tests {
         }
     }
 
-    /// An encrypted meeting (`--e2ee`) against the real server: every endpoint seals what it
-    /// sends with the run's key and decrypts what it receives, and the report counts both.
+    /// An encrypted meeting (`--e2ee`) against the real server: every endpoint gets the
+    /// others' keys through the server's relay, seals what it sends and decrypts what it
+    /// receives, and the report counts both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn encrypted_meeting_against_the_real_server() {
         let scenario = Scenario {
@@ -1174,10 +1180,17 @@ mod tests {
             assert!(endpoint.frames_sealed > 0, "{endpoint:?}");
             assert!(endpoint.frames_decrypted > 0, "{endpoint:?}");
             assert!(endpoint.video_frames > 0, "{endpoint:?}");
-            assert_eq!(endpoint.decrypt_failures, 0, "{endpoint:?}");
+            // Frames that came before a sender's key are not decoded; none fails after it.
+            assert_eq!(endpoint.decrypt_failures_newer_key, 0, "{endpoint:?}");
+            assert!(endpoint.first_decrypted_ms.is_some(), "{endpoint:?}");
+            assert!(endpoint.key_requests_sent >= 2, "{endpoint:?}");
+            assert!(endpoint.keys_received >= 2, "{endpoint:?}");
+            assert_eq!(endpoint.keys_refused, 0, "{endpoint:?}");
         }
         assert!(report.passed, "{:?}", report.slo);
-        assert_eq!(report.decrypt_failures_total, 0);
+        let keys = report.keys.as_ref().expect("key figures");
+        assert_eq!(keys.first_decrypt_ms.map(|d| d.count), Some(3));
+        assert_eq!((keys.departures, keys.frames_lost_to_rekey), (0, 0));
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["scenario"]["e2ee"], true);
         assert!(
@@ -1187,6 +1200,58 @@ mod tests {
         );
         assert!(json["frames_sealed_total"].as_u64().is_some_and(|n| n > 0));
         assert!(report.summary().contains("end-to-end encryption"));
+        assert!(report.summary().contains("join → first decrypted frame"));
+    }
+
+    /// An encrypted churn (`churn --e2ee`) against the real server, light viewers: each
+    /// departure is measured until the remaining viewers decrypt under a new key, and the
+    /// server's key counters are read. Only outcomes are asserted, never timings.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn encrypted_churn_measures_key_distribution() {
+        let scenario = Scenario {
+            kind: Kind::Churn,
+            presenters: 1,
+            viewers: 6,
+            join_rate: 20.0,
+            duration_s: 12.0,
+            churn_per_s: 1.0,
+            video_kbps: 200,
+            video_fps: 15,
+            e2ee: true,
+            light_viewers: true,
+            slo: Slo {
+                loss_pct: None,
+                ..Slo::default()
+            },
+            ..Scenario::default()
+        };
+        let report = run_against_test_server("e2ee-churn", &scenario, true).await;
+
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let keys = report.keys.as_ref().expect("key figures");
+        assert!(keys.departures >= 3, "{keys:?}");
+        assert_eq!(
+            keys.rekeyed_ms.map_or(0, |d| d.count)
+                + keys.departures_never_rekeyed
+                + keys.departures_pending_at_end,
+            keys.departures,
+            "{keys:?}"
+        );
+        assert_eq!(keys.keys_refused, 0);
+        // Every viewer, churned or not, decrypted the presenter's audio.
+        for endpoint in report.endpoints.iter().filter(|e| e.role == Role::Viewer) {
+            assert!(endpoint.first_decrypted_ms.is_some(), "{endpoint:?}");
+        }
+        assert!(
+            report
+                .server
+                .key_messages_out_per_s
+                .is_some_and(|n| n > 0.0),
+            "{:?}",
+            report.server
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert!(json["keys"]["first_decrypt_ms"]["p95"].is_number());
     }
 
     /// The whole load tester against the real server in this process: 2 presenters and 20

@@ -44,6 +44,12 @@ pub struct Slo {
     pub join_p95_ms: Option<f64>,
     /// Highest 95th percentile of time to the first video keyframe, in ms.
     pub first_frame_p95_ms: Option<f64>,
+    /// End-to-end encryption: highest 95th percentile of time from a receiver's join to its
+    /// first decrypted frame, in ms.
+    pub first_decrypt_p95_ms: Option<f64>,
+    /// End-to-end encryption: highest 95th percentile of time from a departure until every
+    /// remaining receiver decrypts under a key the departed never had, in ms.
+    pub rekeyed_p95_ms: Option<f64>,
     /// Most endpoints that may fail to join or to receive media.
     pub max_failed: u64,
     /// Soak: most growth of the server's resident memory (MiB), open descriptors and async
@@ -60,6 +66,8 @@ impl Default for Slo {
             loss_pct: Some(0.5),
             join_p95_ms: None,
             first_frame_p95_ms: None,
+            first_decrypt_p95_ms: None,
+            rekeyed_p95_ms: None,
             max_failed: 0,
             rss_growth_mib: None,
             fd_growth: None,
@@ -92,13 +100,16 @@ pub struct Scenario {
     pub video_fps: u32,
     /// Viewers replaced per second during the hold in `churn`.
     pub churn_per_s: f64,
-    /// End-to-end encryption: publishers seal every frame (SFrame, as the web client does in
-    /// an encrypted meeting) with a random key the run gives every endpoint, and receivers
-    /// open every frame before counting it as received media.
+    /// End-to-end encryption: every endpoint speaks the key exchange as the web client does
+    /// (a device key announced at join, keys asked for and wrapped through the server's
+    /// `e2ee_keys` relay, a ratchet on each join, a new key on each departure), publishers
+    /// seal every frame (SFrame) with their own key and receivers open what they receive
+    /// with the keys they were given before counting it as received media.
     pub e2ee: bool,
     /// Viewers receive lightly ([`endpoint::EndpointConfig::light`]): packets are authenticated,
     /// counted and checked for gaps and keyframes, never reassembled into frames, so that one
-    /// host can drive thousands of them. Not with `e2ee` (light viewers cannot open frames).
+    /// host can drive thousands of them. With `e2ee`, each audio packet (one Opus frame) is
+    /// opened; video frames, never reassembled, are not.
     pub light_viewers: bool,
     /// Measure the loopback floor ([`crate::floor`]) for about a second before the endpoints
     /// start, so that the report states the server's cost as a multiple of it.
@@ -148,9 +159,6 @@ impl Scenario {
         }
         if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
             return invalid("video_kbps must be 1–10000 and video_fps 1–60");
-        }
-        if self.light_viewers && self.e2ee {
-            return invalid("light viewers do not open end-to-end encrypted frames: drop e2ee");
         }
         if self.room.is_empty() || self.room.chars().count() > 64 {
             return invalid("room must be 1–64 characters");

@@ -103,6 +103,14 @@ impl Metrics {
             counter!("meet_fast_start_packets_total").absolute(s.fast_start_packets);
             counter!("meet_keyframe_requests_from_cache_total")
                 .absolute(s.keyframe_requests_from_cache);
+            let keys = crate::hub::key_relay_totals();
+            counter!("meet_e2ee_key_messages_total", "direction" => "in")
+                .absolute(keys.messages_in);
+            counter!("meet_e2ee_key_messages_total", "direction" => "out")
+                .absolute(keys.messages_out);
+            counter!("meet_e2ee_key_deliveries_total").absolute(keys.deliveries_in);
+            counter!("meet_e2ee_key_bytes_total", "direction" => "in").absolute(keys.blob_bytes_in);
+            counter!("meet_e2ee_key_bytes_total", "direction" => "out").absolute(keys.bytes_out);
             for refusal in Refusal::ALL {
                 counter!("meet_refused_total", "reason" => refusal.name())
                     .absolute(refusal.total());
@@ -217,6 +225,20 @@ fn describe() {
     describe_counter!(
         "meet_recording_dropped_total",
         "Recorded packets lost because the recorder fell behind."
+    );
+    describe_counter!(
+        "meet_e2ee_key_messages_total",
+        "End-to-end key messages: e2ee_keys taken in from senders, e2ee_key relayed out to \
+         recipients."
+    );
+    describe_counter!(
+        "meet_e2ee_key_deliveries_total",
+        "Wrapped keys and key requests named in the e2ee_keys messages taken in."
+    );
+    describe_counter!(
+        "meet_e2ee_key_bytes_total",
+        "End-to-end key bytes: the blobs taken in, the e2ee_key messages (JSON text) relayed \
+         out."
     );
     describe_counter!(
         "meet_refused_publications_total",

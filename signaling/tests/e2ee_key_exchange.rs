@@ -92,6 +92,19 @@ async fn bots_get_the_presenters_key_through_the_server_and_a_departure_rekeys()
         );
     }
     assert_eq!(newest_epoch(&anna, p), Some(0));
+    // The server counts what its key relay carried (the figures the load test reads).
+    let metrics = t.metrics().await;
+    for series in [
+        "meet_e2ee_key_messages_total{direction=\"in\"}",
+        "meet_e2ee_key_messages_total{direction=\"out\"}",
+        "meet_e2ee_key_bytes_total{direction=\"out\"}",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v > 0.0), "{series}: {value:?}");
+    }
 
     // Cleo leaves. The presenter cannot see viewers: it learns of the departure from the
     // room's count (so it must have seen the count with her in it first), makes a new key in

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::{ErrorCode, LeaveReason, ParticipantId, Role, RoomCounts, RoomId, ServerMessage};
 use tokio::sync::mpsc;
@@ -14,6 +15,37 @@ use super::{
     Hub, Member, Outbound, RELAY_PER_SENDER_BURST, RELAY_PER_SENDER_RATE, RELAY_QUEUE_ROOM, Room,
     sees,
 };
+
+/// What the key relay carried, for `/metrics` (process-wide, like the refusal counters:
+/// several servers in one test process share them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRelayTotals {
+    /// `e2ee_keys` messages taken in, the deliveries they named and their blobs' characters.
+    pub messages_in: u64,
+    pub deliveries_in: u64,
+    pub blob_bytes_in: u64,
+    /// `e2ee_key` messages queued for recipients, and their bytes (the JSON text).
+    pub messages_out: u64,
+    pub bytes_out: u64,
+}
+
+static KEY_RELAY: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// The key relay's totals so far.
+pub fn key_relay_totals() -> KeyRelayTotals {
+    let at = |i: usize| KEY_RELAY[i].load(Ordering::Relaxed);
+    KeyRelayTotals {
+        messages_in: at(0),
+        deliveries_in: at(1),
+        blob_bytes_in: at(2),
+        messages_out: at(3),
+        bytes_out: at(4),
+    }
+}
+
+fn count_key_relay(index: usize, by: u64) {
+    KEY_RELAY[index].fetch_add(by, Ordering::Relaxed);
+}
 
 impl Hub {
     pub(super) fn send(&mut self, participant: ParticipantId, message: &ServerMessage) {
@@ -95,6 +127,9 @@ impl Hub {
                 ),
             ));
         }
+        count_key_relay(0, 1);
+        count_key_relay(1, keys.len() as u64);
+        count_key_relay(2, keys.iter().map(|k| k.blob.len() as u64).sum());
         let now = std::time::Instant::now();
         let mut held_back = Vec::new();
         for key in keys {
@@ -118,10 +153,14 @@ impl Hub {
                 from,
                 blob: key.blob,
             });
+            let bytes = message.len() as u64;
             let queued = within_budget
                 && member.outbound.capacity() > RELAY_QUEUE_ROOM
                 && member.outbound.try_send(Outbound::Text(message)).is_ok();
-            if !queued {
+            if queued {
+                count_key_relay(3, 1);
+                count_key_relay(4, bytes);
+            } else {
                 held_back.push(recipient);
             }
         }

@@ -37,6 +37,7 @@ mod media;
 mod moderation;
 mod recording;
 
+pub use fanout::{KeyRelayTotals, key_relay_totals};
 use fanout::{counts_of, encode};
 
 /// Messages queued for one participant's socket before it is treated as too slow.

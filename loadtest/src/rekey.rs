@@ -1,0 +1,215 @@
+//! How fast a run's end-to-end keys moved, from the bots' key timelines: when each departure
+//! was answered by a new key that every remaining receiver decrypts under, and what the
+//! senders' rekeys cost. The per-endpoint figures (first decrypted frame, frames lost to a
+//! rekey) come with the endpoints' results ([`crate::report::KeyReport`] gathers them).
+
+use std::time::{Duration, Instant};
+
+use protocol::ParticipantId;
+
+use crate::bot::KeyTimeline;
+use crate::report::{Distribution, KeyReport};
+
+/// A departure younger than this when the run is measured, and not answered yet, is too close
+/// to the end to tell: the sender may be waiting out its rekey interval and delay.
+pub const KEY_SETTLE: Duration = Duration::from_secs(6);
+
+/// A viewer the run made leave, and when it said goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    pub participant: ParticipantId,
+    pub at: Instant,
+}
+
+/// The key figures of a run: `timelines` are the bots present when it is measured (`now`),
+/// senders and receivers alike.
+pub fn measure(departures: &[Departure], timelines: &[KeyTimeline], now: Instant) -> KeyReport {
+    let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| !t.rekeys.is_empty()).collect();
+    let mut rekeyed = Vec::new();
+    let mut never = 0;
+    let mut pending = 0;
+    for departure in departures {
+        match rekeyed_after(departure, &senders, timelines) {
+            Some(after) => rekeyed.push(after.as_secs_f64() * 1_000.0),
+            None if now.saturating_duration_since(departure.at) < KEY_SETTLE => pending += 1,
+            None => never += 1,
+        }
+    }
+    let measured = rekeyed.len() + never;
+    // The 95th percentile with the departures never answered at the top, beyond any value.
+    let rekeyed_p95_ms = if measured == 0 || never * 20 > measured {
+        None
+    } else {
+        let mut values = rekeyed.clone();
+        values.sort_by(f64::total_cmp);
+        let rank = (measured * 95).div_ceil(100).max(1);
+        values.get(rank - 1).copied()
+    };
+    let records = || senders.iter().flat_map(|t| t.rekeys.iter());
+    KeyReport {
+        departures: departures.len() as u64,
+        rekeyed_ms: Distribution::of(rekeyed),
+        rekeyed_p95_ms,
+        departures_never_rekeyed: never as u64,
+        departures_pending_at_end: pending,
+        rekeys: records().count() as u64,
+        wraps_per_rekey: Distribution::of(records().map(|r| r.wraps as f64)),
+        wrap_ms_per_rekey: Distribution::of(
+            senders
+                .iter()
+                .flat_map(|t| t.rekey_wrap_times.iter())
+                .map(|d| d.as_secs_f64() * 1_000.0),
+        ),
+        ..KeyReport::default()
+    }
+}
+
+/// How long after `departure` every receiver that was decrypting each sender before it
+/// decrypted under a newer epoch than the departed could have held; `None` if one never did.
+fn rekeyed_after(
+    departure: &Departure,
+    senders: &[&KeyTimeline],
+    timelines: &[KeyTimeline],
+) -> Option<Duration> {
+    let mut latest = departure.at;
+    for sender in senders {
+        // The rekey that answered this departure: the one that names it, or (a sender that
+        // learns of departures only from the room's count) the first made after it.
+        let record = sender
+            .rekeys
+            .iter()
+            .find(|r| r.covers.contains(&departure.participant))
+            .or_else(|| {
+                sender
+                    .rekeys
+                    .iter()
+                    .find(|r| r.covers.is_empty() && r.made_at >= departure.at)
+            })?;
+        let epoch = u64::from(record.epoch);
+        for receiver in timelines {
+            let Some(epochs) = receiver.epochs_opened.get(&sender.participant_id) else {
+                continue;
+            };
+            if receiver.participant_id == sender.participant_id
+                || !epochs.iter().any(|(_, at)| *at < departure.at)
+            {
+                continue;
+            }
+            let (_, at) = epochs.iter().find(|(e, _)| *e >= epoch)?;
+            latest = latest.max(*at);
+        }
+    }
+    Some(latest.saturating_duration_since(departure.at))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use endpoint::keys::RekeyRecord;
+
+    use super::*;
+
+    fn sender(id: u64, start: Instant, rekeys: &[(u32, u64, Vec<u64>)]) -> KeyTimeline {
+        KeyTimeline {
+            participant_id: ParticipantId(id),
+            joined_at: start,
+            rekeys: rekeys
+                .iter()
+                .map(|(epoch, at_ms, covers)| RekeyRecord {
+                    epoch: *epoch,
+                    made_at: start + Duration::from_millis(*at_ms),
+                    used_at: None,
+                    wraps: 2,
+                    covers: covers.iter().map(|c| ParticipantId(*c)).collect(),
+                })
+                .collect(),
+            rekey_wrap_times: vec![Duration::from_millis(3); rekeys.len()],
+            epochs_opened: HashMap::new(),
+        }
+    }
+
+    fn receiver(id: u64, start: Instant, from: u64, epochs: &[(u64, u64)]) -> KeyTimeline {
+        KeyTimeline {
+            participant_id: ParticipantId(id),
+            joined_at: start,
+            rekeys: Vec::new(),
+            rekey_wrap_times: Vec::new(),
+            epochs_opened: HashMap::from([(
+                ParticipantId(from),
+                epochs
+                    .iter()
+                    .map(|(e, at)| (*e, start + Duration::from_millis(*at)))
+                    .collect(),
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_departure_is_rekeyed_when_the_slowest_remaining_receiver_decrypts_the_new_epoch() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let timelines = vec![
+            sender(1, t0, &[(1, 1_100, vec![9]), (2, 5_000, vec![8])]),
+            receiver(2, t0, 1, &[(0, 100), (1, 2_100), (2, 6_000)]),
+            receiver(3, t0, 1, &[(0, 200), (1, 2_600), (2, 6_100)]),
+            // Joined after the departure: not a receiver that had to be rekeyed.
+            receiver(4, t0, 1, &[(1, 3_000), (2, 6_050)]),
+        ];
+        let departures = [
+            Departure {
+                participant: ParticipantId(9),
+                at: at(1_000),
+            },
+            Departure {
+                participant: ParticipantId(8),
+                at: at(4_900),
+            },
+            // Nobody named it and no rekey followed: never, since it is old.
+            Departure {
+                participant: ParticipantId(7),
+                at: at(1_500),
+            },
+            // Too recent to tell.
+            Departure {
+                participant: ParticipantId(6),
+                at: at(19_000),
+            },
+        ];
+        let report = measure(&departures, &timelines, at(20_000));
+        assert_eq!(report.departures, 4);
+        assert_eq!(report.rekeyed_ms.map(|d| d.count), Some(2));
+        assert_eq!(
+            (
+                report.departures_never_rekeyed,
+                report.departures_pending_at_end
+            ),
+            (1, 1)
+        );
+        // One in three never rekeyed is beyond the 5% a 95th percentile allows.
+        assert_eq!(report.rekeyed_p95_ms, None);
+        assert_eq!(report.rekeys, 2);
+        assert_eq!(report.wraps_per_rekey.map(|d| d.max), Some(2.0));
+
+        // 1.6 s for the first (the slower receiver), 1.2 s for the second.
+        let report = measure(&departures[..2], &timelines, at(20_000));
+        assert_eq!(report.rekeyed_p95_ms, Some(1_600.0));
+        let report = measure(&departures[1..2], &timelines, at(20_000));
+        assert_eq!(report.rekeyed_p95_ms, Some(1_200.0));
+    }
+
+    #[test]
+    fn a_sender_that_rekeys_on_the_count_answers_with_the_next_rekey() {
+        let t0 = Instant::now();
+        let timelines = vec![
+            sender(1, t0, &[(1, 500, vec![]), (2, 2_000, vec![])]),
+            receiver(2, t0, 1, &[(0, 100), (1, 1_600), (2, 3_100)]),
+        ];
+        let departure = Departure {
+            participant: ParticipantId(9),
+            at: t0 + Duration::from_millis(1_000),
+        };
+        let report = measure(&[departure], &timelines, t0 + Duration::from_secs(30));
+        assert_eq!(report.rekeyed_p95_ms, Some(2_100.0));
+    }
+}
