@@ -334,6 +334,8 @@ pub struct KeyTimeline {
     pub participant_id: ParticipantId,
     /// When the bot joined the room (the server's `joined`).
     pub joined_at: Instant,
+    /// It sends media under a key of its own (its departure rekeys follow).
+    pub sends: bool,
     /// As a sender: its departure rekeys, and the time each took to make and wrap.
     pub rekeys: Vec<RekeyRecord>,
     pub rekey_wrap_times: Vec<Duration>,
@@ -657,6 +659,10 @@ impl Shared {
         KeyTimeline {
             participant_id: self.participant_id,
             joined_at: self.joined_at,
+            sends: self
+                .keys
+                .as_ref()
+                .is_some_and(|k| k.current_kid().is_some()),
             rekeys: self
                 .keys
                 .as_ref()

@@ -24,7 +24,7 @@ pub struct Departure {
 /// The key figures of a run: `timelines` are the bots present when it is measured (`now`),
 /// senders and receivers alike.
 pub fn measure(departures: &[Departure], timelines: &[KeyTimeline], now: Instant) -> KeyReport {
-    let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| !t.rekeys.is_empty()).collect();
+    let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| t.sends).collect();
     let mut rekeyed = Vec::new();
     let mut never = 0;
     let mut pending = 0;
@@ -114,6 +114,7 @@ mod tests {
         KeyTimeline {
             participant_id: ParticipantId(id),
             joined_at: start,
+            sends: true,
             rekeys: rekeys
                 .iter()
                 .map(|(epoch, at_ms, covers)| RekeyRecord {
@@ -133,6 +134,7 @@ mod tests {
         KeyTimeline {
             participant_id: ParticipantId(id),
             joined_at: start,
+            sends: false,
             rekeys: Vec::new(),
             rekey_wrap_times: Vec::new(),
             epochs_opened: HashMap::from([(
@@ -196,6 +198,19 @@ mod tests {
         assert_eq!(report.rekeyed_p95_ms, Some(1_600.0));
         let report = measure(&departures[1..2], &timelines, at(20_000));
         assert_eq!(report.rekeyed_p95_ms, Some(1_200.0));
+    }
+
+    #[test]
+    fn a_sender_that_never_rekeys_leaves_every_departure_unanswered() {
+        let t0 = Instant::now();
+        let timelines = vec![sender(1, t0, &[]), receiver(2, t0, 1, &[(0, 100)])];
+        let departure = Departure {
+            participant: ParticipantId(9),
+            at: t0 + Duration::from_millis(1_000),
+        };
+        let report = measure(&[departure], &timelines, t0 + Duration::from_secs(30));
+        assert_eq!(report.departures_never_rekeyed, 1);
+        assert_eq!(report.rekeyed_p95_ms, None);
     }
 
     #[test]
