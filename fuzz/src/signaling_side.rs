@@ -467,6 +467,8 @@ pub fn offer_seeds() -> Vec<(String, Vec<u8>)> {
                 TrackSource::Camera
             },
             muted: false,
+            codec: None,
+            layers: Vec::new(),
         });
     }
     let recv = match viewer.create_offer() {

@@ -103,6 +103,10 @@ pub struct PublicationAnnouncement {
     pub id: PublicationId,
     pub kind: MediaKind,
     pub source: TrackSource,
+    /// The codec it is sent in, as a WebRTC mime type (see [`crate::codec::mime_type`]).
+    pub codec: Option<String>,
+    /// Simulcast: the layers its publisher declared, lowest first.
+    pub layers: Vec<protocol::SimulcastLayer>,
 }
 
 impl PublicationAnnouncement {
@@ -114,6 +118,8 @@ impl PublicationAnnouncement {
             kind: self.kind,
             source: self.source,
             muted: false,
+            codec: self.codec.clone(),
+            layers: self.layers.clone(),
         }
     }
 }

@@ -26,6 +26,23 @@ impl VideoCodec {
     }
 }
 
+/// The WebRTC mime type of a codec (`RTCRtpCodec.mimeType`): what `publication_added` says a
+/// publication is sent in, so that a client can tell whether it decodes it.
+pub fn mime_type(codec: str0m::format::Codec) -> Option<&'static str> {
+    use str0m::format::Codec;
+    Some(match codec {
+        Codec::Opus => "audio/opus",
+        Codec::PCMU => "audio/PCMU",
+        Codec::PCMA => "audio/PCMA",
+        Codec::Vp8 => "video/VP8",
+        Codec::Vp9 => "video/VP9",
+        Codec::H264 => "video/H264",
+        Codec::H265 => "video/H265",
+        Codec::Av1 => "video/AV1",
+        _ => return None,
+    })
+}
+
 /// Whether this RTP payload starts a keyframe. Truncated or malformed payloads are "no".
 pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     match codec {

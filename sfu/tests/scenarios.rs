@@ -450,3 +450,214 @@ fn a_certificate_that_is_not_the_offered_one_fails_the_transport_at_once() {
         sfu::SfuEvent::MediaConnected { participant } if *participant == sim.endpoints[honest].participant
     )));
 }
+
+/// The offer without its `a=ssrc` and `a=ssrc-group` lines, as a client that announces no
+/// SSRC writes it (browsers for simulcast, GStreamer's webrtcbin before its encoder runs).
+fn without_ssrc_lines(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|l| !l.starts_with("a=ssrc:") && !l.starts_with("a=ssrc-group:"))
+        .collect()
+}
+
+/// [`without_ssrc_lines`], and without the mid header extension either: the server can tell
+/// the m-line of the client's media by its payload type only (webrtcbin 1.22's offer).
+fn without_ssrc_lines_or_mid_extension(sdp: &str) -> String {
+    without_ssrc_lines(sdp)
+        .split_inclusive('\n')
+        .filter(|l| {
+            !(l.starts_with("a=extmap:") && l.contains("urn:ietf:params:rtp-hdrext:sdes:mid"))
+        })
+        .collect()
+}
+
+/// The offer with only `codec` (and its RTX) left in every video section, as a client that
+/// decodes or encodes nothing else offers.
+fn video_only_in(sdp: &str, codec: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut sections = sdp.split("\r\nm=");
+    out.push_str(sections.next().unwrap_or_default());
+    for section in sections {
+        out.push_str("\r\nm=");
+        if !section.starts_with("video") {
+            out.push_str(section);
+            continue;
+        }
+        let pt_of = |line: &str, prefix: &str| -> Option<String> {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split([' ', ':']).next())
+                .map(str::to_owned)
+        };
+        let mut kept: Vec<String> = section
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("a=rtpmap:")
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .is_some_and(|name| name.starts_with(&format!("{codec}/")))
+            })
+            .filter_map(|l| pt_of(l, "a=rtpmap:"))
+            .collect();
+        let rtx: Vec<String> = section
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("a=fmtp:")
+                    .is_some_and(|r| kept.iter().any(|pt| r.contains(&format!("apt={pt}"))))
+            })
+            .filter_map(|l| pt_of(l, "a=fmtp:"))
+            .collect();
+        kept.extend(rtx);
+        let mut lines = section.split("\r\n");
+        let m_line = lines.next().unwrap_or_default();
+        let head: Vec<&str> = m_line.split(' ').take(3).collect();
+        out.push_str(&head.join(" "));
+        for pt in &kept {
+            out.push(' ');
+            out.push_str(pt);
+        }
+        for line in lines {
+            let pt = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+                .iter()
+                .find_map(|prefix| pt_of(line, prefix));
+            if pt.is_some_and(|pt| pt != "*" && !kept.contains(&pt)) {
+                continue;
+            }
+            out.push_str("\r\n");
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_publisher_without_ssrc_lines_is_received_by_its_mid_extension() {
+    let mut sim = Sim::new();
+    let publisher = sim.join_rewriting("r", |_| {}, without_ssrc_lines);
+    let subscriber = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(3));
+    assert_receives(&sim, subscriber, publisher);
+    assert!(
+        sim.endpoints[publisher].errors.is_empty(),
+        "{:?}",
+        sim.endpoints[publisher].errors
+    );
+}
+
+#[test]
+fn a_publisher_without_ssrc_lines_or_mid_extension_is_received_by_payload_type() {
+    let mut sim = Sim::new();
+    let publisher = sim.join_rewriting("r", |_| {}, without_ssrc_lines_or_mid_extension);
+    let subscriber = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(3));
+    assert_receives(&sim, subscriber, publisher);
+    assert!(
+        sim.endpoints[publisher].errors.is_empty(),
+        "{:?}",
+        sim.endpoints[publisher].errors
+    );
+    // A packet forged from the publisher's address on a new SSRC with the video's payload
+    // type cannot authenticate, so it does not take the publisher's stream over.
+    let video = sim.publication(publisher, MediaKind::Video);
+    let frames = sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames;
+    let known = sim.endpoints[publisher].endpoint.local_addr();
+    let mut forged = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0x0b, 0xad, 0xf0, 0x0d];
+    forged.extend_from_slice(&[0u8; 40]);
+    sim.inject(known, &forged);
+    sim.run_for(Duration::from_secs(1));
+    let after = sim.endpoints[subscriber].endpoint.stats()[&video.id].video_frames;
+    assert!(
+        after >= frames + 10,
+        "video kept flowing: {frames} -> {after}"
+    );
+}
+
+#[test]
+fn media_matching_no_m_line_is_counted_and_its_sender_told_once() {
+    let mut sim = Sim::new();
+    let publisher = sim.join("r", |_| {});
+    sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(1));
+    let before = sim.engine.stats().dropped_unknown_ssrc;
+    let known = sim.endpoints[publisher].endpoint.local_addr();
+    // Payload type 50 is on none of its m-lines, and the SSRC is in no offer.
+    let mut stray = vec![0x80, 50, 0, 1, 0, 0, 0, 1, 0x0b, 0xad, 0xf0, 0x0d];
+    stray.extend_from_slice(&[0u8; 40]);
+    for seq in 1..=3u8 {
+        stray[3] = seq;
+        sim.inject(known, &stray);
+    }
+    sim.run_for(Duration::from_millis(200));
+    assert!(
+        sim.engine.stats().dropped_unknown_ssrc >= before + 3,
+        "each stray packet is counted"
+    );
+    let participant = sim.endpoints[publisher].participant;
+    let told: Vec<&String> = sim
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            sfu::SfuEvent::Refused {
+                participant: p,
+                code: protocol::ErrorCode::UnroutableMedia,
+                message,
+            } if *p == participant => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "told once: {told:?}");
+    assert!(told[0].contains("payload type 50"), "{}", told[0]);
+    // Its own media still flows.
+    let audio = sim.publication(publisher, MediaKind::Audio);
+    assert!(sim.endpoints[1].endpoint.stats()[&audio.id].audio_frames_decoded > 0);
+}
+
+#[test]
+fn publication_added_names_the_codec_sent() {
+    let mut sim = Sim::new();
+    let vp8 = sim.join("r", |_| {});
+    let h264 = sim.join_rewriting(
+        "r",
+        |c| c.video_codec = endpoint::media::SyntheticCodec::H264,
+        |sdp| video_only_in(sdp, "H264"),
+    );
+    sim.run_for(Duration::from_millis(500));
+    let codec = |index, kind| sim.publication(index, kind).codec;
+    assert_eq!(codec(vp8, MediaKind::Audio).as_deref(), Some("audio/opus"));
+    assert_eq!(codec(vp8, MediaKind::Video).as_deref(), Some("video/VP8"));
+    assert_eq!(codec(h264, MediaKind::Video).as_deref(), Some("video/H264"));
+}
+
+#[test]
+fn an_h264_publication_subscribed_from_a_vp8_only_m_line_is_refused_naming_the_codec() {
+    let mut sim = Sim::new();
+    let publisher = sim.join_rewriting(
+        "r",
+        |c| {
+            c.video_codec = endpoint::media::SyntheticCodec::H264;
+            c.keyframe_interval = None;
+        },
+        |sdp| video_only_in(sdp, "H264"),
+    );
+    let vp8_only = sim.join_rewriting("r", |_| {}, |sdp| video_only_in(sdp, "VP8"));
+    let both = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(2));
+    let video = sim.publication(publisher, MediaKind::Video);
+    let refusal = format!("publication {} is sent in video/H264", video.id);
+    let errors = &sim.endpoints[vp8_only].errors;
+    assert!(
+        errors.iter().filter(|e| e.starts_with(&refusal)).count() >= 1,
+        "{errors:?}"
+    );
+    let code_sent = sim.events.iter().any(|e| {
+        matches!(e, sfu::SfuEvent::Refused { participant, code: protocol::ErrorCode::CodecUnsupported, .. }
+            if *participant == sim.endpoints[vp8_only].participant)
+    });
+    assert!(code_sent);
+    // It still hears the publisher, and a subscriber that offers H.264 sees it.
+    let audio = sim.publication(publisher, MediaKind::Audio);
+    assert!(sim.endpoints[vp8_only].endpoint.stats()[&audio.id].audio_frames_decoded > 0);
+    assert!(sim.endpoints[both].endpoint.stats()[&video.id].video_frames >= 10);
+    assert!(
+        sim.endpoints[both].errors.is_empty(),
+        "{:?}",
+        sim.endpoints[both].errors
+    );
+}

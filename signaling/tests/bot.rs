@@ -95,6 +95,43 @@ async fn two_bots_exchange_media(tag: &str, send_thread: bool) {
         .expect("bob keeps seeing alice");
 }
 
+/// `publication_added` says what each publication is sent in, so that a client can tell
+/// whether it decodes it before it subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_added_names_the_codec() {
+    let t = common::start("bot-codec", |_| {}).await;
+    let alice = t.bot("r", "alice", 440.0, 0xA).await;
+    let bob = t.bot("r", "bob", 880.0, 0xB).await;
+    let b = bob.participant_id();
+    let codecs = || {
+        let mut codecs: Vec<(MediaKind, Option<String>)> = alice
+            .snapshot()
+            .roster
+            .participants
+            .get(&b)
+            .map(|p| {
+                p.publications
+                    .iter()
+                    .map(|p| (p.kind, p.codec.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        codecs.sort_by_key(|(kind, _)| *kind == MediaKind::Video);
+        codecs
+    };
+    eventually(WAIT, "alice hears of bob's two publications", || {
+        codecs().len() == 2
+    })
+    .await;
+    assert_eq!(
+        codecs(),
+        vec![
+            (MediaKind::Audio, Some("audio/opus".to_owned())),
+            (MediaKind::Video, Some("video/VP8".to_owned())),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_leaves_is_reported_left() {
     let t = common::start("bot-leave", |_| {}).await;

@@ -1858,6 +1858,8 @@ mod tests {
                 MediaKind::Video => TrackSource::Camera,
             },
             muted: false,
+            codec: None,
+            layers: Vec::new(),
         }
     }
 

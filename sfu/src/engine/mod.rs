@@ -426,6 +426,8 @@ struct Participant {
     handshake_failed: Option<String>,
     /// Whether the participant is in the engine's list of transports to drain this pass.
     queued: bool,
+    /// Whether it was told that media it sent matched none of its m-lines (once).
+    told_unroutable: bool,
     /// Whether its send m-lines become publications (false for viewers).
     may_publish: bool,
     /// The last quality label told to signaling.
@@ -481,6 +483,15 @@ fn handshake_failure(connected: bool, err: &RtcError) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// A receive stream declared for an SSRC by its payload type alone.
+#[derive(Debug, Clone, Copy)]
+enum Routed {
+    /// The m-line's main stream, replacing the one on another SSRC if any.
+    Main { replaces: Option<Ssrc> },
+    /// The repair (RTX) stream of the m-line's main stream.
+    Repair,
 }
 
 /// What becomes of a removed participant's transport.
@@ -823,13 +834,9 @@ impl Engine {
         }
         if let Some(ssrc) = rtp_ssrc
             && !known_before
-            && participant
-                .rtc
-                .direct_api()
-                .stream_rx(&ssrc.into())
-                .is_none()
+            && !self.receives(id, ssrc)
         {
-            self.stats.dropped_unknown_ssrc += 1;
+            self.demultiplex_unknown(now, id, ssrc, source, destination, data);
         }
         self.drain(id, now);
         if rtp_or_rtcp(data)
@@ -846,6 +853,160 @@ impl Engine {
             self.allocate_pending();
         }
         self.flush_touched(now);
+    }
+
+    /// Whether a participant's transport has a receive stream for `ssrc`, as a main stream
+    /// or as the repair (RTX) stream of one of its publications' layers.
+    fn receives(&mut self, id: ParticipantId, ssrc: u32) -> bool {
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return true;
+        };
+        let ssrc = Ssrc::from(ssrc);
+        let mut api = participant.rtc.direct_api();
+        if api.stream_rx(&ssrc).is_some() {
+            return true;
+        }
+        for (mid, publication) in &participant.published {
+            let Some(publication) = self.publications.get(publication) else {
+                continue;
+            };
+            for layer in &publication.layers {
+                if api
+                    .stream_rx_by_mid(*mid, layer.rid)
+                    .is_some_and(|s| s.rtx() == Some(ssrc))
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// An RTP packet on an SSRC that neither the offer's `a=ssrc` lines nor str0m's mid and
+    /// rid header extensions mapped to a receive stream: routed by its payload type when
+    /// exactly one of the participant's send m-lines has it (RFC 8843 §9.2), as clients whose
+    /// offer has no `a=ssrc` and no mid extension require (GStreamer's webrtcbin). Anything
+    /// else is dropped, counted, and told to its sender once.
+    fn demultiplex_unknown(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        ssrc: u32,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        let routed = self.route_by_payload_type(id, ssrc, data);
+        if routed.is_some()
+            && let Ok(contents) = data.try_into()
+            && let Some(participant) = self.participants.get_mut(&id)
+        {
+            // str0m dropped the packet before decrypting it, having no stream for it; with the
+            // stream declared, the same packet is taken as the stream's first.
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination,
+                    contents,
+                },
+            );
+            match contained(&mut participant.rtc, |rtc| rtc.handle_input(input)) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => self.stats.dropped_malformed += 1,
+                None => {
+                    self.fail_transport(id, TransportFailure::Panicked);
+                    return;
+                }
+            }
+            // A stream is replaced only by one whose packet authenticated: a datagram forged
+            // from the client's address (it has no SRTP keys) must not unmap its media.
+            if let Some(Routed::Main { replaces }) = routed {
+                let mut api = participant.rtc.direct_api();
+                let authentic = api
+                    .stream_rx(&Ssrc::from(ssrc))
+                    .is_some_and(|s| s.last_time().is_some());
+                if !authentic {
+                    api.remove_stream_rx(Ssrc::from(ssrc));
+                } else if let Some(old) = replaces {
+                    api.remove_stream_rx(old);
+                }
+            }
+        }
+        if self.receives(id, ssrc) {
+            return;
+        }
+        self.stats.dropped_unknown_ssrc += 1;
+        // Padding (bandwidth probes, RTX padding before its main stream is known) carries no
+        // media that could be lost, so only media makes the sender hear of it.
+        let padding = data.first().is_some_and(|b| b & 0x20 != 0);
+        let Some(participant) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if padding || participant.told_unroutable {
+            return;
+        }
+        participant.told_unroutable = true;
+        let pt = data.get(1).map_or(0, |b| b & 0x7f);
+        self.events.push_back(SfuEvent::Refused {
+            participant: id,
+            code: ErrorCode::UnroutableMedia,
+            message: format!(
+                "RTP on SSRC {ssrc} with payload type {pt} matches none of your m-lines and is \
+                 dropped: announce it with a=ssrc, send the mid (and rid) header extension, or \
+                 use a payload type that only one sending m-line has"
+            ),
+        });
+    }
+
+    /// Declares a receive stream for `ssrc` on the one send m-line of the participant whose
+    /// payload types include the packet's, as its main stream or, for an RTX payload type, as
+    /// the repair stream of the main stream already there. A simulcast m-line is never chosen:
+    /// its layer cannot be told without the rid extension.
+    fn route_by_payload_type(
+        &mut self,
+        id: ParticipantId,
+        ssrc: u32,
+        data: &[u8],
+    ) -> Option<Routed> {
+        let participant = self.participants.get_mut(&id)?;
+        let pt = data.get(1).map(|b| Pt::from(b & 0x7f))?;
+        let mut found: Option<(Mid, bool)> = None;
+        for (mid, _) in &participant.published {
+            let Some(media) = participant.rtc.media(*mid) else {
+                continue;
+            };
+            let pts = media.remote_pts();
+            let simulcast = matches!(media.rids_rx(), str0m::media::Rids::Specific(_));
+            for params in participant.rtc.codec_config().params() {
+                if !pts.contains(&params.pt()) {
+                    continue;
+                }
+                let repair = params.resend() == Some(pt);
+                if params.pt() != pt && !repair {
+                    continue;
+                }
+                if simulcast || found.is_some_and(|(m, _)| m != *mid) {
+                    return None;
+                }
+                found = Some((*mid, repair));
+            }
+        }
+        let (mid, repair) = found?;
+        let ssrc = Ssrc::from(ssrc);
+        let mut api = participant.rtc.direct_api();
+        let main = api.stream_rx_by_mid(mid, None).map(|s| s.ssrc());
+        if repair {
+            api.expect_stream_rx(main?, Some(ssrc), mid, None);
+            return Some(Routed::Repair);
+        }
+        api.expect_stream_rx(ssrc, None, mid, None);
+        // A new SSRC on the m-line replaces its stream (an encoder restart), so that streams
+        // stay one per m-line whatever SSRCs a client cycles through.
+        Some(Routed::Main {
+            replaces: main.filter(|old| *old != ssrc),
+        })
     }
 
     /// Finds the participant a datagram belongs to: by source address once ICE has bound it,
@@ -1048,6 +1209,7 @@ impl Engine {
                 closed_by_peer: false,
                 handshake_failed: None,
                 queued: false,
+                told_unroutable: false,
                 may_publish: true,
                 quality: None,
                 estimate: None,
@@ -1115,11 +1277,20 @@ impl Engine {
             .filter_map(|l| l.strip_prefix("a=mid:"))
             .map(|m| Mid::from(m.trim()))
             .collect();
-        self.reconcile(now, id, &mids, &publish, &subscribe);
+        let refusals = self.reconcile(now, id, &mids, &answer_sdp, &publish, &subscribe);
         self.events.push_back(SfuEvent::Answer {
             participant: id,
             sdp: answer_sdp,
         });
+        // After the answer: the offer itself was taken, and a client that reads any error
+        // while its offer is in flight as a refusal of the offer must not roll it back.
+        for (code, message) in refusals {
+            self.events.push_back(SfuEvent::Refused {
+                participant: id,
+                code,
+                message,
+            });
+        }
         self.drain(id, now);
         Ok(())
     }

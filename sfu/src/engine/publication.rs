@@ -7,16 +7,21 @@ use super::*;
 
 impl Engine {
     /// Brings publications and subscriptions in line with the m-lines just negotiated.
+    /// `answer` is the SDP answer to the offer: the first payload type of each m-line in it is
+    /// the codec the publisher sends. Returns the subscriptions refused, to be told to the
+    /// participant after its answer.
     pub(super) fn reconcile(
         &mut self,
         now: Instant,
         id: ParticipantId,
         mids: &[Mid],
+        answer: &str,
         publish: &[protocol::PublishTrack],
         subscribe: &[protocol::SubscribeTrack],
-    ) {
+    ) -> Vec<(ErrorCode, String)> {
+        let mut refusals = Vec::new();
         let Some(participant) = self.participants.get_mut(&id) else {
-            return;
+            return refusals;
         };
         participant.pt_info = participant
             .rtc
@@ -88,11 +93,29 @@ impl Engine {
         for (mid, kind, source, layers) in to_publish {
             let publication = PublicationId(self.next_publication);
             self.next_publication += u64::from(self.config.workers.max(1));
-            let params = self
+            let mut params = self
                 .participants
                 .get(&id)
                 .map(|p| media_params(&p.rtc, mid))
                 .unwrap_or_default();
+            // Every codec negotiated is kept (a subscriber's m-line is mapped onto each), with
+            // the one the publisher sends first: a WebRTC sender uses the answer's first.
+            if let Some(first) = first_payload_type(answer, mid)
+                && let Some(at) = params.iter().position(|p| p.pt() == first)
+            {
+                params[..=at].rotate_right(1);
+            }
+            let codec = sent_codec(&params).map(str::to_owned);
+            let announced_layers = layers
+                .iter()
+                .filter_map(|l| {
+                    Some(protocol::SimulcastLayer {
+                        rid: l.rid?.to_string(),
+                        width: l.width,
+                        height: l.height,
+                    })
+                })
+                .collect();
             // The coordinator hears every audio publication (it picks the loudest voices).
             let mirrors = if kind == MediaKind::Audio && !self.coordinates() {
                 1
@@ -129,6 +152,8 @@ impl Engine {
                     id: publication,
                     kind,
                     source,
+                    codec,
+                    layers: announced_layers,
                 },
             });
         }
@@ -139,8 +164,11 @@ impl Engine {
             self.unbind(id, mid);
         }
         for (mid, publication) in to_bind {
-            self.bind(now, id, mid, publication);
+            if let Some(refusal) = self.bind(now, id, mid, publication) {
+                refusals.push(refusal);
+            }
         }
+        refusals
     }
 
     /// Picks the layer of recorded simulcast publications that have none yet: the top one as
@@ -594,6 +622,11 @@ impl Engine {
                     self.stats.dropped_unknown_ssrc += 1;
                     return;
                 };
+                // One SSRC per layer: a layer's new SSRC replaces its old one, so that SSRCs a
+                // client cycles through never grow the cache.
+                publisher
+                    .ssrc_cache
+                    .retain(|(_, p, l)| !(*p == publication && *l == layer));
                 publisher.ssrc_cache.push((ssrc, publication, layer));
                 (publication, layer)
             }

@@ -77,6 +77,27 @@ pub(super) fn media_params(rtc: &Rtc, mid: Mid) -> Vec<PayloadParams> {
         .collect()
 }
 
+/// The codec a publication is sent in (its first payload type that is a media codec, not
+/// RED, FEC, comfort noise or DTMF), as a WebRTC mime type.
+pub(super) fn sent_codec(params: &[PayloadParams]) -> Option<&'static str> {
+    params.iter().find_map(|p| codec::mime_type(p.spec().codec))
+}
+
+/// The first payload type of the m-line `mid` in an SDP answer: the codec the offerer sends
+/// on it.
+pub(super) fn first_payload_type(answer: &str, mid: Mid) -> Option<Pt> {
+    answer.split("\r\nm=").skip(1).find_map(|section| {
+        let in_section = section
+            .lines()
+            .any(|l| l.strip_prefix("a=mid:").is_some_and(|m| m.trim() == &*mid));
+        if !in_section {
+            return None;
+        }
+        let first = section.lines().next()?.split_whitespace().nth(3)?;
+        first.parse::<u8>().ok().map(Pt::from)
+    })
+}
+
 /// Pairs each publisher payload type with the subscriber's payload type for the same codec:
 /// the exact same parameters when offered, otherwise the same codec.
 pub(super) fn map_payload_types(

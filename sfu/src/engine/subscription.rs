@@ -190,45 +190,59 @@ impl Engine {
         }
     }
 
-    /// Points the subscriber's send m-line at a publication of its own room.
+    /// Points the subscriber's send m-line at a publication of its own room. Returns the
+    /// refusal to tell the subscriber when its m-line cannot receive the publication's codec.
     pub(super) fn bind(
         &mut self,
         now: Instant,
         id: ParticipantId,
         mid: Mid,
         publication_id: PublicationId,
-    ) {
+    ) -> Option<(ErrorCode, String)> {
         let Some(publication) = self.publications.get(&publication_id) else {
             // A publication that ended while the offer was in flight: the m-line stays idle.
-            return;
+            return None;
         };
-        let Some(subscriber) = self.participants.get(&id) else {
-            return;
-        };
+        let subscriber = self.participants.get(&id)?;
         // Streams never cross rooms, and nobody subscribes to itself.
         if publication.room != subscriber.room || publication.owner == id {
             self.stats.refused_subscriptions += 1;
-            return;
+            return None;
         }
         // The publisher's payload types, kept with the publication (its transport may be on
         // another worker).
         let publisher_params = publication.params.clone();
         let pub_kind = publication.kind;
-        let Some(subscriber) = self.participants.get_mut(&id) else {
-            return;
-        };
+        let subscriber = self.participants.get_mut(&id)?;
         let subscriber_params = media_params(&subscriber.rtc, mid);
         let pt_map = map_payload_types(&publisher_params, &subscriber_params);
-        let Some(media) = subscriber.rtc.media(mid) else {
-            return;
-        };
+        let media = subscriber.rtc.media(mid)?;
         let sub_kind = match media.kind() {
             str0m::media::MediaKind::Audio => MediaKind::Audio,
             str0m::media::MediaKind::Video => MediaKind::Video,
         };
-        if sub_kind != pub_kind || pt_map.is_empty() {
+        if sub_kind != pub_kind {
             self.stats.refused_subscriptions += 1;
-            return;
+            return None;
+        }
+        // The publisher sends its first codec: an m-line that cannot receive that one would
+        // be answered with another and stay black, so the subscriber is told which it lacks.
+        let sent = publisher_params
+            .iter()
+            .map(|p| p.spec().codec)
+            .find(|c| codec::mime_type(*c).is_some());
+        if sent.is_none_or(|codec| !subscriber_params.iter().any(|s| s.spec().codec == codec))
+            || pt_map.is_empty()
+        {
+            self.stats.refused_subscriptions += 1;
+            let codec = sent_codec(&publisher_params).unwrap_or("an unknown codec");
+            return Some((
+                ErrorCode::CodecUnsupported,
+                format!(
+                    "publication {publication_id} is sent in {codec}, which m-line {mid} does \
+                     not offer to receive; offer {codec} on it"
+                ),
+            ));
         }
         let clock_rate = subscriber_params
             .first()
@@ -291,6 +305,7 @@ impl Engine {
             // periodic one.
             self.mark_for_allocation(id);
         }
+        None
     }
 
     pub(super) fn unbind(&mut self, id: ParticipantId, mid: Mid) {

@@ -111,6 +111,9 @@ pub struct SimEndpoint {
     pub wrong_fingerprint: bool,
     /// The media worker its transport is on.
     pub worker: usize,
+    /// Rewrites each of its offers' SDP before the server sees it, as a client that writes its
+    /// own SDP would (no `a=ssrc`, other codecs, other header extensions).
+    pub rewrite_offer: Option<fn(&str) -> String>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -130,6 +133,8 @@ pub struct Sim {
     pub workers: Vec<Engine>,
     /// The worker the next joiner goes to when not told (round robin).
     next_worker: usize,
+    /// The offer rewrite of the next endpoint to join ([`Sim::join_rewriting`]).
+    pending_rewrite: Option<fn(&str) -> String>,
     /// Relays delivered between workers.
     pub relayed: u64,
     pub endpoints: Vec<SimEndpoint>,
@@ -170,6 +175,7 @@ impl Sim {
             engine: engine(0),
             workers: (1..workers).map(engine).collect(),
             next_worker: 0,
+            pending_rewrite: None,
             relayed: 0,
             endpoints: Vec::new(),
             publications: Vec::new(),
@@ -248,6 +254,22 @@ impl Sim {
         self.engine_busy += started.elapsed();
     }
 
+    /// [`Sim::join`] for an endpoint whose offers pass through `rewrite` before the server
+    /// reads them.
+    pub fn join_rewriting(
+        &mut self,
+        room: &str,
+        adjust: impl FnOnce(&mut EndpointConfig),
+        rewrite: fn(&str) -> String,
+    ) -> usize {
+        let index = self.endpoints.len();
+        // The first offer goes out during the join: the rewrite must be in place before it.
+        self.pending_rewrite = Some(rewrite);
+        let joined = self.join(room, adjust);
+        debug_assert_eq!(joined, index);
+        joined
+    }
+
     /// [`Sim::join`] for an endpoint whose offers announce a fingerprint that is not its
     /// certificate's (its last hex digit changed), as if its certificate had been replaced on
     /// the way.
@@ -309,6 +331,7 @@ impl Sim {
             extra_candidates,
             wrong_fingerprint,
             worker,
+            rewrite_offer: self.pending_rewrite.take(),
         };
         // A joiner subscribes to everything already published in the room.
         for publication in &self.publications {
@@ -557,6 +580,9 @@ impl Sim {
                             })
                             .collect();
                     }
+                    if let Some(rewrite) = e.rewrite_offer {
+                        sdp = rewrite(&sdp);
+                    }
                     let own = e.endpoint.local_candidates().into_iter();
                     let candidates: Vec<String> = if e.extra_candidates.is_empty() {
                         own.filter_map(|c| match c {
@@ -639,7 +665,19 @@ impl Sim {
             } => {
                 if let Some(e) = self.by_participant(*participant) {
                     e.errors.push(message.clone());
-                    e.endpoint.offer_refused();
+                    // Only these refuse the offer itself; the others (a codec an m-line lacks,
+                    // media matching no m-line) come besides its answer.
+                    if matches!(
+                        code,
+                        protocol::ErrorCode::BadSdp
+                            | protocol::ErrorCode::MediaUnavailable
+                            | protocol::ErrorCode::NotJoined
+                            | protocol::ErrorCode::Forbidden
+                            | protocol::ErrorCode::RoomFull
+                            | protocol::ErrorCode::AlreadyJoined
+                    ) {
+                        e.endpoint.offer_refused();
+                    }
                     // Without a transport (room full) every later offer would be refused
                     // too: the endpoint gives up, as signaling would close its socket.
                     if matches!(

@@ -157,6 +157,15 @@ pub struct PublicationInfo {
     pub kind: MediaKind,
     pub source: TrackSource,
     pub muted: bool,
+    /// The codec the publisher sends, as a WebRTC mime type (`audio/opus`, `video/VP8`,
+    /// `video/H264`): the first its m-line negotiated. A subscriber whose m-line cannot
+    /// receive it is refused with [`ErrorCode::CodecUnsupported`]. Absent from servers that
+    /// predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    /// Simulcast video: the layers the publisher declared, lowest first. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<SimulcastLayer>,
 }
 
 /// A participant as other participants see it. Its `Debug` hides `e2ee_key` (see
@@ -600,6 +609,13 @@ pub enum ErrorCode {
     /// The server is stopping (a restart, an upgrade): reconnect, to it when it is back or to
     /// another node. The socket is closed.
     ServerStopping,
+    /// A subscription's m-line cannot receive its publication's codec (the message names the
+    /// codec and the publication); the m-line stays idle. Offer the codec on that m-line.
+    CodecUnsupported,
+    /// Media arrived on this participant's transport that matches none of its m-lines (no
+    /// `a=ssrc`, no mid or rid header extension, no payload type unique to one m-line). Told
+    /// once per transport; such packets are dropped and counted.
+    UnroutableMedia,
 }
 
 impl ErrorCode {
