@@ -660,9 +660,23 @@ export class Meeting extends EventTarget {
     if (m.code === 'forbidden' || m.code === 'not_admitted' || m.code === 'unknown_participant') {
       this.notice(refusalKey(m.code), { code: m.code });
     }
+    if (m.code === 'codec_unsupported') this.onCodecUnsupported(m.message);
     // A refused offer (e.g. sent just before a host made us a viewer): roll it back.
     const offerRefused = s.lastRequest === 'offer' && m.code === 'forbidden';
     if (offerRefused || ['bad_sdp', 'bad_message', 'media_unavailable'].includes(m.code)) s.negotiator.rollback();
+  }
+
+  /**
+   * A publication is sent in a codec this browser did not offer to receive, so the server
+   * cannot send it: say whose video stays dark and why. The message starts "publication <id> is sent in <codec>"
+   * (docs/protocol.md); the name comes from the roster.
+   */
+  onCodecUnsupported(message) {
+    const found = /^publication (\d+) is sent in (\S+?),/.exec(message || '');
+    const id = found ? Number(found[1]) : null;
+    const owner = [...this.roster.participants.values()].find((p) => p.pubs.has(id));
+    const codec = (found && found[2]) || owner?.pubs.get(id)?.codec || '?';
+    this.notice('call.codecUnsupported', { name: owner ? owner.name : '?', codec });
   }
 
   // ---- losing the connection and coming back ---------------------------------------------
