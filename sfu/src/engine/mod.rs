@@ -1730,6 +1730,25 @@ mod tests {
     }
 
     #[test]
+    fn the_first_payload_type_of_an_answer_section_is_the_codec_sent() {
+        let answer = "v=0\r\ns=-\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 102 103 96\r\na=mid:1\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF\r\na=mid:2\r\n";
+        assert_eq!(
+            first_payload_type(answer, Mid::from("0")),
+            Some(Pt::from(111))
+        );
+        assert_eq!(
+            first_payload_type(answer, Mid::from("1")),
+            Some(Pt::from(102))
+        );
+        assert_eq!(first_payload_type(answer, Mid::from("2")), None);
+        assert_eq!(first_payload_type(answer, Mid::from("9")), None);
+        assert_eq!(first_payload_type("garbage", Mid::from("0")), None);
+    }
+
+    #[test]
     fn rtp_ssrc_reads_only_rtp() {
         let mut rtp = [0u8; 12];
         rtp[0] = 0x80;
