@@ -293,3 +293,35 @@ async fn a_client_without_a_common_cipher_suite_is_refused_at_once() -> anyhow::
     )
     .await
 }
+
+/// webrtc-rs's offer without its `a=ssrc` lines and without the mid header extension, as
+/// GStreamer's webrtcbin 1.22 offers: the server can place its media by payload type only.
+fn without_ssrcs_or_mid_extension(sdp: &str) -> String {
+    sdp.split_inclusive("\r\n")
+        .filter(|l| {
+            let ssrc = l.starts_with("a=ssrc:") || l.starts_with("a=ssrc-group:");
+            let mid =
+                l.starts_with("a=extmap:") && l.contains("urn:ietf:params:rtp-hdrext:sdes:mid");
+            !ssrc && !mid
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_whose_offer_has_no_ssrc_and_no_mid_extension_is_heard_and_seen()
+-> anyhow::Result<()> {
+    let t = common::start("webrtc-rs-no-ssrc", |_| {}).await;
+    let mut options = t.webrtc_rs_options("r", "encoder", 440.0, 0xE);
+    options.offer_rewrite = Some(without_ssrcs_or_mid_extension);
+    let encoder = WebrtcRsClient::join(options).await?;
+    let bot = t.bot("r", "viewer", 880.0, 0xB).await;
+    let e = encoder.participant_id();
+    eventually(MEDIA_TIMEOUT, "the bot hears and sees the encoder", || {
+        bot_receives(&bot, e, 440.0, 0xE)
+    })
+    .await;
+    let snapshot = encoder.snapshot().await;
+    assert!(snapshot.server_errors.is_empty(), "{snapshot:#?}");
+    encoder.leave().await?;
+    Ok(())
+}

@@ -87,6 +87,10 @@ pub struct ClientOptions {
     /// Its DTLS certificate and role; webrtc-rs's defaults (ECDSA, `actpass`) unless a test
     /// asks otherwise.
     pub dtls: DtlsOptions,
+    /// Rewrites each offer's SDP on its way to the server (the local description keeps
+    /// webrtc-rs's own), as a client that writes other SDP would send it: without `a=ssrc`,
+    /// without the mid header extension.
+    pub offer_rewrite: Option<fn(&str) -> String>,
 }
 
 impl ClientOptions {
@@ -107,6 +111,7 @@ impl ClientOptions {
             tone_hz,
             video_tag,
             dtls: DtlsOptions::default(),
+            offer_rewrite: None,
         }
     }
 }
@@ -183,6 +188,7 @@ impl WebrtcRsClient {
             tone_hz: opts.tone_hz,
             video_tag: opts.video_tag,
             dtls: opts.dtls,
+            offer_rewrite: opts.offer_rewrite,
         };
         let mut session = Session::start(parts, commands_rx).await?;
         let first = tokio::time::timeout(JOIN_TIMEOUT, session.until_first_answer()).await;

@@ -106,6 +106,7 @@ pub(crate) struct Session {
     keepalive: tokio::time::Interval,
     end_of_candidates_sent: bool,
     dtls: DtlsOptions,
+    offer_rewrite: Option<fn(&str) -> String>,
 }
 
 /// Everything `join` hands over to build a session.
@@ -117,6 +118,7 @@ pub(crate) struct Parts {
     pub(crate) tone_hz: f32,
     pub(crate) video_tag: u64,
     pub(crate) dtls: DtlsOptions,
+    pub(crate) offer_rewrite: Option<fn(&str) -> String>,
 }
 
 impl Session {
@@ -134,6 +136,7 @@ impl Session {
             tone_hz,
             video_tag,
             dtls,
+            offer_rewrite,
         } = parts;
         let (pc, peer_events) = peer::build(Arc::clone(&shared), &dtls).await?;
         let (connected, _) = watch::channel(false);
@@ -205,6 +208,7 @@ impl Session {
             keepalive,
             end_of_candidates_sent: false,
             dtls,
+            offer_rewrite,
         };
         for publication in existing {
             session.add_subscription(&publication).await?;
@@ -617,7 +621,10 @@ impl Session {
             .create_offer(None)
             .await
             .context("creating an offer")?;
-        let sdp = dtls::offer_as_sent(&offer.sdp, &self.dtls);
+        let mut sdp = dtls::offer_as_sent(&offer.sdp, &self.dtls);
+        if let Some(rewrite) = self.offer_rewrite {
+            sdp = rewrite(&sdp);
+        }
         self.pc
             .set_local_description(offer)
             .await
