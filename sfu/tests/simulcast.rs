@@ -111,7 +111,16 @@ fn tile_sizes_pick_the_layer_hidden_tiles_get_nothing_and_unwatched_layers_pause
     let mut sim = Sim::new();
     let publisher = simulcast_publisher(&mut sim);
     let a = viewer(&mut sim);
-    let video = sim.publication(publisher, MediaKind::Video).id;
+    // `publication_added` says the codec and the layers the publisher declared.
+    let announced = sim.publication(publisher, MediaKind::Video);
+    assert_eq!(announced.codec.as_deref(), Some("video/VP8"));
+    let layers: Vec<(&str, u32, u32)> = announced
+        .layers
+        .iter()
+        .map(|l| (l.rid.as_str(), l.width, l.height))
+        .collect();
+    assert_eq!(layers, [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)]);
+    let video = announced.id;
     sim.set_video_sizes(a, &[(video, 300, 170)]);
     sim.run_for(Duration::from_secs(4));
     assert_eq!(
