@@ -11,12 +11,27 @@ import {
   GENERATIONS, deriveFrameKey, importBaseKey, ratchet, toBase64Url,
 } from './sframe.js';
 
+// The timing below is the design docs/e2ee.md chose for meetings of thousands ("At the size of
+// the national meeting"); the load-test bots use the same (loadtest/endpoint/src/keys.rs,
+// KeyPolicy::BROWSER).
+
 /** How long a new epoch's key travels to receivers before we encrypt with it. */
 export const REKEY_DELAY_MS = 1000;
+/** Least time between two departure rekeys: departures meanwhile share the next new key. */
+export const REKEY_INTERVAL_MS = 2000;
+/** How long after a departure its new key is made, so that a burst of departures makes one. */
+const REKEY_AFTER_DEPARTURE_MS = 100;
+/** Requests arriving less than this after an answer wait, and are answered together. */
+const ANSWER_WINDOW_MS = 100;
 /** How long receivers keep an epoch after a newer one arrived (frames still in flight). */
 const OLD_EPOCH_MS = 10_000;
-/** The server relays at most this many keys per message. */
-const KEYS_PER_MESSAGE = 16;
+/** The server relays at most this many keys per message, and splits them. */
+const KEYS_PER_MESSAGE = 256;
+/** A sender that has not answered is asked again this long after, this many times at most. */
+const REQUEST_RETRY_MS = 3000;
+const MAX_REQUESTS = 10;
+/** Rekeys whose wrap time the page keeps for its test hook. */
+const REKEY_RECORDS = 64;
 
 /** How this browser can transform encoded frames: 'script', 'legacy' or null (it cannot). */
 export function transformSupport(prefer = null) {
@@ -70,15 +85,22 @@ export class E2ee {
     this.nextReply = 1;
     /** Our sender key: { epoch, generation, raw } (raw bytes: we wrap them for recipients). */
     this.current = null;
-    /** A new epoch on its way to receivers, not yet used: { kid, raw }. */
+    /** A new epoch on its way to receivers, not yet used: { kid, raw, useAt }. */
     this.pending = null;
     /** participant id -> { pub: string, wrap: CryptoKey } of those we gave our key */
     this.recipients = new Map();
-    /** public key text -> Promise<CryptoKey> (ECDH-derived wrapping keys) */
+    /** public key text -> Promise<CryptoKey> (ECDH-derived wrapping keys, one per recipient) */
     this.wraps = new Map();
-    /** Participants asked for their key in this session. */
-    this.asked = new Set();
+    /** participant id -> { timer, tries, answered } of those asked for their key this session */
+    this.asked = new Map();
+    /** Requests for our key waiting for the next answer: [{ from, pub }]. */
+    this.requests = [];
+    this.answerTimer = null;
+    this.lastAnswerAt = -Infinity;
     this.rekeyTimer = null;
+    this.lastRekeyAt = -Infinity;
+    /** The latest rekeys: { recipients, ms } (ms: making and wrapping the key, on this page). */
+    this.rekeys = [];
     /** One key operation at a time: a ratchet must not interleave with a rekey. */
     this.queue = Promise.resolve();
   }
@@ -104,7 +126,8 @@ export class E2ee {
     this.room = String(room);
     this.me = me;
     this.host = !!host;
-    this.asked = new Set();
+    for (const { timer } of this.asked.values()) clearTimeout(timer);
+    this.asked = new Map();
     if (!this.worker) this.worker = this.startWorker();
   }
 
@@ -201,18 +224,45 @@ export class E2ee {
   }
 
   /**
-   * Someone asks for our key. A newcomer gets the next generation, which everyone who holds
-   * this one derives by themselves, so the newcomer cannot read what was sent before.
+   * Someone asks for our key. Requests close together are answered together, at most one
+   * answer per ANSWER_WINDOW_MS: a join storm of a thousand costs a few messages a second.
    */
-  async onRequest(from, pub) {
-    if (typeof pub !== 'string' || pub.length > 256) return;
-    // A participant we can see is wrapped to with the key the roster shows for them.
-    const key = this.publicKeyOf(from) || pub;
+  onRequest(from, pub) {
+    this.requests.push({ from, pub });
+    if (this.answerTimer) return;
+    const wait = Math.max(0, this.lastAnswerAt + ANSWER_WINDOW_MS - performance.now());
+    this.answerTimer = setTimeout(() => {
+      this.answerTimer = null;
+      this.serial(() => this.answer());
+    }, wait);
+  }
+
+  /**
+   * Answers the requests waiting. Newcomers get the next generation (one step for all of
+   * them), which everyone who holds this one derives by themselves, so a newcomer cannot read
+   * what was sent before it came.
+   */
+  async answer() {
+    const requests = this.requests;
+    this.requests = [];
+    if (requests.length === 0) return;
+    this.lastAnswerAt = performance.now();
     await this.ensureKey();
-    const known = this.recipients.get(from);
-    const wrap = await this.wrapKeyFor(key);
-    this.recipients.set(from, { pub: key, wrap });
-    if (!known || known.pub !== key) {
+    // A participant we can see is wrapped to with the key the roster shows for them. A key
+    // that is not a P-256 point is not answered.
+    const derived = await Promise.all(requests.map(({ from, pub }) => {
+      const key = this.publicKeyOf(from) || pub;
+      return this.wrapKeyFor(key).then((wrap) => ({ from, key, wrap }), () => null);
+    }));
+    const answered = new Map();
+    let newcomer = false;
+    for (const { from, key, wrap } of derived.filter(Boolean)) {
+      const known = this.recipients.get(from);
+      this.recipients.set(from, { pub: key, wrap });
+      newcomer ||= !known || known.pub !== key;
+      answered.set(from, wrap);
+    }
+    if (newcomer) {
       const { epoch, generation, raw } = this.current;
       if (generation + 1 < GENERATIONS) {
         await this.use({ epoch, generation: generation + 1, raw: await ratchet(await importBaseKey(raw)) });
@@ -220,32 +270,49 @@ export class E2ee {
         await this.use({ epoch: epoch + 1, generation: 0, raw: crypto.getRandomValues(new Uint8Array(16)) });
       }
     }
-    const keys = [await this.wrapFor(from, wrap, this.kidOf(this.current), this.current.raw)];
-    if (this.pending) keys.push(await this.wrapFor(from, wrap, this.pending.kid, this.pending.raw));
+    const { current, pending } = this;
+    const keys = await Promise.all([...answered].flatMap(([to, wrap]) => {
+      const out = [this.wrapFor(to, wrap, this.kidOf(current), current.raw)];
+      if (pending) out.push(this.wrapFor(to, wrap, pending.kid, pending.raw));
+      return out;
+    }));
     this.flush(keys);
   }
 
   /**
-   * Someone left: a fresh key in the next epoch goes to everyone who remains and is used once
-   * it had time to arrive. The departed never receives it.
+   * Someone who held our key left: a fresh key in the next epoch goes to everyone who
+   * remains and is used once it had time to arrive. The departed never receives it.
+   * Departures close together make one new key, at most one per REKEY_INTERVAL_MS.
    */
   rekeySoon() {
     if (this.rekeyTimer || !this.current) return;
-    // Departures in a burst make one new key.
+    // A key on its way is put in use before the next is made: replacing it first would
+    // postpone its use, and departures every second would postpone it for ever.
+    const now = performance.now();
+    const wait = Math.max(REKEY_AFTER_DEPARTURE_MS, this.lastRekeyAt + REKEY_INTERVAL_MS - now, (this.pending?.useAt ?? 0) - now);
     this.rekeyTimer = setTimeout(() => {
       this.rekeyTimer = null;
       this.serial(() => this.rekey());
-    }, 100);
+    }, wait);
   }
 
   async rekey() {
+    const started = performance.now();
+    this.lastRekeyAt = started;
+    if (this.pending && started >= this.pending.useAt) {
+      const due = this.pending;
+      this.pending = null;
+      await this.use({ epoch: Math.floor(due.kid / GENERATIONS), generation: 0, raw: due.raw });
+    }
     const epoch = (this.pending ? Math.floor(this.pending.kid / GENERATIONS) : this.current.epoch) + 1;
     const next = { epoch, generation: 0, raw: crypto.getRandomValues(new Uint8Array(16)) };
     const kid = this.kidOf(next);
-    this.pending = { kid, raw: next.raw };
-    const keys = [];
-    for (const [recipient, { wrap }] of this.recipients) keys.push(await this.wrapFor(recipient, wrap, kid, next.raw));
+    this.pending = { kid, raw: next.raw, useAt: started + REKEY_DELAY_MS };
+    // Every wrap at once: WebCrypto queues them, and none waits for the one before.
+    const keys = await Promise.all([...this.recipients].map(([to, { wrap }]) => this.wrapFor(to, wrap, kid, next.raw)));
     this.flush(keys);
+    this.rekeys = [...this.rekeys, { recipients: keys.length, ms: performance.now() - started }].slice(-REKEY_RECORDS);
+    this.pending.useAt = performance.now() + REKEY_DELAY_MS;
     setTimeout(() => this.serial(async () => {
       if (this.pending?.kid !== kid) return;
       this.pending = null;
@@ -255,11 +322,21 @@ export class E2ee {
 
   // ---- keys of others --------------------------------------------------------------------
 
-  /** Asks a participant we see for their key, once per session. */
+  /**
+   * Asks a participant we see for their key, once per session, and again every
+   * REQUEST_RETRY_MS while no key came (the server may have refused the answer to them).
+   */
   want(participant, publicKey) {
     if (this.keyless || !publicKey || participant === this.me || this.asked.has(participant)) return;
-    this.asked.add(participant);
-    this.flush([{ participant_id: participant, blob: requestBlob(this.publicKey) }]);
+    const ask = { timer: null, tries: 0, answered: false };
+    this.asked.set(participant, ask);
+    const request = () => {
+      if (ask.answered || this.asked.get(participant) !== ask || ask.tries >= MAX_REQUESTS) return;
+      ask.tries += 1;
+      this.flush([{ participant_id: participant, blob: requestBlob(this.publicKey) }]);
+      ask.timer = setTimeout(request, REQUEST_RETRY_MS);
+    };
+    request();
   }
 
   /** An `e2ee_key` from the server: a request for our key, or a sender's key for us. */
@@ -279,6 +356,11 @@ export class E2ee {
       console.warn('a media key that does not open was ignored');
       return;
     }
+    const asked = this.asked.get(from);
+    if (asked) {
+      asked.answered = true;
+      clearTimeout(asked.timer);
+    }
     const base = await importBaseKey(raw);
     const participant = String(from);
     this.worker.postMessage({ type: 'key', participant, kid: m.kid, base });
@@ -287,16 +369,23 @@ export class E2ee {
     setTimeout(() => this.worker?.postMessage({ type: 'drop-before', participant, epoch }), OLD_EPOCH_MS);
   }
 
-  /** A participant left: forget their keys, and replace ours if they had it. */
+  /**
+   * A participant left: forget their keys, and replace ours if they had it. The server says
+   * so for those we cannot see too (viewers who asked for our key).
+   */
   onLeft(participant) {
     this.worker?.postMessage({ type: 'forget', participant: String(participant) });
+    clearTimeout(this.asked.get(participant)?.timer);
     this.asked.delete(participant);
-    if (this.recipients.delete(participant)) this.rekeySoon();
-  }
-
-  /** Someone we cannot see (a viewer) left: they may have had our key. */
-  onUnseenLeft() {
-    if (this.recipients.size > 0) this.rekeySoon();
+    this.requests = this.requests.filter((r) => r.from !== participant);
+    // After any answer in progress, which may have just given them our key.
+    this.serial(() => {
+      const held = this.recipients.get(participant);
+      if (!held) return;
+      this.recipients.delete(participant);
+      if (![...this.recipients.values()].some((r) => r.pub === held.pub)) this.wraps.delete(held.pub);
+      this.rekeySoon();
+    });
   }
 
   // ---- what the page and tests read ------------------------------------------------------
@@ -309,6 +398,11 @@ export class E2ee {
 
   currentKid() {
     return this.current ? this.kidOf(this.current) : null;
+  }
+
+  /** The latest departure rekeys: how many each was wrapped for, and how long it took. */
+  rekeyTimes() {
+    return this.rekeys;
   }
 
   capture() {

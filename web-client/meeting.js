@@ -506,8 +506,6 @@ export class Meeting extends EventTarget {
         this.changed();
         break;
       case 'room_counts':
-        // Someone we cannot see left (a viewer): they may have held our key.
-        if (this.roster.counts && m.present < this.roster.counts.present) this.e2ee?.onUnseenLeft();
         this.roster.counts = { present: m.present, viewers: m.viewers, lobby: m.lobby, hands_raised: m.hands_raised };
         this.changed();
         break;

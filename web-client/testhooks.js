@@ -177,6 +177,8 @@ export function install(params, { setTrackSource, app }) {
     ),
     /** Corrupts the next `frames` frames this page sends, after sealing. */
     e2eeTamper: (frames) => lastE2ee()?.tamper(frames),
+    // The latest departure rekeys of this page: { recipients, ms } (making and wrapping).
+    e2eeRekeys: () => lastE2ee()?.rekeyTimes() ?? [],
   };
   return overrides;
 }

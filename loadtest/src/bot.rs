@@ -451,8 +451,10 @@ impl Shared {
                         self.endpoint.unsubscribe(publication.id);
                     }
                 }
-                if let Some(keys) = &mut self.keys {
-                    keys.participant_left(now, participant_id);
+                if let Some(keys) = &mut self.keys
+                    && let Err(err) = keys.participant_left(now, participant_id)
+                {
+                    self.fail(format!("keys: {err}"));
                 }
             }
             ServerMessage::PublicationAdded { publication } => {
@@ -524,13 +526,6 @@ impl Shared {
                 self.roster.room_state = RoomStatus { open, locked };
             }
             ServerMessage::RoomCounts(counts) => {
-                let dropped = self
-                    .roster
-                    .counts
-                    .is_some_and(|before| counts.present < before.present);
-                if dropped && let Some(keys) = &mut self.keys {
-                    keys.count_dropped(now);
-                }
                 self.roster.counts = Some(counts);
                 self.roster.counts_messages += 1;
             }

@@ -115,6 +115,18 @@ struct Args {
     /// they check and what they drop.
     #[arg(long)]
     light_viewers: bool,
+    /// --e2ee, to compare designs: least time between two departure rekeys of a sender, in
+    /// ms (the web client's: 2000).
+    #[arg(long)]
+    e2ee_rekey_interval_ms: Option<u64>,
+    /// --e2ee, to compare designs: how long key requests wait to be answered together, in ms
+    /// (the web client's: 100).
+    #[arg(long)]
+    e2ee_answer_window_ms: Option<u64>,
+    /// --e2ee, to compare designs: wrapped keys per `e2ee_keys` message, 1–256 (the web
+    /// client's: 256).
+    #[arg(long)]
+    e2ee_keys_per_message: Option<usize>,
     /// Measure the loopback floor (AES-128-GCM and one UDP send per packet, then sendmmsg
     /// batches) for about a second before the endpoints start, and state the server's CPU per
     /// forwarded packet as a multiple of it. On by default; `--measure-floor false` skips it.
@@ -205,6 +217,15 @@ impl Args {
         }
         if self.light_viewers {
             scenario.light_viewers = true;
+        }
+        if self.e2ee_rekey_interval_ms.is_some() {
+            scenario.e2ee_rekey_interval_ms = self.e2ee_rekey_interval_ms;
+        }
+        if self.e2ee_answer_window_ms.is_some() {
+            scenario.e2ee_answer_window_ms = self.e2ee_answer_window_ms;
+        }
+        if self.e2ee_keys_per_message.is_some() {
+            scenario.e2ee_keys_per_message = self.e2ee_keys_per_message;
         }
         if let Some(measure) = self.measure_floor {
             scenario.measure_floor = measure;

@@ -5,14 +5,21 @@
 
 use std::time::{Duration, Instant};
 
+use endpoint::keys::KeyPolicy;
 use protocol::ParticipantId;
 
 use crate::bot::KeyTimeline;
 use crate::report::{Distribution, KeyReport};
 
-/// A departure younger than this when the run is measured, and not answered yet, is too close
-/// to the end to tell: the sender may be waiting out its rekey interval and delay.
-pub const KEY_SETTLE: Duration = Duration::from_secs(6);
+/// How long after a departure its answer may still come: the senders' wait before a rekey
+/// (their interval, or a burst's), the new key's delay, and three seconds for the rest. A
+/// departure younger than this when the run is measured, and not answered yet, is too close
+/// to the end to tell.
+pub fn settle(policy: &KeyPolicy) -> Duration {
+    policy.rekey_interval.max(policy.rekey_after_departure)
+        + policy.rekey_delay
+        + Duration::from_secs(3)
+}
 
 /// A viewer the run made leave, and when it said goodbye.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +30,12 @@ pub struct Departure {
 
 /// The key figures of a run: `timelines` are the bots present when it is measured (`now`),
 /// senders and receivers alike.
-pub fn measure(departures: &[Departure], timelines: &[KeyTimeline], now: Instant) -> KeyReport {
+pub fn measure(
+    departures: &[Departure],
+    timelines: &[KeyTimeline],
+    now: Instant,
+    settle: Duration,
+) -> KeyReport {
     let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| t.sends).collect();
     let mut rekeyed = Vec::new();
     let mut never = 0;
@@ -31,7 +43,7 @@ pub fn measure(departures: &[Departure], timelines: &[KeyTimeline], now: Instant
     for departure in departures {
         match rekeyed_after(departure, &senders, timelines) {
             Some(after) => rekeyed.push(after.as_secs_f64() * 1_000.0),
-            None if now.saturating_duration_since(departure.at) < KEY_SETTLE => pending += 1,
+            None if now.saturating_duration_since(departure.at) < settle => pending += 1,
             None => never += 1,
         }
     }
@@ -73,18 +85,11 @@ fn rekeyed_after(
 ) -> Option<Duration> {
     let mut latest = departure.at;
     for sender in senders {
-        // The rekey that answered this departure: the one that names it, or (a sender that
-        // learns of departures only from the room's count) the first made after it.
+        // The rekey that answered this departure: the one that names it.
         let record = sender
             .rekeys
             .iter()
-            .find(|r| r.covers.contains(&departure.participant))
-            .or_else(|| {
-                sender
-                    .rekeys
-                    .iter()
-                    .find(|r| r.covers.is_empty() && r.made_at >= departure.at)
-            })?;
+            .find(|r| r.covers.contains(&departure.participant))?;
         let epoch = u64::from(record.epoch);
         for receiver in timelines {
             let Some(epochs) = receiver.epochs_opened.get(&sender.participant_id) else {
@@ -109,6 +114,8 @@ mod tests {
     use endpoint::keys::RekeyRecord;
 
     use super::*;
+
+    const SETTLE: Duration = Duration::from_secs(6);
 
     fn sender(id: u64, start: Instant, rekeys: &[(u32, u64, Vec<u64>)]) -> KeyTimeline {
         KeyTimeline {
@@ -178,7 +185,7 @@ mod tests {
                 at: at(19_000),
             },
         ];
-        let report = measure(&departures, &timelines, at(20_000));
+        let report = measure(&departures, &timelines, at(20_000), SETTLE);
         assert_eq!(report.departures, 4);
         assert_eq!(report.rekeyed_ms.map(|d| d.count), Some(2));
         assert_eq!(
@@ -194,9 +201,9 @@ mod tests {
         assert_eq!(report.wraps_per_rekey.map(|d| d.max), Some(2.0));
 
         // 1.6 s for the first (the slower receiver), 1.2 s for the second.
-        let report = measure(&departures[..2], &timelines, at(20_000));
+        let report = measure(&departures[..2], &timelines, at(20_000), SETTLE);
         assert_eq!(report.rekeyed_p95_ms, Some(1_600.0));
-        let report = measure(&departures[1..2], &timelines, at(20_000));
+        let report = measure(&departures[1..2], &timelines, at(20_000), SETTLE);
         assert_eq!(report.rekeyed_p95_ms, Some(1_200.0));
     }
 
@@ -208,23 +215,13 @@ mod tests {
             participant: ParticipantId(9),
             at: t0 + Duration::from_millis(1_000),
         };
-        let report = measure(&[departure], &timelines, t0 + Duration::from_secs(30));
+        let report = measure(
+            &[departure],
+            &timelines,
+            t0 + Duration::from_secs(30),
+            SETTLE,
+        );
         assert_eq!(report.departures_never_rekeyed, 1);
         assert_eq!(report.rekeyed_p95_ms, None);
-    }
-
-    #[test]
-    fn a_sender_that_rekeys_on_the_count_answers_with_the_next_rekey() {
-        let t0 = Instant::now();
-        let timelines = vec![
-            sender(1, t0, &[(1, 500, vec![]), (2, 2_000, vec![])]),
-            receiver(2, t0, 1, &[(0, 100), (1, 1_600), (2, 3_100)]),
-        ];
-        let departure = Departure {
-            participant: ParticipantId(9),
-            at: t0 + Duration::from_millis(1_000),
-        };
-        let report = measure(&[departure], &timelines, t0 + Duration::from_secs(30));
-        assert_eq!(report.rekeyed_p95_ms, Some(2_100.0));
     }
 }

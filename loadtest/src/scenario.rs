@@ -30,7 +30,6 @@ use crate::report::{
     TimelineSample,
 };
 use crate::spec::{Kind, MAX_ENDPOINTS, Scenario, SpecError};
-use endpoint::keys::KeyPolicy;
 use endpoint::{E2eeConfig, EndpointConfig};
 
 /// How long leaving may take at the end before the remaining bots are dropped.
@@ -417,7 +416,12 @@ pub async fn run(
             .iter()
             .map(|(.., bot)| bot.key_timeline())
             .collect();
-        rekey::measure(&run.departures, &timelines, now)
+        rekey::measure(
+            &run.departures,
+            &timelines,
+            now,
+            rekey::settle(&scenario.key_policy()),
+        )
     });
     run.live.phase = "leaving";
     run.report_progress();
@@ -528,7 +532,7 @@ impl Run<'_> {
         if self.scenario.e2ee {
             // Keys come as the browser gets them: through the server, from each sender.
             options.endpoint.e2ee = Some(E2eeConfig::exchanged());
-            options.key_exchange = Some(KeyPolicy::BROWSER);
+            options.key_exchange = Some(self.scenario.key_policy());
         }
         // Viewers join as viewers, so that the server sends them the presenters and counts
         // rather than every other viewer: the national broadcast's shape.
@@ -647,7 +651,7 @@ impl Run<'_> {
         let churn = self.scenario.kind == Kind::Churn;
         // An encrypted run leaves its last departures time to be answered by a new key.
         let quiet = if self.scenario.e2ee {
-            rekey::KEY_SETTLE
+            rekey::settle(&self.scenario.key_policy())
         } else {
             CHURN_QUIET
         };
@@ -1238,6 +1242,10 @@ mod tests {
             "{keys:?}"
         );
         assert_eq!(keys.keys_refused, 0);
+        // The server tells the presenter of each departure: every one is answered by a new
+        // key (those too close to the end aside).
+        assert_eq!(keys.departures_never_rekeyed, 0, "{keys:?}");
+        assert!(keys.rekeys >= 1, "{keys:?}");
         // Every viewer, churned or not, decrypted the presenter's audio.
         for endpoint in report.endpoints.iter().filter(|e| e.role == Role::Viewer) {
             assert!(endpoint.first_decrypted_ms.is_some(), "{endpoint:?}");

@@ -111,6 +111,12 @@ pub struct Scenario {
     /// host can drive thousands of them. With `e2ee`, each audio packet (one Opus frame) is
     /// opened; video frames, never reassembled, are not.
     pub light_viewers: bool,
+    /// End-to-end keys, to compare designs: the least time between two departure rekeys of a
+    /// sender, how long requests wait to be answered together, and the deliveries per
+    /// `e2ee_keys` message. Unset: the web client's ([`endpoint::keys::KeyPolicy::BROWSER`]).
+    pub e2ee_rekey_interval_ms: Option<u64>,
+    pub e2ee_answer_window_ms: Option<u64>,
+    pub e2ee_keys_per_message: Option<usize>,
     /// Measure the loopback floor ([`crate::floor`]) for about a second before the endpoints
     /// start, so that the report states the server's cost as a multiple of it.
     pub measure_floor: bool,
@@ -133,6 +139,9 @@ impl Default for Scenario {
             churn_per_s: 5.0,
             e2ee: false,
             light_viewers: false,
+            e2ee_rekey_interval_ms: None,
+            e2ee_answer_window_ms: None,
+            e2ee_keys_per_message: None,
             measure_floor: true,
             slo: Slo::default(),
         }
@@ -160,6 +169,12 @@ impl Scenario {
         if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
             return invalid("video_kbps must be 1–10000 and video_fps 1–60");
         }
+        if self
+            .e2ee_keys_per_message
+            .is_some_and(|n| !(1..=protocol::MAX_E2EE_DELIVERIES).contains(&n))
+        {
+            return invalid("e2ee_keys_per_message must be 1–256");
+        }
         if self.room.is_empty() || self.room.chars().count() > 64 {
             return invalid("room must be 1–64 characters");
         }
@@ -173,6 +188,21 @@ impl Scenario {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The key exchange's policy: the web client's, with this run's overrides.
+    pub fn key_policy(&self) -> endpoint::keys::KeyPolicy {
+        let mut policy = endpoint::keys::KeyPolicy::BROWSER;
+        if let Some(ms) = self.e2ee_rekey_interval_ms {
+            policy.rekey_interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.e2ee_answer_window_ms {
+            policy.answer_window = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = self.e2ee_keys_per_message {
+            policy.deliveries_per_message = n;
+        }
+        policy
     }
 
     /// Endpoints connected at once at the peak.

@@ -29,8 +29,10 @@ pub const MAX_E2EE_PUBLIC_KEY: usize = 256;
 /// Longest wrapped key in one [`E2eeKeyDelivery`].
 pub const MAX_E2EE_BLOB: usize = 2048;
 
-/// Most deliveries in one [`ClientMessage::E2eeKeys`].
-pub const MAX_E2EE_DELIVERIES: usize = 16;
+/// Most deliveries in one [`ClientMessage::E2eeKeys`]: a sender's new key for 256 recipients
+/// in one message (about 42 KB, within [`MAX_MESSAGE_BYTES`]), which the server splits, so
+/// that a rekey for thousands is a handful of messages (docs/e2ee.md).
+pub const MAX_E2EE_DELIVERIES: usize = 256;
 
 /// Most simulcast layers declared for one publication.
 pub const MAX_SIMULCAST_LAYERS: usize = 3;

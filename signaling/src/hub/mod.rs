@@ -588,9 +588,17 @@ impl Hub {
             return;
         }
         room.admitted.retain(|p| *p != participant);
-        for other in &room.admitted {
-            if let Some(other) = self.members.get_mut(other) {
-                other.relayed_from.remove(&participant);
+        // Whoever exchanged keys with the departed without seeing it (a presenter and the
+        // viewers who asked for its key) is told it left too: it held their key, and they
+        // replace it (docs/e2ee.md). That costs one message per key partner, not per room.
+        let mut key_partners = Vec::new();
+        for id in &room.admitted {
+            if let Some(other) = self.members.get_mut(id) {
+                let got_from_it = other.relayed_from.remove(&participant).is_some();
+                let sent_to_it = member.relayed_from.contains_key(id);
+                if (got_from_it || sent_to_it) && !sees(other.role, member.role) {
+                    key_partners.push(*id);
+                }
             }
         }
         self.sfu.send(SfuCommand::RemoveParticipant { participant });
@@ -609,6 +617,9 @@ impl Hub {
             reason,
         });
         self.broadcast_about(&member.room, member.role, None, &message);
+        for id in key_partners {
+            self.send_text(id, message.clone());
+        }
         self.drop_room_if_empty(&member.room);
         tracing::info!(participant = %participant, ?reason, "participant left");
         self.journal.write(Write::Leave {
