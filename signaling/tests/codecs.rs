@@ -2,7 +2,8 @@
 //! them (no media flows: publications and subscriptions are decided at the offer).
 //! `publication_added` names the codec a publication is sent in, and a receive m-line that
 //! does not offer it is refused with `codec_unsupported` naming the codec and the publication,
-//! after its answer; offering the codec on it is accepted.
+//! after its answer; a new m-line offering the codec is accepted. (An m-line keeps the codecs of
+//! its first negotiation: str0m ignores payload types added to it later, as RFC 8829 lets it.)
 
 mod common;
 
@@ -14,18 +15,30 @@ const FINGERPRINT: &str = "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:A
 /// An offer of one video m-line (mid 0) in `direction` with `codecs` as (payload type,
 /// rtpmap, fmtp).
 fn video_offer(direction: &str, codecs: &[(u8, &str, &str)]) -> String {
-    let pts: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
+    video_offer_of(&[(direction, codecs)])
+}
+
+/// An offer of one bundled video m-line per section (mids 0, 1, …), each in its direction with
+/// its codecs.
+fn video_offer_of(sections: &[(&str, &[(u8, &str, &str)])]) -> String {
+    let mids: Vec<String> = (0..sections.len()).map(|m| m.to_string()).collect();
     let mut sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n{FINGERPRINT}\r\n\
-         m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
-         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
-         a=rtcp-mux\r\na={direction}\r\n",
-        pts.join(" ")
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\n{FINGERPRINT}\r\n",
+        mids.join(" ")
     );
-    for (pt, rtpmap, fmtp) in codecs {
-        sdp.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
-        if !fmtp.is_empty() {
-            sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+    for (mid, (direction, codecs)) in sections.iter().enumerate() {
+        let pts: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
+        sdp.push_str(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+             a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
+             a=rtcp-mux\r\na={direction}\r\n",
+            pts.join(" ")
+        ));
+        for (pt, rtpmap, fmtp) in codecs.iter() {
+            sdp.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
+            if !fmtp.is_empty() {
+                sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+            }
         }
     }
     sdp
@@ -107,12 +120,13 @@ async fn an_h264_publication_subscribed_from_a_vp8_only_m_line_gets_codec_unsupp
         other => panic!("expected codec_unsupported, got {other:?}"),
     }
 
-    // Offering H.264 on the same m-line is accepted: answered, and no error before the pong.
+    // A new m-line offering H.264 is accepted: answered, and no error before the pong. (The
+    // first m-line keeps the codecs of its first answer.)
     let offer = serde_json::json!({
         "type": "offer",
-        "sdp": video_offer("recvonly", &[VP8, H264]),
+        "sdp": video_offer_of(&[("recvonly", &[VP8]), ("recvonly", &[VP8, H264])]),
         "publish": [],
-        "subscribe": subscribe,
+        "subscribe": [{"mid": "1", "publication_id": publication.id}],
     });
     viewer.send_text(offer.to_string()).await;
     assert!(matches!(

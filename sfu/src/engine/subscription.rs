@@ -240,7 +240,7 @@ impl Engine {
                 ErrorCode::CodecUnsupported,
                 format!(
                     "publication {publication_id} is sent in {codec}, which m-line {mid} does \
-                     not offer to receive; offer {codec} on it"
+                     not offer to receive; receive it on an m-line that offers {codec}"
                 ),
             ));
         }
