@@ -12,15 +12,17 @@ use protocol::{ErrorCode, PublicationInfo, ServerMessage};
 
 const FINGERPRINT: &str = "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
 
-/// An offer of one video m-line (mid 0) in `direction` with `codecs` as (payload type,
-/// rtpmap, fmtp).
-fn video_offer(direction: &str, codecs: &[(u8, &str, &str)]) -> String {
+/// A codec of an offer: payload type, rtpmap, fmtp.
+type Codec = (u8, &'static str, &'static str);
+
+/// An offer of one video m-line (mid 0) in `direction` with `codecs`.
+fn video_offer(direction: &str, codecs: &[Codec]) -> String {
     video_offer_of(&[(direction, codecs)])
 }
 
 /// An offer of one bundled video m-line per section (mids 0, 1, …), each in its direction with
 /// its codecs.
-fn video_offer_of(sections: &[(&str, &[(u8, &str, &str)])]) -> String {
+fn video_offer_of(sections: &[(&str, &[Codec])]) -> String {
     let mids: Vec<String> = (0..sections.len()).map(|m| m.to_string()).collect();
     let mut sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\n{FINGERPRINT}\r\n",
@@ -44,12 +46,12 @@ fn video_offer_of(sections: &[(&str, &[(u8, &str, &str)])]) -> String {
     sdp
 }
 
-const H264: (u8, &str, &str) = (
+const H264: Codec = (
     102,
     "H264/90000",
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
 );
-const VP8: (u8, &str, &str) = (96, "VP8/90000", "");
+const VP8: Codec = (96, "VP8/90000", "");
 
 /// The next message that is not about presence, counts or pongs.
 async fn next_relevant(client: &mut RawClient) -> ServerMessage {
