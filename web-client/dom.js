@@ -25,9 +25,13 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
-/** A date and time (ms since the epoch) in the page's language; '–' when there is none. */
-export function formatTime(ms, dateStyle = 'medium') {
-  if (typeof ms !== 'number') return '–';
+/**
+ * A date and time in the page's language: an RFC 3339 string, as the REST API writes times, or
+ * milliseconds since the epoch, as the signaling protocol does; '–' when there is none.
+ */
+export function formatTime(time, dateStyle = 'medium') {
+  const ms = typeof time === 'string' ? Date.parse(time) : time;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) return '–';
   return new Intl.DateTimeFormat(language(), { dateStyle, timeStyle: 'short' }).format(new Date(ms));
 }
 

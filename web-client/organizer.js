@@ -288,7 +288,7 @@ function render() {
 // Meetings list.
 async function meetingsView() {
   const meetings = await api.get('/meetings');
-  meetings.sort((a, b) => a.starts_at - b.starts_at);
+  meetings.sort((a, b) => Date.parse(a.starts_at) - Date.parse(b.starts_at));
   const rows = meetings.map((m) => el('tr', {
     className: `clickable meeting-row ${m.status}`,
     dataset: { meetingId: m.id },
@@ -625,7 +625,7 @@ function recordingsTable(list, { reload, player }) {
     };
     return el('tr', { className: `recording ${r.status}`, dataset: { recordingId: r.id, status: r.status } },
       el('td', { text: formatTime(r.started_at) }),
-      el('td', { text: r.ended_at ? formatDuration(r.ended_at - r.started_at) : t('rec.inProgress') }),
+      el('td', { text: r.ended_at ? formatDuration(Date.parse(r.ended_at) - Date.parse(r.started_at)) : t('rec.inProgress') }),
       el('td', {},
         el('span', { className: `rec-status ${r.status}`, text: t(REC_STATUS_KEYS[r.status] || 'rec.statusFailed'), title: r.error || '' }),
         // An encrypted recording plays only in a browser that kept its keys.
@@ -1039,7 +1039,7 @@ async function sitesView() {
 
 // Accounts (administrators): list, create, disable.
 async function accountsView() {
-  const accounts = await api.get('/accounts');
+  const { accounts } = await api.get('/accounts');
   const rows = accounts.map((a) => el('tr', { className: `account-row${a.disabled ? ' disabled' : ''}`, dataset: { username: a.username } },
     el('td', { text: a.username }),
     el('td', { text: a.display_name }),

@@ -1076,6 +1076,7 @@ mod tests {
                     Invited::Viewer
                 },
                 site_id: None,
+                account_id: None,
                 name: Some(format!("Site {i}")),
             })
             .collect();

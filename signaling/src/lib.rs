@@ -13,6 +13,7 @@ pub mod journal;
 pub mod metrics;
 pub mod recording;
 pub mod retention;
+pub mod rfc3339;
 pub mod session;
 pub mod store;
 pub mod tls;

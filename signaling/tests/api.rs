@@ -375,7 +375,8 @@ async fn organizers_cannot_use_admin_endpoints() {
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     let (status, body) = h.call("GET", "/api/accounts", Some(&h.admin), None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.as_array().map(Vec::len), Some(4));
+    assert_eq!(body["accounts"].as_array().map(Vec::len), Some(4), "{body}");
+    assert_eq!(body["total"], 4);
     let (status, body) = h
         .call("POST", "/api/sites", Some(&h.admin), Some(site))
         .await;
@@ -800,8 +801,19 @@ async fn attendance_as_json_and_csv() {
     assert_eq!(sites[0]["invited"], true);
     assert_eq!(sites[0]["present"], true);
     assert_eq!(sites[0]["quality"], "poor");
-    assert!(sites[0]["first_joined_at"].is_i64());
-    assert!(sites[0]["last_left_at"].is_i64());
+    for field in ["first_joined_at", "last_left_at"] {
+        let text = sites[0][field].as_str().expect("an RFC 3339 time");
+        signaling::rfc3339::parse(text).expect("an RFC 3339 time");
+    }
+    assert_eq!(
+        sites[0]["province_code"], "HG",
+        "a province counts under itself"
+    );
+    assert_eq!(
+        report["provinces"],
+        json!([{"site_id": site.id, "code": "HG", "name": "Hà Giang", "invited": 1,
+            "present": 1, "absent": 0, "missing": []}])
+    );
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["leave_reason"], "left");
@@ -832,7 +844,13 @@ async fn attendance_as_json_and_csv() {
     // A name that looks like a formula is defused for spreadsheets.
     assert!(lines[1].contains(",'=Hà Giang,"), "{text}");
     assert!(lines[1].contains(",HG,participant,"), "{text}");
-    assert!(lines[1].ends_with(",left,poor"), "{text}");
+    assert!(lines[1].ends_with(",left,poor,HG"), "{text}");
+    assert!(lines[0].ends_with(",quality,province"), "{text}");
+    let joined_at = lines[1].split(',').nth(6).expect("joined_at");
+    assert!(
+        signaling::rfc3339::parse(joined_at).is_ok(),
+        "times in RFC 3339: {text}"
+    );
     assert!(lines[1].starts_with("1,"), "{text}");
     h.finish().await;
 }
@@ -884,11 +902,16 @@ async fn the_openapi_document_lists_every_path() {
     let paths = document["paths"].as_object().expect("paths");
     let expected = [
         ("/api/login", "post"),
+        ("/api/activate", "post"),
         ("/api/logout", "post"),
         ("/api/me", "get"),
+        ("/api/my/meetings", "get"),
+        ("/api/my/meetings/{id}/join", "post"),
         ("/api/accounts", "get"),
         ("/api/accounts", "post"),
+        ("/api/accounts/import", "post"),
         ("/api/accounts/{id}", "patch"),
+        ("/api/accounts/{id}/activation", "post"),
         ("/api/sites", "get"),
         ("/api/sites", "post"),
         ("/api/sites/import", "post"),
@@ -898,6 +921,7 @@ async fn the_openapi_document_lists_every_path() {
         ("/api/meetings/{id}", "patch"),
         ("/api/meetings/{id}/cancel", "post"),
         ("/api/meetings/{id}/invitations", "post"),
+        ("/api/meetings/{id}/invitations.csv", "get"),
         ("/api/meetings/{id}/invitations/{invitation_id}", "delete"),
         ("/api/meetings/{id}/attendance", "get"),
         ("/api/meetings/{id}/attendance.csv", "get"),
@@ -913,7 +937,7 @@ async fn the_openapi_document_lists_every_path() {
             "{method} {path} is missing from the OpenAPI document"
         );
     }
-    assert_eq!(paths.len(), 19, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 25, "{:?}", paths.keys().collect::<Vec<_>>());
     assert!(document["components"]["schemas"]["MeetingDetail"].is_object());
     for (schema, field) in [
         ("CreateMeeting", "confidential"),
@@ -969,6 +993,420 @@ fn the_openapi_document_validates() {
         }
         Err(err) => panic!("{validator} is needed under CI: {err}"),
     }
+}
+
+// ---- times, site accounts, paging ----------------------------------------------------------
+
+#[tokio::test]
+async fn times_are_read_as_rfc3339_or_milliseconds_and_written_as_rfc3339() {
+    let h = Harness::new().await;
+    let cases = [
+        (json!(1_900_000_000_000_i64), json!(1_900_003_600_000_i64)),
+        (
+            json!("2030-03-17T17:46:40.000Z"),
+            json!("2030-03-17T18:46:40Z"),
+        ),
+        // The same instants with an offset, and a fraction finer than a millisecond.
+        (
+            json!("2030-03-18T00:46:40+07:00"),
+            json!("2030-03-17T14:16:40.0009-04:30"),
+        ),
+    ];
+    for (starts_at, ends_at) in cases {
+        let (status, meeting) = h
+            .call(
+                "POST",
+                "/api/meetings",
+                Some(&h.lan),
+                Some(json!({"title": "T", "starts_at": starts_at, "ends_at": ends_at})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{starts_at}: {meeting}");
+        assert_eq!(
+            meeting["starts_at"], "2030-03-17T17:46:40.000Z",
+            "{meeting}"
+        );
+        assert_eq!(meeting["ends_at"], "2030-03-17T18:46:40.000Z", "{meeting}");
+        let created = meeting["created_at"].as_str().expect("a string");
+        assert!(
+            created.ends_with('Z') && created.len() == 24,
+            "UTC with milliseconds: {created}"
+        );
+    }
+    // A patch reads both forms too.
+    let (_, meeting) = h
+        .call(
+            "POST",
+            "/api/meetings",
+            Some(&h.lan),
+            Some(json!({"title": "T", "starts_at": 1_900_000_000_000_i64, "ends_at": 1_900_003_600_000_i64})),
+        )
+        .await;
+    let uri = format!("/api/meetings/{}", meeting["id"].as_str().expect("an id"));
+    let (status, patched) = h
+        .call(
+            "PATCH",
+            &uri,
+            Some(&h.lan),
+            Some(json!({"starts_at": "2030-03-17T18:00:00Z", "ends_at": 1_900_004_400_000_i64})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["starts_at"], "2030-03-17T18:00:00.000Z");
+    assert_eq!(patched["ends_at"], "2030-03-17T19:00:00.000Z");
+    // The login's expiry too.
+    let (_, login) = h
+        .call(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "lan", "password": "a long password"})),
+        )
+        .await;
+    let expires = login["expires_at"].as_str().expect("a string");
+    assert!(signaling::rfc3339::parse(expires).is_ok(), "{expires}");
+
+    for bad in [
+        json!("2030-02-30T00:00:00Z"),
+        json!("tomorrow"),
+        json!("2030-03-17T17:46:40"),
+        json!(1.5e12),
+        json!(true),
+    ] {
+        let (status, body) = h
+            .call(
+                "POST",
+                "/api/meetings",
+                Some(&h.lan),
+                Some(json!({"title": "T", "starts_at": bad, "ends_at": 1_900_003_600_000_i64})),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    h.finish().await;
+}
+
+impl Harness {
+    /// A site of the directory.
+    async fn site(&self, code: &str, kind: SiteKind, parent: Option<&str>) -> String {
+        self.store
+            .create_site(&NewSite {
+                code,
+                name: &format!("Site {code}"),
+                kind,
+                parent_code: parent,
+            })
+            .await
+            .expect("site")
+            .id
+    }
+}
+
+#[tokio::test]
+async fn site_accounts_are_created_pending_and_activated_once() {
+    let h = Harness::new().await;
+    let site = h.site("HG", SiteKind::Province, None).await;
+    // A site's roles need a site; administrators and organizers need a password.
+    for (body, why) in [
+        (
+            json!({"username": "op", "display_name": "Op", "role": "site_operator"}),
+            "no site",
+        ),
+        (
+            json!({"username": "op", "display_name": "Op", "role": "official", "site_id": new_id()}),
+            "unknown site",
+        ),
+        (
+            json!({"username": "org", "display_name": "Org", "role": "organizer"}),
+            "no password",
+        ),
+    ] {
+        let (status, body) = h
+            .call("POST", "/api/accounts", Some(&h.admin), Some(body))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(
+            !body["message"].as_str().unwrap_or_default().is_empty(),
+            "{why}"
+        );
+    }
+    let (status, created) = h
+        .call(
+            "POST",
+            "/api/accounts",
+            Some(&h.admin),
+            Some(
+                json!({"username": "hg.room", "display_name": "Phòng họp Hà Giang",
+                "role": "site_operator", "site_id": site}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["role"], "site_operator");
+    assert_eq!(created["site_id"], site.as_str());
+    assert_eq!(created["site_code"], "HG");
+    assert_eq!(created["pending_activation"], true);
+    let link = created["activation"]["activation_link"]
+        .as_str()
+        .expect("an activation link");
+    let token = link
+        .strip_prefix("/organizer.html#activate=")
+        .expect("the organizer page");
+    assert_eq!(token.len(), 64, "256 bits");
+    // No password signs it in before activation, not even an empty one.
+    for password in ["", "a long password"] {
+        let (status, body) = h
+            .call(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": "hg.room", "password": password})),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // A fresh link replaces the first.
+    let id = created["id"].as_str().expect("an id");
+    let (status, reissued) = h
+        .call(
+            "POST",
+            &format!("/api/accounts/{id}/activation"),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reissued}");
+    let fresh = reissued["activation_link"]
+        .as_str()
+        .and_then(|l| l.strip_prefix("/organizer.html#activate="))
+        .expect("a link");
+    assert_ne!(fresh, token);
+    let activate = |token: &str, password: &str| {
+        h.call(
+            "POST",
+            "/api/activate",
+            None,
+            Some(json!({"token": token, "password": password, "remember": true})),
+        )
+    };
+    let (status, body) = activate(token, "a long password").await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = activate(fresh, "short").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, login) = activate(fresh, "a long password").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    assert_eq!(login["account"]["username"], "hg.room");
+    assert_eq!(login["account"]["pending_activation"], false);
+    let expires = login["expires_at"]
+        .as_str()
+        .and_then(|t| signaling::rfc3339::parse(t).ok())
+        .expect("an expiry");
+    assert!(
+        expires > unix_ms() + 29 * 24 * 3600 * 1000,
+        "a remembered login lasts 30 days"
+    );
+    let (status, body) = activate(fresh, "another long password").await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = activate(&"x".repeat(10_000), "a long password").await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/accounts/{id}/activation"),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+
+    // Signed in, with and without remembering; a site's account does not schedule meetings.
+    let site_token = login["token"].as_str().expect("a token").to_string();
+    let (status, me) = h.call("GET", "/api/me", Some(&site_token), None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["site_name"], "Site HG");
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/meetings",
+            Some(&site_token),
+            Some(json!({"title": "T", "starts_at": 1_900_000_000_000_i64, "ends_at": 1_900_003_600_000_i64})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    for (remember, at_least, at_most) in [
+        (json!(false), 11 * 3600 * 1000, 12 * 3600 * 1000),
+        (json!(true), 29 * 24 * 3600 * 1000, 30 * 24 * 3600 * 1000),
+    ] {
+        let before = unix_ms();
+        let (status, login) = h
+            .call(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": "hg.room", "password": "a long password", "remember": remember})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        let expires = login["expires_at"]
+            .as_str()
+            .and_then(|t| signaling::rfc3339::parse(t).ok())
+            .expect("an expiry");
+        assert!(
+            expires >= before + at_least && expires <= unix_ms() + at_most,
+            "{login}"
+        );
+    }
+    // An administrator who demotes themselves to a site's role is refused like any demotion.
+    let root = h.call("GET", "/api/me", Some(&h.admin), None).await.1;
+    let (status, body) = h
+        .call(
+            "PATCH",
+            &format!("/api/accounts/{}", root["id"].as_str().expect("an id")),
+            Some(&h.admin),
+            Some(json!({"role": "official", "site_id": site})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn accounts_are_listed_by_page_with_search_and_filters() {
+    let h = Harness::new().await;
+    let hg = h.site("HG", SiteKind::Province, None).await;
+    h.site("CB", SiteKind::Province, None).await;
+    let csv = "username,display_name,role,site_code\n\
+               hg.op,Phòng họp,site_operator,HG\n\
+               hg.chu-tich,Chủ tịch 100%,official,HG\n\
+               cb.op,Phòng họp,site_operator,CB\n\
+               cb_x,Ông X,official,CB\n";
+    let request = Request::builder()
+        .method("POST")
+        .uri("/api/accounts/import")
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.admin))
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(Body::from(csv))
+        .expect("a request");
+    let (status, content_type, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let harness = &h;
+    let list = move |query: &str| {
+        let uri = format!("/api/accounts{query}");
+        async move { harness.call("GET", &uri, Some(&harness.admin), None).await }
+    };
+    let usernames = |body: &Value| -> Vec<String> {
+        body["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .map(|a| a["username"].as_str().expect("a username").to_string())
+            .collect()
+    };
+    let (status, all) = list("").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["total"], 7);
+    assert_eq!(all["page"], 1);
+    assert_eq!(all["per_page"], 50);
+    assert_eq!(
+        usernames(&all),
+        [
+            "cb.op",
+            "cb_x",
+            "hg.chu-tich",
+            "hg.op",
+            "lan",
+            "minh",
+            "root"
+        ]
+    );
+    let (_, second) = list("?page=2&per_page=3").await;
+    assert_eq!(second["total"], 7);
+    assert_eq!(usernames(&second), ["hg.op", "lan", "minh"]);
+    let (_, beyond) = list("?page=9&per_page=3").await;
+    assert_eq!(beyond["total"], 7);
+    assert_eq!(usernames(&beyond), Vec::<String>::new());
+    // Search: username, display name or site name; wildcards are plain text; case of ASCII
+    // letters does not matter.
+    for (query, expected) in [
+        ("?q=CB", vec!["cb.op", "cb_x"]),
+        ("?q=Site%20HG", vec!["hg.chu-tich", "hg.op"]),
+        ("?q=ph%C3%B2ng", vec!["cb.op", "hg.op"]),
+        ("?q=100%25", vec!["hg.chu-tich"]),
+        ("?q=_", vec!["cb_x"]),
+        ("?q=cb&role=official", vec!["cb_x"]),
+        (
+            &format!("?site_id={hg}&role=&q="),
+            vec!["hg.chu-tich", "hg.op"],
+        ),
+        ("?role=organizer", vec!["lan", "minh"]),
+    ] {
+        let (status, body) = list(query).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(usernames(&body), expected, "{query}");
+        assert_eq!(body["total"], expected.len(), "{query}");
+    }
+    for bad in [
+        "?per_page=501",
+        "?per_page=0",
+        "?page=0",
+        "?page=x",
+        "?role=mayor",
+        "?colour=red",
+    ] {
+        let (status, body) = list(bad).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let (status, body) = h.call("GET", "/api/accounts", Some(&h.lan), None).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // A bad file imports nothing and says why, line by line.
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/accounts/import",
+            Some(&h.admin),
+            "text/csv",
+            "username,display_name,role,site_code\nnew,New,official,NOWHERE\nhg.op,Again,official,HG\n",
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_csv",
+    );
+    assert_eq!(body["errors"][0]["line"], 2);
+    assert_eq!(body["errors"][1]["line"], 3);
+    assert_eq!(list("").await.1["total"], 7);
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/accounts/import",
+            Some(&h.lan),
+            "text/csv",
+            "username,display_name,role,site_code\n",
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    // The body limit is the import's own, above the JSON one and bounded.
+    let huge = vec![b'a'; api::ACCOUNTS_CSV_LIMIT + 1];
+    let (status, body) = h
+        .raw(
+            "POST",
+            "/api/accounts/import",
+            Some(&h.admin),
+            "text/csv",
+            huge,
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    h.finish().await;
 }
 
 // ---- recordings ----------------------------------------------------------------------------
@@ -1290,7 +1728,10 @@ async fn file_tickets_stand_in_for_the_bearer_token() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let ticket = body["ticket"].as_str().expect("a ticket").to_string();
-    let expires_at = body["expires_at"].as_i64().expect("an expiry");
+    let expires_at = body["expires_at"]
+        .as_str()
+        .and_then(|t| signaling::rfc3339::parse(t).ok())
+        .expect("an expiry");
     assert!(expires_at > unix_ms() + 9 * 60_000 && expires_at <= unix_ms() + 10 * 60_000);
 
     let (status, headers, body) = h

@@ -63,7 +63,7 @@ impl FromRequestParts<ApiState> for Admin {
         if signed.account.is_admin() {
             Ok(Admin(signed.account, signed.ip))
         } else {
-            Err(ApiError::Forbidden)
+            Err(ApiError::Forbidden("this needs an administrator"))
         }
     }
 }

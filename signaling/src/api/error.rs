@@ -2,7 +2,7 @@
 //! `{"error": "<stable code>", "message": "<for people>"}`.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -15,7 +15,8 @@ use crate::store::{CsvLineError, StoreError};
 pub enum ApiError {
     BadRequest(String),
     Unauthorized(&'static str),
-    Forbidden,
+    /// Signed in but not allowed: why.
+    Forbidden(&'static str),
     NotFound,
     Conflict(String),
     PayloadTooLarge,
@@ -57,10 +58,10 @@ impl IntoResponse for ApiError {
                 message.to_string(),
                 None,
             ),
-            ApiError::Forbidden => (
+            ApiError::Forbidden(message) => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "this needs an administrator".to_string(),
+                message.to_string(),
                 None,
             ),
             ApiError::NotFound => (
@@ -157,6 +158,14 @@ impl From<BytesRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        // The text names the parameter and the problem (an unknown parameter, a number that
+        // is not one).
         ApiError::BadRequest(rejection.body_text())
     }
 }

@@ -1,28 +1,34 @@
 //! Meetings and their invitations, with join links signed fresh on every read.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use protocol::{Role, RoomId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::attendance::cell;
 use super::{ApiError, ApiState, ErrorBody, Json, Path, SignedIn};
 use crate::SECURITY;
 use crate::auth::{JoinGrant, unix_seconds};
+use crate::rfc3339::TimeInput;
 use crate::store::MAX_INVITATIONS;
 use crate::store::{Account, Admission, Invitation, Invitee, Meeting, MeetingPatch, NewMeeting};
 
 /// A join link is valid from this long before the start.
-const EARLY_SECONDS: i64 = 24 * 3600;
+pub(super) const EARLY_SECONDS: i64 = 24 * 3600;
 /// A join link is valid until this long after the end.
-const LATE_SECONDS: i64 = 3600;
+pub(super) const LATE_SECONDS: i64 = 3600;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMeeting {
     pub title: String,
-    /// Milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
+    #[schema(value_type = TimeInput)]
     pub starts_at: i64,
+    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
+    #[schema(value_type = TimeInput)]
     pub ends_at: i64,
     /// `host` (the default) or `scheduled`.
     #[serde(default)]
@@ -44,7 +50,11 @@ pub struct CreateMeeting {
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeeting {
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
+    #[schema(value_type = Option<TimeInput>)]
     pub starts_at: Option<i64>,
+    #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
+    #[schema(value_type = Option<TimeInput>)]
     pub ends_at: Option<i64>,
     pub admission: Option<Admission>,
     pub auto_record: Option<bool>,
@@ -63,6 +73,8 @@ pub struct InvitationView {
     pub name: String,
     pub site_id: Option<String>,
     pub site_code: Option<String>,
+    /// The account invited, for an invitation of one account (the organizer's own too).
+    pub account_id: Option<String>,
     pub revoked: bool,
     /// `/#join=<join token>`; absent when the invitation is revoked or the meeting cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,6 +104,31 @@ pub(super) async fn owned_meeting(
     }
 }
 
+/// `/#join=<token>`: a join token freshly signed for `invitation`, valid from
+/// [`EARLY_SECONDS`] before the meeting to [`LATE_SECONDS`] after it. Every link the API shows
+/// comes from here, so they all bind the same identity (the invitation) and are refused the
+/// same way once it is revoked or the meeting cancelled (checked at every join).
+pub(super) fn join_path(
+    state: &ApiState,
+    meeting: &Meeting,
+    invitation: &Invitation,
+) -> Result<String, ApiError> {
+    let grant = JoinGrant {
+        invitation_id: &invitation.id,
+        room: &meeting.id,
+        name: &invitation.name,
+        role: invitation.role,
+        site: invitation.site_id.as_deref(),
+        not_before: meeting.starts_at.div_euclid(1000) - EARLY_SECONDS,
+        expires: meeting.ends_at.div_euclid(1000) + LATE_SECONDS,
+    };
+    let token = state.tokens.issue(&grant, unix_seconds()).map_err(|err| {
+        tracing::error!(%err, "signing a join token failed");
+        ApiError::Internal
+    })?;
+    Ok(format!("/#join={token}"))
+}
+
 /// The invitation as shown, with a freshly signed link while it can be used.
 fn view(
     state: &ApiState,
@@ -101,20 +138,7 @@ fn view(
     let join_path = if invitation.revoked || meeting.is_cancelled() {
         None
     } else {
-        let grant = JoinGrant {
-            invitation_id: &invitation.id,
-            room: &meeting.id,
-            name: &invitation.name,
-            role: invitation.role,
-            site: invitation.site_id.as_deref(),
-            not_before: meeting.starts_at.div_euclid(1000) - EARLY_SECONDS,
-            expires: meeting.ends_at.div_euclid(1000) + LATE_SECONDS,
-        };
-        let token = state.tokens.issue(&grant, unix_seconds()).map_err(|err| {
-            tracing::error!(%err, "signing a join token failed");
-            ApiError::Internal
-        })?;
-        Some(format!("/#join={token}"))
+        Some(join_path(state, meeting, &invitation)?)
     };
     Ok(InvitationView {
         id: invitation.id,
@@ -123,6 +147,7 @@ fn view(
         name: invitation.name,
         site_id: invitation.site_id,
         site_code: invitation.site_code,
+        account_id: invitation.account_id,
         revoked: invitation.revoked,
         join_path,
     })
@@ -153,19 +178,25 @@ pub(super) async fn list(
     Ok(axum::Json(state.store.meetings(organizer).await?))
 }
 
-/// Schedules a meeting; its creator is invited as host.
+/// Schedules a meeting (administrators and organizers); its creator is invited as host.
 #[utoipa::path(post, path = "/api/meetings", operation_id = "create_meeting", tag = "meetings", security(("bearer" = [])),
     request_body = CreateMeeting,
     responses(
         (status = 201, body = MeetingDetail),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "the account is a site's (official or site_operator): it joins meetings, it does not schedule them", body = ErrorBody),
     ))]
 pub(super) async fn create(
     State(state): State<ApiState>,
     signed: SignedIn,
     Json(request): Json<CreateMeeting>,
 ) -> Result<(StatusCode, axum::Json<MeetingDetail>), ApiError> {
+    if !signed.account.role.schedules_meetings() {
+        return Err(ApiError::Forbidden(
+            "this needs an organizer or an administrator",
+        ));
+    }
     if request.invitations.len() as i64 >= MAX_INVITATIONS {
         return Err(ApiError::BadRequest(format!(
             "a meeting has at most {MAX_INVITATIONS} invitations"
@@ -311,4 +342,84 @@ pub(super) async fn uninvite(
     state.rooms.revoke_invitation(&invitation.id);
     tracing::info!(target: SECURITY, event = "invitation_revoked", meeting = %id, invitation = %invitation.id, by = %signed.account.id, ip = %signed.ip, "invitation revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `https://HOST` of a request, from its `Host` header (HTTP/1.1) or its URI's authority
+/// (HTTP/2), when that is a plain host name or address with an optional port; `None`
+/// otherwise, and links are then written relative.
+fn public_origin(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    let plain = !host.is_empty()
+        && host.len() <= 261
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    plain.then(|| format!("https://{host}"))
+}
+
+/// Every standing invitation of a meeting with its join link, as CSV (`code,name,role,link`):
+/// `code` is the site's code (empty for a person), `link` is absolute (`https://HOST/#join=…`,
+/// the host this request was sent to) or, when the request names no plain host, relative.
+/// The links are signed now, as the meeting page signs them.
+#[utoipa::path(get, path = "/api/meetings/{id}/invitations.csv", operation_id = "export_invitations", tag = "meetings",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "meeting id")),
+    responses(
+        (status = 200, description = "`code,name,role,link`, one line per invitation not revoked", content_type = "text/csv", body = String),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the meeting is cancelled: its links do not work", body = ErrorBody),
+    ))]
+pub(super) async fn invitations_csv(
+    State(state): State<ApiState>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let meeting = owned_meeting(&state, &signed.account, &id).await?;
+    if meeting.is_cancelled() {
+        return Err(ApiError::Conflict(
+            "the meeting is cancelled: its links do not work".into(),
+        ));
+    }
+    let origin = public_origin(&headers, &uri).unwrap_or_default();
+    let invitations = state.store.invitations(&meeting.id).await?;
+    let fail = |err: csv::Error| {
+        tracing::error!(%err, "writing CSV failed");
+        ApiError::Internal
+    };
+    let mut writer = csv::Writer::from_writer(Vec::with_capacity(64 + invitations.len() * 400));
+    writer
+        .write_record(["code", "name", "role", "link"])
+        .map_err(fail)?;
+    let mut exported = 0;
+    for invitation in invitations.iter().filter(|i| !i.revoked) {
+        let link = format!("{origin}{}", join_path(&state, &meeting, invitation)?);
+        writer
+            .write_record([
+                cell(invitation.site_code.as_deref().unwrap_or_default()).as_str(),
+                cell(&invitation.name).as_str(),
+                invitation.role.as_str(),
+                link.as_str(),
+            ])
+            .map_err(fail)?;
+        exported += 1;
+    }
+    let body = writer.into_inner().map_err(|err| {
+        tracing::error!(%err, "writing CSV failed");
+        ApiError::Internal
+    })?;
+    tracing::info!(target: SECURITY, event = "invitations_exported", meeting = %meeting.id, count = exported, by = %signed.account.id, ip = %signed.ip, "invitation links exported");
+    let disposition = format!("attachment; filename=\"invitations-{}.csv\"", meeting.id);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -10,6 +10,7 @@ mod attendance;
 mod bearer;
 mod error;
 mod meetings;
+mod my;
 mod recordings;
 mod sites;
 pub mod throttle;
@@ -35,8 +36,10 @@ pub use recordings::{FileKind, FileTickets, TICKET_LIFETIME, file_kind};
 pub const JSON_LIMIT: usize = 64 * 1024;
 /// Largest body creating a meeting, which may carry thousands of invitees.
 pub const MEETING_LIMIT: usize = 1024 * 1024;
-/// Largest CSV import.
+/// Largest CSV import of sites.
 pub const CSV_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest CSV import of accounts: 150,000 accounts take about 8 MiB.
+pub const ACCOUNTS_CSV_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What the API needs from live rooms; the hub implements it.
 pub trait RoomControl: Send + Sync + std::fmt::Debug {
@@ -120,6 +123,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     }
 }
 
+/// Query parameters whose rejections (an unknown parameter, a number that is not one) are
+/// answered in the API's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
 /// Path parameters whose rejections (such as invalid percent-encoding) are answered in the
 /// API's error shape.
 #[derive(Debug, axum::extract::FromRequestParts)]
@@ -133,10 +142,21 @@ where
 {
     Router::new()
         .route("/login", post(accounts::login))
+        .route("/activate", post(accounts::activate))
         .route("/logout", post(accounts::logout))
         .route("/me", get(accounts::me))
+        .route("/my/meetings", get(my::meetings))
+        .route("/my/meetings/{id}/join", post(my::join))
         .route("/accounts", get(accounts::list).post(accounts::create))
+        .route(
+            "/accounts/import",
+            post(accounts::import).layer(DefaultBodyLimit::max(ACCOUNTS_CSV_LIMIT)),
+        )
         .route("/accounts/{id}", patch(accounts::update))
+        .route(
+            "/accounts/{id}/activation",
+            post(accounts::reissue_activation),
+        )
         .route("/sites", get(sites::list).post(sites::create))
         .route(
             "/sites/import",
@@ -151,6 +171,10 @@ where
         .route("/meetings/{id}", get(meetings::get).patch(meetings::update))
         .route("/meetings/{id}/cancel", post(meetings::cancel))
         .route("/meetings/{id}/invitations", post(meetings::invite))
+        .route(
+            "/meetings/{id}/invitations.csv",
+            get(meetings::invitations_csv),
+        )
         .route(
             "/meetings/{id}/invitations/{invitation_id}",
             axum::routing::delete(meetings::uninvite),
@@ -185,11 +209,16 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
     info(title = "meet-server API", description = "Accounts, sites, meetings, invitations, attendance and recordings (docs/api.md)."),
     paths(
         accounts::login,
+        accounts::activate,
         accounts::logout,
         accounts::me,
+        my::meetings,
+        my::join,
         accounts::list,
         accounts::create,
+        accounts::import,
         accounts::update,
+        accounts::reissue_activation,
         sites::list,
         sites::create,
         sites::import,
@@ -199,6 +228,7 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
         meetings::update,
         meetings::cancel,
         meetings::invite,
+        meetings::invitations_csv,
         meetings::uninvite,
         attendance::report,
         attendance::report_csv,
@@ -208,7 +238,7 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
         recordings::delete,
         openapi_json,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::rfc3339::TimeInput)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;

@@ -189,7 +189,11 @@ pub struct RecordingFile {
 pub struct RecordingView {
     pub id: String,
     pub meeting_id: String,
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
+    #[serde(with = "crate::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<i64>,
     pub status: RecordingStatus,
     /// Why it failed or was cut short.
@@ -209,7 +213,8 @@ pub struct RecordingView {
 pub struct Ticket {
     /// Pass as `?ticket=` on the recording's file URLs.
     pub ticket: String,
-    /// Milliseconds since the Unix epoch.
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: i64,
 }
 

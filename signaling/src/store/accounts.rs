@@ -1,11 +1,19 @@
-//! Accounts of administrators and organizers, and their logins (bearer tokens).
+//! Accounts (administrators, organizers, and the officials and operators of sites), their
+//! logins (bearer tokens) and their activation links.
 //!
 //! Passwords are hashed with argon2id (default parameters) on a blocking thread, because one
 //! hash takes tens of milliseconds of CPU and 19 MiB of memory. Hashes are bounded
 //! process-wide ([`max_concurrent_hashes`] threads, a few jobs each waiting; beyond, the
 //! request is refused as [`StoreError::Busy`]), so a flood of sign-ins costs a known amount
 //! of memory and leaves cores to the meetings. A login token is 256 random bits; only its
-//! SHA-256 is stored, so a copy of the database does not let anyone sign in.
+//! SHA-256 is stored, so a copy of the database does not let anyone sign in. A login is
+//! checked by that hash alone, never by a password hash, so a remembered login (30 days) costs
+//! a site opening its meetings page one indexed query.
+//!
+//! An account created without a password (a site's, one by one or by the thousand from a CSV
+//! file) waits for activation: its password hash is empty, which no password matches, and it
+//! has an activation token, 256 random bits stored as their SHA-256 like login tokens, that
+//! sets the password once.
 
 use std::sync::LazyLock;
 
@@ -18,32 +26,71 @@ use super::{Store, StoreError, flag, hex, is_id, is_unique_violation, new_id};
 
 /// How long a login lasts.
 pub const LOGIN_LIFETIME_MS: i64 = 12 * 3600 * 1000;
+/// How long a login lasts when the device is remembered.
+pub const REMEMBERED_LOGIN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long an activation link stays valid.
+pub const ACTIVATION_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Most accounts one page of the account list holds.
+pub const MAX_PER_PAGE: u32 = 500;
 
 /// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountRole {
     /// Everything, including accounts and the site directory.
     Admin,
     /// Schedules and manages their own meetings.
     Organizer,
+    /// A person of a site (`site_id`): sees and joins the meetings that invite that site.
+    Official,
+    /// The meeting room of a site (`site_id`): sees and joins the meetings that invite it.
+    SiteOperator,
 }
 
 impl AccountRole {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AccountRole::Admin => "admin",
             AccountRole::Organizer => "organizer",
+            AccountRole::Official => "official",
+            AccountRole::SiteOperator => "site_operator",
+        }
+    }
+
+    /// The role a stored or written name stands for.
+    pub fn from_name(text: &str) -> Option<AccountRole> {
+        match text {
+            "admin" => Some(AccountRole::Admin),
+            "organizer" => Some(AccountRole::Organizer),
+            "official" => Some(AccountRole::Official),
+            "site_operator" => Some(AccountRole::SiteOperator),
+            _ => None,
         }
     }
 
     fn parse(text: &str) -> AccountRole {
-        // Anything but "admin" gets the lesser rights, so a damaged row never grants more.
-        if text == "admin" {
-            AccountRole::Admin
-        } else {
-            AccountRole::Organizer
-        }
+        // A damaged row gets the least rights, so it never grants more.
+        AccountRole::from_name(text).unwrap_or(AccountRole::SiteOperator)
+    }
+
+    /// Whether accounts of this role belong to a site.
+    pub fn needs_site(self) -> bool {
+        matches!(self, AccountRole::Official | AccountRole::SiteOperator)
+    }
+
+    /// Whether this role schedules meetings.
+    pub fn schedules_meetings(self) -> bool {
+        matches!(self, AccountRole::Admin | AccountRole::Organizer)
+    }
+}
+
+impl std::str::FromStr for AccountRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AccountRole::from_name(text).ok_or_else(|| {
+            format!("unknown role {text:?} (admin, organizer, official or site_operator)")
+        })
     }
 }
 
@@ -54,8 +101,15 @@ pub struct Account {
     pub username: String,
     pub display_name: String,
     pub role: AccountRole,
+    /// The site the account belongs to (always set for `official` and `site_operator`).
+    pub site_id: Option<String>,
+    pub site_code: Option<String>,
+    pub site_name: Option<String>,
     pub disabled: bool,
-    /// Milliseconds since the Unix epoch.
+    /// The account has no password yet: it signs in once its activation link set one.
+    pub pending_activation: bool,
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 
@@ -66,7 +120,11 @@ impl Account {
             username: row.try_get("username")?,
             display_name: row.try_get("display_name")?,
             role: AccountRole::parse(&row.try_get::<String, _>("role")?),
+            site_id: row.try_get("site_id")?,
+            site_code: row.try_get("site_code")?,
+            site_name: row.try_get("site_name")?,
             disabled: flag(row.try_get("disabled")?),
+            pending_activation: flag(row.try_get("pending")?),
             created_at: row.try_get("created_at")?,
         })
     }
@@ -76,13 +134,32 @@ impl Account {
     }
 }
 
-/// A new account.
+/// A new account with a password, of no site.
 #[derive(Debug, Clone)]
 pub struct NewAccount<'a> {
     pub username: &'a str,
     pub display_name: &'a str,
     pub password: &'a str,
     pub role: AccountRole,
+}
+
+/// A new account of any role: it may belong to a site, and one of a site's roles may come
+/// without a password, to be activated by a link.
+#[derive(Debug, Clone)]
+pub struct AccountDraft<'a> {
+    pub username: &'a str,
+    pub display_name: &'a str,
+    pub role: AccountRole,
+    pub site_id: Option<&'a str>,
+    pub password: Option<&'a str>,
+}
+
+/// An activation link's secret, shown once (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub token: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 /// Changes to an account; `None` leaves a field as it is.
@@ -92,6 +169,7 @@ pub struct AccountPatch<'a> {
     pub password: Option<&'a str>,
     pub role: Option<AccountRole>,
     pub disabled: Option<bool>,
+    pub site_id: Option<&'a str>,
 }
 
 /// A successful login.
@@ -104,26 +182,56 @@ pub struct Login {
     pub account: Account,
 }
 
-const ACCOUNT_COLUMNS: &str = "id, username, display_name, role, disabled, created_at";
+/// Which accounts to list, and which page of them.
+#[derive(Debug, Clone, Default)]
+pub struct AccountQuery<'a> {
+    /// Part of the username, the display name or the site's name (letters compared without
+    /// case where the database folds them: ASCII in SQLite, all of Unicode in PostgreSQL).
+    pub search: Option<&'a str>,
+    pub site_id: Option<&'a str>,
+    pub role: Option<AccountRole>,
+    /// From 1.
+    pub page: u32,
+    /// 1 to [`MAX_PER_PAGE`].
+    pub per_page: u32,
+}
 
-fn check_username(username: &str) -> Result<(), StoreError> {
+/// One page of accounts, by username, and how many match in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountPage {
+    pub accounts: Vec<Account>,
+    pub total: i64,
+}
+
+/// Every column [`Account::from_row`] reads (`pending` is 1 while no password is set), and
+/// the tables they come from.
+const ACCOUNT_SELECT: &str = "SELECT a.id, a.username, a.display_name, a.role, a.disabled, \
+     a.created_at, a.site_id, s.code AS site_code, s.name AS site_name, \
+     CAST(CASE WHEN a.password_hash = '' THEN 1 ELSE 0 END AS BIGINT) AS pending";
+const ACCOUNT_FROM: &str = " FROM accounts a LEFT JOIN sites s ON s.id = a.site_id";
+
+/// Why `username` cannot be one, if it cannot.
+pub(crate) fn username_problem(username: &str) -> Option<String> {
     let ok = (1..=64).contains(&username.chars().count())
         && username
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(
-            "a username is 1 to 64 letters, digits, '.', '_', '-' or '@'".into(),
-        ))
-    }
+    (!ok).then(|| "a username is 1 to 64 letters, digits, '.', '_', '-' or '@'".to_string())
+}
+
+fn check_username(username: &str) -> Result<(), StoreError> {
+    username_problem(username).map_or(Ok(()), |problem| Err(StoreError::Invalid(problem)))
+}
+
+/// Whether `name` is a display name: 1 to 64 printable characters, not only spaces.
+pub(crate) fn is_display_name(name: &str) -> bool {
+    let count = name.chars().count();
+    (1..=64).contains(&count) && !name.trim().is_empty() && !name.chars().any(char::is_control)
 }
 
 /// A display name: 1 to 64 printable characters, not only spaces.
 pub(crate) fn check_name(name: &str, what: &str) -> Result<(), StoreError> {
-    let count = name.chars().count();
-    if (1..=64).contains(&count) && !name.trim().is_empty() && !name.chars().any(char::is_control) {
+    if is_display_name(name) {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(
@@ -378,52 +486,178 @@ mod argon {
     }
 }
 
-/// The stored form of a login token.
-fn token_hash(token: &str) -> String {
+/// The stored form of a login or activation token.
+pub(crate) fn token_hash(token: &str) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
 }
 
+/// A fresh login or activation token: 256 random bits as 64 hex characters.
+pub(crate) fn new_token() -> String {
+    hex(&rand::random::<[u8; 32]>())
+}
+
+/// `%text%` for `LIKE … ESCAPE '\'`, with the text's own wildcards taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Stores a new login for `account_id` and returns its token.
+async fn insert_login(
+    connection: &mut sqlx::AnyConnection,
+    account_id: &str,
+    now_ms: i64,
+    expires_at: i64,
+) -> Result<String, StoreError> {
+    let token = new_token();
+    // Expired logins are swept here, where they are cheap to find (an index on the expiry)
+    // and nobody waits long.
+    sqlx::query("DELETE FROM logins WHERE expires_at <= $1")
+        .bind(now_ms)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(
+        "INSERT INTO logins (token_hash, account_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_hash(&token))
+    .bind(account_id)
+    .bind(now_ms)
+    .bind(expires_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(token)
+}
+
+/// Stores a new activation token for `account_id`, replacing any earlier one.
+async fn insert_activation(
+    connection: &mut sqlx::AnyConnection,
+    account_id: &str,
+    now_ms: i64,
+) -> Result<Activation, StoreError> {
+    let activation = Activation {
+        token: new_token(),
+        expires_at: now_ms + ACTIVATION_LIFETIME_MS,
+    };
+    sqlx::query("DELETE FROM activations WHERE account_id = $1")
+        .bind(account_id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(
+        "INSERT INTO activations (token_hash, account_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_hash(&activation.token))
+    .bind(account_id)
+    .bind(now_ms)
+    .bind(activation.expires_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(activation)
+}
+
+fn lifetime(remember: bool) -> i64 {
+    if remember {
+        REMEMBERED_LOGIN_LIFETIME_MS
+    } else {
+        LOGIN_LIFETIME_MS
+    }
+}
+
 impl Store {
-    /// Creates an account; a taken username is a [`StoreError::Conflict`].
+    /// Creates an account with a password and no site; a taken username is a
+    /// [`StoreError::Conflict`].
     pub async fn create_account(&self, new: &NewAccount<'_>) -> Result<Account, StoreError> {
-        check_username(new.username)?;
-        check_name(new.display_name, "a display name")?;
-        check_password(new.password)?;
-        let hash = hash_password(new.password).await?;
-        let account = Account {
-            id: new_id(),
-            username: new.username.to_string(),
-            display_name: new.display_name.to_string(),
-            role: new.role,
-            disabled: false,
-            created_at: super::unix_ms(),
+        let (account, _) = self
+            .add_account(&AccountDraft {
+                username: new.username,
+                display_name: new.display_name,
+                role: new.role,
+                site_id: None,
+                password: Some(new.password),
+            })
+            .await?;
+        Ok(account)
+    }
+
+    /// Creates an account of any role. A site's role needs a site; an account without a
+    /// password (a site's role only) waits for activation, and its activation token is
+    /// returned. A taken username is a [`StoreError::Conflict`].
+    pub async fn add_account(
+        &self,
+        draft: &AccountDraft<'_>,
+    ) -> Result<(Account, Option<Activation>), StoreError> {
+        check_username(draft.username)?;
+        check_name(draft.display_name, "a display name")?;
+        if draft.role.needs_site() && draft.site_id.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "an account of role {} belongs to a site: site_id is needed",
+                draft.role.as_str()
+            )));
+        }
+        if let Some(site_id) = draft.site_id
+            && self.site(site_id).await?.is_none()
+        {
+            return Err(StoreError::Invalid(format!("no site has the id {site_id}")));
+        }
+        let hash = match draft.password {
+            Some(password) => {
+                check_password(password)?;
+                hash_password(password).await?
+            }
+            None if draft.role.needs_site() => String::new(),
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "an account of role {} needs a password",
+                    draft.role.as_str()
+                )));
+            }
         };
+        let id = new_id();
+        let now = super::unix_ms();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO accounts (id, username, display_name, password_hash, role, disabled, \
-             created_at) VALUES ($1, $2, $3, $4, $5, 0, $6)",
+             created_at, site_id) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
         )
-        .bind(&account.id)
-        .bind(&account.username)
-        .bind(&account.display_name)
+        .bind(&id)
+        .bind(draft.username)
+        .bind(draft.display_name.trim())
         .bind(&hash)
-        .bind(account.role.as_str())
-        .bind(account.created_at)
-        .execute(&self.pool)
+        .bind(draft.role.as_str())
+        .bind(now)
+        .bind(draft.site_id)
+        .execute(&mut *tx)
         .await
         .map_err(|err| {
             if is_unique_violation(&err) {
-                StoreError::Conflict(format!("the username {} is taken", new.username))
+                StoreError::Conflict(format!("the username {} is taken", draft.username))
             } else {
                 err.into()
             }
         })?;
-        Ok(account)
+        let activation = if hash.is_empty() {
+            Some(insert_activation(&mut tx, &id, now).await?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        let account = self.account(&id).await?.ok_or(StoreError::NotFound)?;
+        Ok((account, activation))
     }
 
     /// Every account, by username.
     pub async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY username"
+            "{ACCOUNT_SELECT}{ACCOUNT_FROM} ORDER BY a.username, a.id"
         )))
         .fetch_all(&self.pool)
         .await?;
@@ -433,13 +667,76 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// One page of the accounts that match `query`, by username, and how many match.
+    pub async fn account_page(&self, query: &AccountQuery<'_>) -> Result<AccountPage, StoreError> {
+        if !(1..=MAX_PER_PAGE).contains(&query.per_page) || query.page == 0 {
+            return Err(StoreError::Invalid(format!(
+                "page counts from 1 and per_page is 1 to {MAX_PER_PAGE}"
+            )));
+        }
+        let mut conditions: Vec<String> = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(search) = query.search.map(str::trim).filter(|s| !s.is_empty()) {
+            binds.push(like_pattern(search));
+            let n = binds.len();
+            conditions.push(format!(
+                "(LOWER(a.username) LIKE LOWER(${n}) ESCAPE '\\' \
+                 OR LOWER(a.display_name) LIKE LOWER(${n}) ESCAPE '\\' \
+                 OR LOWER(s.name) LIKE LOWER(${n}) ESCAPE '\\')"
+            ));
+        }
+        if let Some(site_id) = query.site_id {
+            binds.push(site_id.to_string());
+            conditions.push(format!("a.site_id = ${}", binds.len()));
+        }
+        if let Some(role) = query.role {
+            binds.push(role.as_str().to_string());
+            conditions.push(format!("a.role = ${}", binds.len()));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let count_sql = format!(
+            "SELECT COUNT(*) AS n FROM accounts a LEFT JOIN sites s ON s.id = a.site_id{filter}"
+        );
+        let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql));
+        for value in &binds {
+            count = count.bind(value);
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?.try_get("n")?;
+        let page_sql = format!(
+            "{ACCOUNT_SELECT}{ACCOUNT_FROM}{filter} ORDER BY a.username, a.id LIMIT ${} OFFSET ${}",
+            binds.len() + 1,
+            binds.len() + 2
+        );
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql));
+        for value in &binds {
+            page = page.bind(value);
+        }
+        let offset = i64::from(query.page - 1) * i64::from(query.per_page);
+        let rows = page
+            .bind(i64::from(query.per_page))
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(AccountPage {
+            accounts: rows
+                .iter()
+                .map(Account::from_row)
+                .collect::<Result<_, _>>()?,
+            total,
+        })
+    }
+
     /// One account.
     pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         if !is_id(id) {
             return Ok(None);
         }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+            "{ACCOUNT_SELECT}{ACCOUNT_FROM} WHERE a.id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -447,7 +744,8 @@ impl Store {
         Ok(row.as_ref().map(Account::from_row).transpose()?)
     }
 
-    /// Changes an account. A new password or disabling the account ends its logins.
+    /// Changes an account. A new password or disabling the account ends its logins; a new
+    /// password also ends its activation link.
     pub async fn update_account(
         &self,
         id: &str,
@@ -456,6 +754,19 @@ impl Store {
         let current = self.account(id).await?.ok_or(StoreError::NotFound)?;
         if let Some(name) = patch.display_name {
             check_name(name, "a display name")?;
+        }
+        if let Some(site_id) = patch.site_id
+            && self.site(site_id).await?.is_none()
+        {
+            return Err(StoreError::Invalid(format!("no site has the id {site_id}")));
+        }
+        let role = patch.role.unwrap_or(current.role);
+        let site_id = patch.site_id.or(current.site_id.as_deref());
+        if role.needs_site() && site_id.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "an account of role {} belongs to a site: site_id is needed",
+                role.as_str()
+            )));
         }
         let hash = match patch.password {
             Some(password) => {
@@ -466,17 +777,23 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE accounts SET display_name = $1, role = $2, disabled = $3 WHERE id = $4",
+            "UPDATE accounts SET display_name = $1, role = $2, disabled = $3, site_id = $5 \
+             WHERE id = $4",
         )
-        .bind(patch.display_name.unwrap_or(&current.display_name))
-        .bind(patch.role.unwrap_or(current.role).as_str())
+        .bind(patch.display_name.unwrap_or(&current.display_name).trim())
+        .bind(role.as_str())
         .bind(i64::from(patch.disabled.unwrap_or(current.disabled)))
         .bind(id)
+        .bind(site_id)
         .execute(&mut *tx)
         .await?;
         if let Some(hash) = &hash {
             sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
                 .bind(hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM activations WHERE account_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -491,53 +808,143 @@ impl Store {
         self.account(id).await?.ok_or(StoreError::NotFound)
     }
 
-    /// Signs in: a new bearer token when the username and password match an enabled account,
-    /// `None` otherwise (whichever of the three was wrong is not told).
+    /// Signs in for [`LOGIN_LIFETIME_MS`]; see [`Store::sign_in`].
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         now_ms: i64,
     ) -> Result<Option<Login>, StoreError> {
+        self.sign_in(username, password, now_ms, false).await
+    }
+
+    /// Signs in: a new bearer token when the username and password match an enabled,
+    /// activated account, `None` otherwise (whichever was wrong is not told). A remembered
+    /// login lasts [`REMEMBERED_LOGIN_LIFETIME_MS`], another [`LOGIN_LIFETIME_MS`].
+    pub async fn sign_in(
+        &self,
+        username: &str,
+        password: &str,
+        now_ms: i64,
+        remember: bool,
+    ) -> Result<Option<Login>, StoreError> {
+        // The username is unique, so this is one lookup in its index whatever the number of
+        // accounts.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE username = $1"
+            "{ACCOUNT_SELECT}, a.password_hash{ACCOUNT_FROM} WHERE a.username = $1"
         )))
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
+        let hash = row
+            .as_ref()
+            .map(|row| row.try_get::<String, _>("password_hash"))
+            .transpose()?;
+        let (Some(row), Some(hash)) = (row, hash.filter(|h| !h.is_empty())) else {
             // Spend the same work as for a real account (one argon2 hash, in the same bounded
-            // queue), so that response times do not reveal which usernames exist.
+            // queue), so that response times reveal neither which usernames exist nor which
+            // accounts still wait for activation.
             hash_password(password).await?;
             return Ok(None);
         };
         let account = Account::from_row(&row)?;
-        let hash: String = row.try_get("password_hash")?;
         if !verify_password(password, &hash).await? || account.disabled {
             return Ok(None);
         }
-        let token = hex(&rand::random::<[u8; 32]>());
-        let expires_at = now_ms + LOGIN_LIFETIME_MS;
-        // Expired logins are swept here, where they are cheap to find and nobody waits long.
-        sqlx::query("DELETE FROM logins WHERE expires_at <= $1")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query(
-            "INSERT INTO logins (token_hash, account_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_hash(&token))
-        .bind(&account.id)
-        .bind(now_ms)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
+        let expires_at = now_ms + lifetime(remember);
+        let mut connection = self.pool.acquire().await?;
+        let token = insert_login(&mut connection, &account.id, now_ms, expires_at).await?;
         Ok(Some(Login {
             token,
             expires_at,
             account,
         }))
+    }
+
+    /// Sets the password of the account an activation token names, once: the token is then
+    /// spent, and the account is signed in. `None` when the token is unknown, spent or
+    /// expired, or the account is disabled.
+    pub async fn activate(
+        &self,
+        token: &str,
+        password: &str,
+        now_ms: i64,
+        remember: bool,
+    ) -> Result<Option<Login>, StoreError> {
+        let hashed_token = token_hash(token);
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ACCOUNT_SELECT}{ACCOUNT_FROM} JOIN activations t ON t.account_id = a.id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2"
+        )))
+        .bind(&hashed_token)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let account = Account::from_row(&row)?;
+        if account.disabled {
+            return Ok(None);
+        }
+        // The token is checked before the password is hashed, so unknown tokens cost no hash.
+        check_password(password)?;
+        let hash = hash_password(password).await?;
+        let mut tx = self.pool.begin().await?;
+        // Whoever deletes the token first activates; a second use of the same link, even at
+        // the same moment, finds nothing to delete.
+        let spent =
+            sqlx::query("DELETE FROM activations WHERE token_hash = $1 AND expires_at > $2")
+                .bind(&hashed_token)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        if spent.rows_affected() == 0 {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
+            .bind(&hash)
+            .bind(&account.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM activations WHERE account_id = $1")
+            .bind(&account.id)
+            .execute(&mut *tx)
+            .await?;
+        let expires_at = now_ms + lifetime(remember);
+        let token = insert_login(&mut tx, &account.id, now_ms, expires_at).await?;
+        tx.commit().await?;
+        let account = self
+            .account(&account.id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Some(Login {
+            token,
+            expires_at,
+            account,
+        }))
+    }
+
+    /// A new activation link for an account that waits for activation (the earlier one stops
+    /// working); [`StoreError::Conflict`] once it has a password.
+    pub async fn reissue_activation(
+        &self,
+        account_id: &str,
+        now_ms: i64,
+    ) -> Result<Activation, StoreError> {
+        let account = self
+            .account(account_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if !account.pending_activation {
+            return Err(StoreError::Conflict(
+                "the account is activated already: change its password instead".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let activation = insert_activation(&mut tx, &account.id, now_ms).await?;
+        tx.commit().await?;
+        Ok(activation)
     }
 
     /// The enabled account a bearer token signs in, if the token is known and unexpired.
@@ -546,11 +953,10 @@ impl Store {
         token: &str,
         now_ms: i64,
     ) -> Result<Option<Account>, StoreError> {
-        let row = sqlx::query(
-            "SELECT a.id, a.username, a.display_name, a.role, a.disabled, a.created_at \
-             FROM logins l JOIN accounts a ON a.id = l.account_id \
-             WHERE l.token_hash = $1 AND l.expires_at > $2 AND a.disabled = 0",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ACCOUNT_SELECT}{ACCOUNT_FROM} JOIN logins l ON l.account_id = a.id \
+             WHERE l.token_hash = $1 AND l.expires_at > $2 AND a.disabled = 0"
+        )))
         .bind(token_hash(token))
         .bind(now_ms)
         .fetch_optional(&self.pool)
@@ -581,6 +987,41 @@ mod tests {
             password: "correct horse",
             role: AccountRole::Organizer,
         }
+    }
+
+    /// Sign-in, the check of a login on every request, the sweep of expired logins and an
+    /// activation are each a lookup in an index, so their cost does not grow with 150,000
+    /// accounts and their logins (SQLite's plans; PostgreSQL has the same indexes).
+    #[tokio::test]
+    async fn sign_in_and_session_checks_are_index_lookups() {
+        let t = stores().await.remove(0);
+        assert_eq!(t.store.backend(), crate::store::Backend::Sqlite);
+        for sql in [
+            format!("{ACCOUNT_SELECT}, a.password_hash{ACCOUNT_FROM} WHERE a.username = 'x'"),
+            format!(
+                "{ACCOUNT_SELECT}{ACCOUNT_FROM} JOIN logins l ON l.account_id = a.id \
+                 WHERE l.token_hash = 'x' AND l.expires_at > 0 AND a.disabled = 0"
+            ),
+            format!(
+                "{ACCOUNT_SELECT}{ACCOUNT_FROM} JOIN activations t ON t.account_id = a.id \
+                 WHERE t.token_hash = 'x' AND t.expires_at > 0"
+            ),
+            "DELETE FROM logins WHERE expires_at <= 0".to_string(),
+        ] {
+            let plan: Vec<String> =
+                sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&t.store.pool)
+                    .await
+                    .expect("a plan")
+                    .iter()
+                    .map(|row| row.try_get("detail").expect("detail"))
+                    .collect();
+            assert!(
+                !plan.is_empty() && plan.iter().all(|step| step.starts_with("SEARCH")),
+                "a table is scanned: {plan:?} for {sql}"
+            );
+        }
+        t.finish().await;
     }
 
     #[tokio::test]

@@ -59,8 +59,11 @@ pub enum MeetingStatus {
 pub struct Meeting {
     pub id: String,
     pub title: String,
-    /// Milliseconds since the Unix epoch.
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: i64,
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub ends_at: i64,
     pub admission: Admission,
     /// The room records itself from the moment it opens.
@@ -72,6 +75,8 @@ pub struct Meeting {
     pub e2ee: bool,
     pub status: MeetingStatus,
     pub organizer_id: String,
+    #[serde(with = "crate::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 
@@ -126,7 +131,8 @@ pub struct MeetingPatch<'a> {
     pub e2ee: Option<bool>,
 }
 
-/// Who is invited: a site (its name is the display name) or a named person.
+/// Who is invited: a site (its name is the display name), an account (its display name), or a
+/// named person; exactly one of `site_id`, `account_id` and `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Invitee {
@@ -135,6 +141,9 @@ pub struct Invitee {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_id: Option<String>,
+    /// An account, which then finds the meeting among its own (`GET /api/my/meetings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -148,6 +157,8 @@ pub struct Invitation {
     pub name: String,
     pub site_id: Option<String>,
     pub site_code: Option<String>,
+    /// The account invited, for an invitation of one account (the organizer's own too).
+    pub account_id: Option<String>,
     pub revoked: bool,
 }
 
@@ -162,10 +173,23 @@ impl Invitation {
             name: row.try_get("name")?,
             site_id: row.try_get("site_id")?,
             site_code: row.try_get("site_code")?,
+            account_id: row.try_get("account_id")?,
             revoked: flag(row.try_get("revoked")?),
         })
     }
 }
+
+/// A meeting an account may join, and the invitation it joins with: its own, or else its
+/// site's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitedMeeting {
+    pub meeting: Meeting,
+    pub invitation: Invitation,
+}
+
+/// How many meetings "my meetings" lists at most: those not over yet, and those over.
+pub const MAX_MY_MEETINGS: i64 = 500;
+pub const MAX_MY_PAST_MEETINGS: i64 = 100;
 
 /// What the room hub needs to know about an invitation when someone joins with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,10 +212,72 @@ pub struct JoinCheck {
     pub site_name: Option<String>,
 }
 
+/// An invitee checked against the directory and the accounts: what its invitation stores.
+#[derive(Debug)]
+struct Resolved {
+    role: Role,
+    name: String,
+    site_id: Option<String>,
+    account_id: Option<String>,
+}
+
 const MEETING_COLUMNS: &str = "id, title, starts_at, ends_at, admission, auto_record, \
      confidential, e2ee, status, organizer_id, created_at";
 const INVITATION_SELECT: &str = "SELECT i.id, i.meeting_id, i.role, i.name, i.site_id, \
-     s.code AS site_code, i.revoked FROM invitations i LEFT JOIN sites s ON s.id = i.site_id";
+     s.code AS site_code, i.account_id, i.revoked \
+     FROM invitations i LEFT JOIN sites s ON s.id = i.site_id";
+/// A meeting's columns as [`Meeting::from_row`] reads them, and its invitation's as
+/// [`Invitation::from_row`] would, prefixed `inv_`, from meetings `m`, invitations `i` and
+/// sites `s`.
+const INVITED_MEETING_SELECT: &str = "SELECT m.id, m.title, m.starts_at, m.ends_at, \
+     m.admission, m.auto_record, m.confidential, m.e2ee, m.status, m.organizer_id, \
+     m.created_at, i.id AS inv_id, i.role AS inv_role, i.name AS inv_name, \
+     i.site_id AS inv_site_id, s.code AS inv_site_code, i.account_id AS inv_account_id, \
+     i.created_at AS inv_created_at \
+     FROM invitations i JOIN meetings m ON m.id = i.meeting_id \
+     LEFT JOIN sites s ON s.id = i.site_id";
+
+impl InvitedMeeting {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let meeting = Meeting::from_row(row)?;
+        let role: String = row.try_get("inv_role")?;
+        let invitation = Invitation {
+            id: row.try_get("inv_id")?,
+            meeting_id: meeting.id.clone(),
+            role: Role::parse(&role).unwrap_or(Role::Viewer),
+            name: row.try_get("inv_name")?,
+            site_id: row.try_get("inv_site_id")?,
+            site_code: row.try_get("inv_site_code")?,
+            account_id: row.try_get("inv_account_id")?,
+            revoked: false,
+        };
+        Ok(Self {
+            meeting,
+            invitation,
+        })
+    }
+}
+
+/// One meeting per id, each with the invitation its account joins with: the account's own
+/// rather than its site's, then the oldest. `rows` come sorted by meeting.
+fn one_per_meeting(rows: Vec<(InvitedMeeting, i64)>, account_id: &str) -> Vec<InvitedMeeting> {
+    let mut out: Vec<(InvitedMeeting, i64)> = Vec::new();
+    for (candidate, invited_at) in rows {
+        let rank = |m: &InvitedMeeting, at: i64| {
+            (m.invitation.account_id.as_deref() != Some(account_id), at)
+        };
+        match out.last_mut() {
+            Some((kept, kept_at)) if kept.meeting.id == candidate.meeting.id => {
+                if rank(&candidate, invited_at) < rank(kept, *kept_at) {
+                    *kept = candidate;
+                    *kept_at = invited_at;
+                }
+            }
+            _ => out.push((candidate, invited_at)),
+        }
+    }
+    out.into_iter().map(|(m, _)| m).collect()
+}
 
 fn check_title(title: &str) -> Result<(), StoreError> {
     let count = title.chars().count();
@@ -264,18 +350,25 @@ impl Store {
         .bind(i64::from(new.e2ee))
         .execute(&mut *tx)
         .await?;
-        let creator = (Role::Host, organizer.display_name.clone(), None);
-        for (role, name, site_id) in std::iter::once(creator).chain(resolved) {
+        // The creator's own invitation names their account, so the meeting is among theirs.
+        let creator = Resolved {
+            role: Role::Host,
+            name: organizer.display_name.clone(),
+            site_id: None,
+            account_id: Some(organizer.id.clone()),
+        };
+        for invitee in std::iter::once(creator).chain(resolved) {
             sqlx::query(
                 "INSERT INTO invitations (id, meeting_id, role, name, site_id, revoked, \
-                 created_at) VALUES ($1, $2, $3, $4, $5, 0, $6)",
+                 created_at, account_id) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
             )
             .bind(new_id())
             .bind(&id)
-            .bind(role.as_str())
-            .bind(name)
-            .bind(site_id)
+            .bind(invitee.role.as_str())
+            .bind(invitee.name)
+            .bind(invitee.site_id)
             .bind(now)
+            .bind(invitee.account_id)
             .execute(&mut *tx)
             .await?;
         }
@@ -283,25 +376,43 @@ impl Store {
         self.meeting(&id).await?.ok_or(StoreError::NotFound)
     }
 
-    /// The role, display name and site of an invitee, checked.
-    async fn resolve_invitee(
-        &self,
-        invitee: &Invitee,
-    ) -> Result<(Role, String, Option<String>), StoreError> {
-        match (&invitee.site_id, &invitee.name) {
-            (Some(site_id), None) => {
+    /// The role, display name, site and account of an invitee, checked.
+    async fn resolve_invitee(&self, invitee: &Invitee) -> Result<Resolved, StoreError> {
+        match (&invitee.site_id, &invitee.account_id, &invitee.name) {
+            (Some(site_id), None, None) => {
                 let site = self
                     .site(site_id)
                     .await?
                     .ok_or_else(|| StoreError::Invalid(format!("no site has the id {site_id}")))?;
-                Ok((invitee.role, site.name, Some(site.id)))
+                Ok(Resolved {
+                    role: invitee.role,
+                    name: site.name,
+                    site_id: Some(site.id),
+                    account_id: None,
+                })
             }
-            (None, Some(name)) => {
+            (None, Some(account_id), None) => {
+                let account = self.account(account_id).await?.ok_or_else(|| {
+                    StoreError::Invalid(format!("no account has the id {account_id}"))
+                })?;
+                Ok(Resolved {
+                    role: invitee.role,
+                    name: account.display_name,
+                    site_id: None,
+                    account_id: Some(account.id),
+                })
+            }
+            (None, None, Some(name)) => {
                 check_name(name, "an invitee's name")?;
-                Ok((invitee.role, name.trim().to_string(), None))
+                Ok(Resolved {
+                    role: invitee.role,
+                    name: name.trim().to_string(),
+                    site_id: None,
+                    account_id: None,
+                })
             }
             _ => Err(StoreError::Invalid(
-                "an invitee has either a site_id or a name".into(),
+                "an invitee has exactly one of site_id, account_id and name".into(),
             )),
         }
     }
@@ -437,7 +548,7 @@ impl Store {
         if meeting.is_cancelled() {
             return Err(StoreError::Conflict("the meeting is cancelled".into()));
         }
-        let (role, name, site_id) = self.resolve_invitee(invitee).await?;
+        let invitee = self.resolve_invitee(invitee).await?;
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM invitations WHERE meeting_id = $1")
             .bind(meeting_id)
             .fetch_one(&self.pool)
@@ -450,15 +561,16 @@ impl Store {
         }
         let id = new_id();
         sqlx::query(
-            "INSERT INTO invitations (id, meeting_id, role, name, site_id, revoked, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+            "INSERT INTO invitations (id, meeting_id, role, name, site_id, revoked, created_at, \
+             account_id) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
         )
         .bind(&id)
         .bind(meeting_id)
-        .bind(role.as_str())
-        .bind(&name)
-        .bind(&site_id)
+        .bind(invitee.role.as_str())
+        .bind(&invitee.name)
+        .bind(&invitee.site_id)
         .bind(unix_ms())
+        .bind(&invitee.account_id)
         .execute(&self.pool)
         .await?;
         self.invitation(&id).await?.ok_or(StoreError::NotFound)
@@ -519,6 +631,84 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The meetings `account` is invited to, itself or through its site, with the invitation
+    /// it joins with; revoked invitations and cancelled meetings left out. Meetings not over
+    /// at `now_ms` come by start time (at most [`MAX_MY_MEETINGS`]), then those over, the
+    /// latest first (at most [`MAX_MY_PAST_MEETINGS`]).
+    pub async fn meetings_of_account(
+        &self,
+        account: &Account,
+        now_ms: i64,
+    ) -> Result<Vec<InvitedMeeting>, StoreError> {
+        let mut out = Vec::new();
+        for (condition, order, limit) in [
+            ("m.ends_at > $3", "m.starts_at, m.id", MAX_MY_MEETINGS),
+            (
+                "m.ends_at <= $3",
+                "m.ends_at DESC, m.id",
+                MAX_MY_PAST_MEETINGS,
+            ),
+        ] {
+            // The limit counts invitations, of which a meeting may have more than one for the
+            // same account, so it bounds the work rather than promising a count of meetings.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{INVITED_MEETING_SELECT} WHERE i.revoked = 0 AND m.status = 'scheduled' \
+                 AND (i.account_id = $1 OR i.site_id = $2) AND {condition} \
+                 ORDER BY {order} LIMIT $4"
+            )))
+            .bind(&account.id)
+            .bind(&account.site_id)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            let rows = rows
+                .iter()
+                .map(|row| {
+                    Ok((
+                        InvitedMeeting::from_row(row)?,
+                        row.try_get("inv_created_at")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            out.extend(one_per_meeting(rows, &account.id));
+        }
+        Ok(out)
+    }
+
+    /// Meeting `meeting_id` and the invitation `account` joins it with, if it is among the
+    /// account's meetings (see [`Store::meetings_of_account`]).
+    pub async fn meeting_of_account(
+        &self,
+        account: &Account,
+        meeting_id: &str,
+    ) -> Result<Option<InvitedMeeting>, StoreError> {
+        if !is_id(meeting_id) {
+            return Ok(None);
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INVITED_MEETING_SELECT} WHERE i.revoked = 0 AND m.status = 'scheduled' \
+             AND (i.account_id = $1 OR i.site_id = $2) AND m.id = $3"
+        )))
+        .bind(&account.id)
+        .bind(&account.site_id)
+        .bind(meeting_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    InvitedMeeting::from_row(row)?,
+                    row.try_get("inv_created_at")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(one_per_meeting(rows, &account.id).into_iter().next())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,11 +755,13 @@ mod tests {
                 Invitee {
                     role: Role::Participant,
                     site_id: Some(site.id.clone()),
+                    account_id: None,
                     name: None,
                 },
                 Invitee {
                     role: Role::Viewer,
                     site_id: None,
+                    account_id: None,
                     name: Some("Ông Tư".into()),
                 },
             ];
@@ -616,6 +808,7 @@ mod tests {
                     vec![Invitee {
                         role: Role::Viewer,
                         site_id: Some(new_id()),
+                        account_id: None,
                         name: None,
                     }],
                 ),
@@ -624,6 +817,7 @@ mod tests {
                     vec![Invitee {
                         role: Role::Viewer,
                         site_id: None,
+                        account_id: None,
                         name: None,
                     }],
                 ),
@@ -732,6 +926,7 @@ mod tests {
                     &Invitee {
                         role: Role::Presenter,
                         site_id: None,
+                        account_id: None,
                         name: Some("Anh Hùng".into()),
                     },
                 )
@@ -771,6 +966,169 @@ mod tests {
                 store.add_invitation(&meeting.id, &invitees[1]).await,
                 Err(StoreError::Conflict(_))
             ));
+            t.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_account_finds_the_meetings_of_its_site_and_its_own() {
+        for t in stores().await {
+            let store = &t.store;
+            let lan = organizer(store, "lan").await;
+            let mut sites = Vec::new();
+            for code in ["HG", "CB"] {
+                sites.push(
+                    store
+                        .create_site(&NewSite {
+                            code,
+                            name: code,
+                            kind: SiteKind::Province,
+                            parent_code: None,
+                        })
+                        .await
+                        .expect("site"),
+                );
+            }
+            let (room, _) = store
+                .add_account(&crate::store::AccountDraft {
+                    username: "hg.room",
+                    display_name: "Phòng họp",
+                    role: AccountRole::SiteOperator,
+                    site_id: Some(&sites[0].id),
+                    password: None,
+                })
+                .await
+                .expect("account");
+            let now = unix_ms();
+            let hour = 3_600_000;
+            let meeting = |title: &'static str, from: i64, to: i64| NewMeeting {
+                title,
+                starts_at: now + from,
+                ends_at: now + to,
+                admission: Admission::Host,
+                auto_record: false,
+                confidential: false,
+                e2ee: false,
+            };
+            let site = |n: usize, role: Role| Invitee {
+                role,
+                site_id: Some(sites[n].id.clone()),
+                account_id: None,
+                name: None,
+            };
+            let current = store
+                .create_meeting(
+                    &lan,
+                    &meeting("now", -hour, hour),
+                    &[site(0, Role::Participant)],
+                )
+                .await
+                .expect("meeting");
+            // Invited twice, through the site and in person: the personal invitation wins.
+            let personal = Invitee {
+                role: Role::Presenter,
+                site_id: None,
+                account_id: Some(room.id.clone()),
+                name: None,
+            };
+            let later = store
+                .create_meeting(
+                    &lan,
+                    &meeting("later", 24 * hour, 25 * hour),
+                    &[site(0, Role::Viewer), personal],
+                )
+                .await
+                .expect("meeting");
+            let over = store
+                .create_meeting(
+                    &lan,
+                    &meeting("over", -3 * hour, -2 * hour),
+                    &[site(0, Role::Viewer)],
+                )
+                .await
+                .expect("meeting");
+            let cancelled = store
+                .create_meeting(
+                    &lan,
+                    &meeting("cancelled", hour, 2 * hour),
+                    &[site(0, Role::Viewer)],
+                )
+                .await
+                .expect("meeting");
+            store.cancel_meeting(&cancelled.id).await.expect("cancel");
+            let elsewhere = store
+                .create_meeting(
+                    &lan,
+                    &meeting("elsewhere", -hour, hour),
+                    &[site(1, Role::Viewer)],
+                )
+                .await
+                .expect("meeting");
+
+            let mine = store.meetings_of_account(&room, now).await.expect("query");
+            let titles: Vec<&str> = mine.iter().map(|m| m.meeting.title.as_str()).collect();
+            assert_eq!(titles, ["now", "later", "over"]);
+            assert_eq!(mine[0].invitation.role, Role::Participant);
+            assert_eq!(mine[1].invitation.role, Role::Presenter);
+            assert_eq!(
+                mine[1].invitation.account_id.as_deref(),
+                Some(room.id.as_str())
+            );
+            assert_eq!(mine[1].invitation.name, "Phòng họp");
+            assert_eq!(mine[0].invitation.site_code.as_deref(), Some("HG"));
+            for id in [&cancelled.id, &elsewhere.id] {
+                assert!(
+                    store
+                        .meeting_of_account(&room, id)
+                        .await
+                        .expect("query")
+                        .is_none()
+                );
+            }
+            let found = store
+                .meeting_of_account(&room, &current.id)
+                .await
+                .expect("query")
+                .expect("its meeting");
+            store
+                .revoke_invitation(&found.invitation.id)
+                .await
+                .expect("revoke");
+            assert!(
+                store
+                    .meeting_of_account(&room, &current.id)
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            // The personal invitation revoked, the site's still stands.
+            let found = store
+                .meeting_of_account(&room, &later.id)
+                .await
+                .expect("query")
+                .expect("its meeting");
+            store
+                .revoke_invitation(&found.invitation.id)
+                .await
+                .expect("revoke");
+            let found = store
+                .meeting_of_account(&room, &later.id)
+                .await
+                .expect("query")
+                .expect("still invited through its site");
+            assert_eq!(found.invitation.role, Role::Viewer);
+            // The organizer's own invitation names their account.
+            let theirs = store.meetings_of_account(&lan, now).await.expect("query");
+            assert_eq!(theirs.len(), 4, "every meeting but the cancelled one");
+            assert!(theirs.iter().all(|m| m.invitation.role == Role::Host));
+            assert!(
+                store
+                    .meeting_of_account(&room, "nonsense")
+                    .await
+                    .expect("query")
+                    .is_none()
+            );
+            let _ = over;
             t.finish().await;
         }
     }

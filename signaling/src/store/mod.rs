@@ -6,6 +6,7 @@
 //! flags as 0/1 integers and ids as 32 hex characters. Each database has its own migration
 //! folder, because their DDL differs.
 
+mod account_import;
 mod accounts;
 mod attendance;
 mod meetings;
@@ -17,14 +18,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use account_import::{ImportedAccount, MAX_IMPORTED_ACCOUNTS};
 pub use accounts::{
-    Account, AccountPatch, AccountRole, Login, NewAccount, WAITING_HASHES_PER_SLOT,
-    max_concurrent_hashes,
+    ACTIVATION_LIFETIME_MS, Account, AccountDraft, AccountPage, AccountPatch, AccountQuery,
+    AccountRole, Activation, LOGIN_LIFETIME_MS, Login, MAX_PER_PAGE, NewAccount,
+    REMEMBERED_LOGIN_LIFETIME_MS, WAITING_HASHES_PER_SLOT, max_concurrent_hashes,
 };
 pub use attendance::AttendanceRow;
 pub use meetings::{
-    Admission, Invitation, Invitee, JoinCheck, MAX_INVITATIONS, Meeting, MeetingPatch,
-    MeetingStatus, NewMeeting,
+    Admission, Invitation, InvitedMeeting, Invitee, JoinCheck, MAX_INVITATIONS, MAX_MY_MEETINGS,
+    MAX_MY_PAST_MEETINGS, Meeting, MeetingPatch, MeetingStatus, NewMeeting,
 };
 pub use recordings::{RecordingRow, RecordingStatus};
 pub use sites::{CsvLineError, ImportOutcome, NewSite, Site, SiteKind};

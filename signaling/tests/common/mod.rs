@@ -200,6 +200,80 @@ impl TestServer {
         }
     }
 
+    /// One API request on its own connection, with an optional bearer token and a body of
+    /// any type (JSON, CSV).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> HttpsResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connector = tokio_rustls::TlsConnector::from(self.tls());
+        let tcp = tokio::net::TcpStream::connect(self.server.http_addr)
+            .await
+            .expect("tcp connects");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str("\r\n");
+        tls.write_all(head.as_bytes()).await.expect("request");
+        tls.write_all(body).await.expect("request body");
+        let mut response = Vec::new();
+        let _ = tls.read_to_end(&mut response).await;
+        // The answer is kept once, without copies: tests measure the process's memory around
+        // large answers.
+        let mut body = String::from_utf8(response)
+            .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
+        let status = body
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let head_end = body.find("\r\n\r\n").map_or(body.len(), |i| i + 4);
+        let head: String = body.drain(..head_end).collect();
+        HttpsResponse {
+            status,
+            head: head.trim_end().to_string(),
+            body,
+        }
+    }
+
+    /// An API call with a JSON body (or none); the status and the JSON answer (`null` when
+    /// empty).
+    pub async fn api_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let response = self
+            .api(method, path, token, "application/json", body.as_bytes())
+            .await;
+        let value = if response.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&response.body).unwrap_or_else(|_| {
+                panic!(
+                    "{method} {path} answered {} {:?}",
+                    response.status, response.body
+                )
+            })
+        };
+        (response.status, value)
+    }
+
     /// A header of a response's head, by name (any case).
     pub fn header<'a>(response: &'a HttpsResponse, name: &str) -> Option<&'a str> {
         response.head.lines().find_map(|line| {
@@ -525,6 +599,7 @@ pub async fn schedule_on(
         .map(|(name, role)| Invitee {
             role: *role,
             site_id: None,
+            account_id: None,
             name: Some((*name).to_string()),
         })
         .collect();
