@@ -2,14 +2,17 @@
 // links, live attendance, CSV export, recordings and their player), and for administrators the site directory (CSV import)
 // and accounts. REST API: docs/api.md. Texts come from i18n.js only.
 //
-// The bearer token lives in sessionStorage (gone when the tab closes) and goes out only in
-// the Authorization header of same-origin requests.
+// The bearer token lives in sessionStorage (gone when the tab closes), or in localStorage when
+// the person asked to be remembered on this device, and goes out only in the Authorization
+// header of same-origin requests. A site's account (official, site operator) sees only its own
+// meetings (my-meetings.js).
 
 import { $, el, formatTime, toast } from './dom.js';
 import { decryptRecording } from './e2ee-playback.js';
 import { LANGUAGES, initLanguage, language, setLanguage, t } from './i18n.js';
 import { keyRingsFor } from './keystore.js';
 import { attendanceBoard } from './attendance-board.js';
+import { SITE_ROLES, myMeetings } from './my-meetings.js';
 import { invitationList, linksCsv, orderedInvitations, printableLinks } from './invitation-list.js';
 import { sitePicker } from './site-picker.js';
 
@@ -27,7 +30,9 @@ const INVITEE_ROLES = ['participant', 'presenter', 'host', 'viewer'];
 const ADMISSION_KEYS = { host: 'org.admissionHost', scheduled: 'org.admissionScheduled' };
 const STATUS_KEYS = { scheduled: 'org.statusScheduled', cancelled: 'org.statusCancelled' };
 const KIND_KEYS = { central: 'org.kindCentral', province: 'org.kindProvince', commune: 'org.kindCommune' };
-const ACCOUNT_ROLE_KEYS = { admin: 'org.accountAdmin', organizer: 'org.accountOrganizer' };
+const ACCOUNT_ROLE_KEYS = {
+  admin: 'org.accountAdmin', organizer: 'org.accountOrganizer', official: 'org.accountOfficial', site_operator: 'org.accountSiteOperator',
+};
 const REC_STATUS_KEYS = {
   recording: 'rec.statusRecording',
   completed: 'rec.statusCompleted',
@@ -181,12 +186,33 @@ function forgetSession() {
   account = null;
   try {
     sessionStorage.removeItem(TOKEN_KEY);
+    localStorage.removeItem(TOKEN_KEY);
   } catch {
     // Nothing stored.
   }
   stopRefresh?.();
   render();
 }
+
+/**
+ * Keeps a new session: in sessionStorage (gone with the tab), or in localStorage when the
+ * person asked to be remembered on this device (the server then gave a 30-day session).
+ */
+function startSession(answer, remember) {
+  token = answer.token;
+  account = answer.account;
+  try {
+    (remember ? localStorage : sessionStorage).setItem(TOKEN_KEY, token);
+  } catch {
+    // Signed in for this page only.
+  }
+  message = null;
+  go({ name: homeView() });
+}
+
+/** Where an account lands: a site's own meetings, or the meetings it organizes. */
+const isSiteAccount = () => SITE_ROLES.includes(account?.role);
+const homeView = () => (isSiteAccount() ? 'mine' : 'meetings');
 
 $('login-form').addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -201,18 +227,11 @@ $('login-form').addEventListener('submit', async (e) => {
   }
   $('login-button').disabled = true;
   try {
-    const answer = await request('POST', '/login', { json: { username, password } });
-    token = answer.token;
-    account = answer.account;
-    try {
-      sessionStorage.setItem(TOKEN_KEY, token);
-    } catch {
-      // Signed in for this page only.
-    }
+    const remember = $('login-remember').checked;
+    const answer = await request('POST', '/login', { json: { username, password, remember } });
     box.hidden = true;
     $('login-password').value = '';
-    message = null;
-    go({ name: 'meetings' });
+    startSession(answer, remember);
   } catch (err) {
     const m = err instanceof ApiError && err.status === 401 ? { key: 'org.loginFailed' } : errorMessage(err);
     box.hidden = false;
@@ -233,6 +252,37 @@ $('sign-out').addEventListener('click', async () => {
   forgetSession();
 });
 
+// An imported account's first visit: its activation link (`#activate=<token>`) sets its
+// password once.
+$('activate-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const password = $('activate-password').value;
+  const box = $('activate-message');
+  const say = (key, vars = {}) => {
+    box.hidden = false;
+    box.dataset.key = key;
+    box.textContent = t(key, vars);
+  };
+  if (password.length < 1 || password !== $('activate-password2').value) {
+    say('org.passwordsDiffer');
+    return;
+  }
+  $('activate-button').disabled = true;
+  try {
+    const remember = $('activate-remember').checked;
+    const activation = new URLSearchParams(location.hash.slice(1)).get('activate');
+    const answer = await request('POST', '/activate', { json: { token: activation, password, remember } });
+    history.replaceState(null, '', location.pathname + location.search);
+    $('activate-form').hidden = true;
+    startSession(answer, remember);
+  } catch (err) {
+    const m = err instanceof ApiError && err.status === 401 ? { key: 'org.activationUsed' } : errorMessage(err);
+    say(m.key, m.vars);
+  } finally {
+    $('activate-button').disabled = false;
+  }
+});
+
 for (const navButton of document.querySelectorAll('#org-nav button')) {
   navButton.addEventListener('click', () => go({ name: navButton.dataset.view }));
 }
@@ -250,7 +300,9 @@ function go(next) {
 
 function render() {
   const signedIn = !!token && !!account;
-  $('login-form').hidden = signedIn;
+  const activating = !signedIn && new URLSearchParams(location.hash.slice(1)).has('activate');
+  $('login-form').hidden = signedIn || activating;
+  $('activate-form').hidden = signedIn || !activating;
   $('org-nav').hidden = !signedIn;
   $('org-user').hidden = !signedIn;
   $('content').hidden = !signedIn;
@@ -263,7 +315,8 @@ function render() {
     name: account.display_name, role: t(ACCOUNT_ROLE_KEYS[account.role] || 'org.accountOrganizer'),
   });
   for (const b of document.querySelectorAll('#org-nav button')) {
-    b.hidden = 'admin' in b.dataset && account.role !== 'admin';
+    // Administrators' views for administrators; a site's account sees only its own meetings.
+    b.hidden = ('admin' in b.dataset && account.role !== 'admin') || ('site' in b.dataset) !== isSiteAccount();
     const section = { new: 'meetings', detail: 'meetings', edit: 'meetings', print: 'meetings' }[view.name] || view.name;
     b.classList.toggle('active', b.dataset.view === section);
   }
@@ -271,7 +324,10 @@ function render() {
   const content = $('content');
   const views = {
     meetings: meetingsView, new: scheduleView, edit: scheduleView, detail: detailView, print: printView, sites: sitesView, accounts: accountsView,
+    mine: myMeetingsView,
   };
+  // A site's account has its own meetings and nothing else.
+  if (isSiteAccount() && view.name !== 'mine') view = { name: 'mine' };
   const current = view;
   content.replaceChildren(el('p', { className: 'note', text: t('org.loading') }));
   (views[view.name] || meetingsView)()
@@ -559,6 +615,20 @@ async function detailView() {
       el('h2', { text: t('rec.heading') }),
       recordings,
       player));
+}
+
+// A site's meetings, each joined with one click.
+async function myMeetingsView() {
+  const mine = await api.get('/my/meetings');
+  const join = async (m) => {
+    try {
+      const { join_path: path } = await api.post(`/my/meetings/${m.meeting_id}/join`);
+      location.assign(path);
+    } catch (err) {
+      showError(err);
+    }
+  };
+  return myMeetings(mine, { t, roleKeys: ROLE_KEYS, button, join });
 }
 
 // The invitations' links, one province per printed sheet.
@@ -1097,7 +1167,7 @@ $('lang-select').addEventListener('change', (e) => {
 });
 
 try {
-  token = sessionStorage.getItem(TOKEN_KEY);
+  token = sessionStorage.getItem(TOKEN_KEY) ?? localStorage.getItem(TOKEN_KEY);
 } catch {
   token = null;
 }
@@ -1109,5 +1179,6 @@ if (token) {
     account = null;
   }
 }
+if (account) view = { name: homeView() };
 render();
 if (!token) $('login-username').focus();
