@@ -539,7 +539,9 @@ export class Meeting extends EventTarget {
           if (pub.source === 'microphone' && !this.local.micOn) this.sendMuted('microphone', true);
           if (pub.source === 'camera' && !(this.local.camOn && this.local.camera)) this.sendMuted('camera', true);
         } else {
-          this.addParticipant({ id: pub.participant_id, name: '', publications: [] }).pubs.set(pub.id, pub);
+          const p = this.addParticipant({ id: pub.participant_id, name: '', publications: [] });
+          p.pubs.set(pub.id, pub);
+          this.wantKey(p);
           this.subscribe(s, pub);
         }
         this.changed();
@@ -591,9 +593,17 @@ export class Meeting extends EventTarget {
   /** Takes in what the server says about a participant, and asks for their key. */
   addParticipant(info) {
     const p = this.roster.addParticipant(info);
-    if (this.encrypted && p.e2eeKey) this.e2ee.want(p.id, p.e2eeKey);
+    this.wantKey(p);
     if (this.encrypted && ('role' in info || info.e2ee_key)) this.updateSafetyCode();
     return p;
+  }
+
+  /**
+   * Asks a participant for their key once they publish: someone who sends nothing (a viewer,
+   * of whom a host sees thousands) is neither asked nor made to answer.
+   */
+  wantKey(p) {
+    if (this.encrypted && p.e2eeKey && p.pubs.size > 0) this.e2ee.want(p.id, p.e2eeKey);
   }
 
   /** Receives another participant's publication. */

@@ -71,6 +71,9 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 /// How many rekeys' wrap times a bot keeps.
 const MAX_WRAP_TIMES: usize = 4_096;
 
+/// How many epochs' arrival times a bot keeps per sender.
+const MAX_EPOCH_ARRIVALS: usize = 4_096;
+
 #[derive(Debug, Error)]
 pub enum BotError {
     #[error("websocket: {0}")]
@@ -313,8 +316,9 @@ pub struct BotStats {
     pub received: HashMap<PublicationId, ReceivedStats>,
     pub sent: SentStats,
     pub wire: WireSummary,
-    /// The key exchange's counters, when the bot speaks it.
+    /// The key exchange's counters, when the bot speaks it, and when its first key came.
     pub keys: Option<KeyStats>,
+    pub first_key_at: Option<Instant>,
     pub key_traffic: KeyTraffic,
 }
 
@@ -334,13 +338,15 @@ pub struct KeyTimeline {
     pub participant_id: ParticipantId,
     /// When the bot joined the room (the server's `joined`).
     pub joined_at: Instant,
-    /// It sends media under a key of its own (its departure rekeys follow).
+    /// It publishes media, under a key of its own (its departure rekeys follow).
     pub sends: bool,
     /// As a sender: its departure rekeys, and the time each took to make and wrap.
     pub rekeys: Vec<RekeyRecord>,
     pub rekey_wrap_times: Vec<Duration>,
-    /// As a receiver: for each sender, the epochs whose frames it opened, first time each.
+    /// As a receiver: for each sender, the epochs whose frames it opened, first time each,
+    /// and the epochs whose keys it received, with when each first came.
     pub epochs_opened: HashMap<ParticipantId, Vec<(u64, Instant)>>,
+    pub epochs_received: HashMap<ParticipantId, Vec<(u64, Instant)>>,
 }
 
 /// State shared by the task and the handle. The lock is never held across an await.
@@ -369,6 +375,8 @@ struct Shared {
     keys: Option<KeyExchange>,
     key_traffic: KeyTraffic,
     rekey_wrap_times: VecDeque<Duration>,
+    /// When each sender's epochs' keys first came.
+    epochs_received: HashMap<ParticipantId, VecDeque<(u64, Instant)>>,
 }
 
 impl Shared {
@@ -471,7 +479,9 @@ impl Shared {
                     return;
                 }
                 self.subscribe(&publication);
+                let owner = publication.participant_id;
                 self.roster.add_publication(publication);
+                self.want_key(now, owner);
             }
             ServerMessage::PublicationRemoved {
                 publication_id,
@@ -593,14 +603,16 @@ impl Shared {
         }
     }
 
-    /// Asks `participant` for its key, if the bot speaks the key exchange and the roster
-    /// shows a key for it.
+    /// Asks `participant` for its key once it publishes, if the bot speaks the key exchange
+    /// and the roster shows a key for it: as the browser, it does not ask those who send
+    /// nothing (viewers).
     fn want_key(&mut self, now: Instant, participant: ParticipantId) {
         if let Some(keys) = &mut self.keys {
             let public = self
                 .roster
                 .participants
                 .get(&participant)
+                .filter(|p| !p.publications.is_empty())
                 .and_then(|p| p.e2ee_key.as_deref());
             keys.want(now, participant, public);
         }
@@ -641,6 +653,14 @@ impl Shared {
                 }
                 KeyEvent::Received { sender, kid, base } => {
                     self.endpoint.add_receive_key(sender, kid, &base);
+                    let (epoch, _) = endpoint::sframe::split_kid(kid);
+                    let arrivals = self.epochs_received.entry(sender).or_default();
+                    if !arrivals.iter().any(|(e, _)| *e == epoch) {
+                        if arrivals.len() >= MAX_EPOCH_ARRIVALS {
+                            arrivals.pop_front();
+                        }
+                        arrivals.push_back((epoch, Instant::now()));
+                    }
                 }
                 KeyEvent::Forget { sender } => self.endpoint.forget_sender(sender),
             }
@@ -654,10 +674,10 @@ impl Shared {
         KeyTimeline {
             participant_id: self.participant_id,
             joined_at: self.joined_at,
-            sends: self
-                .keys
-                .as_ref()
-                .is_some_and(|k| k.current_kid().is_some()),
+            sends: {
+                let config = self.endpoint.config();
+                config.publish_audio || config.publish_video
+            },
             rekeys: self
                 .keys
                 .as_ref()
@@ -665,6 +685,11 @@ impl Shared {
                 .unwrap_or_default(),
             rekey_wrap_times: self.rekey_wrap_times.iter().copied().collect(),
             epochs_opened: self.endpoint.epochs_opened(),
+            epochs_received: self
+                .epochs_received
+                .iter()
+                .map(|(sender, arrivals)| (*sender, arrivals.iter().copied().collect()))
+                .collect(),
         }
     }
 }
@@ -808,6 +833,7 @@ impl Bot {
             keys,
             key_traffic: KeyTraffic::default(),
             rekey_wrap_times: VecDeque::new(),
+            epochs_received: HashMap::new(),
         };
         for participant in participants {
             if participant.id == participant_id {
@@ -882,6 +908,11 @@ impl Bot {
             sent: shared.endpoint.sent().clone(),
             wire: shared.wire.summary(Instant::now()),
             keys: shared.keys.as_ref().map(|k| k.stats().clone()),
+            first_key_at: shared
+                .epochs_received
+                .values()
+                .filter_map(|arrivals| arrivals.iter().map(|(_, at)| *at).min())
+                .min(),
             key_traffic: shared.key_traffic,
         }
     }

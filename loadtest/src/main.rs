@@ -115,6 +115,10 @@ struct Args {
     /// they check and what they drop.
     #[arg(long)]
     light_viewers: bool,
+    /// Only every Nth viewer receives media; the others join and (with --e2ee) speak the key
+    /// exchange only: key distribution at a size whose media this host cannot carry.
+    #[arg(long)]
+    media_every: Option<u32>,
     /// --e2ee, to compare designs: least time between two departure rekeys of a sender, in
     /// ms (the web client's: 2000).
     #[arg(long)]
@@ -217,6 +221,9 @@ impl Args {
         }
         if self.light_viewers {
             scenario.light_viewers = true;
+        }
+        if let Some(every) = self.media_every {
+            scenario.media_every = every;
         }
         if self.e2ee_rekey_interval_ms.is_some() {
             scenario.e2ee_rekey_interval_ms = self.e2ee_rekey_interval_ms;

@@ -37,14 +37,23 @@ pub fn measure(
     settle: Duration,
 ) -> KeyReport {
     let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| t.sends).collect();
+    let by_frames = timelines
+        .iter()
+        .filter(|t| !t.sends && !t.epochs_opened.is_empty())
+        .count();
+    let by_key = timelines
+        .iter()
+        .filter(|t| !t.sends && t.epochs_opened.is_empty() && !t.epochs_received.is_empty())
+        .count();
     let mut rekeyed = Vec::new();
     let mut never = 0;
     let mut pending = 0;
     for departure in departures {
         match rekeyed_after(departure, &senders, timelines) {
-            Some(after) => rekeyed.push(after.as_secs_f64() * 1_000.0),
-            None if now.saturating_duration_since(departure.at) < settle => pending += 1,
-            None => never += 1,
+            Rekeyed::After(after) => rekeyed.push(after.as_secs_f64() * 1_000.0),
+            Rekeyed::Nobody => {}
+            Rekeyed::Not if now.saturating_duration_since(departure.at) < settle => pending += 1,
+            Rekeyed::Not => never += 1,
         }
     }
     let measured = rekeyed.len() + never;
@@ -60,6 +69,8 @@ pub fn measure(
     let records = || senders.iter().flat_map(|t| t.rekeys.iter());
     KeyReport {
         departures: departures.len() as u64,
+        receivers_by_frames: by_frames as u64,
+        receivers_by_key: by_key as u64,
         rekeyed_ms: Distribution::of(rekeyed),
         rekeyed_p95_ms,
         departures_never_rekeyed: never as u64,
@@ -76,35 +87,66 @@ pub fn measure(
     }
 }
 
-/// How long after `departure` every receiver that was decrypting each sender before it
-/// decrypted under a newer epoch than the departed could have held; `None` if one never did.
+/// What became of one departure.
+enum Rekeyed {
+    /// Every receiver that held a sender's key before it held a newer epoch this long after.
+    After(Duration),
+    /// A receiver never did (yet), or a sender never answered it.
+    Not,
+    /// Nobody who held a key before it is left to tell.
+    Nobody,
+}
+
+/// Whether, and how long after `departure`, every receiver that was decrypting each sender
+/// before it decrypted under a newer epoch than the departed could have held.
 fn rekeyed_after(
     departure: &Departure,
     senders: &[&KeyTimeline],
     timelines: &[KeyTimeline],
-) -> Option<Duration> {
-    let mut latest = departure.at;
+) -> Rekeyed {
+    let mut latest: Option<Instant> = None;
     for sender in senders {
         // The rekey that answered this departure: the one that names it.
-        let record = sender
+        let Some(record) = sender
             .rekeys
             .iter()
-            .find(|r| r.covers.contains(&departure.participant))?;
+            .find(|r| r.covers.contains(&departure.participant))
+        else {
+            return Rekeyed::Not;
+        };
         let epoch = u64::from(record.epoch);
         for receiver in timelines {
-            let Some(epochs) = receiver.epochs_opened.get(&sender.participant_id) else {
-                continue;
-            };
-            if receiver.participant_id == sender.participant_id
-                || !epochs.iter().any(|(_, at)| *at < departure.at)
-            {
+            if receiver.participant_id == sender.participant_id {
                 continue;
             }
-            let (_, at) = epochs.iter().find(|(e, _)| *e >= epoch)?;
-            latest = latest.max(*at);
+            // A receiver that opens frames is rekeyed by the first it opens under the new
+            // epoch; one that receives no media (`media_every`), when it held the new key and
+            // the sender sealed with it, which is when its first frame would have opened.
+            let (epochs, by_key) = match receiver.epochs_opened.get(&sender.participant_id) {
+                Some(opened) => (opened, false),
+                None => match receiver.epochs_received.get(&sender.participant_id) {
+                    Some(received) => (received, true),
+                    None => continue,
+                },
+            };
+            if !epochs.iter().any(|(_, at)| *at < departure.at) {
+                continue;
+            }
+            let Some((_, at)) = epochs.iter().find(|(e, _)| *e >= epoch) else {
+                return Rekeyed::Not;
+            };
+            let at = match (by_key, record.used_at) {
+                (false, _) => *at,
+                (true, Some(used)) => (*at).max(used),
+                (true, None) => return Rekeyed::Not,
+            };
+            latest = latest.max(Some(at));
         }
     }
-    Some(latest.saturating_duration_since(departure.at))
+    match latest {
+        Some(at) => Rekeyed::After(at.saturating_duration_since(departure.at)),
+        None => Rekeyed::Nobody,
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +176,7 @@ mod tests {
                 .collect(),
             rekey_wrap_times: vec![Duration::from_millis(3); rekeys.len()],
             epochs_opened: HashMap::new(),
+            epochs_received: HashMap::new(),
         }
     }
 
@@ -151,6 +194,7 @@ mod tests {
                     .map(|(e, at)| (*e, start + Duration::from_millis(*at)))
                     .collect(),
             )]),
+            epochs_received: HashMap::new(),
         }
     }
 
@@ -205,6 +249,41 @@ mod tests {
         assert_eq!(report.rekeyed_p95_ms, Some(1_600.0));
         let report = measure(&departures[1..2], &timelines, at(20_000), SETTLE);
         assert_eq!(report.rekeyed_p95_ms, Some(1_200.0));
+    }
+
+    #[test]
+    fn a_receiver_without_media_is_rekeyed_once_it_holds_the_key_and_the_sender_uses_it() {
+        let t0 = Instant::now();
+        let mut presenter = sender(1, t0, &[(1, 1_100, vec![9])]);
+        presenter.rekeys[0].used_at = Some(t0 + Duration::from_millis(2_100));
+        let mut listener = receiver(3, t0, 1, &[]);
+        listener.epochs_opened.clear();
+        listener.epochs_received.insert(
+            ParticipantId(1),
+            vec![(0, t0), (1, t0 + Duration::from_millis(1_200))],
+        );
+        let timelines = vec![
+            presenter,
+            receiver(2, t0, 1, &[(0, 100), (1, 2_150)]),
+            listener,
+        ];
+        let departure = Departure {
+            participant: ParticipantId(9),
+            at: t0 + Duration::from_millis(1_000),
+        };
+        let report = measure(
+            &[departure],
+            &timelines,
+            t0 + Duration::from_secs(30),
+            SETTLE,
+        );
+        // The one with media opened the new epoch at 2.15 s, the other held its key at 1.2 s
+        // and the sender used it from 2.1 s.
+        assert_eq!(report.rekeyed_p95_ms, Some(1_150.0));
+        assert_eq!(
+            (report.receivers_by_frames, report.receivers_by_key),
+            (1, 1)
+        );
     }
 
     #[test]

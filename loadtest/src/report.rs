@@ -69,6 +69,11 @@ pub struct EndpointResult {
     /// change; frames sealed before it joined, which it must not read, are not counted).
     pub first_decrypted_ms: Option<f64>,
     pub decrypt_failures_newer_key: u64,
+    /// End-to-end encryption: until the first key arrived.
+    pub first_key_ms: Option<f64>,
+    /// It receives media (false: a viewer that only joins and speaks the key exchange,
+    /// `Scenario::media_every`).
+    pub receives_media: bool,
     /// End-to-end encryption: keys this endpoint asked for (first asks and asks again), keys
     /// it received that opened, and ones that did not.
     pub key_requests_sent: u64,
@@ -162,6 +167,8 @@ impl EndpointResult {
                 .values()
                 .map(|r| r.decrypt_failures_newer_key)
                 .sum(),
+            first_key_ms: ms_between(start, stats.first_key_at),
+            receives_media: true,
             key_requests_sent: keys.requests_sent,
             keys_received: keys.keys_received,
             keys_refused: keys.keys_refused,
@@ -200,6 +207,8 @@ impl EndpointResult {
             frames_sealed: 0,
             first_decrypted_ms: None,
             decrypt_failures_newer_key: 0,
+            first_key_ms: None,
+            receives_media: true,
             key_requests_sent: 0,
             keys_received: 0,
             keys_refused: 0,
@@ -211,7 +220,9 @@ impl EndpointResult {
 
     /// Whether this endpoint should have received media (it subscribes to someone).
     fn expects_media(&self, scenario: &Scenario) -> bool {
-        self.stayed && (self.role != Role::Presenter || scenario.presenters > 1)
+        self.receives_media
+            && self.stayed
+            && (self.role != Role::Presenter || scenario.presenters > 1)
     }
 }
 
@@ -257,12 +268,20 @@ impl Distribution {
 /// come from the generator, whose bots share one process and one clock.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct KeyReport {
-    /// Receivers, from the start of their connect to their first decrypted frame, in ms.
+    /// Receivers, from the start of their connect to their first decrypted frame, in ms
+    /// (those that receive media), and to their first key (all).
     pub first_decrypt_ms: Option<Distribution>,
+    pub first_key_ms: Option<Distribution>,
+    /// Receivers present at the end whose "rekeyed" came from the frames they opened, and
+    /// those (receiving no media) whose came from when they held the new key and the sender
+    /// used it.
+    pub receivers_by_frames: u64,
+    pub receivers_by_key: u64,
     /// Viewers made to leave during the hold (churn).
     pub departures: u64,
     /// From a departure until every receiver that was decrypting before it decrypts under a
-    /// key the departed never had, in ms, for the departures that got there in the run.
+    /// key the departed never had, in ms, for the departures that got there in the run (a
+    /// departure with no such receiver left at the end is not counted anywhere).
     pub rekeyed_ms: Option<Distribution>,
     /// The 95th percentile of that over every measured departure, those never followed by
     /// such a key counting as beyond any limit: `None` when more than 5% of them were.
@@ -309,6 +328,18 @@ impl KeyReport {
             "keys: join → first decrypted frame ms {}",
             dist(&self.first_decrypt_ms)
         );
+        let _ = writeln!(
+            out,
+            "keys: join → first key ms {}",
+            dist(&self.first_key_ms)
+        );
+        if self.receivers_by_key > 0 {
+            let _ = writeln!(
+                out,
+                "keys: rekeyed read from frames opened by {} receivers, from keys held and used by {} receiving no media",
+                self.receivers_by_frames, self.receivers_by_key
+            );
+        }
         let _ = writeln!(
             out,
             "keys: {} departures; departure → everyone rekeyed ms {}; p95 over all {} ({} never rekeyed, {} too close to the end)",
@@ -661,10 +692,14 @@ impl RunReport {
             e.expects_media(&scenario)
                 && (e.first_media_ms.is_none() || (scenario.e2ee && e.frames_decrypted == 0))
         };
+        // A viewer that only speaks the key exchange fails without a key.
+        let no_key = |e: &EndpointResult| {
+            scenario.e2ee && !e.receives_media && e.stayed && e.first_key_ms.is_none()
+        };
         let endpoints_failed = (endpoints.len() - joined.len()) as u64
             + joined
                 .iter()
-                .filter(|e| e.connection_lost || e.media_stopped || no_media(e))
+                .filter(|e| e.connection_lost || e.media_stopped || no_media(e) || no_key(e))
                 .count() as u64;
 
         let lost: Vec<&EndpointResult> = joined
@@ -820,7 +855,9 @@ impl RunReport {
             .endpoints
             .iter()
             .filter(|e| e.joined && e.role != Role::Presenter);
-        keys.first_decrypt_ms = Distribution::of(receivers.filter_map(|e| e.first_decrypted_ms));
+        keys.first_decrypt_ms =
+            Distribution::of(receivers.clone().filter_map(|e| e.first_decrypted_ms));
+        keys.first_key_ms = Distribution::of(receivers.filter_map(|e| e.first_key_ms));
         keys.frames_lost_to_rekey = self
             .endpoints
             .iter()

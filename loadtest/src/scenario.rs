@@ -12,7 +12,7 @@
 //! its metrics scrape ([`crate::report::RunError`]). A run whose every endpoint is gone ends
 //! its hold early: there is nothing left to measure.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -283,6 +283,10 @@ struct Run<'a> {
     /// Per endpoint: RTP packets received at the last sample that saw more, and when.
     media_progress: HashMap<protocol::ParticipantId, (u64, Instant)>,
     next_index: u32,
+    /// Viewers joined so far, and the names of those that receive no media
+    /// (`Scenario::media_every`).
+    viewers_started: u32,
+    without_media: HashSet<String>,
     timeline: Vec<TimelineSample>,
     /// Viewers the run made leave (churn), for the key measurements.
     departures: Vec<Departure>,
@@ -354,6 +358,8 @@ pub async fn run(
         lost_at: HashMap::new(),
         media_progress: HashMap::new(),
         next_index: 0,
+        viewers_started: 0,
+        without_media: HashSet::new(),
         timeline: Vec::new(),
         previous: HashMap::new(),
         last_sample_at: started,
@@ -492,6 +498,7 @@ impl Run<'_> {
         stayed: bool,
     ) -> EndpointResult {
         let mut result = EndpointResult::from_stats(role, name, stats, now, stayed);
+        result.receives_media = !self.without_media.contains(name);
         let id = stats.participant_id;
         let t_now = now.saturating_duration_since(self.started).as_secs_f64();
         if result.connection_lost {
@@ -542,7 +549,18 @@ impl Run<'_> {
             _ => protocol::Role::Participant,
         });
         // Viewers watch the presenters; presenters and members see every other publisher.
+        // Viewers beside every `media_every`th only join (and speak the key exchange).
         options.auto_subscribe = true;
+        if role == Role::Viewer {
+            let with_media = self
+                .viewers_started
+                .is_multiple_of(self.scenario.media_every.max(1));
+            self.viewers_started += 1;
+            if !with_media {
+                options.auto_subscribe = false;
+                self.without_media.insert(name.clone());
+            }
+        }
         options.ping_interval = Some(Duration::from_secs(10));
         self.joins
             .spawn(async move { (role, name, Bot::connect(options).await) });
@@ -630,6 +648,7 @@ impl Run<'_> {
         self.bots
             .iter()
             .filter(|(role, ..)| matches!(role, Role::Viewer | Role::Member))
+            .filter(|(_, name, _)| !self.without_media.contains(name))
             .all(|(.., bot)| {
                 let stats = bot.stats();
                 let subscribed: Vec<_> = stats.received.values().filter(|r| r.subscribed).collect();
@@ -1208,9 +1227,10 @@ mod tests {
         assert!(report.summary().contains("join → first decrypted frame"));
     }
 
-    /// An encrypted churn (`churn --e2ee`) against the real server, light viewers: each
-    /// departure is measured until the remaining viewers decrypt under a new key, and the
-    /// server's key counters are read. Only outcomes are asserted, never timings.
+    /// An encrypted churn (`churn --e2ee`) against the real server, light viewers, half of them
+    /// without media (`media_every`): each departure is measured until the remaining viewers
+    /// decrypt under (or hold, for those without media) a new key, and the server's key
+    /// counters are read. Only outcomes are asserted, never timings.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn encrypted_churn_measures_key_distribution() {
         let scenario = Scenario {
@@ -1224,6 +1244,7 @@ mod tests {
             video_fps: 15,
             e2ee: true,
             light_viewers: true,
+            media_every: 2,
             slo: Slo {
                 loss_pct: None,
                 ..Slo::default()
@@ -1235,21 +1256,28 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let keys = report.keys.as_ref().expect("key figures");
         assert!(keys.departures >= 3, "{keys:?}");
-        assert_eq!(
-            keys.rekeyed_ms.map_or(0, |d| d.count)
-                + keys.departures_never_rekeyed
-                + keys.departures_pending_at_end,
-            keys.departures,
-            "{keys:?}"
-        );
+        let accounted = keys.rekeyed_ms.map_or(0, |d| d.count)
+            + keys.departures_never_rekeyed
+            + keys.departures_pending_at_end;
+        assert!(accounted <= keys.departures, "{keys:?}");
         assert_eq!(keys.keys_refused, 0);
         // The server tells the presenter of each departure: every one is answered by a new
         // key (those too close to the end aside).
         assert_eq!(keys.departures_never_rekeyed, 0, "{keys:?}");
         assert!(keys.rekeys >= 1, "{keys:?}");
-        // Every viewer, churned or not, decrypted the presenter's audio.
+        assert!(
+            keys.receivers_by_frames >= 1 && keys.receivers_by_key >= 1,
+            "{keys:?}"
+        );
+        // Every viewer, churned or not, got the presenter's key, and those with media
+        // decrypted its audio.
         for endpoint in report.endpoints.iter().filter(|e| e.role == Role::Viewer) {
-            assert!(endpoint.first_decrypted_ms.is_some(), "{endpoint:?}");
+            assert!(endpoint.first_key_ms.is_some(), "{endpoint:?}");
+            assert_eq!(
+                endpoint.first_decrypted_ms.is_some(),
+                endpoint.receives_media,
+                "{endpoint:?}"
+            );
         }
         assert!(
             report

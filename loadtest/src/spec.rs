@@ -82,7 +82,8 @@ impl Default for Slo {
 pub struct Scenario {
     pub kind: Kind,
     pub room: String,
-    /// Publishers in `broadcast` and `churn` (1–3).
+    /// Publishers in `broadcast` and `churn` (1–3; 0: the presenters are already in the room,
+    /// a browser for instance, and the run brings only viewers).
     pub presenters: u32,
     /// Receive-only endpoints in `broadcast` and `churn`.
     pub viewers: u32,
@@ -115,6 +116,11 @@ pub struct Scenario {
     /// sender, how long requests wait to be answered together, and the deliveries per
     /// `e2ee_keys` message. Unset: the web client's ([`endpoint::keys::KeyPolicy::BROWSER`]).
     pub e2ee_rekey_interval_ms: Option<u64>,
+    /// Viewers that receive media: every Nth (1, the default: all). The others join, speak the
+    /// key exchange and receive nothing else, so that key distribution can be measured at a
+    /// size whose media one host cannot carry; their "rekeyed" is when they held the new key
+    /// and the sender used it.
+    pub media_every: u32,
     pub e2ee_answer_window_ms: Option<u64>,
     pub e2ee_keys_per_message: Option<usize>,
     /// Measure the loopback floor ([`crate::floor`]) for about a second before the endpoints
@@ -140,6 +146,7 @@ impl Default for Scenario {
             e2ee: false,
             light_viewers: false,
             e2ee_rekey_interval_ms: None,
+            media_every: 1,
             e2ee_answer_window_ms: None,
             e2ee_keys_per_message: None,
             measure_floor: true,
@@ -169,6 +176,9 @@ impl Scenario {
         if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
             return invalid("video_kbps must be 1–10000 and video_fps 1–60");
         }
+        if self.media_every == 0 {
+            return invalid("media_every must be at least 1");
+        }
         if self
             .e2ee_keys_per_message
             .is_some_and(|n| !(1..=protocol::MAX_E2EE_DELIVERIES).contains(&n))
@@ -179,8 +189,8 @@ impl Scenario {
             return invalid("room must be 1–64 characters");
         }
         match self.kind {
-            Kind::Broadcast | Kind::Churn if !(1..=3).contains(&self.presenters) => {
-                invalid("a broadcast has 1–3 presenters")
+            Kind::Broadcast | Kind::Churn if self.presenters > 3 => {
+                invalid("a broadcast has at most 3 presenters")
             }
             Kind::Meeting if self.participants < 2 => invalid("a meeting needs 2 participants"),
             Kind::Churn if !(self.churn_per_s > 0.0 && self.churn_per_s <= MAX_JOIN_RATE) => {

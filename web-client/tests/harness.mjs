@@ -217,7 +217,9 @@ export async function createAdmin(dataDir, { username = 'admin', displayName = '
  * `fastStart: false` passes `--no-fast-start`: a new video subscription then waits for the
  * publisher's next keyframe instead of starting from the packets since its last one.
  */
-export async function startServer({ openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true } = {}) {
+export async function startServer({
+  openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true, extraArgs = [],
+} = {}) {
   const { openRooms: knowsOpenRooms, testHooks, mediaWorkers } = serverFeatures();
   const bin = serverBinary();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
@@ -239,6 +241,7 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
     ...(mediaWorkers ? ['--media-workers', '2'] : []),
     ...(bandwidthEstimation ? [] : ['--no-bandwidth-estimation']),
     ...(fastStart ? [] : ['--no-fast-start']),
+    ...extraArgs,
   ]);
   // In its own process group, so that a kill reaches whatever it started too (a wrapper
   // script's children would otherwise keep its output pipes, and this process, alive).
@@ -343,10 +346,11 @@ export async function startServer({ openRooms = true, admin = null, bandwidthEst
  * --use-fake-ui-for-media-stream, so camera and microphone requests are denied.
  * Playwright gives every launch a fresh temporary --user-data-dir.
  */
-export async function launchBrowser({ fakeUi = true } = {}) {
+export async function launchBrowser({ fakeUi = true, fakeFps = null } = {}) {
   const args = [
     '--headless=new', '--no-sandbox', '--disable-gpu',
-    '--use-fake-device-for-media-stream',
+    // `fakeFps`: the fake camera's frame rate (Chromium's default is 20).
+    fakeFps ? `--use-fake-device-for-media-stream=fps=${fakeFps}` : '--use-fake-device-for-media-stream',
     ...(fakeUi ? ['--use-fake-ui-for-media-stream'] : []),
     '--autoplay-policy=no-user-gesture-required',
     '--allow-loopback-in-peer-connection',

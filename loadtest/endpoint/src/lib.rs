@@ -1340,6 +1340,7 @@ impl Endpoint {
     pub fn epochs_opened(&self) -> HashMap<ParticipantId, Vec<(u64, Instant)>> {
         self.openers
             .iter()
+            .filter(|(_, ring)| !ring.epochs.is_empty())
             .map(|(sender, ring)| (*sender, ring.epochs.iter().copied().collect()))
             .collect()
     }
