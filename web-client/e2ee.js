@@ -260,6 +260,8 @@ export class E2ee {
       const known = this.recipients.get(from);
       this.recipients.set(from, { pub: key, wrap });
       newcomer ||= !known || known.pub !== key;
+      // A recipient that changed keys leaves no wrap key behind.
+      if (known && known.pub !== key && ![...this.recipients.values()].some((r) => r.pub === known.pub)) this.wraps.delete(known.pub);
       answered.set(from, wrap);
     }
     if (newcomer) {

@@ -759,6 +759,13 @@ impl KeyExchange {
             }
             let known = self.recipients.insert(from, public.clone());
             newcomer |= known.as_ref() != Some(&public);
+            // A recipient that changed keys leaves no wrap key behind: asking again and again
+            // with new keys must not grow the cache.
+            if let Some(old) = known.filter(|old| *old != public)
+                && !self.recipients.values().any(|p| *p == old)
+            {
+                self.wraps.remove(&old);
+            }
             if !answered.contains(&from) {
                 answered.push(from);
             }
@@ -1317,6 +1324,24 @@ mod tests {
             let used = record.used_at.expect("every key but the latest was used");
             assert_eq!(used - record.made_at, policy.rekey_delay, "{record:?}");
         }
+    }
+
+    #[test]
+    fn a_recipient_asking_with_new_keys_leaves_no_wrap_key_behind() {
+        let mut w = World::new(AT_ONCE);
+        w.join(ParticipantId(2), AT_ONCE);
+        for _ in 0..5 {
+            let other = DeviceKey::generate().expect("key");
+            let now = w.now;
+            let blob = request_blob(other.public_key());
+            w.party_mut(SENDER)
+                .handle_blob(now, ParticipantId(2), None, &blob)
+                .expect("a request");
+            w.pump();
+        }
+        let sender = w.party(SENDER);
+        assert_eq!(sender.stats().wrap_keys_derived, 6);
+        assert_eq!((sender.recipients.len(), sender.wraps.len()), (1, 1));
     }
 
     #[test]
