@@ -1107,22 +1107,80 @@ async function sitesView() {
       : el('p', { className: 'note', text: t('org.noSites') }));
 }
 
-// Accounts (administrators): list, create, disable.
+// Accounts (administrators): one page at a time, searched on the server (a network has
+// ~150,000 accounts: the page never holds them all), create, disable.
+const ACCOUNTS_PER_PAGE = 50;
+/** The pause after a keystroke in the search box before it asks the server. */
+const SEARCH_PAUSE_MS = 250;
+
 async function accountsView() {
-  const { accounts } = await api.get('/accounts');
-  const rows = accounts.map((a) => el('tr', { className: `account-row${a.disabled ? ' disabled' : ''}`, dataset: { username: a.username } },
+  const current = view;
+  const search = el('input', {
+    id: 'account-search', type: 'search', value: current.q ?? '', placeholder: t('org.searchAccounts'), autocomplete: 'off',
+    attrs: { 'aria-label': t('org.searchAccounts') },
+  });
+  const list = el('div', { id: 'accounts-list' });
+  const range = el('span', { className: 'note', id: 'accounts-range' });
+  const prev = button('org.previousPage', () => reload((current.page ?? 1) - 1), 'secondary small', { id: 'accounts-prev' });
+  const next = button('org.nextPage', () => reload((current.page ?? 1) + 1), 'secondary small', { id: 'accounts-next' });
+  // Only the answer to the latest request is drawn: answers to earlier searches may come later.
+  let latest = 0;
+  const load = async (page) => {
+    const asked = ++latest;
+    const query = new URLSearchParams({ page: String(page), per_page: String(ACCOUNTS_PER_PAGE) });
+    if (search.value.trim()) query.set('q', search.value.trim());
+    const found = await api.get(`/accounts?${query}`);
+    if (asked !== latest || view !== current) return;
+    const last = Math.max(1, Math.ceil(found.total / found.per_page));
+    // Fewer accounts than before (disabled elsewhere, a narrower search): the last page there is.
+    if (!found.accounts.length && page > last) {
+      await load(last);
+      return;
+    }
+    // Kept in the view, so that a language switch redraws the same page of the same search.
+    current.q = search.value.trim();
+    current.page = page;
+    list.replaceChildren(found.accounts.length
+      ? table(['org.username', 'org.displayName', 'org.colSite', 'org.accountRole', 'org.colStatus', ''], found.accounts.map(accountRow), 'accounts-table')
+      : el('p', { className: 'note', id: 'no-accounts', text: t('org.noAccounts') }));
+    const from = (page - 1) * found.per_page + 1;
+    range.textContent = found.total
+      ? t('org.accountsRange', { from, to: from + found.accounts.length - 1, total: found.total })
+      : '';
+    prev.disabled = page <= 1;
+    next.disabled = page >= last;
+  };
+  const reload = (page) => load(page).catch((err) => {
+    if (view === current) showError(err);
+  });
+  const accountRow = (a) => el('tr', { className: `account-row${a.disabled ? ' disabled' : ''}`, dataset: { username: a.username } },
     el('td', { text: a.username }),
     el('td', { text: a.display_name }),
+    el('td', { text: a.site_name ?? '' }),
     el('td', { text: t(ACCOUNT_ROLE_KEYS[a.role] || 'org.accountOrganizer') }),
-    el('td', { text: t(a.disabled ? 'org.accountDisabled' : 'org.accountActive') }),
+    el('td', { text: t(a.disabled ? 'org.accountDisabled' : a.pending_activation ? 'org.accountPending' : 'org.accountActive') }),
     el('td', {}, a.id === account.id ? null : button(a.disabled ? 'org.enable' : 'org.disable', async () => {
       try {
         await api.patch(`/accounts/${a.id}`, { disabled: !a.disabled });
-        go({ name: 'accounts' });
+        await load(current.page ?? 1);
       } catch (err) {
         showError(err);
       }
-    }, 'secondary small'))));
+    }, 'secondary small')));
+  let pause = null;
+  search.addEventListener('input', () => {
+    clearTimeout(pause);
+    pause = setTimeout(() => reload(1), SEARCH_PAUSE_MS);
+  });
+  const searchForm = el('form', { className: 'row', id: 'account-search-form', noValidate: true, attrs: { role: 'search' } },
+    search, prev, range, next);
+  searchForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    clearTimeout(pause);
+    reload(1);
+  });
+  await load(current.page ?? 1);
+
   const username = el('input', { id: 'new-username', maxLength: 64, autocomplete: 'off' });
   const displayName = el('input', { id: 'new-display-name', maxLength: 128, autocomplete: 'off' });
   const password = el('input', { id: 'new-password', type: 'password', autocomplete: 'new-password' });
@@ -1149,7 +1207,8 @@ async function accountsView() {
   });
   return el('div', { className: 'org-view' },
     el('div', { className: 'view-head' }, el('h1', { text: t('org.accountsHeading') })),
-    table(['org.username', 'org.displayName', 'org.accountRole', 'org.colStatus', ''], rows, 'accounts-table'),
+    searchForm,
+    list,
     form);
 }
 
