@@ -124,6 +124,13 @@ impl JoinTokens {
         })
     }
 
+    /// The key pair of an Ed25519 seed: every node of a cluster derives the same one from
+    /// the cluster secret, so that each verifies the links the others issue.
+    pub fn from_seed(seed: &[u8; 32]) -> Option<Self> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
+        Self::from_pkcs8(pair.to_pkcs8().ok()?.as_ref())
+    }
+
     /// A fresh key pair that lives only in memory (tests).
     pub fn ephemeral() -> Result<Self, KeyError> {
         let document =

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config_file;
 pub mod connections;
 pub mod hub;
@@ -102,6 +103,8 @@ pub struct Config {
     /// Time a client has to finish its TLS handshake, and to send a request's header (the
     /// first request's too) once the connection is up.
     pub request_timeout: Duration,
+    /// Joins a cluster of nodes over NATS; `None`: a single server.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -133,6 +136,7 @@ impl Config {
             metrics_token: None,
             max_connections_per_ip: Some(connections::DEFAULT_MAX_PER_IP),
             request_timeout: connections::REQUEST_TIMEOUT,
+            cluster: None,
         }
     }
 
@@ -198,6 +202,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error("the metrics token {0}: {1}")]
     MetricsToken(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// The longest a shutdown takes: the hub waits up to 5 s for recordings to be finalized, the
@@ -226,6 +232,7 @@ pub struct AppState {
     metrics_token: std::sync::Arc<str>,
     gate: session::Gate,
     api: api::ApiState,
+    cluster: Option<cluster::Cluster>,
 }
 
 /// A running server.
@@ -244,6 +251,8 @@ pub struct RunningServer {
     pub recordings_dir: PathBuf,
     /// The bearer token `GET /metrics` requires.
     pub metrics_token: String,
+    /// This node's membership of its cluster, when it runs in one.
+    pub cluster: Option<cluster::Cluster>,
     /// Deletes recordings past the retention period; stopped at shutdown.
     retention: Option<tokio::task::JoinHandle<()>>,
     handle: axum_server::Handle<SocketAddr>,
@@ -261,6 +270,9 @@ impl RunningServer {
         // Tell every client first, so that pages say the meeting ended instead of trying to
         // reconnect to a server that is going away.
         self.hub.shutdown().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         if let Some(retention) = &self.retention {
             retention.abort();
         }
@@ -389,7 +401,7 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
         )
             .into_response();
     }
-    let body = state.metrics.render(&state.sfu);
+    let body = state.metrics.render(&state.sfu, state.cluster.as_ref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -490,9 +502,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         recordings_dir.clone(),
         config.recording_retention_days,
     );
-    let tokens = std::sync::Arc::new(auth::JoinTokens::load_or_generate(
-        &config.data_dir.join("keys"),
-    )?);
+    let tokens = std::sync::Arc::new(match &config.cluster {
+        // Every node signs and verifies with the key the cluster secret gives.
+        Some(cluster) => auth::JoinTokens::from_seed(&cluster.secret.join_token_seed())
+            .ok_or(auth::KeyError::Generate)?,
+        None => auth::JoinTokens::load_or_generate(&config.data_dir.join("keys"))?,
+    });
 
     recover_interrupted_recordings(&store, &recordings_dir).await;
     let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -543,6 +558,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(config.http_addr, e))?;
     let handle = axum_server::Handle::new();
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            Some(cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr()).await?)
+        }
+        None => None,
+    };
     let state = AppState {
         hub: hub.clone(),
         limits: config.session_limits,
@@ -560,6 +581,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             std::sync::Arc::new(hub.clone()),
             recordings_dir.clone(),
         ),
+        cluster: cluster.clone(),
     };
     let router = app(state, config.web_client_dir.clone(), config.test_hooks);
     let acceptor = connections::LimitingAcceptor {
@@ -592,6 +614,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         hub,
         recordings_dir,
         metrics_token,
+        cluster,
         retention,
         handle,
         task,

@@ -165,6 +165,31 @@ struct Args {
     /// <data-dir>/metrics-token, generated on first start].
     #[arg(long, env = "MEET_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// Join a cluster of nodes coordinated by this NATS server (JetStream on: `nats-server
+    /// -js`), e.g. `nats://127.0.0.1:4222`; several separated by commas. Every node needs the
+    /// same --cluster-secret-file and, for one set of meetings, the same PostgreSQL
+    /// --database-url [default: none; a single server].
+    #[arg(
+        long,
+        env = "MEET_CLUSTER",
+        value_name = "URL",
+        requires = "cluster_secret_file"
+    )]
+    cluster: Option<String>,
+    /// The file holding the cluster's shared secret (at least 32 bytes, e.g. `openssl rand
+    /// -hex 32`): nodes without it are refused, and every node derives the join-token key from
+    /// it [default: none].
+    #[arg(
+        long,
+        env = "MEET_CLUSTER_SECRET_FILE",
+        value_name = "FILE",
+        requires = "cluster"
+    )]
+    cluster_secret_file: Option<PathBuf>,
+    /// This node's name in its cluster: letters, digits, '-' and '_' [default: a random one per
+    /// start].
+    #[arg(long, env = "MEET_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
     /// TCP connections one address may hold at once: pages, API calls and WebSockets together
     /// (0: no limit, for a load test whose bots all come from one address).
     #[arg(long, env = "MEET_MAX_CONNECTIONS_PER_IP", default_value_t = signaling::connections::DEFAULT_MAX_PER_IP)]
@@ -334,6 +359,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     match signaling::connections::raise_fd_limit() {
         Ok(limit) => tracing::info!(limit, "open file limit"),
         Err(err) => tracing::warn!(%err, "the open file limit could not be raised"),
+    }
+    if let (Some(url), Some(secret_file)) = (args.cluster, args.cluster_secret_file) {
+        config.cluster = Some(signaling::cluster::ClusterConfig {
+            url,
+            secret: signaling::cluster::ClusterSecret::from_file(&secret_file)?,
+            node_id: args.node_id,
+        });
     }
     config.test_hooks = args.test_hooks;
     if config.test_hooks {

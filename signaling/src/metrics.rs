@@ -44,7 +44,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of the current values.
-    pub fn render(&self, sfu: &SfuHandle) -> String {
+    pub fn render(&self, sfu: &SfuHandle, cluster: Option<&crate::cluster::Cluster>) -> String {
         let snapshot = sfu.snapshot();
         with_local_recorder(self.recorder.as_ref(), || {
             self.process.collect();
@@ -115,6 +115,15 @@ impl Metrics {
                 counter!("meet_refused_total", "reason" => refusal.name())
                     .absolute(refusal.total());
             }
+            if let Some(cluster) = cluster {
+                let c = cluster.snapshot();
+                gauge!("meet_cluster_nodes").set(c.nodes as f64);
+                gauge!("meet_cluster_connected").set(if c.connected { 1.0 } else { 0.0 });
+                counter!("meet_cluster_heartbeat_failures_total").absolute(c.heartbeat_failures);
+                for (reason, value) in c.rejected {
+                    counter!("meet_cluster_rejected_total", "reason" => reason).absolute(value);
+                }
+            }
         });
         self.handle.render()
     }
@@ -148,6 +157,23 @@ fn describe() {
          sub-microsecond resolution; process_cpu_seconds_total moves in whole seconds."
     );
     describe_gauge!("meet_rooms", "Rooms with at least one participant.");
+    describe_gauge!(
+        "meet_cluster_nodes",
+        "Nodes of this server's cluster whose lease is current, this one included (cluster mode)."
+    );
+    describe_gauge!(
+        "meet_cluster_connected",
+        "1 while this node's connection to NATS is up (cluster mode)."
+    );
+    describe_counter!(
+        "meet_cluster_heartbeat_failures_total",
+        "Renewals of this node's cluster lease that failed (NATS or JetStream unreachable)."
+    );
+    describe_counter!(
+        "meet_cluster_rejected_total",
+        "Cluster messages refused, by reason: bad_mac (another cluster secret, or forged), \
+         stale (a replay), bad_node, malformed, truncated, bad_magic, oversize."
+    );
     describe_gauge!(
         "meet_media_workers",
         "Media workers (threads), running and stopped."

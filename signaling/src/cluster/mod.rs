@@ -1,0 +1,432 @@
+//! The cluster: several `meet-server` nodes coordinated over NATS (`--cluster nats://…`).
+//!
+//! What exists so far is membership and shared identity:
+//! - **Membership.** Each node holds a lease in the JetStream key-value bucket
+//!   [`NODES_BUCKET`]: its record (id, addresses, start time) under its id, written every
+//!   [`HEARTBEAT`]. A node is a member while its record is younger than [`LEASE`] by the
+//!   receiver's clock: a node that dies (`kill -9`) drops out within the lease, one that stops
+//!   deletes its record at once. NATS 2.9 (Debian 12's) has no per-message TTL, and the
+//!   bucket's `max_age` expires old records without telling watchers, so expiry is judged
+//!   here, from when each record was last seen.
+//! - **Authentication.** Every record travels in an [`envelope`] sealed with a key derived from
+//!   the cluster secret. A record from a node with another secret, or forged, replayed or
+//!   malformed, is dropped and counted (`meet_cluster_rejected_total{reason}`); NATS access
+//!   alone does not make a node a member.
+//! - **One join-token key.** Every node derives the join-token signing key from the secret
+//!   ([`secret::ClusterSecret::join_token_seed`]), so an invitation link works on every node
+//!   (the invitations themselves live in the shared database).
+//!
+//! Rooms spanning nodes (roster, moderation and media relayed between nodes) build on this.
+
+pub mod envelope;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+use aws_lc_rs::hmac;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+pub use envelope::{EnvelopeError, valid_node_id};
+pub use secret::{ClusterSecret, SecretError};
+
+/// The key-value bucket of node leases.
+pub const NODES_BUCKET: &str = "meet_nodes";
+/// A node is a member while its record is younger than this.
+pub const LEASE: Duration = Duration::from_secs(15);
+/// How often a node renews its record: three renewals per lease, so that one lost write does
+/// not drop a live node.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The largest node record accepted (a record is a few hundred bytes).
+const MAX_RECORD_BYTES: usize = 4096;
+
+/// How a node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The NATS server(s): `nats://host:4222`, several separated by commas.
+    pub url: String,
+    pub secret: ClusterSecret,
+    /// This node's id ([`valid_node_id`]); `None`: a random one per start.
+    pub node_id: Option<String>,
+}
+
+/// What a node tells the others about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where its HTTPS and WebSocket listener is.
+    pub http_addr: String,
+    /// Its media address (the one UDP port clients reach).
+    pub media_addr: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+}
+
+/// Why a node could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the node id {0:?} is not 1 to 64 letters, digits, '-' or '_'")]
+    BadNodeId(String),
+    #[error("connecting to NATS at {0}: {1}")]
+    Connect(String, String),
+    #[error(
+        "setting up the cluster's key-value bucket on NATS (is JetStream on? nats-server -js): {0}"
+    )]
+    JetStream(String),
+}
+
+/// Records refused, by reason, since the start.
+#[derive(Debug, Default)]
+struct Rejected {
+    by_reason: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Rejected {
+    fn count(&self, reason: &'static str) {
+        if let Ok(mut map) = self.by_reason.lock() {
+            *map.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+struct Member {
+    info: NodeInfo,
+    seen: Instant,
+}
+
+struct Inner {
+    me: NodeInfo,
+    key: hmac::Key,
+    client: async_nats::Client,
+    kv: kv::Store,
+    members: Mutex<HashMap<String, Member>>,
+    rejected: Rejected,
+    /// Heartbeats that failed (NATS unreachable, JetStream unavailable).
+    heartbeat_failures: AtomicU64,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A node's membership of its cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.inner.me.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/metrics` shows of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    pub nodes: usize,
+    pub connected: bool,
+    pub rejected: Vec<(&'static str, u64)>,
+    pub heartbeat_failures: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The subject a record's envelope is bound to: its bucket and key.
+fn record_subject(node_id: &str) -> String {
+    format!("kv.{NODES_BUCKET}.{node_id}")
+}
+
+fn random_node_id() -> String {
+    let bytes: [u8; 6] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("node-{hex}")
+}
+
+impl Cluster {
+    /// Connects to NATS, takes this node's lease and starts watching the others'.
+    pub async fn join(
+        config: &ClusterConfig,
+        http_addr: SocketAddr,
+        media_addr: SocketAddr,
+    ) -> Result<Self, ClusterError> {
+        let id = config.node_id.clone().unwrap_or_else(random_node_id);
+        if !valid_node_id(&id) {
+            return Err(ClusterError::BadNodeId(id));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("meet-server {id}"))
+            // Keep trying for ever: a node outlives a NATS restart, its meetings going on.
+            .max_reconnects(None)
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| ClusterError::Connect(config.url.clone(), e.to_string()))?;
+        let kv = key_value_bucket(&jetstream::new(client.clone()), NODES_BUCKET, LEASE * 2)
+            .await
+            .map_err(ClusterError::JetStream)?;
+        let me = NodeInfo {
+            id: id.clone(),
+            http_addr: http_addr.to_string(),
+            media_addr: media_addr.to_string(),
+            started_at: crate::rfc3339::format(now_ms() as i64).unwrap_or_default(),
+        };
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                me,
+                key: config.secret.message_key(),
+                client,
+                kv,
+                members: Mutex::new(HashMap::new()),
+                rejected: Rejected::default(),
+                heartbeat_failures: AtomicU64::new(0),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        cluster
+            .renew()
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let heartbeat = tokio::spawn(heartbeat(Arc::downgrade(&cluster.inner)));
+        let watcher = tokio::spawn(watch(Arc::downgrade(&cluster.inner)));
+        if let Ok(mut tasks) = cluster.inner.tasks.lock() {
+            tasks.push(heartbeat);
+            tasks.push(watcher);
+        }
+        tracing::info!(node = %id, url = %config.url, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.me.id
+    }
+
+    /// The nodes whose lease is current, this one first, the others by id.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut others: Vec<NodeInfo> = self
+            .inner
+            .members
+            .lock()
+            .map(|members| {
+                members
+                    .values()
+                    .filter(|m| m.seen.elapsed() < LEASE && m.info.id != self.inner.me.id)
+                    .map(|m| m.info.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        others.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut nodes = vec![self.inner.me.clone()];
+        nodes.extend(others);
+        nodes
+    }
+
+    /// Whether the connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let mut rejected: Vec<(&'static str, u64)> = self
+            .inner
+            .rejected
+            .by_reason
+            .lock()
+            .map(|map| map.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        rejected.sort();
+        ClusterSnapshot {
+            nodes: self.nodes().len(),
+            connected: self.connected(),
+            rejected,
+            heartbeat_failures: self.inner.heartbeat_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes this node's record again (its lease starts over).
+    async fn renew(&self) -> Result<(), kv::PutError> {
+        self.inner.renew().await
+    }
+
+    /// Gives up the lease at once (the others drop this node without waiting for it to
+    /// expire) and stops the cluster's tasks.
+    pub async fn leave(&self) {
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut tasks| tasks.drain(..).collect())
+            .unwrap_or_default();
+        for task in tasks {
+            task.abort();
+        }
+        if let Err(err) = self.inner.kv.delete(&self.inner.me.id).await {
+            tracing::warn!(%err, "could not give up this node's cluster lease");
+        }
+        let _ = self.inner.client.flush().await;
+    }
+}
+
+impl Inner {
+    async fn renew(&self) -> Result<(), kv::PutError> {
+        let body = serde_json::to_vec(&self.me).unwrap_or_default();
+        let sealed = envelope::seal(
+            &self.key,
+            &record_subject(&self.me.id),
+            &self.me.id,
+            now_ms(),
+            &body,
+        );
+        self.kv.put(&self.me.id, sealed.into()).await.map(|_| ())
+    }
+
+    /// Takes in one entry of the bucket: a member's record, or its departure.
+    fn receive(&self, entry: &kv::Entry) {
+        match entry.operation {
+            kv::Operation::Delete | kv::Operation::Purge => {
+                if let Ok(mut members) = self.members.lock() {
+                    members.remove(&entry.key);
+                }
+            }
+            kv::Operation::Put => match self.open_record(&entry.key, &entry.value) {
+                Ok(info) => {
+                    if let Ok(mut members) = self.members.lock() {
+                        members.insert(
+                            info.id.clone(),
+                            Member {
+                                info,
+                                seen: Instant::now(),
+                            },
+                        );
+                    }
+                }
+                Err(reason) => {
+                    self.rejected.count(reason);
+                    tracing::debug!(key = %entry.key, reason, "refused a node record");
+                }
+            },
+        }
+    }
+
+    /// A record that verifies and names the key it is stored under.
+    fn open_record(&self, key: &str, value: &[u8]) -> Result<NodeInfo, &'static str> {
+        if !valid_node_id(key) {
+            return Err("bad_node");
+        }
+        if value.len() > MAX_RECORD_BYTES {
+            return Err("oversize");
+        }
+        let opened = envelope::open(&self.key, &record_subject(key), value, now_ms())
+            .map_err(EnvelopeError::reason)?;
+        if opened.node != key {
+            return Err("bad_node");
+        }
+        let info: NodeInfo = serde_json::from_slice(opened.body).map_err(|_| "malformed")?;
+        if info.id != key {
+            return Err("bad_node");
+        }
+        Ok(info)
+    }
+}
+
+/// The key-value bucket `name`, created if it does not exist, whose entries expire after
+/// `max_age`, kept in memory (leases need no disk).
+///
+/// async-nats creates buckets after asking for the account's details, whose answer from a
+/// 2.9 server (Debian 12's) it cannot parse; so the bucket's stream is created here, as a
+/// key-value bucket's is (one message per key, roll-ups allowed, direct reads), and then
+/// opened as a bucket.
+async fn key_value_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    let stream = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some("meet-server cluster state".into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        // Within the window the server drops a message whose id it saw; no message has one,
+        // but the window may not be longer than the messages live.
+        duplicate_window: max_age,
+        max_message_size: MAX_RECORD_BYTES as i32,
+        storage: jetstream::stream::StorageType::Memory,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    js.get_or_create_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    js.get_key_value(name).await.map_err(|e| e.to_string())
+}
+
+/// Renews this node's lease every [`HEARTBEAT`] while the cluster lives.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let mut interval = tokio::time::interval(HEARTBEAT);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    let mut failing = false;
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.renew().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the cluster lease is renewed again");
+            }
+            Ok(()) => {}
+            Err(err) => {
+                inner.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    failing = true;
+                    tracing::warn!(%err, "could not renew this node's cluster lease; the meetings here go on");
+                }
+            }
+        }
+    }
+}
+
+/// Follows the bucket: every member's record as it is written. The watch starts again after
+/// NATS comes back.
+async fn watch(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let kv = strong.kv.clone();
+        drop(strong);
+        match kv.watch_all().await {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Some(strong) = inner.upgrade() else {
+                        return;
+                    };
+                    match entry {
+                        Ok(entry) => strong.receive(&entry),
+                        Err(err) => {
+                            tracing::debug!(%err, "the cluster watch failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(%err, "could not watch the cluster's nodes"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
