@@ -109,12 +109,7 @@ impl Harness {
 
     async fn login(&self, username: &str) -> String {
         let (status, body) = self
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": username, "password": "a long password"})),
-            )
+            .sign_in(json!({"username": username, "password": "a long password"}))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["token"].as_str().expect("a token").to_string()
@@ -191,6 +186,38 @@ impl Harness {
         self.raw(method, uri, token, "application/json", body).await
     }
 
+    /// A sign-in with `login`'s fields (username, password, remember).
+    async fn sign_in(&self, login: Value) -> (StatusCode, Value) {
+        self.call("POST", "/api/login", None, Some(login)).await
+    }
+
+    /// A CSV file for the import at `uri`, sent with `token`.
+    async fn post_csv(&self, uri: &str, token: &str, csv: impl Into<Body>) -> (StatusCode, Value) {
+        self.raw("POST", uri, Some(token), "text/csv", csv).await
+    }
+
+    /// A meeting titled "T" that `token`'s account schedules from `starts_at` to `ends_at`, each
+    /// in either form a client may send.
+    async fn schedule(&self, token: &str, starts_at: Value, ends_at: Value) -> (StatusCode, Value) {
+        let meeting = json!({"title": "T", "starts_at": starts_at, "ends_at": ends_at});
+        self.call("POST", "/api/meetings", Some(token), Some(meeting))
+            .await
+    }
+
+    /// A province of the directory; its id.
+    async fn province(&self, code: &str, name: &str) -> String {
+        self.store
+            .create_site(&NewSite {
+                code,
+                name,
+                kind: SiteKind::Province,
+                parent_code: None,
+            })
+            .await
+            .expect("site")
+            .id
+    }
+
     /// A sign-in attempt from `source`, as the TCP peer's address would say.
     async fn login_from(
         &self,
@@ -229,6 +256,30 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &s
     assert!(body["message"].is_string(), "{body}");
 }
 
+/// An import refused for its bad `lines`, which the answer lists in order.
+fn assert_bad_lines(status: StatusCode, body: &Value, lines: &[u64]) {
+    assert_error(
+        status,
+        body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_csv",
+    );
+    let listed: Vec<u64> = body["errors"]
+        .as_array()
+        .expect("the bad lines")
+        .iter()
+        .map(|e| e["line"].as_u64().expect("a line number"))
+        .collect();
+    assert_eq!(listed, lines, "{body}");
+}
+
+/// Milliseconds since the epoch of a time the API wrote, which must be in RFC 3339.
+fn time_ms(time: &Value) -> i64 {
+    time.as_str()
+        .and_then(|t| signaling::rfc3339::parse(t).ok())
+        .unwrap_or_else(|| panic!("an RFC 3339 time: {time}"))
+}
+
 #[tokio::test]
 async fn a_bearer_token_is_required_and_checked() {
     let h = Harness::new().await;
@@ -258,12 +309,7 @@ async fn a_bearer_token_is_required_and_checked() {
     assert!(body.get("password_hash").is_none());
 
     let (status, body) = h
-        .call(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": "lan", "password": "wrong password"})),
-        )
+        .sign_in(json!({"username": "lan", "password": "wrong password"}))
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
 
@@ -348,13 +394,7 @@ async fn organizers_cannot_use_admin_endpoints() {
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     let (status, body) = h
-        .raw(
-            "POST",
-            "/api/sites/import",
-            Some(&h.lan),
-            "text/csv",
-            "code,name,kind,parent_code\n",
-        )
+        .post_csv("/api/sites/import", &h.lan, "code,name,kind,parent_code\n")
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 
@@ -432,24 +472,10 @@ async fn bad_json_is_refused_in_the_error_shape() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let (status, body) = h.raw("POST", "/api/login", None, "text/plain", "{}").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
-    let (status, body) = h
-        .call(
-            "POST",
-            "/api/meetings",
-            Some(&h.lan),
-            Some(json!({"title": "T", "starts_at": 10, "ends_at": 5})),
-        )
-        .await;
+    let (status, body) = h.schedule(&h.lan, json!(10), json!(5)).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let huge = "x".repeat(api::JSON_LIMIT + 1);
-    let (status, body) = h
-        .call(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": huge, "password": "p"})),
-        )
-        .await;
+    let (status, body) = h.sign_in(json!({"username": huge, "password": "p"})).await;
     assert_error(
         status,
         &body,
@@ -472,16 +498,7 @@ async fn bad_json_is_refused_in_the_error_shape() {
 #[tokio::test]
 async fn meetings_carry_signed_join_links_until_revoked_or_cancelled() {
     let h = Harness::new().await;
-    let site = h
-        .store
-        .create_site(&NewSite {
-            code: "HG",
-            name: "Hà Giang",
-            kind: SiteKind::Province,
-            parent_code: None,
-        })
-        .await
-        .expect("site");
+    let site = h.province("HG", "Hà Giang").await;
     // Soon, so that the links are valid now (from 24 hours before the start).
     let starts_at = (unix_ms() / 1000 + 3600) * 1000;
     let ends_at = starts_at + 2 * 3600 * 1000;
@@ -495,7 +512,7 @@ async fn meetings_carry_signed_join_links_until_revoked_or_cancelled() {
                 "starts_at": starts_at,
                 "ends_at": ends_at,
                 "invitations": [
-                    {"role": "participant", "site_id": site.id},
+                    {"role": "participant", "site_id": site},
                     {"role": "viewer", "name": "Ông Tư"},
                 ],
             })),
@@ -522,7 +539,7 @@ async fn meetings_carry_signed_join_links_until_revoked_or_cancelled() {
         match invitation["role"].as_str() {
             Some("host") => assert_eq!(invitation["name"], lan["display_name"]),
             Some("participant") => {
-                assert_eq!(claims.site.as_deref(), Some(site.id.as_str()));
+                assert_eq!(claims.site.as_deref(), Some(site.as_str()));
                 assert_eq!(invitation["site_code"], "HG");
                 assert_eq!(invitation["name"], "Hà Giang");
             }
@@ -722,16 +739,7 @@ async fn confidential_meetings_are_end_to_end_encrypted_unless_told_otherwise() 
 #[tokio::test]
 async fn attendance_as_json_and_csv() {
     let h = Harness::new().await;
-    let site = h
-        .store
-        .create_site(&NewSite {
-            code: "HG",
-            name: "Hà Giang",
-            kind: SiteKind::Province,
-            parent_code: None,
-        })
-        .await
-        .expect("site");
+    let site = h.province("HG", "Hà Giang").await;
     let (status, meeting) = h
         .call(
             "POST",
@@ -741,7 +749,7 @@ async fn attendance_as_json_and_csv() {
                 "title": "Giao ban",
                 "starts_at": 1_900_000_000_000_i64,
                 "ends_at": 1_900_003_600_000_i64,
-                "invitations": [{"role": "participant", "site_id": site.id}],
+                "invitations": [{"role": "participant", "site_id": site}],
             })),
         )
         .await;
@@ -749,7 +757,7 @@ async fn attendance_as_json_and_csv() {
     let id = meeting["id"].as_str().expect("an id").to_string();
     let invitation = meeting["invitations"]
         .as_array()
-        .and_then(|all| all.iter().find(|i| i["site_id"] == site.id.as_str()))
+        .and_then(|all| all.iter().find(|i| i["site_id"] == site.as_str()))
         .expect("the site's invitation");
     let room = RoomId(id.clone());
     h.store
@@ -758,7 +766,7 @@ async fn attendance_as_json_and_csv() {
             ParticipantId(1),
             invitation["id"].as_str(),
             "=Hà Giang",
-            Some(&site.id),
+            Some(&site),
             Role::Participant,
             unix_ms(),
         )
@@ -778,7 +786,7 @@ async fn attendance_as_json_and_csv() {
             ParticipantId(2),
             invitation["id"].as_str(),
             "Hà Giang",
-            Some(&site.id),
+            Some(&site),
             Role::Participant,
             unix_ms(),
         )
@@ -802,8 +810,7 @@ async fn attendance_as_json_and_csv() {
     assert_eq!(sites[0]["present"], true);
     assert_eq!(sites[0]["quality"], "poor");
     for field in ["first_joined_at", "last_left_at"] {
-        let text = sites[0][field].as_str().expect("an RFC 3339 time");
-        signaling::rfc3339::parse(text).expect("an RFC 3339 time");
+        time_ms(&sites[0][field]);
     }
     assert_eq!(
         sites[0]["province_code"], "HG",
@@ -811,7 +818,7 @@ async fn attendance_as_json_and_csv() {
     );
     assert_eq!(
         report["provinces"],
-        json!([{"site_id": site.id, "code": "HG", "name": "Hà Giang", "invited": 1,
+        json!([{"site_id": site, "code": "HG", "name": "Hà Giang", "invited": 1,
             "present": 1, "absent": 0, "missing": []}])
     );
     let rows = report["rows"].as_array().expect("rows");
@@ -825,7 +832,7 @@ async fn attendance_as_json_and_csv() {
     assert_eq!(rows[1]["participant_id"], 2);
     assert!(
         rows.iter()
-            .all(|r| r["invitation_id"] == invitation["id"] && r["site_id"] == site.id.as_str()),
+            .all(|r| r["invitation_id"] == invitation["id"] && r["site_id"] == site.as_str()),
         "{report}"
     );
 
@@ -859,29 +866,12 @@ async fn attendance_as_json_and_csv() {
 async fn csv_import_through_the_api() {
     let h = Harness::new().await;
     let bad = "code,name,kind,parent_code\nHG,Hà Giang,province,VN\nC1,Xã,village,HG\n";
-    let (status, body) = h
-        .raw("POST", "/api/sites/import", Some(&h.admin), "text/csv", bad)
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_csv",
-    );
-    assert_eq!(body["errors"][0]["line"], 2);
-    assert_eq!(body["errors"][1]["line"], 3);
+    let (status, body) = h.post_csv("/api/sites/import", &h.admin, bad).await;
+    assert_bad_lines(status, &body, &[2, 3]);
     let (_, sites) = h.call("GET", "/api/sites", Some(&h.admin), None).await;
     assert_eq!(sites, json!([]));
     let good = "code,name,kind,parent_code\nHG,Hà Giang,province,VN\nVN,Trung ương,central,\n";
-    let (status, body) = h
-        .raw(
-            "POST",
-            "/api/sites/import",
-            Some(&h.admin),
-            "text/csv",
-            good,
-        )
-        .await;
+    let (status, body) = h.post_csv("/api/sites/import", &h.admin, good).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"created": 2, "updated": 0}));
     h.finish().await;
@@ -1013,14 +1003,7 @@ async fn times_are_read_as_rfc3339_or_milliseconds_and_written_as_rfc3339() {
         ),
     ];
     for (starts_at, ends_at) in cases {
-        let (status, meeting) = h
-            .call(
-                "POST",
-                "/api/meetings",
-                Some(&h.lan),
-                Some(json!({"title": "T", "starts_at": starts_at, "ends_at": ends_at})),
-            )
-            .await;
+        let (status, meeting) = h.schedule(&h.lan, starts_at.clone(), ends_at).await;
         assert_eq!(status, StatusCode::CREATED, "{starts_at}: {meeting}");
         assert_eq!(
             meeting["starts_at"], "2030-03-17T17:46:40.000Z",
@@ -1035,11 +1018,10 @@ async fn times_are_read_as_rfc3339_or_milliseconds_and_written_as_rfc3339() {
     }
     // A patch reads both forms too.
     let (_, meeting) = h
-        .call(
-            "POST",
-            "/api/meetings",
-            Some(&h.lan),
-            Some(json!({"title": "T", "starts_at": 1_900_000_000_000_i64, "ends_at": 1_900_003_600_000_i64})),
+        .schedule(
+            &h.lan,
+            json!(1_900_000_000_000_i64),
+            json!(1_900_003_600_000_i64),
         )
         .await;
     let uri = format!("/api/meetings/{}", meeting["id"].as_str().expect("an id"));
@@ -1056,15 +1038,9 @@ async fn times_are_read_as_rfc3339_or_milliseconds_and_written_as_rfc3339() {
     assert_eq!(patched["ends_at"], "2030-03-17T19:00:00.000Z");
     // The login's expiry too.
     let (_, login) = h
-        .call(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": "lan", "password": "a long password"})),
-        )
+        .sign_in(json!({"username": "lan", "password": "a long password"}))
         .await;
-    let expires = login["expires_at"].as_str().expect("a string");
-    assert!(signaling::rfc3339::parse(expires).is_ok(), "{expires}");
+    time_ms(&login["expires_at"]);
 
     for bad in [
         json!("2030-02-30T00:00:00Z"),
@@ -1073,39 +1049,16 @@ async fn times_are_read_as_rfc3339_or_milliseconds_and_written_as_rfc3339() {
         json!(1.5e12),
         json!(true),
     ] {
-        let (status, body) = h
-            .call(
-                "POST",
-                "/api/meetings",
-                Some(&h.lan),
-                Some(json!({"title": "T", "starts_at": bad, "ends_at": 1_900_003_600_000_i64})),
-            )
-            .await;
+        let (status, body) = h.schedule(&h.lan, bad, json!(1_900_003_600_000_i64)).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     }
     h.finish().await;
 }
 
-impl Harness {
-    /// A site of the directory.
-    async fn site(&self, code: &str, kind: SiteKind, parent: Option<&str>) -> String {
-        self.store
-            .create_site(&NewSite {
-                code,
-                name: &format!("Site {code}"),
-                kind,
-                parent_code: parent,
-            })
-            .await
-            .expect("site")
-            .id
-    }
-}
-
 #[tokio::test]
 async fn site_accounts_are_created_pending_and_activated_once() {
     let h = Harness::new().await;
-    let site = h.site("HG", SiteKind::Province, None).await;
+    let site = h.province("HG", "Site HG").await;
     // A site's roles need a site; administrators and organizers need a password.
     for (body, why) in [
         (
@@ -1156,25 +1109,16 @@ async fn site_accounts_are_created_pending_and_activated_once() {
     // No password signs it in before activation, not even an empty one.
     for password in ["", "a long password"] {
         let (status, body) = h
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": "hg.room", "password": password})),
-            )
+            .sign_in(json!({"username": "hg.room", "password": password}))
             .await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     }
     // A fresh link replaces the first.
-    let id = created["id"].as_str().expect("an id");
-    let (status, reissued) = h
-        .call(
-            "POST",
-            &format!("/api/accounts/{id}/activation"),
-            Some(&h.admin),
-            None,
-        )
-        .await;
+    let reissue_uri = format!(
+        "/api/accounts/{}/activation",
+        created["id"].as_str().expect("an id")
+    );
+    let (status, reissued) = h.call("POST", &reissue_uri, Some(&h.admin), None).await;
     assert_eq!(status, StatusCode::OK, "{reissued}");
     let fresh = reissued["activation_link"]
         .as_str()
@@ -1197,26 +1141,15 @@ async fn site_accounts_are_created_pending_and_activated_once() {
     assert_eq!(status, StatusCode::OK, "{login}");
     assert_eq!(login["account"]["username"], "hg.room");
     assert_eq!(login["account"]["pending_activation"], false);
-    let expires = login["expires_at"]
-        .as_str()
-        .and_then(|t| signaling::rfc3339::parse(t).ok())
-        .expect("an expiry");
     assert!(
-        expires > unix_ms() + 29 * 24 * 3600 * 1000,
+        time_ms(&login["expires_at"]) > unix_ms() + 29 * 24 * 3600 * 1000,
         "a remembered login lasts 30 days"
     );
     let (status, body) = activate(fresh, "another long password").await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     let (status, body) = activate(&"x".repeat(10_000), "a long password").await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (status, body) = h
-        .call(
-            "POST",
-            &format!("/api/accounts/{id}/activation"),
-            Some(&h.admin),
-            None,
-        )
-        .await;
+    let (status, body) = h.call("POST", &reissue_uri, Some(&h.admin), None).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 
     // Signed in, with and without remembering; a site's account does not schedule meetings.
@@ -1225,11 +1158,10 @@ async fn site_accounts_are_created_pending_and_activated_once() {
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["site_name"], "Site HG");
     let (status, body) = h
-        .call(
-            "POST",
-            "/api/meetings",
-            Some(&site_token),
-            Some(json!({"title": "T", "starts_at": 1_900_000_000_000_i64, "ends_at": 1_900_003_600_000_i64})),
+        .schedule(
+            &site_token,
+            json!(1_900_000_000_000_i64),
+            json!(1_900_003_600_000_i64),
         )
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
@@ -1239,18 +1171,12 @@ async fn site_accounts_are_created_pending_and_activated_once() {
     ] {
         let before = unix_ms();
         let (status, login) = h
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": "hg.room", "password": "a long password", "remember": remember})),
+            .sign_in(
+                json!({"username": "hg.room", "password": "a long password", "remember": remember}),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{login}");
-        let expires = login["expires_at"]
-            .as_str()
-            .and_then(|t| signaling::rfc3339::parse(t).ok())
-            .expect("an expiry");
+        let expires = time_ms(&login["expires_at"]);
         assert!(
             expires >= before + at_least && expires <= unix_ms() + at_most,
             "{login}"
@@ -1273,8 +1199,8 @@ async fn site_accounts_are_created_pending_and_activated_once() {
 #[tokio::test]
 async fn accounts_are_listed_by_page_with_search_and_filters() {
     let h = Harness::new().await;
-    let hg = h.site("HG", SiteKind::Province, None).await;
-    h.site("CB", SiteKind::Province, None).await;
+    let hg = h.province("HG", "Site HG").await;
+    h.province("CB", "Site CB").await;
     let csv = "username,display_name,role,site_code\n\
                hg.op,Phòng họp,site_operator,HG\n\
                hg.chu-tich,Chủ tịch 100%,official,HG\n\
@@ -1362,44 +1288,25 @@ async fn accounts_are_listed_by_page_with_search_and_filters() {
 
     // A bad file imports nothing and says why, line by line.
     let (status, body) = h
-        .raw(
-            "POST",
+        .post_csv(
             "/api/accounts/import",
-            Some(&h.admin),
-            "text/csv",
+            &h.admin,
             "username,display_name,role,site_code\nnew,New,official,NOWHERE\nhg.op,Again,official,HG\n",
         )
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_csv",
-    );
-    assert_eq!(body["errors"][0]["line"], 2);
-    assert_eq!(body["errors"][1]["line"], 3);
+    assert_bad_lines(status, &body, &[2, 3]);
     assert_eq!(list("").await.1["total"], 7);
     let (status, body) = h
-        .raw(
-            "POST",
+        .post_csv(
             "/api/accounts/import",
-            Some(&h.lan),
-            "text/csv",
+            &h.lan,
             "username,display_name,role,site_code\n",
         )
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     // The body limit is the import's own, above the JSON one and bounded.
     let huge = vec![b'a'; api::ACCOUNTS_CSV_LIMIT + 1];
-    let (status, body) = h
-        .raw(
-            "POST",
-            "/api/accounts/import",
-            Some(&h.admin),
-            "text/csv",
-            huge,
-        )
-        .await;
+    let (status, body) = h.post_csv("/api/accounts/import", &h.admin, huge).await;
     assert_error(
         status,
         &body,
@@ -1728,10 +1635,7 @@ async fn file_tickets_stand_in_for_the_bearer_token() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let ticket = body["ticket"].as_str().expect("a ticket").to_string();
-    let expires_at = body["expires_at"]
-        .as_str()
-        .and_then(|t| signaling::rfc3339::parse(t).ok())
-        .expect("an expiry");
+    let expires_at = time_ms(&body["expires_at"]);
     assert!(expires_at > unix_ms() + 9 * 60_000 && expires_at <= unix_ms() + 10 * 60_000);
 
     let (status, headers, body) = h

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{RawClient, Received, TestServer};
@@ -34,25 +34,49 @@ async fn signed_in(t: &TestServer, username: &str, role: AccountRole) -> String 
         })
         .await
         .expect("account");
+    token_of_login(&log_in(t, username, false).await)
+}
+
+/// Signs in with [`PASSWORD`], remembering the device or not; the login.
+async fn log_in(t: &TestServer, username: &str, remember: bool) -> Value {
     let (status, login) = t
         .api_json(
             "POST",
             "/api/login",
             None,
-            Some(json!({"username": username, "password": PASSWORD})),
+            Some(json!({"username": username, "password": PASSWORD, "remember": remember})),
         )
         .await;
     assert_eq!(status, 200, "{login}");
+    login
+}
+
+fn token_of_login(login: &Value) -> String {
     login["token"].as_str().expect("a token").to_string()
+}
+
+/// Checks that a login lasts the 30 days of a remembered device.
+fn assert_remembered(login: &Value) {
+    let expires =
+        signaling::rfc3339::parse(login["expires_at"].as_str().expect("a time")).expect("RFC 3339");
+    assert!(expires > unix_ms() + 29 * 24 * 3600 * 1000, "{login}");
+}
+
+/// An administrator ("root") and an organizer ("lan") signed in, and the directory imported
+/// from `sites` lines (see [`directory`]): the tokens and the directory.
+async fn staff_and_directory(
+    t: &TestServer,
+    sites: &[&str],
+) -> (String, String, HashMap<String, String>) {
+    let admin = signed_in(t, "root", AccountRole::Admin).await;
+    let organizer = signed_in(t, "lan", AccountRole::Organizer).await;
+    let sites = directory(t, &admin, sites).await;
+    (admin, organizer, sites)
 }
 
 /// Imports sites (`code,name,kind,parent_code` lines, without the header); returns the
 /// directory as `code → id`.
-async fn directory(
-    t: &TestServer,
-    admin: &str,
-    lines: &[&str],
-) -> std::collections::HashMap<String, String> {
+async fn directory(t: &TestServer, admin: &str, lines: &[&str]) -> HashMap<String, String> {
     let csv = format!("code,name,kind,parent_code\n{}\n", lines.join("\n"));
     let response = t
         .api(
@@ -135,14 +159,19 @@ fn meeting_id(meeting: &Value) -> String {
     meeting["id"].as_str().expect("an id").to_string()
 }
 
+/// The invitation of `meeting` (as its detail shows it) for the site `site_id`.
+fn invitation_of<'a>(meeting: &'a Value, site_id: &str) -> &'a Value {
+    meeting["invitations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["site_id"] == site_id))
+        .unwrap_or_else(|| panic!("no invitation of {site_id}: {meeting}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_account_activates_signs_in_sees_its_meeting_and_joins_with_one_click() {
     let t = common::start("site-join", |_| {}).await;
-    let admin = signed_in(&t, "root", AccountRole::Admin).await;
-    let organizer = signed_in(&t, "lan", AccountRole::Organizer).await;
-    let sites = directory(
+    let (admin, organizer, sites) = staff_and_directory(
         &t,
-        &admin,
         &[
             "VN,Trung ương,central,",
             "P1,Tỉnh Một,province,VN",
@@ -180,23 +209,11 @@ async fn a_site_account_activates_signs_in_sees_its_meeting_and_joins_with_one_c
         )
         .await;
     assert_eq!(status, 200, "{login}");
-    let expires =
-        signaling::rfc3339::parse(login["expires_at"].as_str().expect("a time")).expect("RFC 3339");
-    assert!(expires > unix_ms() + 29 * 24 * 3600 * 1000, "{login}");
+    assert_remembered(&login);
     // Signing in again with "remember" gives another 30-day login.
-    let (status, login) = t
-        .api_json(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": "c1.room", "password": PASSWORD, "remember": true})),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    let expires =
-        signaling::rfc3339::parse(login["expires_at"].as_str().expect("a time")).expect("RFC 3339");
-    assert!(expires > unix_ms() + 29 * 24 * 3600 * 1000, "{login}");
-    let room = login["token"].as_str().expect("a token").to_string();
+    let login = log_in(&t, "c1.room", true).await;
+    assert_remembered(&login);
+    let room = token_of_login(&login);
     assert_eq!(login["account"]["site_code"], "C1");
 
     // An official of another province.
@@ -210,15 +227,7 @@ async fn a_site_account_activates_signs_in_sees_its_meeting_and_joins_with_one_c
         )
         .await;
     assert_eq!(status, 201);
-    let (_, login) = t
-        .api_json(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": "p2.official", "password": PASSWORD})),
-        )
-        .await;
-    let stranger = login["token"].as_str().expect("a token").to_string();
+    let stranger = token_of_login(&log_in(&t, "p2.official", false).await);
 
     // Now, tomorrow, cancelled and over: times in RFC 3339 and in milliseconds alike.
     let c1 = |role: &str| json!([{"role": role, "site_id": sites["C1"]}]);
@@ -351,10 +360,8 @@ async fn a_site_account_activates_signs_in_sees_its_meeting_and_joins_with_one_c
             None,
         )
         .await;
-    let invitation = detail["invitations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|i| i["site_id"] == sites["C1"].as_str()))
-        .and_then(|i| i["id"].as_str())
+    let invitation = invitation_of(&detail, &sites["C1"])["id"]
+        .as_str()
         .expect("the commune's invitation")
         .to_string();
     let (status, _) = t
@@ -408,12 +415,8 @@ async fn a_site_account_activates_signs_in_sees_its_meeting_and_joins_with_one_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_links_csv_has_one_working_link_per_invitation() {
     let t = common::start("links-csv", |_| {}).await;
-    let admin = signed_in(&t, "root", AccountRole::Admin).await;
-    let organizer = signed_in(&t, "lan", AccountRole::Organizer).await;
-    let other = signed_in(&t, "minh", AccountRole::Organizer).await;
-    let sites = directory(
+    let (_, organizer, sites) = staff_and_directory(
         &t,
-        &admin,
         &[
             "VN,Trung ương,central,",
             "P1,Tỉnh Một,province,VN",
@@ -422,6 +425,7 @@ async fn the_links_csv_has_one_working_link_per_invitation() {
         ],
     )
     .await;
+    let other = signed_in(&t, "minh", AccountRole::Organizer).await;
     let meeting = schedule(
         &t,
         &organizer,
@@ -437,10 +441,8 @@ async fn the_links_csv_has_one_working_link_per_invitation() {
     )
     .await;
     let id = meeting_id(&meeting);
-    let revoked = meeting["invitations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|i| i["site_id"] == sites["C2"].as_str()))
-        .and_then(|i| i["id"].as_str())
+    let revoked = invitation_of(&meeting, &sites["C2"])["id"]
+        .as_str()
         .expect("C2's invitation")
         .to_string();
     let (status, _) = t
@@ -595,11 +597,8 @@ async fn attendance_counts_present_and_missing_sites_per_province() {
         c.session_limits.heartbeat_timeout = Duration::from_secs(120);
     })
     .await;
-    let admin = signed_in(&t, "root", AccountRole::Admin).await;
-    let organizer = signed_in(&t, "lan", AccountRole::Organizer).await;
-    let sites = directory(
+    let (_, organizer, sites) = staff_and_directory(
         &t,
-        &admin,
         &[
             "VN,Trung ương,central,",
             "P1,Tỉnh Một,province,VN",
@@ -635,10 +634,8 @@ async fn attendance_counts_present_and_missing_sites_per_province() {
     .await;
     let id = meeting_id(&meeting);
     let link_of = |code: &str| -> String {
-        meeting["invitations"]
-            .as_array()
-            .and_then(|all| all.iter().find(|i| i["site_id"] == sites[code].as_str()))
-            .and_then(|i| i["join_path"].as_str())
+        invitation_of(&meeting, &sites[code])["join_path"]
+            .as_str()
             .map(|path| token_of(path).to_string())
             .unwrap_or_else(|| panic!("{code}'s link"))
     };

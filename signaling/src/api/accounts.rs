@@ -16,7 +16,7 @@ use crate::SECURITY;
 use crate::metrics::Refusal;
 use crate::store::{
     Account, AccountDraft, AccountPatch, AccountQuery, AccountRole, Activation, Login,
-    MAX_PER_PAGE, unix_ms,
+    MAX_PER_PAGE, StoreError, unix_ms,
 };
 
 /// Where an activation link leads: the organizer page, which reads the token from the
@@ -199,20 +199,15 @@ pub(super) async fn login(
         }
     }
     let now = unix_ms();
-    let login = match state
+    let login = state
         .store
         .sign_in(&request.username, &request.password, now, request.remember)
         .await
-    {
-        Ok(login) => login,
-        Err(crate::store::StoreError::Busy) => {
-            if Refusal::SignInBusy.count() {
+        .map_err(|err| {
+            hashing_refused(err, || {
                 tracing::warn!(target: SECURITY, event = "sign_in_busy", username = %request.username, %ip, "sign-in refused: password hashing is at its bound");
-            }
-            return Err(ApiError::Busy);
-        }
-        Err(err) => return Err(err.into()),
-    };
+            })
+        })?;
     let Some(login) = login else {
         let failures = throttle.failed(&request.username, source, now);
         tracing::warn!(target: SECURITY, event = "sign_in_failed", username = %request.username, %ip, failures, "sign-in failed");
@@ -221,6 +216,16 @@ pub(super) async fn login(
     throttle.succeeded(&request.username, source);
     tracing::info!(target: SECURITY, event = "signed_in", username = %request.username, account = %login.account.id, remember = request.remember, %ip, "signed in");
     Ok(axum::Json(login.into()))
+}
+
+/// The answer to a store error of a sign-in or an activation. `Busy` (password hashing at its
+/// bound) is counted, and `log_busy` logs the first of them and one in a hundred after, so
+/// that a flood of sign-ins cannot flood the log as well.
+fn hashing_refused(err: StoreError, log_busy: impl FnOnce()) -> ApiError {
+    if matches!(err, StoreError::Busy) && Refusal::SignInBusy.count() {
+        log_busy();
+    }
+    err.into()
 }
 
 /// Signs out: the token stops working.
@@ -486,7 +491,7 @@ pub(super) async fn activate(
     if request.token.is_empty() || request.token.len() > MAX_TOKEN {
         return Err(ApiError::Unauthorized(REFUSED));
     }
-    let login = match state
+    let login = state
         .store
         .activate(
             &request.token,
@@ -495,16 +500,11 @@ pub(super) async fn activate(
             request.remember,
         )
         .await
-    {
-        Ok(login) => login,
-        Err(crate::store::StoreError::Busy) => {
-            if Refusal::SignInBusy.count() {
+        .map_err(|err| {
+            hashing_refused(err, || {
                 tracing::warn!(target: SECURITY, event = "activation_busy", %ip, "activation refused: password hashing is at its bound");
-            }
-            return Err(ApiError::Busy);
-        }
-        Err(err) => return Err(err.into()),
-    };
+            })
+        })?;
     let Some(login) = login else {
         tracing::warn!(target: SECURITY, event = "activation_refused", %ip, "activation refused: unknown, used or expired link");
         return Err(ApiError::Unauthorized(REFUSED));

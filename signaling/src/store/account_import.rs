@@ -13,6 +13,7 @@ use sqlx::{Connection, Row};
 use super::accounts::{
     ACTIVATION_LIFETIME_MS, AccountRole, is_display_name, new_token, token_hash, username_problem,
 };
+use super::csv_import::{CsvRecords, FirstLines, choice, fields};
 use super::{Backend, CsvLineError, Store, StoreError, is_unique_violation, new_id};
 
 /// Most accounts one file may hold, which bounds the memory an import takes.
@@ -85,54 +86,17 @@ const HEADER: [&str; 4] = ["username", "display_name", "role", "site_code"];
 /// Reads and checks every line on its own (fields, username, name, role, duplicates in the
 /// file); what needs the database (taken usernames, site codes) is checked by the caller.
 fn parse_lines(csv_bytes: &[u8], problems: &mut Problems) -> Vec<Line> {
-    let bytes = csv_bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(csv_bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
+    let mut records = CsvRecords::new(csv_bytes, HEADER);
     let mut lines = Vec::new();
-    let mut first_line_of: HashMap<String, u64> = HashMap::new();
-    let mut record = csv::StringRecord::new();
-    let mut header_seen = false;
-    loop {
-        let line = reader.position().line();
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(err) => {
-                let line = err.position().map_or(line, |p| p.line());
-                let utf8 = matches!(err.kind(), csv::ErrorKind::Utf8 { .. });
-                let message = if utf8 {
-                    "the line is not valid UTF-8".to_string()
-                } else {
-                    format!("unreadable line: {err}")
-                };
-                problems.add(line, message);
-                // A syntax error can leave the reader unable to go on; invalid UTF-8 does
-                // not, and the next line is read as usual.
-                if utf8 {
-                    header_seen = true;
-                    continue;
-                }
-                break;
+    let mut first_lines = FirstLines::default();
+    while let Some(record) = records.next_record() {
+        let (line, record) = match record {
+            Ok(record) => record,
+            Err(bad) => {
+                problems.add(bad.line, bad.message);
+                continue;
             }
-        }
-        let line = record.position().map_or(line, |p| p.line());
-        if !header_seen {
-            header_seen = true;
-            let header: Vec<&str> = record.iter().map(str::trim).collect();
-            if header != HEADER {
-                problems.add(
-                    line,
-                    "the header must be username,display_name,role,site_code".into(),
-                );
-            }
-            continue;
-        }
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
-            // A blank line (often the last one) carries nothing.
-            continue;
-        }
+        };
         if lines.len() >= MAX_IMPORTED_ACCOUNTS {
             problems.add(
                 line,
@@ -140,45 +104,43 @@ fn parse_lines(csv_bytes: &[u8], problems: &mut Problems) -> Vec<Line> {
             );
             break;
         }
-        if record.len() != HEADER.len() {
-            problems.add(line, format!("expected 4 fields, found {}", record.len()));
-            continue;
-        }
-        let field = |i: usize| record.get(i).unwrap_or_default().trim();
-        let (username, display_name, role, site_code) = (field(0), field(1), field(2), field(3));
+        let [username, display_name, role, site_code] = match fields(record) {
+            Ok(fields) => fields,
+            Err(message) => {
+                problems.add(line, message);
+                continue;
+            }
+        };
         let mut found = Vec::new();
         found.extend(username_problem(username));
         if !is_display_name(display_name) {
             found.push("the display name is not 1 to 64 printable characters".into());
         }
-        let role = match AccountRole::from_name(role) {
-            Some(AccountRole::Admin) => {
+        let role = match choice(
+            role,
+            AccountRole::from_name,
+            "role",
+            "official, site_operator or organizer",
+        ) {
+            Ok(AccountRole::Admin) => {
                 found.push("administrators are not imported: create them one by one".into());
                 None
             }
-            Some(role) => Some(role),
-            None if role.is_empty() => {
-                found.push("the role is missing".into());
-                None
-            }
-            None => {
-                found.push(format!(
-                    "unknown role {role:?} (official, site_operator or organizer)"
-                ));
+            Ok(role) => Some(role),
+            Err(problem) => {
+                found.push(problem);
                 None
             }
         };
         if role.is_some_and(AccountRole::needs_site) && site_code.is_empty() {
             found.push("an official or site operator needs a site_code".into());
         }
-        if !username.is_empty() {
-            if let Some(first) = first_line_of.get(username) {
-                found.push(format!(
-                    "duplicate username {username} (first on line {first})"
-                ));
-            } else {
-                first_line_of.insert(username.to_string(), line);
-            }
+        if !username.is_empty()
+            && let Some(first) = first_lines.earlier(username, line)
+        {
+            found.push(format!(
+                "duplicate username {username} (first on line {first})"
+            ));
         }
         match role {
             Some(role) if found.is_empty() => lines.push(Line {
@@ -190,12 +152,6 @@ fn parse_lines(csv_bytes: &[u8], problems: &mut Problems) -> Vec<Line> {
             }),
             _ => problems.add(line, found.join("; ")),
         }
-    }
-    if !header_seen {
-        problems.add(
-            1,
-            "the file is empty (expected the header username,display_name,role,site_code)".into(),
-        );
     }
     lines
 }
@@ -399,8 +355,8 @@ async fn import_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::stores;
-    use crate::store::{AccountQuery, NewSite, SiteKind, unix_ms};
+    use crate::store::test_support::{site, stores};
+    use crate::store::{AccountQuery, SiteKind, unix_ms};
 
     #[test]
     fn batches_number_their_placeholders() {
@@ -418,15 +374,7 @@ mod tests {
     async fn a_bad_file_imports_nothing_and_names_every_bad_line() {
         for t in stores().await {
             let store = &t.store;
-            store
-                .create_site(&NewSite {
-                    code: "HG",
-                    name: "Hà Giang",
-                    kind: SiteKind::Province,
-                    parent_code: None,
-                })
-                .await
-                .expect("site");
+            site(store, "HG", "Hà Giang", SiteKind::Province).await;
             store
                 .create_account(&crate::store::NewAccount {
                     username: "taken",
@@ -517,15 +465,7 @@ mod tests {
     async fn a_good_file_imports_accounts_waiting_for_activation() {
         for t in stores().await {
             let store = &t.store;
-            let site = store
-                .create_site(&NewSite {
-                    code: "HG",
-                    name: "Hà Giang",
-                    kind: SiteKind::Province,
-                    parent_code: None,
-                })
-                .await
-                .expect("site");
+            let hg = site(store, "HG", "Hà Giang", SiteKind::Province).await;
             // More than one batch, with a byte order mark and CRLF line ends.
             let mut csv = String::from("\u{feff}username,display_name,role,site_code\r\n");
             for n in 0..(BATCH + 7) {
@@ -545,7 +485,7 @@ mod tests {
             assert_eq!(tokens.len(), imported.len(), "every token is its own");
             let page = store
                 .account_page(&AccountQuery {
-                    site_id: Some(&site.id),
+                    site_id: Some(&hg.id),
                     page: 1,
                     per_page: 10,
                     ..AccountQuery::default()

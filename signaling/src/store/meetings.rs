@@ -259,10 +259,13 @@ impl InvitedMeeting {
 }
 
 /// One meeting per id, each with the invitation its account joins with: the account's own
-/// rather than its site's, then the oldest. `rows` come sorted by meeting.
-fn one_per_meeting(rows: Vec<(InvitedMeeting, i64)>, account_id: &str) -> Vec<InvitedMeeting> {
+/// rather than its site's, then the oldest. `rows` (of [`INVITED_MEETING_SELECT`]) come sorted
+/// by meeting.
+fn one_per_meeting(rows: &[AnyRow], account_id: &str) -> Result<Vec<InvitedMeeting>, sqlx::Error> {
     let mut out: Vec<(InvitedMeeting, i64)> = Vec::new();
-    for (candidate, invited_at) in rows {
+    for row in rows {
+        let candidate = InvitedMeeting::from_row(row)?;
+        let invited_at: i64 = row.try_get("inv_created_at")?;
         let rank = |m: &InvitedMeeting, at: i64| {
             (m.invitation.account_id.as_deref() != Some(account_id), at)
         };
@@ -276,7 +279,7 @@ fn one_per_meeting(rows: Vec<(InvitedMeeting, i64)>, account_id: &str) -> Vec<In
             _ => out.push((candidate, invited_at)),
         }
     }
-    out.into_iter().map(|(m, _)| m).collect()
+    Ok(out.into_iter().map(|(m, _)| m).collect())
 }
 
 fn check_title(title: &str) -> Result<(), StoreError> {
@@ -663,16 +666,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-            let rows = rows
-                .iter()
-                .map(|row| {
-                    Ok((
-                        InvitedMeeting::from_row(row)?,
-                        row.try_get("inv_created_at")?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            out.extend(one_per_meeting(rows, &account.id));
+            out.extend(one_per_meeting(&rows, &account.id)?);
         }
         Ok(out)
     }
@@ -696,24 +690,15 @@ impl Store {
         .bind(meeting_id)
         .fetch_all(&self.pool)
         .await?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    InvitedMeeting::from_row(row)?,
-                    row.try_get("inv_created_at")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(one_per_meeting(rows, &account.id).into_iter().next())
+        Ok(one_per_meeting(&rows, &account.id)?.into_iter().next())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::stores;
-    use crate::store::{AccountRole, NewAccount, NewSite, SiteKind};
+    use crate::store::test_support::{self, stores};
+    use crate::store::{AccountRole, NewAccount, SiteKind};
 
     async fn organizer(store: &Store, username: &str) -> Account {
         store
@@ -733,15 +718,7 @@ mod tests {
             let store = &t.store;
             let lan = organizer(store, "lan").await;
             let other = organizer(store, "minh").await;
-            let site = store
-                .create_site(&NewSite {
-                    code: "HG",
-                    name: "Hà Giang",
-                    kind: SiteKind::Province,
-                    parent_code: None,
-                })
-                .await
-                .expect("site");
+            let site = test_support::site(store, "HG", "Hà Giang", SiteKind::Province).await;
             let new = NewMeeting {
                 title: "  Giao ban tháng 12 ",
                 starts_at: 1_800_000_000_000,
@@ -977,17 +954,7 @@ mod tests {
             let lan = organizer(store, "lan").await;
             let mut sites = Vec::new();
             for code in ["HG", "CB"] {
-                sites.push(
-                    store
-                        .create_site(&NewSite {
-                            code,
-                            name: code,
-                            kind: SiteKind::Province,
-                            parent_code: None,
-                        })
-                        .await
-                        .expect("site"),
-                );
+                sites.push(test_support::site(store, code, code, SiteKind::Province).await);
             }
             let (room, _) = store
                 .add_account(&crate::store::AccountDraft {
@@ -1076,58 +1043,32 @@ mod tests {
             );
             assert_eq!(mine[1].invitation.name, "Phòng họp");
             assert_eq!(mine[0].invitation.site_code.as_deref(), Some("HG"));
-            for id in [&cancelled.id, &elsewhere.id] {
-                assert!(
-                    store
-                        .meeting_of_account(&room, id)
-                        .await
-                        .expect("query")
-                        .is_none()
-                );
-            }
-            let found = store
-                .meeting_of_account(&room, &current.id)
-                .await
-                .expect("query")
-                .expect("its meeting");
-            store
-                .revoke_invitation(&found.invitation.id)
-                .await
-                .expect("revoke");
-            assert!(
+            let of_room =
+                async |id: &str| store.meeting_of_account(&room, id).await.expect("query");
+            // Revokes the invitation through which the room sees a meeting.
+            let revoke = async |id: &str| {
+                let found = of_room(id).await.expect("its meeting");
                 store
-                    .meeting_of_account(&room, &current.id)
+                    .revoke_invitation(&found.invitation.id)
                     .await
-                    .expect("query")
-                    .is_none()
-            );
+                    .expect("revoke");
+            };
+            for id in [&cancelled.id, &elsewhere.id] {
+                assert!(of_room(id).await.is_none());
+            }
+            revoke(&current.id).await;
+            assert!(of_room(&current.id).await.is_none());
             // The personal invitation revoked, the site's still stands.
-            let found = store
-                .meeting_of_account(&room, &later.id)
+            revoke(&later.id).await;
+            let found = of_room(&later.id)
                 .await
-                .expect("query")
-                .expect("its meeting");
-            store
-                .revoke_invitation(&found.invitation.id)
-                .await
-                .expect("revoke");
-            let found = store
-                .meeting_of_account(&room, &later.id)
-                .await
-                .expect("query")
                 .expect("still invited through its site");
             assert_eq!(found.invitation.role, Role::Viewer);
             // The organizer's own invitation names their account.
             let theirs = store.meetings_of_account(&lan, now).await.expect("query");
             assert_eq!(theirs.len(), 4, "every meeting but the cancelled one");
             assert!(theirs.iter().all(|m| m.invitation.role == Role::Host));
-            assert!(
-                store
-                    .meeting_of_account(&room, "nonsense")
-                    .await
-                    .expect("query")
-                    .is_none()
-            );
+            assert!(of_room("nonsense").await.is_none());
             let _ = over;
             t.finish().await;
         }

@@ -9,6 +9,7 @@
 mod account_import;
 mod accounts;
 mod attendance;
+mod csv_import;
 mod meetings;
 mod recordings;
 mod sites;
@@ -212,7 +213,7 @@ pub(crate) mod test_support {
 
     use sqlx::migrate::MigrateDatabase;
 
-    use super::Store;
+    use super::{NewSite, Site, SiteKind, Store};
 
     /// A store for one test, and how to reach it again.
     #[derive(Debug)]
@@ -278,6 +279,19 @@ pub(crate) mod test_support {
             }
         }
         out
+    }
+
+    /// A site without a parent, which a test needs in the directory.
+    pub async fn site(store: &Store, code: &str, name: &str, kind: SiteKind) -> Site {
+        store
+            .create_site(&NewSite {
+                code,
+                name,
+                kind,
+                parent_code: None,
+            })
+            .await
+            .expect("site")
     }
 
     /// `server` (a `postgres://` URL) with its database name replaced by `name`.

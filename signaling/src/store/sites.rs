@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use super::csv_import::{CsvRecords, FirstLines, choice, fields};
 use super::{Store, StoreError, is_id, is_unique_violation, new_id, unix_ms};
 
 /// Longest site name.
@@ -136,84 +137,44 @@ struct Line {
 /// Reads and checks every line of `csv` on its own (fields, code, name, kind, duplicates);
 /// references between sites are checked by the caller, which knows the directory.
 fn parse_lines(csv_bytes: &[u8]) -> (Vec<Line>, Vec<CsvLineError>) {
-    let bytes = csv_bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(csv_bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
+    let mut records = CsvRecords::new(csv_bytes, ["code", "name", "kind", "parent_code"]);
     let mut lines = Vec::new();
     let mut errors = Vec::new();
-    let mut first_line_of: HashMap<String, u64> = HashMap::new();
-    let mut record = csv::StringRecord::new();
-    let mut header_seen = false;
-    loop {
-        let line = reader.position().line();
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(err) => {
-                let line = err.position().map_or(line, |p| p.line());
-                let message = match err.kind() {
-                    csv::ErrorKind::Utf8 { .. } => "the line is not valid UTF-8".to_string(),
-                    _ => format!("unreadable line: {err}"),
-                };
+    let mut first_lines = FirstLines::default();
+    while let Some(record) = records.next_record() {
+        let (line, record) = match record {
+            Ok(record) => record,
+            Err(bad) => {
+                errors.push(bad);
+                continue;
+            }
+        };
+        let [code, name, kind, parent] = match fields(record) {
+            Ok(fields) => fields,
+            Err(message) => {
                 errors.push(CsvLineError { line, message });
-                // A syntax error can leave the reader unable to go on; invalid UTF-8 does
-                // not, and the next line is read as usual.
-                if matches!(err.kind(), csv::ErrorKind::Utf8 { .. }) {
-                    header_seen = true;
-                    continue;
-                }
-                break;
+                continue;
             }
-        }
-        let line = record.position().map_or(line, |p| p.line());
-        if !header_seen {
-            header_seen = true;
-            let header: Vec<&str> = record.iter().map(str::trim).collect();
-            if header != ["code", "name", "kind", "parent_code"] {
-                errors.push(CsvLineError {
-                    line,
-                    message: "the header must be code,name,kind,parent_code".into(),
-                });
-            }
-            continue;
-        }
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
-            // A blank line (often the last one) carries nothing.
-            continue;
-        }
-        if record.len() != 4 {
-            errors.push(CsvLineError {
-                line,
-                message: format!("expected 4 fields, found {}", record.len()),
-            });
-            continue;
-        }
-        let field = |i: usize| record.get(i).unwrap_or_default().trim().to_string();
-        let (code, name, kind, parent) = (field(0), field(1), field(2), field(3));
+        };
         let mut problems = Vec::new();
-        problems.extend(code_problem(&code));
-        problems.extend(name_problem(&name));
-        let kind = match SiteKind::parse(&kind) {
-            Some(kind) => Some(kind),
-            None if kind.is_empty() => {
-                problems.push("the kind is missing".into());
-                None
-            }
-            None => {
-                problems.push(format!(
-                    "unknown kind {kind:?} (central, province or commune)"
-                ));
+        problems.extend(code_problem(code));
+        problems.extend(name_problem(name));
+        let kind = match choice(
+            kind,
+            SiteKind::parse,
+            "kind",
+            "central, province or commune",
+        ) {
+            Ok(kind) => Some(kind),
+            Err(problem) => {
+                problems.push(problem);
                 None
             }
         };
-        if !code.is_empty() {
-            if let Some(first) = first_line_of.get(&code) {
-                problems.push(format!("duplicate code {code} (first on line {first})"));
-            } else {
-                first_line_of.insert(code.clone(), line);
-            }
+        if !code.is_empty()
+            && let Some(first) = first_lines.earlier(code, line)
+        {
+            problems.push(format!("duplicate code {code} (first on line {first})"));
         }
         if !parent.is_empty() && parent == code {
             problems.push(format!(
@@ -223,22 +184,16 @@ fn parse_lines(csv_bytes: &[u8]) -> (Vec<Line>, Vec<CsvLineError>) {
         match kind {
             Some(kind) if problems.is_empty() => lines.push(Line {
                 number: line,
-                code,
-                name,
+                code: code.to_string(),
+                name: name.to_string(),
                 kind,
-                parent_code: (!parent.is_empty()).then_some(parent),
+                parent_code: (!parent.is_empty()).then(|| parent.to_string()),
             }),
             _ => errors.push(CsvLineError {
                 line,
                 message: problems.join("; "),
             }),
         }
-    }
-    if !header_seen {
-        errors.push(CsvLineError {
-            line: 1,
-            message: "the file is empty (expected the header code,name,kind,parent_code)".into(),
-        });
     }
     (lines, errors)
 }
@@ -412,7 +367,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::stores;
+    use crate::store::test_support::{site, stores};
 
     #[tokio::test]
     async fn sites_are_created_and_listed() {
@@ -473,15 +428,7 @@ mod tests {
     async fn a_bad_file_imports_nothing_and_names_every_bad_line() {
         for t in stores().await {
             let store = &t.store;
-            store
-                .create_site(&NewSite {
-                    code: "VN",
-                    name: "Trung ương",
-                    kind: SiteKind::Central,
-                    parent_code: None,
-                })
-                .await
-                .expect("created");
+            site(store, "VN", "Trung ương", SiteKind::Central).await;
             let long_name = "x".repeat(129);
             let csv = format!(
                 "code,name,kind,parent_code\n\
@@ -532,15 +479,7 @@ mod tests {
     async fn a_good_file_imports_parents_in_any_order_and_updates_known_codes() {
         for t in stores().await {
             let store = &t.store;
-            store
-                .create_site(&NewSite {
-                    code: "VN",
-                    name: "Old name",
-                    kind: SiteKind::Central,
-                    parent_code: None,
-                })
-                .await
-                .expect("created");
+            site(store, "VN", "Old name", SiteKind::Central).await;
             let csv = "\u{feff}code,name,kind,parent_code\r\n\
                        C1,\"Xã Tân Lập, huyện A\",commune,HG\r\n\
                        HG,Hà Giang,province,VN\r\n\
