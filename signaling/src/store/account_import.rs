@@ -10,16 +10,12 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, Row};
 
-use super::accounts::{
-    ACTIVATION_LIFETIME_MS, AccountRole, is_display_name, new_token, token_hash, username_problem,
-};
-use super::csv_import::{CsvRecords, FirstLines, choice, fields};
-use super::{Backend, CsvLineError, Store, StoreError, is_unique_violation, new_id};
+pub use formats::accounts::MAX_IMPORTED_ACCOUNTS;
+use formats::accounts::{AccountLine, AccountRole, Problems, parse_accounts_csv};
 
-/// Most accounts one file may hold, which bounds the memory an import takes.
-pub const MAX_IMPORTED_ACCOUNTS: usize = 200_000;
-/// Bad lines listed at most; the rest are counted in one last entry.
-const MAX_LISTED_ERRORS: usize = 1_000;
+use super::accounts::{ACTIVATION_LIFETIME_MS, new_token, token_hash};
+use super::{Backend, Store, StoreError, is_unique_violation, new_id};
+
 /// Rows per INSERT: well under SQLite's and PostgreSQL's limits on bound values (8 per row).
 const BATCH: usize = 500;
 /// The most page cache an SQLite import may use, in KiB: most of the pages that 150,000
@@ -36,124 +32,6 @@ pub struct ImportedAccount {
     pub role: AccountRole,
     pub site_code: Option<String>,
     pub activation_token: String,
-}
-
-/// One good line of the file.
-#[derive(Debug)]
-struct Line {
-    number: u64,
-    username: String,
-    display_name: String,
-    role: AccountRole,
-    site_code: Option<String>,
-}
-
-/// The bad lines found so far: the first [`MAX_LISTED_ERRORS`] in full, the others counted.
-#[derive(Debug, Default)]
-struct Problems {
-    listed: Vec<CsvLineError>,
-    more: u64,
-}
-
-impl Problems {
-    fn add(&mut self, line: u64, message: String) {
-        if self.listed.len() < MAX_LISTED_ERRORS {
-            self.listed.push(CsvLineError { line, message });
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.listed.is_empty()
-    }
-
-    fn into_error(mut self) -> StoreError {
-        self.listed.sort_by_key(|e| e.line);
-        if self.more > 0 {
-            let last = self.listed.last().map_or(0, |e| e.line);
-            self.listed.push(CsvLineError {
-                line: last,
-                message: format!("and {} more bad line(s), not listed", self.more),
-            });
-        }
-        StoreError::InvalidCsv(self.listed)
-    }
-}
-
-const HEADER: [&str; 4] = ["username", "display_name", "role", "site_code"];
-
-/// Reads and checks every line on its own (fields, username, name, role, duplicates in the
-/// file); what needs the database (taken usernames, site codes) is checked by the caller.
-fn parse_lines(csv_bytes: &[u8], problems: &mut Problems) -> Vec<Line> {
-    let mut records = CsvRecords::new(csv_bytes, HEADER);
-    let mut lines = Vec::new();
-    let mut first_lines = FirstLines::default();
-    while let Some(record) = records.next_record() {
-        let (line, record) = match record {
-            Ok(record) => record,
-            Err(bad) => {
-                problems.add(bad.line, bad.message);
-                continue;
-            }
-        };
-        if lines.len() >= MAX_IMPORTED_ACCOUNTS {
-            problems.add(
-                line,
-                format!("a file holds at most {MAX_IMPORTED_ACCOUNTS} accounts: split it"),
-            );
-            break;
-        }
-        let [username, display_name, role, site_code] = match fields(record) {
-            Ok(fields) => fields,
-            Err(message) => {
-                problems.add(line, message);
-                continue;
-            }
-        };
-        let mut found = Vec::new();
-        found.extend(username_problem(username));
-        if !is_display_name(display_name) {
-            found.push("the display name is not 1 to 64 printable characters".into());
-        }
-        let role = match choice(
-            role,
-            AccountRole::from_name,
-            "role",
-            "official, site_operator or organizer",
-        ) {
-            Ok(AccountRole::Admin) => {
-                found.push("administrators are not imported: create them one by one".into());
-                None
-            }
-            Ok(role) => Some(role),
-            Err(problem) => {
-                found.push(problem);
-                None
-            }
-        };
-        if role.is_some_and(AccountRole::needs_site) && site_code.is_empty() {
-            found.push("an official or site operator needs a site_code".into());
-        }
-        if !username.is_empty()
-            && let Some(first) = first_lines.earlier(username, line)
-        {
-            found.push(format!(
-                "duplicate username {username} (first on line {first})"
-            ));
-        }
-        match role {
-            Some(role) if found.is_empty() => lines.push(Line {
-                number: line,
-                username: username.to_string(),
-                display_name: display_name.to_string(),
-                role,
-                site_code: (!site_code.is_empty()).then(|| site_code.to_string()),
-            }),
-            _ => problems.add(line, found.join("; ")),
-        }
-    }
-    lines
 }
 
 /// The `n`th (from 1) of many bound values. SQLite gets plain `?`: it finds each numbered
@@ -194,7 +72,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<ImportedAccount>, StoreError> {
         let mut problems = Problems::default();
-        let lines = parse_lines(csv_bytes, &mut problems);
+        let lines = parse_accounts_csv(csv_bytes, &mut problems);
         let mut connection = self.pool.acquire().await?;
         if self.backend != Backend::Sqlite {
             return import_on(&mut connection, self.backend, lines, problems, now_ms).await;
@@ -230,7 +108,7 @@ impl Store {
 async fn import_on(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
-    lines: Vec<Line>,
+    lines: Vec<AccountLine>,
     mut problems: Problems,
     now_ms: i64,
 ) -> Result<Vec<ImportedAccount>, StoreError> {
@@ -273,7 +151,7 @@ async fn import_on(
         }
     }
     if !problems.is_empty() {
-        return Err(problems.into_error());
+        return Err(StoreError::InvalidCsv(problems.into_errors()));
     }
 
     let imported: Vec<ImportedAccount> = lines
@@ -354,6 +232,8 @@ async fn import_on(
 
 #[cfg(test)]
 mod tests {
+    use formats::accounts::MAX_LISTED_ERRORS;
+
     use super::*;
     use crate::store::test_support::{site, stores};
     use crate::store::{AccountQuery, SiteKind, unix_ms};

@@ -22,6 +22,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+pub use formats::accounts::AccountRole;
+pub(crate) use formats::accounts::{is_display_name, username_problem};
+
 use super::{Store, StoreError, flag, hex, is_id, is_unique_violation, new_id};
 
 /// How long a login lasts.
@@ -32,67 +35,6 @@ pub const REMEMBERED_LOGIN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const ACTIVATION_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Most accounts one page of the account list holds.
 pub const MAX_PER_PAGE: u32 = 500;
-
-/// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AccountRole {
-    /// Everything, including accounts and the site directory.
-    Admin,
-    /// Schedules and manages their own meetings.
-    Organizer,
-    /// A person of a site (`site_id`): sees and joins the meetings that invite that site.
-    Official,
-    /// The meeting room of a site (`site_id`): sees and joins the meetings that invite it.
-    SiteOperator,
-}
-
-impl AccountRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountRole::Admin => "admin",
-            AccountRole::Organizer => "organizer",
-            AccountRole::Official => "official",
-            AccountRole::SiteOperator => "site_operator",
-        }
-    }
-
-    /// The role a stored or written name stands for.
-    pub fn from_name(text: &str) -> Option<AccountRole> {
-        match text {
-            "admin" => Some(AccountRole::Admin),
-            "organizer" => Some(AccountRole::Organizer),
-            "official" => Some(AccountRole::Official),
-            "site_operator" => Some(AccountRole::SiteOperator),
-            _ => None,
-        }
-    }
-
-    fn parse(text: &str) -> AccountRole {
-        // A damaged row gets the least rights, so it never grants more.
-        AccountRole::from_name(text).unwrap_or(AccountRole::SiteOperator)
-    }
-
-    /// Whether accounts of this role belong to a site.
-    pub fn needs_site(self) -> bool {
-        matches!(self, AccountRole::Official | AccountRole::SiteOperator)
-    }
-
-    /// Whether this role schedules meetings.
-    pub fn schedules_meetings(self) -> bool {
-        matches!(self, AccountRole::Admin | AccountRole::Organizer)
-    }
-}
-
-impl std::str::FromStr for AccountRole {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        AccountRole::from_name(text).ok_or_else(|| {
-            format!("unknown role {text:?} (admin, organizer, official or site_operator)")
-        })
-    }
-}
 
 /// An account as shown to people (never with its password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -119,7 +61,7 @@ impl Account {
             id: row.try_get("id")?,
             username: row.try_get("username")?,
             display_name: row.try_get("display_name")?,
-            role: AccountRole::parse(&row.try_get::<String, _>("role")?),
+            role: AccountRole::from_stored(&row.try_get::<String, _>("role")?),
             site_id: row.try_get("site_id")?,
             site_code: row.try_get("site_code")?,
             site_name: row.try_get("site_name")?,
@@ -210,23 +152,8 @@ const ACCOUNT_SELECT: &str = "SELECT a.id, a.username, a.display_name, a.role, a
      CAST(CASE WHEN a.password_hash = '' THEN 1 ELSE 0 END AS BIGINT) AS pending";
 const ACCOUNT_FROM: &str = " FROM accounts a LEFT JOIN sites s ON s.id = a.site_id";
 
-/// Why `username` cannot be one, if it cannot.
-pub(crate) fn username_problem(username: &str) -> Option<String> {
-    let ok = (1..=64).contains(&username.chars().count())
-        && username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    (!ok).then(|| "a username is 1 to 64 letters, digits, '.', '_', '-' or '@'".to_string())
-}
-
 fn check_username(username: &str) -> Result<(), StoreError> {
     username_problem(username).map_or(Ok(()), |problem| Err(StoreError::Invalid(problem)))
-}
-
-/// Whether `name` is a display name: 1 to 64 printable characters, not only spaces.
-pub(crate) fn is_display_name(name: &str) -> bool {
-    let count = name.chars().count();
-    (1..=64).contains(&count) && !name.trim().is_empty() && !name.chars().any(char::is_control)
 }
 
 /// A display name: 1 to 64 printable characters, not only spaces.

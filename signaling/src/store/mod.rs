@@ -9,7 +9,6 @@
 mod account_import;
 mod accounts;
 mod attendance;
-mod csv_import;
 mod meetings;
 mod recordings;
 mod sites;

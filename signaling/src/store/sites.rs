@@ -7,41 +7,11 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
-use super::csv_import::{CsvRecords, FirstLines, choice, fields};
+pub use formats::CsvLineError;
+pub use formats::sites::SiteKind;
+use formats::sites::{code_problem, name_problem, parse_sites_csv};
+
 use super::{Store, StoreError, is_id, is_unique_violation, new_id, unix_ms};
-
-/// Longest site name.
-pub const MAX_SITE_NAME: usize = 128;
-/// Longest site code.
-pub const MAX_SITE_CODE: usize = 32;
-
-/// The level of a site in the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SiteKind {
-    Central,
-    Province,
-    Commune,
-}
-
-impl SiteKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SiteKind::Central => "central",
-            SiteKind::Province => "province",
-            SiteKind::Commune => "commune",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<SiteKind> {
-        match text {
-            "central" => Some(SiteKind::Central),
-            "province" => Some(SiteKind::Province),
-            "commune" => Some(SiteKind::Commune),
-            _ => None,
-        }
-    }
-}
 
 /// A site of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -78,14 +48,6 @@ pub struct NewSite<'a> {
     pub parent_code: Option<&'a str>,
 }
 
-/// One bad line of a CSV import.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct CsvLineError {
-    /// The line number, counting the header as line 1.
-    pub line: u64,
-    pub message: String,
-}
-
 /// What a CSV import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportOutcome {
@@ -95,108 +57,6 @@ pub struct ImportOutcome {
 
 const SITE_SELECT: &str = "SELECT s.id, s.code, s.name, s.kind, s.parent_id, p.code AS parent_code \
      FROM sites s LEFT JOIN sites p ON p.id = s.parent_id";
-
-fn code_problem(code: &str) -> Option<String> {
-    if code.is_empty() {
-        Some("the code is missing".into())
-    } else if code.chars().count() > MAX_SITE_CODE
-        || !code
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        Some(format!(
-            "the code {code:?} is not 1 to {MAX_SITE_CODE} letters, digits, '.', '_' or '-'"
-        ))
-    } else {
-        None
-    }
-}
-
-fn name_problem(name: &str) -> Option<String> {
-    if name.trim().is_empty() {
-        Some("the name is missing".into())
-    } else if name.chars().count() > MAX_SITE_NAME {
-        Some(format!("the name is over {MAX_SITE_NAME} characters"))
-    } else if name.chars().any(char::is_control) {
-        Some("the name contains control characters".into())
-    } else {
-        None
-    }
-}
-
-/// One good line of an import file.
-#[derive(Debug)]
-struct Line {
-    number: u64,
-    code: String,
-    name: String,
-    kind: SiteKind,
-    parent_code: Option<String>,
-}
-
-/// Reads and checks every line of `csv` on its own (fields, code, name, kind, duplicates);
-/// references between sites are checked by the caller, which knows the directory.
-fn parse_lines(csv_bytes: &[u8]) -> (Vec<Line>, Vec<CsvLineError>) {
-    let mut records = CsvRecords::new(csv_bytes, ["code", "name", "kind", "parent_code"]);
-    let mut lines = Vec::new();
-    let mut errors = Vec::new();
-    let mut first_lines = FirstLines::default();
-    while let Some(record) = records.next_record() {
-        let (line, record) = match record {
-            Ok(record) => record,
-            Err(bad) => {
-                errors.push(bad);
-                continue;
-            }
-        };
-        let [code, name, kind, parent] = match fields(record) {
-            Ok(fields) => fields,
-            Err(message) => {
-                errors.push(CsvLineError { line, message });
-                continue;
-            }
-        };
-        let mut problems = Vec::new();
-        problems.extend(code_problem(code));
-        problems.extend(name_problem(name));
-        let kind = match choice(
-            kind,
-            SiteKind::parse,
-            "kind",
-            "central, province or commune",
-        ) {
-            Ok(kind) => Some(kind),
-            Err(problem) => {
-                problems.push(problem);
-                None
-            }
-        };
-        if !code.is_empty()
-            && let Some(first) = first_lines.earlier(code, line)
-        {
-            problems.push(format!("duplicate code {code} (first on line {first})"));
-        }
-        if !parent.is_empty() && parent == code {
-            problems.push(format!(
-                "the site {code} is its own parent (a parent cycle)"
-            ));
-        }
-        match kind {
-            Some(kind) if problems.is_empty() => lines.push(Line {
-                number: line,
-                code: code.to_string(),
-                name: name.to_string(),
-                kind,
-                parent_code: (!parent.is_empty()).then(|| parent.to_string()),
-            }),
-            _ => errors.push(CsvLineError {
-                line,
-                message: problems.join("; "),
-            }),
-        }
-    }
-    (lines, errors)
-}
 
 impl Store {
     /// Every site, by code.
@@ -266,7 +126,7 @@ impl Store {
     /// Imports a CSV file of sites (see docs/api.md): all of it, or nothing and
     /// [`StoreError::InvalidCsv`] listing every bad line.
     pub async fn import_sites(&self, csv_bytes: &[u8]) -> Result<ImportOutcome, StoreError> {
-        let (lines, mut errors) = parse_lines(csv_bytes);
+        let (lines, mut errors) = parse_sites_csv(csv_bytes);
         let mut tx = self.pool.begin().await?;
         // The directory is read inside the transaction, so the checks and the writes see the
         // same state.

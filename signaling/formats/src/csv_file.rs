@@ -4,11 +4,21 @@
 
 use std::collections::HashMap;
 
-use super::CsvLineError;
+use serde::{Deserialize, Serialize};
+
+/// One bad line of a CSV import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CsvLineError {
+    /// The line number, counting the header as line 1.
+    pub line: u64,
+    pub message: String,
+}
 
 /// An import file read record by record. A byte order mark is skipped, the first record must
 /// be the header, and blank lines are passed over. Line numbers count the header as line 1.
-pub(super) struct CsvRecords<'a, const N: usize> {
+#[derive(Debug)]
+pub(crate) struct CsvRecords<'a, const N: usize> {
     reader: csv::Reader<&'a [u8]>,
     record: csv::StringRecord,
     header: [&'static str; N],
@@ -18,7 +28,7 @@ pub(super) struct CsvRecords<'a, const N: usize> {
 }
 
 impl<'a, const N: usize> CsvRecords<'a, N> {
-    pub(super) fn new(csv_bytes: &'a [u8], header: [&'static str; N]) -> Self {
+    pub(crate) fn new(csv_bytes: &'a [u8], header: [&'static str; N]) -> Self {
         let bytes = csv_bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(csv_bytes);
         Self {
             reader: csv::ReaderBuilder::new()
@@ -34,7 +44,7 @@ impl<'a, const N: usize> CsvRecords<'a, N> {
 
     /// The next record after the header and its line, or a bad line (an unreadable one, a
     /// wrong header, a file without even a header); `None` at the end.
-    pub(super) fn next_record(
+    pub(crate) fn next_record(
         &mut self,
     ) -> Option<Result<(u64, &csv::StringRecord), CsvLineError>> {
         loop {
@@ -103,7 +113,7 @@ impl<'a, const N: usize> CsvRecords<'a, N> {
 }
 
 /// The `N` fields of a record, trimmed, or why there are not `N`.
-pub(super) fn fields<const N: usize>(record: &csv::StringRecord) -> Result<[&str; N], String> {
+pub(crate) fn fields<const N: usize>(record: &csv::StringRecord) -> Result<[&str; N], String> {
     if record.len() != N {
         return Err(format!("expected {N} fields, found {}", record.len()));
     }
@@ -113,7 +123,7 @@ pub(super) fn fields<const N: usize>(record: &csv::StringRecord) -> Result<[&str
 }
 
 /// A field naming one of a few choices (a role, a kind): the choice, or why it is none.
-pub(super) fn choice<T>(
+pub(crate) fn choice<T>(
     text: &str,
     parse: impl FnOnce(&str) -> Option<T>,
     what: &str,
@@ -128,11 +138,11 @@ pub(super) fn choice<T>(
 
 /// The line each key of a file (a username, a site code) first stood on, to name repeats.
 #[derive(Debug, Default)]
-pub(super) struct FirstLines(HashMap<String, u64>);
+pub(crate) struct FirstLines(HashMap<String, u64>);
 
 impl FirstLines {
     /// The earlier line of a repeated `key`, or `None` when `line` is its first.
-    pub(super) fn earlier(&mut self, key: &str, line: u64) -> Option<u64> {
+    pub(crate) fn earlier(&mut self, key: &str, line: u64) -> Option<u64> {
         if let Some(first) = self.0.get(key) {
             return Some(*first);
         }
