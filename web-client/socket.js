@@ -20,6 +20,18 @@ export class JoinError extends Error {
   }
 }
 
+/** This page's path, query and fragment on the node at `url` (an https origin), or null. */
+export function redirectTarget(url) {
+  let origin;
+  try {
+    origin = new URL(url);
+  } catch {
+    return null;
+  }
+  if (origin.protocol !== 'https:') return null;
+  return new URL(location.pathname + location.search + location.hash, origin.origin).href;
+}
+
 export class SignalingSocket {
   constructor() {
     this.ws = null;
@@ -93,6 +105,13 @@ export class SignalingSocket {
           done();
           reject(new JoinError('refused', message.code, message.message));
           ws.close();
+        } else if (message.type === 'redirect') {
+          // Another node of the cluster holds the meeting: the page moves there, where the
+          // same link (path, query and fragment) joins it.
+          done();
+          const target = redirectTarget(message.url);
+          if (target) location.replace(target);
+          else reject(new JoinError('refused', 'bad_redirect', `a redirect to ${message.url}`));
         }
       };
       ws.onclose = () => {

@@ -100,6 +100,8 @@ pub enum BotError {
     Closed,
     #[error("unexpected message before joining: {0}")]
     Protocol(String),
+    #[error("sent to another node: {0}")]
+    Redirect(String),
 }
 
 impl From<tungstenite::Error> for BotError {
@@ -572,6 +574,7 @@ impl Shared {
                 self.roster.simulcast_layers.insert(publication_id, active);
             }
             ServerMessage::Lobby { .. } => self.fail("a lobby message after admission".into()),
+            ServerMessage::Redirect { .. } => self.fail("a redirect after admission".into()),
             ServerMessage::Pong => self.pongs += 1,
             ServerMessage::Error { code, message } => {
                 self.errors.push((code, message));
@@ -733,46 +736,23 @@ impl Bot {
             Some(keys) => Some(keys.public_key().to_string()),
             None => options.e2ee_key.clone(),
         };
-        let connector = Connector::Rustls(options.tls.clone());
-        let (mut ws, _response) = tokio::time::timeout(
-            options.join_timeout,
-            tokio_tungstenite::connect_async_tls_with_config(
-                options.url.as_str(),
-                Some(WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)),
-                true,
-                Some(connector),
-            ),
-        )
-        .await
-        .map_err(|_| BotError::Timeout("websocket connect"))??;
-
-        send(
-            &mut ws,
-            &match &options.token {
-                Some(token) => ClientMessage::Join {
-                    protocol_version: PROTOCOL_VERSION,
-                    token: Some(token.clone()),
-                    room: None,
-                    name: None,
-                    role: None,
-                    resume: None,
-                    e2ee_key: e2ee_key.clone(),
-                },
-                None => ClientMessage::Join {
-                    protocol_version: PROTOCOL_VERSION,
-                    token: None,
-                    room: Some(RoomId(options.room.clone())),
-                    name: Some(options.name.clone()),
-                    role: options.role,
-                    resume: None,
-                    e2ee_key: e2ee_key.clone(),
-                },
-            },
-        )
-        .await?;
-        let (joined, early) = tokio::time::timeout(options.join_timeout, wait_joined(&mut ws))
-            .await
-            .map_err(|_| BotError::Timeout("join"))??;
+        // A node of a cluster that does not hold the room sends the bot to the one that does.
+        let mut url = options.url.clone();
+        let mut redirects = 0;
+        let (ws, joined, early) = loop {
+            let mut ws = open_and_join(&options, &url, e2ee_key.clone()).await?;
+            match tokio::time::timeout(options.join_timeout, wait_joined(&mut ws))
+                .await
+                .map_err(|_| BotError::Timeout("join"))?
+            {
+                Ok((joined, early)) => break (ws, joined, early),
+                Err(BotError::Redirect(to)) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    url = websocket_url(&to)?;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let joined_at = Instant::now();
         let ServerMessage::Joined {
             participant_id,
@@ -1029,6 +1009,64 @@ async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<usize, BotError> {
 }
 
 /// Reads until `joined`; keeps anything else that arrives first to handle afterwards.
+/// Redirects a join follows at most (a cluster sends a join once, to the room's holder).
+const MAX_REDIRECTS: usize = 3;
+
+/// The signaling URL of a node's `https://host:port` origin.
+fn websocket_url(origin: &str) -> Result<String, BotError> {
+    let host = origin
+        .strip_prefix("https://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|host| !host.is_empty() && !host.contains('/'))
+        .ok_or_else(|| BotError::Protocol(format!("a redirect to {origin:?}")))?;
+    Ok(format!("wss://{host}/ws"))
+}
+
+/// Opens the signaling socket at `url` and sends the join.
+async fn open_and_join(
+    options: &BotOptions,
+    url: &str,
+    e2ee_key: Option<String>,
+) -> Result<Ws, BotError> {
+    let connector = Connector::Rustls(options.tls.clone());
+    let (mut ws, _response) = tokio::time::timeout(
+        options.join_timeout,
+        tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)),
+            true,
+            Some(connector),
+        ),
+    )
+    .await
+    .map_err(|_| BotError::Timeout("websocket connect"))??;
+    send(
+        &mut ws,
+        &match &options.token {
+            Some(token) => ClientMessage::Join {
+                protocol_version: PROTOCOL_VERSION,
+                token: Some(token.clone()),
+                room: None,
+                name: None,
+                role: None,
+                resume: None,
+                e2ee_key,
+            },
+            None => ClientMessage::Join {
+                protocol_version: PROTOCOL_VERSION,
+                token: None,
+                room: Some(RoomId(options.room.clone())),
+                name: Some(options.name.clone()),
+                role: options.role,
+                resume: None,
+                e2ee_key,
+            },
+        },
+    )
+    .await?;
+    Ok(ws)
+}
+
 async fn wait_joined(ws: &mut Ws) -> Result<(ServerMessage, Vec<ServerMessage>), BotError> {
     let mut early = Vec::new();
     loop {
@@ -1041,6 +1079,7 @@ async fn wait_joined(ws: &mut Ws) -> Result<(ServerMessage, Vec<ServerMessage>),
                 ServerMessage::Error { code, message } => {
                     return Err(BotError::Refused { code, message });
                 }
+                ServerMessage::Redirect { url } => return Err(BotError::Redirect(url)),
                 other => early.push(other),
             },
             Message::Close(_) => return Err(BotError::Closed),

@@ -560,7 +560,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let handle = axum_server::Handle::new();
     let cluster = match &config.cluster {
         Some(cluster_config) => {
-            Some(cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr()).await?)
+            let cluster =
+                cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr()).await?;
+            cluster.start_room_sync(hub.clone());
+            Some(cluster)
         }
         None => None,
     };
@@ -574,6 +577,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             tokens: tokens.clone(),
             store: store.clone(),
             open_rooms: config.open_rooms,
+            cluster: cluster.clone(),
         },
         api: api::ApiState::new(
             store.clone(),

@@ -190,6 +190,10 @@ struct Args {
     /// start].
     #[arg(long, env = "MEET_NODE_ID", requires = "cluster")]
     node_id: Option<String>,
+    /// Where clients reach this node, `https://host:port`: a join for a room another node
+    /// holds is sent there [default: https:// and --http-addr].
+    #[arg(long, env = "MEET_PUBLIC_URL", requires = "cluster")]
+    public_url: Option<String>,
     /// TCP connections one address may hold at once: pages, API calls and WebSockets together
     /// (0: no limit, for a load test whose bots all come from one address).
     #[arg(long, env = "MEET_MAX_CONNECTIONS_PER_IP", default_value_t = signaling::connections::DEFAULT_MAX_PER_IP)]
@@ -365,6 +369,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             url,
             secret: signaling::cluster::ClusterSecret::from_file(&secret_file)?,
             node_id: args.node_id,
+            public_url: args.public_url,
         });
     }
     config.test_hooks = args.test_hooks;

@@ -18,6 +18,7 @@ use protocol::{Role, RoomId};
 
 use crate::SECURITY;
 use crate::auth::JoinTokens;
+use crate::cluster::Placement;
 use crate::hub::{Arrival, HubHandle, MeetingInfo, OUTBOUND_QUEUE, Outbound};
 use crate::store::Store;
 
@@ -29,6 +30,8 @@ pub struct Gate {
     pub store: Store,
     /// Tokenless joins to free-form rooms (development and load tests only).
     pub open_rooms: bool,
+    /// This node's cluster, which says where each room is held.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Limits of one session.
@@ -149,6 +152,14 @@ struct Session {
     /// Who the join claims to be (an invitation id, or a name in an open room), for the
     /// security log when it is refused.
     claimed: Option<String>,
+}
+
+/// Where a join that passed the checks went.
+enum Joined {
+    /// Into this node's hub (the room, or its lobby).
+    Here,
+    /// To the node at this URL, which holds the room.
+    Elsewhere(String),
 }
 
 /// Runs one session until the socket closes or the participant leaves.
@@ -310,8 +321,23 @@ impl Session {
                 let outcome = self
                     .join(protocol_version, token, room, name, role, resume, e2ee_key)
                     .await;
+                if let Ok(Joined::Elsewhere(url)) = &outcome {
+                    tracing::info!(
+                        target: SECURITY,
+                        event = "redirected",
+                        invitation = self.claimed.as_deref(),
+                        ip = %self.ip,
+                        %url,
+                        "sent to the node holding the room"
+                    );
+                    let text = serde_json::to_string(&ServerMessage::Redirect { url: url.clone() })
+                        .unwrap_or_else(|_| "{}".to_string());
+                    // Sent, then the socket closes: the client joins there.
+                    let _ = self.outbound_tx.try_send(Outbound::Close(text.into()));
+                    return Ok(Next::Continue);
+                }
                 match &outcome {
-                    Ok(()) => tracing::info!(
+                    Ok(_) => tracing::info!(
                         target: SECURITY,
                         event = "joined",
                         participant = self.participant.map(|p| p.to_string()),
@@ -330,7 +356,7 @@ impl Session {
                         "join refused"
                     ),
                 }
-                outcome.map(|()| Next::Continue)
+                outcome.map(|_| Next::Continue)
             }
             (ClientMessage::Join { .. }, Some(_)) => Err((
                 ErrorCode::AlreadyJoined,
@@ -356,7 +382,7 @@ impl Session {
         role: Option<Role>,
         resume: Option<String>,
         e2ee_key: Option<String>,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<Joined, (ErrorCode, String)> {
         if protocol_version != PROTOCOL_VERSION {
             return Err((
                 ErrorCode::VersionMismatch,
@@ -388,9 +414,15 @@ impl Session {
             }
         }
         arrival.e2ee_key = e2ee_key;
+        // In a cluster the room is held by one node: the join is served there.
+        if let Some(cluster) = &self.gate.cluster
+            && let Placement::Elsewhere(node) = cluster.place(&arrival.room).await
+        {
+            return Ok(Joined::Elsewhere(node.url));
+        }
         let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
         self.participant = Some(id);
-        Ok(())
+        Ok(Joined::Here)
     }
 }
 

@@ -7,9 +7,12 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::eventually;
+use common::{MEDIA_TIMEOUT, bot_receives, eventually};
+use loadtest::bot::{Bot, tls_config_trusting_pem};
 use protocol::{ErrorCode, Role, ServerMessage};
-use signaling::cluster::{ClusterConfig, ClusterSecret, LEASE, NODES_BUCKET, envelope};
+use signaling::cluster::{
+    ClusterConfig, ClusterSecret, LEASE, NODES_BUCKET, ROOMS_BUCKET, envelope, room_key,
+};
 use signaling::store::Admission;
 
 /// A `nats-server -js` on a free loopback port, killed on drop.
@@ -87,13 +90,24 @@ async fn node(
     secret: ClusterSecret,
     database: Option<String>,
 ) -> common::TestServer {
+    node_with(nats, id, secret, database, false).await
+}
+
+async fn node_with(
+    nats: &Nats,
+    id: &str,
+    secret: ClusterSecret,
+    database: Option<String>,
+    open_rooms: bool,
+) -> common::TestServer {
     let cluster = ClusterConfig {
         url: nats.url.clone(),
         secret,
         node_id: Some(id.into()),
+        public_url: None,
     };
     common::start(id, move |c| {
-        c.open_rooms = false;
+        c.open_rooms = open_rooms;
         c.cluster = Some(cluster);
         if database.is_some() {
             c.database_url = database;
@@ -197,6 +211,7 @@ async fn a_node_that_stops_renewing_its_lease_drops_out() {
         .expect("the bucket exists");
     let record = serde_json::json!({
         "id": "node-ghost",
+        "url": "https://127.0.0.1:1",
         "http_addr": "127.0.0.1:1",
         "media_addr": "127.0.0.1:2",
         "started_at": "2026-12-07T00:00:00Z",
@@ -252,4 +267,109 @@ async fn a_link_issued_by_one_node_works_on_another_and_not_outside_the_cluster(
         ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::InvalidToken),
         other => panic!("a server outside the cluster took the link: {other:?}"),
     }
+}
+
+/// A bot joining open room `room` through `via`, trusting every node's certificate (a redirect
+/// takes it to another node).
+async fn bot_via(
+    via: &common::TestServer,
+    nodes: &[&common::TestServer],
+    room: &str,
+    name: &str,
+    tone_hz: f32,
+    tag: u64,
+) -> Bot {
+    let mut options = via.bot_options(room, name, tone_hz, tag);
+    let pems: Vec<u8> = nodes
+        .iter()
+        .flat_map(|n| n.server.cert_pem.clone())
+        .collect();
+    options.tls = tls_config_trusting_pem(&pems).expect("certificates");
+    Bot::connect(options).await.expect("bot joins")
+}
+
+fn participants(server: &common::TestServer) -> usize {
+    server.server.sfu.snapshot().participants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_anywhere_lands_on_the_node_holding_the_room_and_a_stopping_holder_hands_it_over() {
+    let nats = start_nats().await;
+    let a = node_with(&nats, "node-a", secret(1), None, true).await;
+    let b = node_with(&nats, "node-b", secret(1), None, true).await;
+    eventually(Duration::from_secs(10), "a and b see each other", || {
+        node_ids(&a).len() == 2 && node_ids(&b).len() == 2
+    })
+    .await;
+
+    // Alice opens the room on a; Bob asks b for it, is sent to a, and they meet there.
+    let alice = bot_via(&a, &[&a, &b], "r", "alice", 440.0, 1).await;
+    let bob = bot_via(&b, &[&a, &b], "r", "bob", 660.0, 2).await;
+    let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
+    eventually(MEDIA_TIMEOUT, "alice and bob exchange media on a", || {
+        bot_receives(&alice, bob_id, 660.0, 2) && bot_receives(&bob, alice_id, 440.0, 1)
+    })
+    .await;
+    eventually(Duration::from_secs(5), "a holds both transports", || {
+        participants(&a) == 2
+    })
+    .await;
+    assert_eq!(participants(&b), 0, "b holds no media for a room a holds");
+
+    // Another room asked of b first is held by b.
+    let carol = bot_via(&b, &[&a, &b], "s", "carol", 550.0, 3).await;
+    eventually(Duration::from_secs(5), "b holds carol's transport", || {
+        participants(&b) == 1
+    })
+    .await;
+    drop(carol);
+
+    // a stops: its room record goes with it, and the room's next join anywhere holds it there.
+    a.server.shutdown().await;
+    drop((alice, bob));
+    let dave = bot_via(&b, &[&b], "r", "dave", 440.0, 4).await;
+    let erin = bot_via(&b, &[&b], "r", "erin", 660.0, 5).await;
+    let (dave_id, erin_id) = (dave.participant_id(), erin.participant_id());
+    eventually(MEDIA_TIMEOUT, "dave and erin exchange media on b", || {
+        bot_receives(&dave, erin_id, 660.0, 5) && bot_receives(&erin, dave_id, 440.0, 4)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_whose_holder_died_is_taken_over_and_a_forged_record_is_ignored() {
+    let nats = start_nats().await;
+    let a = node_with(&nats, "node-a", secret(1), None, true).await;
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    let rooms = async_nats::jetstream::new(client)
+        .get_key_value(ROOMS_BUCKET)
+        .await
+        .expect("the bucket exists");
+    let record = |room: &str, node: &str, secret: &ClusterSecret| {
+        let key = room_key(&protocol::RoomId(room.into()));
+        let body = serde_json::json!({"room": room, "node": node}).to_string();
+        let sealed = envelope::seal(
+            &secret.message_key(),
+            &format!("kv.{ROOMS_BUCKET}.{key}"),
+            node,
+            signaling::store::unix_ms() as u64,
+            body.as_bytes(),
+        );
+        (key, sealed)
+    };
+    // A node killed with `kill -9` leaves its record behind, naming a node that is no member.
+    let (key, sealed) = record("dead", "node-ghost", &secret(1));
+    rooms.put(&key, sealed.into()).await.expect("put");
+    // A record written without the secret, naming a node that does not exist either.
+    let (key, sealed) = record("forged", "node-evil", &secret(9));
+    rooms.put(&key, sealed.into()).await.expect("put");
+
+    let first = bot_via(&a, &[&a], "dead", "first", 440.0, 1).await;
+    let second = bot_via(&a, &[&a], "forged", "second", 660.0, 2).await;
+    eventually(Duration::from_secs(5), "both rooms are held here", || {
+        participants(&a) == 2
+    })
+    .await;
+    assert!(rejected(&a, "bad_mac") > 0, "the forged record is counted");
+    drop((first, second));
 }

@@ -550,6 +550,12 @@ pub enum ServerMessage {
     /// The media transport of this participant is connected (ICE and DTLS done).
     MediaConnected,
     Pong,
+    /// Answer to [`ClientMessage::Join`] on a node of a cluster that does not hold the room:
+    /// the meeting is held by the node at `url` (its `https://host:port` origin). The client
+    /// sends the same join to `wss://…/ws` there; the server closes this socket.
+    Redirect {
+        url: String,
+    },
     /// A request was refused. The connection stays open unless the code says otherwise.
     Error {
         code: ErrorCode,

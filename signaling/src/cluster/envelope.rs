@@ -103,6 +103,25 @@ pub fn open<'a>(
     message: &'a [u8],
     now_ms: u64,
 ) -> Result<Opened<'a>, EnvelopeError> {
+    open_checked(key, subject, message, Some(now_ms))
+}
+
+/// Opens a record written once and read for as long as it stands (a room's holder): its age
+/// says nothing, the revision it is read at says what is current.
+pub fn open_record<'a>(
+    key: &hmac::Key,
+    subject: &str,
+    message: &'a [u8],
+) -> Result<Opened<'a>, EnvelopeError> {
+    open_checked(key, subject, message, None)
+}
+
+fn open_checked<'a>(
+    key: &hmac::Key,
+    subject: &str,
+    message: &'a [u8],
+    now_ms: Option<u64>,
+) -> Result<Opened<'a>, EnvelopeError> {
     let minimum = MAGIC.len() + 1 + 1 + 8 + MAC_LEN;
     if message.len() < minimum {
         return Err(EnvelopeError::Truncated);
@@ -132,7 +151,7 @@ pub fn open<'a>(
     let mut time = [0u8; 8];
     time.copy_from_slice(&message[time_start..body_start]);
     let sent_at_ms = u64::from_be_bytes(time);
-    if sent_at_ms.abs_diff(now_ms) > MAX_SKEW_MS {
+    if now_ms.is_some_and(|now| sent_at_ms.abs_diff(now) > MAX_SKEW_MS) {
         return Err(EnvelopeError::Stale);
     }
     Ok(Opened {
@@ -192,6 +211,12 @@ mod tests {
         assert_eq!(
             open(&key(1), "meet.nodes", &sealed, 1_000_000 - MAX_SKEW_MS - 1),
             Err(EnvelopeError::Stale)
+        );
+        // A standing record is read whatever its age, and still verified.
+        assert!(open_record(&key(1), "meet.nodes", &sealed).is_ok());
+        assert_eq!(
+            open_record(&key(2), "meet.nodes", &sealed),
+            Err(EnvelopeError::BadMac)
         );
     }
 

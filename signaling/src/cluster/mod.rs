@@ -19,6 +19,7 @@
 //! Rooms spanning nodes (roster, moderation and media relayed between nodes) build on this.
 
 pub mod envelope;
+mod rooms;
 pub mod secret;
 
 use std::collections::HashMap;
@@ -33,15 +34,18 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use envelope::{EnvelopeError, valid_node_id};
+pub use rooms::{Placement, ROOMS_BUCKET, room_key};
 pub use secret::{ClusterSecret, SecretError};
 
 /// The key-value bucket of node leases.
 pub const NODES_BUCKET: &str = "meet_nodes";
-/// A node is a member while its record is younger than this.
-pub const LEASE: Duration = Duration::from_secs(15);
-/// How often a node renews its record: three renewals per lease, so that one lost write does
-/// not drop a live node.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node is a member while its record is younger than this. Its rooms move to another node
+/// once it is not: short, so that the participants of a node that died find their meeting
+/// again within seconds.
+pub const LEASE: Duration = Duration::from_secs(4);
+/// How often a node renews its record: four renewals per lease, so that a lost write or a
+/// busy second does not drop a live node.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The largest node record accepted (a record is a few hundred bytes).
 const MAX_RECORD_BYTES: usize = 4096;
 
@@ -53,12 +57,17 @@ pub struct ClusterConfig {
     pub secret: ClusterSecret,
     /// This node's id ([`valid_node_id`]); `None`: a random one per start.
     pub node_id: Option<String>,
+    /// Where clients reach this node (`https://host:port`), sent to those redirected here;
+    /// `None`: `https://` and the HTTPS listener's address.
+    pub public_url: Option<String>,
 }
 
 /// What a node tells the others about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
+    /// Where clients reach it: `https://host:port`.
+    pub url: String,
     /// Where its HTTPS and WebSocket listener is.
     pub http_addr: String,
     /// Its media address (the one UDP port clients reach).
@@ -104,6 +113,9 @@ struct Inner {
     key: hmac::Key,
     client: async_nats::Client,
     kv: kv::Store,
+    rooms: kv::Store,
+    /// The rooms this node holds, with the revision of their record.
+    claimed: Mutex<HashMap<protocol::RoomId, u64>>,
     members: Mutex<HashMap<String, Member>>,
     rejected: Rejected,
     /// Heartbeats that failed (NATS unreachable, JetStream unavailable).
@@ -169,11 +181,21 @@ impl Cluster {
             .connect(config.url.as_str())
             .await
             .map_err(|e| ClusterError::Connect(config.url.clone(), e.to_string()))?;
-        let kv = key_value_bucket(&jetstream::new(client.clone()), NODES_BUCKET, LEASE * 2)
+        let js = jetstream::new(client.clone());
+        let kv = key_value_bucket(&js, NODES_BUCKET, LEASE * 2)
+            .await
+            .map_err(ClusterError::JetStream)?;
+        // A room's record lives as long as the room (its holder deletes it), or until another
+        // node takes over from a holder that died: no age limit.
+        let rooms = key_value_bucket(&js, ROOMS_BUCKET, Duration::ZERO)
             .await
             .map_err(ClusterError::JetStream)?;
         let me = NodeInfo {
             id: id.clone(),
+            url: config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{http_addr}")),
             http_addr: http_addr.to_string(),
             media_addr: media_addr.to_string(),
             started_at: crate::rfc3339::format(now_ms() as i64).unwrap_or_default(),
@@ -184,6 +206,8 @@ impl Cluster {
                 key: config.secret.message_key(),
                 client,
                 kv,
+                rooms,
+                claimed: Mutex::new(HashMap::new()),
                 members: Mutex::new(HashMap::new()),
                 rejected: Rejected::default(),
                 heartbeat_failures: AtomicU64::new(0),
@@ -268,6 +292,21 @@ impl Cluster {
         for task in tasks {
             task.abort();
         }
+        // The rooms first: once this node's record is gone, others may take them over anyway,
+        // but a deleted record lets the next join anywhere take the room at once.
+        let claimed: Vec<(protocol::RoomId, u64)> = self
+            .inner
+            .claimed
+            .lock()
+            .map(|mut c| c.drain().collect())
+            .unwrap_or_default();
+        for (room, revision) in claimed {
+            let _ = self
+                .inner
+                .rooms
+                .delete_expect_revision(room_key(&room), Some(revision))
+                .await;
+        }
         if let Err(err) = self.inner.kv.delete(&self.inner.me.id).await {
             tracing::warn!(%err, "could not give up this node's cluster lease");
         }
@@ -338,7 +377,7 @@ impl Inner {
 }
 
 /// The key-value bucket `name`, created if it does not exist, whose entries expire after
-/// `max_age`, kept in memory (leases need no disk).
+/// `max_age` (zero: never), kept in memory (leases need no disk).
 ///
 /// async-nats creates buckets after asking for the account's details, whose answer from a
 /// 2.9 server (Debian 12's) it cannot parse; so the bucket's stream is created here, as a
@@ -357,7 +396,11 @@ async fn key_value_bucket(
         max_age,
         // Within the window the server drops a message whose id it saw; no message has one,
         // but the window may not be longer than the messages live.
-        duplicate_window: max_age,
+        duplicate_window: if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age
+        },
         max_message_size: MAX_RECORD_BYTES as i32,
         storage: jetstream::stream::StorageType::Memory,
         allow_rollup: true,

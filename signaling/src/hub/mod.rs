@@ -153,6 +153,8 @@ pub enum HubRequest {
     RevokeInvitation { invitation: String },
     /// The server is stopping: close every session with a message saying so.
     Shutdown { done: oneshot::Sender<()> },
+    /// The rooms held here (with someone admitted or waiting), for the cluster's records.
+    Rooms { reply: oneshot::Sender<Vec<RoomId>> },
 }
 
 /// A cheap handle to the hub task.
@@ -223,6 +225,16 @@ impl HubHandle {
         let _ = self
             .requests
             .send(HubRequest::CloseRoom { room: room.clone() });
+    }
+
+    /// The rooms held here: someone is admitted or waiting in each. Empty once the hub has
+    /// stopped.
+    pub async fn rooms(&self) -> Vec<RoomId> {
+        let (reply, response) = oneshot::channel();
+        if self.requests.send(HubRequest::Rooms { reply }).is_err() {
+            return Vec::new();
+        }
+        response.await.unwrap_or_default()
     }
 
     /// Removes whoever is present with this invitation.
@@ -479,6 +491,9 @@ impl Hub {
                         Some((ErrorCode::Removed, "your invitation was withdrawn")),
                     );
                 }
+            }
+            HubRequest::Rooms { reply } => {
+                let _ = reply.send(self.rooms.keys().cloned().collect());
             }
             HubRequest::Shutdown { done } => {
                 self.stopping = true;

@@ -495,6 +495,10 @@ impl Session {
                 self.shared
                     .client_error("a second `joined` arrived on the same socket".into());
             }
+            ServerMessage::Redirect { .. } => {
+                self.shared
+                    .client_error("a redirect arrived after `joined`".into());
+            }
             // This client joins open rooms as a participant: roles, lobby and aggregates do
             // not change what it sends or receives, and it publishes one layer.
             ServerMessage::Lobby { .. }
