@@ -373,3 +373,221 @@ async fn a_room_whose_holder_died_is_taken_over_and_a_forged_record_is_ignored()
     assert!(rejected(&a, "bad_mac") > 0, "the forged record is counted");
     drop((first, second));
 }
+
+/// A `meet-server` process in the cluster at `nats`, on free loopback ports; killed on drop.
+struct NodeProcess {
+    child: Child,
+    http_addr: String,
+    dir: common::tempdir::TempDir,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    fn start(nats: &Nats, id: &str, secret_file: &std::path::Path, database: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = common::tempdir::TempDir::new(id);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meet-server"))
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
+            .args([
+                "--cluster",
+                &nats.url,
+                "--node-id",
+                id,
+                "--database-url",
+                database,
+            ])
+            .arg("--cluster-secret-file")
+            .arg(secret_file)
+            .args(["--media-workers", "1"])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && let Some(rest) = line.split("http_addr=").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = found.send(addr);
+                    sent = true;
+                }
+                // Keep reading, so that the server never blocks on a full pipe.
+            }
+        });
+        let http_addr = address
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logs its address");
+        Self {
+            child,
+            http_addr,
+            dir,
+        }
+    }
+
+    fn cert(&self) -> Vec<u8> {
+        std::fs::read(self.dir.0.join("tls/cert.pem")).expect("the certificate")
+    }
+
+    fn ws_url(&self) -> String {
+        format!("wss://{}/ws", self.http_addr)
+    }
+}
+
+/// A bot joining with `token`, asking `via` and trusting every node.
+async fn process_bot(
+    via: &NodeProcess,
+    certs: &[u8],
+    token: &str,
+    publishes: bool,
+    tag: u64,
+) -> Result<Bot, loadtest::bot::BotError> {
+    let tls = tls_config_trusting_pem(certs).expect("certificates");
+    let mut options = loadtest::bot::BotOptions::new(via.ws_url(), "", "", tls);
+    options.token = Some(token.into());
+    options.endpoint.publish_audio = publishes;
+    options.endpoint.publish_video = publishes;
+    options.endpoint.tone_hz = 440.0;
+    options.endpoint.video_tag = tag;
+    options.endpoint.keyframe_interval = Some(Duration::from_secs(2));
+    Bot::connect(options).await
+}
+
+/// Retries a join, as a client whose node died does, until it gets in.
+async fn rejoin(via: &NodeProcess, certs: &[u8], token: &str, publishes: bool, tag: u64) -> Bot {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match process_bot(via, certs, token, publishes, tag).await {
+            Ok(bot) => return bot,
+            Err(err) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "could not rejoin: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holder() {
+    let nats = start_nats().await;
+    let shared = common::tempdir::TempDir::new("cluster-procs");
+    let secret_file = shared.0.join("cluster.secret");
+    std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef\n").expect("secret");
+    let database = format!("sqlite://{}", shared.0.join("meet.db").display());
+    // One after another: the first creates the shared database.
+    let a = NodeProcess::start(&nats, "node-a", &secret_file, &database);
+    let b = NodeProcess::start(&nats, "node-b", &secret_file, &database);
+    let c = NodeProcess::start(&nats, "node-c", &secret_file, &database);
+    let certs: Vec<u8> = [a.cert(), b.cert(), c.cert()].concat();
+    // The meeting, in the shared database, with links signed by the cluster's key.
+    let store = signaling::store::Store::open(&database)
+        .await
+        .expect("the database");
+    let secret = ClusterSecret::from_bytes(b"0123456789abcdef0123456789abcdef").expect("secret");
+    let tokens = signaling::auth::JoinTokens::from_seed(&secret.join_token_seed()).expect("key");
+    let meeting = common::schedule_on(
+        &store,
+        &tokens,
+        Admission::Scheduled,
+        &[
+            ("presenter", Role::Presenter),
+            ("presenter-2", Role::Presenter),
+            ("viewer-b", Role::Viewer),
+            ("viewer-c", Role::Viewer),
+        ],
+    )
+    .await;
+    let token = |name: &str| meeting.invited(name).token.clone();
+
+    // The presenter opens the meeting on a; viewers ask b and c, the host asks c.
+    let presenter = process_bot(&a, &certs, &token("presenter"), true, 7)
+        .await
+        .expect("the presenter joins");
+    let viewer_b = process_bot(&b, &certs, &token("viewer-b"), false, 0)
+        .await
+        .expect("a viewer joins through b");
+    let viewer_c = process_bot(&c, &certs, &token("viewer-c"), false, 0)
+        .await
+        .expect("a viewer joins through c");
+    let host = process_bot(&c, &certs, &token("Host"), false, 0)
+        .await
+        .expect("the host joins through c");
+    let presenter_id = presenter.participant_id();
+    eventually(MEDIA_TIMEOUT, "both viewers receive the presenter", || {
+        bot_receives(&viewer_b, presenter_id, 440.0, 7)
+            && bot_receives(&viewer_c, presenter_id, 440.0, 7)
+    })
+    .await;
+
+    // The host mutes the presenter's microphone, then removes the presenter.
+    host.send(protocol::ClientMessage::MuteParticipant {
+        participant_id: presenter_id,
+        kind: protocol::MediaKind::Audio,
+    })
+    .expect("sent");
+    eventually(Duration::from_secs(10), "the viewers see the mute", || {
+        [&viewer_b, &viewer_c].iter().all(|v| {
+            v.snapshot()
+                .roster
+                .mute_changes
+                .iter()
+                .any(|m| m.participant_id == presenter_id && m.muted)
+        })
+    })
+    .await;
+    host.send(protocol::ClientMessage::RemoveParticipant {
+        participant_id: presenter_id,
+    })
+    .expect("sent");
+    eventually(
+        Duration::from_secs(10),
+        "the viewers see the removal",
+        || {
+            [&viewer_b, &viewer_c].iter().all(|v| {
+                v.snapshot()
+                    .roster
+                    .left
+                    .iter()
+                    .any(|(p, r)| *p == presenter_id && *r == protocol::LeaveReason::Removed)
+            })
+        },
+    )
+    .await;
+    drop((presenter, host));
+
+    // The room's holder dies. Its clients rejoin through the nodes left: the first join after
+    // its lease ends takes the room over, the other is sent there.
+    let mut a = a;
+    a.child.kill().expect("kill -9");
+    let killed = std::time::Instant::now();
+    drop((viewer_b, viewer_c));
+    let presenter = rejoin(&c, &certs, &token("presenter-2"), true, 8).await;
+    let viewer = rejoin(&b, &certs, &token("viewer-b"), false, 0).await;
+    let presenter_id = presenter.participant_id();
+    eventually(
+        MEDIA_TIMEOUT,
+        "the viewer receives the presenter again",
+        || bot_receives(&viewer, presenter_id, 440.0, 8),
+    )
+    .await;
+    println!(
+        "after kill -9 of the room's holder, its clients were back in the meeting and receiving \
+         media {:.1} s later (lease {LEASE:?})",
+        killed.elapsed().as_secs_f64()
+    );
+}

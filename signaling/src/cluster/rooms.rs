@@ -157,7 +157,7 @@ impl Cluster {
                     return Ok(Placement::Here);
                 }
                 Holder::Node(node) => {
-                    if let Some(info) = self.nodes().into_iter().find(|n| n.id == node) {
+                    if let Some(info) = self.live_node(&node).await? {
                         return Ok(Placement::Elsewhere(info));
                     }
                     tracing::info!(%room, %node, "the room's holder is gone; taking the room over");
@@ -183,6 +183,37 @@ impl Cluster {
             }
         }
         Err("another node kept changing the room's record".into())
+    }
+
+    /// The node `id` if its lease is current. What this node's watch has seen decides at
+    /// once; a node it has not heard of (this node just started, or the other did) is read
+    /// from the bucket, so that a room is never taken from a live holder for want of news.
+    async fn live_node(&self, id: &str) -> Result<Option<NodeInfo>, String> {
+        if let Some(info) = self.nodes().into_iter().find(|n| n.id == id) {
+            return Ok(Some(info));
+        }
+        let Some(entry) = self.inner.kv.entry(id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let Ok(opened) = envelope::open(
+            &self.inner.key,
+            &super::record_subject(id),
+            &entry.value,
+            now,
+        ) else {
+            return Ok(None);
+        };
+        // Written within the lease, by the writer's clock (the nodes' clocks are kept by NTP).
+        if now.saturating_sub(opened.sent_at_ms) > super::LEASE.as_millis() as u64 {
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice::<NodeInfo>(opened.body)
+            .ok()
+            .filter(|info| info.id == id))
     }
 
     fn claimed(&self, room: &RoomId, revision: u64) {
@@ -254,7 +285,7 @@ impl Cluster {
                 continue;
             }
             match current.as_ref().map(|e| self.inner.holder(e)) {
-                Some(Holder::Node(node)) if self.nodes().iter().any(|n| n.id == node) => {
+                Some(Holder::Node(node)) if matches!(self.live_node(&node).await, Ok(Some(_))) => {
                     // Both nodes served the room while NATS was away. The meeting is split
                     // until one side's participants reconnect; counted for the operator.
                     self.inner.rejected.count("split_room");
