@@ -18,7 +18,7 @@
 import { E2ee } from './e2ee.js';
 import { Negotiator } from './negotiator.js';
 import { Roster } from './roster.js';
-import { JoinError, SignalingSocket } from './socket.js';
+import { JoinError, SignalingSocket, redirectTarget } from './socket.js';
 
 export { JoinError };
 
@@ -41,6 +41,8 @@ const TERMINAL = ['removed', 'room_closed', 'invalid_token', 'already_connected'
 const STATS_MS = 2000;
 const MAX_MEDIA_FAILURES = 3; // sessions in a row whose media never connected
 const RECONNECT_WINDOW_MS = 60000;
+/** Failed attempts to reach this node before a page in a cluster moves to another node. */
+const NODE_FAILOVER_ATTEMPTS = 2;
 
 /** The i18n key explaining a refusal code. */
 export function refusalKey(code) {
@@ -582,6 +584,10 @@ export class Meeting extends EventTarget {
       case 'error':
         this.onError(s, m);
         break;
+      case 'nodes':
+        // A cluster's nodes: where to go if this one stops answering (see `reconnect`).
+        this.nodes = Array.isArray(m.urls) ? m.urls.filter((u) => typeof u === 'string') : [];
+        break;
       case 'media_connected':
       case 'pong':
       case 'joined':
@@ -721,6 +727,7 @@ export class Meeting extends EventTarget {
     this.changed();
     const deadline = Date.now() + this.reconnectWindowMs;
     let delay = 300;
+    let unreachable = 0;
     for (;;) {
       if (this.state !== 'reconnecting') return;
       try {
@@ -739,6 +746,8 @@ export class Meeting extends EventTarget {
           this.finish('ended', { key: refusalKey(err.code), vars: { code: err.code } });
           return;
         }
+        unreachable += 1;
+        if (unreachable >= NODE_FAILOVER_ATTEMPTS && this.moveToAnotherNode()) return;
         if (Date.now() + delay > deadline) {
           // The server said it ended our session and will not take us back: the room is closed.
           this.finish('ended', { key: fatal === 'media_unavailable' ? 'error.roomClosed' : 'error.connectionLost' });
@@ -748,6 +757,29 @@ export class Meeting extends EventTarget {
       await sleep(delay);
       delay = Math.min(delay * 2, 4000);
     }
+  }
+
+  /**
+   * In a cluster, when this node no longer answers: the page moves to the next node the server
+   * listed (`nodes`), where the same link joins the same meeting (the room moves to a node that
+   * lives once the dead one's lease ends). Returns whether it is moving.
+   */
+  moveToAnotherNode() {
+    const others = (this.nodes || []).filter((url) => {
+      try {
+        return new URL(url).origin !== location.origin;
+      } catch {
+        return false;
+      }
+    });
+    if (others.length === 0) return false;
+    // The link's token (or the open room's name) goes along: the page took it out of its address.
+    const next = others[Math.floor(Math.random() * others.length)];
+    const target = redirectTarget(next, this.token ? { token: this.token } : { room: this.room });
+    if (!target) return false;
+    console.info(`this node does not answer; moving to ${new URL(target).origin}`);
+    location.replace(target);
+    return true;
   }
 
   finish(state, reason) {

@@ -575,6 +575,8 @@ impl Shared {
             }
             ServerMessage::Lobby { .. } => self.fail("a lobby message after admission".into()),
             ServerMessage::Redirect { .. } => self.fail("a redirect after admission".into()),
+            // A bot is told where to go by its operator, not by the cluster.
+            ServerMessage::Nodes { .. } => {}
             ServerMessage::Pong => self.pongs += 1,
             ServerMessage::Error { code, message } => {
                 self.errors.push((code, message));

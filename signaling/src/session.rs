@@ -422,6 +422,13 @@ impl Session {
         }
         let id = self.hub.join(arrival, self.outbound_tx.clone()).await?;
         self.participant = Some(id);
+        if let Some(cluster) = &self.gate.cluster {
+            // After the hub's answer, which it queued before replying.
+            let urls = cluster.nodes().into_iter().map(|n| n.url).collect();
+            if let Ok(text) = serde_json::to_string(&ServerMessage::Nodes { urls }) {
+                let _ = self.outbound_tx.try_send(Outbound::Text(text.into()));
+            }
+        }
         Ok(Joined::Here)
     }
 }

@@ -250,11 +250,30 @@ async fn a_link_issued_by_one_node_works_on_another_and_not_outside_the_cluster(
         .await;
     let token = &meeting.invited("Xã Tân Lập").token;
 
+    eventually(Duration::from_secs(10), "a and b see each other", || {
+        node_ids(&a).len() == 2 && node_ids(&b).len() == 2
+    })
+    .await;
     let mut on_b = b.raw().await;
     match on_b.join_token(token).await {
         ServerMessage::Joined { .. } => {}
         other => panic!("node b refused a link node a issued: {other:?}"),
     }
+    // Then the nodes to try if b stops answering, b first.
+    let urls = loop {
+        match on_b.next().await {
+            common::Received::Message(ServerMessage::Nodes { urls }) => break urls,
+            common::Received::Message(_) => continue,
+            common::Received::Closed(code) => panic!("closed ({code:?}) before `nodes`"),
+        }
+    };
+    assert_eq!(
+        urls,
+        [
+            format!("https://{}", b.server.http_addr),
+            format!("https://{}", a.server.http_addr)
+        ]
+    );
 
     // A server outside the cluster, on the same storage, does not take it.
     let outside = common::start("outside", |c| {

@@ -556,6 +556,12 @@ pub enum ServerMessage {
     Redirect {
         url: String,
     },
+    /// Sent after the answer to [`ClientMessage::Join`] on a node of a cluster: the origins
+    /// (`https://host:port`) of the cluster's nodes, this one first, for the client to try
+    /// if this node stops answering.
+    Nodes {
+        urls: Vec<String>,
+    },
     /// A request was refused. The connection stays open unless the code says otherwise.
     Error {
         code: ErrorCode,

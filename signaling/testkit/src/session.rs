@@ -495,6 +495,7 @@ impl Session {
                 self.shared
                     .client_error("a second `joined` arrived on the same socket".into());
             }
+            ServerMessage::Nodes { .. } => {}
             ServerMessage::Redirect { .. } => {
                 self.shared
                     .client_error("a redirect arrived after `joined`".into());
