@@ -166,14 +166,14 @@ pub fn csv_seeds() -> Vec<(String, Vec<u8>)> {
             "accounts_bad_lines",
             0,
             "username,display_name,role,site_code\n\
-             ok1,Xã Một,site_operator,HG\n\
-             ok1,Again,official,HG\n\
-             bad name,X,official,HG\n\
-             nosite,X,official,\n\
-             boss,X,admin,\n\
-             who,X,mayor,HG\n\
-             short,X,official\n\
-             empty,,official,HG\n",
+             cb.op,Phòng họp Cao Bằng,site_operator,CB\n\
+             cb.op,Lần hai,site_operator,CB\n\
+             sai tên,Sai,official,CB\n\
+             khong.xa,Không xã,site_operator,\n\
+             quan.tri,Quản trị,admin,\n\
+             chu.tich,Chủ tịch,chairman,CB\n\
+             thieu,Thiếu\n\
+             trong, ,official,CB\n",
         ),
         (
             "accounts_line_break_in_quotes",

@@ -155,15 +155,15 @@ mod tests {
     fn each_line_is_checked_on_its_own() {
         let long_name = "x".repeat(MAX_SITE_NAME + 1);
         let csv = format!(
-            "code,name,kind,parent_code\n\
-             HG,Hà Giang,province,VN\n\
-             HG,Hà Giang again,province,VN\n\
-             C1,Commune 1,village,HG\n\
-             C2,,commune,HG\n\
-             C3,{long_name},commune,HG\n\
-             C4,Loop,commune,C4\n\
-             C5,too,many,fields,here\n\
-             \"C6\",\"Xã \"\"Quoted\"\", ok\",commune,\n"
+            "code, name ,kind,parent_code\n\
+             QN, Quảng Ninh ,province,VN\n\
+             QN,Quảng Ninh lần hai,province,VN\n\
+             X1,Xã 1,hamlet,QN\n\
+             X2, ,commune,QN\n\
+             X3,{long_name},commune,QN\n\
+             X4,Vòng,commune,X4\n\
+             X5,một,hai,ba,bốn\n\
+             \"X6\",\"Xã \"\"Ngoặc\"\", có phẩy\",commune,\n"
         );
         let (lines, errors) = parse_sites_csv(csv.as_bytes());
         assert_eq!(
@@ -171,15 +171,15 @@ mod tests {
             [
                 SiteLine {
                     number: 2,
-                    code: "HG".into(),
-                    name: "Hà Giang".into(),
+                    code: "QN".into(),
+                    name: "Quảng Ninh".into(),
                     kind: SiteKind::Province,
                     parent_code: Some("VN".into()),
                 },
                 SiteLine {
                     number: 9,
-                    code: "C6".into(),
-                    name: "Xã \"Quoted\", ok".into(),
+                    code: "X6".into(),
+                    name: "Xã \"Ngoặc\", có phẩy".into(),
                     kind: SiteKind::Commune,
                     parent_code: None,
                 },
@@ -188,8 +188,8 @@ mod tests {
         let numbers: Vec<u64> = errors.iter().map(|e| e.line).collect();
         assert_eq!(numbers, [3, 4, 5, 6, 7, 8], "{errors:#?}");
         for (error, expected) in errors.iter().zip([
-            "duplicate code HG (first on line 2)",
-            "unknown kind \"village\"",
+            "duplicate code QN (first on line 2)",
+            "unknown kind \"hamlet\"",
             "the name is missing",
             "over 128 characters",
             "its own parent",
