@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loadtest::bot::{insecure_tls_config, tls_config_trusting_pem};
 use loadtest::metrics_scrape::MetricsTarget;
 use loadtest::report::{RunReport, html};
-use loadtest::scenario::{self, Live, ProgressFn, Target, TokenPool};
+use loadtest::scenario::{self, Live, Node, ProgressFn, Target, TokenPool};
 use loadtest::spec::{Kind, Scenario};
 
 #[derive(Debug, Parser)]
@@ -40,24 +40,35 @@ struct Args {
     /// command line override it.
     #[arg(long, value_name = "FILE.toml")]
     scenario: Option<PathBuf>,
-    /// The server's signaling WebSocket.
-    #[arg(long, default_value = "wss://127.0.0.1:8443/ws")]
-    url: String,
-    /// The server's Prometheus page; derived from --url when absent.
-    #[arg(long)]
-    metrics_url: Option<String>,
+    /// The server's signaling WebSocket. Repeat it (or separate URLs with commas) for the
+    /// nodes of a cluster: the endpoints join through them in turn, and each node's metrics
+    /// are scraped and reported on their own and summed.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "wss://127.0.0.1:8443/ws",
+        value_delimiter = ','
+    )]
+    url: Vec<String>,
+    /// The server's Prometheus page; derived from --url when absent. With several --url, one
+    /// per --url, in the same order.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    metrics_url: Vec<String>,
     /// Do not scrape server metrics.
     #[arg(long)]
     no_metrics: bool,
-    /// The server's metrics token (its `<data-dir>/metrics-token`, or its --metrics-token).
+    /// The server's metrics token (its `<data-dir>/metrics-token`, or its --metrics-token),
+    /// for every node.
     #[arg(long, env = "MEET_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
-    /// Read the metrics token from this file (e.g. the server's `data/metrics-token`).
+    /// Read the metrics token from this file (e.g. the server's `data/metrics-token`). With
+    /// several --url: one file for every node, or one per --url in the same order.
     #[arg(long, value_name = "FILE", conflicts_with = "metrics_token")]
-    metrics_token_file: Option<PathBuf>,
-    /// Trust exactly this server certificate (PEM). Without it, any certificate is accepted.
+    metrics_token_file: Vec<PathBuf>,
+    /// Trust exactly this server certificate (PEM); repeat it for each node of a cluster.
+    /// Without it, any certificate is accepted.
     #[arg(long, value_name = "PEM")]
-    ca_cert: Option<PathBuf>,
+    ca_cert: Vec<PathBuf>,
     /// How long to wait, in seconds, for a server that is still starting: for the --ca-cert
     /// and --metrics-token-file files to appear (a fresh server writes them as it starts), for
     /// `/healthz` to answer `ok` and for the first metrics scrape.
@@ -280,22 +291,56 @@ impl Args {
         Ok(scenario)
     }
 
-    /// The metrics page's URL, from --metrics-url or derived from --url; `None` with
-    /// --no-metrics.
-    fn metrics_url(&self) -> Result<Option<String>> {
-        let Some(rest) = self.url.strip_prefix("wss://") else {
-            bail!("--url must be wss://HOST:PORT/PATH");
-        };
-        if self.no_metrics {
-            return Ok(None);
+    /// Each node's metrics page, in --url's order, from --metrics-url or derived from --url;
+    /// `None` with --no-metrics.
+    fn metrics_urls(&self) -> Result<Vec<Option<String>>> {
+        if self.url.is_empty() {
+            bail!("--url is empty");
         }
-        Ok(Some(match &self.metrics_url {
-            Some(url) => url.clone(),
-            None => {
-                let authority = rest.split('/').next().unwrap_or_default();
-                format!("https://{authority}/metrics")
-            }
-        }))
+        let given = self.metrics_url.len();
+        if given != 0 && given != self.url.len() {
+            bail!(
+                "{given} --metrics-url for {} --url: give one per --url, in the same order",
+                self.url.len()
+            );
+        }
+        let files = self.metrics_token_file.len();
+        if files > 1 && files != self.url.len() {
+            bail!(
+                "{files} --metrics-token-file for {} --url: give one for every node, or one per --url",
+                self.url.len()
+            );
+        }
+        self.url
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let authority = authority(url)?;
+                if self.no_metrics {
+                    return Ok(None);
+                }
+                Ok(Some(match self.metrics_url.get(index) {
+                    Some(url) => url.clone(),
+                    None => format!("https://{authority}/metrics"),
+                }))
+            })
+            .collect()
+    }
+
+    /// The metrics token of the node at `index`: its file's (read again on each try), or the
+    /// one given for every node.
+    fn metrics_token(&self, index: usize) -> Result<Option<String>> {
+        let file = match self.metrics_token_file.as_slice() {
+            [] => return Ok(self.metrics_token.clone()),
+            [one] => one,
+            files => &files[index],
+        };
+        let token =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        if token.trim().is_empty() {
+            bail!("{} is empty", file.display());
+        }
+        Ok(Some(token.trim().to_string()))
     }
 
     /// The join tokens, read once: the operator's own file, so a missing one is an error at once.
@@ -327,9 +372,9 @@ impl Args {
     /// fresh server is picked up.
     async fn target(&self, scenario: &Scenario) -> Result<Target> {
         let tokens = self.tokens(scenario)?;
-        let metrics_url = self.metrics_url()?;
+        let metrics_urls = self.metrics_urls()?;
         // A malformed URL is no reason to wait.
-        if let Some(url) = &metrics_url {
+        for url in metrics_urls.iter().flatten() {
             MetricsTarget::new(url, insecure_tls_config())?;
         }
         let wait = Duration::try_from_secs_f64(self.wait_for_server)
@@ -338,11 +383,10 @@ impl Args {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match self.try_target(metrics_url.as_deref()).await {
-                Ok((tls, metrics)) => {
+            match self.try_target(&metrics_urls).await {
+                Ok((tls, nodes)) => {
                     return Ok(Target {
-                        ws_url: self.url.clone(),
-                        metrics,
+                        nodes,
                         tls,
                         bind: self.bind,
                         tokens,
@@ -356,59 +400,78 @@ impl Args {
                     return Err(err.context(format!(
                         "the server at {} was not ready after {:.0} s ({tries} tries; \
                          --wait-for-server sets how long to wait)",
-                        self.url, self.wait_for_server
+                        self.url.join(", "),
+                        self.wait_for_server
                     )));
                 }
             }
         }
     }
 
-    /// One try: the certificate, the metrics token, `/healthz`, and a first metrics scrape.
+    /// One try: the certificates, the metrics tokens, every node's `/healthz`, and a first
+    /// metrics scrape of each.
     async fn try_target(
         &self,
-        metrics_url: Option<&str>,
-    ) -> Result<(Arc<rustls::ClientConfig>, Option<MetricsTarget>)> {
-        let tls = match &self.ca_cert {
-            Some(path) => {
-                let pem =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                tls_config_trusting_pem(&pem)
-                    .with_context(|| format!("reading {}", path.display()))?
+        metrics_urls: &[Option<String>],
+    ) -> Result<(Arc<rustls::ClientConfig>, Vec<Node>)> {
+        let tls = if self.ca_cert.is_empty() {
+            insecure_tls_config()
+        } else {
+            // One config pins every node's certificate: a cluster's redirect may send a bot
+            // to any of them.
+            let mut pem = Vec::new();
+            for path in &self.ca_cert {
+                pem.extend(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                );
+                pem.push(b'\n');
             }
-            None => insecure_tls_config(),
+            tls_config_trusting_pem(&pem).with_context(|| {
+                let files: Vec<String> = self
+                    .ca_cert
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!("reading {}", files.join(", "))
+            })?
         };
-        let Some(rest) = self.url.strip_prefix("wss://") else {
-            bail!("--url must be wss://HOST:PORT/PATH");
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let health = MetricsTarget::new(&format!("https://{authority}/healthz"), tls.clone())?;
-        let body = health
-            .get("/healthz", Duration::from_secs(2))
-            .await
-            .with_context(|| format!("https://{authority}/healthz"))?;
-        if body.trim() != "ok" {
-            bail!("https://{authority}/healthz answered {:?}", body.trim());
-        }
-        let Some(url) = metrics_url else {
-            return Ok((tls, None));
-        };
-        let token = match &self.metrics_token_file {
-            Some(path) => {
-                let token = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                if token.trim().is_empty() {
-                    bail!("{} is empty", path.display());
+        let mut nodes = Vec::with_capacity(self.url.len());
+        for (index, (url, metrics_url)) in self.url.iter().zip(metrics_urls).enumerate() {
+            let authority = authority(url)?;
+            let health = MetricsTarget::new(&format!("https://{authority}/healthz"), tls.clone())?;
+            let body = health
+                .get("/healthz", Duration::from_secs(2))
+                .await
+                .with_context(|| format!("https://{authority}/healthz"))?;
+            if body.trim() != "ok" {
+                bail!("https://{authority}/healthz answered {:?}", body.trim());
+            }
+            let metrics = match metrics_url {
+                Some(metrics_url) => {
+                    let metrics = MetricsTarget::new(metrics_url, tls.clone())?
+                        .with_token(self.metrics_token(index)?);
+                    metrics.scrape(Duration::from_secs(2)).await.with_context(|| {
+                        format!("scraping {metrics_url} (pass the server's token with --metrics-token-file, or --no-metrics)")
+                    })?;
+                    Some(metrics)
                 }
-                Some(token.trim().to_string())
-            }
-            None => self.metrics_token.clone(),
-        };
-        let metrics = MetricsTarget::new(url, tls.clone())?.with_token(token);
-        metrics.scrape(Duration::from_secs(2)).await.with_context(|| {
-            format!("scraping {url} (pass the server's token with --metrics-token-file, or --no-metrics)")
-        })?;
-        Ok((tls, Some(metrics)))
+                None => None,
+            };
+            nodes.push(Node {
+                ws_url: url.clone(),
+                metrics,
+            });
+        }
+        Ok((tls, nodes))
     }
+}
+
+/// `HOST:PORT` of a `wss://HOST:PORT/PATH` URL.
+fn authority(url: &str) -> Result<&str> {
+    let Some(rest) = url.strip_prefix("wss://") else {
+        bail!("--url must be wss://HOST:PORT/PATH, not {url:?}");
+    };
+    Ok(rest.split('/').next().unwrap_or_default())
 }
 
 fn progress_bar(quiet: bool) -> (Option<ProgressFn>, Option<ProgressBar>) {
@@ -452,9 +515,11 @@ fn write_reports(args: &Args, report: &RunReport, extra: Option<&serde_json::Val
 async fn run(args: Args) -> Result<bool> {
     let scenario = args.scenario()?;
     // Nothing is sent to a target before it is known to be allowed.
-    scenario::check_target(&args.url, args.allow_remote).await?;
-    if let Some(url) = args.metrics_url()? {
-        scenario::check_target(&url, args.allow_remote).await?;
+    for url in &args.url {
+        scenario::check_target(url, args.allow_remote).await?;
+    }
+    for url in args.metrics_urls()?.iter().flatten() {
+        scenario::check_target(url, args.allow_remote).await?;
     }
     let target = args.target(&scenario).await?;
     let (progress, bar) = progress_bar(args.quiet);

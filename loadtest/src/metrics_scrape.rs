@@ -62,6 +62,11 @@ impl MetricsTarget {
         })
     }
 
+    /// The page's URL, as given.
+    pub fn url(&self) -> String {
+        format!("https://{}{}", self.authority, self.path)
+    }
+
     /// The same target, scraped with the server's metrics token.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
@@ -267,6 +272,35 @@ impl ServerSample {
             key_bytes_out: metrics.sum("meet_e2ee_key_bytes_total", "direction=\"out\""),
         }
     }
+
+    /// The figures of several nodes taken together: each figure is their sum where every
+    /// node has it (a sum over some nodes would pass for all of them), and the CPU source is
+    /// the coarser of theirs. `None` for no sample.
+    pub fn sum(samples: &[ServerSample]) -> Option<Self> {
+        let (first, rest) = samples.split_first()?;
+        let add = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        Some(rest.iter().fold(*first, |total, s| Self {
+            cpu_seconds: add(total.cpu_seconds, s.cpu_seconds),
+            cpu_source: match (total.cpu_source, s.cpu_source) {
+                (Some(CpuSource::Precise), Some(CpuSource::Precise)) => Some(CpuSource::Precise),
+                (Some(_), Some(_)) => Some(CpuSource::WholeSeconds),
+                _ => None,
+            },
+            rss_bytes: add(total.rss_bytes, s.rss_bytes),
+            participants: add(total.participants, s.participants),
+            subscriptions: add(total.subscriptions, s.subscriptions),
+            rtp_in: add(total.rtp_in, s.rtp_in),
+            rtp_forwarded: add(total.rtp_forwarded, s.rtp_forwarded),
+            dropped: add(total.dropped, s.dropped),
+            nacks: add(total.nacks, s.nacks),
+            open_fds: add(total.open_fds, s.open_fds),
+            tasks: add(total.tasks, s.tasks),
+            key_messages_in: add(total.key_messages_in, s.key_messages_in),
+            key_messages_out: add(total.key_messages_out, s.key_messages_out),
+            key_bytes_in: add(total.key_bytes_in, s.key_bytes_in),
+            key_bytes_out: add(total.key_bytes_out, s.key_bytes_out),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -310,12 +344,36 @@ mod tests {
         assert_eq!((none.cpu_seconds, none.cpu_source), (None, None));
     }
 
+    /// Several nodes' figures add up; a figure one node lacks is no sum, and one node on the
+    /// whole-second counter makes the sum coarse.
+    #[test]
+    fn nodes_figures_add_up() {
+        let a = ServerSample::from_metrics(&Metrics::parse(
+            "meet_process_cpu_seconds 1.5\nmeet_participants 3\nprocess_open_fds 10\n",
+        ));
+        let b = ServerSample::from_metrics(&Metrics::parse(
+            "meet_process_cpu_seconds 2.25\nmeet_participants 4\n",
+        ));
+        let total = ServerSample::sum(&[a, b]).expect("two samples");
+        assert_eq!(total.cpu_seconds, Some(3.75));
+        assert_eq!(total.cpu_source, Some(CpuSource::Precise));
+        assert_eq!(total.participants, Some(7.0));
+        assert_eq!(total.open_fds, None);
+        let coarse = ServerSample::from_metrics(&Metrics::parse("process_cpu_seconds_total 2\n"));
+        let total = ServerSample::sum(&[a, coarse]).expect("two samples");
+        assert_eq!(total.cpu_seconds, Some(3.5));
+        assert_eq!(total.cpu_source, Some(CpuSource::WholeSeconds));
+        assert_eq!(ServerSample::sum(&[a]), Some(a));
+        assert_eq!(ServerSample::sum(&[]), None);
+    }
+
     #[test]
     fn parses_urls() {
         let tls = crate::bot::insecure_tls_config();
         let target = MetricsTarget::new("https://127.0.0.1:8443", tls.clone()).expect("url");
         assert_eq!(target.authority, "127.0.0.1:8443");
         assert_eq!(target.path, "/metrics");
+        assert_eq!(target.url(), "https://127.0.0.1:8443/metrics");
         let target = MetricsTarget::new("https://[::1]:9/m", tls.clone()).expect("url");
         assert_eq!((target.host.as_str(), target.path.as_str()), ("::1", "/m"));
         assert!(MetricsTarget::new("http://127.0.0.1/", tls.clone()).is_err());

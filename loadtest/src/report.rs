@@ -37,6 +37,8 @@ impl Role {
 pub struct EndpointResult {
     pub name: String,
     pub role: Role,
+    /// The server URL it was sent to (`--url`; a cluster's node may have sent it on).
+    pub url: String,
     pub joined: bool,
     /// Still connected when the run ended (false for churned-out endpoints).
     pub stayed: bool,
@@ -140,6 +142,7 @@ impl EndpointResult {
         Self {
             name: name.to_string(),
             role,
+            url: String::new(),
             joined: true,
             stayed,
             error: stats.closed.clone().filter(|_| !stats.running),
@@ -184,6 +187,7 @@ impl EndpointResult {
         Self {
             name: name.to_string(),
             role,
+            url: String::new(),
             joined: false,
             stayed: false,
             error: Some(error.to_string()),
@@ -499,6 +503,24 @@ impl ServerSummary {
     }
 }
 
+/// One server node of a run: the endpoints sent to it and its own figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Its signaling URL (`--url`).
+    pub url: String,
+    /// Its metrics page, when scraped.
+    pub metrics_url: Option<String>,
+    /// Endpoints this run sent to it. A cluster's node that does not hold the room sends them
+    /// on to the one that does, so they may be served elsewhere: `participants_peak` says
+    /// where they were.
+    pub endpoints: u64,
+    /// The most participants its metrics showed (`meet_participants`).
+    pub participants_peak: Option<f64>,
+    /// Its figures over the hold, as [`RunReport::server`] gives them for every node
+    /// together; `rss_per_subscriber_bytes` is per participant it held as the hold started.
+    pub server: ServerSummary,
+}
+
 /// One SLO verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SloCheck {
@@ -614,7 +636,11 @@ pub struct RunReport {
     pub decrypt_failures_total: u64,
     /// End-to-end key distribution (`--e2ee`): what it cost and how fast it was.
     pub keys: Option<KeyReport>,
+    /// The servers' figures over the hold: with several nodes, their sum (from the scrapes
+    /// in which every node answered).
     pub server: ServerSummary,
+    /// Every node (`--url`) with the endpoints sent to it and its own figures.
+    pub nodes: Vec<NodeReport>,
     /// The load generator's own CPU time (the whole process).
     pub generator_cpu_s: Option<f64>,
     /// Generator CPU per endpoint per second connected, in core-ms.
@@ -826,6 +852,7 @@ impl RunReport {
             frames_decrypted_total: joined.iter().map(|e| e.frames_decrypted).sum(),
             decrypt_failures_total: joined.iter().map(|e| e.decrypt_failures).sum(),
             keys: None,
+            nodes: Vec::new(),
             generator_core_ms_per_endpoint_s: generator_cpu_s
                 .filter(|_| endpoint_seconds > 0.0)
                 .map(|cpu| cpu * 1_000.0 / endpoint_seconds),
@@ -888,14 +915,20 @@ impl RunReport {
         self
     }
 
-    /// Adds the loopback floor measured in the same run, and the server's cost as a multiple
-    /// of it.
     /// The time between the ramp and the hold, spent waiting for every receiver's media.
     pub fn with_settle(mut self, settle_s: f64) -> Self {
         self.settle_s = settle_s;
         self
     }
 
+    /// Adds each node's endpoints and figures.
+    pub fn with_nodes(mut self, nodes: Vec<NodeReport>) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Adds the loopback floor measured in the same run, and the server's cost as a multiple
+    /// of it.
     pub fn with_floor(mut self, floor: Option<Floor>) -> Self {
         let multiple = |floor_us: f64| {
             self.server
@@ -1011,15 +1044,35 @@ impl RunReport {
             self.freezes_total,
             opt(self.generator_core_ms_per_endpoint_s, 1.0),
         );
+        let servers = match self.nodes.len() {
+            0 | 1 => "server over the hold".to_string(),
+            n => format!("servers over the hold ({n} nodes together)"),
+        };
         let _ = writeln!(
             out,
-            "server over the hold: {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB, {} KiB/subscriber",
+            "{servers}: {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB, {} KiB/subscriber",
             opt(self.server.cpu_cores, 1.0),
             opt(self.server.forwarded_packets_per_s, 1.0),
             opt(self.server.core_us_per_forwarded_packet, 1.0),
             opt(self.server.rss_peak_bytes, 1.0 / 1_048_576.0),
             opt(self.server.rss_per_subscriber_bytes, 1.0 / 1_024.0),
         );
+        if self.nodes.len() > 1 {
+            for node in &self.nodes {
+                let _ = writeln!(
+                    out,
+                    "node {}: {} endpoints sent, {} participants at most; {} cores, {} fwd pkt/s, {} core-µs/fwd pkt, RSS peak {} MiB",
+                    node.url,
+                    node.endpoints,
+                    node.participants_peak
+                        .map_or("-".to_string(), |n| format!("{n:.0}")),
+                    opt(node.server.cpu_cores, 1.0),
+                    opt(node.server.forwarded_packets_per_s, 1.0),
+                    opt(node.server.core_us_per_forwarded_packet, 1.0),
+                    opt(node.server.rss_peak_bytes, 1.0 / 1_048_576.0),
+                );
+            }
+        }
         let _ = writeln!(out, "{}", self.cpu_source_note());
         if self.server.open_fds_peak.is_some() || self.server.tasks_peak.is_some() {
             let _ = writeln!(

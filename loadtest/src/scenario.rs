@@ -26,8 +26,8 @@ use crate::floor::{self, Limit};
 use crate::metrics_scrape::{MetricsTarget, ScrapeError, ServerSample};
 use crate::rekey::{self, Departure};
 use crate::report::{
-    EndpointResult, MEDIA_STOP_S, Role, RunError, RunErrorKind, RunReport, ServerSummary,
-    TimelineSample,
+    EndpointResult, MEDIA_STOP_S, NodeReport, Role, RunError, RunErrorKind, RunReport,
+    ServerSummary, TimelineSample,
 };
 use crate::spec::{Kind, MAX_ENDPOINTS, Scenario, SpecError};
 use endpoint::{E2eeConfig, EndpointConfig};
@@ -63,6 +63,8 @@ pub enum ScenarioError {
     Resolve(String, String),
     #[error("every presenter failed to join: {0}")]
     NoPresenter(String),
+    #[error("no server to connect to")]
+    NoNode,
 }
 
 impl Scenario {
@@ -92,12 +94,22 @@ impl Scenario {
     }
 }
 
-/// Where the server is and how to reach it.
+/// One server of the run: where endpoints join, and its metrics.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Node {
     /// `wss://HOST:PORT/ws`.
     pub ws_url: String,
     pub metrics: Option<MetricsTarget>,
+}
+
+/// Where the servers are and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// At least one. This process's endpoints join through the nodes in turn (a cluster's
+    /// node that does not hold the room sends them on to the one that does), and each node's
+    /// metrics are scraped on their own: the report gives every node and their sum.
+    pub nodes: Vec<Node>,
+    /// Trusted for every node (a pinned config pins each node's certificate).
     pub tls: Arc<rustls::ClientConfig>,
     /// The address the bots' UDP sockets bind (and advertise).
     pub bind: IpAddr,
@@ -210,6 +222,8 @@ type JoinOutcome = (Role, String, Result<Bot, BotError>);
 /// What the metrics scraper collected, and whether the server kept answering.
 #[derive(Debug, Default)]
 struct ServerLog {
+    /// The node's URL when the run has several, for its outage's message.
+    label: Option<String>,
     /// Seconds into the run (the middle of the request) and the figures.
     samples: Vec<(f64, ServerSample)>,
     answered: bool,
@@ -234,6 +248,10 @@ impl ServerLog {
                 }
                 self.streak += 1;
                 if self.streak >= MISSED_SCRAPES && self.outage.is_none() {
+                    let server = match &self.label {
+                        Some(url) => format!("the server at {url}"),
+                        None => "the server".to_string(),
+                    };
                     let what = if self.answered {
                         format!("stopped answering at {:.1} s", self.streak_since_s)
                     } else {
@@ -244,7 +262,7 @@ impl ServerLog {
                         t_s: Some(self.streak_since_s),
                         endpoints: 0,
                         message: format!(
-                            "the server {what} its metrics scrape ({} in a row failed; last: {err})",
+                            "{server} {what} its metrics scrape ({} in a row failed; last: {err})",
                             self.streak
                         ),
                     });
@@ -254,15 +272,71 @@ impl ServerLog {
     }
 }
 
-/// One scrape, timed at the middle of its request.
-async fn scrape_once(metrics: &MetricsTarget, started: Instant, log: &Mutex<ServerLog>) {
-    let before = started.elapsed().as_secs_f64();
-    let outcome = metrics
-        .scrape(SCRAPE_TIMEOUT)
-        .await
-        .map(|page| ServerSample::from_metrics(&page));
-    let t_s = (before + started.elapsed().as_secs_f64()) / 2.0;
-    lock(log).record(t_s, outcome);
+/// What the scrapes of every node collected.
+#[derive(Debug, Default)]
+struct ServerLogs {
+    /// One per node, in the target's order (empty for a node whose metrics are not scraped).
+    nodes: Vec<ServerLog>,
+    /// The scraped nodes together, from the rounds in which every one of them answered, timed
+    /// at the mean of their times: with one node, that node's own samples.
+    total: Vec<(f64, ServerSample)>,
+}
+
+impl ServerLogs {
+    fn new(nodes: &[Node]) -> Self {
+        let several = nodes.len() > 1;
+        Self {
+            nodes: nodes
+                .iter()
+                .map(|node| ServerLog {
+                    label: several.then(|| node.ws_url.clone()),
+                    ..ServerLog::default()
+                })
+                .collect(),
+            total: Vec::new(),
+        }
+    }
+}
+
+/// The latest samples after a round of scrapes, each with its time.
+#[derive(Debug, Clone, Default)]
+struct Scraped {
+    total: Option<(f64, ServerSample)>,
+    nodes: Vec<Option<(f64, ServerSample)>>,
+}
+
+/// One scrape of every node at once, each timed at the middle of its request.
+async fn scrape_round(nodes: &[Node], started: Instant, logs: &Mutex<ServerLogs>) {
+    let scrapes = nodes.iter().map(|node| async move {
+        let metrics = node.metrics.as_ref()?;
+        let before = started.elapsed().as_secs_f64();
+        let outcome = metrics
+            .scrape(SCRAPE_TIMEOUT)
+            .await
+            .map(|page| ServerSample::from_metrics(&page));
+        Some(((before + started.elapsed().as_secs_f64()) / 2.0, outcome))
+    });
+    let outcomes = futures_util::future::join_all(scrapes).await;
+    let mut logs = lock(logs);
+    let mut answered = Vec::new();
+    let mut every = true;
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let Some((t_s, outcome)) = outcome else {
+            continue;
+        };
+        match &outcome {
+            Ok(sample) => answered.push((t_s, *sample)),
+            Err(_) => every = false,
+        }
+        if let Some(log) = logs.nodes.get_mut(index) {
+            log.record(t_s, outcome);
+        }
+    }
+    let samples: Vec<ServerSample> = answered.iter().map(|(_, s)| *s).collect();
+    if every && let Some(sum) = ServerSample::sum(&samples) {
+        let t_s = answered.iter().map(|(t, _)| t).sum::<f64>() / answered.len() as f64;
+        logs.total.push((t_s, sum));
+    }
 }
 
 /// The state of one run in progress.
@@ -293,7 +367,10 @@ struct Run<'a> {
     /// Per-bot (expected, lost, bytes) at the previous sample.
     previous: HashMap<protocol::ParticipantId, (u64, u64, u64)>,
     last_sample_at: Instant,
-    server: Arc<Mutex<ServerLog>>,
+    server: Arc<Mutex<ServerLogs>>,
+    /// Endpoints sent to each node, and the node each endpoint was sent to.
+    sent_to: Vec<u64>,
+    node_of: HashMap<String, usize>,
 }
 
 /// Runs a scenario to the end and reports it.
@@ -303,6 +380,9 @@ pub async fn run(
     progress: Option<ProgressFn>,
 ) -> Result<RunReport, ScenarioError> {
     scenario.validate()?;
+    if target.nodes.is_empty() {
+        return Err(ScenarioError::NoNode);
+    }
     // The floor runs before anything else of the run and before the generator's CPU clock is
     // read, so that neither disturbs the other; its own thread keeps the runtime free.
     let floor = if scenario.measure_floor {
@@ -329,15 +409,16 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let generator_cpu = cpu_time::ProcessTime::try_now().ok();
-    let server = Arc::new(Mutex::new(ServerLog::default()));
+    let server = Arc::new(Mutex::new(ServerLogs::new(&target.nodes)));
+    let scraped = target.nodes.iter().any(|node| node.metrics.is_some());
     // Aborted when the run ends, however it ends.
-    let scraper = target.metrics.clone().map(|metrics| {
-        let server = server.clone();
-        AbortOnDrop(tokio::spawn(scrape_loop(metrics, started, server)))
+    let scraper = scraped.then(|| {
+        let (nodes, server) = (target.nodes.clone(), server.clone());
+        AbortOnDrop(tokio::spawn(scrape_loop(nodes, started, server)))
     });
-    // The first scrape is the baseline for the server's CPU and memory.
-    if target.metrics.is_some() {
-        wait_for(Duration::from_secs(3), || !lock(&server).samples.is_empty()).await;
+    // The first scrape is the baseline for the servers' CPU and memory.
+    if scraped {
+        wait_for(Duration::from_secs(3), || !lock(&server).total.is_empty()).await;
     }
 
     let mut run = Run {
@@ -364,6 +445,8 @@ pub async fn run(
         previous: HashMap::new(),
         last_sample_at: started,
         server: server.clone(),
+        sent_to: vec![0; target.nodes.len()],
+        node_of: HashMap::new(),
     };
     let ramp = Duration::from_secs_f64(f64::from(scenario.total_endpoints()) / scenario.join_rate);
     let hold = Duration::from_secs_f64(scenario.duration_s);
@@ -437,21 +520,44 @@ pub async fn run(
         .and_then(|t| t.try_elapsed().ok())
         .map(|d| d.as_secs_f64());
 
-    let (mut server_samples, outage) = {
-        let log = lock(&server);
-        (log.samples.clone(), log.outage.clone())
+    let (mut server_samples, node_logs) = {
+        let mut logs = lock(&server);
+        (
+            std::mem::take(&mut logs.total),
+            std::mem::take(&mut logs.nodes),
+        )
     };
     // The scrapes at the hold's ends land between the periodic ones.
     server_samples.sort_by(|a, b| a.0.total_cmp(&b.0));
-    run.errors.extend(outage);
     let hold_s = (hold_ended - hold_started).as_secs_f64();
     let server_summary = ServerSummary::from_samples(
         &server_samples,
-        hold_sample,
-        end_sample,
+        hold_sample.total,
+        end_sample.total,
         hold_s,
         u64::from(receivers),
     );
+    let mut nodes = Vec::with_capacity(target.nodes.len());
+    for (index, (node, mut log)) in target.nodes.iter().zip(node_logs).enumerate() {
+        run.errors.extend(log.outage.take());
+        log.samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let at = |scraped: &Scraped| scraped.nodes.get(index).copied().flatten();
+        let (start, end) = (at(&hold_sample), at(&end_sample));
+        // Which receivers a node served is the cluster's choice (a join may be redirected):
+        // its own count of participants as the hold starts stands for them.
+        let served = start.and_then(|(_, s)| s.participants).unwrap_or(0.0) as u64;
+        nodes.push(NodeReport {
+            url: node.ws_url.clone(),
+            metrics_url: node.metrics.as_ref().map(MetricsTarget::url),
+            endpoints: run.sent_to.get(index).copied().unwrap_or(0),
+            participants_peak: log
+                .samples
+                .iter()
+                .filter_map(|(_, s)| s.participants)
+                .reduce(f64::max),
+            server: ServerSummary::from_samples(&log.samples, start, end, hold_s, served),
+        });
+    }
     let report = RunReport::new(
         scenario.clone(),
         started_unix_s,
@@ -467,7 +573,8 @@ pub async fn run(
         generator_cpu_s,
     )
     .with_floor(floor)
-    .with_settle(settle_s);
+    .with_settle(settle_s)
+    .with_nodes(nodes);
     Ok(match keys {
         Some(keys) => report.with_keys(keys),
         None => report,
@@ -476,15 +583,33 @@ pub async fn run(
 
 impl Run<'_> {
     fn server_now(&self) -> Option<ServerSample> {
-        lock(&self.server).samples.last().map(|(_, s)| *s)
+        lock(&self.server).total.last().map(|(_, s)| *s)
     }
 
-    /// Scrapes the server now (when its metrics are followed) and returns that sample, or the
-    /// latest one when this scrape failed.
-    async fn scrape_now(&self) -> Option<(f64, ServerSample)> {
-        let metrics = self.target.metrics.as_ref()?;
-        scrape_once(metrics, self.started, &self.server).await;
-        lock(&self.server).samples.last().copied()
+    /// Scrapes every node now (those whose metrics are followed) and returns these samples,
+    /// or the latest ones where this scrape failed.
+    async fn scrape_now(&self) -> Scraped {
+        if self.target.nodes.iter().all(|node| node.metrics.is_none()) {
+            return Scraped::default();
+        }
+        scrape_round(&self.target.nodes, self.started, &self.server).await;
+        let logs = lock(&self.server);
+        Scraped {
+            total: logs.total.last().copied(),
+            nodes: logs
+                .nodes
+                .iter()
+                .map(|log| log.samples.last().copied())
+                .collect(),
+        }
+    }
+
+    /// An endpoint's result with the URL it was sent to.
+    fn sent(&self, mut result: EndpointResult) -> EndpointResult {
+        if let Some(node) = self.node_of.get(&result.name) {
+            result.url.clone_from(&self.target.nodes[*node].ws_url);
+        }
+        result
     }
 
     /// An endpoint's result, with what the run saw of it: when it was lost, whether its media
@@ -497,7 +622,7 @@ impl Run<'_> {
         now: Instant,
         stayed: bool,
     ) -> EndpointResult {
-        let mut result = EndpointResult::from_stats(role, name, stats, now, stayed);
+        let mut result = self.sent(EndpointResult::from_stats(role, name, stats, now, stayed));
         result.receives_media = !self.without_media.contains(name);
         let id = stats.participant_id;
         let t_now = now.saturating_duration_since(self.started).as_secs_f64();
@@ -518,8 +643,12 @@ impl Run<'_> {
         let index = self.next_index;
         self.next_index += 1;
         let name = format!("{}-{index}", role.as_str());
+        // The nodes take endpoints in turn, so that each gets its share of every phase.
+        let node = index as usize % self.target.nodes.len();
+        self.sent_to[node] += 1;
+        self.node_of.insert(name.clone(), node);
         let mut options = BotOptions::new(
-            self.target.ws_url.clone(),
+            self.target.nodes[node].ws_url.clone(),
             self.scenario.room.clone(),
             name.clone(),
             self.target.tls.clone(),
@@ -577,7 +706,8 @@ impl Run<'_> {
                 if self.failures.len() < 100 {
                     self.failures.push(format!("{name}: {err}"));
                 }
-                self.results.push(EndpointResult::failed(role, &name, &err));
+                let result = self.sent(EndpointResult::failed(role, &name, &err));
+                self.results.push(result);
             }
             Err(err) => {
                 self.live.failed += 1;
@@ -843,12 +973,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn scrape_loop(metrics: MetricsTarget, started: Instant, log: Arc<Mutex<ServerLog>>) {
+async fn scrape_loop(nodes: Vec<Node>, started: Instant, logs: Arc<Mutex<ServerLogs>>) {
     let mut interval = sample_interval();
     loop {
         interval.tick().await;
         // A missed scrape leaves a hole in the timeline; several in a row fail the run.
-        scrape_once(&metrics, started, &log).await;
+        scrape_round(&nodes, started, &logs).await;
     }
 }
 
@@ -900,21 +1030,27 @@ pub async fn find_capacity(
         if !passed || step == 0 {
             break;
         }
-        // The server forgets the previous step's participants before the next one starts.
-        if let Some(metrics) = &target.metrics {
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                let empty = metrics
-                    .scrape(Duration::from_secs(2))
-                    .await
+        // The servers forget the previous step's participants before the next one starts.
+        let scraped: Vec<&MetricsTarget> = target
+            .nodes
+            .iter()
+            .filter_map(|n| n.metrics.as_ref())
+            .collect();
+        let until = Instant::now() + Duration::from_secs(15);
+        while !scraped.is_empty() && Instant::now() < until {
+            let pages =
+                futures_util::future::join_all(scraped.iter().map(|m| m.scrape(SCRAPE_TIMEOUT)))
+                    .await;
+            let empty = pages.iter().all(|page| {
+                page.as_ref()
                     .ok()
                     .and_then(|m| m.sum("meet_participants", ""))
-                    .is_none_or(|n| n == 0.0);
-                if empty {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                    .is_none_or(|n| n == 0.0)
+            });
+            if empty {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         viewers = viewers.saturating_add(step);
     }
@@ -1042,13 +1178,17 @@ mod tests {
             .with_token(Some(server.metrics_token.clone()))
         });
         let target = Target {
-            ws_url: server.ws_url(),
-            metrics,
+            nodes: vec![Node {
+                ws_url: server.ws_url(),
+                metrics,
+            }],
             tls,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             tokens: None,
         };
-        check_target(&target.ws_url, false).await.expect("loopback");
+        check_target(&target.nodes[0].ws_url, false)
+            .await
+            .expect("loopback");
         let report = run(scenario, &target, None).await.expect("run");
         server.shutdown().await;
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -1143,8 +1283,10 @@ mod tests {
             .collect();
         let tls = crate::bot::tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
         let target = Target {
-            ws_url: server.ws_url(),
-            metrics: None,
+            nodes: vec![Node {
+                ws_url: server.ws_url(),
+                metrics: None,
+            }],
             tls,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             tokens: Some(Arc::new(Mutex::new(TokenPool::from_lines(

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use loadtest::bot::tls_config_trusting_pem;
 use loadtest::metrics_scrape::MetricsTarget;
-use loadtest::scenario::Target;
+use loadtest::scenario::{Node, Target};
 
 /// A fresh data directory under the system's temporary one.
 pub fn data_dir(name: &str) -> PathBuf {
@@ -35,16 +35,34 @@ pub async fn start_server(data_dir: &std::path::Path) -> signaling::RunningServe
 
 /// A load-test target for `server`: its WebSocket, its pinned certificate and its metrics.
 pub fn target(server: &signaling::RunningServer) -> Target {
-    let tls = tls_config_trusting_pem(&server.cert_pem).expect("pinned cert");
-    let metrics = MetricsTarget::new(
-        &format!("https://{}/metrics", server.http_addr),
-        tls.clone(),
-    )
-    .expect("metrics url")
-    .with_token(Some(server.metrics_token.clone()));
+    target_of(&[server])
+}
+
+/// A load-test target whose endpoints are spread over `servers`, each one's metrics scraped
+/// and each one's certificate pinned.
+pub fn target_of(servers: &[&signaling::RunningServer]) -> Target {
+    let mut pem = Vec::new();
+    for server in servers {
+        pem.extend_from_slice(&server.cert_pem);
+        pem.push(b'\n');
+    }
+    let tls = tls_config_trusting_pem(&pem).expect("pinned certs");
+    let nodes = servers
+        .iter()
+        .map(|server| Node {
+            ws_url: server.ws_url(),
+            metrics: Some(
+                MetricsTarget::new(
+                    &format!("https://{}/metrics", server.http_addr),
+                    tls.clone(),
+                )
+                .expect("metrics url")
+                .with_token(Some(server.metrics_token.clone())),
+            ),
+        })
+        .collect();
     Target {
-        ws_url: server.ws_url(),
-        metrics: Some(metrics),
+        nodes,
         tls,
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         tokens: None,
