@@ -7,10 +7,12 @@
 //!   driven by the fuzzer;
 //! - [`stun`]: STUN messages with a correct MESSAGE-INTEGRITY and FINGERPRINT;
 //! - [`scratch`]: a private temporary directory per input, for the recorder's targets;
-//! - [`signaling_side`], [`recorder`], [`sframe`], [`api_text`]: the other targets' harnesses;
+//! - [`signaling_side`], [`recorder`], [`sframe`], [`api_text`], [`cluster`]: the other
+//!   targets' harnesses;
 //! - [`seeds`]: the seed corpora, written by the targets themselves.
 
 pub mod api_text;
+pub mod cluster;
 pub mod connected;
 pub mod recorder;
 pub mod records;
@@ -57,6 +59,7 @@ pub fn seeds_for(target: &str) -> Vec<(String, Vec<u8>)> {
         "sframe" => sframe::seeds(),
         "csv_import" => api_text::csv_seeds(),
         "rfc3339" => api_text::rfc3339_seeds(),
+        "cluster_envelope" => cluster::envelope_seeds(),
         _ => Vec::new(),
     }
 }

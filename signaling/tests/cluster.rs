@@ -610,3 +610,81 @@ async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holde
         killed.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() {
+    let mut nats = start_nats().await;
+    let a = node_with(&nats, "node-a", secret(1), None, true).await;
+    let b = node_with(&nats, "node-b", secret(1), None, true).await;
+    eventually(Duration::from_secs(10), "a and b see each other", || {
+        node_ids(&a).len() == 2 && node_ids(&b).len() == 2
+    })
+    .await;
+    let alice = bot_via(&a, &[&a, &b], "r", "alice", 440.0, 1).await;
+    let bob = bot_via(&b, &[&a, &b], "r", "bob", 660.0, 2).await;
+    let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
+    eventually(MEDIA_TIMEOUT, "alice and bob exchange media on a", || {
+        bot_receives(&alice, bob_id, 660.0, 2) && bot_receives(&bob, alice_id, 440.0, 1)
+    })
+    .await;
+
+    // NATS goes away for 10 s (its memory-held records with it): the meeting keeps its media.
+    let port = nats.url.rsplit(':').next().expect("a port").to_string();
+    let _ = nats.child.kill();
+    let _ = nats.child.wait();
+    let a_cluster = a.server.cluster.clone().expect("in a cluster");
+    eventually(Duration::from_secs(10), "a notices", || {
+        !a_cluster.connected()
+    })
+    .await;
+    let frames_before = common::bot_audio_frames(&bob.snapshot(), alice_id);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        common::bot_audio_frames(&bob.snapshot(), alice_id) > frames_before + 200,
+        "bob kept hearing alice while NATS was away"
+    );
+
+    // NATS returns on the same address, empty: the nodes reconnect, their leases and a's room
+    // record are written again, and a join through b is sent to a once more.
+    nats.child = Command::new(nats_binary())
+        .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+        .arg(&nats._dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts again");
+    let restarted = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the nodes see each other again",
+        || a_cluster.connected() && node_ids(&a).len() == 2 && node_ids(&b).len() == 2,
+    )
+    .await;
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    let rooms = async_nats::jetstream::new(client)
+        .get_key_value(ROOMS_BUCKET)
+        .await
+        .expect("the bucket exists again");
+    let key = room_key(&protocol::RoomId("r".into()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rooms.get(&key).await.ok().flatten().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a did not write its room's record again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "NATS restarted empty: the room's record was written again {:.1} s later",
+        restarted.elapsed().as_secs_f64()
+    );
+    let carol = bot_via(&b, &[&a, &b], "r", "carol", 550.0, 3).await;
+    let carol_id = carol.participant_id();
+    eventually(
+        MEDIA_TIMEOUT,
+        "carol, sent to a, hears alice and alice hears her",
+        || bot_receives(&carol, alice_id, 440.0, 1) && bot_receives(&alice, carol_id, 550.0, 3),
+    )
+    .await;
+    assert_eq!(participants(&b), 0, "b holds no media for a's room");
+}

@@ -18,7 +18,8 @@
 //!
 //! Rooms spanning nodes (roster, moderation and media relayed between nodes) build on this.
 
-pub mod envelope;
+/// The sealed envelope, in the leaf crate so that the fuzz targets reach it.
+pub use formats::cluster_envelope as envelope;
 mod rooms;
 pub mod secret;
 
@@ -112,6 +113,7 @@ struct Inner {
     me: NodeInfo,
     key: hmac::Key,
     client: async_nats::Client,
+    js: jetstream::Context,
     kv: kv::Store,
     rooms: kv::Store,
     /// The rooms this node holds, with the revision of their record.
@@ -120,6 +122,9 @@ struct Inner {
     rejected: Rejected,
     /// Heartbeats that failed (NATS unreachable, JetStream unavailable).
     heartbeat_failures: AtomicU64,
+    /// Told when renewals work again after failing: the watch starts over, as its consumer
+    /// may have died with the bucket without noticing.
+    rewatch: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -178,18 +183,16 @@ impl Cluster {
             .name(format!("meet-server {id}"))
             // Keep trying for ever: a node outlives a NATS restart, its meetings going on.
             .max_reconnects(None)
+            // Back within a second of NATS, not the client's default of up to several: leases
+            // are seconds long.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 200).min(1000))
+            })
             .connect(config.url.as_str())
             .await
             .map_err(|e| ClusterError::Connect(config.url.clone(), e.to_string()))?;
         let js = jetstream::new(client.clone());
-        let kv = key_value_bucket(&js, NODES_BUCKET, LEASE * 2)
-            .await
-            .map_err(ClusterError::JetStream)?;
-        // A room's record lives as long as the room (its holder deletes it), or until another
-        // node takes over from a holder that died: no age limit.
-        let rooms = key_value_bucket(&js, ROOMS_BUCKET, Duration::ZERO)
-            .await
-            .map_err(ClusterError::JetStream)?;
+        let (kv, rooms) = buckets(&js).await.map_err(ClusterError::JetStream)?;
         let me = NodeInfo {
             id: id.clone(),
             url: config
@@ -205,12 +208,14 @@ impl Cluster {
                 me,
                 key: config.secret.message_key(),
                 client,
+                js,
                 kv,
                 rooms,
                 claimed: Mutex::new(HashMap::new()),
                 members: Mutex::new(HashMap::new()),
                 rejected: Rejected::default(),
                 heartbeat_failures: AtomicU64::new(0),
+                rewatch: tokio::sync::Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -376,6 +381,16 @@ impl Inner {
     }
 }
 
+/// The two buckets, created if they do not exist (a NATS server that restarted has lost its
+/// memory-held ones).
+async fn buckets(js: &jetstream::Context) -> Result<(kv::Store, kv::Store), String> {
+    let nodes = key_value_bucket(js, NODES_BUCKET, LEASE * 2).await?;
+    // A room's record lives as long as the room (its holder deletes it), or until another node
+    // takes over from a holder that died: no age limit.
+    let rooms = key_value_bucket(js, ROOMS_BUCKET, Duration::ZERO).await?;
+    Ok((nodes, rooms))
+}
+
 /// The key-value bucket `name`, created if it does not exist, whose entries expire after
 /// `max_age` (zero: never), kept in memory (leases need no disk).
 ///
@@ -430,11 +445,19 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
         match inner.renew().await {
             Ok(()) if failing => {
                 failing = false;
+                inner.rewatch.notify_one();
                 tracing::info!("the cluster lease is renewed again");
             }
             Ok(()) => {}
             Err(err) => {
                 inner.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                // NATS may be back without the buckets (they live in its memory): create them
+                // again, so that the next renewal, the watch and the room records find them.
+                if inner.client.connection_state() == async_nats::connection::State::Connected
+                    && let Err(err) = buckets(&inner.js).await
+                {
+                    tracing::debug!(%err, "could not create the cluster's buckets again");
+                }
                 if !failing {
                     failing = true;
                     tracing::warn!(%err, "could not renew this node's cluster lease; the meetings here go on");
@@ -454,20 +477,23 @@ async fn watch(inner: std::sync::Weak<Inner>) {
         let kv = strong.kv.clone();
         drop(strong);
         match kv.watch_all().await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    let Some(strong) = inner.upgrade() else {
-                        return;
-                    };
-                    match entry {
-                        Ok(entry) => strong.receive(&entry),
-                        Err(err) => {
-                            tracing::debug!(%err, "the cluster watch failed");
-                            break;
-                        }
+            Ok(mut entries) => loop {
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
+                let next = tokio::select! {
+                    next = entries.next() => next,
+                    () = strong.rewatch.notified() => break,
+                };
+                match next {
+                    Some(Ok(entry)) => strong.receive(&entry),
+                    Some(Err(err)) => {
+                        tracing::debug!(%err, "the cluster watch failed");
+                        break;
                     }
+                    None => break,
                 }
-            }
+            },
             Err(err) => tracing::debug!(%err, "could not watch the cluster's nodes"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -292,8 +292,16 @@ impl Cluster {
                     tracing::warn!(%room, %node, "a room held here is also held by another node");
                 }
                 _ => {
-                    if let Placement::Here = self.place(room).await {
-                        tracing::debug!(%room, "the room's record is written again");
+                    // Not `place`, which answers from what this node holds without asking.
+                    match tokio::time::timeout(PLACE_TIMEOUT, self.try_place(room)).await {
+                        Ok(Ok(Placement::Here)) => {
+                            tracing::info!(%room, "the room's record is written again");
+                        }
+                        Ok(Ok(Placement::Elsewhere(node))) => {
+                            self.inner.rejected.count("split_room");
+                            tracing::warn!(%room, node = %node.id, "a room held here is also held by another node");
+                        }
+                        Ok(Err(_)) | Err(_) => {}
                     }
                 }
             }

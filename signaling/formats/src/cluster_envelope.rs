@@ -1,4 +1,5 @@
-//! Every message a node sends over NATS travels in an envelope that the cluster secret
+//! The cluster's sealed envelope (`signaling::cluster`): every message a node sends over NATS
+//! travels in an envelope that the cluster secret
 //! authenticates: who sent it, when, and an HMAC-SHA256 over that, the subject and the body.
 //!
 //! NATS itself may be shared with other applications, or reachable by a machine that is not a
