@@ -667,8 +667,9 @@ export class Meeting extends EventTarget {
       this.notice('rec.refusedToast', { message: m.message || m.code });
       return;
     }
-    if (['media_unavailable', 'message_too_large', ...TERMINAL].includes(m.code)) {
-      // The server closes the socket after these: remember why.
+    if (['media_unavailable', 'message_too_large', 'server_stopping', ...TERMINAL].includes(m.code)) {
+      // The server closes the socket after these: remember why (`server_stopping`: the banner
+      // says the server restarts).
       s.fatal = m.code;
     }
     if (m.code === 'forbidden' || m.code === 'not_admitted' || m.code === 'unknown_participant') {
@@ -742,7 +743,9 @@ export class Meeting extends EventTarget {
         if (this.s) this.dispose(this.s);
         if (this.state === 'lobby') this.setState('reconnecting');
         if (this.state !== 'reconnecting') return;
-        if (err instanceof JoinError && err.kind === 'refused') {
+        // A server that is stopping refuses joins until its listener closes: try again (it
+        // comes back after a restart, or another node of a cluster takes the room).
+        if (err instanceof JoinError && err.kind === 'refused' && err.code !== 'server_stopping') {
           this.finish('ended', { key: refusalKey(err.code), vars: { code: err.code } });
           return;
         }

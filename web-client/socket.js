@@ -20,8 +20,13 @@ export class JoinError extends Error {
   }
 }
 
-/** This page's path, query and fragment on the node at `url` (an https origin), or null. */
-export function redirectTarget(url) {
+/**
+ * This page's path, query and fragment on the node at `url` (an https origin), or null, with
+ * what `request` (the `join` redirected) needs there that the page may have taken out of its
+ * address: a join link's token goes back into the fragment (app.js removes it from the address
+ * bar at start), an open room's name into `room`.
+ */
+export function redirectTarget(url, request = {}) {
   let origin;
   try {
     origin = new URL(url);
@@ -29,7 +34,10 @@ export function redirectTarget(url) {
     return null;
   }
   if (origin.protocol !== 'https:') return null;
-  return new URL(location.pathname + location.search + location.hash, origin.origin).href;
+  const target = new URL(location.pathname + location.search + location.hash, origin.origin);
+  if (request.token) target.hash = `join=${encodeURIComponent(request.token)}`;
+  else if (request.room) target.searchParams.set('room', request.room);
+  return target.href;
 }
 
 export class SignalingSocket {
@@ -109,9 +117,14 @@ export class SignalingSocket {
           // Another node of the cluster holds the meeting: the page moves there, where the
           // same link (path, query and fragment) joins it.
           done();
-          const target = redirectTarget(message.url);
-          if (target) location.replace(target);
-          else reject(new JoinError('refused', 'bad_redirect', `a redirect to ${message.url}`));
+          const target = redirectTarget(message.url, request);
+          if (target) {
+            // The server closes this socket: the page is leaving, not unreachable.
+            ws.onclose = null;
+            location.replace(target);
+          } else {
+            reject(new JoinError('refused', 'bad_redirect', `a redirect to ${message.url}`));
+          }
         }
       };
       ws.onclose = () => {

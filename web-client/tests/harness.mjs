@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after } from 'node:test';
@@ -193,7 +194,7 @@ function runServerCommand(args, env) {
  * Creates an administrator account in `dataDir` before the server starts, with the CLI:
  * `meet-server admin create --username … --display-name … --role admin --password-env …`.
  */
-export async function createAdmin(dataDir, { username = 'admin', displayName = 'Admin', password }) {
+export async function createAdmin(dataDir, { username = 'admin', displayName = 'Admin', password }, { databaseUrl = null } = {}) {
   const { status, output } = await runServerCommand([
     'admin', 'create',
     '--username', username,
@@ -201,6 +202,7 @@ export async function createAdmin(dataDir, { username = 'admin', displayName = '
     '--role', 'admin',
     '--password-env', 'MEET_ADMIN_PASSWORD',
     '--data-dir', dataDir,
+    ...(databaseUrl ? ['--database-url', databaseUrl] : []),
   ], { MEET_ADMIN_PASSWORD: password });
   if (status !== 0) throw new Error(`admin create failed (${status}):\n${output}`);
   return { username, displayName, password };
@@ -216,14 +218,18 @@ export async function createAdmin(dataDir, { username = 'admin', displayName = '
  * `--no-bandwidth-estimation`: each video then gets the layer its tile asks for.
  * `fastStart: false` passes `--no-fast-start`: a new video subscription then waits for the
  * publisher's next keyframe instead of starting from the packets since its last one.
+ * `databaseUrl`: `--database-url` (for `admin` too) instead of the data directory's own
+ * database, e.g. one SQLite file that the nodes of a cluster share. `extraArgs` go last on the
+ * command line; `env` adds to the server's environment (which has no `MEET_…` variables).
  */
 export async function startServer({
   openRooms = true, admin = null, bandwidthEstimation = true, fastStart = true, testHooks: wantHooks = true, extraArgs = [],
+  databaseUrl = null, env = {},
 } = {}) {
   const { openRooms: knowsOpenRooms, testHooks, mediaWorkers } = serverFeatures();
   const bin = serverBinary();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-browser-test-'));
-  const createdAdmin = admin ? await createAdmin(dataDir, admin).catch((err) => {
+  const createdAdmin = admin ? await createAdmin(dataDir, admin, { databaseUrl }).catch((err) => {
     fs.rmSync(dataDir, { recursive: true, force: true });
     throw err;
   }) : null;
@@ -231,6 +237,7 @@ export async function startServer({
     '--http-addr', '127.0.0.1:0',
     '--media-addr', '127.0.0.1:0',
     '--data-dir', dataDir,
+    ...(databaseUrl ? ['--database-url', databaseUrl] : []),
     // Absolute: the server's default is `web-client` relative to its working directory.
     '--web-client-dir', path.join(repoRoot, 'web-client'),
     ...(openRooms && knowsOpenRooms ? ['--open-rooms'] : []),
@@ -249,7 +256,7 @@ export async function startServer({
     cwd: repoRoot,
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: serverEnv({ RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info' }),
+    env: serverEnv({ RUST_LOG: process.env.MEET_TEST_LOG || 'warn,signaling=info', ...env }),
   });
   // Never leave a server behind, whatever happens to this process.
   const killOnExit = () => killGroup(child);
@@ -280,7 +287,10 @@ export async function startServer({
     /** The bearer token of its `/metrics` (kept in the data directory). */
     metricsToken: null,
     log: () => log,
-    /** Stops it with `signal` (SIGKILL after 5 s), and removes its data directory. */
+    /**
+     * Stops it with `signal` (SIGKILL after 5 s), and removes its data directory. Resolves to
+     * how it ended: `{ code, signal }` (`code` 0: it stopped by itself).
+     */
     async stop(signal = 'SIGINT') {
       if (child.exitCode === null && child.signalCode === null) {
         if (signal === 'SIGKILL') killGroup(child);
@@ -290,6 +300,7 @@ export async function startServer({
         clearTimeout(timer);
       }
       cleanUp();
+      return { code: child.exitCode, signal: child.signalCode };
     },
   };
   servers.add(handle);
@@ -337,6 +348,76 @@ export async function startServer({
     handle.metricsToken = fs.readFileSync(path.join(dataDir, 'metrics-token'), 'utf8').trim();
   } catch {
     // A server without metrics.
+  }
+  return handle;
+}
+
+/** A TCP port on loopback that the kernel just handed out and took back (free, most likely). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const listener = net.createServer();
+    listener.once('error', reject);
+    listener.listen(0, '127.0.0.1', () => {
+      const { port } = listener.address();
+      listener.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts Debian's `nats-server -js` (JetStream, which a cluster of meet-servers needs) on a
+ * free loopback port with its storage in a temporary directory, and waits until it accepts
+ * connections. `NATS_SERVER_BIN` overrides the binary. The handle's `url` is `nats://…`;
+ * `stop()` kills it and removes its directory (and the hook above does, if the test does not).
+ */
+export async function startNats() {
+  const bin = process.env.NATS_SERVER_BIN || ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find(isExecutable);
+  if (!bin || !isExecutable(bin)) {
+    throw new Error('nats-server is not installed: `apt-get install nats-server` (.ci/deps does), or set NATS_SERVER_BIN');
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meet-nats-'));
+  const port = await freePort();
+  const [program, args] = dyingWithUs(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir]);
+  const child = spawn(program, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (chunk) => { log += chunk; });
+  child.stderr.on('data', (chunk) => { log += chunk; });
+  const killOnExit = () => killGroup(child);
+  process.once('exit', killOnExit);
+  const exited = new Promise((resolve) => {
+    child.once('exit', resolve);
+    child.once('error', resolve);
+  });
+  const handle = {
+    url: `nats://127.0.0.1:${port}`,
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        killGroup(child);
+        await exited;
+      }
+      servers.delete(handle);
+      process.removeListener('exit', killOnExit);
+      child.stdout.destroy();
+      child.stderr.destroy();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  servers.add(handle);
+  const listening = () => new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+  try {
+    await waitFor(async () => {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`it exited (${child.signalCode ?? `status ${child.exitCode}`})`);
+      return listening();
+    }, { timeout: SERVER_START_MS, interval: 50, message: `nats-server on port ${port}` });
+  } catch (err) {
+    await handle.stop();
+    err.message += `\n${log}`;
+    throw err;
   }
   return handle;
 }

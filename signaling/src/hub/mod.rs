@@ -171,9 +171,11 @@ impl HubHandle {
         outbound: mpsc::Sender<Outbound>,
     ) -> Result<ParticipantId, Refusal> {
         let (reply, response) = oneshot::channel();
+        // The hub task has ended: the server is stopping (after a signal, or because the media
+        // engine or the hub stopped). Clients try again, there or on another node.
         let unavailable = || {
             (
-                ErrorCode::RoomClosed,
+                ErrorCode::ServerStopping,
                 "the server is shutting down".to_string(),
             )
         };
@@ -729,6 +731,29 @@ mod tests {
             }
             assert!(shown.len() > 10, "{shown}");
         }
+    }
+
+    /// A client rejoining a server whose hub has ended (it is stopping) is told so, and tries
+    /// again there or on another node: not `room_closed`, which ends its meeting.
+    #[tokio::test]
+    async fn a_join_after_the_hub_ended_is_told_the_server_stops() {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        drop(receiver);
+        let hub = HubHandle { requests };
+        let arrival = Arrival {
+            room: RoomId("r".into()),
+            name: "Xã A".into(),
+            role: Role::Participant,
+            site_id: None,
+            site_name: None,
+            invitation: None,
+            meeting: None,
+            resume: None,
+            e2ee_key: None,
+        };
+        let (outbound, _receiver) = mpsc::channel(1);
+        let (code, _) = hub.join(arrival, outbound).await.expect_err("refused");
+        assert_eq!(code, ErrorCode::ServerStopping);
     }
 
     #[test]
