@@ -493,7 +493,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("meet.db").display()));
-    let store = Store::open(&database_url).await?;
+    // A cluster's node knows its id before it opens the storage: its attendance rows carry it.
+    let mut cluster_config = config.cluster.clone();
+    if let Some(c) = &mut cluster_config {
+        c.node_id.get_or_insert_with(cluster::random_node_id);
+    }
+    let node_id = cluster_config.as_ref().and_then(|c| c.node_id.clone());
+    let store = Store::open_as_node(&database_url, node_id.as_deref()).await?;
     let recordings_dir = config.recordings_dir();
     std::fs::create_dir_all(&recordings_dir)
         .map_err(|e| StartError::RecordingsDir(recordings_dir.clone(), e))?;
@@ -558,11 +564,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(config.http_addr, e))?;
     let handle = axum_server::Handle::new();
-    let cluster = match &config.cluster {
+    let cluster = match &cluster_config {
         Some(cluster_config) => {
             let cluster =
                 cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr()).await?;
-            cluster.start_room_sync(hub.clone());
+            cluster.start_room_sync(hub.clone(), store.clone());
             Some(cluster)
         }
         None => None,

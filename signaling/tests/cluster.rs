@@ -688,3 +688,53 @@ async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() 
     .await;
     assert_eq!(participants(&b), 0, "b holds no media for a's room");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_starting_or_dying_ends_only_its_own_attendance() {
+    use protocol::{ParticipantId, RoomId};
+    use signaling::store::Store;
+    let nats = start_nats().await;
+    let shared = common::tempdir::TempDir::new("cluster-attendance");
+    let database = format!("sqlite://{}", shared.0.join("meet.db").display());
+    let a = node(&nats, "node-a", secret(1), Some(database.clone())).await;
+    // Rows held open by a (alive), by a node that died, and by a node that restarts.
+    let room = RoomId("national".into());
+    for (node_id, participant) in [("node-a", 1), ("node-dead", 2), ("node-c", 3)] {
+        let store = Store::open_as_node(&database, Some(node_id))
+            .await
+            .expect("store");
+        store
+            .record_join(
+                &room,
+                ParticipantId(participant),
+                None,
+                node_id,
+                None,
+                Role::Participant,
+                signaling::store::unix_ms(),
+            )
+            .await
+            .expect("recorded");
+        store.close().await;
+    }
+    let left = |rows: &[signaling::store::AttendanceRow], name: &str| {
+        rows.iter()
+            .find(|r| r.display_name == name)
+            .map(|r| r.leave_reason.clone())
+            .expect("a row")
+    };
+
+    // node-c starts again: it ends its own row (its meeting ended with it), no one else's.
+    let c = node(&nats, "node-c", secret(1), Some(database.clone())).await;
+    let rows = c.server.store.attendance(&room).await.expect("rows");
+    assert_eq!(left(&rows, "node-c").as_deref(), Some("server_restart"));
+    assert_eq!(left(&rows, "node-a"), None, "a's meeting goes on");
+    assert_eq!(left(&rows, "node-dead"), None);
+
+    // The sweep ends the dead node's row (no lease), not the live node's.
+    let cluster = a.server.cluster.clone().expect("in a cluster");
+    cluster.close_lost_attendance(&a.server.store).await;
+    let rows = a.server.store.attendance(&room).await.expect("rows");
+    assert_eq!(left(&rows, "node-dead").as_deref(), Some("server_lost"));
+    assert_eq!(left(&rows, "node-a"), None);
+}

@@ -162,7 +162,8 @@ fn record_subject(node_id: &str) -> String {
     format!("kv.{NODES_BUCKET}.{node_id}")
 }
 
-fn random_node_id() -> String {
+/// A node id for a node started without `--node-id`: new at each start.
+pub fn random_node_id() -> String {
     let bytes: [u8; 6] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("node-{hex}")

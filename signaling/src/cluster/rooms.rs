@@ -29,6 +29,9 @@ pub const ROOMS_BUCKET: &str = "meet_rooms";
 /// How often a node checks its room records against its rooms.
 const ROOM_SYNC: Duration = Duration::from_secs(3);
 
+/// Every how many room syncs a node looks for attendance that dead nodes left open (30 s).
+const ATTENDANCE_SWEEP: u32 = 10;
+
 /// How long placing a room may take before the join is served here (NATS away).
 const PLACE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -216,6 +219,30 @@ impl Cluster {
             .filter(|info| info.id == id))
     }
 
+    /// Ends the attendance rows held open by nodes whose lease has ended (they died: their
+    /// participants left with them). A node that cannot tell (NATS away) closes nothing.
+    pub async fn close_lost_attendance(&self, store: &crate::store::Store) {
+        let Ok(nodes) = store.nodes_with_open_attendance().await else {
+            return;
+        };
+        for node in nodes {
+            if node == self.inner.me.id {
+                continue;
+            }
+            if let Ok(None) = self.live_node(&node).await {
+                match store.close_attendance_of_node(&node).await {
+                    Ok(rows) if rows > 0 => {
+                        tracing::info!(%node, rows, "closed the attendance a lost node left open");
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%node, %err, "could not close a lost node's attendance")
+                    }
+                }
+            }
+        }
+    }
+
     fn claimed(&self, room: &RoomId, revision: u64) {
         if let Ok(mut claimed) = self.inner.claimed.lock() {
             claimed.insert(room.clone(), revision);
@@ -224,18 +251,29 @@ impl Cluster {
 
     /// Keeps this node's room records in line with its hub's rooms, every few seconds, for
     /// as long as the cluster lives.
-    pub fn start_room_sync(&self, hub: crate::hub::HubHandle) {
+    ///
+    /// It also ends the attendance that nodes which died left open (see
+    /// [`Cluster::close_lost_attendance`]), every [`ATTENDANCE_SWEEP`] syncs.
+    pub fn start_room_sync(&self, hub: crate::hub::HubHandle, store: crate::store::Store) {
         let weak = std::sync::Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             let mut interval = tokio::time::interval(ROOM_SYNC);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u32 = 0;
             loop {
                 interval.tick().await;
                 let rooms = hub.rooms().await;
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                Cluster { inner }.sync_rooms(&rooms).await;
+                let cluster = Cluster { inner };
+                cluster.sync_rooms(&rooms).await;
+                // The first sweep waits for a lease's time, so that this node has heard of the
+                // live ones before it judges anyone gone.
+                ticks = ticks.wrapping_add(1);
+                if ticks % ATTENDANCE_SWEEP == 2 {
+                    cluster.close_lost_attendance(&store).await;
+                }
             }
         });
         if let Ok(mut tasks) = self.inner.tasks.lock() {

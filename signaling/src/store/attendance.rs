@@ -21,7 +21,8 @@ pub struct AttendanceRow {
     /// Milliseconds since the Unix epoch.
     pub joined_at: i64,
     pub left_at: Option<i64>,
-    /// `left`, `timed_out`, `removed` or `server_restart`.
+    /// `left`, `timed_out`, `removed`, `server_restart` (the server stopped without closing
+    /// it: a crash or kill), or `server_lost` (the cluster's node holding it died).
     pub leave_reason: Option<String>,
     /// The last connection quality seen: `good`, `fair` or `poor`.
     pub quality: Option<String>,
@@ -75,7 +76,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO attendance (room, participant_id, invitation_id, site_id, role, \
-             display_name, joined_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             display_name, joined_at, node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&room.0)
         .bind(participant.to_string())
@@ -84,6 +85,7 @@ impl Store {
         .bind(role.as_str())
         .bind(name)
         .bind(at_ms)
+        .bind(self.node.as_deref().map(str::to_string))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -16,6 +16,7 @@ mod sites;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::AnyPool;
+use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
 
 pub use account_import::{ImportedAccount, MAX_IMPORTED_ACCOUNTS};
@@ -90,6 +91,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// This server's node id in a cluster (attendance rows carry it); `None`: a single server.
+    node: Option<std::sync::Arc<str>>,
 }
 
 /// The database URL used when none is configured: an SQLite file in the data directory.
@@ -137,6 +140,12 @@ impl Store {
     /// Opens (creating an SQLite file if needed) the database at `url`, applies migrations
     /// and closes attendance left open by a previous process.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_as_node(url, None).await
+    }
+
+    /// Opens the storage of a cluster's node `node`: the attendance rows it opens carry its id,
+    /// and at start it closes only its own rows left open (the other nodes' meetings go on).
+    pub async fn open_as_node(url: &str, node: Option<&str>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or(StoreError::UnsupportedUrl)?;
         let pool = match backend {
@@ -170,7 +179,11 @@ impl Store {
                 pool
             }
         };
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            node: node.map(Into::into),
+        };
         store.close_dangling().await?;
         Ok(store)
     }
@@ -186,15 +199,51 @@ impl Store {
     }
 
     /// Marks attendance left open by a previous process (a crash or kill) as ended.
+    /// A single server closes every row without a node; a cluster's node only its own.
     async fn close_dangling(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE attendance SET left_at = $1, leave_reason = 'server_restart' \
-             WHERE left_at IS NULL",
+        let query = match &self.node {
+            None => sqlx::query(
+                "UPDATE attendance SET left_at = $1, leave_reason = 'server_restart' \
+                 WHERE left_at IS NULL AND node IS NULL",
+            )
+            .bind(unix_ms()),
+            Some(node) => sqlx::query(
+                "UPDATE attendance SET left_at = $1, leave_reason = 'server_restart' \
+                 WHERE left_at IS NULL AND node = $2",
+            )
+            .bind(unix_ms())
+            .bind(node.to_string()),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The nodes holding attendance rows open (a cluster's nodes; a single server's rows have
+    /// none).
+    pub async fn nodes_with_open_attendance(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT node FROM attendance WHERE left_at IS NULL AND node IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>(0).ok())
+            .collect())
+    }
+
+    /// Ends the open attendance of a node that died (its lease ended): its participants left
+    /// when it did, as far as anyone can know. Returns the rows closed.
+    pub async fn close_attendance_of_node(&self, node: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE attendance SET left_at = $1, leave_reason = 'server_lost' \
+             WHERE left_at IS NULL AND node = $2",
         )
         .bind(unix_ms())
+        .bind(node)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 }
 
