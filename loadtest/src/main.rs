@@ -14,7 +14,7 @@ use loadtest::bot::{insecure_tls_config, tls_config_trusting_pem};
 use loadtest::metrics_scrape::MetricsTarget;
 use loadtest::report::{RunReport, html};
 use loadtest::scenario::{self, Live, Node, ProgressFn, Target, TokenPool};
-use loadtest::spec::{Kind, Scenario};
+use loadtest::spec::{Kind, Scenario, Shard};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,8 +27,10 @@ use loadtest::spec::{Kind, Scenario};
                   server stops answering its metrics scrape; 2 when the run could not start. \
                   Waits (--wait-for-server) for the server's certificate and token files and \
                   for the server to answer. Targets outside loopback and private networks are \
-                  refused unless --allow-remote is given. `loadtest floor` measures the \
-                  loopback floor alone (see `loadtest floor --help`)."
+                  refused unless --allow-remote is given. A run too big for one generator is \
+                  split over several processes (--shard K/N, --start-at) whose JSON reports \
+                  `loadtest merge` makes one (see `loadtest merge --help`). `loadtest floor` \
+                  measures the loopback floor alone (see `loadtest floor --help`)."
 )]
 struct Args {
     /// The scenario: broadcast (presenters to viewers), meeting (everyone publishes), churn
@@ -196,6 +198,19 @@ struct Args {
     /// Largest viewer count the capacity search tries.
     #[arg(long, default_value_t = 1_000)]
     max: u32,
+    /// Run part K of N of a run split over N processes (on this host or others): the
+    /// scenario's counts and rates stay the whole run's, this process runs every Nth receiver
+    /// from the Kth (and, as part 1, the presenters) at an Nth of the rates, with endpoint
+    /// names and --tokens lines of its own. Give every part the same flags and --start-at,
+    /// and merge their --json reports with `loadtest merge`.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// Start the endpoints at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z, or Unix
+    /// milliseconds), so that the parts of a split run start together: leave the processes
+    /// time to start and check their servers. A time more than 2 s past is refused; hosts'
+    /// clocks must agree (NTP).
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    start_at: Option<u64>,
     /// No progress bar (for logs and CI).
     #[arg(long)]
     quiet: bool,
@@ -287,6 +302,12 @@ impl Args {
         if let Some(max) = self.slo_max_failed {
             scenario.slo.max_failed = max;
         }
+        if self.shard.is_some() {
+            scenario.shard = self.shard;
+        }
+        if self.start_at.is_some() {
+            scenario.start_at_unix_ms = self.start_at;
+        }
         scenario.validate()?;
         Ok(scenario)
     }
@@ -354,13 +375,13 @@ impl Args {
             Kind::Meeting => scenario.participants,
             Kind::Broadcast | Kind::Churn => scenario.presenters,
         } as usize;
-        let pool = TokenPool::from_lines(&text, publishers);
-        if pool.len() < scenario.total_endpoints() as usize {
+        let pool = TokenPool::from_lines(&text, publishers).for_part(scenario);
+        if pool.len() < scenario.endpoints_here() as usize {
             bail!(
-                "{} holds {} tokens for {} endpoints",
+                "{} holds {} tokens for this process's {} endpoints",
                 path.display(),
                 pool.len(),
-                scenario.total_endpoints()
+                scenario.endpoints_here()
             );
         }
         Ok(Some(Arc::new(Mutex::new(pool))))
@@ -466,6 +487,16 @@ impl Args {
     }
 }
 
+/// `--start-at`: an RFC 3339 time or Unix milliseconds.
+fn parse_start_at(text: &str) -> Result<u64> {
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let ms = formats::rfc3339::parse(text.trim())
+        .map_err(|err| anyhow::anyhow!("{err}, or Unix milliseconds"))?;
+    u64::try_from(ms).context("a time before 1970")
+}
+
 /// `HOST:PORT` of a `wss://HOST:PORT/PATH` URL.
 fn authority(url: &str) -> Result<&str> {
     let Some(rest) = url.strip_prefix("wss://") else {
@@ -514,6 +545,22 @@ fn write_reports(args: &Args, report: &RunReport, extra: Option<&serde_json::Val
 
 async fn run(args: Args) -> Result<bool> {
     let scenario = args.scenario()?;
+    if args.find_capacity && (scenario.shard.is_some() || scenario.start_at_unix_ms.is_some()) {
+        bail!("--find-capacity runs in one process: no --shard or --start-at");
+    }
+    // A start time already past is refused before any server is waited for.
+    if let Some(at_ms) = scenario.start_at_unix_ms {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let late_ms = scenario::START_LATE_LIMIT.as_millis() as u64;
+        if now_ms > at_ms.saturating_add(late_ms) {
+            bail!(
+                "--start-at is {:.1} s past: choose a later time",
+                (now_ms - at_ms) as f64 / 1_000.0
+            );
+        }
+    }
     // Nothing is sent to a target before it is known to be allowed.
     for url in &args.url {
         scenario::check_target(url, args.allow_remote).await?;
@@ -566,6 +613,86 @@ async fn run(args: Args) -> Result<bool> {
     print!("{}", report.summary());
     write_reports(&args, &report, None)?;
     Ok(report.passed)
+}
+
+/// `loadtest merge`: one report of a split run's parts.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest merge",
+    about = "Merges the JSON reports (--json) of the parts of a split run (--shard K/N) into one \
+             report: every part's endpoints and counts together, every percentile from the \
+             parts' histograms added up (what one process running every endpoint would have \
+             measured), the SLOs checked again. Writes the merged JSON report to standard \
+             output and its summary to standard error; exits with 1 when the merged run \
+             fails, 2 when the reports do not merge"
+)]
+struct MergeArgs {
+    /// The parts' JSON reports, every part once.
+    #[arg(required = true, value_name = "REPORT.json")]
+    reports: Vec<PathBuf>,
+    /// Also write the HTML report here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// No summary on standard error.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Reads one part's report.
+fn read_report(path: &std::path::Path) -> Result<RunReport> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if value.get("steps").is_some() {
+        bail!(
+            "{} is a capacity search's report: only runs merge",
+            path.display()
+        );
+    }
+    if value.get("histograms").is_none() {
+        bail!(
+            "{} has no histograms: it was written by a loadtest older than split runs",
+            path.display()
+        );
+    }
+    serde_json::from_value(value)
+        .with_context(|| format!("{} is not a loadtest report", path.display()))
+}
+
+fn merge_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = MergeArgs::parse_from(args);
+    let merged = args
+        .reports
+        .iter()
+        .map(|path| read_report(path))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|reports| Ok(loadtest::report::merge(reports)?))
+        .and_then(|merged| {
+            let json = serde_json::to_string_pretty(&merged)?;
+            if let Some(path) = &args.html {
+                std::fs::write(path, html(&merged))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok((merged, json))
+        });
+    match merged {
+        Ok((merged, json)) => {
+            println!("{json}");
+            if !args.quiet {
+                eprint!("{}", merged.summary());
+            }
+            if merged.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `loadtest floor`: the loopback floor alone, without a server.
@@ -622,12 +749,19 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    // `floor` is a command of its own; the scenarios stay the first positional argument.
+    // `floor` and `merge` are commands of their own; the scenarios stay the first
+    // positional argument.
     let mut raw = std::env::args_os();
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "floor") {
+    let command = std::env::args_os().nth(1);
+    if command.as_ref().is_some_and(|arg| arg == "floor") {
         raw.next();
         raw.next();
         return floor_main(std::iter::once("loadtest floor".into()).chain(raw));
+    }
+    if command.as_ref().is_some_and(|arg| arg == "merge") {
+        raw.next();
+        raw.next();
+        return merge_main(std::iter::once("loadtest merge".into()).chain(raw));
     }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -221,7 +221,7 @@ pub const PRECISE_CPU_METRIC: &str = "meet_process_cpu_seconds";
 pub const COARSE_CPU_METRIC: &str = "process_cpu_seconds_total";
 
 /// The figures a load test follows over time, from one scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServerSample {
     /// The server's CPU time in seconds, from the precise metric when the server has it.
     pub cpu_seconds: Option<f64>,

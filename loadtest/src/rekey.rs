@@ -9,7 +9,7 @@ use endpoint::keys::KeyPolicy;
 use protocol::ParticipantId;
 
 use crate::bot::KeyTimeline;
-use crate::report::{Distribution, KeyReport};
+use crate::report::{Histograms, KeyReport, REKEYED, Recorded, WRAP_MS, WRAPS};
 
 /// How long after a departure its answer may still come: the senders' wait before a rekey
 /// (their interval, or a burst's), the new key's delay, and three seconds for the rest. A
@@ -29,13 +29,14 @@ pub struct Departure {
 }
 
 /// The key figures of a run: `timelines` are the bots present when it is measured (`now`),
-/// senders and receivers alike.
+/// senders and receivers alike. With them, the histograms of departure → rekeyed, wraps per
+/// rekey and wrap time per rekey, for merging parts of a split run.
 pub fn measure(
     departures: &[Departure],
     timelines: &[KeyTimeline],
     now: Instant,
     settle: Duration,
-) -> KeyReport {
+) -> (KeyReport, Histograms) {
     let senders: Vec<&KeyTimeline> = timelines.iter().filter(|t| t.sends).collect();
     let by_frames = timelines
         .iter()
@@ -67,24 +68,38 @@ pub fn measure(
         values.get(rank - 1).copied()
     };
     let records = || senders.iter().flat_map(|t| t.rekeys.iter());
-    KeyReport {
+    let recorded = [
+        (REKEYED, Recorded::of(rekeyed)),
+        (WRAPS, Recorded::of(records().map(|r| r.wraps as f64))),
+        (
+            WRAP_MS,
+            Recorded::of(
+                senders
+                    .iter()
+                    .flat_map(|t| t.rekey_wrap_times.iter())
+                    .map(|d| d.as_secs_f64() * 1_000.0),
+            ),
+        ),
+    ];
+    let report = KeyReport {
         departures: departures.len() as u64,
         receivers_by_frames: by_frames as u64,
         receivers_by_key: by_key as u64,
-        rekeyed_ms: Distribution::of(rekeyed),
+        rekeyed_ms: recorded[0].1.distribution(),
         rekeyed_p95_ms,
         departures_never_rekeyed: never as u64,
         departures_pending_at_end: pending,
         rekeys: records().count() as u64,
-        wraps_per_rekey: Distribution::of(records().map(|r| r.wraps as f64)),
-        wrap_ms_per_rekey: Distribution::of(
-            senders
-                .iter()
-                .flat_map(|t| t.rekey_wrap_times.iter())
-                .map(|d| d.as_secs_f64() * 1_000.0),
-        ),
+        wraps_per_rekey: recorded[1].1.distribution(),
+        wrap_ms_per_rekey: recorded[2].1.distribution(),
         ..KeyReport::default()
-    }
+    };
+    let recorded = recorded
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(name, values)| (name.to_string(), values))
+        .collect();
+    (report, recorded)
 }
 
 /// What became of one departure.
@@ -229,7 +244,8 @@ mod tests {
                 at: at(19_000),
             },
         ];
-        let report = measure(&departures, &timelines, at(20_000), SETTLE);
+        let (report, recorded) = measure(&departures, &timelines, at(20_000), SETTLE);
+        assert_eq!(recorded.get(REKEYED).map(Recorded::len), Some(2));
         assert_eq!(report.departures, 4);
         assert_eq!(report.rekeyed_ms.map(|d| d.count), Some(2));
         assert_eq!(
@@ -245,9 +261,9 @@ mod tests {
         assert_eq!(report.wraps_per_rekey.map(|d| d.max), Some(2.0));
 
         // 1.6 s for the first (the slower receiver), 1.2 s for the second.
-        let report = measure(&departures[..2], &timelines, at(20_000), SETTLE);
+        let (report, _) = measure(&departures[..2], &timelines, at(20_000), SETTLE);
         assert_eq!(report.rekeyed_p95_ms, Some(1_600.0));
-        let report = measure(&departures[1..2], &timelines, at(20_000), SETTLE);
+        let (report, _) = measure(&departures[1..2], &timelines, at(20_000), SETTLE);
         assert_eq!(report.rekeyed_p95_ms, Some(1_200.0));
     }
 
@@ -271,7 +287,7 @@ mod tests {
             participant: ParticipantId(9),
             at: t0 + Duration::from_millis(1_000),
         };
-        let report = measure(
+        let (report, _) = measure(
             &[departure],
             &timelines,
             t0 + Duration::from_secs(30),
@@ -294,7 +310,7 @@ mod tests {
             participant: ParticipantId(9),
             at: t0 + Duration::from_millis(1_000),
         };
-        let report = measure(
+        let (report, _) = measure(
             &[departure],
             &timelines,
             t0 + Duration::from_secs(30),

@@ -1,20 +1,22 @@
 //! What a load run found: per-endpoint results, percentiles (hdrhistogram), SLO verdicts, a
 //! text summary, JSON and a self-contained HTML page with inline SVG plots.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
 
 use crate::bot::{BotError, BotStats};
 use crate::floor::Floor;
 use crate::metrics_scrape::{CpuSource, ServerSample};
-use crate::spec::{Kind, Scenario};
+use crate::spec::{Kind, Scenario, Shard};
 use protocol::MediaKind;
 
 /// What an endpoint did in the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Presenter,
@@ -33,11 +35,12 @@ impl Role {
 }
 
 /// One endpoint's measurements. Times are from the start of its connect (socket open).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointResult {
     pub name: String,
     pub role: Role,
     /// The server URL it was sent to (`--url`; a cluster's node may have sent it on).
+    #[serde(default)]
     pub url: String,
     pub joined: bool,
     /// Still connected when the run ended (false for churned-out endpoints).
@@ -230,8 +233,171 @@ impl EndpointResult {
     }
 }
 
+/// Every value of one measurement, as an HdrHistogram: thousandths of the unit, three
+/// significant digits, up to 2^40 thousandths. The percentiles come from it, and the
+/// histograms of several reports add up to the histogram of all their values: that is how
+/// the parts of a split run merge (`loadtest merge`), into the percentiles one run of every
+/// endpoint would have given, never an average of percentiles.
+///
+/// In JSON, `{"unit_scale": 1000, "significant_digits": 3, "counts": [[value, count], …]}`:
+/// one pair per bucket that holds values, `value` (in thousandths) the highest the bucket
+/// holds, so that recording it again fills the same bucket.
+#[derive(Clone, PartialEq)]
+pub struct Recorded(Histogram<u64>);
+
+impl std::fmt::Debug for Recorded {
+    /// The buckets that hold values, as in JSON: the histogram's own form lists every one of
+    /// its tens of thousands of buckets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts: Vec<(u64, u64)> = self
+            .0
+            .iter_recorded()
+            .map(|bucket| (bucket.value_iterated_to(), bucket.count_at_value()))
+            .collect();
+        f.debug_struct("Recorded")
+            .field("len", &self.0.len())
+            .field("counts", &counts)
+            .finish()
+    }
+}
+
+/// Recorded values are thousandths of their unit.
+const UNIT_SCALE: u32 = 1_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+const HIGHEST_RECORDED: u64 = 1 << 40;
+
+/// A report's histograms by name: the name of the field whose distribution each gives
+/// (`join_ms`, `keys.rekeyed_ms`, …).
+pub type Histograms = BTreeMap<String, Recorded>;
+
+/// Names of the key histograms.
+const FIRST_DECRYPT: &str = "keys.first_decrypt_ms";
+const FIRST_KEY: &str = "keys.first_key_ms";
+pub const REKEYED: &str = "keys.rekeyed_ms";
+pub const WRAPS: &str = "keys.wraps_per_rekey";
+pub const WRAP_MS: &str = "keys.wrap_ms_per_rekey";
+
+impl Default for Recorded {
+    fn default() -> Self {
+        // Fixed bounds: an auto-resizing histogram clamps `saturating_record` to its first
+        // size, and histograms that add up must share their bounds.
+        Self(
+            Histogram::new_with_bounds(1, HIGHEST_RECORDED, SIGNIFICANT_DIGITS)
+                .expect("1 to 2^40 with 3 significant digits are valid bounds"),
+        )
+    }
+}
+
+impl Recorded {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut recorded = Self::default();
+        for value in values {
+            recorded.record(value);
+        }
+        recorded
+    }
+
+    /// Records one value; anything but a finite non-negative number is left out.
+    pub fn record(&mut self, value: f64) {
+        if value.is_finite() && value >= 0.0 {
+            self.0
+                .saturating_record((value * f64::from(UNIT_SCALE)) as u64);
+        }
+    }
+
+    /// How many values it holds.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `other`'s values.
+    pub fn add(&mut self, other: &Recorded) -> Result<(), MergeError> {
+        self.0
+            .add(&other.0)
+            .map_err(|err| MergeError::Histogram(format!("{err:?}")))
+    }
+
+    /// Its percentiles; `None` when it holds nothing.
+    pub fn distribution(&self) -> Option<Distribution> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let unit = |v: u64| v as f64 / f64::from(UNIT_SCALE);
+        Some(Distribution {
+            count: self.0.len(),
+            min: unit(self.0.min()),
+            p50: unit(self.0.value_at_quantile(0.50)),
+            p95: unit(self.0.value_at_quantile(0.95)),
+            p99: unit(self.0.value_at_quantile(0.99)),
+            max: unit(self.0.max()),
+            mean: self.0.mean() / f64::from(UNIT_SCALE),
+        })
+    }
+
+    /// The `rank`th smallest value (from 1), to the histogram's precision.
+    pub fn value_at_rank(&self, rank: u64) -> Option<f64> {
+        let mut seen = 0;
+        for bucket in self.0.iter_recorded() {
+            seen += bucket.count_at_value();
+            if seen >= rank {
+                return Some(bucket.value_iterated_to() as f64 / f64::from(UNIT_SCALE));
+            }
+        }
+        None
+    }
+}
+
+/// [`Recorded`] as JSON.
+#[derive(Serialize, Deserialize)]
+struct RecordedJson {
+    unit_scale: u32,
+    significant_digits: u8,
+    counts: Vec<(u64, u64)>,
+}
+
+impl Serialize for Recorded {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RecordedJson {
+            unit_scale: UNIT_SCALE,
+            significant_digits: SIGNIFICANT_DIGITS,
+            counts: self
+                .0
+                .iter_recorded()
+                .map(|bucket| (bucket.value_iterated_to(), bucket.count_at_value()))
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Recorded {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = RecordedJson::deserialize(deserializer)?;
+        if json.unit_scale != UNIT_SCALE || json.significant_digits != SIGNIFICANT_DIGITS {
+            return Err(serde::de::Error::custom(format!(
+                "a histogram of {} digits in 1/{} of the unit (this loadtest writes {SIGNIFICANT_DIGITS} in 1/{UNIT_SCALE})",
+                json.significant_digits, json.unit_scale
+            )));
+        }
+        let mut recorded = Self::default();
+        for (value, count) in json.counts {
+            // The top bucket's highest value may lie past the bound: the bound is in the
+            // same bucket.
+            recorded
+                .0
+                .record_n(value.min(HIGHEST_RECORDED), count)
+                .map_err(|err| serde::de::Error::custom(format!("value {value}: {err:?}")))?;
+        }
+        Ok(recorded)
+    }
+}
+
 /// Percentiles of one measurement over the endpoints that have it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
     pub count: u64,
     pub min: f64,
@@ -243,34 +409,16 @@ pub struct Distribution {
 }
 
 impl Distribution {
-    /// Records values with three significant digits, in thousandths of the unit.
+    /// Records values with three significant digits, in thousandths of the unit
+    /// ([`Recorded`]).
     pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
-        // Fixed bounds: an auto-resizing histogram clamps `saturating_record` to its first size.
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).ok()?;
-        for value in values {
-            if value.is_finite() && value >= 0.0 {
-                histogram.saturating_record((value * 1_000.0) as u64);
-            }
-        }
-        if histogram.is_empty() {
-            return None;
-        }
-        let unit = |v: u64| v as f64 / 1_000.0;
-        Some(Self {
-            count: histogram.len(),
-            min: unit(histogram.min()),
-            p50: unit(histogram.value_at_quantile(0.50)),
-            p95: unit(histogram.value_at_quantile(0.95)),
-            p99: unit(histogram.value_at_quantile(0.99)),
-            max: unit(histogram.max()),
-            mean: histogram.mean() / 1_000.0,
-        })
+        Recorded::of(values).distribution()
     }
 }
 
 /// What the end-to-end key exchange cost in a run and how fast it was (`--e2ee`). The times
 /// come from the generator, whose bots share one process and one clock.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyReport {
     /// Receivers, from the start of their connect to their first decrypted frame, in ms
     /// (those that receive media), and to their first key (all).
@@ -367,7 +515,7 @@ impl KeyReport {
 }
 
 /// One point of the run's timeline (about one a second).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TimelineSample {
     pub t_s: f64,
     pub connected: u64,
@@ -380,7 +528,7 @@ pub struct TimelineSample {
 }
 
 /// Server-side figures from `/metrics` deltas over the hold phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerSummary {
     /// The hold's length (everyone connected), in seconds.
     pub hold_s: f64,
@@ -390,6 +538,9 @@ pub struct ServerSummary {
     /// The metric the CPU figures come from, and its resolution in seconds: 1e-6 for
     /// `meet_process_cpu_seconds`; 1 for `process_cpu_seconds_total` (older servers), which
     /// alone makes a figure over a 10 s window scatter by ±10%.
+    /// Read back from a report, it is found again from the resolution
+    /// ([`ServerSummary::restore_cpu_metric`]): a borrowed name cannot outlive the text.
+    #[serde(skip_deserializing)]
     pub cpu_metric: Option<&'static str>,
     pub cpu_resolution_s: Option<f64>,
     /// CPU cores in use on average over the window.
@@ -501,10 +652,75 @@ impl ServerSummary {
             key_bytes_out_per_s: rate(delta(|s| s.key_bytes_out)),
         }
     }
+
+    /// Sets `cpu_metric` again after reading a report: the metric of the resolution given.
+    pub fn restore_cpu_metric(&mut self) {
+        self.cpu_metric = [CpuSource::Precise, CpuSource::WholeSeconds]
+            .into_iter()
+            .find(|source| Some(source.resolution_s()) == self.cpu_resolution_s)
+            .map(CpuSource::metric);
+    }
+
+    /// Several nodes' figures taken together, for when no one scrape saw them all (the parts
+    /// of a split run that each scraped other nodes): rates, counts, growths and peaks add up
+    /// (a sum of peaks bounds the peak of the sum from above), each figure only where every
+    /// node has it; the CPU metric is the coarser; the cost per forwarded packet and the
+    /// memory per subscriber (of `subscribers`) come from the sums.
+    pub fn sum(nodes: &[ServerSummary], subscribers: u64) -> Self {
+        let total = |f: fn(&ServerSummary) -> Option<f64>| -> Option<f64> {
+            if nodes.is_empty() {
+                return None;
+            }
+            nodes.iter().map(f).sum()
+        };
+        let coarse = nodes
+            .iter()
+            .any(|n| n.cpu_metric == Some(CpuSource::WholeSeconds.metric()));
+        let cpu_source = if nodes.is_empty() || nodes.iter().any(|n| n.cpu_metric.is_none()) {
+            None
+        } else if coarse {
+            Some(CpuSource::WholeSeconds)
+        } else {
+            Some(CpuSource::Precise)
+        };
+        let cpu_cores = total(|n| n.cpu_cores);
+        let forwarded = total(|n| n.forwarded_packets_per_s);
+        let baseline = total(|n| n.rss_baseline_bytes);
+        let peak = total(|n| n.rss_peak_bytes);
+        Self {
+            hold_s: nodes.iter().map(|n| n.hold_s).fold(0.0, f64::max),
+            window_s: nodes.iter().filter_map(|n| n.window_s).reduce(f64::min),
+            cpu_metric: cpu_source.map(CpuSource::metric),
+            cpu_resolution_s: cpu_source.map(CpuSource::resolution_s),
+            cpu_cores,
+            forwarded_packets_per_s: forwarded,
+            core_us_per_forwarded_packet: cpu_cores
+                .zip(forwarded)
+                .filter(|(_, f)| *f > 0.0)
+                .map(|(c, f)| c * 1e6 / f),
+            rss_baseline_bytes: baseline,
+            rss_peak_bytes: peak,
+            rss_per_subscriber_bytes: baseline
+                .zip(peak)
+                .filter(|_| subscribers > 0)
+                .map(|(b, p)| (p - b) / subscribers as f64),
+            dropped_packets: total(|n| n.dropped_packets),
+            nacks: total(|n| n.nacks),
+            rss_growth_bytes: total(|n| n.rss_growth_bytes),
+            fd_growth: total(|n| n.fd_growth),
+            task_growth: total(|n| n.task_growth),
+            open_fds_peak: total(|n| n.open_fds_peak),
+            tasks_peak: total(|n| n.tasks_peak),
+            key_messages_in_per_s: total(|n| n.key_messages_in_per_s),
+            key_messages_out_per_s: total(|n| n.key_messages_out_per_s),
+            key_bytes_in_per_s: total(|n| n.key_bytes_in_per_s),
+            key_bytes_out_per_s: total(|n| n.key_bytes_out_per_s),
+        }
+    }
 }
 
 /// One server node of a run: the endpoints sent to it and its own figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
     /// Its signaling URL (`--url`).
     pub url: String,
@@ -522,7 +738,7 @@ pub struct NodeReport {
 }
 
 /// One SLO verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SloCheck {
     pub name: String,
     pub limit: f64,
@@ -533,7 +749,7 @@ pub struct SloCheck {
 /// What went wrong in a run beyond its measurements. Any of these fails the run whatever the
 /// SLOs say: the measurements of a run whose server died or whose endpoints dropped out
 /// describe a run that did not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunErrorKind {
     /// Endpoints whose signaling connection ended while the run still needed them.
@@ -547,7 +763,7 @@ pub enum RunErrorKind {
 }
 
 /// One reason a run failed outright.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunError {
     pub kind: RunErrorKind,
     /// Seconds into the run when it was first seen.
@@ -592,7 +808,7 @@ impl RunError {
 }
 
 /// The whole report of one run. The verdict and its reasons come first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// Every SLO met and no [`RunError`].
     pub passed: bool,
@@ -602,7 +818,14 @@ pub struct RunReport {
     /// metrics, stopped media, the deadline).
     pub errors: Vec<RunError>,
     pub scenario: Scenario,
+    /// The parts of a split run this report merges (`loadtest merge`); empty for one
+    /// process's own report.
+    #[serde(default)]
+    pub merged_parts: Vec<Shard>,
     pub started_unix_s: u64,
+    /// The same, to the millisecond.
+    #[serde(default)]
+    pub started_unix_ms: u64,
     pub elapsed_s: f64,
     pub ramp_s: f64,
     /// From the ramp's end until every receiver got media (or the limit): not measured.
@@ -640,6 +863,7 @@ pub struct RunReport {
     /// in which every node answered).
     pub server: ServerSummary,
     /// Every node (`--url`) with the endpoints sent to it and its own figures.
+    #[serde(default)]
     pub nodes: Vec<NodeReport>,
     /// The load generator's own CPU time (the whole process).
     pub generator_cpu_s: Option<f64>,
@@ -660,6 +884,65 @@ pub struct RunReport {
     pub timeline: Vec<TimelineSample>,
     pub server_timeline: Vec<(f64, ServerSample)>,
     pub endpoints: Vec<EndpointResult>,
+    /// Every measurement's values, by the name of the field it gives ([`Recorded`]): what
+    /// `loadtest merge` adds up.
+    #[serde(default)]
+    pub histograms: Histograms,
+}
+
+/// What a report is built from.
+struct Parts {
+    scenario: Scenario,
+    started_unix_ms: u64,
+    elapsed_s: f64,
+    ramp_s: f64,
+    hold_s: f64,
+    endpoints: Vec<EndpointResult>,
+    failures: Vec<String>,
+    run_errors: Vec<RunError>,
+    timeline: Vec<TimelineSample>,
+    server_timeline: Vec<(f64, ServerSample)>,
+    server: ServerSummary,
+    generator_cpu_s: Option<f64>,
+    /// Endpoints connected times seconds, for the generator's cost per endpoint.
+    endpoint_seconds: f64,
+    histograms: Histograms,
+}
+
+/// The endpoints' measurements as histograms, each over the endpoints it concerns.
+fn endpoint_histograms(scenario: &Scenario, endpoints: &[EndpointResult]) -> Histograms {
+    let joined = || endpoints.iter().filter(|e| e.joined);
+    let receivers = || joined().filter(|e| e.expects_media(scenario));
+    let of = |f: fn(&EndpointResult) -> Option<f64>| Recorded::of(joined().filter_map(f));
+    [
+        ("join_ms", of(|e| e.join_ms)),
+        ("signaling_ms", of(|e| e.signaling_ms)),
+        (
+            "first_media_ms",
+            Recorded::of(receivers().filter_map(|e| e.first_media_ms)),
+        ),
+        (
+            "first_keyframe_ms",
+            Recorded::of(receivers().filter_map(|e| e.first_keyframe_ms)),
+        ),
+        ("loss_pct", of(|e| e.loss_pct)),
+        ("audio_jitter_ms", of(|e| e.audio_jitter_ms)),
+        ("video_jitter_ms", of(|e| e.video_jitter_ms)),
+        ("rtt_ms", of(|e| e.rtt_ms)),
+        ("rx_kbps", of(|e| e.rx_kbps)),
+    ]
+    .into_iter()
+    .filter(|(_, recorded)| !recorded.is_empty())
+    .map(|(name, recorded)| (name.to_string(), recorded))
+    .collect()
+}
+
+/// Endpoints connected times seconds over a timeline.
+fn endpoint_seconds(timeline: &[TimelineSample]) -> f64 {
+    timeline
+        .windows(2)
+        .map(|w| (w[1].t_s - w[0].t_s) * w[1].connected as f64)
+        .sum()
 }
 
 /// The first line of a summary: the verdict and, on a failure, its first reason.
@@ -708,11 +991,46 @@ impl RunReport {
         server: ServerSummary,
         generator_cpu_s: Option<f64>,
     ) -> Self {
+        let histograms = endpoint_histograms(&scenario, &endpoints);
+        Self::build(Parts {
+            endpoint_seconds: endpoint_seconds(&timeline),
+            scenario,
+            started_unix_ms: started_unix_s.saturating_mul(1_000),
+            elapsed_s,
+            ramp_s,
+            hold_s,
+            endpoints,
+            failures,
+            run_errors,
+            timeline,
+            server_timeline,
+            server,
+            generator_cpu_s,
+            histograms,
+        })
+    }
+
+    /// The report of `parts`: the endpoints' losses and counts from the endpoints, their
+    /// percentiles from the histograms, then the SLOs and the verdict.
+    fn build(parts: Parts) -> Self {
+        let Parts {
+            scenario,
+            started_unix_ms,
+            elapsed_s,
+            ramp_s,
+            hold_s,
+            endpoints,
+            failures,
+            run_errors,
+            timeline,
+            server_timeline,
+            server,
+            generator_cpu_s,
+            endpoint_seconds,
+            histograms,
+        } = parts;
         let joined: Vec<&EndpointResult> = endpoints.iter().filter(|e| e.joined).collect();
-        let dist = |f: fn(&EndpointResult) -> Option<f64>| {
-            Distribution::of(joined.iter().filter_map(|e| f(e)))
-        };
-        let receivers = || joined.iter().filter(|e| e.expects_media(&scenario));
+        let dist = |name: &str| histograms.get(name).and_then(Recorded::distribution);
         // In an encrypted run, media that never decrypted is no media.
         let no_media = |e: &EndpointResult| {
             e.expects_media(&scenario)
@@ -758,12 +1076,8 @@ impl RunReport {
         let received: u64 = joined.iter().map(|e| e.packets_received).sum();
         let loss_pct_total = (expected > 0)
             .then(|| expected.saturating_sub(received) as f64 * 100.0 / expected as f64);
-        let join_ms = dist(|e| e.join_ms);
-        let first_keyframe_ms = Distribution::of(receivers().filter_map(|e| e.first_keyframe_ms));
-        let endpoint_seconds: f64 = timeline
-            .windows(2)
-            .map(|w| (w[1].t_s - w[0].t_s) * w[1].connected as f64)
-            .sum();
+        let join_ms = dist("join_ms");
+        let first_keyframe_ms = dist("first_keyframe_ms");
 
         let mut slo = vec![
             SloCheck {
@@ -824,13 +1138,9 @@ impl RunReport {
             passed,
             verdict: verdict(&errors, &slo),
             errors,
-            // The ramp joined the scenario's receivers; churned replacements came later.
+            // The ramp joined this process's receivers; churned replacements came later.
             join_rate_achieved: if ramp_s > 0.0 {
-                let ramped = match scenario.kind {
-                    Kind::Meeting => scenario.participants,
-                    _ => scenario.viewers,
-                };
-                f64::from(ramped) / ramp_s
+                f64::from(scenario.share().1) / ramp_s
             } else {
                 0.0
             },
@@ -838,15 +1148,15 @@ impl RunReport {
             endpoints_joined: joined.len(),
             endpoints_failed,
             join_ms,
-            signaling_ms: dist(|e| e.signaling_ms),
-            first_media_ms: Distribution::of(receivers().filter_map(|e| e.first_media_ms)),
+            signaling_ms: dist("signaling_ms"),
+            first_media_ms: dist("first_media_ms"),
             first_keyframe_ms,
-            loss_pct: dist(|e| e.loss_pct),
+            loss_pct: dist("loss_pct"),
             loss_pct_total,
-            audio_jitter_ms: dist(|e| e.audio_jitter_ms),
-            video_jitter_ms: dist(|e| e.video_jitter_ms),
-            rtt_ms: dist(|e| e.rtt_ms),
-            rx_kbps: dist(|e| e.rx_kbps),
+            audio_jitter_ms: dist("audio_jitter_ms"),
+            video_jitter_ms: dist("video_jitter_ms"),
+            rtt_ms: dist("rtt_ms"),
+            rx_kbps: dist("rx_kbps"),
             freezes_total: joined.iter().map(|e| e.freezes).sum(),
             frames_sealed_total: joined.iter().map(|e| e.frames_sealed).sum(),
             frames_decrypted_total: joined.iter().map(|e| e.frames_decrypted).sum(),
@@ -865,7 +1175,9 @@ impl RunReport {
             slo,
             failures,
             scenario,
-            started_unix_s,
+            merged_parts: Vec::new(),
+            started_unix_s: started_unix_ms / 1_000,
+            started_unix_ms,
             elapsed_s,
             ramp_s,
             settle_s: 0.0,
@@ -873,18 +1185,41 @@ impl RunReport {
             timeline,
             server_timeline,
             endpoints,
+            histograms,
         }
     }
 
-    /// Adds what the key exchange cost (`--e2ee`), with its SLO checks.
-    pub fn with_keys(mut self, mut keys: KeyReport) -> Self {
+    /// Adds what the key exchange cost (`--e2ee`), with its SLO checks. `recorded`: the
+    /// departures' and rekeys' histograms ([`crate::rekey::measure`]).
+    pub fn with_keys(mut self, keys: KeyReport, recorded: Histograms) -> Self {
         let receivers = self
             .endpoints
             .iter()
             .filter(|e| e.joined && e.role != Role::Presenter);
-        keys.first_decrypt_ms =
-            Distribution::of(receivers.clone().filter_map(|e| e.first_decrypted_ms));
-        keys.first_key_ms = Distribution::of(receivers.filter_map(|e| e.first_key_ms));
+        let first_decrypt = Recorded::of(receivers.clone().filter_map(|e| e.first_decrypted_ms));
+        let first_key = Recorded::of(receivers.filter_map(|e| e.first_key_ms));
+        for (name, values) in [(FIRST_DECRYPT, first_decrypt), (FIRST_KEY, first_key)]
+            .into_iter()
+            .map(|(name, values)| (name.to_string(), values))
+            .chain(recorded)
+        {
+            if !values.is_empty() {
+                self.histograms.insert(name, values);
+            }
+        }
+        self.apply_keys(keys)
+    }
+
+    /// Sets the key figures: their distributions from the report's histograms, what the
+    /// endpoints lost or refused, and the key SLOs, then the verdict again.
+    /// `keys.rekeyed_p95_ms` is taken as given.
+    fn apply_keys(mut self, mut keys: KeyReport) -> Self {
+        let dist = |name: &str| self.histograms.get(name).and_then(Recorded::distribution);
+        keys.first_decrypt_ms = dist(FIRST_DECRYPT);
+        keys.first_key_ms = dist(FIRST_KEY);
+        keys.rekeyed_ms = dist(REKEYED);
+        keys.wraps_per_rekey = dist(WRAPS);
+        keys.wrap_ms_per_rekey = dist(WRAP_MS);
         keys.frames_lost_to_rekey = self
             .endpoints
             .iter()
@@ -912,6 +1247,13 @@ impl RunReport {
         self.passed = self.errors.is_empty() && self.slo.iter().all(|c| c.passed);
         self.verdict = verdict(&self.errors, &self.slo);
         self.keys = Some(keys);
+        self
+    }
+
+    /// When the run started, to the millisecond.
+    pub fn with_started_unix_ms(mut self, started_unix_ms: u64) -> Self {
+        self.started_unix_ms = started_unix_ms;
+        self.started_unix_s = started_unix_ms / 1_000;
         self
     }
 
@@ -991,6 +1333,20 @@ impl RunReport {
         let _ = writeln!(out, "{}", self.verdict);
         for error in &self.errors {
             let _ = writeln!(out, "error: {}", error.message);
+        }
+        if let Some(shard) = s.shard {
+            let _ = writeln!(
+                out,
+                "part {shard} of a split run (`loadtest merge` makes one report of every part's)"
+            );
+        }
+        if !self.merged_parts.is_empty() {
+            let parts: Vec<String> = self.merged_parts.iter().map(Shard::to_string).collect();
+            let _ = writeln!(
+                out,
+                "merged from parts {}: percentiles from their histograms added up",
+                parts.join(", ")
+            );
         }
         let _ = writeln!(
             out,
@@ -1122,6 +1478,356 @@ impl RunReport {
         }
         out
     }
+}
+
+/// Why reports do not merge.
+#[derive(Debug, Error)]
+pub enum MergeError {
+    #[error("no report to merge")]
+    Empty,
+    #[error("report {0} ran a whole run (no --shard): only the parts of one split run merge")]
+    NotAPart(usize),
+    #[error("the reports are not parts of one run: {0}")]
+    DifferentRuns(String),
+    #[error("part {0} comes twice")]
+    Twice(Shard),
+    #[error("part {0} is missing")]
+    Missing(Shard),
+    #[error("histograms do not add up: {0}")]
+    Histogram(String),
+}
+
+/// One report of the parts of a split run (`--shard K/N`, one per process): every part's
+/// endpoints, errors and counts together, every percentile from the parts' histograms added
+/// up (as one process running every endpoint would have measured them, never an average of
+/// the parts' percentiles), the SLOs checked again on those. Times in the run are from the
+/// earliest part's start; the ramp and settle are the longest part's, the hold the shortest.
+/// The servers' figures are those of the first part that scraped every node (with the same
+/// `--url`s, part 1), else each node's from the first part that scraped it, added up. In an
+/// encrypted churn, departure → rekeyed is measured in the part that holds the senders (part
+/// 1, with the presenters) against its own receivers: the other parts' departures are counted
+/// but not measured, since no process sees both a sender's rekeys and their receivers' keys.
+pub fn merge(mut reports: Vec<RunReport>) -> Result<RunReport, MergeError> {
+    if reports.is_empty() {
+        return Err(MergeError::Empty);
+    }
+    for report in &mut reports {
+        report.server.restore_cpu_metric();
+        for node in &mut report.nodes {
+            node.server.restore_cpu_metric();
+        }
+    }
+    // One process's whole run stands for itself; parts must all be there.
+    if reports.len() > 1 || reports[0].scenario.shard.is_some() {
+        check_parts(&mut reports)?;
+    }
+    let mut scenario = reports[0].scenario.clone();
+    scenario.shard = None;
+    let parts: Vec<Shard> = reports.iter().filter_map(|r| r.scenario.shard).collect();
+    let label = |report: &RunReport| match (reports.len(), report.scenario.shard) {
+        (2.., Some(shard)) => format!("part {shard}: "),
+        _ => String::new(),
+    };
+
+    let mut histograms = Histograms::new();
+    for report in &reports {
+        for (name, recorded) in &report.histograms {
+            histograms.entry(name.clone()).or_default().add(recorded)?;
+        }
+    }
+    let start_ms = |r: &RunReport| {
+        if r.started_unix_ms > 0 {
+            r.started_unix_ms
+        } else {
+            r.started_unix_s.saturating_mul(1_000)
+        }
+    };
+    let started_unix_ms = reports.iter().map(start_ms).min().unwrap_or_default();
+    let offset_s = |r: &RunReport| (start_ms(r) - started_unix_ms) as f64 / 1_000.0;
+    let elapsed_s = reports
+        .iter()
+        .map(|r| offset_s(r) + r.elapsed_s)
+        .fold(0.0, f64::max);
+    let longest = |f: fn(&RunReport) -> f64| reports.iter().map(f).fold(0.0, f64::max);
+    let hold_s = reports
+        .iter()
+        .map(|r| r.hold_s)
+        .reduce(f64::min)
+        .unwrap_or_default();
+    // The endpoints' own losses are found again in the endpoints; the parts' other errors
+    // (their scrapes, their deadlines) are kept, named after their part.
+    let run_errors = reports
+        .iter()
+        .flat_map(|r| {
+            r.errors
+                .iter()
+                .filter(|e| {
+                    !matches!(
+                        e.kind,
+                        RunErrorKind::ConnectionLost | RunErrorKind::MediaStopped
+                    )
+                })
+                .map(move |e| RunError {
+                    t_s: e.t_s.map(|t| t + offset_s(r)),
+                    message: format!("{}{}", label(r), e.message),
+                    ..e.clone()
+                })
+        })
+        .collect();
+    let failures = reports
+        .iter()
+        .flat_map(|r| r.failures.iter().map(move |f| format!("{}{f}", label(r))))
+        .collect();
+    let generator_cpu_s = reports
+        .iter()
+        .map(|r| r.generator_cpu_s)
+        .sum::<Option<f64>>();
+    let endpoint_seconds = reports.iter().map(|r| endpoint_seconds(&r.timeline)).sum();
+    let servers = merged_servers(&reports, &scenario);
+    let timeline = merged_timeline(&reports, started_unix_ms, servers.source);
+    let floor = reports.iter().find_map(|r| r.floor.clone());
+    let settle_s = longest(|r| r.settle_s);
+    let ramp_s = longest(|r| r.ramp_s);
+    let keys = merged_keys(&reports, &histograms);
+    let endpoints = reports.into_iter().flat_map(|r| r.endpoints).collect();
+    let mut merged = RunReport::build(Parts {
+        scenario,
+        started_unix_ms,
+        elapsed_s,
+        ramp_s,
+        hold_s,
+        endpoints,
+        failures,
+        run_errors,
+        timeline,
+        server_timeline: servers.timeline,
+        server: servers.server,
+        generator_cpu_s,
+        endpoint_seconds,
+        histograms,
+    })
+    .with_settle(settle_s)
+    .with_nodes(servers.nodes)
+    .with_floor(floor);
+    merged.merged_parts = parts;
+    Ok(match keys {
+        Some(keys) => merged.apply_keys(keys),
+        None => merged,
+    })
+}
+
+/// Checks that `reports` are every part of one split run, and puts them in order.
+fn check_parts(reports: &mut [RunReport]) -> Result<(), MergeError> {
+    for (n, report) in reports.iter().enumerate() {
+        if report.scenario.shard.is_none() {
+            return Err(MergeError::NotAPart(n + 1));
+        }
+    }
+    reports.sort_by_key(|r| r.scenario.shard);
+    let whole = |r: &RunReport| Scenario {
+        shard: None,
+        ..r.scenario.clone()
+    };
+    let first = &reports[0];
+    let count = first.scenario.shard.map_or(1, |s| s.count);
+    for report in &reports[1..] {
+        if report.scenario.shard.map(|s| s.count) != Some(count) {
+            return Err(MergeError::DifferentRuns(format!(
+                "parts of {count} and parts of {}",
+                report.scenario.shard.map_or(1, |s| s.count)
+            )));
+        }
+        if whole(report) != whole(first) {
+            return Err(MergeError::DifferentRuns(format!(
+                "part {} ran another scenario than part {} (or started at another time)",
+                report
+                    .scenario
+                    .shard
+                    .map_or(String::new(), |s| s.to_string()),
+                first
+                    .scenario
+                    .shard
+                    .map_or(String::new(), |s| s.to_string()),
+            )));
+        }
+    }
+    for pair in reports.windows(2) {
+        if pair[0].scenario.shard == pair[1].scenario.shard
+            && let Some(shard) = pair[0].scenario.shard
+        {
+            return Err(MergeError::Twice(shard));
+        }
+    }
+    for index in 1..=count {
+        let shard = Shard { index, count };
+        if !reports.iter().any(|r| r.scenario.shard == Some(shard)) {
+            return Err(MergeError::Missing(shard));
+        }
+    }
+    Ok(())
+}
+
+/// The servers as the parts of a split run saw them together.
+struct MergedServers {
+    server: ServerSummary,
+    timeline: Vec<(f64, ServerSample)>,
+    nodes: Vec<NodeReport>,
+    /// The report they come from, when one part scraped every node.
+    source: Option<usize>,
+}
+
+/// The servers' figures of merged parts, their timeline and every node.
+fn merged_servers(reports: &[RunReport], scenario: &Scenario) -> MergedServers {
+    // Every node any part sent endpoints to, the endpoints of every part, the figures of the
+    // first part that scraped it.
+    let mut nodes: Vec<NodeReport> = Vec::new();
+    for report in reports {
+        for node in &report.nodes {
+            match nodes.iter_mut().find(|n| n.url == node.url) {
+                Some(known) => {
+                    known.endpoints += node.endpoints;
+                    if known.metrics_url.is_none() && node.metrics_url.is_some() {
+                        known.metrics_url.clone_from(&node.metrics_url);
+                        known.participants_peak = node.participants_peak;
+                        known.server = node.server;
+                    }
+                }
+                None => nodes.push(node.clone()),
+            }
+        }
+    }
+    let scraped: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.metrics_url.is_some())
+        .map(|n| n.url.as_str())
+        .collect();
+    let source = reports.iter().position(|r| {
+        !r.server_timeline.is_empty()
+            && scraped.iter().all(|url| {
+                r.nodes
+                    .iter()
+                    .any(|n| n.url == *url && n.metrics_url.is_some())
+            })
+    });
+    match source {
+        Some(index) => {
+            let report = &reports[index];
+            // One part saw every node: its figures, each node's included, are one view.
+            for node in &mut nodes {
+                if let Some(own) = report.nodes.iter().find(|n| n.url == node.url) {
+                    node.participants_peak = own.participants_peak;
+                    node.server = own.server;
+                }
+            }
+            MergedServers {
+                server: report.server,
+                timeline: report.server_timeline.clone(),
+                nodes,
+                source: Some(index),
+            }
+        }
+        None => {
+            let figures: Vec<ServerSummary> = nodes
+                .iter()
+                .filter(|n| n.metrics_url.is_some())
+                .map(|n| n.server)
+                .collect();
+            let receivers = match scenario.kind {
+                Kind::Meeting => scenario.participants,
+                Kind::Broadcast | Kind::Churn => scenario.viewers,
+            };
+            let server = if figures.is_empty() {
+                reports.first().map(|r| r.server).unwrap_or_default()
+            } else {
+                ServerSummary::sum(&figures, u64::from(receivers))
+            };
+            MergedServers {
+                server,
+                timeline: Vec::new(),
+                nodes,
+                source: None,
+            }
+        }
+    }
+}
+
+/// The parts' timelines on the earliest start's clock, one point a second: endpoints and
+/// bitrate added up, loss weighted by bitrate, the servers' figures from `server_source`.
+fn merged_timeline(
+    reports: &[RunReport],
+    started_unix_ms: u64,
+    server_source: Option<usize>,
+) -> Vec<TimelineSample> {
+    let mut seconds: BTreeMap<i64, Vec<Option<TimelineSample>>> = BTreeMap::new();
+    for (index, report) in reports.iter().enumerate() {
+        let start_ms = if report.started_unix_ms > 0 {
+            report.started_unix_ms
+        } else {
+            report.started_unix_s.saturating_mul(1_000)
+        };
+        let offset_s = start_ms.saturating_sub(started_unix_ms) as f64 / 1_000.0;
+        for sample in &report.timeline {
+            // A part samples about once a second: where two of its points round to the same
+            // second, the later stands.
+            let second = (offset_s + sample.t_s).round() as i64;
+            seconds
+                .entry(second)
+                .or_insert_with(|| vec![None; reports.len()])[index] = Some(*sample);
+        }
+    }
+    seconds
+        .into_iter()
+        .map(|(second, samples)| {
+            let present = || samples.iter().flatten();
+            let rx_mbps: f64 = present().map(|s| s.rx_mbps).sum();
+            let loss_pct = if rx_mbps > 0.0 {
+                present().map(|s| s.loss_pct * s.rx_mbps).sum::<f64>() / rx_mbps
+            } else {
+                present().map(|s| s.loss_pct).fold(0.0, f64::max)
+            };
+            let server = server_source.and_then(|index| samples[index]);
+            TimelineSample {
+                t_s: second as f64,
+                connected: present().map(|s| s.connected).sum(),
+                rx_mbps,
+                loss_pct,
+                server_cpu_seconds: server.and_then(|s| s.server_cpu_seconds),
+                server_rss_bytes: server.and_then(|s| s.server_rss_bytes),
+            }
+        })
+        .collect()
+}
+
+/// The parts' key counters added up, with the 95th percentile of departure → rekeyed over
+/// every measured departure from the added histograms (those never rekeyed at the top).
+fn merged_keys(reports: &[RunReport], histograms: &Histograms) -> Option<KeyReport> {
+    let parts: Vec<&KeyReport> = reports.iter().filter_map(|r| r.keys.as_ref()).collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let sum = |f: fn(&KeyReport) -> u64| parts.iter().map(|k| f(k)).sum::<u64>();
+    let never = sum(|k| k.departures_never_rekeyed);
+    let rekeyed = histograms.get(REKEYED);
+    Some(KeyReport {
+        receivers_by_frames: sum(|k| k.receivers_by_frames),
+        receivers_by_key: sum(|k| k.receivers_by_key),
+        departures: sum(|k| k.departures),
+        rekeyed_p95_ms: p95_with_misses(rekeyed, never),
+        departures_never_rekeyed: never,
+        departures_pending_at_end: sum(|k| k.departures_pending_at_end),
+        rekeys: sum(|k| k.rekeys),
+        ..KeyReport::default()
+    })
+}
+
+/// The 95th percentile of `measured` values and `misses` beyond any value: `None` when more
+/// than 5% missed or nothing was measured.
+pub fn p95_with_misses(measured: Option<&Recorded>, misses: u64) -> Option<f64> {
+    let count = measured.map_or(0, Recorded::len) + misses;
+    if count == 0 || misses * 20 > count {
+        return None;
+    }
+    measured?.value_at_rank((count * 95).div_ceil(100).max(1))
 }
 
 /// What the receivers of a run check, and what light viewers leave out.
@@ -1339,6 +2045,7 @@ pub fn html(report: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Slo;
 
     #[test]
     fn growth_compares_the_last_third_with_the_middle_third() {
@@ -1408,6 +2115,335 @@ mod tests {
             ServerSummary::default(),
             None,
         )
+    }
+
+    /// Values spread over three orders of magnitude, the same for the same seed.
+    fn values(seed: u64, count: usize, scale: f64) -> Vec<f64> {
+        let mut state = seed;
+        (0..count)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 33) % 100_000) as f64 / 100.0 * scale
+            })
+            .collect()
+    }
+
+    /// `count` viewers named from `first`, each with its own measurements; every seventh
+    /// lost packets, and the one at `lost` (if any) lost its connection.
+    fn viewers(first: usize, count: usize, scale: f64, lost: Option<usize>) -> Vec<EndpointResult> {
+        let join = values(first as u64, count, scale);
+        let media = values(first as u64 + 1, count, scale * 3.0);
+        let rtt = values(first as u64 + 2, count, 0.05 * scale);
+        (0..count)
+            .map(|i| {
+                let mut endpoint = viewer(&format!("viewer-{}", first + i), None);
+                endpoint.join_ms = Some(join[i]);
+                endpoint.signaling_ms = Some(join[i] / 3.0);
+                endpoint.first_media_ms = Some(join[i] + media[i]);
+                endpoint.first_keyframe_ms = Some(join[i] + media[i] + 5.0);
+                endpoint.rtt_ms = Some(rtt[i]);
+                endpoint.rx_kbps = Some(400.0 + rtt[i]);
+                endpoint.frames_decrypted = 300;
+                endpoint.first_decrypted_ms = Some(join[i] + media[i] + 9.0);
+                endpoint.first_key_ms = Some(join[i] + 2.0);
+                if i % 7 == 0 {
+                    endpoint.packets_received = 990;
+                }
+                endpoint.loss_pct = Some(
+                    (endpoint.packets_expected - endpoint.packets_received) as f64 * 100.0
+                        / endpoint.packets_expected as f64,
+                );
+                if lost == Some(first + i) {
+                    endpoint.connection_lost = true;
+                    endpoint.lost_at_s = Some(9.0);
+                    endpoint.error = Some("websocket: closed".into());
+                }
+                endpoint
+            })
+            .collect()
+    }
+
+    fn part_of(
+        scenario: &Scenario,
+        shard: Option<Shard>,
+        endpoints: Vec<EndpointResult>,
+        rekeyed: &[f64],
+        never: u64,
+    ) -> RunReport {
+        let report = RunReport::new(
+            Scenario {
+                shard,
+                ..scenario.clone()
+            },
+            1_700_000_000,
+            30.0,
+            2.0,
+            15.0,
+            endpoints,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            ServerSummary::default(),
+            None,
+        );
+        let recorded = Histograms::from([(REKEYED.to_string(), Recorded::of(rekeyed.to_vec()))]);
+        let keys = KeyReport {
+            departures: rekeyed.len() as u64 + never,
+            departures_never_rekeyed: never,
+            rekeyed_p95_ms: p95_with_misses(recorded.get(REKEYED), never),
+            ..KeyReport::default()
+        };
+        report.with_keys(keys, recorded)
+    }
+
+    /// Two parts' reports, written as JSON and read back, merge into the report that one
+    /// process running both parts' endpoints gives: the same counts, the same percentiles
+    /// (from the histograms added up, not an average of the parts' percentiles), the same
+    /// errors, SLOs and verdict.
+    #[test]
+    fn merged_parts_equal_one_run_of_all_their_endpoints() {
+        let scenario = Scenario {
+            viewers: 100,
+            e2ee: true,
+            slo: Slo {
+                join_p95_ms: Some(600.0),
+                rekeyed_p95_ms: Some(2_000.0),
+                ..Slo::default()
+            },
+            ..Scenario::default()
+        };
+        let (fast, slow) = (viewers(0, 40, 1.0, None), viewers(40, 60, 8.0, Some(55)));
+        let (rekeyed_fast, rekeyed_slow) = (values(7, 30, 2.0), values(8, 50, 20.0));
+        let part = |index, endpoints: &[EndpointResult], rekeyed: &[f64], never| {
+            let report = part_of(
+                &scenario,
+                Some(Shard { index, count: 2 }),
+                endpoints.to_vec(),
+                rekeyed,
+                never,
+            );
+            let json = serde_json::to_string(&report).expect("serializes");
+            serde_json::from_str::<RunReport>(&json).expect("reads back")
+        };
+        // Given in the wrong order: the parts are put in order.
+        let merged = merge(vec![
+            part(2, &slow, &rekeyed_slow, 1),
+            part(1, &fast, &rekeyed_fast, 0),
+        ])
+        .expect("the parts merge");
+        let all: Vec<EndpointResult> = fast.iter().chain(&slow).cloned().collect();
+        let rekeyed_all: Vec<f64> = rekeyed_fast.iter().chain(&rekeyed_slow).copied().collect();
+        let one = part_of(&scenario, None, all, &rekeyed_all, 1);
+
+        assert_eq!(merged.scenario, scenario);
+        assert_eq!(
+            merged.merged_parts,
+            [Shard { index: 1, count: 2 }, Shard { index: 2, count: 2 }]
+        );
+        assert_eq!(merged.histograms, one.histograms);
+        for (name, merged_d, one_d) in [
+            ("join_ms", merged.join_ms, one.join_ms),
+            ("signaling_ms", merged.signaling_ms, one.signaling_ms),
+            ("first_media_ms", merged.first_media_ms, one.first_media_ms),
+            (
+                "first_keyframe_ms",
+                merged.first_keyframe_ms,
+                one.first_keyframe_ms,
+            ),
+            ("loss_pct", merged.loss_pct, one.loss_pct),
+            ("rtt_ms", merged.rtt_ms, one.rtt_ms),
+            ("rx_kbps", merged.rx_kbps, one.rx_kbps),
+        ] {
+            assert!(merged_d.is_some(), "{name}");
+            assert_eq!(merged_d, one_d, "{name}");
+        }
+        let (merged_keys, one_keys) = (
+            merged.keys.clone().expect("keys"),
+            one.keys.clone().expect("keys"),
+        );
+        assert_eq!(merged_keys, one_keys);
+        assert_eq!(merged_keys.rekeyed_ms.map(|d| d.count), Some(80));
+        assert_eq!(merged_keys.departures, 81);
+        assert_eq!(
+            (
+                merged.endpoints_total,
+                merged.endpoints_joined,
+                merged.endpoints_failed
+            ),
+            (100, 100, 1)
+        );
+        assert_eq!(merged.endpoints_failed, one.endpoints_failed);
+        assert_eq!(merged.loss_pct_total, one.loss_pct_total);
+        assert_eq!(merged.errors, one.errors);
+        assert_eq!(merged.slo, one.slo);
+        assert_eq!((merged.passed, &merged.verdict), (one.passed, &one.verdict));
+        assert!(!merged.passed, "{}", merged.verdict);
+
+        // Averaging the parts' percentiles would not have given these.
+        let (p1, p2) = (
+            part(1, &fast, &rekeyed_fast, 0),
+            part(2, &slow, &rekeyed_slow, 1),
+        );
+        let p95 = |r: &RunReport| r.join_ms.map(|d| d.p95).unwrap_or_default();
+        assert_ne!(p95(&merged), (p95(&p1) + p95(&p2)) / 2.0);
+        assert_eq!(
+            merged.join_ms.map(|d| d.count),
+            Some(p1.join_ms.map_or(0, |d| d.count) + p2.join_ms.map_or(0, |d| d.count))
+        );
+        let summary = merged.summary();
+        assert!(summary.contains("merged from parts 1/2, 2/2"), "{summary}");
+    }
+
+    /// Only every part of one split run merges, each once.
+    #[test]
+    fn reports_of_other_runs_or_missing_parts_do_not_merge() {
+        let scenario = Scenario::default();
+        let part = |shard: Option<Shard>, scenario: &Scenario| {
+            part_of(scenario, shard, viewers(0, 3, 1.0, None), &[], 0)
+        };
+        let shard = |index, count| Some(Shard { index, count });
+        assert!(matches!(merge(Vec::new()), Err(MergeError::Empty)));
+        assert!(matches!(
+            merge(vec![part(shard(1, 2), &scenario), part(None, &scenario)]),
+            Err(MergeError::NotAPart(2))
+        ));
+        assert!(matches!(
+            merge(vec![
+                part(shard(1, 2), &scenario),
+                part(shard(1, 2), &scenario)
+            ]),
+            Err(MergeError::Twice(_))
+        ));
+        assert!(matches!(
+            merge(vec![
+                part(shard(1, 3), &scenario),
+                part(shard(2, 3), &scenario)
+            ]),
+            Err(MergeError::Missing(Shard { index: 3, count: 3 }))
+        ));
+        let other = Scenario {
+            viewers: 51,
+            ..scenario.clone()
+        };
+        assert!(matches!(
+            merge(vec![
+                part(shard(1, 2), &scenario),
+                part(shard(2, 2), &other)
+            ]),
+            Err(MergeError::DifferentRuns(_))
+        ));
+        assert!(matches!(
+            merge(vec![
+                part(shard(1, 2), &scenario),
+                part(shard(2, 3), &scenario)
+            ]),
+            Err(MergeError::DifferentRuns(_))
+        ));
+        assert!(matches!(
+            merge(vec![part(shard(2, 2), &scenario)]),
+            Err(MergeError::Missing(Shard { index: 1, count: 2 }))
+        ));
+        // One process's whole run alone stands for itself.
+        let alone = merge(vec![part(None, &scenario)]).expect("one report");
+        assert_eq!(alone.endpoints_total, 3);
+    }
+
+    /// Parts that each scraped another node: every node's figures from its part, the
+    /// servers' figures their sum. Parts that scraped every node: the first one's figures.
+    #[test]
+    fn merged_servers_are_every_node_once() {
+        let scenario = Scenario::default();
+        let node = |url: &str, cores: f64, forwarded: f64| NodeReport {
+            url: url.into(),
+            metrics_url: Some(format!("{url}/metrics")),
+            endpoints: 2,
+            participants_peak: Some(4.0),
+            server: ServerSummary {
+                cpu_metric: Some(CpuSource::Precise.metric()),
+                cpu_resolution_s: Some(1e-6),
+                cpu_cores: Some(cores),
+                forwarded_packets_per_s: Some(forwarded),
+                ..ServerSummary::default()
+            },
+        };
+        let part = |index, nodes: Vec<NodeReport>| {
+            let mut report = part_of(
+                &scenario,
+                Some(Shard { index, count: 2 }),
+                viewers(index as usize * 10, 2, 1.0, None),
+                &[],
+                0,
+            )
+            .with_nodes(nodes);
+            report.server = report.nodes[0].server;
+            report.server_timeline = vec![(1.0, ServerSample::default())];
+            // As read back from a report, which leaves the metric's name out.
+            report.server.cpu_metric = None;
+            report
+        };
+        let merged = merge(vec![
+            part(1, vec![node("wss://a", 0.5, 1_000.0)]),
+            part(2, vec![node("wss://b", 1.5, 3_000.0)]),
+        ])
+        .expect("merges");
+        assert_eq!(merged.nodes.len(), 2);
+        assert_eq!(merged.nodes[1].server.cpu_cores, Some(1.5));
+        assert_eq!(merged.server.cpu_cores, Some(2.0));
+        assert_eq!(merged.server.forwarded_packets_per_s, Some(4_000.0));
+        assert_eq!(merged.server.core_us_per_forwarded_packet, Some(500.0));
+        assert_eq!(merged.server.cpu_metric, Some("meet_process_cpu_seconds"));
+        assert!(merged.server_timeline.is_empty());
+
+        let both = || vec![node("wss://a", 0.5, 1_000.0), node("wss://b", 1.5, 3_000.0)];
+        let mut second = part(2, both());
+        second.server.cpu_cores = Some(9.0);
+        let merged = merge(vec![part(1, both()), second]).expect("merges");
+        assert_eq!(merged.server.cpu_cores, Some(0.5));
+        assert_eq!(merged.server_timeline.len(), 1);
+        assert_eq!(merged.nodes.iter().map(|n| n.endpoints).sum::<u64>(), 8);
+    }
+
+    /// A histogram written as JSON reads back bucket for bucket, and its percentiles with it.
+    #[test]
+    fn histograms_read_back_exactly() {
+        let mut recorded = Recorded::of(values(3, 500, 40.0));
+        recorded.record(0.0);
+        recorded.record(1e12);
+        let json = serde_json::to_value(&recorded).expect("serializes");
+        assert_eq!(json["unit_scale"], 1_000);
+        assert_eq!(json["significant_digits"], 3);
+        let back: Recorded = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, recorded);
+        assert_eq!(back.distribution(), recorded.distribution());
+        assert_eq!(back.len(), 502);
+        let other = serde_json::json!({"unit_scale": 1, "significant_digits": 3, "counts": []});
+        assert!(serde_json::from_value::<Recorded>(other).is_err());
+    }
+
+    /// The 95th percentile with misses counted beyond every value, to the histogram's
+    /// three significant digits.
+    #[test]
+    fn the_p95_counts_misses_at_the_top() {
+        let near = |value: Option<f64>, expected: f64| {
+            value.is_some_and(|v| (v - expected).abs() <= expected * 1e-3)
+        };
+        let measured = Recorded::of((1..=19).map(f64::from));
+        // 20 departures, one never rekeyed: the 19th of 20 is the slowest rekeyed one.
+        assert!(near(p95_with_misses(Some(&measured), 1), 19.0));
+        assert!(near(p95_with_misses(Some(&measured), 0), 19.0));
+        // Two in 21 missed: more than 5%.
+        assert_eq!(p95_with_misses(Some(&measured), 2), None);
+        let many = Recorded::of((1..=100).map(f64::from));
+        assert_eq!(
+            p95_with_misses(Some(&many), 0),
+            many.distribution().map(|d| d.p95)
+        );
+        assert!(near(p95_with_misses(Some(&many), 0), 95.0));
+        assert!(near(p95_with_misses(Some(&many), 5), 100.0));
+        assert_eq!(p95_with_misses(None, 0), None);
     }
 
     /// The operator's case: the server died mid-run. Losses come before anything else, in the

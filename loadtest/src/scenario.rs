@@ -36,6 +36,11 @@ use endpoint::{E2eeConfig, EndpointConfig};
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// How long presenters get to start sending before viewers join.
 const PRESENTER_WARMUP: Duration = Duration::from_secs(5);
+/// How late a process may reach `start_at` (busy, or its floor measured late) and still start:
+/// later, its part would not run beside the others.
+pub const START_LATE_LIMIT: Duration = Duration::from_secs(2);
+/// Farthest `start_at` ahead: a run is bounded, and a time further off is a mistake.
+const START_AHEAD_LIMIT: Duration = Duration::from_secs(3_600);
 /// Churn stops this long before the end, so that every replacement has had time to connect
 /// and receive media when the run is measured.
 const CHURN_QUIET: Duration = Duration::from_secs(2);
@@ -65,6 +70,13 @@ pub enum ScenarioError {
     NoPresenter(String),
     #[error("no server to connect to")]
     NoNode,
+    #[error(
+        "the start time passed {0:.1} s ago: start the processes earlier or choose a later \
+         --start-at"
+    )]
+    StartPassed(f64),
+    #[error("the start time is {0:.0} s ahead, more than an hour")]
+    StartTooFar(f64),
 }
 
 impl Scenario {
@@ -119,7 +131,8 @@ pub struct Target {
 
 /// Join tokens for a server that admits invitees only (one per invitation, as organizers'
 /// links carry them). Publishers (presenters, meeting members) take from the first lines, the
-/// others from the rest; each token is used once, since one invitation is present once.
+/// others from the rest; each token is used once, since one invitation is present once. The
+/// parts of a split run read the same file and keep their own lines ([`TokenPool::for_part`]).
 #[derive(Debug, Default)]
 pub struct TokenPool {
     publishers: VecDeque<String>,
@@ -139,6 +152,38 @@ impl TokenPool {
         Self {
             publishers,
             others: tokens.collect(),
+        }
+    }
+
+    /// The tokens of `scenario`'s part of a split run (all of them for the whole run): part K
+    /// of N keeps the Kth receiver's line, the (K+N)th, … (the order its receivers take them
+    /// in, [`Scenario::receiver_ordinal`]), and part 1 the presenters'.
+    pub fn for_part(self, scenario: &Scenario) -> Self {
+        let Some(shard) = scenario.shard else {
+            return self;
+        };
+        let keep = |tokens: VecDeque<String>| -> VecDeque<String> {
+            tokens
+                .into_iter()
+                .enumerate()
+                .filter(|(n, _)| *n as u32 % shard.count == shard.index - 1)
+                .map(|(_, token)| token)
+                .collect()
+        };
+        match scenario.kind {
+            // Every member is a publisher, and a receiver that the parts share out.
+            Kind::Meeting => Self {
+                publishers: keep(self.publishers),
+                others: keep(self.others),
+            },
+            Kind::Broadcast | Kind::Churn => Self {
+                publishers: if shard.index == 1 {
+                    self.publishers
+                } else {
+                    VecDeque::new()
+                },
+                others: keep(self.others),
+            },
         }
     }
 
@@ -356,10 +401,12 @@ struct Run<'a> {
     lost_at: HashMap<protocol::ParticipantId, f64>,
     /// Per endpoint: RTP packets received at the last sample that saw more, and when.
     media_progress: HashMap<protocol::ParticipantId, (u64, Instant)>,
-    next_index: u32,
-    /// Viewers joined so far, and the names of those that receive no media
-    /// (`Scenario::media_every`).
-    viewers_started: u32,
+    /// Endpoints this process started so far, and of them presenters and receivers (churned
+    /// replacements included).
+    started_here: u32,
+    presenters_started: u32,
+    receivers_started: u32,
+    /// The names of the viewers that receive no media (`Scenario::media_every`).
     without_media: HashSet<String>,
     timeline: Vec<TimelineSample>,
     /// Viewers the run made leave (churn), for the key measurements.
@@ -404,10 +451,11 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(at_ms) = scenario.start_at_unix_ms {
+        wait_for_start(at_ms, progress.as_ref()).await?;
+    }
     let started = Instant::now();
-    let started_unix_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix_ms = unix_ms();
     let generator_cpu = cpu_time::ProcessTime::try_now().ok();
     let server = Arc::new(Mutex::new(ServerLogs::new(&target.nodes)));
     let scraped = target.nodes.iter().any(|node| node.metrics.is_some());
@@ -428,7 +476,7 @@ pub async fn run(
         started,
         progress,
         live: Live {
-            target: u64::from(scenario.total_endpoints()),
+            target: u64::from(scenario.endpoints_here()),
             ..Live::default()
         },
         joins: JoinSet::new(),
@@ -438,8 +486,9 @@ pub async fn run(
         errors: Vec::new(),
         lost_at: HashMap::new(),
         media_progress: HashMap::new(),
-        next_index: 0,
-        viewers_started: 0,
+        started_here: 0,
+        presenters_started: 0,
+        receivers_started: 0,
         without_media: HashSet::new(),
         timeline: Vec::new(),
         previous: HashMap::new(),
@@ -448,14 +497,20 @@ pub async fn run(
         sent_to: vec![0; target.nodes.len()],
         node_of: HashMap::new(),
     };
-    let ramp = Duration::from_secs_f64(f64::from(scenario.total_endpoints()) / scenario.join_rate);
+    let ramp = Duration::from_secs_f64(
+        f64::from(scenario.endpoints_here()) / (scenario.join_rate * scenario.rate_share()),
+    );
     let hold = Duration::from_secs_f64(scenario.duration_s);
-    let deadline = started + PRESENTER_WARMUP + ramp + SETTLE_LIMIT + hold + DEADLINE_SLACK;
-
-    let (publishers, receivers) = match scenario.kind {
-        Kind::Meeting => (0, scenario.participants),
-        Kind::Broadcast | Kind::Churn => (scenario.presenters, scenario.viewers),
+    let split_presenters =
+        scenario.shard.is_some() && scenario.kind != Kind::Meeting && scenario.presenters > 0;
+    let warmup = if split_presenters {
+        split_receivers_after(scenario)
+    } else {
+        PRESENTER_WARMUP
     };
+    let deadline = started + warmup + ramp + SETTLE_LIMIT + hold + DEADLINE_SLACK;
+
+    let (publishers, receivers) = scenario.share();
     if publishers > 0 {
         run.live.phase = "presenters";
         run.ramp(Role::Presenter, publishers, deadline).await;
@@ -463,6 +518,13 @@ pub async fn run(
             return Err(ScenarioError::NoPresenter(run.failures.join("; ")));
         }
         run.wait_presenters_sending().await;
+    }
+    // The parts of a split run with presenters start their receivers together, once part
+    // 1's presenters had time to start sending.
+    if split_presenters {
+        run.live.phase = "presenters";
+        run.report_progress();
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + warmup)).await;
     }
     let role = if scenario.kind == Kind::Meeting {
         Role::Member
@@ -530,12 +592,17 @@ pub async fn run(
     // The scrapes at the hold's ends land between the periodic ones.
     server_samples.sort_by(|a, b| a.0.total_cmp(&b.0));
     let hold_s = (hold_ended - hold_started).as_secs_f64();
+    // The servers hold every part's receivers.
+    let all_receivers = match scenario.kind {
+        Kind::Meeting => scenario.participants,
+        Kind::Broadcast | Kind::Churn => scenario.viewers,
+    };
     let server_summary = ServerSummary::from_samples(
         &server_samples,
         hold_sample.total,
         end_sample.total,
         hold_s,
-        u64::from(receivers),
+        u64::from(all_receivers),
     );
     let mut nodes = Vec::with_capacity(target.nodes.len());
     for (index, (node, mut log)) in target.nodes.iter().zip(node_logs).enumerate() {
@@ -560,7 +627,7 @@ pub async fn run(
     }
     let report = RunReport::new(
         scenario.clone(),
-        started_unix_s,
+        started_unix_ms / 1_000,
         started.elapsed().as_secs_f64(),
         ramp_s,
         hold_s,
@@ -574,9 +641,10 @@ pub async fn run(
     )
     .with_floor(floor)
     .with_settle(settle_s)
-    .with_nodes(nodes);
+    .with_nodes(nodes)
+    .with_started_unix_ms(started_unix_ms);
     Ok(match keys {
-        Some(keys) => report.with_keys(keys),
+        Some((keys, recorded)) => report.with_keys(keys, recorded),
         None => report,
     })
 }
@@ -640,11 +708,25 @@ impl Run<'_> {
     }
 
     fn spawn_join(&mut self, role: Role) {
-        let index = self.next_index;
-        self.next_index += 1;
+        // Presenters are numbered first, then receivers by their number in the whole run, so
+        // that the parts of a split run name their endpoints apart.
+        let (index, ordinal) = if role == Role::Presenter {
+            self.presenters_started += 1;
+            (self.presenters_started - 1, None)
+        } else {
+            let ordinal = self.scenario.receiver_ordinal(self.receivers_started);
+            self.receivers_started += 1;
+            let presenters = match self.scenario.kind {
+                Kind::Meeting => 0,
+                Kind::Broadcast | Kind::Churn => self.scenario.presenters,
+            };
+            (presenters.saturating_add(ordinal), Some(ordinal))
+        };
         let name = format!("{}-{index}", role.as_str());
-        // The nodes take endpoints in turn, so that each gets its share of every phase.
-        let node = index as usize % self.target.nodes.len();
+        // The nodes take this process's endpoints in turn, so that each gets its share of
+        // every phase.
+        let node = self.started_here as usize % self.target.nodes.len();
+        self.started_here += 1;
         self.sent_to[node] += 1;
         self.node_of.insert(name.clone(), node);
         let mut options = BotOptions::new(
@@ -681,10 +763,9 @@ impl Run<'_> {
         // Viewers beside every `media_every`th only join (and speak the key exchange).
         options.auto_subscribe = true;
         if role == Role::Viewer {
-            let with_media = self
-                .viewers_started
+            let with_media = ordinal
+                .unwrap_or_default()
                 .is_multiple_of(self.scenario.media_every.max(1));
-            self.viewers_started += 1;
             if !with_media {
                 options.auto_subscribe = false;
                 self.without_media.insert(name.clone());
@@ -718,7 +799,8 @@ impl Run<'_> {
 
     /// Starts `count` joins at the scenario's rate and waits for all of them to finish.
     async fn ramp(&mut self, role: Role, count: u32, deadline: Instant) {
-        let every = Duration::from_secs_f64(1.0 / self.scenario.join_rate);
+        let every =
+            Duration::from_secs_f64(1.0 / (self.scenario.join_rate * self.scenario.rate_share()));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut sample = sample_interval();
@@ -804,7 +886,9 @@ impl Run<'_> {
         } else {
             CHURN_QUIET
         };
-        let every = Duration::from_secs_f64(1.0 / self.scenario.churn_per_s.max(0.001));
+        let every = Duration::from_secs_f64(
+            1.0 / (self.scenario.churn_per_s * self.scenario.rate_share()).max(0.001),
+        );
         let mut churn_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut leaving = JoinSet::new();
         loop {
@@ -980,6 +1064,46 @@ async fn scrape_loop(nodes: Vec<Node>, started: Instant, logs: Arc<Mutex<ServerL
         // A missed scrape leaves a hole in the timeline; several in a row fail the run.
         scrape_round(&nodes, started, &logs).await;
     }
+}
+
+/// In a split run with presenters, when every part's receivers start, from the run's start:
+/// once part 1's presenters have had their share of the ramp and [`PRESENTER_WARMUP`] to
+/// start sending, so that no part's receivers wait for them. Every part finds the same time
+/// from the same scenario.
+fn split_receivers_after(scenario: &Scenario) -> Duration {
+    let presenters = f64::from(scenario.presenters) / (scenario.join_rate * scenario.rate_share());
+    Duration::from_secs_f64(presenters) + PRESENTER_WARMUP
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sleeps until `at_ms` (Unix ms) on this host's clock; refuses a time long past or far off.
+/// The parts of a split run on several hosts need those hosts' clocks in step (NTP).
+async fn wait_for_start(at_ms: u64, progress: Option<&ProgressFn>) -> Result<(), ScenarioError> {
+    let now_ms = unix_ms();
+    if now_ms > at_ms {
+        let late = Duration::from_millis(now_ms - at_ms);
+        if late > START_LATE_LIMIT {
+            return Err(ScenarioError::StartPassed(late.as_secs_f64()));
+        }
+        return Ok(());
+    }
+    let ahead = Duration::from_millis(at_ms - now_ms);
+    if ahead > START_AHEAD_LIMIT {
+        return Err(ScenarioError::StartTooFar(ahead.as_secs_f64()));
+    }
+    if let Some(progress) = progress {
+        progress(&Live {
+            phase: "waiting for the start time",
+            ..Live::default()
+        });
+    }
+    tokio::time::sleep(ahead).await;
+    Ok(())
 }
 
 async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
@@ -1207,6 +1331,51 @@ mod tests {
         assert_eq!(pool.take(Role::Presenter), None);
         assert_eq!(pool.take(Role::Viewer).as_deref(), Some("v2"));
         assert!(pool.is_empty());
+    }
+
+    /// The parts of a split run take their own receivers' lines of one file, in the order
+    /// their receivers join; part 1 the presenters'.
+    #[test]
+    fn the_parts_of_a_split_run_share_out_the_tokens() {
+        let text = "p1\nv0\nv1\nv2\nv3\nv4\n";
+        let part = |index, kind| {
+            let scenario = Scenario {
+                kind,
+                presenters: 1,
+                viewers: 5,
+                participants: 6,
+                shard: Some(crate::spec::Shard { index, count: 2 }),
+                ..Scenario::default()
+            };
+            let publishers = if kind == Kind::Meeting { 6 } else { 1 };
+            let mut pool = TokenPool::from_lines(text, publishers).for_part(&scenario);
+            let role = if kind == Kind::Meeting {
+                Role::Member
+            } else {
+                Role::Viewer
+            };
+            let presenters: Vec<String> = if kind == Kind::Meeting {
+                Vec::new()
+            } else {
+                std::iter::from_fn(|| pool.take(Role::Presenter)).collect()
+            };
+            let receivers: Vec<String> = std::iter::from_fn(|| pool.take(role)).collect();
+            (presenters, receivers)
+        };
+        assert_eq!(
+            part(1, Kind::Broadcast),
+            (
+                vec!["p1".into()],
+                vec!["v0".into(), "v2".into(), "v4".into()]
+            )
+        );
+        assert_eq!(
+            part(2, Kind::Broadcast),
+            (vec![], vec!["v1".into(), "v3".into()])
+        );
+        assert_eq!(part(2, Kind::Meeting).1, ["v0", "v2", "v4"]);
+        let whole = TokenPool::from_lines(text, 1).for_part(&Scenario::default());
+        assert_eq!(whole.len(), 6);
     }
 
     /// With join tokens against a server that admits invitees only: presenters and viewers

@@ -2,7 +2,10 @@
 //! flags or a TOML file and checked against the hard caps. The runner ([`crate::scenario`])
 //! and the report ([`crate::report`]) both read it; neither is needed to describe a run.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 /// Most endpoints one run may connect.
@@ -12,6 +15,8 @@ pub const MAX_ENDPOINTS: u32 = 5_000;
 pub const MAX_DURATION_S: f64 = 4.0 * 3_600.0;
 /// Fastest join rate.
 pub const MAX_JOIN_RATE: f64 = 1_000.0;
+/// Most processes one run may be split over.
+pub const MAX_SHARDS: u32 = 64;
 
 /// A scenario that cannot run as written.
 #[derive(Debug, Error)]
@@ -32,6 +37,50 @@ pub enum Kind {
     Meeting,
     /// A broadcast whose viewers keep leaving and being replaced.
     Churn,
+}
+
+/// One process's part of a run split over several (`--shard K/N`): the `index`th (from 1) of
+/// `count`, written `K/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let invalid = || SpecError::Invalid(format!("a part is K/N with 1 ≤ K ≤ N, not {text:?}"));
+        let (index, count) = text.trim().split_once('/').ok_or_else(invalid)?;
+        let shard = Shard {
+            index: index.trim().parse().map_err(|_| invalid())?,
+            count: count.trim().parse().map_err(|_| invalid())?,
+        };
+        if shard.index == 0 || shard.index > shard.count {
+            return Err(invalid());
+        }
+        Ok(shard)
+    }
+}
+
+impl Serialize for Shard {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shard {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Service level objectives; a run fails when one is missed.
@@ -127,6 +176,15 @@ pub struct Scenario {
     /// start, so that the report states the server's cost as a multiple of it.
     pub measure_floor: bool,
     pub slo: Slo,
+    /// This process's part of a run split over several (on one host or several), whose
+    /// reports `loadtest merge` makes one. The counts and rates above stay the whole run's:
+    /// part K of N runs the Kth receiver, the (K+N)th, and so on (its churned replacements
+    /// too), at an Nth of the join and churn rates, with endpoint names and join tokens no
+    /// other part uses; part 1 also runs the presenters. `None`: the whole run.
+    pub shard: Option<Shard>,
+    /// When the endpoints start, in milliseconds since the Unix epoch, so that the parts of a
+    /// split run start together (the floor is measured before). `None`: at once.
+    pub start_at_unix_ms: Option<u64>,
 }
 
 impl Default for Scenario {
@@ -151,6 +209,8 @@ impl Default for Scenario {
             e2ee_keys_per_message: None,
             measure_floor: true,
             slo: Slo::default(),
+            shard: None,
+            start_at_unix_ms: None,
         }
     }
 }
@@ -170,8 +230,9 @@ impl Scenario {
         if !(self.duration_s >= 0.0 && self.duration_s <= MAX_DURATION_S) {
             return invalid("duration_s must be in [0, 14400]");
         }
-        if self.total_endpoints() > MAX_ENDPOINTS {
-            return invalid("more than 5000 endpoints");
+        // The cap is one process's: the parts of a split run each carry their share.
+        if self.endpoints_here() > MAX_ENDPOINTS {
+            return invalid("more than 5000 endpoints in one process (split the run: --shard)");
         }
         if !(1..=10_000).contains(&self.video_kbps) || !(1..=60).contains(&self.video_fps) {
             return invalid("video_kbps must be 1–10000 and video_fps 1–60");
@@ -187,6 +248,17 @@ impl Scenario {
         }
         if self.room.is_empty() || self.room.chars().count() > 64 {
             return invalid("room must be 1–64 characters");
+        }
+        if let Some(shard) = self.shard {
+            if shard.index == 0 || shard.index > shard.count || shard.count > MAX_SHARDS {
+                return invalid("a part is K/N with 1 ≤ K ≤ N ≤ 64");
+            }
+            let (publishers, receivers) = self.share();
+            if publishers + receivers == 0 {
+                return Err(SpecError::Invalid(format!(
+                    "part {shard} has no endpoint: split the run over fewer parts"
+                )));
+            }
         }
         match self.kind {
             Kind::Broadcast | Kind::Churn if self.presenters > 3 => {
@@ -215,7 +287,44 @@ impl Scenario {
         policy
     }
 
-    /// Endpoints connected at once at the peak.
+    /// The publishers (presenters) and receivers (viewers, or a meeting's members) this
+    /// process runs: all of them, or its part's (see [`Scenario::shard`]).
+    pub fn share(&self) -> (u32, u32) {
+        let (publishers, receivers) = match self.kind {
+            Kind::Meeting => (0, self.participants),
+            Kind::Broadcast | Kind::Churn => (self.presenters, self.viewers),
+        };
+        match self.shard {
+            None => (publishers, receivers),
+            Some(Shard { index, count }) => (
+                if index == 1 { publishers } else { 0 },
+                receivers.saturating_add(count - index) / count,
+            ),
+        }
+    }
+
+    /// The endpoints this process connects at once at the peak.
+    pub fn endpoints_here(&self) -> u32 {
+        let (publishers, receivers) = self.share();
+        publishers.saturating_add(receivers)
+    }
+
+    /// The part of the join and churn rates this process keeps.
+    pub fn rate_share(&self) -> f64 {
+        self.shard.map_or(1.0, |shard| 1.0 / f64::from(shard.count))
+    }
+
+    /// The whole run's number of this process's `nth` receiver (from 0, its churned
+    /// replacements continuing the count): the same in every part's numbering, so that no
+    /// two parts name an endpoint alike.
+    pub fn receiver_ordinal(&self, nth: u32) -> u32 {
+        match self.shard {
+            None => nth,
+            Some(Shard { index, count }) => nth.saturating_mul(count).saturating_add(index - 1),
+        }
+    }
+
+    /// Endpoints connected at once at the peak (the whole run's).
     pub fn total_endpoints(&self) -> u32 {
         match self.kind {
             Kind::Meeting => self.participants,
@@ -257,6 +366,71 @@ mod tests {
         ] {
             assert!(broken.validate().is_err(), "{broken:?}");
         }
+    }
+
+    /// The parts of a split run carry every receiver once and the presenters in part 1, and
+    /// number their receivers so that no two parts share a number.
+    #[test]
+    fn a_split_run_shares_out_its_endpoints() {
+        let whole = Scenario {
+            presenters: 2,
+            viewers: 7,
+            ..Scenario::default()
+        };
+        let part = |index| Scenario {
+            shard: Some(Shard { index, count: 3 }),
+            ..whole.clone()
+        };
+        let shares: Vec<(u32, u32)> = (1..=3).map(|k| part(k).share()).collect();
+        assert_eq!(shares, [(2, 3), (0, 2), (0, 2)]);
+        assert_eq!(whole.share(), (2, 7));
+        let mut ordinals: Vec<u32> = (1..=3)
+            .flat_map(|k| {
+                let part = part(k);
+                (0..part.share().1).map(move |n| part.receiver_ordinal(n))
+            })
+            .collect();
+        ordinals.sort_unstable();
+        assert_eq!(ordinals, (0..7).collect::<Vec<_>>());
+        assert_eq!(whole.receiver_ordinal(4), 4);
+        assert!((part(2).rate_share() - 1.0 / 3.0).abs() < 1e-12);
+
+        assert_eq!(
+            "2/3".parse::<Shard>().ok(),
+            Some(Shard { index: 2, count: 3 })
+        );
+        for bad in ["0/2", "3/2", "2", "a/b", "1/"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        // A part with nothing to run, and too many parts, are refused.
+        let empty = Scenario {
+            viewers: 1,
+            shard: Some(Shard { index: 3, count: 3 }),
+            ..whole.clone()
+        };
+        assert!(empty.validate().is_err());
+        let many = Scenario {
+            shard: Some(Shard {
+                index: 1,
+                count: 65,
+            }),
+            ..whole.clone()
+        };
+        assert!(many.validate().is_err());
+        // The endpoint cap is one process's: a run too big for one splits.
+        let national = Scenario {
+            viewers: 8_000,
+            ..whole.clone()
+        };
+        assert!(national.validate().is_err());
+        let half = Scenario {
+            shard: Some(Shard { index: 2, count: 2 }),
+            ..national.clone()
+        };
+        assert!(half.validate().is_ok());
+        let file = Scenario::from_toml("shard = \"2/3\"\nstart_at_unix_ms = 5\n").expect("valid");
+        assert_eq!(file.shard, Some(Shard { index: 2, count: 3 }));
+        assert_eq!(file.start_at_unix_ms, Some(5));
     }
 
     #[test]
