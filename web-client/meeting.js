@@ -598,9 +598,15 @@ export class Meeting extends EventTarget {
 
   /** Takes in what the server says about a participant, and asks for their key. */
   addParticipant(info) {
+    const before = this.roster.participants.get(info.id)?.role;
     const p = this.roster.addParticipant(info);
     this.wantKey(p);
-    if (this.encrypted && ('role' in info || info.e2ee_key)) this.updateSafetyCode();
+    // The safety code covers hosts and presenters only: a viewer's arrival (thousands of them
+    // at a national meeting, each recomputing it over everyone) does not change it.
+    const counted = (role) => role === 'host' || role === 'presenter';
+    if (this.encrypted && ('role' in info || info.e2ee_key) && (counted(p.role) || counted(before))) {
+      this.updateSafetyCode();
+    }
     return p;
   }
 
