@@ -589,6 +589,22 @@ pub fn growth(samples: &[(f64, ServerSample)], f: fn(&ServerSample) -> Option<f6
     Some(highest(first + 2.0 * third, last)? - highest(first + third, first + 2.0 * third)?)
 }
 
+/// Core-µs per forwarded packet, from CPU (cores, or core-seconds) and forwarded packets over
+/// the same time (per second, or in all); none when nothing was forwarded.
+fn core_us_per_packet(cpu: Option<f64>, forwarded: Option<f64>) -> Option<f64> {
+    cpu.zip(forwarded)
+        .filter(|(_, f)| *f > 0.0)
+        .map(|(c, f)| c * 1e6 / f)
+}
+
+/// What each subscriber added to the server's memory, from the baseline to the peak.
+fn bytes_per_subscriber(baseline: Option<f64>, peak: Option<f64>, subscribers: u64) -> Option<f64> {
+    baseline
+        .zip(peak)
+        .filter(|_| subscribers > 0)
+        .map(|(b, p)| (p - b) / subscribers as f64)
+}
+
 impl ServerSummary {
     /// `hold_start` and `hold_end` are the scrapes taken as the hold started and ended, with
     /// their times (seconds into the run): rates are over the time between them.
@@ -626,16 +642,10 @@ impl ServerSummary {
             cpu_resolution_s: cpu_source.map(CpuSource::resolution_s),
             cpu_cores: cpu.zip(window_s).map(|(c, w)| c / w),
             forwarded_packets_per_s: forwarded.zip(window_s).map(|(f, w)| f / w),
-            core_us_per_forwarded_packet: cpu
-                .zip(forwarded)
-                .filter(|(_, f)| *f > 0.0)
-                .map(|(c, f)| c * 1e6 / f),
+            core_us_per_forwarded_packet: core_us_per_packet(cpu, forwarded),
             rss_baseline_bytes: baseline,
             rss_peak_bytes: peak,
-            rss_per_subscriber_bytes: baseline
-                .zip(peak)
-                .filter(|_| subscribers > 0)
-                .map(|(b, p)| (p - b) / subscribers as f64),
+            rss_per_subscriber_bytes: bytes_per_subscriber(baseline, peak, subscribers),
             dropped_packets: delta(|s| s.dropped),
             nacks: delta(|s| s.nacks),
             rss_growth_bytes: growth(samples, |s| s.rss_bytes),
@@ -694,16 +704,10 @@ impl ServerSummary {
             cpu_resolution_s: cpu_source.map(CpuSource::resolution_s),
             cpu_cores,
             forwarded_packets_per_s: forwarded,
-            core_us_per_forwarded_packet: cpu_cores
-                .zip(forwarded)
-                .filter(|(_, f)| *f > 0.0)
-                .map(|(c, f)| c * 1e6 / f),
+            core_us_per_forwarded_packet: core_us_per_packet(cpu_cores, forwarded),
             rss_baseline_bytes: baseline,
             rss_peak_bytes: peak,
-            rss_per_subscriber_bytes: baseline
-                .zip(peak)
-                .filter(|_| subscribers > 0)
-                .map(|(b, p)| (p - b) / subscribers as f64),
+            rss_per_subscriber_bytes: bytes_per_subscriber(baseline, peak, subscribers),
             dropped_packets: total(|n| n.dropped_packets),
             nacks: total(|n| n.nacks),
             rss_growth_bytes: total(|n| n.rss_growth_bytes),

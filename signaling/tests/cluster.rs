@@ -44,6 +44,26 @@ fn nats_binary() -> String {
     );
 }
 
+/// `nats-server -js` on loopback `port`, storing in `dir`.
+fn spawn_nats(port: &str, dir: &std::path::Path) -> Child {
+    Command::new(nats_binary())
+        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
+}
+
+/// A key-value bucket of the cluster, as any NATS client (without the secret) sees it.
+async fn bucket(nats: &Nats, name: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    async_nats::jetstream::new(client)
+        .get_key_value(name)
+        .await
+        .expect("the bucket exists")
+}
+
 async fn start_nats() -> Nats {
     let dir = common::tempdir::TempDir::new("nats");
     // A port the kernel just handed out and took back: free unless another process takes it
@@ -52,13 +72,7 @@ async fn start_nats() -> Nats {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new(nats_binary())
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts");
+    let child = spawn_nats(&port.to_string(), &dir.0);
     let url = format!("nats://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -156,11 +170,7 @@ async fn nodes_with_the_secret_see_each_other_and_nothing_else_gets_in() {
     // value, a long one that is not an envelope, a record copied onto another node's key.
     // The stranger stops first, so that each refusal below is counted once, for its cause.
     stranger.server.shutdown().await;
-    let client = async_nats::connect(&nats.url).await.expect("connects");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value(NODES_BUCKET)
-        .await
-        .expect("the bucket exists");
+    let kv = bucket(&nats, NODES_BUCKET).await;
     let forged_before = rejected(&a, "bad_mac");
     kv.put("node-short", "not a record".into())
         .await
@@ -204,11 +214,7 @@ async fn a_node_that_stops_renewing_its_lease_drops_out() {
     let nats = start_nats().await;
     let a = node(&nats, "node-a", secret(1), None).await;
     // A record sealed with the right secret, never renewed: a node killed with `kill -9`.
-    let client = async_nats::connect(&nats.url).await.expect("connects");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value(NODES_BUCKET)
-        .await
-        .expect("the bucket exists");
+    let kv = bucket(&nats, NODES_BUCKET).await;
     let record = serde_json::json!({
         "id": "node-ghost",
         "url": "https://127.0.0.1:1",
@@ -307,21 +313,17 @@ async fn bot_via(
     Bot::connect(options).await.expect("bot joins")
 }
 
-fn participants(server: &common::TestServer) -> usize {
-    server.server.sfu.snapshot().participants
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_join_anywhere_lands_on_the_node_holding_the_room_and_a_stopping_holder_hands_it_over() {
-    let nats = start_nats().await;
-    let a = node_with(&nats, "node-a", secret(1), None, true).await;
-    let b = node_with(&nats, "node-b", secret(1), None, true).await;
+/// Nodes a and b (open rooms) that see each other, and a meeting "r" held by a: Alice joined
+/// through a, Bob through b (sent to a), each hearing and seeing the other.
+async fn two_nodes_and_a_meeting(
+    nats: &Nats,
+) -> (common::TestServer, common::TestServer, Bot, Bot) {
+    let a = node_with(nats, "node-a", secret(1), None, true).await;
+    let b = node_with(nats, "node-b", secret(1), None, true).await;
     eventually(Duration::from_secs(10), "a and b see each other", || {
         node_ids(&a).len() == 2 && node_ids(&b).len() == 2
     })
     .await;
-
-    // Alice opens the room on a; Bob asks b for it, is sent to a, and they meet there.
     let alice = bot_via(&a, &[&a, &b], "r", "alice", 440.0, 1).await;
     let bob = bot_via(&b, &[&a, &b], "r", "bob", 660.0, 2).await;
     let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
@@ -329,6 +331,17 @@ async fn a_join_anywhere_lands_on_the_node_holding_the_room_and_a_stopping_holde
         bot_receives(&alice, bob_id, 660.0, 2) && bot_receives(&bob, alice_id, 440.0, 1)
     })
     .await;
+    (a, b, alice, bob)
+}
+
+fn participants(server: &common::TestServer) -> usize {
+    server.server.sfu.snapshot().participants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_anywhere_lands_on_the_node_holding_the_room_and_a_stopping_holder_hands_it_over() {
+    let nats = start_nats().await;
+    let (a, b, alice, bob) = two_nodes_and_a_meeting(&nats).await;
     eventually(Duration::from_secs(5), "a holds both transports", || {
         participants(&a) == 2
     })
@@ -359,11 +372,7 @@ async fn a_join_anywhere_lands_on_the_node_holding_the_room_and_a_stopping_holde
 async fn a_room_whose_holder_died_is_taken_over_and_a_forged_record_is_ignored() {
     let nats = start_nats().await;
     let a = node_with(&nats, "node-a", secret(1), None, true).await;
-    let client = async_nats::connect(&nats.url).await.expect("connects");
-    let rooms = async_nats::jetstream::new(client)
-        .get_key_value(ROOMS_BUCKET)
-        .await
-        .expect("the bucket exists");
+    let rooms = bucket(&nats, ROOMS_BUCKET).await;
     let record = |room: &str, node: &str, secret: &ClusterSecret| {
         let key = room_key(&protocol::RoomId(room.into()));
         let body = serde_json::json!({"room": room, "node": node}).to_string();
@@ -409,9 +418,9 @@ impl Drop for NodeProcess {
 
 impl NodeProcess {
     fn start(nats: &Nats, id: &str, secret_file: &std::path::Path, database: &str) -> Self {
-        use std::io::{BufRead, BufReader};
         let dir = common::tempdir::TempDir::new(id);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meet-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meet-server"));
+        command
             .arg("--data-dir")
             .arg(&dir.0)
             .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
@@ -425,30 +434,8 @@ impl NodeProcess {
             ])
             .arg("--cluster-secret-file")
             .arg(secret_file)
-            .args(["--media-workers", "1"])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(rest) = line.split("http_addr=").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    let _ = found.send(addr);
-                    sent = true;
-                }
-                // Keep reading, so that the server never blocks on a full pipe.
-            }
-        });
-        let http_addr = address
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs its address");
+            .args(["--media-workers", "1"]);
+        let (child, http_addr) = common::spawn_server(command);
         Self {
             child,
             http_addr,
@@ -614,19 +601,8 @@ async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holde
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() {
     let mut nats = start_nats().await;
-    let a = node_with(&nats, "node-a", secret(1), None, true).await;
-    let b = node_with(&nats, "node-b", secret(1), None, true).await;
-    eventually(Duration::from_secs(10), "a and b see each other", || {
-        node_ids(&a).len() == 2 && node_ids(&b).len() == 2
-    })
-    .await;
-    let alice = bot_via(&a, &[&a, &b], "r", "alice", 440.0, 1).await;
-    let bob = bot_via(&b, &[&a, &b], "r", "bob", 660.0, 2).await;
-    let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
-    eventually(MEDIA_TIMEOUT, "alice and bob exchange media on a", || {
-        bot_receives(&alice, bob_id, 660.0, 2) && bot_receives(&bob, alice_id, 440.0, 1)
-    })
-    .await;
+    let (a, b, alice, bob) = two_nodes_and_a_meeting(&nats).await;
+    let alice_id = alice.participant_id();
 
     // NATS goes away for 10 s (its memory-held records with it): the meeting keeps its media.
     let port = nats.url.rsplit(':').next().expect("a port").to_string();
@@ -646,13 +622,7 @@ async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() 
 
     // NATS returns on the same address, empty: the nodes reconnect, their leases and a's room
     // record are written again, and a join through b is sent to a once more.
-    nats.child = Command::new(nats_binary())
-        .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-        .arg(&nats._dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts again");
+    nats.child = spawn_nats(&port, &nats._dir.0);
     let restarted = std::time::Instant::now();
     eventually(
         Duration::from_secs(20),
@@ -660,11 +630,7 @@ async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() 
         || a_cluster.connected() && node_ids(&a).len() == 2 && node_ids(&b).len() == 2,
     )
     .await;
-    let client = async_nats::connect(&nats.url).await.expect("connects");
-    let rooms = async_nats::jetstream::new(client)
-        .get_key_value(ROOMS_BUCKET)
-        .await
-        .expect("the bucket exists again");
+    let rooms = bucket(&nats, ROOMS_BUCKET).await;
     let key = room_key(&protocol::RoomId("r".into()));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while rooms.get(&key).await.ok().flatten().is_none() {

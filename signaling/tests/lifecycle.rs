@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{RawClient, Received};
@@ -14,34 +13,14 @@ use signaling::store::{Admission, RecordingStatus, Store, default_url, unix_ms};
 
 /// The binary, started on free loopback ports with `data_dir`; returns it and its address.
 fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meet-server"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the server starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent && let Some(rest) = line.split("http_addr=").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = found.send(addr);
-                sent = true;
-            }
-            // Keep reading, so that the server never blocks on a full pipe.
-        }
-    });
-    let addr = address
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logs its address");
-    (child, addr)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meet-server"));
+    command.arg("--data-dir").arg(data_dir).args([
+        "--http-addr",
+        "127.0.0.1:0",
+        "--media-addr",
+        "127.0.0.1:0",
+    ]);
+    common::spawn_server(command)
 }
 
 /// A WebSocket to the binary, trusting its self-signed certificate.

@@ -654,3 +654,34 @@ pub async fn schedule_on(
         invited,
     }
 }
+
+/// Starts the `meet-server` binary as `command` describes (its arguments; stdout is taken
+/// here) and returns it with the HTTPS address it logs once listening. Its output is read to
+/// the end on a thread of its own, so that the server never blocks on a full pipe.
+pub fn spawn_server(mut command: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (found, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(rest) = line.split("http_addr=").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = found.send(addr);
+                sent = true;
+            }
+        }
+    });
+    let addr = address
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server logs its address");
+    (child, addr)
+}
