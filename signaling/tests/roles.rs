@@ -153,6 +153,14 @@ async fn host_only_requests_are_refused_for_a_participant() {
         panic!("the host enters directly");
     };
     host.send_text(r#"{"type":"open_room"}"#).await;
+    // The host's request and the participant's join travel on different connections: the
+    // participant comes once the hub has opened the room, not before (it would wait in the
+    // lobby).
+    loop {
+        if let Received::Message(ServerMessage::RoomState { open: true, .. }) = host.next().await {
+            break;
+        }
+    }
     let mut participant = t.raw().await;
     let ServerMessage::Joined { .. } = participant
         .join_token(&meeting.invited("Tỉnh Lào Cai").token)
