@@ -44,6 +44,9 @@ export class Roster {
     this.remoteTracks = new Map();
     this.streamStats = new Map();
     this.quality = new Map();
+    // Our publications ended with the lost session; the next session's are announced anew. A
+    // mute toggled meanwhile must not name an old publication (the server refuses it).
+    this.ownPubs = new Map();
   }
 
   /** Takes in what the server says about a participant; returns their entry. */
