@@ -585,12 +585,15 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             open_rooms: config.open_rooms,
             cluster: cluster.clone(),
         },
-        api: api::ApiState::new(
-            store.clone(),
-            tokens.clone(),
-            std::sync::Arc::new(hub.clone()),
-            recordings_dir.clone(),
-        ),
+        api: api::ApiState {
+            cluster: cluster.clone(),
+            ..api::ApiState::new(
+                store.clone(),
+                tokens.clone(),
+                std::sync::Arc::new(hub.clone()),
+                recordings_dir.clone(),
+            )
+        },
         cluster: cluster.clone(),
     };
     let router = app(state, config.web_client_dir.clone(), config.test_hooks);

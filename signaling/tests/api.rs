@@ -919,6 +919,7 @@ async fn the_openapi_document_lists_every_path() {
         ("/api/recordings/{id}", "delete"),
         ("/api/recordings/{id}/ticket", "post"),
         ("/api/recordings/{id}/files/{name}", "get"),
+        ("/api/cluster", "get"),
         ("/api/openapi.json", "get"),
     ];
     for (path, method) in expected {
@@ -927,7 +928,7 @@ async fn the_openapi_document_lists_every_path() {
             "{method} {path} is missing from the OpenAPI document"
         );
     }
-    assert_eq!(paths.len(), 25, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
     assert!(document["components"]["schemas"]["MeetingDetail"].is_object());
     for (schema, field) in [
         ("CreateMeeting", "confidential"),

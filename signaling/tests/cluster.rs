@@ -192,6 +192,31 @@ async fn nodes_with_the_secret_see_each_other_and_nothing_else_gets_in() {
     .await;
     assert_eq!(node_ids(&a), ["node-a", "node-b"]);
 
+    // An operator sees the cluster through the API.
+    let admin = a.admin_token("operator").await;
+    let (status, view) = a.api_json("GET", "/api/cluster", Some(&admin), None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["clustered"], true);
+    assert_eq!(view["node"], "node-a");
+    assert_eq!(view["connected"], true);
+    let ids: Vec<&str> = view["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+    assert!(
+        view["rejected"]
+            .as_array()
+            .expect("rejected")
+            .iter()
+            .any(|r| r["reason"] == "bad_mac" && r["count"].as_u64() > Some(0)),
+        "{view}"
+    );
+    let (status, _) = a.api_json("GET", "/api/cluster", None, None).await;
+    assert_eq!(status, 401, "the cluster's view is for administrators");
+
     // The figures are in /metrics.
     let metrics = a.metrics().await;
     assert!(metrics.contains("meet_cluster_nodes 2"), "{metrics}");

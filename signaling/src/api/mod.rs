@@ -8,6 +8,7 @@
 mod accounts;
 mod attendance;
 mod bearer;
+mod cluster;
 mod error;
 mod meetings;
 mod my;
@@ -73,6 +74,8 @@ pub struct ApiState {
     pub tickets: FileTickets,
     /// Failed sign-ins per username.
     pub login_throttle: throttle::LoginThrottle,
+    /// This node's cluster, when it runs in one (`GET /api/cluster`).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl ApiState {
@@ -90,6 +93,7 @@ impl ApiState {
             recordings_dir,
             tickets: FileTickets::default(),
             login_throttle: throttle::LoginThrottle::default(),
+            cluster: None,
         }
     }
 }
@@ -188,6 +192,7 @@ where
         )
         .route("/recordings/{id}/ticket", post(recordings::ticket))
         .route("/recordings/{id}/files/{name}", get(recordings::file))
+        .route("/cluster", get(cluster::view))
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
@@ -236,6 +241,7 @@ async fn no_store(mut response: axum::response::Response) -> axum::response::Res
         recordings::ticket,
         recordings::file,
         recordings::delete,
+        cluster::view,
         openapi_json,
     ),
     components(schemas(ErrorBody, crate::rfc3339::TimeInput)),

@@ -64,7 +64,7 @@ pub struct ClusterConfig {
 }
 
 /// What a node tells the others about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub id: String,
     /// Where clients reach it: `https://host:port`.
@@ -257,6 +257,11 @@ impl Cluster {
         let mut nodes = vec![self.inner.me.clone()];
         nodes.extend(others);
         nodes
+    }
+
+    /// How many rooms this node holds (their records name it).
+    pub fn rooms_held(&self) -> usize {
+        self.inner.claimed.lock().map_or(0, |claimed| claimed.len())
     }
 
     /// Whether the connection to NATS is up.

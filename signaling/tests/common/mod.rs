@@ -274,6 +274,31 @@ impl TestServer {
         (response.status, value)
     }
 
+    /// Creates an administrator account named `username` and signs it in: its API token.
+    pub async fn admin_token(&self, username: &str) -> String {
+        const PASSWORD: &str = "an administrator's long password";
+        self.server
+            .store
+            .create_account(&signaling::store::NewAccount {
+                username,
+                display_name: "Quản trị",
+                password: PASSWORD,
+                role: signaling::store::AccountRole::Admin,
+            })
+            .await
+            .expect("an administrator");
+        let (status, login) = self
+            .api_json(
+                "POST",
+                "/api/login",
+                None,
+                Some(serde_json::json!({"username": username, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, 200, "{login}");
+        login["token"].as_str().expect("a token").to_string()
+    }
+
     /// A header of a response's head, by name (any case).
     pub fn header<'a>(response: &'a HttpsResponse, name: &str) -> Option<&'a str> {
         response.head.lines().find_map(|line| {
