@@ -267,12 +267,15 @@ impl RunningServer {
 
     /// Stops accepting connections and waits for the listener to end.
     pub async fn shutdown(self) {
-        // Tell every client first, so that pages say the meeting ended instead of trying to
-        // reconnect to a server that is going away.
-        self.hub.shutdown().await;
+        // In a cluster, give the rooms and the lease up first: the clients told next rejoin
+        // through another node, which then takes each room at once instead of sending them
+        // back here until this node's lease runs out.
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
+        // Then every client is told, so that pages say the meeting ended instead of trying to
+        // reconnect to a server that is going away.
+        self.hub.shutdown().await;
         if let Some(retention) = &self.retention {
             retention.abort();
         }
