@@ -352,9 +352,11 @@ async fn two_nodes_and_a_meeting(
     let alice = bot_via(&a, &[&a, &b], "r", "alice", 440.0, 1).await;
     let bob = bot_via(&b, &[&a, &b], "r", "bob", 660.0, 2).await;
     let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
-    eventually(MEDIA_TIMEOUT, "alice and bob exchange media on a", || {
-        bot_receives(&alice, bob_id, 660.0, 2) && bot_receives(&bob, alice_id, 440.0, 1)
-    })
+    common::media_flows(
+        MEDIA_TIMEOUT,
+        "alice and bob exchange media on a",
+        &[(&alice, bob_id, 660.0, 2), (&bob, alice_id, 440.0, 1)],
+    )
     .await;
     (a, b, alice, bob)
 }
@@ -671,13 +673,17 @@ async fn meetings_go_on_while_nats_is_away_and_the_cluster_comes_back_with_it() 
     );
     let carol = bot_via(&b, &[&a, &b], "r", "carol", 550.0, 3).await;
     let carol_id = carol.participant_id();
-    eventually(
+    assert_eq!(
+        participants(&b),
+        0,
+        "carol was sent to a: b holds no media for a's room"
+    );
+    common::media_flows(
         MEDIA_TIMEOUT,
         "carol, sent to a, hears alice and alice hears her",
-        || bot_receives(&carol, alice_id, 440.0, 1) && bot_receives(&alice, carol_id, 550.0, 3),
+        &[(&carol, alice_id, 440.0, 1), (&alice, carol_id, 550.0, 3)],
     )
     .await;
-    assert_eq!(participants(&b), 0, "b holds no media for a's room");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

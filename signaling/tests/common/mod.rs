@@ -393,6 +393,68 @@ pub fn bot_receives(bot: &Bot, sender: ParticipantId, tone_hz: f32, tag: u64) ->
     audio_ok && video_ok
 }
 
+/// What a bot has of `sender`, for a failed wait to say which half of the media is missing:
+/// whether the bot is connected, knows the sender, and per publication the frames, keyframes,
+/// keyframe requests, tone and tag.
+pub fn describe_reception(bot: &Bot, sender: ParticipantId) -> String {
+    let snapshot = bot.snapshot();
+    let frequencies = bot.dominant_frequencies();
+    let mut out = format!(
+        "{:?} (connected {}, media_connected {}, knows sender {}, errors {:?}):",
+        snapshot.participant_id,
+        snapshot.connected,
+        snapshot.media_connected_at.is_some(),
+        snapshot.roster.participants.contains_key(&sender),
+        snapshot.errors,
+    );
+    let mut any = false;
+    for (id, stats) in &snapshot.received {
+        if stats.participant_id != sender {
+            continue;
+        }
+        any = true;
+        out.push_str(&format!(
+            " [{:?} {:?} mid {:?} subscribed {} rtp {} frames {} audio_decoded {} tone {:?} \
+             video_frames {} keyframes {} tag {:?} keyframe_requests {}]",
+            stats.kind,
+            id,
+            stats.mid,
+            stats.subscribed,
+            stats.rtp_packets,
+            stats.frames,
+            stats.audio_frames_decoded,
+            frequencies.get(id),
+            stats.video_frames,
+            stats.keyframes,
+            stats.video_tag,
+            stats.keyframe_requests_sent,
+        ));
+    }
+    if !any {
+        out.push_str(" nothing of the sender");
+    }
+    out
+}
+
+/// Waits until each `(bot, sender, tone, tag)` holds for [`bot_receives`]; on timeout the
+/// panic says what each bot has of its sender.
+pub async fn media_flows(timeout: Duration, what: &str, pairs: &[(&Bot, ParticipantId, f32, u64)]) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !pairs
+        .iter()
+        .all(|(bot, sender, tone, tag)| bot_receives(bot, *sender, *tone, *tag))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            let state: Vec<String> = pairs
+                .iter()
+                .map(|(bot, sender, _, _)| describe_reception(bot, *sender))
+                .collect();
+            panic!("timed out waiting until {what}:\n  {}", state.join("\n  "));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `condition` holds, polling every 50 ms; panics with `what` after `timeout`.
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
