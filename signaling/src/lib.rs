@@ -590,6 +590,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         },
         api: api::ApiState {
             cluster: cluster.clone(),
+            // Every node of a cluster signs and verifies file tickets with one key.
+            tickets: match &config.cluster {
+                Some(cluster) => api::FileTickets::with_seed(
+                    &cluster.secret.file_ticket_seed(),
+                    api::TICKET_LIFETIME,
+                ),
+                None => api::FileTickets::default(),
+            },
             ..api::ApiState::new(
                 store.clone(),
                 tokens.clone(),

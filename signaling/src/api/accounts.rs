@@ -236,7 +236,6 @@ pub(super) async fn logout(
     signed: SignedIn,
 ) -> Result<StatusCode, ApiError> {
     state.store.logout(&signed.token).await?;
-    state.tickets.forget_login(&signed.token);
     tracing::info!(target: SECURITY, event = "signed_out", account = %signed.account.id, ip = %signed.ip, "signed out");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,14 +3,14 @@
 //!
 //! A recording belongs to its meeting's organizer (and administrators); anyone else is told
 //! "not found". Browsers' `<audio>` and `<video>` elements cannot send a bearer header, so a
-//! file may also be fetched with a ticket: a random token, valid for ten minutes and for one
-//! recording, kept only in this process's memory.
+//! file may also be fetched with a ticket: signed, valid for ten minutes, for one recording and
+//! while the login that asked for it lasts, on every node of a cluster (see [`FileTickets`]).
 
-use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lc_rs::hmac;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,38 +22,29 @@ use utoipa::ToSchema;
 use super::{ApiError, ApiState, ClientAddr, ErrorBody, Path, SignedIn};
 use crate::SECURITY;
 use crate::retention::{self, RemoveError};
-use crate::store::{Account, RecordingRow, RecordingStatus, hex, is_id, unix_ms};
+use crate::store::{Account, RecordingRow, RecordingStatus, hex, is_id, token_hash, unix_ms};
 
 /// How long a file ticket lasts.
 pub const TICKET_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
-/// Most tickets held at once; beyond it the oldest go first. Only signed-in organizers create
-/// tickets, but memory must stay bounded whatever they do.
-const MAX_TICKETS: usize = 10_000;
-
-/// One file ticket: what it opens, until when, and the login that asked for it (a ticket
-/// dies with its login: logout, a disabled account or a new password end it too).
-#[derive(Clone)]
-struct Issued {
-    recording_id: String,
-    expires_at: i64,
-    login: String,
-}
-
-/// File tickets: ticket → [`Issued`]. Its `Debug` shows how many, never a ticket or login.
+/// File tickets: signed, not stored, so that a ticket issued by one node of a cluster opens
+/// the file on every other (they derive the same key from the cluster secret; a single server
+/// draws one at start). A ticket is `<account>.<expires at, ms>.<HMAC>`, the HMAC covering
+/// the recording, the account, the expiry and the hash of the login that asked for it, so it
+/// opens one recording until it expires and dies with its login (logout, a disabled account or
+/// a new password end it): it verifies only against a login the account still holds. It
+/// carries neither the login nor its hash. Its `Debug` shows the lifetime, never the key.
 #[derive(Clone)]
 pub struct FileTickets {
     lifetime: Duration,
-    tickets: Arc<Mutex<HashMap<String, Issued>>>,
+    key: Arc<hmac::Key>,
 }
 
 impl std::fmt::Debug for FileTickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.tickets.lock().map_or(0, |tickets| tickets.len());
         f.debug_struct("FileTickets")
             .field("lifetime", &self.lifetime)
-            .field("held", &held)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,70 +54,102 @@ impl Default for FileTickets {
     }
 }
 
+/// A ticket's fields, read before its signature is checked against the account's logins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketClaim {
+    pub account_id: String,
+    pub expires_at: i64,
+    tag: Vec<u8>,
+}
+
 impl FileTickets {
-    /// Tickets that last `lifetime` (tests shorten it).
+    /// Tickets that last `lifetime` (tests shorten it), under a key drawn now: they open files
+    /// on this process only, until it stops.
     pub fn new(lifetime: Duration) -> Self {
+        Self::with_seed(&rand::random::<[u8; 32]>(), lifetime)
+    }
+
+    /// Tickets under a key every node of a cluster derives alike.
+    pub fn with_seed(seed: &[u8; 32], lifetime: Duration) -> Self {
         Self {
             lifetime,
-            tickets: Arc::default(),
+            key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, seed)),
         }
     }
 
-    /// A fresh ticket for one recording, asked for by the bearer of `login`, and when it
-    /// expires.
-    pub fn issue(&self, recording_id: &str, login: &str) -> (String, i64) {
-        let now = unix_ms();
+    /// What the HMAC covers; every field has a fixed shape (ids of 32 hex characters, the
+    /// login's SHA-256 in hex), so no two claims share a message.
+    fn message(recording_id: &str, account_id: &str, expires_at: i64, login_hash: &str) -> String {
+        format!("meet file ticket v1\n{recording_id}\n{account_id}\n{expires_at}\n{login_hash}")
+    }
+
+    /// A fresh ticket for one recording, asked for by `account_id` signed in with the login
+    /// `login` (its bearer token), and when it expires.
+    pub fn issue(&self, recording_id: &str, account_id: &str, login: &str) -> (String, i64) {
         let lifetime = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(lifetime);
-        let ticket = hex(&rand::random::<[u8; 32]>());
-        // A poisoned lock only means another request panicked mid-insert; the map is still
-        // a valid map.
-        let mut tickets = self
-            .tickets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tickets.retain(|_, issued| issued.expires_at > now);
-        if tickets.len() >= MAX_TICKETS {
-            let oldest = tickets
-                .iter()
-                .min_by_key(|(_, issued)| issued.expires_at)
-                .map(|(token, _)| token.clone());
-            if let Some(oldest) = oldest {
-                tickets.remove(&oldest);
-            }
+        let expires_at = unix_ms().saturating_add(lifetime);
+        let message = Self::message(recording_id, account_id, expires_at, &token_hash(login));
+        let tag = hmac::sign(&self.key, message.as_bytes());
+        (
+            format!("{account_id}.{expires_at}.{}", hex(tag.as_ref())),
+            expires_at,
+        )
+    }
+
+    /// The claim a well-formed, unexpired ticket makes; `None` for anything else. Its
+    /// signature is checked by [`FileTickets::signed_by`] against each login the account holds.
+    pub fn claim(&self, ticket: &str, now_ms: i64) -> Option<TicketClaim> {
+        let mut parts = ticket.split('.');
+        let (account_id, expires_at, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || !is_id(account_id)
+            || expires_at.is_empty()
+            || expires_at.len() > 15
+            || !expires_at.bytes().all(|b| b.is_ascii_digit())
+            || tag.len() != 64
+        {
+            return None;
         }
-        tickets.insert(
-            ticket.clone(),
-            Issued {
-                recording_id: recording_id.to_string(),
-                expires_at,
-                login: login.to_string(),
-            },
+        let expires_at: i64 = expires_at.parse().ok()?;
+        if expires_at <= now_ms {
+            return None;
+        }
+        Some(TicketClaim {
+            account_id: account_id.to_string(),
+            expires_at,
+            tag: unhex(tag)?,
+        })
+    }
+
+    /// Whether `claim` was signed here for `recording_id` under the login whose hash is
+    /// `login_hash` (compared in constant time).
+    pub fn signed_by(&self, claim: &TicketClaim, recording_id: &str, login_hash: &str) -> bool {
+        let message = Self::message(
+            recording_id,
+            &claim.account_id,
+            claim.expires_at,
+            login_hash,
         );
-        (ticket, expires_at)
+        hmac::verify(&self.key, message.as_bytes(), &claim.tag).is_ok()
     }
+}
 
-    /// The login behind `ticket` when the ticket is unexpired and was issued for
-    /// `recording_id`; the caller checks that the login still stands.
-    pub fn admits(&self, ticket: &str, recording_id: &str) -> Option<String> {
-        let now = unix_ms();
-        let tickets = self
-            .tickets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tickets
-            .get(ticket)
-            .filter(|issued| issued.recording_id == recording_id && issued.expires_at > now)
-            .map(|issued| issued.login.clone())
+/// Lowercase hex back to bytes; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
     }
-
-    /// Forgets every ticket issued under `login` (its bearer signed out).
-    pub fn forget_login(&self, login: &str) {
-        self.tickets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|_, issued| issued.login != login);
-    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |b: u8| match b {
+                b'0'..=b'9' => Some(b - b'0'),
+                b'a'..=b'f' => Some(b - b'a' + 10),
+                _ => None,
+            };
+            Some(digit(pair[0])? << 4 | digit(pair[1])?)
+        })
+        .collect()
 }
 
 /// What a file of a recording holds.
@@ -328,7 +351,9 @@ pub(super) async fn ticket(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Ticket>, ApiError> {
     let row = owned_recording(&state, &signed.account, &id).await?;
-    let (ticket, expires_at) = state.tickets.issue(&row.id, &signed.token);
+    let (ticket, expires_at) = state
+        .tickets
+        .issue(&row.id, &signed.account.id, &signed.token);
     tracing::info!(target: SECURITY, event = "recording_ticket", recording = %row.id, account = %signed.account.id, ip = %signed.ip, "recording file ticket issued");
     Ok(axum::Json(Ticket { ticket, expires_at }))
 }
@@ -380,11 +405,20 @@ pub(super) async fn file(
                     "the ticket is unknown, expired, for another recording, or its login ended",
                 )
             };
-            let login = state.tickets.admits(ticket, &id).ok_or_else(refused)?;
+            let now = unix_ms();
+            let claim = state.tickets.claim(ticket, now).ok_or_else(refused)?;
+            let logins = state.store.login_hashes(&claim.account_id, now).await?;
+            if !logins
+                .iter()
+                .any(|login| state.tickets.signed_by(&claim, &id, login))
+            {
+                return Err(refused());
+            }
             let account = state
                 .store
-                .account_for_token(&login, unix_ms())
+                .account(&claim.account_id)
                 .await?
+                .filter(|account| !account.disabled)
                 .ok_or_else(refused)?;
             // The ticket was issued to someone allowed to see this recording.
             let row = state
@@ -506,21 +540,51 @@ mod tests {
     }
 
     #[test]
-    fn tickets_are_bound_to_a_recording_and_a_login_and_expire() {
+    fn tickets_are_bound_to_a_recording_a_login_and_a_key_and_expire() {
+        let (recording, account) = ("a".repeat(32), "b".repeat(32));
         let tickets = FileTickets::default();
-        let (ticket, expires_at) = tickets.issue("a", "login-1");
-        assert!(expires_at > unix_ms());
-        assert_eq!(ticket.len(), 64);
-        assert_eq!(tickets.admits(&ticket, "a").as_deref(), Some("login-1"));
-        assert!(tickets.admits(&ticket, "b").is_none());
-        assert!(tickets.admits("nope", "a").is_none());
-        let (other, _) = tickets.issue("a", "login-2");
-        tickets.forget_login("login-1");
-        assert!(tickets.admits(&ticket, "a").is_none());
-        assert!(tickets.admits(&other, "a").is_some());
-        assert!(!format!("{tickets:?}").contains(&other));
-        let short = FileTickets::new(Duration::ZERO);
-        let (ticket, _) = short.issue("a", "login-1");
-        assert!(short.admits(&ticket, "a").is_none());
+        let (ticket, expires_at) = tickets.issue(&recording, &account, "login-1");
+        let now = unix_ms();
+        assert!(expires_at > now);
+        assert!(!ticket.contains("login-1") && !ticket.contains(&token_hash("login-1")));
+        let claim = tickets.claim(&ticket, now).expect("well formed");
+        assert_eq!(
+            (claim.account_id.as_str(), claim.expires_at),
+            (account.as_str(), expires_at)
+        );
+        assert!(tickets.signed_by(&claim, &recording, &token_hash("login-1")));
+        // Another recording, another login, another key: refused.
+        assert!(!tickets.signed_by(&claim, &"c".repeat(32), &token_hash("login-1")));
+        assert!(!tickets.signed_by(&claim, &recording, &token_hash("login-2")));
+        assert!(!FileTickets::default().signed_by(&claim, &recording, &token_hash("login-1")));
+        // Nodes of one cluster share the key: a ticket from one opens on the other.
+        let (one, other) = (
+            FileTickets::with_seed(&[7; 32], TICKET_LIFETIME),
+            FileTickets::with_seed(&[7; 32], TICKET_LIFETIME),
+        );
+        let (ticket, _) = one.issue(&recording, &account, "login-1");
+        let claim = other.claim(&ticket, now).expect("well formed");
+        assert!(other.signed_by(&claim, &recording, &token_hash("login-1")));
+        // A changed expiry breaks the signature; an expired one is refused before it.
+        let (head, tag) = ticket.rsplit_once('.').expect("a tag");
+        let (account_part, expiry) = head.split_once('.').expect("an expiry");
+        let later = format!(
+            "{account_part}.{}.{tag}",
+            expiry.parse::<i64>().expect("ms") + 1
+        );
+        let claim = other.claim(&later, now).expect("well formed");
+        assert!(!other.signed_by(&claim, &recording, &token_hash("login-1")));
+        assert!(other.claim(&ticket, expires_at + 1).is_none());
+        for bad in [
+            "",
+            "nope",
+            "..",
+            &format!("{ticket}."),
+            &ticket.to_uppercase(),
+            &ticket[1..],
+        ] {
+            assert!(other.claim(bad, now).is_none(), "{bad:?}");
+        }
+        assert!(!format!("{tickets:?}").contains("key"));
     }
 }

@@ -85,6 +85,12 @@ impl ClusterSecret {
         self.derive(b"join-token ed25519 seed")
     }
 
+    /// The key of the recordings' file tickets: a ticket issued by one node opens the file on
+    /// every other.
+    pub fn file_ticket_seed(&self) -> [u8; 32] {
+        self.derive(b"file ticket hmac")
+    }
+
     /// The key that authenticates every message a node sends over NATS.
     pub fn message_key(&self) -> hmac::Key {
         hmac::Key::new(hmac::HMAC_SHA256, &self.derive(b"nats message hmac"))

@@ -891,6 +891,27 @@ impl Store {
         Ok(row.as_ref().map(Account::from_row).transpose()?)
     }
 
+    /// The hashes of the unexpired logins of an enabled account (file tickets verify against
+    /// them: a ticket dies with the login that asked for it).
+    pub async fn login_hashes(
+        &self,
+        account_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT l.token_hash FROM logins l JOIN accounts a ON a.id = l.account_id \
+             WHERE l.account_id = $1 AND l.expires_at > $2 AND a.disabled = 0",
+        )
+        .bind(account_id)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>(0).ok())
+            .collect())
+    }
+
     /// Ends a login.
     pub async fn logout(&self, token: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM logins WHERE token_hash = $1")

@@ -20,6 +20,7 @@ use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
 
 pub use account_import::{ImportedAccount, MAX_IMPORTED_ACCOUNTS};
+pub(crate) use accounts::token_hash;
 pub use accounts::{
     ACTIVATION_LIFETIME_MS, Account, AccountDraft, AccountPage, AccountPatch, AccountQuery,
     AccountRole, Activation, LOGIN_LIFETIME_MS, Login, MAX_PER_PAGE, NewAccount,
