@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{SfuCommand, SfuEvent};
 use crate::engine::{AddressChange, Engine, EngineConfig, EngineError, ufrag_worker};
 use crate::recording::RecordedMedia;
-use crate::relay::{MAX_WORKERS, Relay, WorkerId};
+use crate::relay::{MAX_LOCAL_WORKERS, Relay, WorkerId};
 use crate::stats::EngineStats;
 
 /// Where the SFU listens and what it advertises.
@@ -109,7 +109,7 @@ impl SfuConfig {
         } else {
             self.workers
         };
-        workers.clamp(1, usize::from(MAX_WORKERS))
+        workers.clamp(1, usize::from(MAX_LOCAL_WORKERS))
     }
 }
 

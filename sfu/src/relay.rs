@@ -26,11 +26,25 @@ use str0m::rtp::VideoOrientation;
 
 use crate::codec::VideoCodec;
 
-/// A media worker's index, from 0 (the room coordinator) to the worker count.
+/// Where a relay comes from or goes to: a media worker of this server, from 0 (the room
+/// coordinator) to the worker count, or a *link* to another server of a cluster, from
+/// [`FIRST_LINK`] on. Worker 0 is the server's gateway: only it exchanges relays over links.
 pub type WorkerId = u16;
 
-/// The most workers one server runs (a bit per worker marks who mirrors a publication).
+/// The most workers and links together (a bit per worker or link marks who mirrors a
+/// publication).
 pub const MAX_WORKERS: u16 = 64;
+
+/// The most media workers one server runs.
+pub const MAX_LOCAL_WORKERS: u16 = 32;
+
+/// The first link to another server: links are [`FIRST_LINK`]..[`MAX_WORKERS`].
+pub const FIRST_LINK: WorkerId = MAX_LOCAL_WORKERS;
+
+/// Whether `id` names a link to another server rather than a worker of this one.
+pub fn is_link(id: WorkerId) -> bool {
+    (FIRST_LINK..MAX_WORKERS).contains(&id)
+}
 
 /// One packet as the subscriber side needs it: its place in its publication, its clear header
 /// fields and the shared payload, read once however many subscribers (and workers) it goes to.
@@ -58,7 +72,7 @@ pub struct MediaPacket {
 }
 
 /// What a mirror needs to know of a publication.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MirrorInfo {
     pub id: PublicationId,
     pub owner: ParticipantId,

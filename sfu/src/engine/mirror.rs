@@ -1,5 +1,13 @@
-//! Publications mirrored across workers (see [`crate::relay`]): what an owner announces and
-//! relays, and what a mirror does with it.
+//! Publications mirrored across workers and servers (see [`crate::relay`]): what an owner
+//! announces and relays, and what a mirror does with it.
+//!
+//! Worker 0 is its server's *gateway*: it mirrors every publication of the server (each
+//! worker announces to every other), and only it exchanges relays with other servers, over
+//! the *links* each room spans ([`Engine::set_room_links`]). Its mirror of a local
+//! publication is announced and relayed on over the room's links; its mirror of a publication
+//! from a link is announced and relayed on to the other workers and the room's other links.
+//! So each packet crosses to a server once, whatever the number of its subscribers there, and
+//! wants, layer wants and keyframe requests go back up the same chain to the owner.
 
 use super::*;
 
@@ -54,19 +62,68 @@ impl Engine {
         (0..self.config.workers).filter(move |w| *w != me)
     }
 
-    /// Tells every other worker about an owned publication (new, or its layers or payload
-    /// types changed).
-    pub(super) fn announce(&mut self, publication_id: PublicationId) {
-        if self.config.workers < 2 {
-            return;
+    /// Where news of `p` goes from here (a bit per worker or link): an owner tells the other
+    /// workers; the gateway also tells the room's links of what this server publishes, and
+    /// tells the other workers and the room's other links of what a link brings. Other
+    /// workers' mirrors tell nobody.
+    pub(super) fn downstream(&self, p: &Publication) -> u64 {
+        let me = self.config.worker;
+        let workers = (0..self.config.workers)
+            .filter(|w| *w != me)
+            .fold(0u64, |mask, w| mask | 1 << w);
+        let links = if me == 0 {
+            self.links.get(&p.room).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        match p.origin {
+            None => workers | links,
+            Some(_) if me != 0 => 0,
+            Some(from) if is_link(from) => (workers | links) & !(1u64 << from),
+            Some(_) => links,
         }
+    }
+
+    /// Queues `relay` for every worker and link of `mask`.
+    pub(super) fn relay_to(&mut self, mut mask: u64, relay: &Relay) {
+        while mask != 0 {
+            let to = mask.trailing_zeros() as WorkerId;
+            mask &= mask - 1;
+            self.relays.push_back((to, relay.clone()));
+        }
+    }
+
+    /// Tells every worker and link downstream that a publication was muted or unmuted.
+    pub(super) fn relay_muted(&mut self, publication_id: PublicationId, muted: bool) {
         let Some(p) = self.publications.get(&publication_id) else {
             return;
         };
-        if p.origin.is_some() {
+        let downstream = self.downstream(p);
+        self.relay_to(
+            downstream,
+            &Relay::Muted {
+                publication: publication_id,
+                muted,
+            },
+        );
+    }
+
+    /// Tells whoever is downstream about a publication (new, or its layers or payload types
+    /// changed).
+    pub(super) fn announce(&mut self, publication_id: PublicationId) {
+        let Some(p) = self.publications.get(&publication_id) else {
+            return;
+        };
+        let downstream = self.downstream(p);
+        if downstream == 0 {
             return;
         }
-        let info = MirrorInfo {
+        let relay = Relay::Publication(Box::new(self.mirror_info(publication_id, p)));
+        self.relay_to(downstream, &relay);
+    }
+
+    fn mirror_info(&self, publication_id: PublicationId, p: &Publication) -> MirrorInfo {
+        MirrorInfo {
             id: publication_id,
             owner: p.owner,
             room: p.room.clone(),
@@ -80,14 +137,11 @@ impl Engine {
                 .collect(),
             params: p.params.clone(),
             muted: p.muted,
-        };
-        for worker in self.other_workers() {
-            self.relays
-                .push_back((worker, Relay::Publication(Box::new(info.clone()))));
         }
     }
 
-    /// Sends an owned publication's message to every other worker.
+    /// Sends a message to every other worker (never over a link: each server decides its
+    /// speakers and loudest voices from what its gateway hears).
     pub(super) fn relay_to_all(&mut self, relay: Relay) {
         if self.config.workers < 2 {
             return;
@@ -97,9 +151,14 @@ impl Engine {
         }
     }
 
-    /// Hands one packet of an owned publication to every worker whose mirror wants it: once
-    /// per worker, whatever the number of subscribers there.
-    pub(super) fn relay_packet(&mut self, publication_id: PublicationId, packet: &MediaPacket) {
+    /// Hands one packet to every worker and link whose mirror wants it: once each, whatever
+    /// the number of subscribers there. `cached`: from a cache (see [`Relay::Packet`]).
+    pub(super) fn relay_packet(
+        &mut self,
+        publication_id: PublicationId,
+        packet: &MediaPacket,
+        cached: bool,
+    ) {
         let Some(p) = self.publications.get(&publication_id) else {
             return;
         };
@@ -112,11 +171,55 @@ impl Engine {
                 Relay::Packet {
                     publication: publication_id,
                     packet: packet.clone(),
-                    cached: false,
+                    cached,
                 },
             ));
             self.stats.rtp_relayed_out += 1;
         }
+    }
+
+    /// The gateway: the links to other servers `room` spans now. A new link is told of every
+    /// publication of the room it does not bring itself; a link gone takes its publications'
+    /// mirrors with it and no longer receives anything.
+    pub fn set_room_links(&mut self, now: Instant, room: &RoomId, links: &[WorkerId]) {
+        let mask = links
+            .iter()
+            .filter(|l| is_link(**l))
+            .fold(0u64, |mask, l| mask | 1 << l);
+        let before = self.links.get(room).copied().unwrap_or(0);
+        if mask == 0 {
+            self.links.remove(room);
+        } else {
+            self.links.insert(room.clone(), mask);
+        }
+        let gone = before & !mask;
+        let added = mask & !before;
+        let in_room: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.room == *room)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in in_room {
+            let Some(p) = self.publications.get_mut(&id) else {
+                continue;
+            };
+            if p.origin.is_some_and(|o| gone & (1u64 << o) != 0) {
+                self.remove_publication(id);
+                continue;
+            }
+            p.mirrors &= !gone;
+            p.remote_layers.retain(|(w, _)| gone & (1u64 << w) == 0);
+            let to_add = added & self.downstream(&self.publications[&id]);
+            if to_add != 0 {
+                let relay =
+                    Relay::Publication(Box::new(self.mirror_info(id, &self.publications[&id])));
+                self.relay_to(to_add, &relay);
+            }
+            self.update_want(id);
+        }
+        self.allocate_pending();
+        self.flush_touched(now);
     }
 
     /// A mirror asks its owner for the packets while it has subscribers or records, and tells
@@ -129,9 +232,12 @@ impl Engine {
         let Some(owner) = p.origin else {
             return;
         };
-        // The coordinator hears every audio publication, for the room's loudest voices.
-        let want =
-            !p.subscribers.is_empty() || p.recorded || (coordinator && p.kind == MediaKind::Audio);
+        // The coordinator hears every audio publication, for the room's loudest voices; the
+        // gateway wants what the workers and links downstream want.
+        let want = !p.subscribers.is_empty()
+            || p.recorded
+            || p.mirrors != 0
+            || (coordinator && p.kind == MediaKind::Audio);
         if want == p.wanted {
             return;
         }
@@ -263,6 +369,7 @@ impl Engine {
                     .is_some_and(|p| p.origin == Some(from))
                 {
                     self.apply_mute(now, publication, muted);
+                    self.relay_muted(publication, muted);
                 }
             }
             Relay::Packet {
@@ -278,17 +385,28 @@ impl Engine {
                     return;
                 }
                 self.stats.rtp_relayed_in += 1;
-                if self.ingest(publication, now, &packet) == Some(true) && !cached {
+                let Some(to_subscribers) = self.ingest(publication, now, &packet) else {
+                    return;
+                };
+                // The gateway hands it on downstream, every packet of every audio publication
+                // included: each server picks its own loudest voices from what it hears.
+                self.relay_packet(publication, &packet, cached);
+                if to_subscribers && !cached {
                     self.fan_out(publication, now, &packet);
                 }
             }
-            Relay::Want { publication, want } => self.mirror_wants(now, publication, from, want),
+            Relay::Want { publication, want } => {
+                if self.is_downstream(publication, from) {
+                    self.mirror_wants(now, publication, from, want);
+                    self.update_want(publication);
+                }
+            }
             Relay::LayerWants {
                 publication,
                 layers,
             } => {
-                if let Some(p) = self.publications.get_mut(&publication)
-                    && p.origin.is_none()
+                if self.is_downstream(publication, from)
+                    && let Some(p) = self.publications.get_mut(&publication)
                 {
                     p.remote_layers.retain(|(w, _)| *w != from);
                     p.remote_layers.push((from, layers));
@@ -298,14 +416,13 @@ impl Engine {
                 publication,
                 layers,
             } => {
-                if self
-                    .publications
-                    .get(&publication)
-                    .is_some_and(|p| p.origin.is_none())
-                {
+                // A mirror's request goes on up to the owner, whose throttle decides.
+                if self.is_downstream(publication, from) {
                     self.request_keyframe(publication, layers, now);
                 }
             }
+            // Speakers and loudest voices are each server's own: never taken from a link.
+            Relay::Audible { .. } | Relay::Speaker { .. } if is_link(from) => {}
             Relay::Audible {
                 publication,
                 audible,
@@ -326,6 +443,7 @@ impl Engine {
         if let Some(existing) = self.publications.get_mut(&info.id) {
             // The owner's layers or payload types changed.
             if existing.origin == Some(from) {
+                let id = info.id;
                 existing.params = info.params;
                 for (index, (rid, width, height)) in info.layers.into_iter().enumerate() {
                     match existing.layers.get_mut(index) {
@@ -340,6 +458,7 @@ impl Engine {
                         }),
                     }
                 }
+                self.announce(id);
             }
             return;
         }
@@ -355,8 +474,21 @@ impl Engine {
             })
             .collect();
         let room = info.room.clone();
-        // The coordinator hears every audio publication without asking (levels).
-        let wanted = self.coordinates() && info.kind == MediaKind::Audio;
+        let id = info.id;
+        // A link's publications stay in their room: one announced for a room this server does
+        // not share with that link is refused.
+        if is_link(from)
+            && self
+                .links
+                .get(&room)
+                .is_none_or(|links| links & (1u64 << from) == 0)
+        {
+            self.stats.dropped_unknown_source += 1;
+            return;
+        }
+        // The coordinator hears every audio publication without asking (levels): a local
+        // owner sends it to worker 0 from the start, and `update_want` below asks a link.
+        let wanted = self.coordinates() && info.kind == MediaKind::Audio && !is_link(from);
         self.publications.insert(
             info.id,
             Publication {
@@ -375,8 +507,38 @@ impl Engine {
             },
         );
         if self.recordings.contains_key(&room) {
-            self.record_publication(now, info.id);
+            self.record_publication(now, id);
         }
+        // Subscribers whose offers came before the mirror.
+        let mut waiting = Vec::new();
+        self.awaiting.retain(|(publication, participant, mid)| {
+            let this = *publication == id;
+            if this {
+                waiting.push((*participant, *mid));
+            }
+            !this
+        });
+        for (participant, mid) in waiting {
+            if let Some((code, message)) = self.bind(now, participant, mid, id) {
+                self.events.push_back(SfuEvent::Refused {
+                    participant,
+                    code,
+                    message,
+                });
+            }
+        }
+        self.update_want(id);
+        self.announce(id);
+    }
+
+    /// Whether `from` may speak for a mirror of `publication` here: its owner's mirrors, or
+    /// the gateway's downstream.
+    fn is_downstream(&self, publication: PublicationId, from: WorkerId) -> bool {
+        from < MAX_WORKERS
+            && self
+                .publications
+                .get(&publication)
+                .is_some_and(|p| self.downstream(p) & (1u64 << from) != 0)
     }
 
     /// Owner: a mirror wants the packets (or no longer does). A new mirror first gets what the
@@ -392,7 +554,7 @@ impl Engine {
         let Some(p) = self.publications.get_mut(&publication_id) else {
             return;
         };
-        if p.origin.is_some() || from >= MAX_WORKERS {
+        if from >= MAX_WORKERS {
             return;
         }
         let bit = 1u64 << from;

@@ -33,7 +33,7 @@ use crate::codec::{self, VideoCodec};
 use crate::forwarder::{Forwarder, Hold};
 use crate::gop::{CachedPacket, GopCache, GopLimits};
 use crate::recording::{RecordedCodec, RecordedMedia};
-pub use crate::relay::{MAX_WORKERS, MediaPacket, MirrorInfo, Relay, WorkerId};
+pub use crate::relay::{MAX_WORKERS, MediaPacket, MirrorInfo, Relay, WorkerId, is_link};
 use crate::speaker::{self, LevelMeter};
 use crate::stats::EngineStats;
 
@@ -151,6 +151,9 @@ pub struct EngineConfig {
     /// are. With one worker nothing is mirrored.
     pub worker: WorkerId,
     pub workers: WorkerId,
+    /// Where this server's publication ids start: in a cluster each server numbers its own
+    /// from a base of its own, so that a mirrored publication keeps its id on every server.
+    pub publication_ids_from: u64,
 }
 
 impl EngineConfig {
@@ -169,6 +172,7 @@ impl EngineConfig {
             fast_start_max_age: Duration::from_secs(2),
             worker: 0,
             workers: 1,
+            publication_ids_from: 0,
         }
     }
 
@@ -250,11 +254,14 @@ struct Publication {
     /// subscriber's when it binds.
     params: Vec<PayloadParams>,
     /// `None`: owned here (its publisher's transport is on this engine). `Some(worker)`: a
-    /// mirror of the publication that worker owns.
+    /// mirror of the publication that worker owns, or that arrives over that link from
+    /// another server (see [`crate::relay`]).
     origin: Option<WorkerId>,
-    /// Owner: the workers whose mirrors want its packets (a bit each).
+    /// Owner, or the gateway's mirror: the workers and links whose mirrors want its packets
+    /// (a bit each).
     mirrors: u64,
-    /// Owner: the simulcast layers each mirror's subscribers want.
+    /// Owner, or the gateway's mirror: the simulcast layers each of those mirrors' subscribers
+    /// want.
     remote_layers: Vec<(WorkerId, u8)>,
     /// Mirror: whether the owner was asked for its packets.
     wanted: bool,
@@ -619,7 +626,16 @@ pub struct Engine {
     /// This packet's VP8 copies with re-based picture ids, shared by the subscribers whose
     /// numbering matches.
     vp8_patches: crate::vp8::Patches,
+    /// The gateway (worker 0): the links to other servers each room spans (a bit per link).
+    links: HashMap<RoomId, u64>,
+    /// Subscriptions to publications not known here yet: another server's publication whose
+    /// mirror was announced after the subscriber's offer (signaling and the relay travel
+    /// separately). Bound when the mirror arrives; at most [`MAX_AWAITING`].
+    awaiting: Vec<(PublicationId, ParticipantId, Mid)>,
 }
+
+/// The most subscriptions waiting for their publication's mirror at once.
+const MAX_AWAITING: usize = 4_096;
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
@@ -633,7 +649,7 @@ impl Engine {
         crate::dtls::check_certificate(&dtls_cert)?;
         // Publication ids are unique across workers: each numbers its own in a residue class
         // of the worker count.
-        let first_publication = 1 + u64::from(config.worker);
+        let first_publication = config.publication_ids_from + 1 + u64::from(config.worker);
         Ok(Self {
             config,
             crypto,
@@ -664,6 +680,8 @@ impl Engine {
             addresses: VecDeque::new(),
             speakers: HashMap::new(),
             vp8_patches: crate::vp8::Patches::default(),
+            links: HashMap::new(),
+            awaiting: Vec::new(),
         })
     }
 
@@ -689,6 +707,14 @@ impl Engine {
             owned,
             subscriptions,
         )
+    }
+
+    /// How many publications are mirrored here (owned by another worker or server).
+    pub fn mirrored(&self) -> usize {
+        self.publications
+            .values()
+            .filter(|p| p.origin.is_some())
+            .count()
     }
 
     /// The next datagram to send.
@@ -1372,6 +1398,7 @@ impl Engine {
         };
         let published: Vec<PublicationId> = participant.published.iter().map(|(_, p)| *p).collect();
         let subscribed: Vec<Mid> = participant.subscriptions.keys().copied().collect();
+        self.awaiting.retain(|(_, p, _)| *p != id);
         for publication in published {
             self.remove_publication(publication);
         }

@@ -20,6 +20,9 @@ impl Engine {
         subscribe: &[protocol::SubscribeTrack],
     ) -> Vec<(ErrorCode, String)> {
         let mut refusals = Vec::new();
+        // The offer restates every m-line: what waited for a mirror waits again below if
+        // still wanted.
+        self.awaiting.retain(|(_, p, _)| *p != id);
         let Some(participant) = self.participants.get_mut(&id) else {
             return refusals;
         };
@@ -415,9 +418,9 @@ impl Engine {
         let Some(publication) = self.publications.remove(&publication_id) else {
             return;
         };
-        if publication.origin.is_none() {
-            self.relay_to_all(Relay::PublicationEnded(publication_id));
-        }
+        // Its end goes wherever it was announced (a mirror's, on from the gateway).
+        let downstream = self.downstream(&publication);
+        self.relay_to(downstream, &Relay::PublicationEnded(publication_id));
         if publication.recorded {
             self.recorded.push_back(RecordedMedia::TrackEnded {
                 publication: publication_id,
@@ -462,10 +465,7 @@ impl Engine {
             ));
         }
         self.apply_mute(now, publication_id, muted);
-        self.relay_to_all(Relay::Muted {
-            publication: publication_id,
-            muted,
-        });
+        self.relay_muted(publication_id, muted);
         Ok(())
     }
 
@@ -656,7 +656,7 @@ impl Engine {
         let Some(to_subscribers) = self.ingest(publication_id, now, &media) else {
             return;
         };
-        self.relay_packet(publication_id, &media);
+        self.relay_packet(publication_id, &media, false);
         if to_subscribers {
             self.fan_out(publication_id, now, &media);
         }

@@ -200,7 +200,11 @@ impl Engine {
         publication_id: PublicationId,
     ) -> Option<(ErrorCode, String)> {
         let Some(publication) = self.publications.get(&publication_id) else {
-            // A publication that ended while the offer was in flight: the m-line stays idle.
+            // A publication that ended while the offer was in flight (the m-line stays idle),
+            // or another server's whose mirror has not arrived yet (bound when it does).
+            if self.awaiting.len() < MAX_AWAITING {
+                self.awaiting.push((publication_id, id, mid));
+            }
             return None;
         };
         let subscriber = self.participants.get(&id)?;

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -148,6 +150,8 @@ pub struct Sim {
     seq: u64,
     rng: u64,
     next_participant: u64,
+    /// Relays worker 0 sent to links (other servers), for [`nodes::Nodes`] to carry.
+    pub link_out: Vec<(u16, sfu::engine::Relay)>,
 }
 
 impl Sim {
@@ -186,7 +190,53 @@ impl Sim {
             seq: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
             next_participant: 1,
+            link_out: Vec::new(),
         }
+    }
+
+    /// Server `node` of a cluster: its publication ids and its participants' ids are its own
+    /// (signaling gives a cluster's participants ids unique across it).
+    pub fn on_node(node: u16, workers: usize, adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        let mut sim = Self::with_workers(workers, |c| {
+            c.publication_ids_from = u64::from(node) << 40;
+            adjust(c);
+        });
+        sim.next_participant = u64::from(node) * 1_000_000 + 1;
+        sim.rng ^= u64::from(node) << 32;
+        sim
+    }
+
+    /// A relay that arrives at the gateway over link `from`.
+    pub fn relay_from_link(&mut self, from: u16, relay: sfu::engine::Relay) {
+        let now = self.now;
+        self.engine.handle_relay(now, from, relay);
+        self.pump();
+    }
+
+    /// What signaling tells the gateway: `room` spans these links.
+    pub fn set_room_links(&mut self, room: &str, links: &[u16]) {
+        let now = self.now;
+        self.engine.set_room_links(now, &RoomId(room.into()), links);
+        self.pump();
+    }
+
+    /// A publication of another server's participant, announced by signaling: the endpoints
+    /// here subscribe to it.
+    pub fn remote_publication(&mut self, info: PublicationInfo) {
+        self.publications.push(info.clone());
+        for e in self.endpoints.iter_mut().filter(|e| e.alive) {
+            e.endpoint.subscribe(info.clone());
+        }
+        self.pump();
+    }
+
+    /// Another server's publication ended.
+    pub fn remote_publication_removed(&mut self, publication: protocol::PublicationId) {
+        self.publications.retain(|p| p.id != publication);
+        for e in self.endpoints.iter_mut().filter(|e| e.alive) {
+            e.endpoint.unsubscribe(publication);
+        }
+        self.pump();
     }
 
     /// A deterministic pseudo-random number in [0, 1).
@@ -488,6 +538,11 @@ impl Sim {
             for from in 0..self.worker_count() {
                 while let Some((to, relay)) = self.worker(from).poll_relay() {
                     progressed = true;
+                    if sfu::engine::is_link(to) {
+                        assert_eq!(from, 0, "only the gateway speaks over links");
+                        self.link_out.push((to, relay));
+                        continue;
+                    }
                     self.relayed += 1;
                     let now = self.now;
                     let started = cpu_time::ThreadTime::now();
@@ -760,15 +815,20 @@ impl Sim {
 
 /// Checks that endpoint `receiver` hears `sender`'s tone and sees `sender`'s video tag.
 pub fn assert_receives(sim: &Sim, receiver: usize, sender: usize) {
+    assert_receives_from(sim, receiver, sim, sender);
+}
+
+/// [`assert_receives`] for a receiver and a sender that may be on different servers.
+pub fn assert_receives_from(rx_sim: &Sim, receiver: usize, tx_sim: &Sim, sender: usize) {
     use protocol::MediaKind;
-    let sender_config = sim.endpoints[sender].endpoint.config().clone();
-    let publications = sim.publications_of(sender);
+    let sender_config = tx_sim.endpoints[sender].endpoint.config().clone();
+    let publications = tx_sim.publications_of(sender);
     assert_eq!(
         publications.len(),
         2,
         "sender {sender} publishes audio and video"
     );
-    let rx = &sim.endpoints[receiver].endpoint;
+    let rx = &rx_sim.endpoints[receiver].endpoint;
     for publication in publications {
         let stats = rx
             .stats()
