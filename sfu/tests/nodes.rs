@@ -176,3 +176,27 @@ fn a_link_brings_nothing_into_a_room_it_does_not_share_and_unlinking_ends_its_mi
         frames
     );
 }
+
+#[test]
+fn what_a_link_loses_on_the_way_is_said_again() {
+    let mut nodes = Nodes::new(2, 1, |_| {});
+    // A third of the announcements, wants and keyframe requests are lost (UDP).
+    nodes.control_loss = 0.3;
+    nodes.link_star("r", 0);
+    let presenter = nodes.servers[0].join("r", |_| {});
+    let remote = viewer(&mut nodes.servers[1], 0);
+    nodes.run_for(Duration::from_secs(6));
+    assert!(nodes.control_lost > 0);
+    assert_receives_from(&nodes.servers[1], remote, &nodes.servers[0], presenter);
+
+    // The link goes silent while the presenter leaves: the end of its publications is lost,
+    // and the far server's mirrors end on their own once no longer announced.
+    assert_eq!(nodes.servers[1].worker(0).mirrored(), 2);
+    nodes.down.push(0);
+    nodes.servers[0].leave(presenter);
+    nodes.run_for(Duration::from_secs(2));
+    assert_eq!(nodes.servers[1].worker(0).mirrored(), 2, "not yet");
+    nodes.down.clear();
+    nodes.run_for(Duration::from_secs(4));
+    assert_eq!(nodes.servers[1].worker(0).mirrored(), 0);
+}

@@ -11,6 +11,16 @@
 
 use super::*;
 
+/// How long a link's mirror lives without its owner's server announcing it again (every
+/// second): an end lost on the way (relays travel over UDP) ends it anyway.
+pub(super) const LINK_MIRROR_LIFETIME: Duration = Duration::from_secs(4);
+
+/// The least time between two keyframe requests for the same layers sent over a link.
+pub(super) const LINK_KEYFRAME_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The bits of links among a mask of workers and links.
+const LINK_BITS: u64 = !0u64 << crate::relay::FIRST_LINK;
+
 impl Engine {
     /// The next message for another worker, oldest first.
     pub fn poll_relay(&mut self) -> Option<(WorkerId, Relay)> {
@@ -175,6 +185,63 @@ impl Engine {
                 },
             ));
             self.stats.rtp_relayed_out += 1;
+        }
+    }
+
+    /// The gateway, once a second: relays over links travel over UDP, so what they say is
+    /// said again. Every publication announced over a link is announced again, every link's
+    /// mirror says again whether it wants the packets and which layers, and a link's mirror
+    /// not announced again for [`LINK_MIRROR_LIFETIME`] ends (its owner's end was lost, or
+    /// the link is gone).
+    pub(super) fn refresh_links(&mut self, now: Instant) {
+        if self.config.worker != 0 || self.links.is_empty() {
+            return;
+        }
+        let expired: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| {
+                p.origin.is_some_and(is_link)
+                    && p.announced_at
+                        .is_some_and(|at| now >= at + LINK_MIRROR_LIFETIME)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove_publication(id);
+        }
+        let linked: Vec<PublicationId> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| self.links.contains_key(&p.room))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in linked {
+            let Some(p) = self.publications.get(&id) else {
+                continue;
+            };
+            let to_links = self.downstream(p) & LINK_BITS;
+            let announcement =
+                (to_links != 0).then(|| Relay::Publication(Box::new(self.mirror_info(id, p))));
+            let upstream = p.origin.filter(|o| is_link(*o));
+            let (wanted, told_layers) = (p.wanted, p.told_layers);
+            if let Some(relay) = announcement {
+                self.relay_to(to_links, &relay);
+            }
+            if let Some(origin) = upstream {
+                let want = Relay::Want {
+                    publication: id,
+                    want: wanted,
+                };
+                let layers = told_layers.map(|(layers, _)| Relay::LayerWants {
+                    publication: id,
+                    layers,
+                });
+                self.relays.push_back((origin, want));
+                if let Some(layers) = layers {
+                    self.relays.push_back((origin, layers));
+                }
+            }
         }
     }
 
@@ -444,6 +511,7 @@ impl Engine {
             // The owner's layers or payload types changed.
             if existing.origin == Some(from) {
                 let id = info.id;
+                existing.announced_at = is_link(from).then_some(now);
                 existing.params = info.params;
                 for (index, (rid, width, height)) in info.layers.into_iter().enumerate() {
                     match existing.layers.get_mut(index) {
@@ -493,6 +561,7 @@ impl Engine {
             info.id,
             Publication {
                 wanted,
+                announced_at: is_link(from).then_some(now),
                 ..Publication::new(NewPublication {
                     owner: info.owner,
                     room: info.room,

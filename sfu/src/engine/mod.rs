@@ -265,6 +265,9 @@ struct Publication {
     remote_layers: Vec<(WorkerId, u8)>,
     /// Mirror: whether the owner was asked for its packets.
     wanted: bool,
+    /// A link's mirror: when its owner's server last announced it (it ends unless announced
+    /// again within [`LINK_MIRROR_LIFETIME`]).
+    announced_at: Option<Instant>,
 }
 
 /// What a new publication is: who publishes it, where, and what it carries.
@@ -307,6 +310,7 @@ impl Publication {
             mirrors: 0,
             remote_layers: Vec::new(),
             wanted: false,
+            announced_at: None,
         }
     }
 }
@@ -1328,6 +1332,7 @@ impl Engine {
         self.update_speakers(now);
         self.choose_recorded_layers(now);
         if self.ticks.is_multiple_of(TICKS_PER_MEASURE) {
+            self.refresh_links(now);
             let elapsed = self
                 .measured_at
                 .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());

@@ -520,7 +520,22 @@ impl Engine {
             return;
         }
         if let Some(owner) = publication.origin {
-            // Only the owner reaches the publisher; its throttle decides when.
+            // Only the owner reaches the publisher; its throttle decides when. Over a link a
+            // request goes at most every [`super::mirror::LINK_KEYFRAME_INTERVAL`] for the same layers (its
+            // subscribers ask again on each packet they must drop meanwhile).
+            if is_link(owner) {
+                let recent = publication
+                    .last_keyframe_request
+                    .is_some_and(|at| now < at + super::mirror::LINK_KEYFRAME_INTERVAL);
+                if recent && layers & !publication.keyframe_layers == 0 {
+                    return;
+                }
+                if !recent {
+                    publication.keyframe_layers = 0;
+                }
+                publication.keyframe_layers |= layers;
+                publication.last_keyframe_request = Some(now);
+            }
             if layers != 0 {
                 self.relays.push_back((
                     owner,

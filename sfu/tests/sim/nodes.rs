@@ -24,6 +24,11 @@ pub struct Nodes {
     pub relays: u64,
     /// Servers whose relays are no longer carried (failed, or cut off).
     pub down: Vec<usize>,
+    /// The share of relays other than media packets lost on the way, at random.
+    pub control_loss: f64,
+    /// Relays other than media packets lost so far.
+    pub control_lost: u64,
+    rng: u64,
 }
 
 impl Nodes {
@@ -37,7 +42,18 @@ impl Nodes {
             packets: HashMap::new(),
             relays: 0,
             down: Vec::new(),
+            control_loss: 0.0,
+            control_lost: 0,
+            rng: 0x2545_f491_4f6c_dd1d,
         }
+    }
+
+    /// A deterministic pseudo-random number in [0, 1) (xorshift64*, as [`Sim`]'s).
+    fn random(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// `room` spans the servers as a star: `origin` links to every other, each other to the
@@ -103,6 +119,12 @@ impl Nodes {
                     }
                     carried = true;
                     self.relays += 1;
+                    if !matches!(relay, sfu::engine::Relay::Packet { .. })
+                        && self.random() < self.control_loss
+                    {
+                        self.control_lost += 1;
+                        continue;
+                    }
                     let mut relay = relay;
                     if let sfu::engine::Relay::Packet { packet, .. } = &mut relay {
                         *self.packets.entry((i, j)).or_default() += 1;
