@@ -7,8 +7,8 @@
 //!   driven by the fuzzer;
 //! - [`stun`]: STUN messages with a correct MESSAGE-INTEGRITY and FINGERPRINT;
 //! - [`scratch`]: a private temporary directory per input, for the recorder's targets;
-//! - [`signaling_side`], [`recorder`], [`sframe`], [`api_text`], [`cluster`]: the other
-//!   targets' harnesses;
+//! - [`signaling_side`], [`recorder`], [`sframe`], [`api_text`], [`cluster`],
+//!   [`relay_wire`]: the other targets' harnesses;
 //! - [`seeds`]: the seed corpora, written by the targets themselves.
 
 pub mod api_text;
@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod connected;
 pub mod recorder;
 pub mod records;
+pub mod relay_wire;
 pub mod scratch;
 pub mod seeds;
 pub mod sframe;
@@ -60,6 +61,7 @@ pub fn seeds_for(target: &str) -> Vec<(String, Vec<u8>)> {
         "csv_import" => api_text::csv_seeds(),
         "rfc3339" => api_text::rfc3339_seeds(),
         "cluster_envelope" => cluster::envelope_seeds(),
+        "relay_datagram" => relay_wire::datagram_seeds(),
         _ => Vec::new(),
     }
 }
