@@ -42,8 +42,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{SfuCommand, SfuEvent};
 use crate::engine::{AddressChange, Engine, EngineConfig, EngineError, ufrag_worker};
+use crate::links::{LinkPeer, LinkPort, LinkStats};
 use crate::recording::RecordedMedia;
-use crate::relay::{MAX_LOCAL_WORKERS, Relay, WorkerId};
+use crate::relay::{MAX_LOCAL_WORKERS, Relay, WorkerId, is_link};
 use crate::stats::EngineStats;
 
 /// Where the SFU listens and what it advertises.
@@ -77,6 +78,12 @@ pub struct SfuConfig {
     /// only where that thread gets a core of its own; off by default, the workers using every
     /// core.
     pub send_thread: bool,
+    /// The link port: where worker 0 exchanges relays with the other servers of a cluster
+    /// (see [`crate::links`]); `None` outside a cluster.
+    pub links_bind: Option<SocketAddr>,
+    /// Where this server's publication ids start (see
+    /// [`EngineConfig::publication_ids_from`]).
+    pub publication_ids_from: u64,
 }
 
 impl SfuConfig {
@@ -92,6 +99,8 @@ impl SfuConfig {
             recording_sink: None,
             workers: 0,
             send_thread: false,
+            links_bind: None,
+            publication_ids_from: 0,
         }
     }
 
@@ -145,6 +154,8 @@ pub struct SfuSnapshot {
     pub workers: usize,
     pub workers_running: usize,
     pub worker_failures: u64,
+    /// The links to other servers (worker 0's).
+    pub links: LinkStats,
 }
 
 /// What reaches a worker from signaling and from the other workers, in order.
@@ -158,6 +169,10 @@ enum Input {
     Datagram(SocketAddr, Vec<u8>),
     /// Another worker stopped: drop its mirrors.
     WorkerGone(WorkerId),
+    /// Worker 0: the other servers of the cluster now.
+    LinkPeers(Vec<LinkPeer>),
+    /// Worker 0: the links a room spans now.
+    RoomLinks(RoomId, Vec<WorkerId>),
     /// Stop as if failed (a fault drill, see [`SfuHandle::fail_worker`]).
     Fail(String),
     /// Panic (the driver's own tests).
@@ -192,6 +207,7 @@ struct WorkerSnapshot {
     participants: usize,
     publications: usize,
     subscriptions: usize,
+    links: LinkStats,
 }
 
 /// What the handle and the workers share.
@@ -262,6 +278,7 @@ pub struct SfuHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     advertised_addr: SocketAddr,
+    links_addr: Option<SocketAddr>,
 }
 
 impl SfuHandle {
@@ -315,6 +332,28 @@ impl SfuHandle {
         workers
             .get(worker)
             .is_some_and(|link| link.deliver(Input::Command(command)))
+    }
+
+    /// The other servers of a cluster, as worker 0 reaches them now (see [`crate::links`]):
+    /// a peer no longer listed takes its links' mirrors with it.
+    pub fn set_link_peers(&self, peers: Vec<LinkPeer>) -> bool {
+        self.shared
+            .workers
+            .first()
+            .is_some_and(|link| link.deliver(Input::LinkPeers(peers)))
+    }
+
+    /// The links `room` spans now (none: it spans no other server).
+    pub fn set_room_links(&self, room: RoomId, links: Vec<WorkerId>) -> bool {
+        self.shared
+            .workers
+            .first()
+            .is_some_and(|link| link.deliver(Input::RoomLinks(room, links)))
+    }
+
+    /// The bound link port, in a cluster.
+    pub fn links_addr(&self) -> Option<SocketAddr> {
+        self.links_addr
     }
 
     /// Stops one worker as if it had failed: its participants are told to reconnect and land
@@ -371,6 +410,9 @@ impl SfuHandle {
             total.participants += s.participants;
             total.publications += s.publications;
             total.subscriptions += s.subscriptions;
+            if s.links != LinkStats::default() {
+                total.links = s.links.clone();
+            }
         }
         rooms.sort();
         rooms.dedup();
@@ -396,6 +438,14 @@ pub fn spawn(
         // The others bind the port the first one got.
         sockets.push(bind_socket(local_addr, true)?);
     }
+    let mut links_socket = match config.links_bind {
+        Some(addr) => Some(crate::links::bind(addr)?),
+        None => None,
+    };
+    let links_addr = match &links_socket {
+        Some(socket) => Some(socket.local_addr()?),
+        None => None,
+    };
     let mut engine_config = EngineConfig::new(advertised_addr);
     engine_config.keyframe_request_interval = config.keyframe_request_interval;
     engine_config.max_participants_per_room = config.max_participants_per_room;
@@ -403,6 +453,7 @@ pub fn spawn(
     engine_config.fast_start = config.fast_start;
     engine_config.max_audio_streams = config.max_audio_streams;
     engine_config.workers = count as WorkerId;
+    engine_config.publication_ids_from = config.publication_ids_from;
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let mut links = Vec::new();
     let mut parts = Vec::new();
@@ -438,6 +489,16 @@ pub fn spawn(
         let mut socket = UdpSocket::from_std(socket);
         poll.registry()
             .register(&mut socket, MAIN, Interest::READABLE)?;
+        // Worker 0 is the gateway: it alone reads and writes the link port.
+        let links = match links_socket.take().filter(|_| index == 0) {
+            Some(std) => {
+                let mut port = LinkPort::new(UdpSocket::from_std(std));
+                poll.registry()
+                    .register(&mut port.socket, LINKS, Interest::READABLE)?;
+                Some(port)
+            }
+            None => None,
+        };
         let worker = Worker {
             id: index as WorkerId,
             engine,
@@ -455,6 +516,7 @@ pub fn spawn(
             recording_dropped: 0,
             outbox: (0..count).map(|_| Vec::new()).collect(),
             unread: Vec::new(),
+            links,
         };
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -483,6 +545,7 @@ pub fn spawn(
             shared,
             local_addr,
             advertised_addr,
+            links_addr,
         },
         event_rx,
     ))
@@ -516,10 +579,12 @@ fn connected_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket
 /// Datagrams read from one socket per turn before timers, inputs and other sockets get theirs.
 const READ_BATCH: usize = 256;
 
-/// The event loop's tokens: the waker, the media port's shared socket, then peers' sockets.
+/// The event loop's tokens: the waker, the media port's shared socket, the link port (worker
+/// 0 in a cluster), then peers' sockets.
 const WAKE: Token = Token(0);
 const MAIN: Token = Token(1);
-const FIRST_PEER: usize = 2;
+const LINKS: Token = Token(2);
+const FIRST_PEER: usize = 3;
 
 /// How a worker's loop ended.
 enum Exit {
@@ -550,6 +615,8 @@ struct Worker {
     /// Sockets whose last read stopped at the batch limit, to read on the next turn (the
     /// poll is edge-triggered: it will not say so again).
     unread: Vec<Token>,
+    /// Worker 0 in a cluster: the link port.
+    links: Option<LinkPort>,
 }
 
 impl Worker {
@@ -601,6 +668,17 @@ impl Worker {
 
     /// Reads up to a batch of datagrams from one socket into the engine.
     fn read(&mut self, token: Token, buf: &mut [u8]) -> io::Result<()> {
+        if token == LINKS {
+            let Some(links) = &mut self.links else {
+                return Ok(());
+            };
+            let engine = &mut self.engine;
+            let now = Instant::now();
+            if links.read(|link, relay| engine.handle_relay(now, link, relay)) {
+                self.unread.push(token);
+            }
+            return Ok(());
+        }
         for _ in 0..READ_BATCH {
             let received = if token == MAIN {
                 self.media.socket.recv_from(buf)
@@ -670,6 +748,14 @@ impl Worker {
                         .handle_datagram(now, source, self.advertised_addr, &data);
                 }
                 Input::WorkerGone(worker) => self.engine.forget_worker(worker),
+                Input::LinkPeers(peers) => {
+                    if let Some(links) = &mut self.links {
+                        for gone in links.set_peers(peers) {
+                            self.engine.forget_link(now, gone);
+                        }
+                    }
+                }
+                Input::RoomLinks(room, links) => self.engine.set_room_links(now, &room, &links),
                 Input::Fail(reason) => return Err(Exit::Failed(reason)),
                 #[cfg(test)]
                 Input::Panic => panic!("a panic injected by a test"),
@@ -685,9 +771,16 @@ impl Worker {
             return false;
         }
         while let Some((to, relay)) = self.engine.poll_relay() {
-            if let Some(batch) = self.outbox.get_mut(usize::from(to)) {
+            if is_link(to) {
+                if let Some(links) = &mut self.links {
+                    links.queue(to, relay);
+                }
+            } else if let Some(batch) = self.outbox.get_mut(usize::from(to)) {
                 batch.push(relay);
             }
+        }
+        if let Some(links) = &mut self.links {
+            links.flush();
         }
         for (to, batch) in self.outbox.iter_mut().enumerate() {
             if batch.is_empty() {
@@ -777,6 +870,11 @@ impl Worker {
             participants,
             publications,
             subscriptions,
+            links: self
+                .links
+                .as_ref()
+                .map(|l| l.stats().clone())
+                .unwrap_or_default(),
         };
         if let Some(link) = self.shared.workers.get(usize::from(self.id)) {
             *link.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;

@@ -81,17 +81,17 @@ pub const TYPE_PACKET: u8 = 1;
 /// Message type of every other [`Relay`] (JSON).
 pub const TYPE_CONTROL: u8 = 2;
 
-/// The largest JSON body of a control message: far more than a publication's description
-/// needs, small enough that a hostile one costs little to parse.
-pub const MAX_CONTROL_BODY: usize = 16 * 1024;
+/// The largest JSON body of a control message: room for a publication with
+/// [`MAX_PAYLOAD_PARAMS`] payload types (about 590 bytes of JSON each), small enough that a
+/// hostile one costs little to parse.
+pub const MAX_CONTROL_BODY: usize = 24 * 1024;
 
 /// The most simulcast layers a mirrored publication may declare (the engine uses three).
 pub const MAX_LAYERS: usize = 4;
 
 /// The most payload types a mirrored publication may declare. The engine keeps those of its
 /// own codec configuration that the publisher offered: str0m's defaults have 12 for video.
-/// Each takes about 590 bytes of JSON, so [`MAX_CONTROL_BODY`] is the tighter bound beyond
-/// about 27 (a sealer drops such a publication rather than send what would be refused).
+/// A sealer drops a publication beyond either bound rather than send what would be refused.
 pub const MAX_PAYLOAD_PARAMS: usize = 32;
 
 /// The longest room id a relay may name.
@@ -1597,13 +1597,15 @@ mod tests {
 
     #[test]
     fn an_accepted_publication_can_always_be_sealed_again() {
-        // 32 payload types written tersely fit in the bound (about 7 KiB) but would not once
-        // written again in full (about 19 KiB): refused, since the relay could not go on.
-        let too_big = publication_json(|p| terse(p, MAX_PAYLOAD_PARAMS));
-        assert!(too_big.len() < MAX_CONTROL_BODY, "{}", too_big.len());
+        // The most payload types, written tersely (about 7 KiB), are accepted: written again in
+        // full (about 19 KiB) they still fit the bound, so the relay can go on.
+        let most = publication_json(|p| terse(p, MAX_PAYLOAD_PARAMS));
+        assert!(most.len() < MAX_CONTROL_BODY, "{}", most.len());
+        assert_eq!(open_plaintext(&most), Ok(1));
+        // One more is refused.
         assert_eq!(
-            open_plaintext(&too_big),
-            Err(RelayWireError::Malformed("control message too large"))
+            open_plaintext(&publication_json(|p| terse(p, MAX_PAYLOAD_PARAMS + 1))),
+            Err(RelayWireError::Malformed("too many payload types"))
         );
         // 12 (str0m's default video codecs) are accepted, and go on.
         let fine = publication_json(|p| terse(p, 12));

@@ -245,6 +245,25 @@ impl Engine {
         }
     }
 
+    /// The gateway: a link is gone (its server left the cluster): every room stops spanning
+    /// it.
+    pub fn forget_link(&mut self, now: Instant, link: WorkerId) {
+        let rooms: Vec<(RoomId, Vec<WorkerId>)> = self
+            .links
+            .iter()
+            .filter(|(_, mask)| *mask & (1u64 << link) != 0)
+            .map(|(room, mask)| {
+                let rest = (0..MAX_WORKERS)
+                    .filter(|l| *l != link && mask & (1u64 << l) != 0)
+                    .collect();
+                (room.clone(), rest)
+            })
+            .collect();
+        for (room, rest) in rooms {
+            self.set_room_links(now, &room, &rest);
+        }
+    }
+
     /// The gateway: the links to other servers `room` spans now. A new link is told of every
     /// publication of the room it does not bring itself; a link gone takes its publications'
     /// mirrors with it and no longer receives anything.
