@@ -62,6 +62,7 @@ wait_port "$nats_port"
 for i in $(seq 0 $((nodes - 1))); do
   "$bin" --data-dir "$dir/node-$i" --database-url "$database" \
     --http-addr "127.0.0.1:$((8443 + i))" --media-addr "127.0.0.1:$((10000 + i))" \
+    --links-addr "127.0.0.1:$((11000 + i))" \
     --cluster "nats://127.0.0.1:$nats_port" --cluster-secret-file "$dir/cluster.secret" \
     --node-id "node-$i" >"$dir/node-$i.log" 2>&1 &
   pids+=($!)

@@ -402,6 +402,9 @@ export class Meeting extends EventTarget {
     }
     const announced = this.e2ee?.announced();
     if (announced && this.protocolVersion >= 2) join.e2ee_key = announced;
+    // In a cluster: the node that sent this page here carries its media (the one near it).
+    const media = new URLSearchParams(location.search).get('media');
+    if (media) join.media = media;
     const joined = await s.socket.join(join, (lobby) => {
       this.me = lobby.participant_id;
       if (lobby.room) this.room = lobby.room;

@@ -24,9 +24,10 @@ export class JoinError extends Error {
  * This page's path, query and fragment on the node at `url` (an https origin), or null, with
  * what `request` (the `join` redirected) needs there that the page may have taken out of its
  * address: a join link's token goes back into the fragment (app.js removes it from the address
- * bar at start), an open room's name into `room`.
+ * bar at start), an open room's name into `room`, and the node that should carry the media
+ * (`media`, from the redirect) into `media`.
  */
-export function redirectTarget(url, request = {}) {
+export function redirectTarget(url, request = {}, media = null) {
   let origin;
   try {
     origin = new URL(url);
@@ -37,6 +38,7 @@ export function redirectTarget(url, request = {}) {
   const target = new URL(location.pathname + location.search + location.hash, origin.origin);
   if (request.token) target.hash = `join=${encodeURIComponent(request.token)}`;
   else if (request.room) target.searchParams.set('room', request.room);
+  if (media) target.searchParams.set('media', media);
   return target.href;
 }
 
@@ -117,7 +119,7 @@ export class SignalingSocket {
           // Another node of the cluster holds the meeting: the page moves there, where the
           // same link (path, query and fragment) joins it.
           done();
-          const target = redirectTarget(message.url, request);
+          const target = redirectTarget(message.url, request, message.media || null);
           if (target) {
             // The server closes this socket: the page is leaving, not unreachable.
             ws.onclose = null;

@@ -100,8 +100,9 @@ pub enum BotError {
     Closed,
     #[error("unexpected message before joining: {0}")]
     Protocol(String),
+    /// Sent to another node (its URL), with the node that should carry the media.
     #[error("sent to another node: {0}")]
-    Redirect(String),
+    Redirect(String, Option<String>),
 }
 
 impl From<tungstenite::Error> for BotError {
@@ -740,17 +741,20 @@ impl Bot {
         };
         // A node of a cluster that does not hold the room sends the bot to the one that does.
         let mut url = options.url.clone();
+        let mut media = None;
         let mut redirects = 0;
         let (ws, joined, early) = loop {
-            let mut ws = open_and_join(&options, &url, e2ee_key.clone()).await?;
+            let mut ws = open_and_join(&options, &url, e2ee_key.clone(), media.clone()).await?;
             match tokio::time::timeout(options.join_timeout, wait_joined(&mut ws))
                 .await
                 .map_err(|_| BotError::Timeout("join"))?
             {
                 Ok((joined, early)) => break (ws, joined, early),
-                Err(BotError::Redirect(to)) if redirects < MAX_REDIRECTS => {
+                Err(BotError::Redirect(to, hint)) if redirects < MAX_REDIRECTS => {
                     redirects += 1;
                     url = websocket_url(&to)?;
+                    // The node that sent us carries our media, as a browser's page would ask.
+                    media = hint;
                 }
                 Err(err) => return Err(err),
             }
@@ -1029,6 +1033,7 @@ async fn open_and_join(
     options: &BotOptions,
     url: &str,
     e2ee_key: Option<String>,
+    media: Option<String>,
 ) -> Result<Ws, BotError> {
     let connector = Connector::Rustls(options.tls.clone());
     let (mut ws, _response) = tokio::time::timeout(
@@ -1053,6 +1058,7 @@ async fn open_and_join(
                 role: None,
                 resume: None,
                 e2ee_key,
+                media,
             },
             None => ClientMessage::Join {
                 protocol_version: PROTOCOL_VERSION,
@@ -1062,6 +1068,7 @@ async fn open_and_join(
                 role: options.role,
                 resume: None,
                 e2ee_key,
+                media,
             },
         },
     )
@@ -1081,7 +1088,9 @@ async fn wait_joined(ws: &mut Ws) -> Result<(ServerMessage, Vec<ServerMessage>),
                 ServerMessage::Error { code, message } => {
                     return Err(BotError::Refused { code, message });
                 }
-                ServerMessage::Redirect { url } => return Err(BotError::Redirect(url)),
+                ServerMessage::Redirect { url, media } => {
+                    return Err(BotError::Redirect(url, media));
+                }
                 other => early.push(other),
             },
             Message::Close(_) => return Err(BotError::Closed),

@@ -405,3 +405,30 @@ fn a_recording_settles_for_the_highest_layer_that_arrives() {
     );
     assert!(starts_on_keyframe);
 }
+
+#[test]
+fn a_subscriber_with_room_for_every_video_gets_them_all_once_its_estimate_has_probed_up() {
+    // Two publishers and a viewer on a clean link: the estimate starts low, and must be asked
+    // to grow to what both videos, the audio and the share kept aside need, or the video of
+    // whoever is not the speaker stays paused for good.
+    let mut sim = Sim::new();
+    let first = sim.join("r", |_| {});
+    let second = sim.join("r", |_| {});
+    let viewer = viewer(&mut sim);
+    sim.run_for(Duration::from_secs(12));
+    let frames = |sim: &Sim, sender: usize| {
+        let video = sim.publication(sender, MediaKind::Video).id;
+        sim.endpoints[viewer].endpoint.stats()[&video].video_frames
+    };
+    let before = (frames(&sim, first), frames(&sim, second));
+    sim.run_for(Duration::from_secs(2));
+    let after = (frames(&sim, first), frames(&sim, second));
+    assert!(
+        after.0 > before.0 + 10,
+        "the first video flows: {before:?} → {after:?}"
+    );
+    assert!(
+        after.1 > before.1 + 10,
+        "the second video flows: {before:?} → {after:?}"
+    );
+}

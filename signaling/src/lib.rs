@@ -535,15 +535,24 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         sfu_config.send_thread = send_thread;
     }
     sfu_config.workers = config.media_workers.unwrap_or(0);
+    if let Some(cluster) = &config.cluster {
+        // The media link port: beside the media port (the next one), on the same address.
+        let media = config.media_addr;
+        let port = if media.port() == 0 {
+            0
+        } else {
+            media.port().saturating_add(1)
+        };
+        sfu_config.links_bind = Some(
+            cluster
+                .links_addr
+                .unwrap_or(SocketAddr::new(media.ip(), port)),
+        );
+        // Publication ids keep their value on every node that mirrors them: each node numbers
+        // its own from a random base (below 2^53, which a browser's numbers hold exactly).
+        sfu_config.publication_ids_from = (1 + rand::random::<u64>() % ((1 << 20) - 1)) << 32;
+    }
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
-    let hub = hub::spawn(
-        sfu.clone(),
-        sfu_events,
-        store.clone(),
-        config.max_participants_per_room,
-        names,
-        finished_rx,
-    );
 
     let configured = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
     let pem = tls::load_or_generate(configured, &config.data_dir, &config.tls_names)?;
@@ -569,13 +578,40 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let handle = axum_server::Handle::new();
     let cluster = match &cluster_config {
         Some(cluster_config) => {
-            let cluster =
-                cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr()).await?;
-            cluster.start_room_sync(hub.clone(), store.clone());
-            Some(cluster)
+            // Others reach the link port at the media address clients are given.
+            let links_addr = sfu.links_addr().map(|bound| {
+                let ip = match (bound.ip().is_unspecified(), config.advertise_addr) {
+                    (true, Some(advertised)) => advertised.ip(),
+                    _ => bound.ip(),
+                };
+                SocketAddr::new(ip, bound.port())
+            });
+            Some(
+                cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr(), links_addr)
+                    .await?,
+            )
         }
         None => None,
     };
+    let (media, sfu_events) = cluster::media::Media::start(
+        sfu.clone(),
+        sfu_events,
+        cluster
+            .as_ref()
+            .zip(cluster_config.as_ref().map(|c| &c.secret)),
+    )
+    .await;
+    let hub = hub::spawn(
+        media,
+        sfu_events,
+        store.clone(),
+        config.max_participants_per_room,
+        names,
+        finished_rx,
+    );
+    if let Some(cluster) = &cluster {
+        cluster.start_room_sync(hub.clone(), store.clone());
+    }
     let state = AppState {
         hub: hub.clone(),
         limits: config.session_limits,

@@ -194,6 +194,10 @@ struct Args {
     /// holds is sent there [default: https:// and --http-addr].
     #[arg(long, env = "MEET_PUBLIC_URL", requires = "cluster")]
     public_url: Option<String>,
+    /// The UDP address where other nodes relay a room's media to this one (open it to the
+    /// other nodes only) [default: the media address, next port].
+    #[arg(long, env = "MEET_LINKS_ADDR", requires = "cluster")]
+    links_addr: Option<std::net::SocketAddr>,
     /// TCP connections one address may hold at once: pages, API calls and WebSockets together
     /// (0: no limit, for a load test whose bots all come from one address).
     #[arg(long, env = "MEET_MAX_CONNECTIONS_PER_IP", default_value_t = signaling::connections::DEFAULT_MAX_PER_IP)]
@@ -370,6 +374,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             secret: signaling::cluster::ClusterSecret::from_file(&secret_file)?,
             node_id: args.node_id,
             public_url: args.public_url,
+            links_addr: args.links_addr,
         });
     }
     config.test_hooks = args.test_hooks;

@@ -123,6 +123,26 @@ impl Metrics {
                 for (reason, value) in c.rejected {
                     counter!("meet_cluster_rejected_total", "reason" => reason).absolute(value);
                 }
+                let l = &snapshot.links;
+                for (direction, datagrams, bytes, packets) in [
+                    ("in", l.datagrams_in, l.bytes_in, l.packets_in),
+                    ("out", l.datagrams_out, l.bytes_out, l.packets_out),
+                ] {
+                    counter!("meet_links_datagrams_total", "direction" => direction)
+                        .absolute(datagrams);
+                    counter!("meet_links_bytes_total", "direction" => direction).absolute(bytes);
+                    counter!("meet_links_packets_total", "direction" => direction)
+                        .absolute(packets);
+                }
+                for (reason, value) in [
+                    ("unknown_source", l.refused_unknown_source),
+                    ("forged", l.refused_forged),
+                    ("replayed", l.refused_replayed),
+                    ("malformed", l.refused_malformed),
+                ] {
+                    counter!("meet_links_refused_total", "reason" => reason).absolute(value);
+                }
+                counter!("meet_links_dropped_total").absolute(l.dropped_out);
             }
         });
         self.handle.render()
@@ -173,6 +193,28 @@ fn describe() {
         "meet_cluster_rejected_total",
         "Cluster messages refused, by reason: bad_mac (another cluster secret, or forged), \
          stale (a replay), bad_node, malformed, truncated, bad_magic, oversize."
+    );
+    describe_counter!(
+        "meet_links_datagrams_total",
+        "Sealed datagrams over the media links to other nodes, in and out (cluster mode)."
+    );
+    describe_counter!(
+        "meet_links_bytes_total",
+        "Bytes of those datagrams, in and out (cluster mode)."
+    );
+    describe_counter!(
+        "meet_links_packets_total",
+        "Media packets carried over the links, in and out: each crosses once per node that \
+         wants it, whatever the number of its viewers there (cluster mode)."
+    );
+    describe_counter!(
+        "meet_links_refused_total",
+        "Datagrams refused on the link port, by reason: unknown_source (not a member's \
+         address), forged (not sealed with the link's key), replayed, malformed."
+    );
+    describe_counter!(
+        "meet_links_dropped_total",
+        "Relays for a node with no link, and datagrams the kernel would not take."
     );
     describe_gauge!(
         "meet_media_workers",

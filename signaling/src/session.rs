@@ -314,12 +314,22 @@ impl Session {
                     role,
                     resume,
                     e2ee_key,
+                    media,
                 },
                 None,
             ) => {
                 let room_asked = room.clone();
                 let outcome = self
-                    .join(protocol_version, token, room, name, role, resume, e2ee_key)
+                    .join(
+                        protocol_version,
+                        token,
+                        room,
+                        name,
+                        role,
+                        resume,
+                        e2ee_key,
+                        media,
+                    )
                     .await;
                 if let Ok(Joined::Elsewhere(url)) = &outcome {
                     tracing::info!(
@@ -330,8 +340,13 @@ impl Session {
                         %url,
                         "sent to the node holding the room"
                     );
-                    let text = serde_json::to_string(&ServerMessage::Redirect { url: url.clone() })
-                        .unwrap_or_else(|_| "{}".to_string());
+                    // The media stays here, near the client (see `ClientMessage::Join`'s `media`).
+                    let media = self.gate.cluster.as_ref().map(|c| c.node_id().to_string());
+                    let text = serde_json::to_string(&ServerMessage::Redirect {
+                        url: url.clone(),
+                        media,
+                    })
+                    .unwrap_or_else(|_| "{}".to_string());
                     // Sent, then the socket closes: the client joins there.
                     let _ = self.outbound_tx.try_send(Outbound::Close(text.into()));
                     return Ok(Next::Continue);
@@ -382,6 +397,7 @@ impl Session {
         role: Option<Role>,
         resume: Option<String>,
         e2ee_key: Option<String>,
+        media: Option<String>,
     ) -> Result<Joined, (ErrorCode, String)> {
         if protocol_version != PROTOCOL_VERSION {
             return Err((
@@ -414,6 +430,8 @@ impl Session {
             }
         }
         arrival.e2ee_key = e2ee_key;
+        // Only a well-formed node id goes on; whether it is a live member is the hub's to see.
+        arrival.media = media.filter(|m| crate::cluster::valid_node_id(m));
         // In a cluster the room is held by one node: the join is served there.
         if let Some(cluster) = &self.gate.cluster
             && let Placement::Elsewhere(node) = cluster.place(&arrival.room).await
@@ -490,6 +508,7 @@ impl Session {
             }),
             resume: None,
             e2ee_key: None,
+            media: None,
         })
     }
 
@@ -536,6 +555,7 @@ impl Session {
             meeting: None,
             resume: None,
             e2ee_key: None,
+            media: None,
         })
     }
 }

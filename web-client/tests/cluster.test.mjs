@@ -23,7 +23,7 @@ const GREEN = [0, 255, 0];
 const BLUE = [0, 0, 255];
 const ADMIN = { username: 'admin', displayName: 'Admin', password: 'correct horse battery staple' };
 
-/** A value without labels from a node's Prometheus page (`/metrics`), or null. */
+/** A value from a node's Prometheus page (`/metrics`), labels written out in `name`, or null. */
 async function metric(server, name) {
   const text = String((await api(server, 'GET', '/../metrics', { token: server.metricsToken })).body);
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
@@ -129,11 +129,14 @@ describe('a cluster of two nodes', () => {
       assert.ok(!bob.page.url().includes('join='), bob.page.url());
 
       await Promise.all([waitUntilReceives(alice, [bob]), waitUntilReceives(bob, [alice])]);
-      // ... and their media goes through A only: B holds no transport and forwarded nothing.
-      assert.equal(await metric(a, 'meet_participants'), 2);
-      assert.equal(await metric(b, 'meet_participants'), 0);
-      assert.equal(await metric(b, 'meet_rtp_relayed_total'), 0);
-      assert.equal(await metric(b, 'meet_rooms'), 0);
+      // ... saying that B sent it, so that Bob's media stays on B, near him: the meeting is A's
+      // (one roster, Bob's socket on A), each node carries one transport, and the media
+      // crosses between A and B over their link.
+      assert.equal(new URL(bob.page.url()).searchParams.get('media'), 'node-b', bob.page.url());
+      assert.equal(await metric(a, 'meet_participants'), 1);
+      assert.equal(await metric(b, 'meet_participants'), 1);
+      assert.ok(await metric(b, 'meet_links_packets_total{direction="in"}') > 0, 'media crossed to B');
+      assert.ok(await metric(a, 'meet_links_packets_total{direction="in"}') > 0, 'media crossed to A');
       assert.deepEqual(errorsOf([alice, bob]), []);
 
       // A stops (SIGTERM): it ends by itself, deleting its lease and its room record on the way.

@@ -368,6 +368,11 @@ pub enum ClientMessage {
         /// [`MAX_E2EE_PUBLIC_KEY`] characters), shown to others in `participant.e2ee_key`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         e2ee_key: Option<String>,
+        /// In a cluster: the node that should carry this participant's media, as the
+        /// [`ServerMessage::Redirect`] that sent the client here said (the node it first
+        /// reached, near it). A hint: a node that is not a live member is ignored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<String>,
     },
     /// An SDP offer. The client always offers and the server always answers, so there is
     /// never glare. `publish` labels the client's send m-lines, `subscribe` maps its
@@ -555,6 +560,10 @@ pub enum ServerMessage {
     /// sends the same join to `wss://…/ws` there; the server closes this socket.
     Redirect {
         url: String,
+        /// The node that sent the client: its media is carried there (see
+        /// [`ClientMessage::Join`]'s `media`), so a site keeps its media on the node near it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<String>,
     },
     /// Sent after the answer to [`ClientMessage::Join`] on a node of a cluster: the origins
     /// (`https://host:port`) of the cluster's nodes, this one first, for the client to try
@@ -734,6 +743,7 @@ mod tests {
                 role: None,
                 resume: None,
                 e2ee_key: None,
+                media: None,
             }
         );
         let text = r#"{"type":"join","protocol_version":2,"token":"a.b.c"}"#;
@@ -848,6 +858,7 @@ mod tests {
                 role: None,
                 resume: Some("RESUME-SECRET".into()),
                 e2ee_key: Some("PUBLIC-KEY".into()),
+                media: None,
             }),
             Box::new(ClientMessage::E2eeKeys {
                 keys: vec![E2eeKeyDelivery {

@@ -20,6 +20,7 @@
 
 /// The sealed envelope, in the leaf crate so that the fuzz targets reach it.
 pub use formats::cluster_envelope as envelope;
+pub mod media;
 mod rooms;
 pub mod secret;
 
@@ -61,6 +62,10 @@ pub struct ClusterConfig {
     /// Where clients reach this node (`https://host:port`), sent to those redirected here;
     /// `None`: `https://` and the HTTPS listener's address.
     pub public_url: Option<String>,
+    /// The media link port (UDP), where other nodes' gateways relay a room's media to this
+    /// node; `None`: the media address with the next port (any free port when the media
+    /// port is 0).
+    pub links_addr: Option<SocketAddr>,
 }
 
 /// What a node tells the others about itself.
@@ -75,6 +80,12 @@ pub struct NodeInfo {
     pub media_addr: String,
     /// When it started (RFC 3339).
     pub started_at: String,
+    /// Its media link port, where its gateway takes relays from the other nodes (see
+    /// `sfu::links`), and the random value it drew at start, which the links' keys depend on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_epoch: Option<String>,
 }
 
 /// Why a node could not join its cluster.
@@ -122,6 +133,8 @@ struct Inner {
     rejected: Rejected,
     /// Heartbeats that failed (NATS unreachable, JetStream unavailable).
     heartbeat_failures: AtomicU64,
+    /// Since when this node's renewals succeed, every one (`None` while they fail).
+    renewing_since: Mutex<Option<Instant>>,
     /// Told when renewals work again after failing: the watch starts over, as its consumer
     /// may have died with the bucket without noticing.
     rewatch: tokio::sync::Notify,
@@ -175,6 +188,7 @@ impl Cluster {
         config: &ClusterConfig,
         http_addr: SocketAddr,
         media_addr: SocketAddr,
+        links_addr: Option<SocketAddr>,
     ) -> Result<Self, ClusterError> {
         let id = config.node_id.clone().unwrap_or_else(random_node_id);
         if !valid_node_id(&id) {
@@ -203,6 +217,8 @@ impl Cluster {
             http_addr: http_addr.to_string(),
             media_addr: media_addr.to_string(),
             started_at: crate::rfc3339::format(now_ms() as i64).unwrap_or_default(),
+            links_addr: links_addr.map(|a| a.to_string()),
+            links_epoch: links_addr.map(|_| crate::store::hex(&rand::random::<[u8; 16]>())),
         };
         let cluster = Self {
             inner: Arc::new(Inner {
@@ -216,6 +232,7 @@ impl Cluster {
                 members: Mutex::new(HashMap::new()),
                 rejected: Rejected::default(),
                 heartbeat_failures: AtomicU64::new(0),
+                renewing_since: Mutex::new(Some(Instant::now())),
                 rewatch: tokio::sync::Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -262,6 +279,17 @@ impl Cluster {
     /// How many rooms this node holds (their records name it).
     pub fn rooms_held(&self) -> usize {
         self.inner.claimed.lock().map_or(0, |claimed| claimed.len())
+    }
+
+    /// How long this node's lease renewals have succeeded without a failure (`None` while
+    /// they fail): after a NATS outage, the members' view is whole again once every live node
+    /// renewed, a heartbeat after this node could.
+    pub fn renewing_for(&self) -> Option<Duration> {
+        self.inner
+            .renewing_since
+            .lock()
+            .ok()
+            .and_then(|since| since.map(|at| at.elapsed()))
     }
 
     /// Whether the connection to NATS is up.
@@ -448,7 +476,15 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        match inner.renew().await {
+        let renewed = inner.renew().await;
+        if let Ok(mut since) = inner.renewing_since.lock() {
+            match (&renewed, *since) {
+                (Ok(()), None) => *since = Some(Instant::now()),
+                (Err(_), _) => *since = None,
+                _ => {}
+            }
+        }
+        match renewed {
             Ok(()) if failing => {
                 failing = false;
                 inner.rewatch.notify_one();

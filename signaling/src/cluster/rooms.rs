@@ -15,7 +15,7 @@
 //! waiting), and each node re-checks its records every few seconds ([`Cluster::sync_rooms`]),
 //! so that they are written again once NATS is back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use protocol::RoomId;
@@ -191,7 +191,7 @@ impl Cluster {
     /// The node `id` if its lease is current. What this node's watch has seen decides at
     /// once; a node it has not heard of (this node just started, or the other did) is read
     /// from the bucket, so that a room is never taken from a live holder for want of news.
-    async fn live_node(&self, id: &str) -> Result<Option<NodeInfo>, String> {
+    pub(super) async fn live_node(&self, id: &str) -> Result<Option<NodeInfo>, String> {
         if let Some(info) = self.nodes().into_iter().find(|n| n.id == id) {
             return Ok(Some(info));
         }
@@ -211,12 +211,28 @@ impl Cluster {
             return Ok(None);
         };
         // Written within the lease, by the writer's clock (the nodes' clocks are kept by NTP).
-        if now.saturating_sub(opened.sent_at_ms) > super::LEASE.as_millis() as u64 {
+        let age = now.saturating_sub(opened.sent_at_ms);
+        if age > super::LEASE.as_millis() as u64 {
             return Ok(None);
         }
-        Ok(serde_json::from_slice::<NodeInfo>(opened.body)
+        let info = serde_json::from_slice::<NodeInfo>(opened.body)
             .ok()
-            .filter(|info| info.id == id))
+            .filter(|info| info.id == id);
+        // What was read counts as seen, as if the watch had brought it.
+        if let Some(info) = &info
+            && let Ok(mut members) = self.inner.members.lock()
+        {
+            let seen = Instant::now()
+                .checked_sub(std::time::Duration::from_millis(age))
+                .unwrap_or_else(Instant::now);
+            members
+                .entry(info.id.clone())
+                .or_insert_with(|| super::Member {
+                    info: info.clone(),
+                    seen,
+                });
+        }
+        Ok(info)
     }
 
     /// Ends the attendance rows held open by nodes whose lease has ended (they died: their

@@ -91,6 +91,20 @@ impl ClusterSecret {
         self.derive(b"file ticket hmac")
     }
 
+    /// The AES-256 key of the relays node `from` sends node `to` over their media link. It
+    /// is one direction's, and it changes whenever either node starts again (`*_epoch`: a
+    /// random value each draws at start): a sender numbers its datagrams from zero under a
+    /// key, so no nonce repeats, and a receiver that starts again cannot be fed datagrams
+    /// recorded before.
+    pub fn link_key(&self, from: &str, from_epoch: &str, to: &str, to_epoch: &str) -> [u8; 32] {
+        let mut label = b"media link aes-256-gcm\0".to_vec();
+        for part in [from, from_epoch, to, to_epoch] {
+            label.extend_from_slice(part.as_bytes());
+            label.push(0);
+        }
+        self.derive(&label)
+    }
+
     /// The key that authenticates every message a node sends over NATS.
     pub fn message_key(&self) -> hmac::Key {
         hmac::Key::new(hmac::HMAC_SHA256, &self.derive(b"nats message hmac"))
@@ -100,6 +114,21 @@ impl ClusterSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_direction_and_each_start_of_a_link_has_its_own_key() {
+        let secret = ClusterSecret::from_bytes(&[3; 32]).expect("long enough");
+        let ab = secret.link_key("a", "1", "b", "1");
+        assert_eq!(ab, secret.link_key("a", "1", "b", "1"));
+        assert_ne!(ab, secret.link_key("b", "1", "a", "1"));
+        assert_ne!(ab, secret.link_key("a", "2", "b", "1"));
+        assert_ne!(ab, secret.link_key("a", "1", "b", "2"));
+        // Fields cannot slide into each other.
+        assert_ne!(
+            secret.link_key("a1", "", "b", "1"),
+            secret.link_key("a", "1", "b", "1")
+        );
+    }
 
     #[test]
     fn a_short_secret_is_refused_and_whitespace_is_not_part_of_it() {

@@ -117,6 +117,7 @@ impl Hub {
             admitted: false,
             resume: new_id(),
             e2ee_key: arrival.e2ee_key,
+            media: arrival.media,
             relayed_from: HashMap::new(),
         };
         if let Some(invitation) = &member.invitation {
@@ -164,10 +165,10 @@ impl Hub {
             return Ok(());
         }
         let room_id = member.room.clone();
-        if !self.sfu.send(SfuCommand::AddParticipant {
-            participant: id,
-            room: room_id.clone(),
-        }) {
+        if !self
+            .sfu
+            .add_participant(id, room_id.clone(), member.media.as_deref())
+        {
             self.remove(
                 id,
                 LeaveReason::Removed,

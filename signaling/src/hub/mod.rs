@@ -20,11 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::media::Media;
 use protocol::{
     ClientMessage, ErrorCode, LeaveReason, LobbyEntry, ParticipantId, ParticipantInfo,
     PublicationId, PublicationInfo, Quality, Role, RoomCounts, RoomId, RoomStatus, ServerMessage,
 };
-use sfu::{SfuCommand, SfuEvent, SfuHandle};
+use sfu::{SfuCommand, SfuEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{Journal, Write};
@@ -111,6 +112,8 @@ pub struct Arrival {
     pub resume: Option<String>,
     /// The device's public key for end-to-end encryption, relayed to others as is.
     pub e2ee_key: Option<String>,
+    /// In a cluster: the node asked to carry the media (see `ClientMessage::Join`'s `media`).
+    pub media: Option<String>,
 }
 
 /// `Debug` says whether a resume secret and a public key came, never what they are.
@@ -126,6 +129,7 @@ impl std::fmt::Debug for Arrival {
             .field("meeting", &self.meeting)
             .field("resume", &self.resume.is_some())
             .field("e2ee_key", &self.e2ee_key.is_some())
+            .field("media", &self.media)
             .finish()
     }
 }
@@ -281,6 +285,8 @@ struct Member {
     admitted: bool,
     resume: String,
     e2ee_key: Option<String>,
+    /// In a cluster: the node asked to carry this member's media.
+    media: Option<String>,
     /// What each sender may still address to this member ([`RELAY_PER_SENDER_RATE`]).
     relayed_from: HashMap<ParticipantId, crate::session::RateLimiter>,
 }
@@ -345,7 +351,8 @@ struct Room {
 
 #[derive(Debug)]
 struct Hub {
-    sfu: SfuHandle,
+    /// This node's SFU, and in a cluster the others' (see [`Media`]).
+    sfu: Media,
     max_participants_per_room: usize,
     rooms: HashMap<RoomId, Room>,
     members: HashMap<ParticipantId, Member>,
@@ -372,7 +379,7 @@ const SHUTDOWN_RECORDING_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts the hub task.
 pub fn spawn(
-    sfu: SfuHandle,
+    sfu: Media,
     sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
     store: Store,
     max_participants_per_room: usize,
@@ -688,6 +695,7 @@ mod tests {
             meeting: None,
             resume: Some("RESUME-SECRET".into()),
             e2ee_key: Some("PUBLIC-KEY".into()),
+            media: None,
         };
         let text = encode(&ServerMessage::E2eeKey {
             from: ParticipantId(1),
@@ -708,6 +716,7 @@ mod tests {
             admitted: true,
             resume: "RESUME-SECRET".into(),
             e2ee_key: Some("PUBLIC-KEY".into()),
+            media: None,
             relayed_from: HashMap::new(),
         };
         let request = HubRequest::Message {
@@ -750,6 +759,7 @@ mod tests {
             meeting: None,
             resume: None,
             e2ee_key: None,
+            media: None,
         };
         let (outbound, _receiver) = mpsc::channel(1);
         let (code, _) = hub.join(arrival, outbound).await.expect_err("refused");

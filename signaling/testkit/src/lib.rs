@@ -144,6 +144,7 @@ impl WebrtcRsClient {
                 role: None,
                 resume: None,
                 e2ee_key: None,
+                media: None,
             },
         )
         .await?;

@@ -439,16 +439,33 @@ pub fn describe_reception(bot: &Bot, sender: ParticipantId) -> String {
 /// Waits until each `(bot, sender, tone, tag)` holds for [`bot_receives`]; on timeout the
 /// panic says what each bot has of its sender.
 pub async fn media_flows(timeout: Duration, what: &str, pairs: &[(&Bot, ParticipantId, f32, u64)]) {
+    media_flows_on(&[], timeout, what, pairs).await
+}
+
+/// [`media_flows`], whose panic also shows the SFU counters of `servers`.
+pub async fn media_flows_on(
+    servers: &[&TestServer],
+    timeout: Duration,
+    what: &str,
+    pairs: &[(&Bot, ParticipantId, f32, u64)],
+) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !pairs
         .iter()
         .all(|(bot, sender, tone, tag)| bot_receives(bot, *sender, *tone, *tag))
     {
         if tokio::time::Instant::now() >= deadline {
-            let state: Vec<String> = pairs
+            let mut state: Vec<String> = pairs
                 .iter()
                 .map(|(bot, sender, _, _)| describe_reception(bot, *sender))
                 .collect();
+            for server in servers {
+                let s = server.server.sfu.snapshot();
+                state.push(format!(
+                    "server at {}: {:?} links {:?}",
+                    server.server.http_addr, s.stats, s.links
+                ));
+            }
             panic!("timed out waiting until {what}:\n  {}", state.join("\n  "));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -760,6 +777,10 @@ pub fn spawn_server(mut command: std::process::Command) -> (std::process::Child,
         let mut sent = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            // MEET_TEST_SERVER_LOGS=1 shows the servers' logs beside the test's.
+            if std::env::var_os("MEET_TEST_SERVER_LOGS").is_some() {
+                eprintln!("server: {line}");
+            }
             if !sent && let Some(rest) = line.split("http_addr=").nth(1) {
                 let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
                 let _ = found.send(addr);
