@@ -35,7 +35,10 @@ pub fn envelope(data: &[u8]) {
         };
         assert!(valid_node_id(opened.node), "{opened:?}");
         if timed {
-            assert!(opened.sent_at_ms.abs_diff(NOW_MS) <= MAX_SKEW_MS, "{opened:?}");
+            assert!(
+                opened.sent_at_ms.abs_diff(NOW_MS) <= MAX_SKEW_MS,
+                "{opened:?}"
+            );
         }
         let again = seal(&key, &subject, opened.node, opened.sent_at_ms, opened.body);
         assert_eq!(again, message, "an accepted message is its own sealing");
@@ -63,16 +66,34 @@ pub fn envelope_seeds() -> Vec<(String, Vec<u8>)> {
     let room_subject = "kv.meet_rooms.r-00112233445566778899aabbccddeeff";
     let room_record = br#"{"room":"0123456789abcdef0123456789abcdef","node":"node-b"}"#;
     let node = seal(&key, node_subject, "node-a", NOW_MS, node_record);
-    let room = seal(&key, room_subject, "node-b", NOW_MS - 86_400_000, room_record);
+    let room = seal(
+        &key,
+        room_subject,
+        "node-b",
+        NOW_MS - 86_400_000,
+        room_record,
+    );
     let mut flipped = node.clone();
     flipped[10] ^= 1;
-    let stale = seal(&key, node_subject, "node-a", NOW_MS - MAX_SKEW_MS - 1, node_record);
+    let stale = seal(
+        &key,
+        node_subject,
+        "node-a",
+        NOW_MS - MAX_SKEW_MS - 1,
+        node_record,
+    );
     vec![
-        ("node_record".into(), with_subject(node_subject, node.clone())),
+        (
+            "node_record".into(),
+            with_subject(node_subject, node.clone()),
+        ),
         ("room_record".into(), with_subject(room_subject, room)),
         ("flipped_bit".into(), with_subject(node_subject, flipped)),
         ("stale".into(), with_subject(node_subject, stale)),
-        ("other_subject".into(), with_subject("kv.meet_nodes.node-b", node)),
+        (
+            "other_subject".into(),
+            with_subject("kv.meet_nodes.node-b", node),
+        ),
         ("junk".into(), with_subject("x", b"not a record".to_vec())),
         ("empty".into(), Vec::new()),
     ]

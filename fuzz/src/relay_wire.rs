@@ -6,15 +6,14 @@
 use std::time::Instant;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use protocol::{MediaKind, ParticipantId, PublicationId, RoomId, TrackSource};
+use protocol::{ParticipantId, PublicationId, RoomId};
 use sfu::codec::VideoCodec;
-use sfu::relay::{MediaPacket, MirrorInfo, Relay};
+use sfu::relay::{MediaPacket, Relay};
 use sfu::relay_wire::{
     HEADER_LEN, RelayOpener, RelaySealer, RelayWireError, looks_like_relay, same_relay,
     seal_plaintext_for_fuzzing,
 };
-use str0m::format::CodecConfig;
-use str0m::media::{Mid, Pt, Rid};
+use str0m::media::Pt;
 use str0m::rtp::VideoOrientation;
 
 /// The key of every run: fixed, so that a failure replays.
@@ -159,27 +158,7 @@ fn audio_packet() -> Relay {
 }
 
 fn publication() -> Relay {
-    let params = CodecConfig::new_with_defaults()
-        .params()
-        .iter()
-        .filter(|p| p.spec().codec.is_video())
-        .copied()
-        .collect();
-    Relay::Publication(Box::new(MirrorInfo {
-        id: PublicationId(42),
-        owner: ParticipantId(7),
-        room: RoomId("weekly-sync".into()),
-        mid: Mid::from("1"),
-        kind: MediaKind::Video,
-        source: TrackSource::Camera,
-        layers: vec![
-            (Some(Rid::from("q")), 320, 180),
-            (Some(Rid::from("h")), 640, 360),
-            (Some(Rid::from("f")), 1280, 720),
-        ],
-        params,
-        muted: false,
-    }))
+    Relay::Publication(Box::new(sfu::relay_wire::sample_mirror_info()))
 }
 
 fn control() -> Vec<Relay> {

@@ -903,6 +903,33 @@ fn decode_control(body: &[u8]) -> Result<Relay, RelayWireError> {
     Ok(relay)
 }
 
+/// A camera publication as the engine describes one: three simulcast layers and the video
+/// payload types of str0m's default codec configuration (the tests' and the fuzz seeds').
+#[doc(hidden)]
+pub fn sample_mirror_info() -> MirrorInfo {
+    let params = str0m::format::CodecConfig::new_with_defaults()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec.is_video())
+        .copied()
+        .collect();
+    MirrorInfo {
+        id: PublicationId(42),
+        owner: ParticipantId(7),
+        room: RoomId("weekly-sync".into()),
+        mid: Mid::from("1"),
+        kind: MediaKind::Video,
+        source: TrackSource::Camera,
+        layers: vec![
+            (Some(Rid::from("q")), 320, 180),
+            (Some(Rid::from("h")), 640, 360),
+            (Some(Rid::from("f")), 1280, 720),
+        ],
+        params,
+        muted: false,
+    }
+}
+
 /// Whether two relays say the same, every field compared but a packet's arrival time (which
 /// the receiver stamps). For tests and the fuzz target: [`Relay`] has no `PartialEq` because
 /// of that `Instant`.
@@ -1005,7 +1032,7 @@ pub fn same_relay(a: &Relay, b: &Relay) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use str0m::format::{Codec, CodecConfig};
+    use str0m::format::Codec;
 
     const KEY: [u8; 32] = [0x5a; 32];
 
@@ -1053,32 +1080,11 @@ mod tests {
         }
     }
 
-    /// A camera publication as the engine describes one: three simulcast layers and the
-    /// video payload types of str0m's default codec configuration.
     fn mirror_info() -> MirrorInfo {
-        let params: Vec<PayloadParams> = CodecConfig::new_with_defaults()
-            .params()
-            .iter()
-            .filter(|p| p.spec().codec.is_video())
-            .copied()
-            .collect();
-        assert!(params.len() >= 2, "{params:?}");
-        assert!(params.iter().any(|p| p.spec().codec == Codec::Vp8));
-        MirrorInfo {
-            id: PublicationId(42),
-            owner: ParticipantId(7),
-            room: RoomId("weekly-sync".into()),
-            mid: Mid::from("1"),
-            kind: MediaKind::Video,
-            source: TrackSource::Camera,
-            layers: vec![
-                (Some(Rid::from("q")), 320, 180),
-                (Some(Rid::from("h")), 640, 360),
-                (Some(Rid::from("f")), 1280, 720),
-            ],
-            params,
-            muted: false,
-        }
+        let info = sample_mirror_info();
+        assert!(info.params.len() >= 2, "{:?}", info.params);
+        assert!(info.params.iter().any(|p| p.spec().codec == Codec::Vp8));
+        info
     }
 
     fn every_variant() -> Vec<Relay> {
