@@ -525,7 +525,8 @@ async fn rejoin(via: &NodeProcess, certs: &[u8], token: &str, publishes: bool, t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holder() {
+async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_a_carrier_and_of_its_holder()
+{
     let nats = start_nats().await;
     let shared = common::tempdir::TempDir::new("cluster-procs");
     let secret_file = shared.0.join("cluster.secret");
@@ -556,7 +557,8 @@ async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holde
     .await;
     let token = |name: &str| meeting.invited(name).token.clone();
 
-    // The presenter opens the meeting on a; viewers ask b and c, the host asks c.
+    // The presenter opens the meeting on a; viewers ask b and c, the host asks c: a holds the
+    // meeting, b and c carry the media of those who reached them.
     let presenter = process_bot(&a, &certs, &token("presenter"), true, 7)
         .await
         .expect("the presenter joins");
@@ -579,6 +581,38 @@ async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holde
         ],
     )
     .await;
+
+    // c, which carries the media of a viewer and of the host, dies. Once its lease ends the
+    // holder tells them their media is gone; they rejoin through b and receive again.
+    let mut c = c;
+    c.child.kill().expect("kill -9");
+    let killed = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "c's viewer is told its media is gone",
+        || {
+            viewer_c
+                .snapshot()
+                .errors
+                .iter()
+                .any(|(code, _)| *code == ErrorCode::MediaUnavailable)
+        },
+    )
+    .await;
+    drop((viewer_c, host));
+    let viewer_c = rejoin(&b, &certs, &token("viewer-c"), false, 0).await;
+    let host = rejoin(&b, &certs, &token("Host"), false, 0).await;
+    common::media_flows(
+        MEDIA_TIMEOUT,
+        "c's viewer, back through b, receives the presenter again",
+        &[(&viewer_c, presenter_id, 440.0, 7)],
+    )
+    .await;
+    println!(
+        "after kill -9 of a node carrying media, its viewer received media again through \
+         another node {:.1} s later (lease {LEASE:?})",
+        killed.elapsed().as_secs_f64()
+    );
 
     // The host mutes the presenter's microphone, then removes the presenter.
     host.send(protocol::ClientMessage::MuteParticipant {
@@ -622,7 +656,7 @@ async fn three_server_processes_hold_one_meeting_and_survive_kill_9_of_its_holde
     a.child.kill().expect("kill -9");
     let killed = std::time::Instant::now();
     drop((viewer_b, viewer_c));
-    let presenter = rejoin(&c, &certs, &token("presenter-2"), true, 8).await;
+    let presenter = rejoin(&b, &certs, &token("presenter-2"), true, 8).await;
     let viewer = rejoin(&b, &certs, &token("viewer-b"), false, 0).await;
     let presenter_id = presenter.participant_id();
     common::media_flows(
@@ -854,6 +888,31 @@ async fn one_room_spans_three_nodes_and_each_packet_crosses_once_per_node() {
         Duration::from_secs(5),
         "b counts the stranger's datagrams",
         || b.server.sfu.snapshot().links.refused_unknown_source >= 5,
+    )
+    .await;
+    // So are media commands on NATS from anyone without the secret, and a forged command to
+    // remove b's site: b's site keeps its media.
+    let client = async_nats::connect(&nats.url).await.expect("connects");
+    let forged = envelope::seal(
+        &secret(9).message_key(),
+        "meet.media.node-b.commands",
+        "node-a",
+        signaling::store::unix_ms() as u64,
+        serde_json::json!({"kind": "sfu", "command": {"command": "remove_participant", "participant": sb.0}})
+            .to_string()
+            .as_bytes(),
+    );
+    for payload in [forged, b"not even an envelope".to_vec()] {
+        client
+            .publish("meet.media.node-b.commands", payload.into())
+            .await
+            .expect("published");
+    }
+    client.flush().await.expect("flushed");
+    eventually(
+        Duration::from_secs(5),
+        "b counts the forged commands",
+        || rejected(&b, "media_forged") >= 2,
     )
     .await;
     let frames = common::bot_audio_frames(&site_b.snapshot(), p);

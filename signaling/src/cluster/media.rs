@@ -172,7 +172,12 @@ impl Media {
             outgoing,
             events: events_tx,
             state: Mutex::new(State::default()),
-            unsure_since: Mutex::new(std::time::Instant::now()),
+            // Sure from the start: nothing is linked yet that an outage could have left stale.
+            unsure_since: Mutex::new(
+                std::time::Instant::now()
+                    .checked_sub(super::LEASE + super::HEARTBEAT)
+                    .unwrap_or_else(std::time::Instant::now),
+            ),
         });
         let client = cluster.inner.client.clone();
         let me = cluster.node_id().to_string();

@@ -232,7 +232,12 @@ impl Cluster {
                 members: Mutex::new(HashMap::new()),
                 rejected: Rejected::default(),
                 heartbeat_failures: AtomicU64::new(0),
-                renewing_since: Mutex::new(Some(Instant::now())),
+                // Steady from the start: nothing a node knows at its start is stale.
+                renewing_since: Mutex::new(Some(
+                    Instant::now()
+                        .checked_sub(LEASE + HEARTBEAT)
+                        .unwrap_or_else(Instant::now),
+                )),
                 rewatch: tokio::sync::Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
