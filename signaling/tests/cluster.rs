@@ -959,3 +959,75 @@ async fn one_room_spans_three_nodes_and_each_packet_crosses_once_per_node() {
         "a carries the presenter's and site c's media"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_origin_records_the_media_another_node_carries() {
+    use common::recordings::{manifest, recording_dir, recording_id, wait_status};
+    let nats = start_nats().await;
+    let shared = common::tempdir::TempDir::new("cluster-recording");
+    let database = format!("sqlite://{}", shared.0.join("meet.db").display());
+    let a = node(&nats, "node-a", secret(1), Some(database.clone())).await;
+    let b = node(&nats, "node-b", secret(1), Some(database)).await;
+    eventually(Duration::from_secs(10), "a and b see each other", || {
+        node_ids(&a).len() == 2 && node_ids(&b).len() == 2
+    })
+    .await;
+    let meeting = a
+        .schedule(Admission::Scheduled, &[("Xã A", Role::Participant)])
+        .await;
+    let pems: Vec<u8> = [&a, &b]
+        .iter()
+        .flat_map(|n| n.server.cert_pem.clone())
+        .collect();
+    let join = |via: &common::TestServer, name: &str, hz: f32, tag: u64| {
+        let mut options = via.bot_options("", "", hz, tag);
+        options.token = Some(meeting.invited(name).token.clone());
+        options.tls = tls_config_trusting_pem(&pems).expect("certificates");
+        Bot::connect(options)
+    };
+    // The host opens the meeting on a; the commune reaches b, which carries its media.
+    let host = join(&a, "Host", 440.0, 1).await.expect("the host joins");
+    let site = join(&b, "Xã A", 660.0, 2).await.expect("the commune joins");
+    common::media_flows(
+        MEDIA_TIMEOUT,
+        "the host and the commune hear and see each other",
+        &[
+            (&host, site.participant_id(), 660.0, 2),
+            (&site, host.participant_id(), 440.0, 1),
+        ],
+    )
+    .await;
+    assert_eq!(participants(&b), 1, "b carries the commune's media");
+
+    host.send(protocol::ClientMessage::StartRecording {})
+        .expect("sent");
+    eventually(
+        MEDIA_TIMEOUT,
+        "both are told the meeting is recorded",
+        || {
+            [&host, &site]
+                .iter()
+                .all(|bot| bot.snapshot().roster.recording)
+        },
+    )
+    .await;
+    let id = recording_id(&a.server.store, &meeting.id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    host.send(protocol::ClientMessage::StopRecording {})
+        .expect("sent");
+    wait_status(
+        &a.server.store,
+        &id,
+        signaling::store::RecordingStatus::Completed,
+    )
+    .await;
+    // The origin wrote the recording, the commune's tracks in it: relayed from b.
+    let manifest = manifest(&recording_dir(&a.data_dir.0, &id));
+    let tracks = manifest["tracks"].as_array().expect("tracks");
+    let of_site = tracks
+        .iter()
+        .filter(|t| t["participant_id"].as_u64() == Some(site.participant_id().0))
+        .count();
+    assert_eq!(of_site, 2, "the commune's audio and video: {manifest}");
+    assert_eq!(tracks.len(), 4, "{manifest}");
+}

@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::recordings::{manifest, recording_dir, recording_id, wait_status};
 use common::{MEDIA_TIMEOUT, bot_receives, eventually};
 use loadtest::bot::{Bot, BotOptions};
 use protocol::{ClientMessage, Role};
@@ -90,40 +91,6 @@ fn power_at(samples: &[f32], hz: f32) -> f32 {
         s1 = s0;
     }
     (s1 * s1 + s2 * s2 - k * s1 * s2) / samples.len().max(1) as f32
-}
-
-fn recording_dir(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("recordings").join(id)
-}
-
-fn manifest(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json");
-    serde_json::from_str(&text).expect("manifest is JSON")
-}
-
-async fn recording_id(store: &Store, meeting: &str) -> String {
-    for _ in 0..100 {
-        if let Some(row) = store.recordings(meeting).await.expect("list").first() {
-            return row.id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no recording registered for {meeting}");
-}
-
-async fn wait_status(store: &Store, id: &str, status: RecordingStatus) {
-    for _ in 0..200 {
-        if store
-            .recording(id)
-            .await
-            .expect("lookup")
-            .is_some_and(|r| r.status == status)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("recording {id} never became {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
