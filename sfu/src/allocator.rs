@@ -16,6 +16,105 @@ pub const DEFAULT_LAYER_BITRATES: [u64; 3] = [150_000, 500_000, 1_200_000];
 /// Extra share of a layer's bitrate the estimate must cover before a subscription steps up.
 const UPGRADE_HEADROOM: f64 = 0.15;
 
+/// Share of the estimate the allocator hands out: the rest absorbs estimate error, RTCP and
+/// retransmissions.
+const ESTIMATE_SHARE: f64 = 0.9;
+
+/// What one forwarded audio stream is assumed to cost when splitting the estimate.
+const AUDIO_BITRATE: u64 = 50_000;
+
+/// Probe targets are rounded up to a multiple of this, so that the measured layer bitrates'
+/// small changes do not raise the target a little at each allocation: every raise of the
+/// desired bitrate asks str0m for a probe.
+const PROBE_STEP: u64 = 50_000;
+
+/// The bits per second an egress `estimate` leaves for video once `audio_streams` forwarded
+/// audio streams and the share kept for errors, RTCP and retransmissions are set aside.
+pub fn video_budget(estimate: u64, audio_streams: u64) -> u64 {
+    ((estimate as f64 * ESTIMATE_SHARE) as u64).saturating_sub(audio_streams * AUDIO_BITRATE)
+}
+
+/// What the estimator is asked for, as str0m's `(minimum, desired)`: it sustains the video
+/// now `allocated` (padding a gap up to it, never toward layers not sent), and, while some
+/// subscription is below the layer its tile wants (`wanted` is what all those layers cost),
+/// probes for an estimate whose [`video_budget`] grants them all, steps' headroom included.
+/// Asking for the videos' bitrate alone left a subscriber of two videos and two voices just
+/// short of its second video for as long as its estimate stayed near what it was asked for.
+/// When to ask for which is [`Reprobe`]'s [`Ask`].
+pub fn probe_targets(allocated: u64, wanted: u64, audio_streams: u64, ask: Ask) -> (u64, u64) {
+    if wanted <= allocated {
+        return (allocated, allocated);
+    }
+    let needed =
+        (wanted + audio_streams * AUDIO_BITRATE) as f64 * (1.0 + UPGRADE_HEADROOM) / ESTIMATE_SHARE;
+    let full = (needed as u64).div_ceil(PROBE_STEP) * PROBE_STEP;
+    let desired = match ask {
+        Ask::Plain => wanted,
+        Ask::Dip => full - 1,
+        Ask::Full => full,
+    };
+    (allocated, desired)
+}
+
+/// What an allocation asks the estimator to probe for while a demand is unmet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// The wanted layers' bitrate alone: the first round, when the estimate may still be the
+    /// initial guess, which a probe above it would overfill a thin link by.
+    Plain,
+    /// One bit per second under the full target, so that the next round's rise is a probe.
+    Dip,
+    /// Everything the wanted layers need; a rise to it asks str0m for a probe.
+    Full,
+}
+
+/// Longest wait between two probes for a demand that stays unmet, in allocation rounds.
+const MAX_REPROBE_ROUNDS: u64 = 32;
+
+/// When a subscriber whose demand stays unmet is probed again. str0m probes when the desired
+/// bitrate rises above the estimate, not when it is repeated, and an estimate that sits
+/// between what is sent and 1.5 times it is in neither its periodic probes' range nor (for
+/// 15 s) its stagnation probes'. So the target rises from plain to full one round (the
+/// engine's once-a-second allocation) after the demand was first unmet or last made progress,
+/// then dips for a round and rises again 4, 8, 16 and then every 32 rounds after it: a probe
+/// each time, soon after a limit lifts, seldom on a link that really is thin, where each
+/// probe overfills the bottleneck a little.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reprobe {
+    /// The round since which the demand is unmet with no progress.
+    since: Option<u64>,
+    /// How many layers were granted then (a rise is progress).
+    granted: u32,
+}
+
+impl Reprobe {
+    /// What this allocation `round` asks for, given whether the demand is `unmet` and how
+    /// many layers (counted from each subscription's lowest) are `granted`.
+    pub fn ask(&mut self, unmet: bool, granted: u32, round: u64) -> Ask {
+        if !unmet {
+            *self = Self::default();
+            return Ask::Plain;
+        }
+        let since = match self.since {
+            Some(since) if granted <= self.granted => since,
+            _ => round,
+        };
+        self.since = Some(since);
+        self.granted = granted;
+        let next = round - since + 1;
+        let dip = if next < MAX_REPROBE_ROUNDS {
+            next >= 4 && next.is_power_of_two()
+        } else {
+            next.is_multiple_of(MAX_REPROBE_ROUNDS)
+        };
+        match next {
+            1 => Ask::Plain,
+            _ if dip => Ask::Dip,
+            _ => Ask::Full,
+        }
+    }
+}
+
 /// What one video subscription needs to be allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
@@ -182,5 +281,65 @@ mod tests {
         // ...but enough to stay there.
         allocate(500_000, &[demand(Some(2), Some(1))], &mut out);
         assert_eq!(out, [Some(1)]);
+    }
+
+    #[test]
+    fn an_estimate_that_reaches_the_probe_target_grants_every_wanted_layer() {
+        // Two videos and two voices, as a participant of a three-person meeting receives:
+        // whatever layers the tiles want and whichever are forwarded now, an estimate at the
+        // desired bitrate must leave the budget for all of them, or the estimator settles just
+        // short of a paused video and it stays paused.
+        let mut out = Vec::new();
+        for wanted in [0u8, 1, 2] {
+            for current in [None, Some(0), Some(1)] {
+                let demands = [demand(Some(wanted), current), demand(Some(wanted), None)];
+                let cost = |layer: u8| DEFAULT_LAYER_BITRATES[usize::from(layer)];
+                let allocated = current.map_or(0, cost);
+                let wanted_cost = 2 * cost(wanted);
+                let (minimum, desired) = probe_targets(allocated, wanted_cost, 2, Ask::Full);
+                assert_eq!(minimum, allocated, "padding sustains only what is sent");
+                allocate(video_budget(desired, 2), &demands, &mut out);
+                assert_eq!(
+                    out,
+                    [Some(wanted); 2],
+                    "wanted {wanted}, current {current:?}"
+                );
+            }
+        }
+        // Everything wanted is sent: nothing to probe for.
+        assert_eq!(
+            probe_targets(1_000_000, 1_000_000, 3, Ask::Full),
+            (1_000_000, 1_000_000)
+        );
+        // Jitter in the measured bitrates does not move the target (a raise is a probe).
+        assert_eq!(
+            probe_targets(150_000, 300_000, 2, Ask::Full),
+            probe_targets(150_000, 300_400, 2, Ask::Full)
+        );
+        let (_, dipped) = probe_targets(150_000, 300_000, 2, Ask::Dip);
+        assert_eq!(dipped + 1, probe_targets(150_000, 300_000, 2, Ask::Full).1);
+    }
+
+    #[test]
+    fn an_unmet_demand_is_probed_again_ever_less_often_and_soon_after_progress() {
+        let mut reprobe = Reprobe::default();
+        // Rounds at which the target rises (from plain or from a dip), each a probe.
+        let mut probes = Vec::new();
+        let mut last = None;
+        for round in 100..200 {
+            let ask = reprobe.ask(true, 1, round);
+            if ask == Ask::Full && last != Some(Ask::Full) {
+                probes.push(round - 100);
+            }
+            last = Some(ask);
+        }
+        assert_eq!(probes, [1, 4, 8, 16, 32, 64, 96]);
+        // A layer granted is progress: the count starts over.
+        assert_eq!(reprobe.ask(true, 2, 200), Ask::Plain);
+        assert_eq!(reprobe.ask(true, 2, 201), Ask::Full);
+        // A met demand needs no probe, and starts over when unmet again.
+        assert_eq!(reprobe.ask(false, 3, 202), Ask::Plain);
+        assert_eq!(reprobe.ask(true, 2, 203), Ask::Plain);
+        assert_eq!(reprobe.ask(true, 2, 204), Ask::Full);
     }
 }

@@ -432,3 +432,42 @@ fn a_subscriber_with_room_for_every_video_gets_them_all_once_its_estimate_has_pr
         "the second video flows: {before:?} → {after:?}"
     );
 }
+
+#[test]
+fn a_subscriber_of_two_middle_sized_tiles_gets_both_on_their_layer() {
+    // Two speakers' videos shown at 640×360 each, with their voices: the estimate must be
+    // probed up to both middle layers plus the audio and the share kept aside, not to the two
+    // layers' bitrate alone, or one video stays on a lower layer or paused.
+    let mut sim = Sim::new();
+    let first = simulcast_publisher(&mut sim);
+    let second = simulcast_publisher(&mut sim);
+    let viewer = viewer(&mut sim);
+    // Room for both middle layers and the voices, with the estimate's share kept aside, but
+    // not for much more: the estimate cannot overshoot far.
+    sim.set_link(
+        viewer,
+        Link {
+            rate_down: Some(1_500_000),
+            ..Link::default()
+        },
+    );
+    sim.run_for(Duration::from_secs(1));
+    let videos = [first, second].map(|p| sim.publication(p, MediaKind::Video).id);
+    sim.set_video_sizes(viewer, &[(videos[0], 640, 360), (videos[1], 640, 360)]);
+    // Past the first estimates' swings, both stay on the middle layer and flow.
+    sim.run_for(Duration::from_secs(15));
+    let frames = |sim: &Sim| {
+        let stats = sim.endpoints[viewer].endpoint.stats();
+        videos.map(|v| (stats[&v].video_layer, stats[&v].video_frames))
+    };
+    let mut before = frames(&sim);
+    for _ in 0..10 {
+        sim.run_for(Duration::from_millis(500));
+        let after = frames(&sim);
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(a.0, Some(1), "both videos on the middle layer: {after:?}");
+            assert!(a.1 > b.1 + 3, "both videos flow: {before:?} → {after:?}");
+        }
+        before = after;
+    }
+}

@@ -124,11 +124,6 @@ async fn node_with(
     common::start(id, move |c| {
         c.open_rooms = open_rooms;
         c.cluster = Some(cluster);
-        // These tests check where media goes, not how much fits: with the bandwidth estimator
-        // on, a bot receiving two videos and two voices was seen to keep its estimate under
-        // what both videos need (about 330 kbit/s), so the allocator kept one paused for the
-        // whole test (the video of whoever was not the active speaker).
-        c.bandwidth_estimation = false;
         if database.is_some() {
             c.database_url = database;
         }

@@ -64,13 +64,6 @@ const TICKS_PER_MEASURE: u32 = 4;
 /// middle layer of a main video, and quickly corrected either way.
 const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
 
-/// Share of the estimate the allocator hands out: the rest absorbs estimate error, RTCP and
-/// retransmissions.
-const ESTIMATE_SHARE: f64 = 0.9;
-
-/// What one forwarded audio stream is assumed to cost when splitting the estimate.
-const AUDIO_BITRATE: u64 = 50_000;
-
 /// Video sizes remembered per participant (its subscriptions, plus a few reported before
 /// their offer was answered).
 const MAX_SIZES_PER_PARTICIPANT: usize = 2 * MAX_VIDEO_SIZES;
@@ -455,6 +448,8 @@ struct Participant {
     video_sizes: FxHashMap<PublicationId, (u32, u32)>,
     /// The (minimum, desired) bitrates last given to its estimator.
     bwe_bitrates: (u64, u64),
+    /// When its estimator is next asked to probe for a demand that stays unmet.
+    reprobe: allocator::Reprobe,
 }
 
 #[derive(Debug, Default)]
@@ -1246,6 +1241,7 @@ impl Engine {
                 reallocate: false,
                 video_sizes: FxHashMap::default(),
                 bwe_bitrates: (0, 0),
+                reprobe: allocator::Reprobe::default(),
                 seq_guard: crate::seqguard::SeqGuard::default(),
                 transport_cc: None,
             },

@@ -458,16 +458,23 @@ impl Engine {
         demands.clear();
         demands.extend(rows.iter().map(|(.., demand)| *demand));
         let budget = match (self.config.bandwidth_estimation, participant.estimate) {
-            (true, Some(estimate)) => ((estimate as f64 * ESTIMATE_SHARE) as u64)
-                .saturating_sub(audio_streams * AUDIO_BITRATE),
+            (true, Some(estimate)) => allocator::video_budget(estimate, audio_streams),
             _ => u64::MAX,
         };
         allocator::allocate(budget, &demands, &mut allocation);
-        let (mut allocated, mut desired) = (0u64, 0u64);
+        let (mut allocated, mut desired, mut granted) = (0u64, 0u64, 0u32);
         for ((_, mid, wanted, demand), target) in rows.iter().zip(&allocation) {
             let cost = |layer: Option<u8>| layer.map_or(0, |l| demand.bitrates[usize::from(l)]);
             allocated += cost(*target);
-            desired += cost(wanted.map(|w| w.min(demand.layers.saturating_sub(1))));
+            granted += target.map_or(0, |l| u32::from(l) + 1);
+            // What the tile wants of the layers that arrive: probing for a layer not sent yet
+            // (a join's first seconds, a layer its publisher resumes) would only overfill the
+            // link; it counts once it arrives.
+            desired += cost(
+                demand
+                    .max_layer
+                    .map(|w| w.min(demand.layers.saturating_sub(1))),
+            );
             let Some(sub) = participant.subscriptions.get_mut(mid) else {
                 continue;
             };
@@ -484,8 +491,9 @@ impl Engine {
         // media with padding: padding every viewer of a large broadcast toward its next layer
         // would cost the server more than the layers themselves (measured: 400 viewers went
         // from 0% loss to freezes on this machine).
-        let minimum = allocated;
-        let desired = desired.max(minimum);
+        let round = u64::from(self.ticks / TICKS_PER_MEASURE);
+        let ask = participant.reprobe.ask(desired > allocated, granted, round);
+        let (minimum, desired) = allocator::probe_targets(allocated, desired, audio_streams, ask);
         if self.config.bandwidth_estimation && participant.bwe_bitrates != (minimum, desired) {
             participant.bwe_bitrates = (minimum, desired);
             participant
