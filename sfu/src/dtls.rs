@@ -76,6 +76,14 @@ const HANDSHAKE_POLL: Duration = Duration::from_millis(200);
 /// When nothing is scheduled: str0m asks for a deadline, and an hour is as good as never.
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// How long after its handshake a connection keeps OpenSSL's state before it settles (see
+/// [`Stage::Settled`]). A peer that missed the last flight sends its own again after 1, 2, 4
+/// and 8 s (RFC 6347's doubling timer), and each is answered until then.
+const SETTLE_AFTER: Duration = Duration::from_secs(16);
+
+/// The DTLS record content type of an alert (RFC 6347).
+const ALERT: u8 = 21;
+
 /// Datagrams kept for OpenSSL between two reads. It reads each one as it arrives, so more
 /// than a few means it stopped reading; the rest are dropped rather than kept.
 const MAX_QUEUED: usize = 16;
@@ -256,6 +264,13 @@ enum Stage {
     Ready(Ssl, Datagrams),
     Handshaking(MidHandshakeSslStream<Datagrams>),
     Connected(SslStream<Datagrams>),
+    /// Connected long enough that the peer has the last flight, without OpenSSL's state: a
+    /// transport carries no data channel, so all that can still come over DTLS is an alert,
+    /// whose content type is in the clear. Its record buffers, handshake buffer and session
+    /// were about 60 KiB per participant, kept for the life of the meeting. What is lost: a
+    /// close_notify of ours (the peer learns of the end from signaling, or its consent
+    /// checks) and the last flight for a peer that missed it more than four times.
+    Settled,
     /// The handshake or the connection failed.
     Failed,
 }
@@ -266,7 +281,7 @@ impl Stage {
             Stage::Ready(_, d) => Some(d),
             Stage::Handshaking(s) => Some(s.get_mut()),
             Stage::Connected(s) => Some(s.get_mut()),
-            Stage::Failed => None,
+            Stage::Settled | Stage::Failed => None,
         }
     }
 }
@@ -280,6 +295,8 @@ struct Instance {
     active: Option<bool>,
     /// The time str0m last gave.
     now: Instant,
+    /// When the handshake completed.
+    connected_at: Option<Instant>,
     /// When a running handshake is polled next.
     poll_at: Option<Instant>,
     /// What the handshake produced, until str0m takes it: the peer's certificate first (str0m
@@ -310,6 +327,7 @@ impl Instance {
             outgoing: VecDeque::new(),
             active: None,
             now,
+            connected_at: None,
             poll_at: None,
             peer_cert: None,
             keying_material: None,
@@ -342,6 +360,10 @@ impl Instance {
                 self.stage = Stage::Connected(stream);
                 return self.read();
             }
+            Stage::Settled => {
+                self.stage = Stage::Settled;
+                return Ok(());
+            }
             Stage::Failed => return Ok(()),
         };
         match result {
@@ -357,7 +379,9 @@ impl Instance {
                         self.peer_cert = Some(peer_cert);
                         self.keying_material = Some((keys, profile));
                         self.connected = true;
-                        self.poll_at = None;
+                        self.connected_at = Some(self.now);
+                        // str0m calls back at the time asked for, and only then.
+                        self.poll_at = Some(self.now + SETTLE_AFTER);
                         // Records that came behind the handshake's last flight.
                         self.read()
                     }
@@ -543,6 +567,14 @@ impl DtlsInstance for Instance {
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        if matches!(self.stage, Stage::Settled) {
+            // Every record is encrypted now; an alert is a close_notify or a fatal one, and
+            // either ends the connection.
+            if packet.first() == Some(&ALERT) {
+                self.close_received = true;
+            }
+            return Ok(());
+        }
         // str0m hands an empty packet to start a client's handshake.
         if !packet.is_empty()
             && let Some(datagrams) = self.stage.datagrams()
@@ -604,6 +636,15 @@ impl DtlsInstance for Instance {
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
         self.now = now;
+        if matches!(self.stage, Stage::Connected(_))
+            && self.connected_at.is_some_and(|at| now >= at + SETTLE_AFTER)
+            && !self.close_sent
+            && self.outgoing.is_empty()
+            && self.application_data.is_empty()
+        {
+            self.stage = Stage::Settled;
+            self.poll_at = None;
+        }
         let handshaking = matches!(self.stage, Stage::Ready(..) | Stage::Handshaking(_));
         if !handshaking || self.active.is_none() {
             return Ok(());
@@ -757,20 +798,28 @@ mod tests {
         mut server: Box<dyn DtlsInstance>,
         now: Instant,
     ) -> (Side, Side) {
+        handshake_between(client.as_mut(), server.as_mut(), now)
+    }
+
+    fn handshake_between(
+        client: &mut dyn DtlsInstance,
+        server: &mut dyn DtlsInstance,
+        now: Instant,
+    ) -> (Side, Side) {
         client.set_active(true);
         server.set_active(false);
         let (mut c, mut s) = (Side::default(), Side::default());
-        for instance in [&mut client, &mut server] {
-            if let Err(e) = instance.handle_timeout(now) {
+        for result in [client.handle_timeout(now), server.handle_timeout(now)] {
+            if let Err(e) = result {
                 panic!("timeout: {e}: {:?}", take_failure());
             }
         }
         // str0m starts a client with an empty packet.
         client.handle_packet(&[]).expect("start");
         for _ in 0..20 {
-            let from_client = pump(client.as_mut(), &mut c, server.as_mut());
+            let from_client = pump(client, &mut c, server);
             s.error = s.error.or(from_client.error);
-            let from_server = pump(server.as_mut(), &mut s, client.as_mut());
+            let from_server = pump(server, &mut s, client);
             c.error = c.error.or(from_server.error);
             if (c.connected && s.connected) || c.error.is_some() || s.error.is_some() {
                 break;
@@ -799,6 +848,54 @@ mod tests {
         // The server as DTLS client of an RSA server: its ClientHello must offer ECDHE-RSA.
         let (c, s) = handshake(openssl(&ecdsa, now), openssl(&rsa, now), now);
         assert_connected(&c, &s, &ecdsa, &rsa);
+    }
+
+    #[test]
+    fn a_settled_connection_lets_openssl_go_and_still_hears_the_peers_close() {
+        let now = Instant::now();
+        let (ours, theirs) = (ecdsa_cert(), ecdsa_cert());
+        let mut client = openssl(&theirs, now);
+        let context = context_for(&ours).expect("context");
+        let mut ssl = Ssl::new(&context).expect("ssl");
+        ssl.set_mtu(MTU as u32).expect("mtu");
+        let mut server = Instance::new(ssl, now);
+        let (c, s) = handshake_between(client.as_mut(), &mut server, now);
+        assert_connected(&c, &s, &theirs, &ours);
+        // OpenSSL keeps the connection while a peer may still miss the last flight, and asks
+        // str0m to call back when it settles...
+        let mut buf = vec![0; 2000];
+        assert!(matches!(
+            server.poll_output(&mut buf),
+            DtlsOutput::Timeout(at) if at == now + SETTLE_AFTER
+        ));
+        let before = now + SETTLE_AFTER - Duration::from_millis(1);
+        server.handle_timeout(before).expect("timeout");
+        assert!(matches!(server.stage, Stage::Connected(_)));
+        // ...and not after.
+        server.handle_timeout(now + SETTLE_AFTER).expect("timeout");
+        assert!(matches!(server.stage, Stage::Settled));
+        assert_eq!(server.protocol_version(), Some(ProtocolVersion::DTLS1_2));
+        // A record that is no alert changes nothing; the peer's close_notify is heard.
+        server
+            .handle_packet(&[23, 254, 253, 0, 1, 0, 0, 0, 0, 0, 9, 0, 2, 1, 2])
+            .expect("ignored");
+        assert!(!server.is_closing());
+        client.close().expect("close");
+        let mut side = Side::default();
+        let delivered = pump(client.as_mut(), &mut side, &mut server);
+        assert_eq!(delivered.error, None);
+        assert!(matches!(
+            server.poll_output(&mut buf),
+            DtlsOutput::CloseNotify
+        ));
+        assert!(server.is_closing());
+        // Its own close has nothing to send and is over at once.
+        server.close().expect("close");
+        assert!(server.is_closed());
+        assert!(matches!(
+            server.poll_output(&mut buf),
+            DtlsOutput::Timeout(_)
+        ));
     }
 
     #[test]

@@ -661,3 +661,30 @@ fn an_h264_publication_subscribed_from_a_vp8_only_m_line_is_refused_naming_the_c
         sim.endpoints[both].errors
     );
 }
+
+#[test]
+fn a_client_that_closes_its_transport_long_after_connecting_is_not_reported_as_gone_quiet() {
+    // Its DTLS connection has settled by then (OpenSSL's state let go, see `dtls`): the
+    // close_notify must still be recognised, or the departure waits for ICE to time out and is
+    // reported as a transport that went quiet.
+    let mut sim = Sim::new();
+    let leaving = sim.join("r", |_| {});
+    let staying = sim.join("r", |_| {});
+    sim.run_for(Duration::from_secs(20));
+    let now = sim.now;
+    sim.endpoints[leaving]
+        .endpoint
+        .close(now)
+        .expect("a clean close");
+    sim.run_for(Duration::from_secs(40));
+    let id = sim.endpoints[leaving].participant;
+    let quiet: Vec<_> = sim
+        .events
+        .iter()
+        .filter(
+            |e| matches!(e, sfu::SfuEvent::MediaDisconnected { participant } if *participant == id),
+        )
+        .collect();
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert!(sim.endpoints[staying].errors.is_empty());
+}
