@@ -47,6 +47,10 @@ fn events_subject(node: &str) -> String {
 /// The largest media message accepted (an SDP offer with many m-lines is the largest).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+/// The worker named in the `SfuEvent::WorkerFailed` that tells the hub a node carrying some
+/// of its participants' media left the cluster (their transports went with it).
+pub const CARRIER_GONE: u16 = u16::MAX;
+
 /// How often the links are brought in line with the cluster's members.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
@@ -66,6 +70,23 @@ struct ToOrigin {
     event: SfuEvent,
 }
 
+/// A media message as sealed: its sender's place in the order it sends in. The envelope's
+/// 60 s window alone would let whoever reaches NATS publish a sealed message again within it
+/// (a participant removed or an event replayed); each receiver takes from a sender only what
+/// comes after what it last took, and a sender that restarts starts a later session.
+#[derive(Debug, Serialize, Deserialize)]
+struct Sequenced<T> {
+    /// When the sender started (Unix ms, made unique by a random low part, see `Remote`).
+    session: u64,
+    /// Counts the sender's media messages within its session, from 1.
+    seq: u64,
+    message: T,
+}
+
+/// Where a receiver's order of media messages stands, by sender: the last (session, seq)
+/// taken.
+type Taken = HashMap<String, (u64, u64)>;
+
 /// How the hub reaches the SFUs: this node's, and in a cluster the others'. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Media {
@@ -79,6 +100,13 @@ struct Remote {
     local: SfuHandle,
     /// Sealed messages to publish, in order (a participant's commands must arrive in order).
     outgoing: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// This node's session and the last sequence number sealed, held while a message is
+    /// sealed and queued so that sequence numbers go out in order.
+    sequence: Mutex<(u64, u64)>,
+    /// The last (session, seq) taken from each sender on this node's commands, and on its
+    /// events.
+    taken_commands: Mutex<Taken>,
+    taken_events: Mutex<Taken>,
     /// The hub's SFU events: this node's and those carriers send back.
     events: mpsc::UnboundedSender<SfuEvent>,
     state: Mutex<State>,
@@ -170,6 +198,14 @@ impl Media {
             secret: secret.clone(),
             local: sfu.clone(),
             outgoing,
+            // A restart's session is later than the last's (its start time in ms, times 1,024,
+            // plus a random part, so that two starts in one millisecond differ too).
+            sequence: Mutex::new((
+                now_ms().saturating_mul(1024) + u64::from(rand::random::<u16>() % 1024),
+                0,
+            )),
+            taken_commands: Mutex::new(Taken::new()),
+            taken_events: Mutex::new(Taken::new()),
             events: events_tx,
             state: Mutex::new(State::default()),
             // Sure from the start: nothing is linked yet that an outage could have left stale.
@@ -428,9 +464,19 @@ impl Remote {
     }
 
     fn seal_and_send(&self, subject: String, message: &impl Serialize) {
-        let Ok(body) = serde_json::to_vec(message) else {
+        let mut sequence = self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (session, seq) = (sequence.0, sequence.1 + 1);
+        let Ok(body) = serde_json::to_vec(&Sequenced {
+            session,
+            seq,
+            message,
+        }) else {
             return;
         };
+        sequence.1 = seq;
         let sealed = envelope::seal(
             &self.cluster.inner.key,
             &subject,
@@ -442,11 +488,13 @@ impl Remote {
     }
 
     /// Opens a sealed media message on `subject`: the sender's id and the body, or `None`
-    /// (counted) when it is forged, stale, malformed, or from this node.
+    /// (counted) when it is forged, stale, malformed, or not after what `taken` last took from
+    /// its sender (a replay).
     fn open<T: for<'de> Deserialize<'de>>(
         &self,
         subject: &str,
         payload: &[u8],
+        taken: &Mutex<Taken>,
     ) -> Option<(String, T)> {
         let rejected = &self.cluster.inner.rejected;
         if payload.len() > MAX_MESSAGE_BYTES {
@@ -460,11 +508,25 @@ impl Remote {
                 return None;
             }
         };
-        let Ok(body) = serde_json::from_slice::<T>(opened.body) else {
+        let Ok(body) = serde_json::from_slice::<Sequenced<T>>(opened.body) else {
             rejected.count("media_malformed");
             return None;
         };
-        Some((opened.node.to_string(), body))
+        let mut taken = taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = (body.session, body.seq);
+        match taken.get_mut(opened.node) {
+            Some(last) if at <= *last => {
+                rejected.count("media_replayed");
+                return None;
+            }
+            Some(last) => *last = at,
+            None => {
+                taken.insert(opened.node.to_string(), at);
+            }
+        }
+        Some((opened.node.to_string(), body.message))
     }
 
     /// Whether `node` is a live member other than this one: from the view, or else (a node
@@ -605,6 +667,15 @@ impl Remote {
         if gone.is_empty() {
             return;
         }
+        // A node that comes back starts a new session, later unless its clock went back;
+        // what a gone node sent is refused anyway (commands from members only, events about
+        // participants placed on their sender only).
+        for taken in [&self.taken_commands, &self.taken_events] {
+            taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|node, _| !gone.contains(node));
+        }
         let (lost, orphaned) = {
             let mut state = self.lock();
             let lost: Vec<ParticipantId> = state
@@ -647,7 +718,7 @@ impl Remote {
             tracing::warn!(nodes = ?gone, participants = lost.len(), "a node carrying media left the cluster; its participants reconnect");
             // As when a media worker fails: told why, their clients reconnect at once.
             let _ = self.events.send(SfuEvent::WorkerFailed {
-                worker: u16::MAX,
+                worker: CARRIER_GONE,
                 participants: lost,
             });
         }
@@ -711,7 +782,9 @@ async fn serve_commands(
         let Some(remote) = remote.upgrade() else {
             return;
         };
-        if let Some((origin, command)) = remote.open::<ToCarrier>(&subject, &message.payload) {
+        if let Some((origin, command)) =
+            remote.open::<ToCarrier>(&subject, &message.payload, &remote.taken_commands)
+        {
             if remote.is_member(&origin).await {
                 remote.apply(&origin, command);
             } else {
@@ -731,7 +804,7 @@ async fn take_events(remote: std::sync::Weak<Remote>, client: async_nats::Client
             return;
         };
         if let Some((from, ToOrigin { event })) =
-            remote.open::<ToOrigin>(&subject, &message.payload)
+            remote.open::<ToOrigin>(&subject, &message.payload, &remote.taken_events)
         {
             remote.take(&from, event);
         }

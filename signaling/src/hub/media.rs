@@ -95,13 +95,16 @@ impl Hub {
                 worker,
                 participants,
             } => {
-                // Their transports died with the worker. Told why, their clients reconnect
-                // at once (with their resume secret) and land on another worker.
-                tracing::warn!(
-                    worker,
-                    participants = participants.len(),
-                    "media worker failed"
-                );
+                // Their transports died with the worker (or with the node that carried
+                // them, which the cluster logged). Told why, their clients reconnect at once
+                // (with their resume secret) and land on another worker.
+                if worker != crate::cluster::media::CARRIER_GONE {
+                    tracing::warn!(
+                        worker,
+                        participants = participants.len(),
+                        "media worker failed"
+                    );
+                }
                 for participant in participants {
                     self.remove(
                         participant,
