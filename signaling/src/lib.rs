@@ -548,10 +548,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 .links_addr
                 .unwrap_or(SocketAddr::new(media.ip(), port)),
         );
-        // Publication ids keep their value on every node that mirrors them: each node numbers
-        // its own from a random base (below 2^53, which a browser's numbers hold exactly).
-        sfu_config.publication_ids_from = (1 + rand::random::<u64>() % ((1 << 20) - 1)) << 32;
     }
+    // A node of a cluster reads the members before its SFU starts: publication ids keep their
+    // value on every node that mirrors them, so each node numbers its own from a base no
+    // member uses.
+    let connecting = match &cluster_config {
+        Some(cluster_config) => Some(cluster::Cluster::connect(cluster_config).await?),
+        None => None,
+    };
+    if let Some(connecting) = &connecting {
+        sfu_config.publication_ids_from = connecting.publication_base();
+    }
+    let publications_from = sfu_config.publication_ids_from;
     let (sfu, sfu_events) = sfu::driver::spawn(sfu_config)?;
 
     let configured = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
@@ -576,8 +584,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(config.http_addr, e))?;
     let handle = axum_server::Handle::new();
-    let cluster = match &cluster_config {
-        Some(cluster_config) => {
+    let cluster = match (&cluster_config, connecting) {
+        (Some(cluster_config), Some(connecting)) => {
             // Others reach the link port at the media address clients are given.
             let links_addr = sfu.links_addr().map(|bound| {
                 let ip = match (bound.ip().is_unspecified(), config.advertise_addr) {
@@ -587,11 +595,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 SocketAddr::new(ip, bound.port())
             });
             Some(
-                cluster::Cluster::join(cluster_config, http_addr, sfu.local_addr(), links_addr)
+                connecting
+                    .join(
+                        cluster_config.public_url.clone(),
+                        http_addr,
+                        sfu.local_addr(),
+                        links_addr,
+                        publications_from,
+                    )
                     .await?,
             )
         }
-        None => None,
+        _ => None,
     };
     let (media, sfu_events) = cluster::media::Media::start(
         sfu.clone(),

@@ -161,6 +161,18 @@ async fn nodes_with_the_secret_see_each_other_and_nothing_else_gets_in() {
         node_ids(&a) == ["node-a", "node-b"] && node_ids(&b) == ["node-b", "node-a"]
     })
     .await;
+    // b read a's publication base before its SFU started, and took another.
+    let bases: Vec<Option<u64>> = b
+        .server
+        .cluster
+        .as_ref()
+        .expect("in a cluster")
+        .nodes()
+        .iter()
+        .map(|n| n.publications_from)
+        .collect();
+    assert!(bases.iter().all(|b| b.is_some_and(|b| b > 0)), "{bases:?}");
+    assert_ne!(bases[0], bases[1]);
 
     // A node with another secret: its record is refused by both, and it refuses theirs.
     let stranger = node(&nats, "node-x", secret(2), None).await;

@@ -86,6 +86,33 @@ pub struct NodeInfo {
     pub links_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links_epoch: Option<String>,
+    /// The base its SFU numbers its publications from (see [`publication_base`]): the ids
+    /// keep their value on every node that mirrors them, so no two members may share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publications_from: Option<u64>,
+}
+
+/// How many publication ids each node's range holds: 2^32, so that a range is the high bits
+/// of an id below 2^53, which a browser's numbers hold exactly.
+const PUBLICATION_RANGE_BITS: u32 = 32;
+
+/// The ranges a base can be drawn from: 1 to 2^21 - 1 (0 is a lone server's).
+const PUBLICATION_RANGES: u64 = 1 << (53 - PUBLICATION_RANGE_BITS);
+
+/// A base for this node's publication ids that no member in `taken` uses, drawn at random
+/// (`draw`) so that nodes starting at once are unlikely to meet; after many draws that all
+/// met one (a cluster of thousands), the last. Drawn at random alone, two of 60 nodes would
+/// share a base once in about 600 starts of the cluster, and a subscriber could then be given
+/// the wrong participant's media.
+pub fn publication_base(taken: &[u64], mut draw: impl FnMut() -> u64) -> u64 {
+    let mut base = 0;
+    for _ in 0..64 {
+        base = (1 + draw() % (PUBLICATION_RANGES - 1)) << PUBLICATION_RANGE_BITS;
+        if !taken.contains(&base) {
+            break;
+        }
+    }
+    base
 }
 
 /// Why a node could not join its cluster.
@@ -184,12 +211,9 @@ pub fn random_node_id() -> String {
 
 impl Cluster {
     /// Connects to NATS, takes this node's lease and starts watching the others'.
-    pub async fn join(
-        config: &ClusterConfig,
-        http_addr: SocketAddr,
-        media_addr: SocketAddr,
-        links_addr: Option<SocketAddr>,
-    ) -> Result<Self, ClusterError> {
+    /// Connects to NATS and reads who the members are, before this node joins them (see
+    /// [`Connecting::join`]): its SFU's publication ids must avoid theirs.
+    pub async fn connect(config: &ClusterConfig) -> Result<Connecting, ClusterError> {
         let id = config.node_id.clone().unwrap_or_else(random_node_id);
         if !valid_node_id(&id) {
             return Err(ClusterError::BadNodeId(id));
@@ -208,22 +232,93 @@ impl Cluster {
             .map_err(|e| ClusterError::Connect(config.url.clone(), e.to_string()))?;
         let js = jetstream::new(client.clone());
         let (kv, rooms) = buckets(&js).await.map_err(ClusterError::JetStream)?;
+        let key = config.secret.message_key();
+        let mut taken = Vec::new();
+        if let Ok(mut keys) = kv.keys().await {
+            while let Some(Ok(node)) = keys.next().await {
+                let Ok(Some(value)) = kv.get(&node).await else {
+                    continue;
+                };
+                // Records of nodes gone but not yet expired count too: a base is never short.
+                if let Ok(info) = open_record(&key, &node, &value, None) {
+                    taken.extend(info.publications_from);
+                }
+            }
+        }
+        Ok(Connecting {
+            id,
+            key,
+            client,
+            js,
+            kv,
+            rooms,
+            taken,
+            url: config.url.clone(),
+        })
+    }
+}
+
+/// A node connected to its cluster's NATS, not yet a member.
+pub struct Connecting {
+    id: String,
+    key: hmac::Key,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+    rooms: kv::Store,
+    /// The publication bases the members' records name.
+    taken: Vec<u64>,
+    url: String,
+}
+
+impl std::fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connecting")
+            .field("id", &self.id)
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connecting {
+    /// A base for this node's publication ids that no member uses.
+    pub fn publication_base(&self) -> u64 {
+        publication_base(&self.taken, rand::random)
+    }
+
+    /// Joins the members: this node's record, its heartbeat and the watch of the others.
+    pub async fn join(
+        self,
+        public_url: Option<String>,
+        http_addr: SocketAddr,
+        media_addr: SocketAddr,
+        links_addr: Option<SocketAddr>,
+        publications_from: u64,
+    ) -> Result<Cluster, ClusterError> {
+        let Connecting {
+            id,
+            key,
+            client,
+            js,
+            kv,
+            rooms,
+            url,
+            ..
+        } = self;
         let me = NodeInfo {
             id: id.clone(),
-            url: config
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("https://{http_addr}")),
+            url: public_url.unwrap_or_else(|| format!("https://{http_addr}")),
             http_addr: http_addr.to_string(),
             media_addr: media_addr.to_string(),
             started_at: crate::rfc3339::format(now_ms() as i64).unwrap_or_default(),
             links_addr: links_addr.map(|a| a.to_string()),
             links_epoch: links_addr.map(|_| crate::store::hex(&rand::random::<[u8; 16]>())),
+            publications_from: Some(publications_from),
         };
-        let cluster = Self {
+        let cluster = Cluster {
             inner: Arc::new(Inner {
                 me,
-                key: config.secret.message_key(),
+                key,
                 client,
                 js,
                 kv,
@@ -252,10 +347,12 @@ impl Cluster {
             tasks.push(heartbeat);
             tasks.push(watcher);
         }
-        tracing::info!(node = %id, url = %config.url, "joined the cluster");
+        tracing::info!(node = %id, %url, "joined the cluster");
         Ok(cluster)
     }
+}
 
+impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.inner.me.id
@@ -399,25 +496,38 @@ impl Inner {
         }
     }
 
-    /// A record that verifies and names the key it is stored under.
     fn open_record(&self, key: &str, value: &[u8]) -> Result<NodeInfo, &'static str> {
-        if !valid_node_id(key) {
-            return Err("bad_node");
-        }
-        if value.len() > MAX_RECORD_BYTES {
-            return Err("oversize");
-        }
-        let opened = envelope::open(&self.key, &record_subject(key), value, now_ms())
-            .map_err(EnvelopeError::reason)?;
-        if opened.node != key {
-            return Err("bad_node");
-        }
-        let info: NodeInfo = serde_json::from_slice(opened.body).map_err(|_| "malformed")?;
-        if info.id != key {
-            return Err("bad_node");
-        }
-        Ok(info)
+        open_record(&self.key, key, value, Some(now_ms()))
     }
+}
+
+/// A record that verifies (sealed within 60 s of `now_ms`, when given) and names the key it
+/// is stored under.
+fn open_record(
+    mac_key: &hmac::Key,
+    key: &str,
+    value: &[u8],
+    now_ms: Option<u64>,
+) -> Result<NodeInfo, &'static str> {
+    if !valid_node_id(key) {
+        return Err("bad_node");
+    }
+    if value.len() > MAX_RECORD_BYTES {
+        return Err("oversize");
+    }
+    let opened = match now_ms {
+        Some(now) => envelope::open(mac_key, &record_subject(key), value, now),
+        None => envelope::open_record(mac_key, &record_subject(key), value),
+    }
+    .map_err(EnvelopeError::reason)?;
+    if opened.node != key {
+        return Err("bad_node");
+    }
+    let info: NodeInfo = serde_json::from_slice(opened.body).map_err(|_| "malformed")?;
+    if info.id != key {
+        return Err("bad_node");
+    }
+    Ok(info)
 }
 
 /// The two buckets, created if they do not exist (a NATS server that restarted has lost its
@@ -544,5 +654,38 @@ async fn watch(inner: std::sync::Weak<Inner>) {
             Err(err) => tracing::debug!(%err, "could not watch the cluster's nodes"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publication_base_avoids_the_members_bases_and_keeps_ids_below_2_to_the_53() {
+        let base = |draw: u64| (1 + draw % (PUBLICATION_RANGES - 1)) << PUBLICATION_RANGE_BITS;
+        // The first draws meet members' bases; the next one does not.
+        let taken = [base(5), base(9)];
+        let mut draws = [5u64, 9, 5, 12].into_iter();
+        assert_eq!(
+            publication_base(&taken, || draws.next().unwrap_or(0)),
+            base(12)
+        );
+        // Any draw gives a base whose whole range is exact in a browser's numbers, and never
+        // a lone server's 0.
+        for draw in [
+            0,
+            1,
+            u64::MAX,
+            PUBLICATION_RANGES - 2,
+            PUBLICATION_RANGES - 1,
+        ] {
+            let from = publication_base(&[], || draw);
+            assert!(from > 0);
+            assert!(
+                from + (1 << PUBLICATION_RANGE_BITS) <= 1 << 53,
+                "{draw}: {from}"
+            );
+        }
     }
 }
