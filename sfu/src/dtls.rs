@@ -295,8 +295,6 @@ struct Instance {
     active: Option<bool>,
     /// The time str0m last gave.
     now: Instant,
-    /// When the handshake completed.
-    connected_at: Option<Instant>,
     /// When a running handshake is polled next.
     poll_at: Option<Instant>,
     /// What the handshake produced, until str0m takes it: the peer's certificate first (str0m
@@ -327,7 +325,6 @@ impl Instance {
             outgoing: VecDeque::new(),
             active: None,
             now,
-            connected_at: None,
             poll_at: None,
             peer_cert: None,
             keying_material: None,
@@ -379,7 +376,6 @@ impl Instance {
                         self.peer_cert = Some(peer_cert);
                         self.keying_material = Some((keys, profile));
                         self.connected = true;
-                        self.connected_at = Some(self.now);
                         // str0m calls back at the time asked for, and only then.
                         self.poll_at = Some(self.now + SETTLE_AFTER);
                         // Records that came behind the handshake's last flight.
@@ -636,14 +632,19 @@ impl DtlsInstance for Instance {
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
         self.now = now;
-        if matches!(self.stage, Stage::Connected(_))
-            && self.connected_at.is_some_and(|at| now >= at + SETTLE_AFTER)
-            && !self.close_sent
-            && self.outgoing.is_empty()
-            && self.application_data.is_empty()
-        {
-            self.stage = Stage::Settled;
-            self.poll_at = None;
+        // A connected stage's only timeout is when it settles. Each branch moves it on: a
+        // timeout left in the past would have str0m call back on every pass.
+        if matches!(self.stage, Stage::Connected(_)) && self.poll_at.is_some_and(|at| now >= at) {
+            self.poll_at = if self.close_sent {
+                // Closing: nothing to settle for.
+                None
+            } else if self.outgoing.is_empty() && self.application_data.is_empty() {
+                self.stage = Stage::Settled;
+                None
+            } else {
+                // str0m has not taken what is waiting yet.
+                Some(now + HANDSHAKE_POLL)
+            };
         }
         let handshaking = matches!(self.stage, Stage::Ready(..) | Stage::Handshaking(_));
         if !handshaking || self.active.is_none() {
@@ -895,6 +896,26 @@ mod tests {
         assert!(matches!(
             server.poll_output(&mut buf),
             DtlsOutput::Timeout(_)
+        ));
+    }
+
+    #[test]
+    fn a_connection_closed_before_it_settles_asks_for_no_more_timeouts() {
+        let now = Instant::now();
+        let (ours, theirs) = (ecdsa_cert(), ecdsa_cert());
+        let mut client = openssl(&theirs, now);
+        let mut server = openssl(&ours, now);
+        let (c, s) = handshake_between(client.as_mut(), server.as_mut(), now);
+        assert_connected(&c, &s, &theirs, &ours);
+        server.close().expect("close");
+        let mut buf = vec![0; 2000];
+        while !matches!(server.poll_output(&mut buf), DtlsOutput::Timeout(_)) {}
+        let settle = now + SETTLE_AFTER;
+        server.handle_timeout(settle).expect("timeout");
+        // A timeout in the past would have str0m call back on every pass.
+        assert!(matches!(
+            server.poll_output(&mut buf),
+            DtlsOutput::Timeout(at) if at > settle
         ));
     }
 

@@ -92,6 +92,9 @@ pub struct NodeInfo {
     pub publications_from: Option<u64>,
 }
 
+/// The most node records a starting node reads for the members' publication bases.
+const MAX_RECORDS_READ: usize = 10_000;
+
 /// How many publication ids each node's range holds: 2^32, so that a range is the high bits
 /// of an id below 2^53, which a browser's numbers hold exactly.
 const PUBLICATION_RANGE_BITS: u32 = 32;
@@ -210,7 +213,6 @@ pub fn random_node_id() -> String {
 }
 
 impl Cluster {
-    /// Connects to NATS, takes this node's lease and starts watching the others'.
     /// Connects to NATS and reads who the members are, before this node joins them (see
     /// [`Connecting::join`]): its SFU's publication ids must avoid theirs.
     pub async fn connect(config: &ClusterConfig) -> Result<Connecting, ClusterError> {
@@ -234,7 +236,10 @@ impl Cluster {
         let (kv, rooms) = buckets(&js).await.map_err(ClusterError::JetStream)?;
         let key = config.secret.message_key();
         let mut taken = Vec::new();
-        if let Ok(mut keys) = kv.keys().await {
+        if let Ok(keys) = kv.keys().await {
+            // Bounded: anyone who reaches NATS can write keys into the bucket, and a start
+            // must not read them for ever.
+            let mut keys = keys.take(MAX_RECORDS_READ);
             while let Some(Ok(node)) = keys.next().await {
                 let Ok(Some(value)) = kv.get(&node).await else {
                     continue;
